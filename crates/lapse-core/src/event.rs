@@ -1,0 +1,187 @@
+//! Events and notifications. Every change appends events in the same transaction as the change
+//! itself, so the events table is the outbox: whatever was committed will be told.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{SessionId, UserId};
+use crate::time::Timestamp;
+
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventType {
+    /// A session was created.
+    SessionCreated,
+    /// Its title, metadata or schedule changed.
+    SessionUpdated,
+    /// The host started it.
+    SessionStarted,
+    /// The engine started it because its start time passed.
+    SessionDelayed,
+    /// A rule will end it soon.
+    SessionEndingSoon,
+    /// It completed.
+    SessionCompleted,
+    /// It was cancelled.
+    SessionCancelled,
+    /// It expired.
+    SessionExpired,
+    /// The host reopened it.
+    SessionReopened,
+    /// It was deleted; the event keeps its last state.
+    SessionDeleted,
+    /// It was purged by retention; the event keeps its last state.
+    SessionPurged,
+    /// Someone joined.
+    ParticipantJoined,
+    /// Someone left.
+    ParticipantLeft,
+    /// Someone stopped sending heartbeats.
+    ParticipantOffline,
+}
+
+impl EventType {
+    /// Every type, for docs and filters.
+    pub const ALL: [EventType; 14] = [
+        EventType::SessionCreated,
+        EventType::SessionUpdated,
+        EventType::SessionStarted,
+        EventType::SessionDelayed,
+        EventType::SessionEndingSoon,
+        EventType::SessionCompleted,
+        EventType::SessionCancelled,
+        EventType::SessionExpired,
+        EventType::SessionReopened,
+        EventType::SessionDeleted,
+        EventType::SessionPurged,
+        EventType::ParticipantJoined,
+        EventType::ParticipantLeft,
+        EventType::ParticipantOffline,
+    ];
+
+    /// The dotted name, e.g. `session.created`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::SessionCreated => "session.created",
+            EventType::SessionUpdated => "session.updated",
+            EventType::SessionStarted => "session.started",
+            EventType::SessionDelayed => "session.delayed",
+            EventType::SessionEndingSoon => "session.ending_soon",
+            EventType::SessionCompleted => "session.completed",
+            EventType::SessionCancelled => "session.cancelled",
+            EventType::SessionExpired => "session.expired",
+            EventType::SessionReopened => "session.reopened",
+            EventType::SessionDeleted => "session.deleted",
+            EventType::SessionPurged => "session.purged",
+            EventType::ParticipantJoined => "participant.joined",
+            EventType::ParticipantLeft => "participant.left",
+            EventType::ParticipantOffline => "participant.offline",
+        }
+    }
+
+    /// Reads a dotted name.
+    pub fn parse(text: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+}
+
+impl Serialize for EventType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        EventType::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown event type `{text}`")))
+    }
+}
+
+/// An event as the lifecycle produces it, before it is numbered and stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    /// What happened.
+    pub event_type: EventType,
+    /// When it happened: for a rule, its deadline.
+    pub at: Timestamp,
+    /// The session it concerns.
+    pub session_id: SessionId,
+    /// That session's kind.
+    pub kind: String,
+    /// Who did it: a user id, `rule:<name>`, or `system`.
+    pub actor: String,
+    /// The rule that did it, if any.
+    pub rule: Option<String>,
+    /// Type-specific details.
+    pub data: serde_json::Value,
+}
+
+/// A stored event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Increases with every event.
+    pub seq: i64,
+    /// Stable across redeliveries (UUIDv7).
+    pub id: String,
+    /// What happened.
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// When it happened (a rule's deadline).
+    pub at: Timestamp,
+    /// When lapse recorded it; `applied_at - at` is the engine's lag.
+    pub applied_at: Timestamp,
+    /// The session.
+    pub session_id: SessionId,
+    /// Its kind.
+    pub kind: String,
+    /// Who did it.
+    pub actor: String,
+    /// The rule, if a rule did it.
+    pub rule: Option<String>,
+    /// Details.
+    pub data: serde_json::Value,
+}
+
+/// A notification as the lifecycle produces it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewNotification {
+    /// To whom.
+    pub user: UserId,
+    /// E.g. `session.ended`.
+    pub notification_type: String,
+    /// Headline.
+    pub title: String,
+    /// Body text.
+    pub message: String,
+    /// The session it is about.
+    pub session: SessionId,
+    /// Where the app shows more.
+    pub link: Option<String>,
+    /// When.
+    pub created_at: Timestamp,
+}
+
+/// A stored notification in a user's inbox.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    /// Its id.
+    pub id: String,
+    /// To whom.
+    pub user: UserId,
+    /// E.g. `session.ended`.
+    #[serde(rename = "type")]
+    pub notification_type: String,
+    /// Headline.
+    pub title: String,
+    /// Body text.
+    pub message: String,
+    /// The session it is about.
+    pub session: SessionId,
+    /// Where the app shows more.
+    pub link: Option<String>,
+    /// When.
+    pub created_at: Timestamp,
+    /// When the user read it.
+    pub read_at: Option<Timestamp>,
+}

@@ -1,0 +1,211 @@
+//! The port the engine needs from a database. Implementations live in `lapse-store`; the
+//! trait speaks of sessions, events and notifications, never of SQL.
+//!
+//! Consistency rests on two promises every implementation keeps:
+//! - [`Store::commit`] writes everything in a [`Commit`] in one transaction, or nothing;
+//! - every session write is compare-and-set on the row's `version`, so two writers that read
+//!   the same version cannot both win (the loser gets [`StoreError::Conflict`]).
+
+use async_trait::async_trait;
+
+use crate::event::{Event, EventType, NewNotification, Notification};
+use crate::ids::{SessionId, UserId};
+use crate::session::{Session, Status};
+use crate::time::Timestamp;
+
+/// What can go wrong in a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A compare-and-set lost: the row changed since it was read.
+    #[error("the session changed concurrently")]
+    Conflict,
+    /// An insert found the id taken.
+    #[error("a session with this id already exists")]
+    Duplicate,
+    /// The database failed.
+    #[error("database error: {0}")]
+    Backend(String),
+}
+
+/// One session write inside a [`Commit`].
+#[derive(Clone, Debug)]
+pub enum SessionWrite {
+    /// A new session (its participants too).
+    Insert(Session),
+    /// Replaces the row and participants if the stored version is still `session.version`;
+    /// the stored version becomes `session.version + 1`.
+    Update(Session),
+    /// Removes the session, participants and counters if the version still matches.
+    Delete {
+        /// The session.
+        id: SessionId,
+        /// The version it was read at.
+        version: i64,
+    },
+}
+
+/// An event ready to store; `seq` is assigned by the store.
+#[derive(Clone, Debug)]
+pub struct EventRecord {
+    /// Stable id (UUIDv7).
+    pub id: String,
+    /// When lapse recorded it.
+    pub applied_at: Timestamp,
+    /// The event.
+    pub event: crate::event::NewEvent,
+}
+
+/// A notification ready to store.
+#[derive(Clone, Debug)]
+pub struct NotificationRecord {
+    /// Its id.
+    pub id: String,
+    /// The notification.
+    pub notification: NewNotification,
+}
+
+/// Everything one change writes, committed atomically.
+#[derive(Clone, Debug, Default)]
+pub struct Commit {
+    /// Session rows.
+    pub sessions: Vec<SessionWrite>,
+    /// Events to append, in order.
+    pub events: Vec<EventRecord>,
+    /// Notifications to deliver.
+    pub notifications: Vec<NotificationRecord>,
+}
+
+/// A coalesced heartbeat: the latest moment `user` was seen in `session`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Beat {
+    /// The session.
+    pub session: SessionId,
+    /// The participant.
+    pub user: UserId,
+    /// When they were last seen.
+    pub at: Timestamp,
+}
+
+/// Filters for listing sessions; `after` is the cursor (the last id of the previous page).
+#[derive(Clone, Debug, Default)]
+pub struct SessionQuery {
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only this status.
+    pub status: Option<Status>,
+    /// Only open sessions (pending or active).
+    pub open_only: bool,
+    /// Only this host.
+    pub host: Option<UserId>,
+    /// Only sessions this user ever joined.
+    pub participant: Option<UserId>,
+    /// Only children of this session.
+    pub parent: Option<SessionId>,
+    /// Ids after this one.
+    pub after: Option<SessionId>,
+    /// Page size.
+    pub limit: u32,
+}
+
+/// Filters for reading events.
+#[derive(Clone, Debug, Default)]
+pub struct EventQuery {
+    /// Events with `seq` greater than this.
+    pub after: i64,
+    /// Page size.
+    pub limit: u32,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only these types.
+    pub types: Vec<EventType>,
+    /// Only this session.
+    pub session: Option<SessionId>,
+}
+
+/// A due session as the sweep sees it: its id and stored deadline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DueRow {
+    /// The session.
+    pub id: SessionId,
+    /// Its stored `next_due` (possibly earlier than the truth, see lazy re-arm).
+    pub at: Timestamp,
+}
+
+/// Count of sessions of one kind in one status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StatusCount {
+    /// The kind.
+    pub kind: String,
+    /// The status.
+    pub status: Status,
+    /// How many.
+    pub count: i64,
+}
+
+/// Storage for sessions, events and notifications.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates or upgrades the schema.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// One session with its participants.
+    async fn load(&self, id: &SessionId) -> Result<Option<Session>, StoreError>;
+
+    /// Writes a change atomically; see the module docs.
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
+
+    /// Sessions matching `query`, ordered by id.
+    async fn list(&self, query: &SessionQuery) -> Result<Vec<Session>, StoreError>;
+
+    /// Sessions whose stored deadline is at or before `now`, ordered by (deadline, id) and
+    /// strictly after `cursor` in that order. Reads only due rows (an index on the deadline).
+    async fn due(
+        &self,
+        now: Timestamp,
+        kind: Option<&str>,
+        cursor: Option<&DueRow>,
+        limit: u32,
+    ) -> Result<Vec<DueRow>, StoreError>;
+
+    /// Moves a session's stored deadline without touching anything else (lazy re-arm);
+    /// compare-and-set on `version`. Returns whether it applied.
+    async fn rearm(
+        &self,
+        id: &SessionId,
+        version: i64,
+        next_due: Option<(&str, Timestamp)>,
+    ) -> Result<bool, StoreError>;
+
+    /// The earliest stored deadline of any session.
+    async fn next_deadline(&self) -> Result<Option<Timestamp>, StoreError>;
+
+    /// Writes coalesced heartbeats: for each beat, the participant's `last_seen_at` and the
+    /// session's `last_activity_at` move forward (never back) and the session is marked used.
+    /// The stored deadline is left alone.
+    async fn flush_heartbeats(&self, beats: &[Beat]) -> Result<(), StoreError>;
+
+    /// Whether a `session.deleted` or `session.purged` event exists for `id`.
+    async fn was_deleted(&self, id: &SessionId) -> Result<bool, StoreError>;
+
+    /// A page of events.
+    async fn events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
+
+    /// A user's inbox, newest first.
+    async fn notifications(
+        &self,
+        user: &UserId,
+        unread_only: bool,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError>;
+
+    /// Marks one notification read (once); `None` if it is not the user's.
+    async fn mark_read(
+        &self,
+        user: &UserId,
+        id: &str,
+        at: Timestamp,
+    ) -> Result<Option<Notification>, StoreError>;
+
+    /// Session counts by kind and status.
+    async fn counts(&self) -> Result<Vec<StatusCount>, StoreError>;
+}

@@ -1,0 +1,164 @@
+//! The only door to sessions. Every operation goes through [`Engine`], which applies a
+//! session's due rules before anything else (passive expiry), checks the caller's rights,
+//! and commits the change with everything it causes in one transaction.
+//!
+//! A map of the modules:
+//! - [`clock`]: system or manual time; the engine passes `now` down.
+//! - [`access`]: who the caller is and what they may do.
+//! - [`ops`]: the session operations (create, join, end, ...).
+//! - [`write`]: turning a changed session and its effects into one atomic commit.
+//! - [`sweep`]: `sweep_once(now)` and the loop that sleeps until the next deadline.
+//! - [`heartbeats`]: in-memory coalescing and batched flushes.
+
+pub mod access;
+pub mod clock;
+pub mod heartbeats;
+pub mod ops;
+pub mod sweep;
+mod write;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use lapse_core::lifecycle::OpError;
+use lapse_core::{Config, Kind, SessionId, Status, Store, StoreError};
+use tokio::sync::{Mutex, Notify};
+
+pub use access::Caller;
+pub use clock::Clock;
+pub use sweep::{SweepOptions, SweepReport, SweeperStats};
+
+/// Why an operation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No such session (or it was removed).
+    #[error("{0}")]
+    NotFound(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Only the host may do this.
+    #[error("{0}")]
+    NotHost(String),
+    /// Only the user themselves may do this.
+    #[error("{0}")]
+    NotSelf(String),
+    /// A state or business rule refused it.
+    #[error(transparent)]
+    Op(#[from] OpError),
+    /// The host already has as many open sessions of the kind as allowed.
+    #[error("{detail}")]
+    HostHasOpenSession {
+        /// Explanation.
+        detail: String,
+        /// One of the open sessions.
+        blocking: (SessionId, Status),
+    },
+    /// The request collides with existing state (a taken id, say).
+    #[error("{0}")]
+    Conflict(String),
+    /// The manual clock refused a move.
+    #[error(transparent)]
+    Clock(#[from] clock::ClockError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        EngineError::Store(e)
+    }
+}
+
+/// The session lifecycle engine.
+pub struct Engine {
+    store: Arc<dyn Store>,
+    config: Arc<Config>,
+    clock: Clock,
+    beats: heartbeats::Heartbeats,
+    /// Wakes the sweeper when a change moves a deadline before its planned wake-up.
+    wake: Notify,
+    /// When the sleeping sweeper plans to wake (epoch ms); `i64::MAX` while it is busy.
+    planned_wake: AtomicI64,
+    /// Serializes creates of kinds with `max_open_per_host`, so two concurrent creates of one
+    /// host cannot both pass the check.
+    create_lock: Mutex<()>,
+    stats: SweeperStats,
+    unconfigured: Kind,
+}
+
+impl Engine {
+    /// An engine over `store`, with `config`'s kinds, reading time from `clock`.
+    pub fn new(store: Arc<dyn Store>, config: Arc<Config>, clock: Clock) -> Arc<Engine> {
+        Arc::new(Engine {
+            store,
+            config,
+            clock,
+            beats: heartbeats::Heartbeats::default(),
+            wake: Notify::new(),
+            planned_wake: AtomicI64::new(i64::MAX),
+            create_lock: Mutex::new(()),
+            stats: SweeperStats::default(),
+            unconfigured: Kind {
+                name: String::new(),
+                presence_timeout: lapse_core::Span::from_secs(90),
+                invite_expiry: None,
+                max_participants: None,
+                max_open_per_host: None,
+                reopen_window: None,
+                notify_on_end: false,
+                summary_url: None,
+                parent_kind: None,
+                rules: Vec::new(),
+            },
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The current time.
+    pub fn now(&self) -> lapse_core::Timestamp {
+        self.clock.now()
+    }
+
+    /// The policy of a session's kind. A session whose kind was removed from the config keeps
+    /// living under no rules rather than failing every read.
+    fn kind_of(&self, name: &str) -> &Kind {
+        self.config.kind(name).unwrap_or(&self.unconfigured)
+    }
+
+    /// Tells the sweeper a deadline may have moved before its planned wake-up.
+    fn deadline_moved(&self, at: lapse_core::Timestamp) {
+        if at.millis() < self.planned_wake.load(Ordering::Acquire) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Writes pending heartbeats in one batch. On failure they are kept for the next flush.
+    pub async fn flush_heartbeats(&self) -> Result<usize, EngineError> {
+        let beats = self.beats.drain();
+        let n = beats.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        if let Err(e) = self.store.flush_heartbeats(&beats).await {
+            self.beats.restore(beats);
+            return Err(e.into());
+        }
+        Ok(n)
+    }
+
+    /// Heartbeats waiting for the next flush.
+    pub fn pending_heartbeats(&self) -> usize {
+        self.beats.len()
+    }
+}

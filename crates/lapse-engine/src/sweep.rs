@@ -1,0 +1,320 @@
+//! The sweep: apply every due rule, at `now`, reading only due rows.
+//!
+//! [`Engine::sweep_once`] is one pass, public so tests and `/v1/sweep` drive it directly;
+//! [`Engine::run_sweeper`] is the loop around it that sleeps until the next deadline or until
+//! a change moves one earlier. A dry run takes exactly the same path but writes to an
+//! in-memory overlay instead of the store, so it reports what a real sweep would apply,
+//! cascades included, and changes nothing.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use lapse_core::lifecycle::{self, Applied, Effects};
+use lapse_core::store::{DueRow, SessionWrite};
+use lapse_core::{Session, SessionId, StoreError, Timestamp};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Engine, EngineError};
+
+/// Longest the continuous sweeper sleeps without looking at the database again.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// A sweep retries a session this often after losing a compare-and-set.
+const SWEEP_ATTEMPTS: usize = 3;
+
+/// What to sweep.
+#[derive(Clone, Debug, Default)]
+pub struct SweepOptions {
+    /// Report what would be applied, change nothing.
+    pub dry_run: bool,
+    /// Only this kind.
+    pub kind: Option<String>,
+}
+
+/// A session the sweep could not process; it stays due and is retried next time.
+#[derive(Clone, Debug, Serialize)]
+pub struct SweepError {
+    /// The session.
+    pub session: String,
+    /// What went wrong.
+    pub error: String,
+}
+
+/// What one sweep did (or, dry, would do).
+#[derive(Clone, Debug, Serialize)]
+pub struct SweepReport {
+    /// Whether nothing was changed.
+    pub dry_run: bool,
+    /// The instant swept at.
+    pub now: Timestamp,
+    /// Every rule applied, in order.
+    pub applied: Vec<Applied>,
+    /// Applied rules by action.
+    pub counts: BTreeMap<String, u64>,
+    /// Sessions that failed.
+    pub errors: Vec<SweepError>,
+    /// Wall time taken.
+    pub duration_ms: u64,
+    /// Due rows examined.
+    #[serde(skip)]
+    pub examined: u64,
+}
+
+/// Running figures of the sweeper, for `/v1/stats`.
+#[derive(Default)]
+pub struct SweeperStats {
+    sweeps: AtomicU64,
+    applied: AtomicU64,
+    errors: AtomicU64,
+    rearmed: AtomicU64,
+    last: Mutex<Option<(Timestamp, u64)>>,
+}
+
+/// A snapshot of [`SweeperStats`].
+#[derive(Clone, Debug, Serialize)]
+pub struct SweeperFigures {
+    /// Real sweeps run since start.
+    pub sweeps: u64,
+    /// Rules applied by them.
+    pub applied: u64,
+    /// Sessions that failed in them.
+    pub errors: u64,
+    /// Due rows re-armed instead of transitioned (their activity had moved).
+    pub rearmed: u64,
+    /// When the last sweep ran.
+    pub last_sweep_at: Option<Timestamp>,
+    /// How long it took.
+    pub last_duration_ms: Option<u64>,
+    /// Heartbeats waiting to be flushed.
+    pub pending_heartbeats: usize,
+    /// The earliest stored deadline.
+    pub next_deadline: Option<Timestamp>,
+}
+
+/// Where a pass reads and writes: the store, or (dry) an overlay in front of it.
+struct Pass {
+    dry: bool,
+    overlay: HashMap<SessionId, Option<Session>>,
+}
+
+impl Engine {
+    /// One sweep at the current time; see the module docs.
+    pub async fn sweep_once(&self, opts: &SweepOptions) -> Result<SweepReport, EngineError> {
+        let started = Instant::now();
+        let now = self.now();
+        if !opts.dry_run {
+            // Heartbeats first: an idle rule must never be decided on a row older than the
+            // beats this instance has already accepted.
+            self.flush_heartbeats().await?;
+        }
+        let mut pass = Pass {
+            dry: opts.dry_run,
+            overlay: HashMap::new(),
+        };
+        let mut report = SweepReport {
+            dry_run: opts.dry_run,
+            now,
+            applied: Vec::new(),
+            counts: BTreeMap::new(),
+            errors: Vec::new(),
+            duration_ms: 0,
+            examined: 0,
+        };
+        let batch = self.config.sweeper.batch;
+        let mut cursor: Option<DueRow> = None;
+        let mut cascade: VecDeque<SessionId> = VecDeque::new();
+        loop {
+            let rows = self
+                .store
+                .due(now, opts.kind.as_deref(), cursor.as_ref(), batch)
+                .await?;
+            let exhausted = rows.len() < batch as usize;
+            for row in &rows {
+                report.examined += 1;
+                self.sweep_session(&mut pass, &row.id, now, &mut report, &mut cascade)
+                    .await;
+                while let Some(child) = cascade.pop_front() {
+                    self.sweep_session(&mut pass, &child, now, &mut report, &mut cascade)
+                        .await;
+                }
+            }
+            cursor = rows.last().cloned();
+            if exhausted {
+                break;
+            }
+        }
+        for a in &report.applied {
+            *report.counts.entry(a.action.clone()).or_default() += 1;
+        }
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        if !opts.dry_run {
+            let s = &self.stats;
+            s.sweeps.fetch_add(1, Ordering::Relaxed);
+            s.applied
+                .fetch_add(report.applied.len() as u64, Ordering::Relaxed);
+            s.errors
+                .fetch_add(report.errors.len() as u64, Ordering::Relaxed);
+            *s.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, report.duration_ms));
+        }
+        Ok(report)
+    }
+
+    async fn sweep_session(&self, pass: &mut Pass, id: &SessionId, now: Timestamp, report: &mut SweepReport, cascade: &mut VecDeque<SessionId>) {
+        let mut last_error = None;
+        for _ in 0..SWEEP_ATTEMPTS {
+            match self.sweep_step(pass, id, now, report, cascade).await {
+                Ok(()) => return,
+                Err(EngineError::Store(StoreError::Conflict)) => {
+                    last_error = Some("lost a concurrent update three times".to_string());
+                }
+                Err(e) => {
+                    last_error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        let error = last_error.unwrap_or_default();
+        tracing::warn!(session = %id, %error, "sweep could not apply a due rule; it stays due");
+        report.errors.push(SweepError {
+            session: id.to_string(),
+            error,
+        });
+    }
+
+    async fn sweep_step(&self, pass: &mut Pass, id: &SessionId, now: Timestamp, report: &mut SweepReport, cascade: &mut VecDeque<SessionId>) -> Result<(), EngineError> {
+        let loaded = match pass.overlay.get(id) {
+            Some(s) => s.clone(),
+            None => self.store.load(id).await?,
+        };
+        let Some(mut s) = loaded else { return Ok(()) };
+        let stored_due = s.next_due.clone();
+        self.beats.overlay(&mut s);
+        let kind = self.kind_of(&s.kind);
+        let mut fx = Effects::default();
+        lifecycle::apply_due(kind, &mut s, now, &mut fx);
+
+        if fx.is_empty() {
+            // Lazy re-arm: the row was due by its stored deadline, but activity has moved
+            // since; store the true one so the index stops offering it.
+            s.observe(kind, now);
+            if !pass.dry && s.next_due != stored_due {
+                let next = s.next_due.as_ref().map(|d| (d.rule.as_str(), d.at));
+                if self.store.rearm(id, s.version, next).await? {
+                    self.stats.rearmed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            return Ok(());
+        }
+
+        let children = if fx.closed_at.is_some() {
+            let mut children = self.open_children(&s).await?;
+            if pass.dry {
+                children = children
+                    .into_iter()
+                    .filter_map(|c| match pass.overlay.get(&c.id) {
+                        Some(over) => over.clone().filter(|o| o.status.is_open()),
+                        None => Some(c),
+                    })
+                    .collect();
+            }
+            Some(children)
+        } else {
+            None
+        };
+        let (commit, due_children) = self.build_commit(&mut s, &fx, now, false, children).await?;
+        if pass.dry {
+            for w in commit.sessions {
+                match w {
+                    SessionWrite::Update(mut c) | SessionWrite::Insert(mut c) => {
+                        c.version += 1;
+                        pass.overlay.insert(c.id.clone(), Some(c));
+                    }
+                    SessionWrite::Delete { id, .. } => {
+                        pass.overlay.insert(id, None);
+                    }
+                }
+            }
+        } else {
+            self.apply_commit(commit).await?;
+        }
+        cascade.extend(due_children.into_iter().map(|c| c.id));
+        report.applied.extend(fx.applied);
+        Ok(())
+    }
+
+    /// Sweeper figures for `/v1/stats`.
+    pub async fn sweeper_figures(&self) -> Result<SweeperFigures, EngineError> {
+        let s = &self.stats;
+        let last = *s.last.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(SweeperFigures {
+            sweeps: s.sweeps.load(Ordering::Relaxed),
+            applied: s.applied.load(Ordering::Relaxed),
+            errors: s.errors.load(Ordering::Relaxed),
+            rearmed: s.rearmed.load(Ordering::Relaxed),
+            last_sweep_at: last.map(|(at, _)| at),
+            last_duration_ms: last.map(|(_, d)| d),
+            pending_heartbeats: self.beats.len(),
+            next_deadline: self.store.next_deadline().await?,
+        })
+    }
+
+    /// The continuous sweeper: sweep what is due, then sleep until the next deadline or until
+    /// woken by a change that moved one earlier. Returns when `shutdown` is cancelled. With a
+    /// manual clock it returns at once: rules then apply on `/v1/sweep` and on access.
+    pub async fn run_sweeper(&self, shutdown: CancellationToken) {
+        if self.clock.is_manual() {
+            return;
+        }
+        loop {
+            self.planned_wake.store(i64::MAX, Ordering::Release);
+            let failing = match self.sweep_once(&SweepOptions::default()).await {
+                Ok(report) => {
+                    if !report.applied.is_empty() {
+                        tracing::info!(applied = report.applied.len(), ms = report.duration_ms, "sweep");
+                    }
+                    !report.errors.is_empty()
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "sweep failed");
+                    true
+                }
+            };
+            let now = self.now();
+            let next = self.store.next_deadline().await.ok().flatten();
+            let mut sleep = match next {
+                Some(at) => Duration::from_millis(at.millis().saturating_sub(now.millis()).max(0) as u64),
+                None => MAX_SLEEP,
+            }
+            .min(MAX_SLEEP);
+            if failing {
+                // A row that keeps failing stays due; do not spin on it.
+                sleep = sleep.max(Duration::from_secs(1));
+            }
+            self.planned_wake
+                .store(now.millis().saturating_add(sleep.as_millis() as i64), Ordering::Release);
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.wake.notified() => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Flushes heartbeats every `every` until `shutdown`, then once more.
+    pub async fn run_heartbeat_flusher(&self, every: Duration, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.cancelled() => break,
+            }
+            if let Err(e) = self.flush_heartbeats().await {
+                tracing::warn!(error = %e, "heartbeat flush failed; beats kept for the next one");
+            }
+        }
+        if let Err(e) = self.flush_heartbeats().await {
+            tracing::error!(error = %e, "final heartbeat flush failed");
+        }
+    }
+}

@@ -1,0 +1,75 @@
+-- Sessions, participants, the event outbox and notification inboxes.
+-- Times are integer milliseconds since the Unix epoch (UTC).
+
+create table sessions (
+    id               text primary key,
+    kind             text not null,
+    title            text not null,
+    metadata         text not null,
+    host             text not null,
+    parent           text,
+    scheduled_start  integer,
+    scheduled_end    integer,
+    status           text not null,
+    delayed          integer not null,
+    used             integer not null,
+    created_at       integer not null,
+    started_at       integer,
+    ended_at         integer,
+    last_activity_at integer not null,
+    end_reason       text,
+    ended_by         text,
+    counters         text not null,
+    summary          text,
+    parent_ended_at  integer,
+    -- The earliest deadline of any rule, as last written. Heartbeats never move it (lazy
+    -- re-arm), so it may be earlier than the truth, never later.
+    next_due_at      integer,
+    next_due_rule    text,
+    version          integer not null
+);
+
+-- A sweep reads only due rows through this index: O(due), whatever the table size.
+create index sessions_next_due on sessions (next_due_at, id) where next_due_at is not null;
+create index sessions_open_by_host on sessions (host, kind) where status in ('pending', 'active');
+create index sessions_parent on sessions (parent) where parent is not null;
+create index sessions_kind_status on sessions (kind, status);
+
+create table participants (
+    session_id   text not null,
+    user_id      text not null,
+    role         text not null,
+    state        text not null,
+    joined_at    integer not null,
+    left_at      integer,
+    last_seen_at integer not null,
+    primary key (session_id, user_id)
+);
+create index participants_user on participants (user_id);
+
+create table events (
+    seq        integer primary key autoincrement,
+    id         text not null unique,
+    type       text not null,
+    at         integer not null,
+    applied_at integer not null,
+    session_id text not null,
+    kind       text not null,
+    actor      text not null,
+    rule       text,
+    data       text not null
+);
+create index events_session on events (session_id, seq);
+
+create table notifications (
+    id         text primary key,
+    user_id    text not null,
+    type       text not null,
+    title      text not null,
+    message    text not null,
+    session_id text not null,
+    link       text,
+    created_at integer not null,
+    read_at    integer
+);
+create index notifications_user on notifications (user_id, created_at);

@@ -1,0 +1,48 @@
+//! Storage for lapse: implementations of [`lapse_core::Store`].
+//!
+//! - [`sqlite`]: the embedded default, one file, zero configuration.
+//! - [`migrate`]: the small versioned-script runner both backends use.
+//! - [`rows`]: turning stored columns back into sessions and events.
+//!
+//! All SQL of the project lives in this crate, one statement per function, named after what
+//! it does.
+
+pub mod migrate;
+mod rows;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use lapse_core::{Store, StoreError};
+
+pub use sqlite::SqliteStore;
+
+/// Opens the store a database URL names (`sqlite://path`, `sqlite::memory:`), without
+/// migrating it.
+pub async fn open(url: &str, pool_size: Option<u32>) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        return Ok(Arc::new(SqliteStore::open(url, pool_size).await?));
+    }
+    Err(StoreError::Backend(format!(
+        "unsupported database url `{}`: this build stores sessions in SQLite (sqlite://path)",
+        redact(url)
+    )))
+}
+
+/// The URL with any password replaced, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+pub(crate) fn backend(e: sqlx::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}

@@ -1,0 +1,21 @@
+//! Versioned schema scripts, applied in order, each once, each in its own transaction.
+//!
+//! A tiny runner of our own rather than sqlx's macro: the scripts are embedded with
+//! `include_str!`, so the binary carries its schema and no build step needs a database.
+
+/// One schema step.
+pub struct Script {
+    /// Increases by one per script.
+    pub version: i64,
+    /// A short name for logs.
+    pub name: &'static str,
+    /// The statements.
+    pub sql: &'static str,
+}
+
+/// SQLite's scripts.
+pub const SQLITE: &[Script] = &[Script {
+    version: 1,
+    name: "sessions",
+    sql: include_str!("../migrations/sqlite/0001_sessions.sql"),
+}];

@@ -1,0 +1,180 @@
+//! Stored columns back into model values. Both backends keep the same columns with the same
+//! meanings (times as epoch milliseconds, JSON as text), so one mapping serves both.
+
+use std::collections::BTreeMap;
+
+use lapse_core::event::{Event, EventType, Notification};
+use lapse_core::session::{NextDue, Participant, ParticipantState, Role, Session, Status, Summary};
+use lapse_core::{SessionId, StoreError, Timestamp, UserId};
+use sqlx::Row;
+
+/// Columns of `sessions`, in the order [`session`] reads them.
+pub const SESSION_COLUMNS: &str = "id, kind, title, metadata, host, parent, scheduled_start, \
+    scheduled_end, status, delayed, used, created_at, started_at, ended_at, last_activity_at, \
+    end_reason, ended_by, counters, summary, parent_ended_at, next_due_at, next_due_rule, version";
+
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("stored {what} is unreadable: {detail}"))
+}
+
+fn ts(v: Option<i64>) -> Option<Timestamp> {
+    v.map(Timestamp::from_millis)
+}
+
+fn json<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| corrupt(what, e))
+}
+
+/// A `sessions` row, without participants.
+pub fn session<R: Row>(row: &R) -> Result<Session, StoreError>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database>,
+{
+    let get_s = |c: &str| row.try_get::<String, _>(c).map_err(|e| corrupt(c, e));
+    let get_os = |c: &str| row.try_get::<Option<String>, _>(c).map_err(|e| corrupt(c, e));
+    let get_i = |c: &str| row.try_get::<i64, _>(c).map_err(|e| corrupt(c, e));
+    let get_oi = |c: &str| row.try_get::<Option<i64>, _>(c).map_err(|e| corrupt(c, e));
+
+    let id = SessionId::parse(&get_s("id")?).map_err(|e| corrupt("id", e))?;
+    let status_text = get_s("status")?;
+    let status = Status::parse(&status_text).ok_or_else(|| corrupt("status", &status_text))?;
+    let next_due = match (get_oi("next_due_at")?, get_os("next_due_rule")?) {
+        (Some(at), Some(rule)) => Some(NextDue {
+            rule,
+            at: Timestamp::from_millis(at),
+        }),
+        _ => None,
+    };
+    let summary: Option<Summary> = match get_os("summary")? {
+        Some(text) => Some(json("summary", &text)?),
+        None => None,
+    };
+    let counters: BTreeMap<String, i64> = json("counters", &get_s("counters")?)?;
+    Ok(Session {
+        id,
+        kind: get_s("kind")?,
+        title: get_s("title")?,
+        metadata: json("metadata", &get_s("metadata")?)?,
+        host: UserId::parse(&get_s("host")?).map_err(|e| corrupt("host", e))?,
+        parent: get_os("parent")?
+            .map(|p| SessionId::parse(&p))
+            .transpose()
+            .map_err(|e| corrupt("parent", e))?,
+        scheduled_start: ts(get_oi("scheduled_start")?),
+        scheduled_end: ts(get_oi("scheduled_end")?),
+        status,
+        delayed: get_i("delayed")? != 0,
+        used: get_i("used")? != 0,
+        created_at: Timestamp::from_millis(get_i("created_at")?),
+        started_at: ts(get_oi("started_at")?),
+        ended_at: ts(get_oi("ended_at")?),
+        last_activity_at: Timestamp::from_millis(get_i("last_activity_at")?),
+        end_reason: get_os("end_reason")?,
+        ended_by: get_os("ended_by")?,
+        counters,
+        participants: Vec::new(),
+        next_due,
+        summary,
+        parent_ended_at: ts(get_oi("parent_ended_at")?),
+        version: get_i("version")?,
+    })
+}
+
+/// A `participants` row, with the session it belongs to.
+pub fn participant<R: Row>(row: &R) -> Result<(String, Participant), StoreError>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database>,
+{
+    let get_s = |c: &str| row.try_get::<String, _>(c).map_err(|e| corrupt(c, e));
+    let get_i = |c: &str| row.try_get::<i64, _>(c).map_err(|e| corrupt(c, e));
+    let role = match get_s("role")?.as_str() {
+        "host" => Role::Host,
+        _ => Role::Member,
+    };
+    let state = match get_s("state")?.as_str() {
+        "joined" => ParticipantState::Joined,
+        _ => ParticipantState::Left,
+    };
+    let p = Participant {
+        user: UserId::parse(&get_s("user_id")?).map_err(|e| corrupt("user_id", e))?,
+        role,
+        state,
+        online: false,
+        joined_at: Timestamp::from_millis(get_i("joined_at")?),
+        left_at: ts(row
+            .try_get::<Option<i64>, _>("left_at")
+            .map_err(|e| corrupt("left_at", e))?),
+        last_seen_at: Timestamp::from_millis(get_i("last_seen_at")?),
+    };
+    Ok((get_s("session_id")?, p))
+}
+
+/// An `events` row.
+pub fn event<R: Row>(row: &R) -> Result<Event, StoreError>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database>,
+{
+    let get_s = |c: &str| row.try_get::<String, _>(c).map_err(|e| corrupt(c, e));
+    let get_i = |c: &str| row.try_get::<i64, _>(c).map_err(|e| corrupt(c, e));
+    let type_text = get_s("type")?;
+    Ok(Event {
+        seq: get_i("seq")?,
+        id: get_s("id")?,
+        event_type: EventType::parse(&type_text).ok_or_else(|| corrupt("type", &type_text))?,
+        at: Timestamp::from_millis(get_i("at")?),
+        applied_at: Timestamp::from_millis(get_i("applied_at")?),
+        session_id: SessionId::parse(&get_s("session_id")?).map_err(|e| corrupt("session_id", e))?,
+        kind: get_s("kind")?,
+        actor: get_s("actor")?,
+        rule: row
+            .try_get::<Option<String>, _>("rule")
+            .map_err(|e| corrupt("rule", e))?,
+        data: json("data", &get_s("data")?)?,
+    })
+}
+
+/// A `notifications` row.
+pub fn notification<R: Row>(row: &R) -> Result<Notification, StoreError>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database>,
+{
+    let get_s = |c: &str| row.try_get::<String, _>(c).map_err(|e| corrupt(c, e));
+    Ok(Notification {
+        id: get_s("id")?,
+        user: UserId::parse(&get_s("user_id")?).map_err(|e| corrupt("user_id", e))?,
+        notification_type: get_s("type")?,
+        title: get_s("title")?,
+        message: get_s("message")?,
+        session: SessionId::parse(&get_s("session_id")?).map_err(|e| corrupt("session_id", e))?,
+        link: row
+            .try_get::<Option<String>, _>("link")
+            .map_err(|e| corrupt("link", e))?,
+        created_at: Timestamp::from_millis(
+            row.try_get::<i64, _>("created_at")
+                .map_err(|e| corrupt("created_at", e))?,
+        ),
+        read_at: ts(row
+            .try_get::<Option<i64>, _>("read_at")
+            .map_err(|e| corrupt("read_at", e))?),
+    })
+}
+
+/// Counters and metadata as stored text.
+pub fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Serializing maps of strings and integers cannot fail.
+    serde_json::to_string(value).unwrap_or_else(|_| "{}".into())
+}

@@ -1,0 +1,508 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! Writes go through a pool of one connection, so they queue in-process instead of meeting
+//! `SQLITE_BUSY`; reads use their own pool and run beside the writer (WAL lets them).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lapse_core::event::{Event, Notification};
+use lapse_core::session::Session;
+use lapse_core::store::{
+    Beat, Commit, DueRow, EventQuery, SessionQuery, SessionWrite, StatusCount, Store,
+};
+use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
+
+use crate::rows::{self, SESSION_COLUMNS, to_json};
+use crate::{backend, migrate};
+
+/// Sessions in a SQLite database.
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `url` (`sqlite://path` or
+    /// `sqlite::memory:`).
+    pub async fn open(url: &str, pool_size: Option<u32>) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Backend(format!("bad sqlite url `{url}`: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| StoreError::Backend(format!("cannot open `{url}`: {e}")))?;
+        // An in-memory database exists once per connection: readers must share the writer.
+        let reader = if url.contains(":memory:") || url.contains("mode=memory") {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(pool_size.unwrap_or(4).max(1))
+                .connect_with(options.read_only(true))
+                .await
+                .map_err(|e| StoreError::Backend(format!("cannot open `{url}`: {e}")))?
+        };
+        Ok(SqliteStore { writer, reader })
+    }
+
+    async fn attach_participants(&self, sessions: &mut [Session]) -> Result<(), StoreError> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = sessions.iter().map(|s| s.id.as_str()).collect();
+        let rows = sqlx::query(
+            "select session_id, user_id, role, state, joined_at, left_at, last_seen_at \
+             from participants where session_id in (select value from json_each(?1)) \
+             order by joined_at, user_id",
+        )
+        .bind(to_json(&ids))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?;
+        for row in &rows {
+            let (session_id, p) = rows::participant(row)?;
+            if let Some(s) = sessions.iter_mut().find(|s| s.id.as_str() == session_id) {
+                s.participants.push(p);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn sessions_from(rows: &[SqliteRow]) -> Result<Vec<Session>, StoreError> {
+    rows.iter().map(rows::session).collect()
+}
+
+async fn insert_session(tx: &mut Transaction<'_, Sqlite>, s: &Session) -> Result<(), StoreError> {
+    let result = sqlx::query(
+        "insert into sessions (id, kind, title, metadata, host, parent, scheduled_start, \
+         scheduled_end, status, delayed, used, created_at, started_at, ended_at, \
+         last_activity_at, end_reason, ended_by, counters, summary, parent_ended_at, \
+         next_due_at, next_due_rule, version) \
+         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
+         ?18, ?19, ?20, ?21, ?22, 1) on conflict (id) do nothing",
+    )
+    .bind(s.id.as_str())
+    .bind(&s.kind)
+    .bind(&s.title)
+    .bind(to_json(&s.metadata))
+    .bind(s.host.as_str())
+    .bind(s.parent.as_ref().map(|p| p.as_str()))
+    .bind(s.scheduled_start.map(Timestamp::millis))
+    .bind(s.scheduled_end.map(Timestamp::millis))
+    .bind(s.status.as_str())
+    .bind(s.delayed as i64)
+    .bind(s.used as i64)
+    .bind(s.created_at.millis())
+    .bind(s.started_at.map(Timestamp::millis))
+    .bind(s.ended_at.map(Timestamp::millis))
+    .bind(s.last_activity_at.millis())
+    .bind(s.end_reason.as_deref())
+    .bind(s.ended_by.as_deref())
+    .bind(to_json(&s.counters))
+    .bind(s.summary.as_ref().map(to_json))
+    .bind(s.parent_ended_at.map(Timestamp::millis))
+    .bind(s.next_due.as_ref().map(|n| n.at.millis()))
+    .bind(s.next_due.as_ref().map(|n| n.rule.as_str()))
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    if result.rows_affected() == 0 {
+        return Err(StoreError::Duplicate);
+    }
+    Ok(())
+}
+
+async fn update_session(tx: &mut Transaction<'_, Sqlite>, s: &Session) -> Result<(), StoreError> {
+    let result = sqlx::query(
+        "update sessions set title = ?2, metadata = ?3, scheduled_start = ?4, \
+         scheduled_end = ?5, status = ?6, delayed = ?7, used = ?8, started_at = ?9, \
+         ended_at = ?10, last_activity_at = max(last_activity_at, ?11), end_reason = ?12, \
+         ended_by = ?13, counters = ?14, summary = ?15, parent_ended_at = ?16, \
+         next_due_at = ?17, next_due_rule = ?18, version = version + 1 \
+         where id = ?1 and version = ?19",
+    )
+    .bind(s.id.as_str())
+    .bind(&s.title)
+    .bind(to_json(&s.metadata))
+    .bind(s.scheduled_start.map(Timestamp::millis))
+    .bind(s.scheduled_end.map(Timestamp::millis))
+    .bind(s.status.as_str())
+    .bind(s.delayed as i64)
+    .bind(s.used as i64)
+    .bind(s.started_at.map(Timestamp::millis))
+    .bind(s.ended_at.map(Timestamp::millis))
+    .bind(s.last_activity_at.millis())
+    .bind(s.end_reason.as_deref())
+    .bind(s.ended_by.as_deref())
+    .bind(to_json(&s.counters))
+    .bind(s.summary.as_ref().map(to_json))
+    .bind(s.parent_ended_at.map(Timestamp::millis))
+    .bind(s.next_due.as_ref().map(|n| n.at.millis()))
+    .bind(s.next_due.as_ref().map(|n| n.rule.as_str()))
+    .bind(s.version)
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    if result.rows_affected() == 0 {
+        return Err(StoreError::Conflict);
+    }
+    Ok(())
+}
+
+async fn upsert_participants(tx: &mut Transaction<'_, Sqlite>, s: &Session) -> Result<(), StoreError> {
+    for p in &s.participants {
+        sqlx::query(
+            "insert into participants (session_id, user_id, role, state, joined_at, left_at, \
+             last_seen_at) values (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             on conflict (session_id, user_id) do update set role = excluded.role, \
+             state = excluded.state, joined_at = excluded.joined_at, left_at = excluded.left_at, \
+             last_seen_at = max(participants.last_seen_at, excluded.last_seen_at)",
+        )
+        .bind(s.id.as_str())
+        .bind(p.user.as_str())
+        .bind(p.role.as_str())
+        .bind(p.state.as_str())
+        .bind(p.joined_at.millis())
+        .bind(p.left_at.map(Timestamp::millis))
+        .bind(p.last_seen_at.millis())
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+async fn delete_session(tx: &mut Transaction<'_, Sqlite>, id: &SessionId, version: i64) -> Result<(), StoreError> {
+    let result = sqlx::query("delete from sessions where id = ?1 and version = ?2")
+        .bind(id.as_str())
+        .bind(version)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    if result.rows_affected() == 0 {
+        return Err(StoreError::Conflict);
+    }
+    sqlx::query("delete from participants where session_id = ?1")
+        .bind(id.as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+async fn append_events(tx: &mut Transaction<'_, Sqlite>, commit: &Commit) -> Result<(), StoreError> {
+    for r in &commit.events {
+        let e = &r.event;
+        sqlx::query(
+            "insert into events (id, type, at, applied_at, session_id, kind, actor, rule, data) \
+             values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .bind(&r.id)
+        .bind(e.event_type.as_str())
+        .bind(e.at.millis())
+        .bind(r.applied_at.millis())
+        .bind(e.session_id.as_str())
+        .bind(&e.kind)
+        .bind(&e.actor)
+        .bind(e.rule.as_deref())
+        .bind(to_json(&e.data))
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+async fn deliver_notifications(tx: &mut Transaction<'_, Sqlite>, commit: &Commit) -> Result<(), StoreError> {
+    for r in &commit.notifications {
+        let n = &r.notification;
+        sqlx::query(
+            "insert into notifications (id, user_id, type, title, message, session_id, link, \
+             created_at) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(&r.id)
+        .bind(n.user.as_str())
+        .bind(&n.notification_type)
+        .bind(&n.title)
+        .bind(&n.message)
+        .bind(n.session.as_str())
+        .bind(n.link.as_deref())
+        .bind(n.created_at.millis())
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::query(
+            "create table if not exists lapse_migrations (version integer primary key, \
+             name text not null, applied_at integer not null)",
+        )
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        let done: Vec<i64> = sqlx::query_scalar("select version from lapse_migrations")
+            .fetch_all(&self.writer)
+            .await
+            .map_err(backend)?;
+        for script in migrate::SQLITE.iter().filter(|s| !done.contains(&s.version)) {
+            let mut tx = self.writer.begin().await.map_err(backend)?;
+            sqlx::raw_sql(script.sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StoreError::Backend(format!("migration {} failed: {e}", script.name)))?;
+            sqlx::query("insert into lapse_migrations (version, name, applied_at) values (?1, ?2, strftime('%s','now') * 1000)")
+                .bind(script.version)
+                .bind(script.name)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            tx.commit().await.map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    async fn load(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
+        let sql = format!("select {SESSION_COLUMNS} from sessions where id = ?1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
+        let Some(row) = row else { return Ok(None) };
+        let mut sessions = vec![rows::session(&row)?];
+        self.attach_participants(&mut sessions).await?;
+        Ok(sessions.pop())
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        for write in &commit.sessions {
+            match write {
+                SessionWrite::Insert(s) => {
+                    insert_session(&mut tx, s).await?;
+                    upsert_participants(&mut tx, s).await?;
+                }
+                SessionWrite::Update(s) => {
+                    update_session(&mut tx, s).await?;
+                    upsert_participants(&mut tx, s).await?;
+                }
+                SessionWrite::Delete { id, version } => delete_session(&mut tx, id, *version).await?,
+            }
+        }
+        append_events(&mut tx, &commit).await?;
+        deliver_notifications(&mut tx, &commit).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn list(&self, q: &SessionQuery) -> Result<Vec<Session>, StoreError> {
+        let sql = format!(
+            "select {SESSION_COLUMNS} from sessions s \
+             where (?1 is null or kind = ?1) and (?2 is null or status = ?2) \
+             and (?3 = 0 or status in ('pending', 'active')) and (?4 is null or host = ?4) \
+             and (?5 is null or exists (select 1 from participants p \
+                  where p.session_id = s.id and p.user_id = ?5)) \
+             and (?6 is null or parent = ?6) and (?7 is null or id > ?7) \
+             order by id limit ?8"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(q.kind.as_deref())
+            .bind(q.status.map(Status::as_str))
+            .bind(q.open_only as i64)
+            .bind(q.host.as_ref().map(UserId::as_str))
+            .bind(q.participant.as_ref().map(UserId::as_str))
+            .bind(q.parent.as_ref().map(SessionId::as_str))
+            .bind(q.after.as_ref().map(SessionId::as_str))
+            .bind(q.limit as i64)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)?;
+        let mut sessions = sessions_from(&rows)?;
+        self.attach_participants(&mut sessions).await?;
+        Ok(sessions)
+    }
+
+    async fn due(&self, now: Timestamp, kind: Option<&str>, cursor: Option<&DueRow>, limit: u32) -> Result<Vec<DueRow>, StoreError> {
+        let rows = sqlx::query(
+            "select id, next_due_at from sessions \
+             where next_due_at is not null and next_due_at <= ?1 and (?2 is null or kind = ?2) \
+             and (?3 is null or next_due_at > ?3 or (next_due_at = ?3 and id > ?4)) \
+             order by next_due_at, id limit ?5",
+        )
+        .bind(now.millis())
+        .bind(kind)
+        .bind(cursor.map(|c| c.at.millis()))
+        .bind(cursor.map(|c| c.id.as_str()))
+        .bind(limit as i64)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get("id").map_err(backend)?;
+                let at: i64 = r.try_get("next_due_at").map_err(backend)?;
+                Ok(DueRow {
+                    id: SessionId::parse(&id).map_err(|e| StoreError::Backend(e.to_string()))?,
+                    at: Timestamp::from_millis(at),
+                })
+            })
+            .collect()
+    }
+
+    async fn rearm(&self, id: &SessionId, version: i64, next_due: Option<(&str, Timestamp)>) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "update sessions set next_due_at = ?3, next_due_rule = ?4 where id = ?1 and version = ?2",
+        )
+        .bind(id.as_str())
+        .bind(version)
+        .bind(next_due.map(|(_, at)| at.millis()))
+        .bind(next_due.map(|(rule, _)| rule))
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn next_deadline(&self) -> Result<Option<Timestamp>, StoreError> {
+        let at: Option<i64> = sqlx::query_scalar(
+            "select min(next_due_at) from sessions where next_due_at is not null",
+        )
+        .fetch_one(&self.reader)
+        .await
+        .map_err(backend)?;
+        Ok(at.map(Timestamp::from_millis))
+    }
+
+    async fn flush_heartbeats(&self, beats: &[Beat]) -> Result<(), StoreError> {
+        if beats.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<(&str, &str, i64)> = beats
+            .iter()
+            .map(|b| (b.session.as_str(), b.user.as_str(), b.at.millis()))
+            .collect();
+        let batch = to_json(&batch);
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        sqlx::query(
+            "update participants set last_seen_at = max(last_seen_at, b.at) \
+             from (select value ->> 0 as s, value ->> 1 as u, value ->> 2 as at \
+                   from json_each(?1)) as b \
+             where participants.session_id = b.s and participants.user_id = b.u \
+             and participants.state = 'joined'",
+        )
+        .bind(&batch)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        sqlx::query(
+            "update sessions set last_activity_at = max(last_activity_at, b.at), used = 1, \
+             version = version + 1 \
+             from (select value ->> 0 as s, max(value ->> 2) as at from json_each(?1) \
+                   group by value ->> 0) as b \
+             where sessions.id = b.s and sessions.status in ('pending', 'active')",
+        )
+        .bind(&batch)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn was_deleted(&self, id: &SessionId) -> Result<bool, StoreError> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "select seq from events where session_id = ?1 \
+             and type in ('session.deleted', 'session.purged') limit 1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(backend)?;
+        Ok(found.is_some())
+    }
+
+    async fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        let types: Vec<&str> = q.types.iter().map(|t| t.as_str()).collect();
+        let rows = sqlx::query(
+            "select seq, id, type, at, applied_at, session_id, kind, actor, rule, data \
+             from events where seq > ?1 and (?2 is null or kind = ?2) \
+             and (?3 is null or session_id = ?3) \
+             and (?4 = '[]' or type in (select value from json_each(?4))) \
+             order by seq limit ?5",
+        )
+        .bind(q.after)
+        .bind(q.kind.as_deref())
+        .bind(q.session.as_ref().map(SessionId::as_str))
+        .bind(to_json(&types))
+        .bind(q.limit as i64)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(rows::event).collect()
+    }
+
+    async fn notifications(&self, user: &UserId, unread_only: bool, limit: u32) -> Result<Vec<Notification>, StoreError> {
+        let rows = sqlx::query(
+            "select id, user_id, type, title, message, session_id, link, created_at, read_at \
+             from notifications where user_id = ?1 and (?2 = 0 or read_at is null) \
+             order by created_at desc, id desc limit ?3",
+        )
+        .bind(user.as_str())
+        .bind(unread_only as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(rows::notification).collect()
+    }
+
+    async fn mark_read(&self, user: &UserId, id: &str, at: Timestamp) -> Result<Option<Notification>, StoreError> {
+        let row = sqlx::query(
+            "update notifications set read_at = coalesce(read_at, ?3) \
+             where id = ?1 and user_id = ?2 \
+             returning id, user_id, type, title, message, session_id, link, created_at, read_at",
+        )
+        .bind(id)
+        .bind(user.as_str())
+        .bind(at.millis())
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(rows::notification).transpose()
+    }
+
+    async fn counts(&self) -> Result<Vec<StatusCount>, StoreError> {
+        let rows = sqlx::query("select kind, status, count(*) as n from sessions group by kind, status order by kind, status")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                let status: String = r.try_get("status").map_err(backend)?;
+                Ok(StatusCount {
+                    kind: r.try_get("kind").map_err(backend)?,
+                    status: Status::parse(&status)
+                        .ok_or_else(|| StoreError::Backend(format!("unknown status {status}")))?,
+                    count: r.try_get("n").map_err(backend)?,
+                })
+            })
+            .collect()
+    }
+}

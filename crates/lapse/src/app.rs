@@ -1,0 +1,164 @@
+//! Start-up as a value: [`App::build`] opens the store, migrates it, binds the listener (port 0
+//! allowed); [`App::port`] reports; [`App::run`] serves until the shutdown token is cancelled,
+//! with the sweeper and the heartbeat flusher beside it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use lapse_core::config::{ClockMode, SweeperMode};
+use lapse_engine::{Clock, Engine, SweepOptions};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::{self, AppState, auth::Credentials};
+use crate::settings::{Settings, cron_schedule};
+
+/// How often pending heartbeats are written.
+pub const HEARTBEAT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// How long in-flight requests get to finish at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A built, bound, not yet serving lapse.
+pub struct App {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    settings: Settings,
+}
+
+/// Opens the database the settings name and brings its schema up to date.
+pub async fn open_engine(settings: &Settings) -> anyhow::Result<Arc<Engine>> {
+    let db = &settings.config.database;
+    let store = lapse_store::open(&db.url, db.pool_size)
+        .await
+        .with_context(|| format!("opening database {}", lapse_store::redact(&db.url)))?;
+    store.migrate().await.context("migrating the database")?;
+    let clock = match settings.config.clock.mode {
+        ClockMode::System => Clock::System,
+        ClockMode::Manual => Clock::manual(settings.clock_start()),
+    };
+    Ok(Engine::new(store, Arc::new(settings.config.clone()), clock))
+}
+
+impl App {
+    /// Opens the store and binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        let engine = open_engine(&settings).await?;
+        let addr: SocketAddr = settings
+            .config
+            .server
+            .listen
+            .parse()
+            .with_context(|| format!("listen address `{}`", settings.config.server.listen))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let credentials = Credentials::from_settings(&settings, addr.ip().is_loopback())?;
+        if credentials.is_open() {
+            tracing::warn!(
+                "DEVELOPMENT MODE: no credentials are configured, so every request on {addr} is \
+                 treated as admin. Set LAPSE_ADMIN_KEY (or any credential) before exposing lapse."
+            );
+        }
+        if engine.clock().is_manual() {
+            tracing::warn!(now = %engine.now(), "manual clock: rules apply only on /v1/sweep and on access");
+        }
+        Ok(App {
+            listener,
+            state: Arc::new(AppState { engine, credentials }),
+            settings,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The engine this app serves.
+    pub fn engine(&self) -> Arc<Engine> {
+        self.state.engine.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains requests and flushes heartbeats.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let engine = self.state.engine.clone();
+        let sweeper = {
+            let engine = engine.clone();
+            let token = shutdown.clone();
+            let sweeper = self.settings.config.sweeper.clone();
+            tokio::spawn(async move {
+                match (sweeper.mode, sweeper.cron) {
+                    (SweeperMode::Schedule, Some(cron)) => run_scheduled(&engine, &cron, token).await,
+                    _ => engine.run_sweeper(token).await,
+                }
+            })
+        };
+        let flusher = {
+            let engine = engine.clone();
+            let token = shutdown.clone();
+            tokio::spawn(async move { engine.run_heartbeat_flusher(HEARTBEAT_FLUSH_INTERVAL, token).await })
+        };
+        tracing::info!(addr = %self.listener.local_addr()?, "lapse listening");
+        let router = http::router(self.state.clone());
+        let token = shutdown.clone();
+        let server = axum::serve(self.listener, router).with_graceful_shutdown(async move { token.cancelled().await });
+        let served = tokio::select! {
+            result = server => result.context("serving HTTP"),
+            _ = async { shutdown.cancelled().await; tokio::time::sleep(DRAIN_TIMEOUT).await } => {
+                tracing::warn!("requests still running after the drain timeout; stopping anyway");
+                Ok(())
+            }
+        };
+        let _ = sweeper.await;
+        let _ = flusher.await;
+        served
+    }
+}
+
+/// `[sweeper] mode = "schedule"`: a sweep at each cron time, nothing in between (rules still
+/// apply on access).
+async fn run_scheduled(engine: &Engine, cron: &str, shutdown: CancellationToken) {
+    let Ok(schedule) = cron_schedule(cron) else { return };
+    loop {
+        let now = chrono::Utc::now();
+        let Ok(next) = schedule.find_next_occurrence(&now, false) else {
+            tracing::error!(%cron, "the cron schedule has no next time; scheduled sweeps stop");
+            return;
+        };
+        let wait = (next - now).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match engine.sweep_once(&SweepOptions::default()).await {
+            Ok(r) => tracing::info!(applied = r.applied.len(), ms = r.duration_ms, "scheduled sweep"),
+            Err(e) => tracing::error!(error = %e, "scheduled sweep failed"),
+        }
+    }
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub async fn shutdown_on_signal(token: CancellationToken) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+    token.cancel();
+}

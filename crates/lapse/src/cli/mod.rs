@@ -1,0 +1,169 @@
+//! The command line (SPEC §8). `serve` runs the server; the others work on the database
+//! directly, for cron jobs, systemd timers and operators.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use lapse_core::SessionId;
+use lapse_engine::{Caller, SweepOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{App, open_engine, shutdown_on_signal};
+use crate::settings::{Environment, Settings};
+
+/// lapse: the session lifecycle engine.
+#[derive(Parser, Debug)]
+#[command(name = "lapse", version, about)]
+pub struct Cli {
+    /// Configuration file (default: built-in kinds and settings).
+    #[arg(long, global = true, env = "LAPSE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the HTTP server, the sweeper and the heartbeat flusher.
+    Serve,
+    /// Apply every due rule now, on the database directly.
+    Sweep {
+        /// Show what would be applied; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// One line per applied rule.
+        #[arg(long)]
+        verbose: bool,
+        /// Only this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Session counts by kind and status.
+    Stats,
+    /// Validate a configuration file (or the built-in defaults) and exit.
+    CheckConfig {
+        /// The file (default: --config, LAPSE_CONFIG, or the built-in defaults).
+        file: Option<PathBuf>,
+    },
+    /// Create or upgrade the database schema.
+    Migrate,
+    /// Why each rule of a session's kind does or does not apply.
+    Explain {
+        /// The session id.
+        id: String,
+    },
+}
+
+/// Runs the command line; returns the process exit code.
+pub async fn main(cli: Cli) -> anyhow::Result<i32> {
+    let env = Environment::from_process();
+    match cli.command {
+        Command::CheckConfig { file } => {
+            let file = file.or(cli.config);
+            let settings = Settings::load(file.as_deref(), env)?;
+            let c = &settings.config;
+            println!(
+                "{}: ok — {} kind(s): {}",
+                c.source,
+                c.kinds.len(),
+                c.kinds
+                    .values()
+                    .map(|k| format!("{} ({} rule{})", k.name, k.rules.len(), if k.rules.len() == 1 { "" } else { "s" }))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(0)
+        }
+        Command::Serve => {
+            let settings = Settings::load(cli.config.as_deref(), env)?;
+            let app = App::build(settings).await?;
+            let token = CancellationToken::new();
+            tokio::spawn(shutdown_on_signal(token.clone()));
+            app.run(token).await?;
+            Ok(0)
+        }
+        Command::Migrate => {
+            let settings = Settings::load(cli.config.as_deref(), env)?;
+            open_engine(&settings).await?;
+            println!("database {} is up to date", lapse_store::redact(&settings.config.database.url));
+            Ok(0)
+        }
+        Command::Sweep { dry_run, verbose, kind, json } => {
+            let settings = Settings::load(cli.config.as_deref(), env)?;
+            if let Some(k) = &kind
+                && settings.config.kind(k).is_none()
+            {
+                anyhow::bail!("unknown kind `{k}`");
+            }
+            let engine = open_engine(&settings).await?;
+            let report = engine.sweep_once(&SweepOptions { dry_run, kind }).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                if verbose {
+                    for a in &report.applied {
+                        println!(
+                            "{} {} [{}] rule {} ({}): {} -> {} at {}",
+                            if dry_run { "would apply" } else { "applied" },
+                            a.session,
+                            a.kind,
+                            a.rule,
+                            a.action,
+                            a.from.as_str(),
+                            a.to,
+                            a.due_at
+                        );
+                    }
+                    for e in &report.errors {
+                        println!("error {}: {}", e.session, e.error);
+                    }
+                }
+                let counts: Vec<String> = report.counts.iter().map(|(a, n)| format!("{a}: {n}")).collect();
+                println!(
+                    "{} {} rule(s) in {} ms{}{}",
+                    if dry_run { "dry run: would apply" } else { "applied" },
+                    report.applied.len(),
+                    report.duration_ms,
+                    if counts.is_empty() { String::new() } else { format!(" ({})", counts.join(", ")) },
+                    if report.errors.is_empty() { String::new() } else { format!("; {} error(s)", report.errors.len()) },
+                );
+            }
+            Ok(if report.errors.is_empty() { 0 } else { 1 })
+        }
+        Command::Stats => {
+            let settings = Settings::load(cli.config.as_deref(), env)?;
+            let engine = open_engine(&settings).await?;
+            let counts = engine.counts(&Caller::Admin { name: "cli".into(), actor: None }).await?;
+            if counts.is_empty() {
+                println!("no sessions");
+            }
+            for c in counts {
+                println!("{:<12} {:<10} {}", c.kind, c.status.as_str(), c.count);
+            }
+            let figures = engine.sweeper_figures().await?;
+            if let Some(next) = figures.next_deadline {
+                println!("next deadline: {next}");
+            }
+            Ok(0)
+        }
+        Command::Explain { id } => {
+            let settings = Settings::load(cli.config.as_deref(), env)?;
+            let engine = open_engine(&settings).await?;
+            let id = SessionId::parse(&id).context("session id")?;
+            let e = engine.explain(&Caller::Admin { name: "cli".into(), actor: None }, &id).await?;
+            println!("session {} [{}] is {} at {}", e.session.id, e.session.kind, e.session.status.as_str(), e.now);
+            for r in &e.rules {
+                let mark = if r.due { "DUE " } else if r.applies { "wait" } else { " -  " };
+                println!("  {mark} {} (on {} → {}): {}", r.rule, r.on.as_str(), r.action, r.why);
+            }
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Every failure leaves lapse as `application/problem+json`, mapped here and nowhere else.
+//! Internal details (database errors) are logged once and never sent to clients.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use lapse_core::lifecycle::OpError;
+use lapse_engine::EngineError;
+use serde_json::{Value, json};
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+    extra: Option<(&'static str, Value)>,
+}
+
+impl ApiError {
+    /// An error with a status, a spec code and a detail.
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+            extra: None,
+        }
+    }
+
+    /// 422 `validation_failed` naming `field`.
+    pub fn validation(field: &'static str, message: impl std::fmt::Display) -> Self {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            format!("{field}: {message}"),
+        )
+        .with("field", json!(field))
+    }
+
+    /// 400 `validation_failed`, for requests that cannot be read at all.
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "validation_failed", detail)
+    }
+
+    /// 401 `unauthorized`.
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+    }
+
+    /// 403 `forbidden`.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+
+    /// Adds a member to the problem document.
+    pub fn with(mut self, key: &'static str, value: Value) -> Self {
+        self.extra = Some((key, value));
+        self
+    }
+
+    fn title(&self) -> &'static str {
+        match self.code {
+            "unauthorized" => "Unauthorized",
+            "forbidden" => "Forbidden",
+            "not_host" => "Only the host may do this",
+            "not_self" => "Only the user themselves may do this",
+            "not_found" => "Not found",
+            "validation_failed" => "Invalid request",
+            "invalid_transition" => "Not allowed in the session's state",
+            "invite_expired" => "Invitation expired",
+            "session_full" => "Session full",
+            "host_has_open_session" => "Host already has an open session",
+            "rate_limited" => "Too many requests",
+            "conflict" => "Conflict",
+            _ => "Internal error",
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        use StatusCode as S;
+        let code = lapse_engine::ops::error_code(&e);
+        let detail = e.to_string();
+        match e {
+            EngineError::NotFound(_) | EngineError::Op(OpError::NotParticipant(_)) => {
+                ApiError::new(S::NOT_FOUND, code, detail)
+            }
+            EngineError::Forbidden(_) | EngineError::NotHost(_) | EngineError::NotSelf(_) => {
+                ApiError::new(S::FORBIDDEN, code, detail)
+            }
+            EngineError::Op(OpError::Validation { field, message }) => {
+                ApiError::validation(field, message)
+            }
+            EngineError::Clock(_) => ApiError::new(S::UNPROCESSABLE_ENTITY, code, detail),
+            EngineError::Op(OpError::InviteExpired(_)) => ApiError::new(S::GONE, code, detail),
+            EngineError::Op(_) | EngineError::Conflict(_) => ApiError::new(S::CONFLICT, code, detail),
+            EngineError::HostHasOpenSession { blocking, .. } => {
+                ApiError::new(S::CONFLICT, code, detail).with(
+                    "blocking_session",
+                    json!({ "id": blocking.0, "status": blocking.1 }),
+                )
+            }
+            EngineError::Store(err) => {
+                tracing::error!(error = %err, "storage failed");
+                ApiError::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "internal",
+                    "lapse could not reach its database; nothing was changed, try again",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({
+            "type": format!("https://lapse.dev/problems/{}", self.code.replace('_', "-")),
+            "title": self.title(),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+            "code": self.code,
+        });
+        if let Some((key, value)) = self.extra {
+            body[key] = value;
+        }
+        let mut response = (self.status, Json(body)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+/// The result type of handlers.
+pub type ApiResult<T> = Result<T, ApiError>;

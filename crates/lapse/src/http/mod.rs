@@ -1,0 +1,60 @@
+//! The HTTP API (SPEC §6). One module per resource, each with its own `router()`; handlers
+//! parse input, call the engine, and shape the answer. None of them touches the store.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+mod events;
+mod export;
+mod operations;
+mod participants;
+mod sessions;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use lapse_engine::Engine;
+
+use crate::http::error::ApiError;
+
+/// Largest request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What every handler can reach.
+pub struct AppState {
+    /// The engine: the only door to sessions.
+    pub engine: Arc<Engine>,
+    /// Accepted credentials.
+    pub credentials: auth::Credentials,
+}
+
+/// The whole API.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .merge(sessions::router())
+        .merge(participants::router())
+        .merge(events::router())
+        .merge(export::router())
+        .merge(operations::router())
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "not_found",
+                "this route does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Page sizes: default and most.
+pub(crate) fn page_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(0) => Err(ApiError::validation("limit", "must be at least 1")),
+        Some(n) if n > max => Err(ApiError::validation("limit", format!("at most {max}"))),
+        Some(n) => Ok(n),
+    }
+}

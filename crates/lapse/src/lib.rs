@@ -1,0 +1,14 @@
+//! lapse, the binary: HTTP API, command line and start-up, wired over the engine.
+//!
+//! - [`settings`]: the config file plus environment overrides.
+//! - [`app`]: `App::build` → `port()` → `run(shutdown)`; tests start lapse the same way.
+//! - [`http`]: one module per resource, problem+json errors, authentication.
+//! - [`cli`]: `serve`, `sweep`, `check-config`, `migrate`, `explain`, `stats`.
+
+pub mod app;
+pub mod cli;
+pub mod http;
+pub mod settings;
+
+pub use app::App;
+pub use settings::{Environment, Settings};
