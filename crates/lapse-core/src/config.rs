@@ -462,14 +462,20 @@ impl Config {
             ));
         }
         let url = &self.database.url;
-        if !(url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:")) {
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres:")
+            || url.starts_with("postgresql:"))
+        {
             return Err(err(
                 "[database]",
                 format!("url `{url}` must start with sqlite: or postgres:"),
             ));
         }
         if self.sweeper.mode == SweeperMode::Schedule && self.sweeper.cron.is_none() {
-            return Err(err("[sweeper]", "mode = \"schedule\" needs a cron expression".into()));
+            return Err(err(
+                "[sweeper]",
+                "mode = \"schedule\" needs a cron expression".into(),
+            ));
         }
         if self.sweeper.batch == 0 {
             return Err(err("[sweeper]", "batch must be at least 1".into()));
@@ -478,12 +484,16 @@ impl Config {
             let place = format!("[[auth.api_keys]] #{} `{}`", i + 1, key.name);
             match (&key.key_env, &key.key_sha256) {
                 (Some(_), None) => {}
-                (None, Some(hex)) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {}
+                (None, Some(hex))
+                    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {}
                 (None, Some(_)) => {
                     return Err(err(&place, "key_sha256 must be 64 hex digits".into()));
                 }
                 _ => {
-                    return Err(err(&place, "give exactly one of key_env and key_sha256".into()));
+                    return Err(err(
+                        &place,
+                        "give exactly one of key_env and key_sha256".into(),
+                    ));
                 }
             }
         }
@@ -600,7 +610,14 @@ mod tests {
         let names: Vec<_> = c.kinds.keys().cloned().collect();
         assert_eq!(
             names,
-            ["coding", "mentoring", "reading", "repair", "request", "study"]
+            [
+                "coding",
+                "mentoring",
+                "reading",
+                "repair",
+                "request",
+                "study"
+            ]
         );
         assert_eq!(c.kinds["repair"].max_open_per_host, Some(1));
         assert_eq!(c.rate_limits["end"].count, 20);
@@ -625,14 +642,24 @@ do = "purge"
     #[test]
     fn unknown_keys_bad_durations_and_duplicates_are_refused() {
         let unknown = "[kinds.a]\ncolour = \"red\"\n";
-        assert!(Config::parse(unknown, "f").unwrap_err().to_string().contains("colour"));
+        assert!(
+            Config::parse(unknown, "f")
+                .unwrap_err()
+                .to_string()
+                .contains("colour")
+        );
         let top = "[serverr]\nlisten = \"x\"\n";
         assert!(Config::parse(top, "f").is_err());
         let bad = "[kinds.a]\n[[kinds.a.rules]]\nname = \"r\"\non = \"idle\"\nafter = \"soon\"\ndo = \"expire\"\n";
         let e = Config::parse(bad, "f").unwrap_err().to_string();
         assert!(e.contains("rule `r`") && e.contains("soon"), "{e}");
         let dup = "[kinds.a]\n[[kinds.a.rules]]\nname = \"r\"\non = \"idle\"\nafter = \"1h\"\ndo = \"expire\"\n[[kinds.a.rules]]\nname = \"r\"\non = \"idle\"\nafter = \"2h\"\ndo = \"delete\"\n";
-        assert!(Config::parse(dup, "f").unwrap_err().to_string().contains("duplicate"));
+        assert!(
+            Config::parse(dup, "f")
+                .unwrap_err()
+                .to_string()
+                .contains("duplicate")
+        );
     }
 
     #[test]
@@ -689,6 +716,11 @@ warn_before = "5m"
     #[test]
     fn production_refuses_a_manual_clock() {
         let text = "[server]\nenv = \"production\"\n[clock]\nmode = \"manual\"\n";
-        assert!(Config::parse(text, "f").unwrap_err().to_string().contains("manual"));
+        assert!(
+            Config::parse(text, "f")
+                .unwrap_err()
+                .to_string()
+                .contains("manual")
+        );
     }
 }

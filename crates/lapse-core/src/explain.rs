@@ -82,7 +82,9 @@ fn condition_unmet(kind: &Kind, on: Trigger, s: &Session) -> String {
     let status = s.status.as_str();
     match on {
         Trigger::Unused if s.used => "the session has been used".into(),
-        Trigger::Unused | Trigger::Pending => format!("needs a pending session; this one is {status}"),
+        Trigger::Unused | Trigger::Pending => {
+            format!("needs a pending session; this one is {status}")
+        }
         Trigger::StartMissed if s.scheduled_start.is_none() => "no scheduled_start".into(),
         Trigger::StartMissed => format!("needs a pending session; this one is {status}"),
         Trigger::ScheduledEnd if s.delayed => {

@@ -140,7 +140,15 @@ impl Effects {
         self.events.is_empty() && self.notifications.is_empty() && self.deleted_at.is_none()
     }
 
-    fn event(&mut self, s: &Session, t: EventType, at: Timestamp, by: &By, rule: Option<&Rule>, data: serde_json::Value) {
+    fn event(
+        &mut self,
+        s: &Session,
+        t: EventType,
+        at: Timestamp,
+        by: &By,
+        rule: Option<&Rule>,
+        data: serde_json::Value,
+    ) {
         self.events.push(NewEvent {
             event_type: t,
             at,
@@ -152,7 +160,18 @@ impl Effects {
         });
     }
 
-    fn session_event(&mut self, kind: &Kind, s: &mut Session, t: EventType, from: Status, at: Timestamp, by: &By, rule: Option<&Rule>) {
+    // Each argument is a distinct fact of the event; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
+    fn session_event(
+        &mut self,
+        kind: &Kind,
+        s: &mut Session,
+        t: EventType,
+        from: Status,
+        at: Timestamp,
+        by: &By,
+        rule: Option<&Rule>,
+    ) {
         s.observe(kind, at);
         let data = json!({ "from": from, "to": s.status, "session": s });
         self.event(s, t, at, by, rule, data);
@@ -205,7 +224,10 @@ pub fn create(
     {
         return Err(validation(
             "parent",
-            format!("a `{}` session belongs to a `{wanted}`, not a `{}`", kind.name, info.kind),
+            format!(
+                "a `{}` session belongs to a `{wanted}`, not a `{}`",
+                kind.name, info.kind
+            ),
         ));
     }
     let host = Participant {
@@ -242,7 +264,15 @@ pub fn create(
         parent_ended_at: parent.and_then(|p| p.ended_at),
         version: 0,
     };
-    fx.session_event(kind, &mut s, EventType::SessionCreated, Status::Pending, now, by, None);
+    fx.session_event(
+        kind,
+        &mut s,
+        EventType::SessionCreated,
+        Status::Pending,
+        now,
+        by,
+        None,
+    );
     let joined = json!({ "user": s.host, "role": Role::Host });
     fx.event(&s, EventType::ParticipantJoined, now, by, None, joined);
     Ok(s)
@@ -283,7 +313,15 @@ fn apply_rule(kind: &Kind, s: &mut Session, rule: &Rule, at: Timestamp, fx: &mut
             s.used = true;
             s.started_at = Some(at);
             s.touch(None, at);
-            fx.session_event(kind, s, EventType::SessionDelayed, from, at, &by, Some(rule));
+            fx.session_event(
+                kind,
+                s,
+                EventType::SessionDelayed,
+                from,
+                at,
+                &by,
+                Some(rule),
+            );
         }
         Action::Complete => finish(kind, s, Status::Completed, at, &by, reason, Some(rule), fx),
         Action::Expire => finish(kind, s, Status::Expired, at, &by, reason, Some(rule), fx),
@@ -309,7 +347,16 @@ fn apply_rule(kind: &Kind, s: &mut Session, rule: &Rule, at: Timestamp, fx: &mut
 
 /// Ends an open session: summary, participants out, notifications, one event.
 #[allow(clippy::too_many_arguments)]
-fn finish(kind: &Kind, s: &mut Session, to: Status, at: Timestamp, by: &By, reason: &str, rule: Option<&Rule>, fx: &mut Effects) {
+fn finish(
+    kind: &Kind,
+    s: &mut Session,
+    to: Status,
+    at: Timestamp,
+    by: &By,
+    reason: &str,
+    rule: Option<&Rule>,
+    fx: &mut Effects,
+) {
     let from = s.status;
     let ended_by = by.user.as_ref().map_or(by.label.clone(), |u| u.to_string());
     let still_joined: Vec<UserId> = s
@@ -339,10 +386,23 @@ fn finish(kind: &Kind, s: &mut Session, to: Status, at: Timestamp, by: &By, reas
     });
     if kind.notify_on_end {
         let title = format!("{} Session Ended", capitalized(&kind.name));
-        let name = if s.title.is_empty() { s.id.to_string() } else { s.title.clone() };
-        let message = format!("\"{name}\" ended after {}.", Span::from_secs(duration.secs()));
-        let link = kind.summary_url.as_ref().map(|u| u.replace("{id}", s.id.as_str()));
-        for user in still_joined.into_iter().filter(|u| Some(u) != by.user.as_ref()) {
+        let name = if s.title.is_empty() {
+            s.id.to_string()
+        } else {
+            s.title.clone()
+        };
+        let message = format!(
+            "\"{name}\" ended after {}.",
+            Span::from_secs(duration.secs())
+        );
+        let link = kind
+            .summary_url
+            .as_ref()
+            .map(|u| u.replace("{id}", s.id.as_str()));
+        for user in still_joined
+            .into_iter()
+            .filter(|u| Some(u) != by.user.as_ref())
+        {
             fx.notifications.push(NewNotification {
                 user,
                 notification_type: "session.ended".into(),
@@ -365,7 +425,15 @@ fn finish(kind: &Kind, s: &mut Session, to: Status, at: Timestamp, by: &By, reas
     fx.session_event(kind, s, t, from, at, by, rule);
 }
 
-fn remove(kind: &Kind, s: &mut Session, t: EventType, at: Timestamp, by: &By, rule: Option<&Rule>, fx: &mut Effects) {
+fn remove(
+    kind: &Kind,
+    s: &mut Session,
+    t: EventType,
+    at: Timestamp,
+    by: &By,
+    rule: Option<&Rule>,
+    fx: &mut Effects,
+) {
     let from = s.status;
     s.observe(kind, at);
     let data = json!({ "from": from, "to": "deleted", "session": s });
@@ -383,7 +451,13 @@ fn capitalized(name: &str) -> String {
 }
 
 /// The host starts a pending session.
-pub fn start(kind: &Kind, s: &mut Session, now: Timestamp, by: &By, fx: &mut Effects) -> Result<(), OpError> {
+pub fn start(
+    kind: &Kind,
+    s: &mut Session,
+    now: Timestamp,
+    by: &By,
+    fx: &mut Effects,
+) -> Result<(), OpError> {
     if s.status != Status::Pending {
         return Err(invalid(s, "start"));
     }
@@ -392,30 +466,74 @@ pub fn start(kind: &Kind, s: &mut Session, now: Timestamp, by: &By, fx: &mut Eff
     s.used = true;
     s.started_at = Some(now);
     s.touch(by.user.as_ref(), now);
-    fx.session_event(kind, s, EventType::SessionStarted, Status::Pending, now, by, None);
+    fx.session_event(
+        kind,
+        s,
+        EventType::SessionStarted,
+        Status::Pending,
+        now,
+        by,
+        None,
+    );
     Ok(())
 }
 
 /// The host ends an active session: it completes with a summary.
-pub fn end(kind: &Kind, s: &mut Session, now: Timestamp, by: &By, fx: &mut Effects) -> Result<(), OpError> {
+pub fn end(
+    kind: &Kind,
+    s: &mut Session,
+    now: Timestamp,
+    by: &By,
+    fx: &mut Effects,
+) -> Result<(), OpError> {
     if s.status != Status::Active {
         return Err(invalid(s, "end"));
     }
-    finish(kind, s, Status::Completed, now, by, "ended_by_host", None, fx);
+    finish(
+        kind,
+        s,
+        Status::Completed,
+        now,
+        by,
+        "ended_by_host",
+        None,
+        fx,
+    );
     Ok(())
 }
 
 /// The host calls off an open session.
-pub fn cancel(kind: &Kind, s: &mut Session, now: Timestamp, by: &By, fx: &mut Effects) -> Result<(), OpError> {
+pub fn cancel(
+    kind: &Kind,
+    s: &mut Session,
+    now: Timestamp,
+    by: &By,
+    fx: &mut Effects,
+) -> Result<(), OpError> {
     if !s.status.is_open() {
         return Err(invalid(s, "cancel"));
     }
-    finish(kind, s, Status::Cancelled, now, by, "cancelled_by_host", None, fx);
+    finish(
+        kind,
+        s,
+        Status::Cancelled,
+        now,
+        by,
+        "cancelled_by_host",
+        None,
+        fx,
+    );
     Ok(())
 }
 
 /// The host takes back an end they made, within the kind's `reopen_window`.
-pub fn reopen(kind: &Kind, s: &mut Session, now: Timestamp, by: &By, fx: &mut Effects) -> Result<(), OpError> {
+pub fn reopen(
+    kind: &Kind,
+    s: &mut Session,
+    now: Timestamp,
+    by: &By,
+    fx: &mut Effects,
+) -> Result<(), OpError> {
     let Some(window) = kind.reopen_window else {
         return Err(OpError::InvalidTransition(format!(
             "sessions of kind `{}` cannot be reopened (no reopen_window)",
@@ -448,7 +566,15 @@ pub fn reopen(kind: &Kind, s: &mut Session, now: Timestamp, by: &By, fx: &mut Ef
     s.end_reason = None;
     s.summary = None;
     s.touch(by.user.as_ref(), now);
-    fx.session_event(kind, s, EventType::SessionReopened, Status::Completed, now, by, None);
+    fx.session_event(
+        kind,
+        s,
+        EventType::SessionReopened,
+        Status::Completed,
+        now,
+        by,
+        None,
+    );
     Ok(())
 }
 
@@ -463,7 +589,16 @@ pub enum Via {
 
 /// A user joins (or rejoins) an open session.
 #[allow(clippy::too_many_arguments)]
-pub fn join(kind: &Kind, s: &mut Session, user: &UserId, role: Option<Role>, via: Via, now: Timestamp, by: &By, fx: &mut Effects) -> Result<Participant, OpError> {
+pub fn join(
+    kind: &Kind,
+    s: &mut Session,
+    user: &UserId,
+    role: Option<Role>,
+    via: Via,
+    now: Timestamp,
+    by: &By,
+    fx: &mut Effects,
+) -> Result<Participant, OpError> {
     if role == Some(Role::Host) && user != &s.host {
         return Err(validation("role", "only the session's host joins as host"));
     }
@@ -497,7 +632,11 @@ pub fn join(kind: &Kind, s: &mut Session, user: &UserId, role: Option<Role>, via
             s.id
         )));
     }
-    let role = if user == &s.host { Role::Host } else { Role::Member };
+    let role = if user == &s.host {
+        Role::Host
+    } else {
+        Role::Member
+    };
     match s.participant_mut(user) {
         Some(p) => {
             p.state = ParticipantState::Joined;
@@ -525,20 +664,35 @@ pub fn join(kind: &Kind, s: &mut Session, user: &UserId, role: Option<Role>, via
 }
 
 /// A participant leaves.
-pub fn leave(s: &mut Session, user: &UserId, now: Timestamp, by: &By, fx: &mut Effects) -> Result<(), OpError> {
+pub fn leave(
+    s: &mut Session,
+    user: &UserId,
+    now: Timestamp,
+    by: &By,
+    fx: &mut Effects,
+) -> Result<(), OpError> {
     let id = s.id.clone();
-    let p = s
-        .participant_mut(user)
-        .ok_or_else(|| OpError::NotParticipant(format!("`{user}` is not a participant of `{id}`")))?;
+    let p = s.participant_mut(user).ok_or_else(|| {
+        OpError::NotParticipant(format!("`{user}` is not a participant of `{id}`"))
+    })?;
     if p.state != ParticipantState::Joined {
-        return Err(OpError::InvalidTransition(format!("`{user}` already left `{id}`")));
+        return Err(OpError::InvalidTransition(format!(
+            "`{user}` already left `{id}`"
+        )));
     }
     p.state = ParticipantState::Left;
     p.left_at = Some(now);
     p.online = false;
     let role = p.role;
     s.touch(None, now);
-    fx.event(s, EventType::ParticipantLeft, now, by, None, json!({ "user": user, "role": role }));
+    fx.event(
+        s,
+        EventType::ParticipantLeft,
+        now,
+        by,
+        None,
+        json!({ "user": user, "role": role }),
+    );
     Ok(())
 }
 
@@ -552,9 +706,10 @@ pub fn check_heartbeat(s: &Session, user: &UserId) -> Result<(), OpError> {
             "`{user}` is not a participant of `{}`",
             s.id
         ))),
-        Some(p) if p.state != ParticipantState::Joined => Err(OpError::InvalidTransition(
-            format!("`{user}` has left `{}`; join again first", s.id),
-        )),
+        Some(p) if p.state != ParticipantState::Joined => Err(OpError::InvalidTransition(format!(
+            "`{user}` has left `{}`; join again first",
+            s.id
+        ))),
         Some(_) => Ok(()),
     }
 }
@@ -566,7 +721,13 @@ pub fn heartbeat(s: &mut Session, user: &UserId, at: Timestamp) {
 }
 
 /// Counts an activity (`notes`, `messages`, ...) and marks the session used.
-pub fn activity(s: &mut Session, user: Option<&UserId>, name: &str, count: i64, now: Timestamp) -> Result<(), OpError> {
+pub fn activity(
+    s: &mut Session,
+    user: Option<&UserId>,
+    name: &str,
+    count: i64,
+    now: Timestamp,
+) -> Result<(), OpError> {
     let ok_name = !name.is_empty()
         && name.len() <= 64
         && name
@@ -576,7 +737,10 @@ pub fn activity(s: &mut Session, user: Option<&UserId>, name: &str, count: i64, 
         return Err(validation("type", "1-64 characters of a-z A-Z 0-9 _ - ."));
     }
     if count.abs() > MAX_ACTIVITY_COUNT {
-        return Err(validation("count", format!("at most {MAX_ACTIVITY_COUNT} at a time")));
+        return Err(validation(
+            "count",
+            format!("at most {MAX_ACTIVITY_COUNT} at a time"),
+        ));
     }
     if !s.status.is_open() {
         return Err(invalid(s, "record activity in"));
@@ -610,7 +774,14 @@ pub struct Patch {
 }
 
 /// The host updates an open session.
-pub fn update(kind: &Kind, s: &mut Session, patch: Patch, now: Timestamp, by: &By, fx: &mut Effects) -> Result<(), OpError> {
+pub fn update(
+    kind: &Kind,
+    s: &mut Session,
+    patch: Patch,
+    now: Timestamp,
+    by: &By,
+    fx: &mut Effects,
+) -> Result<(), OpError> {
     if let Some(t) = &patch.title {
         check_title(t)?;
     }
@@ -664,7 +835,10 @@ pub fn parent_closed(s: &mut Session, at: Timestamp) -> bool {
 
 fn check_title(title: &str) -> Result<(), OpError> {
     if title.chars().count() > MAX_TITLE_CHARS {
-        return Err(validation("title", format!("at most {MAX_TITLE_CHARS} characters")));
+        return Err(validation(
+            "title",
+            format!("at most {MAX_TITLE_CHARS} characters"),
+        ));
     }
     Ok(())
 }
@@ -672,7 +846,10 @@ fn check_title(title: &str) -> Result<(), OpError> {
 fn check_metadata(m: &serde_json::Map<String, serde_json::Value>) -> Result<(), OpError> {
     let size = serde_json::to_vec(m).map(|v| v.len()).unwrap_or(usize::MAX);
     if size > MAX_METADATA_BYTES {
-        return Err(validation("metadata", format!("{size} bytes; at most 16 KiB")));
+        return Err(validation(
+            "metadata",
+            format!("{size} bytes; at most 16 KiB"),
+        ));
     }
     Ok(())
 }

@@ -184,7 +184,11 @@ pub fn next_due(kind: &Kind, session: &Session) -> Option<NextDue> {
 }
 
 /// The rule that fires at `now`, with its deadline, if any is due.
-pub fn due_now<'k>(kind: &'k Kind, session: &Session, now: Timestamp) -> Option<(&'k Rule, Timestamp)> {
+pub fn due_now<'k>(
+    kind: &'k Kind,
+    session: &Session,
+    now: Timestamp,
+) -> Option<(&'k Rule, Timestamp)> {
     earliest(kind, session).filter(|(_, at)| *at <= now)
 }
 

@@ -190,6 +190,9 @@ mod tests {
     fn timestamps_print_as_rfc3339_utc_with_milliseconds() {
         let t: Timestamp = "2026-01-01T10:00:00+01:00".parse().unwrap();
         assert_eq!(t.to_string(), "2026-01-01T09:00:00.000Z");
-        assert_eq!((t + Span::from_millis(1)).to_string(), "2026-01-01T09:00:00.001Z");
+        assert_eq!(
+            (t + Span::from_millis(1)).to_string(),
+            "2026-01-01T09:00:00.001Z"
+        );
     }
 }

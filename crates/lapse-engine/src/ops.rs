@@ -148,11 +148,22 @@ impl Engine {
     }
 
     /// `POST /v1/sessions`
-    pub async fn create(&self, caller: &Caller, req: CreateRequest) -> Result<Session, EngineError> {
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        req: CreateRequest,
+    ) -> Result<Session, EngineError> {
         caller.require_sessions()?;
         let kind = self.config.kind(&req.kind).ok_or_else(|| {
             let known: Vec<_> = self.config.kinds.keys().map(String::as_str).collect();
-            validation("kind", format!("unknown kind `{}` (configured: {})", req.kind, known.join(", ")))
+            validation(
+                "kind",
+                format!(
+                    "unknown kind `{}` (configured: {})",
+                    req.kind,
+                    known.join(", ")
+                ),
+            )
         })?;
         let host = match (req.host.clone(), caller.user()) {
             (Some(h), Some(u)) if &h != u && !caller.is_system() => {
@@ -167,10 +178,9 @@ impl Engine {
         let parent = match &req.parent {
             None => None,
             Some(pid) => {
-                let p = self
-                    .settle(pid)
-                    .await?
-                    .ok_or_else(|| validation("parent", format!("session `{pid}` does not exist")))?;
+                let p = self.settle(pid).await?.ok_or_else(|| {
+                    validation("parent", format!("session `{pid}` does not exist"))
+                })?;
                 Some(ParentInfo {
                     kind: p.kind.clone(),
                     ended_at: if p.status.is_open() { None } else { p.ended_at },
@@ -204,11 +214,15 @@ impl Engine {
         let mut fx = Effects::default();
         let mut s = lifecycle::create(kind, id.clone(), input, parent, now, &caller.by(), &mut fx)?;
         lifecycle::apply_due(kind, &mut s, now, &mut fx);
-        let (commit, _) = self.build_commit(&mut s, &fx, now, true, Some(Vec::new())).await?;
+        let (commit, _) = self
+            .build_commit(&mut s, &fx, now, true, Some(Vec::new()))
+            .await?;
         match self.apply_commit(commit).await {
             Ok(()) => {}
             Err(EngineError::Store(StoreError::Duplicate)) => {
-                return Err(EngineError::Conflict(format!("session `{id}` already exists")));
+                return Err(EngineError::Conflict(format!(
+                    "session `{id}` already exists"
+                )));
             }
             Err(e) => return Err(e),
         }
@@ -221,7 +235,12 @@ impl Engine {
 
     /// Applies due rules to the host's open sessions of `kind`, then refuses if `max` are
     /// still open (seed 004: a stale waiting session must never block a new one).
-    async fn check_open_per_host(&self, kind: &Kind, host: &UserId, max: u32) -> Result<(), EngineError> {
+    async fn check_open_per_host(
+        &self,
+        kind: &Kind,
+        host: &UserId,
+        max: u32,
+    ) -> Result<(), EngineError> {
         let open = self
             .store
             .list(&SessionQuery {
@@ -266,7 +285,11 @@ impl Engine {
     }
 
     /// `GET /v1/sessions`: a page ordered by id. A user sees only sessions they take part in.
-    pub async fn list(&self, caller: &Caller, mut query: SessionQuery) -> Result<Vec<Session>, EngineError> {
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        mut query: SessionQuery,
+    ) -> Result<Vec<Session>, EngineError> {
         caller.require_sessions()?;
         if !caller.is_system() {
             let Some(user) = caller.user() else {
@@ -295,7 +318,12 @@ impl Engine {
     }
 
     /// `PATCH /v1/sessions/{id}`
-    pub async fn update(&self, caller: &Caller, id: &SessionId, patch: Patch) -> Result<Session, EngineError> {
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        id: &SessionId,
+        patch: Patch,
+    ) -> Result<Session, EngineError> {
         let by = caller.by();
         let (_, s) = self
             .mutate(id, |kind, s, now, fx| {
@@ -368,7 +396,14 @@ impl Engine {
     }
 
     /// `POST /v1/sessions/{id}/participants`
-    pub async fn join(&self, caller: &Caller, id: &SessionId, user: &UserId, role: Option<Role>, via: Via) -> Result<Participant, EngineError> {
+    pub async fn join(
+        &self,
+        caller: &Caller,
+        id: &SessionId,
+        user: &UserId,
+        role: Option<Role>,
+        via: Via,
+    ) -> Result<Participant, EngineError> {
         caller.require_self(user)?;
         let by = caller.by();
         let result = self
@@ -380,7 +415,9 @@ impl Engine {
         match result {
             Ok((p, _)) => Ok(p),
             // The invite link is what the user holds: a deleted session's invite has expired.
-            Err(EngineError::NotFound(_)) if via == Via::Invite && self.store.was_deleted(id).await? => {
+            Err(EngineError::NotFound(_))
+                if via == Via::Invite && self.store.was_deleted(id).await? =>
+            {
                 Err(OpError::InviteExpired(
                     "This invitation link has expired: the session no longer exists.".into(),
                 )
@@ -391,7 +428,12 @@ impl Engine {
     }
 
     /// `DELETE /v1/sessions/{id}/participants/{user}`: the user themselves, or the host.
-    pub async fn leave(&self, caller: &Caller, id: &SessionId, user: &UserId) -> Result<(), EngineError> {
+    pub async fn leave(
+        &self,
+        caller: &Caller,
+        id: &SessionId,
+        user: &UserId,
+    ) -> Result<(), EngineError> {
         caller.require_sessions()?;
         let by = caller.by();
         self.mutate(id, |_, s, now, fx| {
@@ -406,7 +448,12 @@ impl Engine {
 
     /// `POST /v1/sessions/{id}/heartbeat`: checked against the settled session, then folded
     /// into memory; written with the next batch.
-    pub async fn heartbeat(&self, caller: &Caller, id: &SessionId, user: &UserId) -> Result<(), EngineError> {
+    pub async fn heartbeat(
+        &self,
+        caller: &Caller,
+        id: &SessionId,
+        user: &UserId,
+    ) -> Result<(), EngineError> {
         caller.require_self(user)?;
         let s = self.settle(id).await?.ok_or_else(|| not_found(id))?;
         lifecycle::check_heartbeat(&s, user)?;
@@ -415,7 +462,11 @@ impl Engine {
     }
 
     /// `POST /v1/heartbeats`: each beat on its own; refusals are reported, not fatal.
-    pub async fn heartbeats(&self, caller: &Caller, beats: &[(String, String)]) -> Result<(usize, Vec<RejectedBeat>), EngineError> {
+    pub async fn heartbeats(
+        &self,
+        caller: &Caller,
+        beats: &[(String, String)],
+    ) -> Result<(usize, Vec<RejectedBeat>), EngineError> {
         caller.require_sessions()?;
         let mut accepted = 0;
         let mut rejected = Vec::new();
@@ -440,7 +491,14 @@ impl Engine {
     }
 
     /// `POST /v1/sessions/{id}/activity`
-    pub async fn activity(&self, caller: &Caller, id: &SessionId, user: Option<&UserId>, name: &str, count: i64) -> Result<(), EngineError> {
+    pub async fn activity(
+        &self,
+        caller: &Caller,
+        id: &SessionId,
+        user: Option<&UserId>,
+        name: &str,
+        count: i64,
+    ) -> Result<(), EngineError> {
         caller.require_sessions()?;
         if let Some(u) = user {
             caller.require_self(u)?;
@@ -461,18 +519,33 @@ impl Engine {
     }
 
     /// `GET /v1/sessions/{id}/explain`
-    pub async fn explain(&self, caller: &Caller, id: &SessionId) -> Result<Explanation, EngineError> {
+    pub async fn explain(
+        &self,
+        caller: &Caller,
+        id: &SessionId,
+    ) -> Result<Explanation, EngineError> {
         let session = self.get(caller, id).await?;
         let now = self.now();
         let rules = explain::explain(self.kind_of(&session.kind), &session, now);
-        Ok(Explanation { session, now, rules })
+        Ok(Explanation {
+            session,
+            now,
+            rules,
+        })
     }
 
     /// A session's timeline. Admins and services can still read it after deletion.
-    pub async fn session_events(&self, caller: &Caller, id: &SessionId, after: i64, limit: u32) -> Result<Vec<Event>, EngineError> {
+    pub async fn session_events(
+        &self,
+        caller: &Caller,
+        id: &SessionId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>, EngineError> {
         match self.get(caller, id).await {
             Ok(_) => {}
-            Err(EngineError::NotFound(_)) if caller.is_system() && self.store.was_deleted(id).await? => {}
+            Err(EngineError::NotFound(_))
+                if caller.is_system() && self.store.was_deleted(id).await? => {}
             Err(e) => return Err(e),
         }
         Ok(self
@@ -487,30 +560,49 @@ impl Engine {
     }
 
     /// `GET /v1/events`
-    pub async fn events(&self, caller: &Caller, query: &EventQuery) -> Result<Vec<Event>, EngineError> {
+    pub async fn events(
+        &self,
+        caller: &Caller,
+        query: &EventQuery,
+    ) -> Result<Vec<Event>, EngineError> {
         caller.require_backend()?;
         Ok(self.store.events(query).await?)
     }
 
     /// `GET /v1/users/{user}/notifications`
-    pub async fn notifications(&self, caller: &Caller, user: &UserId, unread_only: bool, limit: u32) -> Result<Vec<Notification>, EngineError> {
+    pub async fn notifications(
+        &self,
+        caller: &Caller,
+        user: &UserId,
+        unread_only: bool,
+        limit: u32,
+    ) -> Result<Vec<Notification>, EngineError> {
         caller.require_self(user)?;
         Ok(self.store.notifications(user, unread_only, limit).await?)
     }
 
     /// `POST /v1/users/{user}/notifications/{nid}/read`
-    pub async fn mark_read(&self, caller: &Caller, user: &UserId, nid: &str) -> Result<Notification, EngineError> {
+    pub async fn mark_read(
+        &self,
+        caller: &Caller,
+        user: &UserId,
+        nid: &str,
+    ) -> Result<Notification, EngineError> {
         caller.require_self(user)?;
         self.store
             .mark_read(user, nid, self.now())
             .await?
-            .ok_or_else(|| EngineError::NotFound(format!("notification `{nid}` not found for `{user}`")))
+            .ok_or_else(|| {
+                EngineError::NotFound(format!("notification `{nid}` not found for `{user}`"))
+            })
     }
 
     /// Session counts by kind and status.
     pub async fn counts(&self, caller: &Caller) -> Result<Vec<StatusCount>, EngineError> {
         if matches!(caller, Caller::User(_)) {
-            return Err(EngineError::Forbidden("stats need an admin, service or cron credential".into()));
+            return Err(EngineError::Forbidden(
+                "stats need an admin, service or cron credential".into(),
+            ));
         }
         Ok(self.store.counts().await?)
     }

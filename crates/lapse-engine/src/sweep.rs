@@ -161,7 +161,14 @@ impl Engine {
         Ok(report)
     }
 
-    async fn sweep_session(&self, pass: &mut Pass, id: &SessionId, now: Timestamp, report: &mut SweepReport, cascade: &mut VecDeque<SessionId>) {
+    async fn sweep_session(
+        &self,
+        pass: &mut Pass,
+        id: &SessionId,
+        now: Timestamp,
+        report: &mut SweepReport,
+        cascade: &mut VecDeque<SessionId>,
+    ) {
         let mut last_error = None;
         for _ in 0..SWEEP_ATTEMPTS {
             match self.sweep_step(pass, id, now, report, cascade).await {
@@ -183,7 +190,14 @@ impl Engine {
         });
     }
 
-    async fn sweep_step(&self, pass: &mut Pass, id: &SessionId, now: Timestamp, report: &mut SweepReport, cascade: &mut VecDeque<SessionId>) -> Result<(), EngineError> {
+    async fn sweep_step(
+        &self,
+        pass: &mut Pass,
+        id: &SessionId,
+        now: Timestamp,
+        report: &mut SweepReport,
+        cascade: &mut VecDeque<SessionId>,
+    ) -> Result<(), EngineError> {
         let loaded = match pass.overlay.get(id) {
             Some(s) => s.clone(),
             None => self.store.load(id).await?,
@@ -272,7 +286,11 @@ impl Engine {
             let failing = match self.sweep_once(&SweepOptions::default()).await {
                 Ok(report) => {
                     if !report.applied.is_empty() {
-                        tracing::info!(applied = report.applied.len(), ms = report.duration_ms, "sweep");
+                        tracing::info!(
+                            applied = report.applied.len(),
+                            ms = report.duration_ms,
+                            "sweep"
+                        );
                     }
                     !report.errors.is_empty()
                 }
@@ -284,7 +302,9 @@ impl Engine {
             let now = self.now();
             let next = self.store.next_deadline().await.ok().flatten();
             let mut sleep = match next {
-                Some(at) => Duration::from_millis(at.millis().saturating_sub(now.millis()).max(0) as u64),
+                Some(at) => {
+                    Duration::from_millis(at.millis().saturating_sub(now.millis()).max(0) as u64)
+                }
                 None => MAX_SLEEP,
             }
             .min(MAX_SLEEP);
@@ -292,8 +312,10 @@ impl Engine {
                 // A row that keeps failing stays due; do not spin on it.
                 sleep = sleep.max(Duration::from_secs(1));
             }
-            self.planned_wake
-                .store(now.millis().saturating_add(sleep.as_millis() as i64), Ordering::Release);
+            self.planned_wake.store(
+                now.millis().saturating_add(sleep.as_millis() as i64),
+                Ordering::Release,
+            );
             tokio::select! {
                 _ = tokio::time::sleep(sleep) => {}
                 _ = self.wake.notified() => {}

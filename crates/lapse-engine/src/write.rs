@@ -25,10 +25,12 @@ impl Engine {
         let kind = self.kind_of(&s.kind);
         if fx.deleted_at.is_some() {
             if !insert {
-                commit.sessions.push(lapse_core::store::SessionWrite::Delete {
-                    id: s.id.clone(),
-                    version: s.version,
-                });
+                commit
+                    .sessions
+                    .push(lapse_core::store::SessionWrite::Delete {
+                        id: s.id.clone(),
+                        version: s.version,
+                    });
             }
         } else {
             s.observe(kind, now);

@@ -35,7 +35,10 @@ where
     for<'a> Option<i64>: sqlx::Decode<'a, R::Database>,
 {
     let get_s = |c: &str| row.try_get::<String, _>(c).map_err(|e| corrupt(c, e));
-    let get_os = |c: &str| row.try_get::<Option<String>, _>(c).map_err(|e| corrupt(c, e));
+    let get_os = |c: &str| {
+        row.try_get::<Option<String>, _>(c)
+            .map_err(|e| corrupt(c, e))
+    };
     let get_i = |c: &str| row.try_get::<i64, _>(c).map_err(|e| corrupt(c, e));
     let get_oi = |c: &str| row.try_get::<Option<i64>, _>(c).map_err(|e| corrupt(c, e));
 
@@ -133,7 +136,8 @@ where
         event_type: EventType::parse(&type_text).ok_or_else(|| corrupt("type", &type_text))?,
         at: Timestamp::from_millis(get_i("at")?),
         applied_at: Timestamp::from_millis(get_i("applied_at")?),
-        session_id: SessionId::parse(&get_s("session_id")?).map_err(|e| corrupt("session_id", e))?,
+        session_id: SessionId::parse(&get_s("session_id")?)
+            .map_err(|e| corrupt("session_id", e))?,
         kind: get_s("kind")?,
         actor: get_s("actor")?,
         rule: row

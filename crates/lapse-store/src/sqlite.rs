@@ -163,7 +163,10 @@ async fn update_session(tx: &mut Transaction<'_, Sqlite>, s: &Session) -> Result
     Ok(())
 }
 
-async fn upsert_participants(tx: &mut Transaction<'_, Sqlite>, s: &Session) -> Result<(), StoreError> {
+async fn upsert_participants(
+    tx: &mut Transaction<'_, Sqlite>,
+    s: &Session,
+) -> Result<(), StoreError> {
     for p in &s.participants {
         sqlx::query(
             "insert into participants (session_id, user_id, role, state, joined_at, left_at, \
@@ -186,7 +189,11 @@ async fn upsert_participants(tx: &mut Transaction<'_, Sqlite>, s: &Session) -> R
     Ok(())
 }
 
-async fn delete_session(tx: &mut Transaction<'_, Sqlite>, id: &SessionId, version: i64) -> Result<(), StoreError> {
+async fn delete_session(
+    tx: &mut Transaction<'_, Sqlite>,
+    id: &SessionId,
+    version: i64,
+) -> Result<(), StoreError> {
     let result = sqlx::query("delete from sessions where id = ?1 and version = ?2")
         .bind(id.as_str())
         .bind(version)
@@ -204,7 +211,10 @@ async fn delete_session(tx: &mut Transaction<'_, Sqlite>, id: &SessionId, versio
     Ok(())
 }
 
-async fn append_events(tx: &mut Transaction<'_, Sqlite>, commit: &Commit) -> Result<(), StoreError> {
+async fn append_events(
+    tx: &mut Transaction<'_, Sqlite>,
+    commit: &Commit,
+) -> Result<(), StoreError> {
     for r in &commit.events {
         let e = &r.event;
         sqlx::query(
@@ -227,7 +237,10 @@ async fn append_events(tx: &mut Transaction<'_, Sqlite>, commit: &Commit) -> Res
     Ok(())
 }
 
-async fn deliver_notifications(tx: &mut Transaction<'_, Sqlite>, commit: &Commit) -> Result<(), StoreError> {
+async fn deliver_notifications(
+    tx: &mut Transaction<'_, Sqlite>,
+    commit: &Commit,
+) -> Result<(), StoreError> {
     for r in &commit.notifications {
         let n = &r.notification;
         sqlx::query(
@@ -263,12 +276,17 @@ impl Store for SqliteStore {
             .fetch_all(&self.writer)
             .await
             .map_err(backend)?;
-        for script in migrate::SQLITE.iter().filter(|s| !done.contains(&s.version)) {
+        for script in migrate::SQLITE
+            .iter()
+            .filter(|s| !done.contains(&s.version))
+        {
             let mut tx = self.writer.begin().await.map_err(backend)?;
             sqlx::raw_sql(script.sql)
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| StoreError::Backend(format!("migration {} failed: {e}", script.name)))?;
+                .map_err(|e| {
+                    StoreError::Backend(format!("migration {} failed: {e}", script.name))
+                })?;
             sqlx::query("insert into lapse_migrations (version, name, applied_at) values (?1, ?2, strftime('%s','now') * 1000)")
                 .bind(script.version)
                 .bind(script.name)
@@ -305,7 +323,9 @@ impl Store for SqliteStore {
                     update_session(&mut tx, s).await?;
                     upsert_participants(&mut tx, s).await?;
                 }
-                SessionWrite::Delete { id, version } => delete_session(&mut tx, id, *version).await?,
+                SessionWrite::Delete { id, version } => {
+                    delete_session(&mut tx, id, *version).await?
+                }
             }
         }
         append_events(&mut tx, &commit).await?;
@@ -340,7 +360,13 @@ impl Store for SqliteStore {
         Ok(sessions)
     }
 
-    async fn due(&self, now: Timestamp, kind: Option<&str>, cursor: Option<&DueRow>, limit: u32) -> Result<Vec<DueRow>, StoreError> {
+    async fn due(
+        &self,
+        now: Timestamp,
+        kind: Option<&str>,
+        cursor: Option<&DueRow>,
+        limit: u32,
+    ) -> Result<Vec<DueRow>, StoreError> {
         let rows = sqlx::query(
             "select id, next_due_at from sessions \
              where next_due_at is not null and next_due_at <= ?1 and (?2 is null or kind = ?2) \
@@ -367,7 +393,12 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn rearm(&self, id: &SessionId, version: i64, next_due: Option<(&str, Timestamp)>) -> Result<bool, StoreError> {
+    async fn rearm(
+        &self,
+        id: &SessionId,
+        version: i64,
+        next_due: Option<(&str, Timestamp)>,
+    ) -> Result<bool, StoreError> {
         let result = sqlx::query(
             "update sessions set next_due_at = ?3, next_due_rule = ?4 where id = ?1 and version = ?2",
         )
@@ -458,7 +489,12 @@ impl Store for SqliteStore {
         rows.iter().map(rows::event).collect()
     }
 
-    async fn notifications(&self, user: &UserId, unread_only: bool, limit: u32) -> Result<Vec<Notification>, StoreError> {
+    async fn notifications(
+        &self,
+        user: &UserId,
+        unread_only: bool,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
         let rows = sqlx::query(
             "select id, user_id, type, title, message, session_id, link, created_at, read_at \
              from notifications where user_id = ?1 and (?2 = 0 or read_at is null) \
@@ -473,7 +509,12 @@ impl Store for SqliteStore {
         rows.iter().map(rows::notification).collect()
     }
 
-    async fn mark_read(&self, user: &UserId, id: &str, at: Timestamp) -> Result<Option<Notification>, StoreError> {
+    async fn mark_read(
+        &self,
+        user: &UserId,
+        id: &str,
+        at: Timestamp,
+    ) -> Result<Option<Notification>, StoreError> {
         let row = sqlx::query(
             "update notifications set read_at = coalesce(read_at, ?3) \
              where id = ?1 and user_id = ?2 \

@@ -66,7 +66,10 @@ impl App {
         }
         Ok(App {
             listener,
-            state: Arc::new(AppState { engine, credentials }),
+            state: Arc::new(AppState {
+                engine,
+                credentials,
+            }),
             settings,
         })
     }
@@ -90,7 +93,9 @@ impl App {
             let sweeper = self.settings.config.sweeper.clone();
             tokio::spawn(async move {
                 match (sweeper.mode, sweeper.cron) {
-                    (SweeperMode::Schedule, Some(cron)) => run_scheduled(&engine, &cron, token).await,
+                    (SweeperMode::Schedule, Some(cron)) => {
+                        run_scheduled(&engine, &cron, token).await
+                    }
                     _ => engine.run_sweeper(token).await,
                 }
             })
@@ -98,12 +103,17 @@ impl App {
         let flusher = {
             let engine = engine.clone();
             let token = shutdown.clone();
-            tokio::spawn(async move { engine.run_heartbeat_flusher(HEARTBEAT_FLUSH_INTERVAL, token).await })
+            tokio::spawn(async move {
+                engine
+                    .run_heartbeat_flusher(HEARTBEAT_FLUSH_INTERVAL, token)
+                    .await
+            })
         };
         tracing::info!(addr = %self.listener.local_addr()?, "lapse listening");
         let router = http::router(self.state.clone());
         let token = shutdown.clone();
-        let server = axum::serve(self.listener, router).with_graceful_shutdown(async move { token.cancelled().await });
+        let server = axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move { token.cancelled().await });
         let served = tokio::select! {
             result = server => result.context("serving HTTP"),
             _ = async { shutdown.cancelled().await; tokio::time::sleep(DRAIN_TIMEOUT).await } => {
@@ -120,7 +130,9 @@ impl App {
 /// `[sweeper] mode = "schedule"`: a sweep at each cron time, nothing in between (rules still
 /// apply on access).
 async fn run_scheduled(engine: &Engine, cron: &str, shutdown: CancellationToken) {
-    let Ok(schedule) = cron_schedule(cron) else { return };
+    let Ok(schedule) = cron_schedule(cron) else {
+        return;
+    };
     loop {
         let now = chrono::Utc::now();
         let Ok(next) = schedule.find_next_occurrence(&now, false) else {
@@ -133,7 +145,11 @@ async fn run_scheduled(engine: &Engine, cron: &str, shutdown: CancellationToken)
             _ = shutdown.cancelled() => return,
         }
         match engine.sweep_once(&SweepOptions::default()).await {
-            Ok(r) => tracing::info!(applied = r.applied.len(), ms = r.duration_ms, "scheduled sweep"),
+            Ok(r) => tracing::info!(
+                applied = r.applied.len(),
+                ms = r.duration_ms,
+                "scheduled sweep"
+            ),
             Err(e) => tracing::error!(error = %e, "scheduled sweep failed"),
         }
     }

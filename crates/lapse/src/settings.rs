@@ -25,7 +25,10 @@ impl Environment {
 
     /// A variable's value, if set and not empty.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 }
 
@@ -107,5 +110,6 @@ impl Settings {
 /// Parses a cron expression for `[sweeper] cron`.
 pub fn cron_schedule(expr: &str) -> anyhow::Result<croner::Cron> {
     use std::str::FromStr as _;
-    croner::Cron::from_str(expr).map_err(|e| anyhow::anyhow!("`{expr}` is not a cron expression: {e}"))
+    croner::Cron::from_str(expr)
+        .map_err(|e| anyhow::anyhow!("`{expr}` is not a cron expression: {e}"))
 }

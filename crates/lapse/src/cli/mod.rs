@@ -75,7 +75,12 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 c.kinds.len(),
                 c.kinds
                     .values()
-                    .map(|k| format!("{} ({} rule{})", k.name, k.rules.len(), if k.rules.len() == 1 { "" } else { "s" }))
+                    .map(|k| format!(
+                        "{} ({} rule{})",
+                        k.name,
+                        k.rules.len(),
+                        if k.rules.len() == 1 { "" } else { "s" }
+                    ))
                     .collect::<Vec<_>>()
                     .join(", ")
             );
@@ -92,10 +97,18 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
         Command::Migrate => {
             let settings = Settings::load(cli.config.as_deref(), env)?;
             open_engine(&settings).await?;
-            println!("database {} is up to date", lapse_store::redact(&settings.config.database.url));
+            println!(
+                "database {} is up to date",
+                lapse_store::redact(&settings.config.database.url)
+            );
             Ok(0)
         }
-        Command::Sweep { dry_run, verbose, kind, json } => {
+        Command::Sweep {
+            dry_run,
+            verbose,
+            kind,
+            json,
+        } => {
             let settings = Settings::load(cli.config.as_deref(), env)?;
             if let Some(k) = &kind
                 && settings.config.kind(k).is_none()
@@ -125,14 +138,30 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                         println!("error {}: {}", e.session, e.error);
                     }
                 }
-                let counts: Vec<String> = report.counts.iter().map(|(a, n)| format!("{a}: {n}")).collect();
+                let counts: Vec<String> = report
+                    .counts
+                    .iter()
+                    .map(|(a, n)| format!("{a}: {n}"))
+                    .collect();
                 println!(
                     "{} {} rule(s) in {} ms{}{}",
-                    if dry_run { "dry run: would apply" } else { "applied" },
+                    if dry_run {
+                        "dry run: would apply"
+                    } else {
+                        "applied"
+                    },
                     report.applied.len(),
                     report.duration_ms,
-                    if counts.is_empty() { String::new() } else { format!(" ({})", counts.join(", ")) },
-                    if report.errors.is_empty() { String::new() } else { format!("; {} error(s)", report.errors.len()) },
+                    if counts.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", counts.join(", "))
+                    },
+                    if report.errors.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {} error(s)", report.errors.len())
+                    },
                 );
             }
             Ok(if report.errors.is_empty() { 0 } else { 1 })
@@ -140,7 +169,12 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
         Command::Stats => {
             let settings = Settings::load(cli.config.as_deref(), env)?;
             let engine = open_engine(&settings).await?;
-            let counts = engine.counts(&Caller::Admin { name: "cli".into(), actor: None }).await?;
+            let counts = engine
+                .counts(&Caller::Admin {
+                    name: "cli".into(),
+                    actor: None,
+                })
+                .await?;
             if counts.is_empty() {
                 println!("no sessions");
             }
@@ -157,11 +191,37 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             let settings = Settings::load(cli.config.as_deref(), env)?;
             let engine = open_engine(&settings).await?;
             let id = SessionId::parse(&id).context("session id")?;
-            let e = engine.explain(&Caller::Admin { name: "cli".into(), actor: None }, &id).await?;
-            println!("session {} [{}] is {} at {}", e.session.id, e.session.kind, e.session.status.as_str(), e.now);
+            let e = engine
+                .explain(
+                    &Caller::Admin {
+                        name: "cli".into(),
+                        actor: None,
+                    },
+                    &id,
+                )
+                .await?;
+            println!(
+                "session {} [{}] is {} at {}",
+                e.session.id,
+                e.session.kind,
+                e.session.status.as_str(),
+                e.now
+            );
             for r in &e.rules {
-                let mark = if r.due { "DUE " } else if r.applies { "wait" } else { " -  " };
-                println!("  {mark} {} (on {} → {}): {}", r.rule, r.on.as_str(), r.action, r.why);
+                let mark = if r.due {
+                    "DUE "
+                } else if r.applies {
+                    "wait"
+                } else {
+                    " -  "
+                };
+                println!(
+                    "  {mark} {} (on {} → {}): {}",
+                    r.rule,
+                    r.on.as_str(),
+                    r.action,
+                    r.why
+                );
             }
             Ok(0)
         }

@@ -53,10 +53,18 @@ impl Credentials {
         let env = &settings.env;
         let mut keys = Vec::new();
         if let Some(k) = env.get("LAPSE_ADMIN_KEY") {
-            keys.push(Key { name: "LAPSE_ADMIN_KEY".into(), role: KeyRole::Admin, digest: digest(k.as_bytes()) });
+            keys.push(Key {
+                name: "LAPSE_ADMIN_KEY".into(),
+                role: KeyRole::Admin,
+                digest: digest(k.as_bytes()),
+            });
         }
         if let Some(k) = env.get("LAPSE_SERVICE_KEY") {
-            keys.push(Key { name: "LAPSE_SERVICE_KEY".into(), role: KeyRole::Service, digest: digest(k.as_bytes()) });
+            keys.push(Key {
+                name: "LAPSE_SERVICE_KEY".into(),
+                role: KeyRole::Service,
+                digest: digest(k.as_bytes()),
+            });
         }
         for k in &auth.api_keys {
             let d = match (&k.key_env, &k.key_sha256) {
@@ -67,11 +75,16 @@ impl Credentials {
                         continue;
                     }
                 },
-                (None, Some(hex)) => parse_hex(hex)
-                    .ok_or_else(|| anyhow::anyhow!("api key `{}`: key_sha256 is not hex", k.name))?,
+                (None, Some(hex)) => parse_hex(hex).ok_or_else(|| {
+                    anyhow::anyhow!("api key `{}`: key_sha256 is not hex", k.name)
+                })?,
                 (None, None) => continue,
             };
-            keys.push(Key { name: k.name.clone(), role: k.role, digest: d });
+            keys.push(Key {
+                name: k.name.clone(),
+                role: k.role,
+                digest: d,
+            });
         }
         let cron = env.get(&auth.cron_secret_env).map(|s| digest(s.as_bytes()));
         let mut jwt = Vec::new();
@@ -88,7 +101,10 @@ impl Credentials {
             v
         };
         if let Some(secret) = env.get(&auth.jwt_hs256_secret_env) {
-            jwt.push((DecodingKey::from_secret(secret.as_bytes()), validation(Algorithm::HS256)));
+            jwt.push((
+                DecodingKey::from_secret(secret.as_bytes()),
+                validation(Algorithm::HS256),
+            ));
         }
         if let Some(file) = &auth.jwt_rs256_public_key_file {
             let pem = std::fs::read(file)
@@ -99,7 +115,12 @@ impl Credentials {
         }
         let nothing = keys.is_empty() && cron.is_none() && jwt.is_empty();
         let open = nothing && loopback && settings.config.server.env == Env::Development;
-        Ok(Credentials { keys, cron, jwt, open })
+        Ok(Credentials {
+            keys,
+            cron,
+            jwt,
+            open,
+        })
     }
 
     /// Whether every request is admin (development mode).
@@ -108,11 +129,20 @@ impl Credentials {
     }
 
     /// Works out the caller of a request to `path` with these headers.
-    pub fn authenticate(&self, path: &str, bearer: Option<&str>, api_key: Option<&str>, actor: Option<&str>) -> Result<Caller, ApiError> {
+    pub fn authenticate(
+        &self,
+        path: &str,
+        bearer: Option<&str>,
+        api_key: Option<&str>,
+        actor: Option<&str>,
+    ) -> Result<Caller, ApiError> {
         let presented = api_key.or(bearer);
         let Some(token) = presented else {
             if self.open {
-                return Ok(Caller::Admin { name: "development".into(), actor: parse_actor(actor)? });
+                return Ok(Caller::Admin {
+                    name: "development".into(),
+                    actor: parse_actor(actor)?,
+                });
             }
             return Err(ApiError::unauthorized(
                 "send an API key (Authorization: Bearer <key> or X-API-Key) or a user token",
@@ -128,31 +158,47 @@ impl Credentials {
         }
         if let Some(k) = found {
             return match k.role {
-                KeyRole::Admin => Ok(Caller::Admin { name: k.name.clone(), actor: parse_actor(actor)? }),
-                KeyRole::Cron => Ok(Caller::Cron { name: k.name.clone() }),
-                KeyRole::Service => Ok(Caller::Service { name: k.name.clone(), actor: parse_actor(actor)? }),
+                KeyRole::Admin => Ok(Caller::Admin {
+                    name: k.name.clone(),
+                    actor: parse_actor(actor)?,
+                }),
+                KeyRole::Cron => Ok(Caller::Cron {
+                    name: k.name.clone(),
+                }),
+                KeyRole::Service => Ok(Caller::Service {
+                    name: k.name.clone(),
+                    actor: parse_actor(actor)?,
+                }),
             };
         }
         if let Some(cron) = &self.cron
             && bool::from(cron.ct_eq(&d))
         {
             if path == "/v1/sweep" {
-                return Ok(Caller::Cron { name: "cron-secret".into() });
+                return Ok(Caller::Cron {
+                    name: "cron-secret".into(),
+                });
             }
-            return Err(ApiError::forbidden("the cron secret is valid on /v1/sweep only"));
+            return Err(ApiError::forbidden(
+                "the cron secret is valid on /v1/sweep only",
+            ));
         }
         if api_key.is_none() && token.matches('.').count() == 2 {
             for (key, validation) in &self.jwt {
                 if let Ok(data) = jsonwebtoken::decode::<Claims>(token, key, validation) {
-                    let user = UserId::parse(&data.claims.sub)
-                        .map_err(|_| ApiError::unauthorized("the token's `sub` is not a user id"))?;
+                    let user = UserId::parse(&data.claims.sub).map_err(|_| {
+                        ApiError::unauthorized("the token's `sub` is not a user id")
+                    })?;
                     return Ok(Caller::User(user));
                 }
             }
             return Err(ApiError::unauthorized("the token is invalid or expired"));
         }
         if self.open {
-            return Ok(Caller::Admin { name: "development".into(), actor: parse_actor(actor)? });
+            return Ok(Caller::Admin {
+                name: "development".into(),
+                actor: parse_actor(actor)?,
+            });
         }
         Err(ApiError::unauthorized("unknown credentials"))
     }
@@ -175,7 +221,10 @@ pub struct Auth(pub Caller);
 impl FromRequestParts<Arc<AppState>> for Auth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
         let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
         let bearer = header("authorization").and_then(|v| {
             v.strip_prefix("Bearer ")

@@ -100,7 +100,9 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Clock(_) => ApiError::new(S::UNPROCESSABLE_ENTITY, code, detail),
             EngineError::Op(OpError::InviteExpired(_)) => ApiError::new(S::GONE, code, detail),
-            EngineError::Op(_) | EngineError::Conflict(_) => ApiError::new(S::CONFLICT, code, detail),
+            EngineError::Op(_) | EngineError::Conflict(_) => {
+                ApiError::new(S::CONFLICT, code, detail)
+            }
             EngineError::HostHasOpenSession { blocking, .. } => {
                 ApiError::new(S::CONFLICT, code, detail).with(
                     "blocking_session",

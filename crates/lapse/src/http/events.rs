@@ -45,7 +45,11 @@ fn event_types(text: Option<&str>) -> Result<Vec<EventType>, ApiError> {
         .collect()
 }
 
-async fn events(State(app): State<Arc<AppState>>, Auth(caller): Auth, Query(q): Query<EventsQuery>) -> ApiResult<Json<Value>> {
+async fn events(
+    State(app): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult<Json<Value>> {
     let after = q.after.unwrap_or(0).max(0);
     let query = EventQuery {
         after,
@@ -65,7 +69,12 @@ struct TimelineQuery {
     limit: Option<u32>,
 }
 
-async fn session_events(State(app): State<Arc<AppState>>, Auth(caller): Auth, Path(id): Path<String>, Query(q): Query<TimelineQuery>) -> ApiResult<Json<Value>> {
+async fn session_events(
+    State(app): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    Query(q): Query<TimelineQuery>,
+) -> ApiResult<Json<Value>> {
     let after = q.after.unwrap_or(0).max(0);
     let limit = page_limit(q.limit, 100, 1000)?;
     let events = app
@@ -82,15 +91,27 @@ struct InboxQuery {
     limit: Option<u32>,
 }
 
-async fn notifications(State(app): State<Arc<AppState>>, Auth(caller): Auth, Path(user): Path<String>, Query(q): Query<InboxQuery>) -> ApiResult<Json<Value>> {
+async fn notifications(
+    State(app): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path(user): Path<String>,
+    Query(q): Query<InboxQuery>,
+) -> ApiResult<Json<Value>> {
     let user = user_id("user", &user)?;
     let unread = flag("unread", q.unread.as_deref())?;
     let limit = page_limit(q.limit, 100, 1000)?;
-    let list = app.engine.notifications(&caller, &user, unread, limit).await?;
+    let list = app
+        .engine
+        .notifications(&caller, &user, unread, limit)
+        .await?;
     Ok(Json(json!({ "notifications": list })))
 }
 
-async fn mark_read(State(app): State<Arc<AppState>>, Auth(caller): Auth, Path((user, nid)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+async fn mark_read(
+    State(app): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path((user, nid)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
     let user = user_id("user", &user)?;
     let n = app.engine.mark_read(&caller, &user, &nid).await?;
     Ok(Json(json!(n)))

@@ -9,8 +9,8 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use lapse_core::event::Event;
 use lapse_core::Session;
+use lapse_core::event::Event;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -28,7 +28,12 @@ struct ExportQuery {
     format: Option<String>,
 }
 
-async fn export(State(app): State<Arc<AppState>>, Auth(caller): Auth, Path(id): Path<String>, Query(q): Query<ExportQuery>) -> ApiResult<Response> {
+async fn export(
+    State(app): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    Query(q): Query<ExportQuery>,
+) -> ApiResult<Response> {
     let format = q.format.unwrap_or_else(|| "json".into());
     if !matches!(format.as_str(), "json" | "markdown" | "csv") {
         return Err(ApiError::validation("format", "one of json, markdown, csv"));
@@ -42,7 +47,11 @@ async fn export(State(app): State<Arc<AppState>>, Auth(caller): Auth, Path(id): 
             markdown(&session, &events),
         )
             .into_response(),
-        "csv" => ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv(&session, &events)).into_response(),
+        "csv" => (
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            csv(&session, &events),
+        )
+            .into_response(),
         _ => Json(json!({
             "session": session,
             "participants": session.participants,
@@ -56,9 +65,20 @@ async fn export(State(app): State<Arc<AppState>>, Auth(caller): Auth, Path(id): 
 /// The document a person reads.
 pub fn markdown(s: &Session, events: &[Event]) -> String {
     let mut out = String::new();
-    let title = if s.title.is_empty() { s.id.as_str() } else { s.title.as_str() };
+    let title = if s.title.is_empty() {
+        s.id.as_str()
+    } else {
+        s.title.as_str()
+    };
     let _ = writeln!(out, "# {title}\n");
-    let _ = writeln!(out, "- id: `{}`\n- kind: {}\n- host: {}\n- status: {}", s.id, s.kind, s.host, s.status.as_str());
+    let _ = writeln!(
+        out,
+        "- id: `{}`\n- kind: {}\n- host: {}\n- status: {}",
+        s.id,
+        s.kind,
+        s.host,
+        s.status.as_str()
+    );
     let _ = writeln!(out, "- created: {}", s.created_at);
     if let Some(t) = s.started_at {
         let _ = writeln!(out, "- started: {t}");
@@ -68,21 +88,41 @@ pub fn markdown(s: &Session, events: &[Event]) -> String {
     }
     if let Some(sum) = &s.summary {
         let _ = writeln!(out, "\n## Summary\n");
-        let _ = writeln!(out, "- duration: {} min ({} s)", sum.duration_minutes, sum.duration_seconds);
+        let _ = writeln!(
+            out,
+            "- duration: {} min ({} s)",
+            sum.duration_minutes, sum.duration_seconds
+        );
         let _ = writeln!(out, "- participants: {}", sum.participants);
         for (name, n) in &sum.counters {
             let _ = writeln!(out, "- {name}: {n}");
         }
         let _ = writeln!(out, "- ended by: {} ({})", sum.ended_by, sum.end_reason);
     }
-    let _ = writeln!(out, "\n## Participants\n\n| user | role | state | joined | left |\n|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "\n## Participants\n\n| user | role | state | joined | left |\n|---|---|---|---|---|"
+    );
     for p in &s.participants {
         let left = p.left_at.map(|t| t.to_string()).unwrap_or_default();
-        let _ = writeln!(out, "| {} | {} | {} | {} | {left} |", p.user, p.role.as_str(), p.state.as_str(), p.joined_at);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {left} |",
+            p.user,
+            p.role.as_str(),
+            p.state.as_str(),
+            p.joined_at
+        );
     }
     let _ = writeln!(out, "\n## Timeline\n\n| at | event | by |\n|---|---|---|");
     for e in events {
-        let _ = writeln!(out, "| {} | {} | {} |", e.at, e.event_type.as_str(), e.actor);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            e.at,
+            e.event_type.as_str(),
+            e.actor
+        );
     }
     out
 }

@@ -3,9 +3,9 @@
 
 pub mod auth;
 pub mod error;
-pub mod extract;
 mod events;
 mod export;
+pub mod extract;
 mod operations;
 mod participants;
 mod sessions;

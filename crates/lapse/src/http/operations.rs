@@ -32,17 +32,27 @@ struct SweepQuery {
     kind: Option<String>,
 }
 
-async fn sweep(State(app): State<Arc<AppState>>, Auth(caller): Auth, Query(q): Query<SweepQuery>) -> ApiResult<Json<Value>> {
+async fn sweep(
+    State(app): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Query(q): Query<SweepQuery>,
+) -> ApiResult<Json<Value>> {
     caller.require_sweep()?;
     let dry_run = flag("dry_run", q.dry_run.as_deref())?;
     if let Some(kind) = &q.kind
         && app.engine.config().kind(kind).is_none()
     {
-        return Err(ApiError::validation("kind", format!("unknown kind `{kind}`")));
+        return Err(ApiError::validation(
+            "kind",
+            format!("unknown kind `{kind}`"),
+        ));
     }
     let report = app
         .engine
-        .sweep_once(&SweepOptions { dry_run, kind: q.kind })
+        .sweep_once(&SweepOptions {
+            dry_run,
+            kind: q.kind,
+        })
         .await?;
     Ok(Json(json!(report)))
 }
@@ -80,7 +90,9 @@ fn require_admin(caller: &Caller) -> Result<(), ApiError> {
 async fn clock(State(app): State<Arc<AppState>>, Auth(caller): Auth) -> ApiResult<Json<Value>> {
     require_admin(&caller)?;
     let clock = app.engine.clock();
-    Ok(Json(json!({ "now": clock.now(), "mode": if clock.is_manual() { "manual" } else { "system" } })))
+    Ok(Json(
+        json!({ "now": clock.now(), "mode": if clock.is_manual() { "manual" } else { "system" } }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -90,22 +102,34 @@ struct ClockBody {
     set: Option<Timestamp>,
 }
 
-async fn move_clock(State(app): State<Arc<AppState>>, Auth(caller): Auth, Body(body): Body<ClockBody>) -> ApiResult<Json<Value>> {
+async fn move_clock(
+    State(app): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Body(body): Body<ClockBody>,
+) -> ApiResult<Json<Value>> {
     require_admin(&caller)?;
     let clock = app.engine.clock();
     let now = match (body.advance, body.set) {
         (Some(by), None) => clock.advance(by),
         (None, Some(to)) => clock.set(to),
-        _ => return Err(ApiError::validation("advance", "give exactly one of `advance` and `set`")),
+        _ => {
+            return Err(ApiError::validation(
+                "advance",
+                "give exactly one of `advance` and `set`",
+            ));
+        }
     };
     let now = now.map_err(|e| ApiError::from(lapse_engine::EngineError::from(e)))?;
     Ok(Json(json!({ "now": now })))
 }
 
 async fn ready(State(app): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
-    app.engine
-        .sweeper_figures()
-        .await
-        .map_err(|_| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "internal", "database unreachable"))?;
+    app.engine.sweeper_figures().await.map_err(|_| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "internal",
+            "database unreachable",
+        )
+    })?;
     Ok(Json(json!({ "status": "ready" })))
 }

@@ -37,13 +37,21 @@ struct JoinBody {
     via: Option<String>,
 }
 
-async fn join(State(app): State<Arc<AppState>>, Auth(caller): Auth, Path(id): Path<String>, Body(body): Body<JoinBody>) -> ApiResult<impl IntoResponse> {
+async fn join(
+    State(app): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    Body(body): Body<JoinBody>,
+) -> ApiResult<impl IntoResponse> {
     let user = user_id("user", &body.user)?;
     let via = match body.via.as_deref() {
         None | Some("direct") | Some("link") => Via::Direct,
         Some("invite") => Via::Invite,
         Some(other) => {
-            return Err(ApiError::validation("via", format!("`{other}` is not `invite` or `direct`")));
+            return Err(ApiError::validation(
+                "via",
+                format!("`{other}` is not `invite` or `direct`"),
+            ));
         }
     };
     let p = app
@@ -53,7 +61,11 @@ async fn join(State(app): State<Arc<AppState>>, Auth(caller): Auth, Path(id): Pa
     Ok((StatusCode::CREATED, Json(p)))
 }
 
-async fn leave(State(app): State<Arc<AppState>>, Auth(caller): Auth, Path((id, user)): Path<(String, String)>) -> ApiResult<StatusCode> {
+async fn leave(
+    State(app): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path((id, user)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     app.engine
         .leave(&caller, &session_id(&id)?, &user_id("user", &user)?)
         .await?;
@@ -66,7 +78,12 @@ struct BeatBody {
     user: String,
 }
 
-async fn heartbeat(State(app): State<Arc<AppState>>, Auth(caller): Auth, Path(id): Path<String>, Body(body): Body<BeatBody>) -> ApiResult<StatusCode> {
+async fn heartbeat(
+    State(app): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    Body(body): Body<BeatBody>,
+) -> ApiResult<StatusCode> {
     app.engine
         .heartbeat(&caller, &session_id(&id)?, &user_id("user", &body.user)?)
         .await?;
@@ -86,11 +103,22 @@ struct BatchBody {
     beats: Vec<Beat>,
 }
 
-async fn heartbeats(State(app): State<Arc<AppState>>, Auth(caller): Auth, Body(body): Body<BatchBody>) -> ApiResult<Json<Value>> {
+async fn heartbeats(
+    State(app): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Body(body): Body<BatchBody>,
+) -> ApiResult<Json<Value>> {
     if body.beats.len() > MAX_BATCH {
-        return Err(ApiError::validation("beats", format!("at most {MAX_BATCH} per batch")));
+        return Err(ApiError::validation(
+            "beats",
+            format!("at most {MAX_BATCH} per batch"),
+        ));
     }
-    let beats: Vec<(String, String)> = body.beats.into_iter().map(|b| (b.session, b.user)).collect();
+    let beats: Vec<(String, String)> = body
+        .beats
+        .into_iter()
+        .map(|b| (b.session, b.user))
+        .collect();
     let (accepted, rejected) = app.engine.heartbeats(&caller, &beats).await?;
     Ok(Json(json!({ "accepted": accepted, "rejected": rejected })))
 }
@@ -104,10 +132,25 @@ struct ActivityBody {
     count: Option<i64>,
 }
 
-async fn activity(State(app): State<Arc<AppState>>, Auth(caller): Auth, Path(id): Path<String>, Body(body): Body<ActivityBody>) -> ApiResult<StatusCode> {
-    let user = body.user.as_deref().map(|u| user_id("user", u)).transpose()?;
+async fn activity(
+    State(app): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    Body(body): Body<ActivityBody>,
+) -> ApiResult<StatusCode> {
+    let user = body
+        .user
+        .as_deref()
+        .map(|u| user_id("user", u))
+        .transpose()?;
     app.engine
-        .activity(&caller, &session_id(&id)?, user.as_ref(), &body.activity, body.count.unwrap_or(1))
+        .activity(
+            &caller,
+            &session_id(&id)?,
+            user.as_ref(),
+            &body.activity,
+            body.count.unwrap_or(1),
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

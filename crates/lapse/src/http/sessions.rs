@@ -44,7 +44,11 @@ struct CreateBody {
     scheduled_end: Option<Timestamp>,
 }
 
-async fn create(State(app): State<Arc<AppState>>, Auth(caller): Auth, Body(body): Body<CreateBody>) -> ApiResult<impl IntoResponse> {
+async fn create(
+    State(app): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Body(body): Body<CreateBody>,
+) -> ApiResult<impl IntoResponse> {
     let session = app
         .engine
         .create(
@@ -74,14 +78,21 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-async fn list(State(app): State<Arc<AppState>>, Auth(caller): Auth, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+async fn list(
+    State(app): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
     let limit = page_limit(q.limit, 50, 500)?;
     let status = q
         .status
         .as_deref()
         .map(|s| {
             Status::parse(s).ok_or_else(|| {
-                ApiError::validation("status", "one of pending, active, completed, cancelled, expired")
+                ApiError::validation(
+                    "status",
+                    "one of pending, active, completed, cancelled, expired",
+                )
             })
         })
         .transpose()?;
@@ -107,15 +118,23 @@ async fn list(State(app): State<Arc<AppState>>, Auth(caller): Auth, Query(q): Qu
     } else {
         None
     };
-    Ok(Json(json!({ "sessions": sessions, "next_cursor": next_cursor })))
+    Ok(Json(
+        json!({ "sessions": sessions, "next_cursor": next_cursor }),
+    ))
 }
 
-async fn read(State(app): State<Arc<AppState>>, Auth(caller): Auth, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {
+async fn read(
+    State(app): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
     Ok(Json(app.engine.get(&caller, &session_id(&id)?).await?))
 }
 
 /// `null` clears a field, absence keeps it.
-fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
 
@@ -130,40 +149,73 @@ struct UpdateBody {
     scheduled_end: Option<Option<Timestamp>>,
 }
 
-async fn update(State(app): State<Arc<AppState>>, Auth(caller): Auth, Path(id): Path<String>, Body(body): Body<UpdateBody>) -> ApiResult<impl IntoResponse> {
+async fn update(
+    State(app): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    Body(body): Body<UpdateBody>,
+) -> ApiResult<impl IntoResponse> {
     let patch = Patch {
         title: body.title,
         metadata: body.metadata,
         scheduled_start: body.scheduled_start,
         scheduled_end: body.scheduled_end,
     };
-    Ok(Json(app.engine.update(&caller, &session_id(&id)?, patch).await?))
+    Ok(Json(
+        app.engine.update(&caller, &session_id(&id)?, patch).await?,
+    ))
 }
 
-async fn delete(State(app): State<Arc<AppState>>, Auth(caller): Auth, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn delete(
+    State(app): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     app.engine.delete(&caller, &session_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn start(State(app): State<Arc<AppState>>, Auth(caller): Auth, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {
+async fn start(
+    State(app): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
     Ok(Json(app.engine.start(&caller, &session_id(&id)?).await?))
 }
 
-async fn end(State(app): State<Arc<AppState>>, Auth(caller): Auth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn end(
+    State(app): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let ended = app.engine.end(&caller, &session_id(&id)?).await?;
     let summary = ended.session.summary.clone();
-    Ok(Json(json!({ "success": true, "session": ended.session, "summary": summary })))
+    Ok(Json(
+        json!({ "success": true, "session": ended.session, "summary": summary }),
+    ))
 }
 
-async fn cancel(State(app): State<Arc<AppState>>, Auth(caller): Auth, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {
+async fn cancel(
+    State(app): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
     Ok(Json(app.engine.cancel(&caller, &session_id(&id)?).await?))
 }
 
-async fn reopen(State(app): State<Arc<AppState>>, Auth(caller): Auth, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {
+async fn reopen(
+    State(app): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
     Ok(Json(app.engine.reopen(&caller, &session_id(&id)?).await?))
 }
 
-async fn summary(State(app): State<Arc<AppState>>, Auth(caller): Auth, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {
+async fn summary(
+    State(app): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
     let id = session_id(&id)?;
     let s = app.engine.get(&caller, &id).await?;
     match s.summary {
@@ -175,6 +227,10 @@ async fn summary(State(app): State<Arc<AppState>>, Auth(caller): Auth, Path(id):
     }
 }
 
-async fn explain(State(app): State<Arc<AppState>>, Auth(caller): Auth, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {
+async fn explain(
+    State(app): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
     Ok(Json(app.engine.explain(&caller, &session_id(&id)?).await?))
 }

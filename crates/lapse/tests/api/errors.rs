@@ -1,0 +1,188 @@
+//! Bad input gets a clear problem document, never a 5xx: axum's own rejections included.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn malformed_and_mistyped_bodies_are_problems() {
+    let app = spawn_app().await;
+    let r = app
+        .client
+        .post(format!("{}/v1/sessions", app.base))
+        .bearer_auth(ADMIN_KEY)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+
+    let r = app
+        .client
+        .post(format!("{}/v1/sessions", app.base))
+        .bearer_auth(ADMIN_KEY)
+        .body(r#"{"kind":"study","host":"a"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "validation_failed");
+
+    app.post(As::Admin, "/v1/sessions", json!({ "kind": 5 }))
+        .await
+        .problem(422, "validation_failed");
+    app.post(
+        As::Admin,
+        "/v1/sessions",
+        json!({ "kind": "study", "host": "a", "colour": "red" }),
+    )
+    .await
+    .problem(422, "validation_failed");
+    let p = app
+        .post(
+            As::Admin,
+            "/v1/sessions",
+            json!({ "kind": "nope", "host": "a" }),
+        )
+        .await
+        .problem(422, "validation_failed");
+    assert_eq!(p["field"], "kind");
+    let p = app
+        .post(As::Admin, "/v1/sessions", json!({ "kind": "study" }))
+        .await
+        .problem(422, "validation_failed");
+    assert_eq!(p["field"], "host");
+    app.post(
+        As::Admin,
+        "/v1/sessions",
+        json!({ "id": "bad id", "kind": "study", "host": "a" }),
+    )
+    .await
+    .problem(422, "validation_failed");
+    app.post(
+        As::Admin,
+        "/v1/sessions",
+        json!({ "kind": "study", "host": "a", "scheduled_start": "tomorrow" }),
+    )
+    .await
+    .problem(422, "validation_failed");
+}
+
+#[tokio::test]
+async fn oversized_bodies_and_metadata_are_refused() {
+    let app = spawn_app().await;
+    let big = "x".repeat(70 * 1024);
+    app.post(
+        As::Admin,
+        "/v1/sessions",
+        json!({ "kind": "study", "host": "a", "title": big }),
+    )
+    .await
+    .problem(413, "validation_failed");
+    let meta = json!({ "blob": "y".repeat(17 * 1024) });
+    let p = app
+        .post(
+            As::Admin,
+            "/v1/sessions",
+            json!({ "kind": "study", "host": "a", "metadata": meta }),
+        )
+        .await
+        .problem(422, "validation_failed");
+    assert_eq!(p["field"], "metadata");
+}
+
+#[tokio::test]
+async fn unknown_routes_methods_and_ids_are_problems() {
+    let app = spawn_app().await;
+    app.get(As::Admin, "/v1/nothing-here")
+        .await
+        .problem(404, "not_found");
+    app.send(As::Admin, Method::PUT, "/v1/sessions", None)
+        .await
+        .problem(405, "not_found");
+    app.get(As::Admin, "/v1/sessions/does-not-exist")
+        .await
+        .problem(404, "not_found");
+    app.get(As::Admin, "/v1/sessions/bad%20id")
+        .await
+        .problem(422, "validation_failed");
+    app.get(As::Admin, "/v1/sessions?limit=abc")
+        .await
+        .problem(400, "validation_failed");
+    app.get(As::Admin, "/v1/sessions?status=sleeping")
+        .await
+        .problem(422, "validation_failed");
+    app.get(As::Admin, "/v1/events?type=session.exploded")
+        .await
+        .problem(422, "validation_failed");
+    app.post(As::Admin, "/v1/admin/clock", json!({ "advance": "soon" }))
+        .await
+        .problem(422, "validation_failed");
+    app.post(
+        As::Admin,
+        "/v1/admin/clock",
+        json!({ "set": "2020-01-01T00:00:00Z" }),
+    )
+    .await
+    .problem(422, "validation_failed");
+}
+
+#[tokio::test]
+async fn a_taken_id_is_a_conflict_and_state_errors_are_409() {
+    let app = spawn_app().await;
+    app.create("study", "dup", "alice", json!({})).await;
+    app.post(
+        As::User("alice"),
+        "/v1/sessions",
+        json!({ "id": "dup", "kind": "study" }),
+    )
+    .await
+    .problem(409, "conflict");
+    app.post_empty(As::User("alice"), "/v1/sessions/dup/end")
+        .await
+        .problem(409, "invalid_transition");
+    app.post(
+        As::User("bob"),
+        "/v1/sessions/dup/heartbeat",
+        json!({ "user": "stranger" }),
+    )
+    .await
+    .problem(403, "not_self");
+    app.post(
+        As::Admin,
+        "/v1/sessions/dup/heartbeat",
+        json!({ "user": "stranger" }),
+    )
+    .await
+    .problem(404, "not_found");
+}
+
+#[tokio::test]
+async fn a_full_session_refuses_another_member() {
+    let config = "[kinds.tiny]\nmax_participants = 2\n";
+    let app = spawn_app_with(Some(config)).await;
+    app.create("tiny", "t", "alice", json!({})).await;
+    app.join("t", "bob").await;
+    app.post(
+        As::User("carol"),
+        "/v1/sessions/t/participants",
+        json!({ "user": "carol" }),
+    )
+    .await
+    .problem(409, "session_full");
+    app.delete(As::User("bob"), "/v1/sessions/t/participants/bob")
+        .await
+        .expect(204);
+    app.join("t", "carol").await;
+    app.post(
+        As::User("bob"),
+        "/v1/sessions/t/participants",
+        json!({ "user": "bob" }),
+    )
+    .await
+    .problem(409, "session_full");
+}

@@ -1,0 +1,258 @@
+//! `TestApp`: one lapse per test, with typed helpers for the requests the seeds make.
+
+use lapse::{App, Environment, Settings};
+use lapse_core::Config;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN_KEY: &str = "test-admin-key";
+pub const SERVICE_KEY: &str = "test-service-key";
+pub const CRON_SECRET: &str = "test-cron-secret";
+pub const JWT_SECRET: &str = "test-jwt-secret";
+/// Where every test's manual clock starts.
+pub const START: &str = "2026-01-05T09:00:00.000Z";
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub db_url: String,
+    pub _dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A response: status and JSON body (`Null` when empty or not JSON).
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub body: Value,
+    pub content_type: String,
+    pub text: String,
+}
+
+impl Resp {
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Value {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        self.body
+    }
+
+    /// Asserts a problem+json answer with `status` and `code`.
+    #[track_caller]
+    pub fn problem(self, status: u16, code: &str) -> Value {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        assert_eq!(
+            self.content_type, "application/problem+json",
+            "body: {}",
+            self.text
+        );
+        assert_eq!(self.body["code"], code, "body: {}", self.text);
+        assert_eq!(self.body["status"], status);
+        self.body
+    }
+}
+
+/// Who a request is sent as.
+#[derive(Clone, Debug)]
+pub enum As {
+    Admin,
+    /// The service key acting for a user (`X-Actor`).
+    User(&'static str),
+    Service,
+    Cron,
+    Nobody,
+    Bearer(String),
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(None).await
+}
+
+pub async fn spawn_app_with(config: Option<&str>) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db_url = format!("sqlite://{}", dir.path().join("lapse.db").display());
+    let mut config = match config {
+        Some(text) => Config::parse(text, "test.toml").expect("test config is valid"),
+        None => Config::default(),
+    };
+    config.clock.start = Some(START.parse().unwrap());
+    let env = Environment::from_pairs([
+        ("LAPSE_CLOCK".to_string(), "manual".to_string()),
+        ("LAPSE_LISTEN".to_string(), "127.0.0.1:0".to_string()),
+        ("DATABASE_URL".to_string(), db_url.clone()),
+        ("LAPSE_ADMIN_KEY".to_string(), ADMIN_KEY.to_string()),
+        ("LAPSE_SERVICE_KEY".to_string(), SERVICE_KEY.to_string()),
+        ("CRON_SECRET".to_string(), CRON_SECRET.to_string()),
+        ("LAPSE_JWT_SECRET".to_string(), JWT_SECRET.to_string()),
+    ]);
+    let settings = Settings::from_config(config, env).expect("settings");
+    let app = App::build(settings).await.expect("lapse builds");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(app.run(shutdown.clone()));
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        db_url,
+        _dir: dir,
+        shutdown,
+    }
+}
+
+impl TestApp {
+    pub async fn send(&self, who: As, method: Method, path: &str, body: Option<Value>) -> Resp {
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.base, path));
+        req = match who {
+            As::Admin => req.bearer_auth(ADMIN_KEY),
+            As::Service => req.header("X-API-Key", SERVICE_KEY),
+            As::User(u) => req.header("X-API-Key", SERVICE_KEY).header("X-Actor", u),
+            As::Cron => req.bearer_auth(CRON_SECRET),
+            As::Nobody => req,
+            As::Bearer(t) => req.bearer_auth(t),
+        };
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.expect("request sent");
+        let status = r.status();
+        let content_type = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let text = r.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp {
+            status,
+            body,
+            content_type,
+            text,
+        }
+    }
+
+    pub async fn get(&self, who: As, path: &str) -> Resp {
+        self.send(who, Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, who: As, path: &str, body: Value) -> Resp {
+        self.send(who, Method::POST, path, Some(body)).await
+    }
+
+    pub async fn post_empty(&self, who: As, path: &str) -> Resp {
+        self.send(who, Method::POST, path, None).await
+    }
+
+    pub async fn delete(&self, who: As, path: &str) -> Resp {
+        self.send(who, Method::DELETE, path, None).await
+    }
+
+    /// Creates a session of `kind` hosted by `host` with extra fields.
+    pub async fn create(&self, kind: &str, id: &str, host: &'static str, extra: Value) -> Value {
+        let mut body = json!({ "id": id, "kind": kind, "title": format!("{kind} {id}") });
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        self.post(As::User(host), "/v1/sessions", body)
+            .await
+            .expect(201)
+    }
+
+    pub async fn join(&self, id: &str, user: &'static str) -> Value {
+        self.post(
+            As::User(user),
+            &format!("/v1/sessions/{id}/participants"),
+            json!({ "user": user }),
+        )
+        .await
+        .expect(201)
+    }
+
+    pub async fn start(&self, id: &str, host: &'static str) -> Value {
+        self.post_empty(As::User(host), &format!("/v1/sessions/{id}/start"))
+            .await
+            .expect(200)
+    }
+
+    pub async fn heartbeat(&self, id: &str, user: &'static str) -> Resp {
+        self.post(
+            As::User(user),
+            &format!("/v1/sessions/{id}/heartbeat"),
+            json!({ "user": user }),
+        )
+        .await
+    }
+
+    pub async fn session(&self, id: &str) -> Resp {
+        self.get(As::Admin, &format!("/v1/sessions/{id}")).await
+    }
+
+    /// Moves the manual clock and returns the new `now`.
+    pub async fn advance(&self, by: &str) -> String {
+        let r = self
+            .post(As::Admin, "/v1/admin/clock", json!({ "advance": by }))
+            .await
+            .expect(200);
+        r["now"].as_str().unwrap().to_string()
+    }
+
+    /// A real sweep, called the way a cron job calls it.
+    pub async fn sweep(&self) -> Value {
+        self.post_empty(As::Cron, "/v1/sweep").await.expect(200)
+    }
+
+    pub async fn dry_sweep(&self) -> Value {
+        self.post_empty(As::Cron, "/v1/sweep?dry_run=true")
+            .await
+            .expect(200)
+    }
+
+    /// The session's timeline (admin, so deleted sessions too).
+    pub async fn events_of(&self, id: &str) -> Vec<Value> {
+        let r = self
+            .get(As::Admin, &format!("/v1/sessions/{id}/events"))
+            .await
+            .expect(200);
+        r["events"].as_array().unwrap().clone()
+    }
+
+    pub async fn notifications(&self, user: &'static str) -> Vec<Value> {
+        let r = self
+            .get(As::User(user), &format!("/v1/users/{user}/notifications"))
+            .await
+            .expect(200);
+        r["notifications"].as_array().unwrap().clone()
+    }
+}
+
+/// Adds a span to an RFC 3339 time, as the API prints times.
+pub fn at(base: &str, plus: &str) -> String {
+    let t: lapse_core::Timestamp = base.parse().unwrap();
+    let span: lapse_core::Span = plus.parse().unwrap();
+    (t + span).to_string()
+}
+
+pub fn types(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect()
+}

@@ -1,0 +1,133 @@
+//! Identity (SPEC §5): API keys, X-Actor, user JWTs, host-only and self-only rules.
+
+use jsonwebtoken::{EncodingKey, Header};
+use serde_json::json;
+
+use crate::helpers::*;
+
+fn jwt(sub: &str, exp_from_now: i64) -> String {
+    let exp = chrono::Utc::now().timestamp() + exp_from_now;
+    jsonwebtoken::encode(
+        &Header::default(),
+        &json!({ "sub": sub, "exp": exp }),
+        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_user_token_acts_only_as_its_user() {
+    let app = spawn_app().await;
+    let alice = As::Bearer(jwt("alice", 3600));
+    let s = app
+        .post(
+            alice.clone(),
+            "/v1/sessions",
+            json!({ "id": "j1", "kind": "study" }),
+        )
+        .await
+        .expect(201);
+    assert_eq!(s["host"], "alice");
+    app.post(
+        alice.clone(),
+        "/v1/sessions",
+        json!({ "kind": "study", "host": "mallory" }),
+    )
+    .await
+    .problem(403, "not_self");
+    app.post(
+        alice.clone(),
+        "/v1/sessions/j1/participants",
+        json!({ "user": "bob" }),
+    )
+    .await
+    .problem(403, "not_self");
+
+    let bob = As::Bearer(jwt("bob", 3600));
+    app.get(bob.clone(), "/v1/sessions/j1")
+        .await
+        .problem(403, "forbidden");
+    app.post(
+        bob.clone(),
+        "/v1/sessions/j1/participants",
+        json!({ "user": "bob" }),
+    )
+    .await
+    .expect(201);
+    app.get(bob.clone(), "/v1/sessions/j1").await.expect(200);
+    app.post_empty(bob.clone(), "/v1/sessions/j1/start")
+        .await
+        .problem(403, "not_host");
+    app.get(bob.clone(), "/v1/events")
+        .await
+        .problem(403, "forbidden");
+    app.delete(alice.clone(), "/v1/sessions/j1")
+        .await
+        .problem(403, "forbidden");
+    let mine = app.get(bob, "/v1/sessions").await.expect(200);
+    assert_eq!(mine["sessions"].as_array().unwrap().len(), 1);
+
+    app.get(As::Bearer(jwt("alice", -600)), "/v1/sessions/j1")
+        .await
+        .problem(401, "unauthorized");
+    app.delete(As::Admin, "/v1/sessions/j1").await.expect(204);
+}
+
+#[tokio::test]
+async fn a_service_key_acts_for_the_user_it_names() {
+    let app = spawn_app().await;
+    app.create("study", "svc", "alice", json!({})).await;
+    app.post_empty(As::User("bob"), "/v1/sessions/svc/start")
+        .await
+        .problem(403, "not_host");
+    app.post_empty(As::Service, "/v1/sessions/svc/start")
+        .await
+        .expect(200);
+    app.delete(As::Service, "/v1/sessions/svc")
+        .await
+        .problem(403, "forbidden");
+    app.get(As::Nobody, "/v1/sessions/svc")
+        .await
+        .problem(401, "unauthorized");
+    app.get(As::Bearer("not-a-key".into()), "/v1/sessions/svc")
+        .await
+        .problem(401, "unauthorized");
+    app.get(As::Cron, "/v1/sessions/svc")
+        .await
+        .problem(403, "forbidden");
+}
+
+#[tokio::test]
+async fn the_event_log_pages_in_order_and_filters() {
+    let app = spawn_app().await;
+    app.create("study", "e1", "alice", json!({})).await;
+    app.create("coding", "e2", "alice", json!({})).await;
+    app.join("e1", "bob").await;
+    let page = app.get(As::Admin, "/v1/events?limit=2").await.expect(200);
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2);
+    let next = page["next_after"].as_i64().unwrap();
+    let rest = app
+        .get(As::Admin, &format!("/v1/events?after={next}"))
+        .await
+        .expect(200);
+    assert_eq!(rest["events"].as_array().unwrap().len(), 3);
+    assert!(rest["events"][0]["seq"].as_i64().unwrap() > next);
+
+    let coding = app
+        .get(As::Admin, "/v1/events?kind=coding")
+        .await
+        .expect(200);
+    assert!(
+        coding["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["kind"] == "coding")
+    );
+    let joins = app
+        .get(As::Admin, "/v1/events?type=participant.joined&session=e1")
+        .await
+        .expect(200);
+    assert_eq!(joins["events"].as_array().unwrap().len(), 2);
+}

@@ -1,0 +1,99 @@
+//! Exactly once: a manual action racing a sweep, two sweeps racing each other, and two manual
+//! actions racing on one session all move each session once; the loser gets 409.
+
+use std::collections::HashMap;
+
+use futures::future::join_all;
+use serde_json::json;
+
+use crate::helpers::*;
+
+const SESSIONS: usize = 60;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_manual_end_racing_two_sweeps_moves_each_session_once() {
+    let app = spawn_app().await;
+    for i in 0..SESSIONS {
+        let id = format!("race-{i}");
+        app.create("study", &id, "alice", json!({})).await;
+        app.start(&id, "alice").await;
+    }
+    app.advance("6h").await; // every session's auto-end is due now
+
+    let ends = join_all((0..SESSIONS).map(|i| {
+        let app = &app;
+        async move {
+            app.post_empty(As::User("alice"), &format!("/v1/sessions/race-{i}/end"))
+                .await
+        }
+    }));
+    let sweeps = join_all((0..2).map(|_| app.sweep()));
+    let (ends, sweeps) = tokio::join!(ends, sweeps);
+
+    for r in &ends {
+        // The rule was due first, so whoever applied it, the manual end finds it completed.
+        assert!(r.status == 409 || r.status == 200, "{:?}", r);
+        if r.status == 409 {
+            assert_eq!(r.body["code"], "invalid_transition");
+        }
+    }
+    let swept: usize = sweeps
+        .iter()
+        .map(|s| s["applied"].as_array().unwrap().len())
+        .sum();
+    assert!(swept <= SESSIONS);
+
+    let page = app
+        .get(As::Admin, "/v1/events?type=session.completed&limit=1000")
+        .await
+        .expect(200);
+    let mut per_session: HashMap<String, usize> = HashMap::new();
+    for e in page["events"].as_array().unwrap() {
+        *per_session
+            .entry(e["session_id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+        assert_eq!(
+            e["at"],
+            at(START, "6h"),
+            "stamped at the deadline whoever applied it"
+        );
+    }
+    assert_eq!(per_session.len(), SESSIONS);
+    assert!(per_session.values().all(|n| *n == 1), "{per_session:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_end_racing_a_cancel_has_one_winner_and_one_409() {
+    let app = spawn_app().await;
+    for i in 0..SESSIONS {
+        let id = format!("duel-{i}");
+        app.create("study", &id, "alice", json!({})).await;
+        app.start(&id, "alice").await;
+    }
+    let results = join_all((0..SESSIONS).map(|i| {
+        let app = &app;
+        async move {
+            let (end_path, cancel_path) = (
+                format!("/v1/sessions/duel-{i}/end"),
+                format!("/v1/sessions/duel-{i}/cancel"),
+            );
+            let end = app.post_empty(As::User("alice"), &end_path);
+            let cancel = app.post_empty(As::User("alice"), &cancel_path);
+            tokio::join!(end, cancel)
+        }
+    }))
+    .await;
+    for (i, (end, cancel)) in results.iter().enumerate() {
+        let codes = [end.status.as_u16(), cancel.status.as_u16()];
+        assert!(
+            codes.contains(&200) && codes.contains(&409),
+            "session {i}: {codes:?}"
+        );
+        let events = app.events_of(&format!("duel-{i}")).await;
+        let endings = types(&events)
+            .into_iter()
+            .filter(|t| t == "session.completed" || t == "session.cancelled")
+            .count();
+        assert_eq!(endings, 1);
+    }
+}

@@ -1,0 +1,146 @@
+//! Seed 001, tarot readings: a room silent for an hour is deleted, and its invite link says
+//! so instead of letting anyone into a dead room. Heartbeats keep it alive.
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn heartbeats_keep_a_reading_alive_and_silence_deletes_it() {
+    let app = spawn_app().await;
+    app.create("reading", "tarot", "mira", json!({})).await;
+    for _ in 0..4 {
+        app.advance("50m").await;
+        app.heartbeat("tarot", "mira").await.expect(204);
+        assert!(app.sweep().await["applied"].as_array().unwrap().is_empty());
+    }
+    let s = app.session("tarot").await.expect(200);
+    assert_eq!(
+        s["last_activity_at"],
+        at(START, "200m"),
+        "the last heartbeat counts"
+    );
+    assert_eq!(s["next_due"]["at"], at(START, "260m"));
+
+    app.advance("61m").await;
+    let report = app.sweep().await;
+    assert_eq!(report["applied"][0]["action"], "delete");
+    assert_eq!(report["applied"][0]["due_at"], at(START, "260m"));
+    app.session("tarot").await.problem(404, "not_found");
+}
+
+#[tokio::test]
+async fn an_invite_to_a_room_silent_for_an_hour_has_expired() {
+    let app = spawn_app().await;
+    app.create("reading", "room", "mira", json!({})).await;
+    app.advance("30m").await;
+    let joined = app
+        .post(
+            As::User("sam"),
+            "/v1/sessions/room/participants",
+            json!({ "user": "sam", "via": "invite" }),
+        )
+        .await
+        .expect(201);
+    assert_eq!(joined["state"], "joined");
+
+    app.advance("61m").await;
+    // No sweep ran: the join itself finds the room lapsed.
+    let p = app
+        .post(
+            As::User("lee"),
+            "/v1/sessions/room/participants",
+            json!({ "user": "lee", "via": "invite" }),
+        )
+        .await
+        .problem(410, "invite_expired");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("invitation link has expired")
+    );
+}
+
+#[tokio::test]
+async fn invite_expiry_applies_even_when_no_rule_deleted_the_room() {
+    let config = r#"
+[kinds.reading]
+invite_expiry = "1h"
+"#;
+    let app = spawn_app_with(Some(config)).await;
+    app.create("reading", "quiet", "mira", json!({})).await;
+    app.advance("61m").await;
+    app.post(
+        As::User("lee"),
+        "/v1/sessions/quiet/participants",
+        json!({ "user": "lee", "via": "invite" }),
+    )
+    .await
+    .problem(410, "invite_expired");
+    // A direct join is not an invite link.
+    app.post(
+        As::User("lee"),
+        "/v1/sessions/quiet/participants",
+        json!({ "user": "lee" }),
+    )
+    .await
+    .expect(201);
+}
+
+#[tokio::test]
+async fn a_heartbeat_not_yet_flushed_still_wins_over_the_sweep() {
+    let app = spawn_app().await;
+    app.create("reading", "fresh", "mira", json!({})).await;
+    app.advance("59m").await;
+    // Accepted into memory; the sweep that follows must see it.
+    app.heartbeat("fresh", "mira").await.expect(204);
+    app.advance("2m").await;
+    assert!(app.sweep().await["applied"].as_array().unwrap().is_empty());
+    app.session("fresh").await.expect(200);
+}
+
+#[tokio::test]
+async fn presence_goes_offline_after_ninety_seconds_without_heartbeats() {
+    let app = spawn_app().await;
+    app.create("reading", "presence", "mira", json!({})).await;
+    app.join("presence", "sam").await;
+    app.advance("60s").await;
+    app.heartbeat("presence", "sam").await.expect(204);
+    app.advance("60s").await;
+    let s = app.session("presence").await.expect(200);
+    let online = |user: &str| {
+        s["participants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["user"] == user)
+            .unwrap()["online"]
+            .clone()
+    };
+    assert_eq!(online("mira"), false, "silent for 120s");
+    assert_eq!(online("sam"), true, "seen 60s ago");
+}
+
+#[tokio::test]
+async fn batch_heartbeats_report_what_they_refused() {
+    let app = spawn_app().await;
+    app.create("reading", "b1", "mira", json!({})).await;
+    let r = app
+        .post(
+            As::Admin,
+            "/v1/heartbeats",
+            json!({ "beats": [
+                { "session": "b1", "user": "mira" },
+                { "session": "b1", "user": "stranger" },
+                { "session": "missing", "user": "mira" },
+            ]}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(r["accepted"], 1);
+    let rejected = r["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 2);
+    assert_eq!(rejected[0]["index"], 1);
+    assert_eq!(rejected[1]["code"], "not_found");
+}

@@ -1,0 +1,128 @@
+//! Seed 004, mechanic requests: a customer has at most one open repair, a stale waiting one
+//! never blocks a new one, and a repair dies with its request.
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn a_customer_with_an_open_repair_is_refused_a_second_one() {
+    let app = spawn_app().await;
+    app.create("request", "req-1", "cust", json!({})).await;
+    app.create("repair", "rep-1", "cust", json!({ "parent": "req-1" }))
+        .await;
+    app.create("request", "req-2", "cust", json!({})).await;
+    let p = app
+        .post(
+            As::User("cust"),
+            "/v1/sessions",
+            json!({ "id": "rep-2", "kind": "repair", "parent": "req-2" }),
+        )
+        .await
+        .problem(409, "host_has_open_session");
+    assert_eq!(
+        p["blocking_session"],
+        json!({ "id": "rep-1", "status": "pending" })
+    );
+    // Another customer is not blocked.
+    app.create("repair", "rep-3", "other", json!({ "parent": "req-2" }))
+        .await;
+}
+
+#[tokio::test]
+async fn a_stale_waiting_repair_never_blocks_a_new_one() {
+    let app = spawn_app().await;
+    app.create("request", "req-1", "cust", json!({})).await;
+    app.create("repair", "rep-1", "cust", json!({ "parent": "req-1" }))
+        .await;
+    app.advance("16m").await;
+    // No sweep has run; create itself applies the host's due rules first.
+    app.create("request", "req-2", "cust", json!({})).await;
+    app.create("repair", "rep-2", "cust", json!({ "parent": "req-2" }))
+        .await;
+    let old = app.session("rep-1").await.expect(200);
+    assert_eq!(old["status"], "cancelled");
+    assert_eq!(old["ended_at"], at(START, "15m"));
+}
+
+#[tokio::test]
+async fn an_expired_request_cancels_its_repair_in_the_same_sweep() {
+    let app = spawn_app().await;
+    app.create("request", "req", "cust", json!({})).await;
+    app.advance("10m").await;
+    app.create("repair", "rep", "cust", json!({ "parent": "req" }))
+        .await;
+    app.advance("6m").await;
+
+    let dry = app.dry_sweep().await;
+    let report = app.sweep().await;
+    assert_eq!(
+        dry["applied"], report["applied"],
+        "the dry run follows the cascade too"
+    );
+    let applied = report["applied"].as_array().unwrap();
+    assert_eq!(applied.len(), 2, "{report}");
+    assert_eq!(applied[0]["session"], "req");
+    assert_eq!(applied[1]["session"], "rep");
+    assert_eq!(applied[1]["rule"], "cancel-with-request");
+
+    let rep = app.session("rep").await.expect(200);
+    assert_eq!(rep["status"], "cancelled");
+    assert_eq!(
+        rep["ended_at"],
+        at(START, "15m"),
+        "at its parent's end, not its own 15 minutes"
+    );
+}
+
+#[tokio::test]
+async fn a_repair_whose_request_was_cancelled_by_hand_follows_it_on_access() {
+    let app = spawn_app().await;
+    app.create("request", "req", "cust", json!({})).await;
+    app.create("repair", "rep", "cust", json!({ "parent": "req" }))
+        .await;
+    app.advance("1m").await;
+    app.post_empty(As::User("cust"), "/v1/sessions/req/cancel")
+        .await
+        .expect(200);
+    let rep = app.session("rep").await.expect(200);
+    assert_eq!(rep["status"], "cancelled");
+    assert_eq!(rep["ended_by"], "rule:cancel-with-request");
+}
+
+#[tokio::test]
+async fn an_active_repair_without_a_request_is_cancelled_as_orphaned() {
+    let app = spawn_app().await;
+    app.create("repair", "lone", "cust", json!({})).await;
+    app.start("lone", "cust").await;
+    app.advance("21m").await;
+    let report = app.sweep().await;
+    assert_eq!(report["applied"][0]["rule"], "cancel-orphaned", "{report}");
+    assert_eq!(
+        app.session("lone").await.expect(200)["ended_at"],
+        at(START, "20m")
+    );
+}
+
+#[tokio::test]
+async fn a_repair_must_belong_to_a_request() {
+    let app = spawn_app().await;
+    app.create("study", "not-a-request", "cust", json!({}))
+        .await;
+    let p = app
+        .post(
+            As::User("cust"),
+            "/v1/sessions",
+            json!({ "kind": "repair", "parent": "not-a-request" }),
+        )
+        .await
+        .problem(422, "validation_failed");
+    assert!(p["detail"].as_str().unwrap().contains("parent"));
+    app.post(
+        As::User("cust"),
+        "/v1/sessions",
+        json!({ "kind": "repair", "parent": "nope" }),
+    )
+    .await
+    .problem(422, "validation_failed");
+}
