@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod config;
 mod errors;
 mod identity;
 mod races;
