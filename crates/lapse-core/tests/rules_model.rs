@@ -64,6 +64,18 @@ struct Model {
 }
 
 impl Model {
+    /// A deleted session: nothing of it is left to compare.
+    fn gone() -> Model {
+        Model {
+            status: None,
+            created: 0,
+            started: None,
+            ended: None,
+            last_activity: 0,
+            used: false,
+        }
+    }
+
     fn settle(&mut self, now: i64) {
         loop {
             let Some(status) = self.status else { return };
@@ -177,14 +189,7 @@ impl Real {
     fn view(&self, base: Timestamp) -> Model {
         let mins = |t: Timestamp| (t.millis() - base.millis()) / 60_000;
         match &self.session {
-            None => Model {
-                status: None,
-                created: 0,
-                started: None,
-                ended: None,
-                last_activity: 0,
-                used: false,
-            },
+            None => Model::gone(),
             Some(s) => Model {
                 status: Some(s.status),
                 created: mins(s.created_at),
@@ -199,14 +204,7 @@ impl Real {
 
 fn normalize(mut m: Model) -> Model {
     if m.status.is_none() {
-        m = Model {
-            status: None,
-            created: 0,
-            started: None,
-            ended: None,
-            last_activity: 0,
-            used: false,
-        };
+        m = Model::gone();
     }
     m
 }

@@ -80,6 +80,15 @@ fn validation(field: &'static str, message: impl Into<String>) -> EngineError {
 }
 
 impl Engine {
+    /// Applies the due rules of a freshly loaded `s` at `now`, after overlaying the
+    /// heartbeats this instance holds for it, so no rule is decided on a stale row.
+    pub(crate) fn apply_due(&self, s: &mut Session, now: Timestamp) -> Effects {
+        self.beats.overlay(s);
+        let mut fx = Effects::default();
+        lifecycle::apply_due(self.kind_of(&s.kind), s, now, &mut fx);
+        fx
+    }
+
     /// Loads `id` and applies its due rules at `now`, committing what they did. Returns the
     /// session as it stands (`None` if it is gone) and its version as read.
     async fn settle(&self, id: &SessionId) -> Result<Option<Session>, EngineError> {
@@ -88,12 +97,9 @@ impl Engine {
             let Some(mut s) = self.store.load(id).await? else {
                 return Ok(None);
             };
-            self.beats.overlay(&mut s);
-            let kind = self.kind_of(&s.kind);
-            let mut fx = Effects::default();
-            lifecycle::apply_due(kind, &mut s, now, &mut fx);
+            let fx = self.apply_due(&mut s, now);
             if fx.is_empty() {
-                s.observe(kind, now);
+                s.observe(self.kind_of(&s.kind), now);
                 return Ok(Some(s));
             }
             let (commit, _) = self.build_commit(&mut s, &fx, now, false, None).await?;

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use lapse_core::lifecycle::{self, Applied, Effects};
+use lapse_core::lifecycle::Applied;
 use lapse_core::store::{DueRow, SessionWrite};
 use lapse_core::{Session, SessionId, StoreError, Timestamp};
 use serde::Serialize;
@@ -204,10 +204,8 @@ impl Engine {
         };
         let Some(mut s) = loaded else { return Ok(()) };
         let stored_due = s.next_due.clone();
-        self.beats.overlay(&mut s);
+        let fx = self.apply_due(&mut s, now);
         let kind = self.kind_of(&s.kind);
-        let mut fx = Effects::default();
-        lifecycle::apply_due(kind, &mut s, now, &mut fx);
 
         if fx.is_empty() {
             // Lazy re-arm: the row was due by its stored deadline, but activity has moved
