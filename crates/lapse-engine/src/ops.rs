@@ -290,12 +290,13 @@ impl Engine {
         Ok(s)
     }
 
-    /// `GET /v1/sessions`: a page ordered by id. A user sees only sessions they take part in.
+    /// `GET /v1/sessions`: a page ordered by id, and the cursor of the next page if there may
+    /// be one. A user sees only sessions they take part in.
     pub async fn list(
         &self,
         caller: &Caller,
         mut query: SessionQuery,
-    ) -> Result<Vec<Session>, EngineError> {
+    ) -> Result<(Vec<Session>, Option<SessionId>), EngineError> {
         caller.require_sessions()?;
         if !caller.is_system() {
             let Some(user) = caller.user() else {
@@ -311,6 +312,11 @@ impl Engine {
             }
         }
         let page = self.store.list(&query).await?;
+        // The cursor follows the stored page, not what survives the rules applied below, so a
+        // page thinned by passive expiry never ends the listing early.
+        let next = (page.len() == query.limit as usize)
+            .then(|| page.last().map(|s| s.id.clone()))
+            .flatten();
         let mut out = Vec::with_capacity(page.len());
         for s in page {
             // Passive expiry on list too: a listed session is never a lapsed one.
@@ -320,7 +326,7 @@ impl Engine {
                 out.push(s);
             }
         }
-        Ok(out)
+        Ok((out, next))
     }
 
     /// `PATCH /v1/sessions/{id}`

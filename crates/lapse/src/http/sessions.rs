@@ -112,12 +112,7 @@ async fn list(
         limit,
         ..SessionQuery::default()
     };
-    let sessions = app.engine.list(&caller, query).await?;
-    let next_cursor = if sessions.len() == limit as usize {
-        sessions.last().map(|s| s.id.to_string())
-    } else {
-        None
-    };
+    let (sessions, next_cursor) = app.engine.list(&caller, query).await?;
     Ok(Json(
         json!({ "sessions": sessions, "next_cursor": next_cursor }),
     ))

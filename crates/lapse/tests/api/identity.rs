@@ -131,3 +131,45 @@ async fn the_event_log_pages_in_order_and_filters() {
         .expect(200);
     assert_eq!(joins["events"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn listing_pages_through_every_session_even_when_rules_thin_a_page() {
+    let app = spawn_app().await;
+    for i in 0..5 {
+        app.create("study", &format!("l{i}"), "alice", json!({}))
+            .await;
+    }
+    app.create("coding", "l5", "alice", json!({})).await;
+    app.advance("31m").await; // the five study rooms are now unused past their deadline
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/sessions?limit=2&cursor={c}"),
+            None => "/v1/sessions?limit=2".to_string(),
+        };
+        let page = app.get(As::Admin, &path).await.expect(200);
+        seen.extend(
+            page["sessions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["id"].as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        ["l5"],
+        "deleted rooms are not listed, and the listing reaches the end"
+    );
+    let filtered = app
+        .get(As::Admin, "/v1/sessions?kind=coding&status=pending")
+        .await
+        .expect(200);
+    assert_eq!(filtered["sessions"].as_array().unwrap().len(), 1);
+}
