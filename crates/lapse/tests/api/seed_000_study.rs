@@ -236,3 +236,72 @@ async fn the_cleanup_cron_authenticates_with_the_cron_secret() {
         .await
         .problem(401, "unauthorized");
 }
+
+#[tokio::test]
+async fn an_ended_session_exports_as_json_markdown_and_csv() {
+    let app = spawn_app().await;
+    app.create("study", "exp", "alice", json!({ "title": "Physics" }))
+        .await;
+    app.join("exp", "bob").await;
+    app.start("exp", "alice").await;
+    app.advance("20m").await;
+    app.post_empty(As::User("alice"), "/v1/sessions/exp/end")
+        .await
+        .expect(200);
+
+    let json = app
+        .get(As::User("bob"), "/v1/sessions/exp/export?format=json")
+        .await
+        .expect(200);
+    assert_eq!(json["summary"]["duration_minutes"], 20);
+    assert_eq!(json["participants"].as_array().unwrap().len(), 2);
+    assert!(types(json["timeline"].as_array().unwrap()).contains(&"session.completed".to_string()));
+
+    let md = app
+        .get(As::User("bob"), "/v1/sessions/exp/export?format=markdown")
+        .await;
+    assert_eq!(md.status, 200);
+    assert!(md.content_type.starts_with("text/markdown"));
+    assert!(
+        md.text.starts_with("# Physics") && md.text.contains("| bob | member | left |"),
+        "{}",
+        md.text
+    );
+
+    let csv = app
+        .get(As::User("bob"), "/v1/sessions/exp/export?format=csv")
+        .await;
+    assert!(csv.text.starts_with("seq,at,applied_at,type"));
+    assert!(csv.text.contains("session.completed"));
+    app.get(As::User("bob"), "/v1/sessions/exp/export?format=pdf")
+        .await
+        .problem(422, "validation_failed");
+}
+
+#[tokio::test]
+async fn kinds_and_stats_show_the_configuration_and_the_counts() {
+    let app = spawn_app().await;
+    app.create("study", "k1", "alice", json!({})).await;
+    app.create("coding", "k2", "alice", json!({})).await;
+    let kinds = app.get(As::User("alice"), "/v1/kinds").await.expect(200);
+    let study = kinds["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "study")
+        .unwrap()
+        .clone();
+    assert_eq!(study["rules"][1]["warn_before"], "5m");
+    assert_eq!(study["rules"][0]["do"], "delete");
+
+    let stats = app.get(As::Service, "/v1/stats").await.expect(200);
+    app.get(As::Cron, "/v1/stats")
+        .await
+        .problem(403, "forbidden"); // the cron secret only sweeps
+    assert_eq!(stats["sessions"]["total"], 2);
+    assert_eq!(stats["sessions"]["by_kind"]["coding"]["pending"], 1);
+    assert_eq!(stats["sweeper"]["next_deadline"], at(START, "30m"));
+    app.get(As::User("alice"), "/v1/stats")
+        .await
+        .problem(403, "forbidden");
+}
