@@ -301,7 +301,7 @@ async fn kinds_and_stats_show_the_configuration_and_the_counts() {
     assert_eq!(stats["sessions"]["total"], 2);
     assert_eq!(stats["sessions"]["by_kind"]["coding"]["pending"], 1);
     assert_eq!(stats["sweeper"]["next_deadline"], at(START, "30m"));
-    app.get(As::User("alice"), "/v1/stats")
+    app.get(As::Nobody, "/v1/stats")
         .await
-        .problem(403, "forbidden");
+        .problem(401, "unauthorized");
 }
