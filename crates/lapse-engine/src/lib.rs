@@ -18,7 +18,7 @@ pub mod sweep;
 mod write;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use lapse_core::lifecycle::OpError;
 use lapse_core::{Config, Kind, SessionId, Status, Store, StoreError};
@@ -26,7 +26,7 @@ use tokio::sync::{Mutex, Notify};
 
 pub use access::Caller;
 pub use clock::Clock;
-pub use sweep::{SweepOptions, SweepReport, SweeperStats};
+pub use sweep::{SweepOptions, SweepReport, SweeperStats, WakePlan};
 
 /// Why an operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +81,8 @@ pub struct Engine {
     wake: Notify,
     /// When the sleeping sweeper plans to wake (epoch ms); `i64::MAX` while it is busy.
     planned_wake: AtomicI64,
+    /// Wake-ups sent, for operators and tests.
+    wake_ups: AtomicU64,
     /// Serializes creates of kinds with `max_open_per_host`, so two concurrent creates of one
     /// host cannot both pass the check.
     create_lock: Mutex<()>,
@@ -98,6 +100,7 @@ impl Engine {
             beats: heartbeats::Heartbeats::default(),
             wake: Notify::new(),
             planned_wake: AtomicI64::new(i64::MAX),
+            wake_ups: AtomicU64::new(0),
             create_lock: Mutex::new(()),
             stats: SweeperStats::default(),
             unconfigured: Kind {
@@ -139,6 +142,7 @@ impl Engine {
     /// Tells the sweeper a deadline may have moved before its planned wake-up.
     fn deadline_moved(&self, at: lapse_core::Timestamp) {
         if at.millis() < self.planned_wake.load(Ordering::Acquire) {
+            self.wake_ups.fetch_add(1, Ordering::Relaxed);
             self.wake.notify_one();
         }
     }

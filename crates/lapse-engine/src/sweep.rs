@@ -93,6 +93,15 @@ pub struct SweeperFigures {
     pub next_deadline: Option<Timestamp>,
 }
 
+/// What the continuous sweeper will do next.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WakePlan {
+    /// The earliest stored deadline, if any.
+    pub next_deadline: Option<Timestamp>,
+    /// How long it sleeps unless woken.
+    pub sleep: Duration,
+}
+
 /// Where a pass reads and writes: the store, or (dry) an overlay in front of it.
 struct Pass {
     dry: bool,
@@ -272,54 +281,76 @@ impl Engine {
         })
     }
 
-    /// The continuous sweeper: sweep what is due, then sleep until the next deadline or until
-    /// woken by a change that moved one earlier. Returns when `shutdown` is cancelled. With a
-    /// manual clock it returns at once: rules then apply on `/v1/sweep` and on access.
+    /// One step of the continuous sweeper: sweep what is due, then plan the sleep until the
+    /// next stored deadline (at most a minute; at least a second while a row keeps failing).
+    /// From here until the sleep ends, a change that moves a deadline before the planned
+    /// wake-up wakes the sweeper.
+    pub async fn sweep_and_plan(&self) -> WakePlan {
+        self.planned_wake.store(i64::MAX, Ordering::Release);
+        let failing = match self.sweep_once(&SweepOptions::default()).await {
+            Ok(report) => {
+                if !report.applied.is_empty() {
+                    tracing::info!(
+                        applied = report.applied.len(),
+                        ms = report.duration_ms,
+                        "sweep"
+                    );
+                }
+                !report.errors.is_empty()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "sweep failed");
+                true
+            }
+        };
+        let now = self.now();
+        let next_deadline = self.store.next_deadline().await.ok().flatten();
+        let mut sleep = next_deadline
+            .map_or(MAX_SLEEP, |at| {
+                Duration::from_millis(at.since(now).millis() as u64)
+            })
+            .min(MAX_SLEEP);
+        if failing {
+            // A row that keeps failing stays due; do not spin on it.
+            sleep = sleep.max(Duration::from_secs(1));
+        }
+        self.planned_wake.store(
+            now.millis().saturating_add(sleep.as_millis() as i64),
+            Ordering::Release,
+        );
+        WakePlan {
+            next_deadline,
+            sleep,
+        }
+    }
+
+    /// The continuous sweeper: [`Engine::sweep_and_plan`], then sleep until the plan says or
+    /// until woken by a change that moved a deadline earlier. Returns when `shutdown` is
+    /// cancelled. With a manual clock it returns at once: rules then apply on `/v1/sweep` and
+    /// on access.
     pub async fn run_sweeper(&self, shutdown: CancellationToken) {
         if self.clock.is_manual() {
             return;
         }
         loop {
-            self.planned_wake.store(i64::MAX, Ordering::Release);
-            let failing = match self.sweep_once(&SweepOptions::default()).await {
-                Ok(report) => {
-                    if !report.applied.is_empty() {
-                        tracing::info!(
-                            applied = report.applied.len(),
-                            ms = report.duration_ms,
-                            "sweep"
-                        );
-                    }
-                    !report.errors.is_empty()
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "sweep failed");
-                    true
-                }
-            };
-            let now = self.now();
-            let next = self.store.next_deadline().await.ok().flatten();
-            let mut sleep = match next {
-                Some(at) => {
-                    Duration::from_millis(at.millis().saturating_sub(now.millis()).max(0) as u64)
-                }
-                None => MAX_SLEEP,
-            }
-            .min(MAX_SLEEP);
-            if failing {
-                // A row that keeps failing stays due; do not spin on it.
-                sleep = sleep.max(Duration::from_secs(1));
-            }
-            self.planned_wake.store(
-                now.millis().saturating_add(sleep.as_millis() as i64),
-                Ordering::Release,
-            );
+            let plan = self.sweep_and_plan().await;
             tokio::select! {
-                _ = tokio::time::sleep(sleep) => {}
-                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(plan.sleep) => {}
+                _ = self.woken() => {}
                 _ = shutdown.cancelled() => return,
             }
         }
+    }
+
+    /// Resolves when a change has moved a deadline before the sweeper's planned wake-up
+    /// (immediately if that happened since the last wait).
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// How many times a change has woken (or would have woken) the sweeper.
+    pub fn wake_ups(&self) -> u64 {
+        self.wake_ups.load(Ordering::Relaxed)
     }
 
     /// Flushes heartbeats every `every` until `shutdown`, then once more.

@@ -40,8 +40,12 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        // An in-memory database lives as long as its one connection: never let it idle out.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
             .connect_with(options.clone())
             .await
             .map_err(|e| StoreError::Backend(format!("cannot open `{url}`: {e}")))?;
@@ -430,31 +434,19 @@ impl Store for SqliteStore {
             .iter()
             .map(|b| (b.session.as_str(), b.user.as_str(), b.at.millis()))
             .collect();
-        let batch = to_json(&batch);
-        let mut tx = self.writer.begin().await.map_err(backend)?;
+        // One statement per flush; the `participants_heartbeat` trigger moves the sessions.
         sqlx::query(
-            "update participants set last_seen_at = max(last_seen_at, b.at) \
+            "update participants set beat_at = b.at, last_seen_at = max(last_seen_at, b.at) \
              from (select value ->> 0 as s, value ->> 1 as u, value ->> 2 as at \
                    from json_each(?1)) as b \
              where participants.session_id = b.s and participants.user_id = b.u \
              and participants.state = 'joined'",
         )
-        .bind(&batch)
-        .execute(&mut *tx)
+        .bind(to_json(&batch))
+        .execute(&self.writer)
         .await
         .map_err(backend)?;
-        sqlx::query(
-            "update sessions set last_activity_at = max(last_activity_at, b.at), used = 1, \
-             version = version + 1 \
-             from (select value ->> 0 as s, max(value ->> 2) as at from json_each(?1) \
-                   group by value ->> 0) as b \
-             where sessions.id = b.s and sessions.status in ('pending', 'active')",
-        )
-        .bind(&batch)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        tx.commit().await.map_err(backend)
+        Ok(())
     }
 
     async fn was_deleted(&self, id: &SessionId) -> Result<bool, StoreError> {

@@ -43,9 +43,21 @@ create table participants (
     joined_at    integer not null,
     left_at      integer,
     last_seen_at integer not null,
+    -- The latest heartbeat written by a flush; only flushes write it.
+    beat_at      integer,
     primary key (session_id, user_id)
 );
 create index participants_user on participants (user_id);
+
+-- A heartbeat flush is one statement on participants; this carries each beat to its
+-- session's activity column and bumps the row version, so a sweep that decided on the older
+-- activity loses its compare-and-set. The deadline column is left alone (lazy re-arm).
+create trigger participants_heartbeat after update of beat_at on participants
+begin
+    update sessions
+       set last_activity_at = max(last_activity_at, new.beat_at), used = 1, version = version + 1
+     where id = new.session_id and status in ('pending', 'active');
+end;
 
 create table events (
     seq        integer primary key autoincrement,

@@ -1,0 +1,102 @@
+//! The continuous sweeper's plan: it sleeps until the next deadline, and a change that moves
+//! a deadline earlier wakes it. Driven step by step with a manual clock; nothing sleeps.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapse_core::{Config, SessionId, Span, Timestamp, UserId};
+use lapse_engine::ops::CreateRequest;
+use lapse_engine::{Caller, Clock, Engine};
+use lapse_store::SqliteStore;
+
+fn t0() -> Timestamp {
+    "2026-03-02T08:00:00Z".parse().unwrap()
+}
+
+async fn engine() -> Arc<Engine> {
+    let store = SqliteStore::open("sqlite::memory:", None).await.unwrap();
+    lapse_core::Store::migrate(&store).await.unwrap();
+    Engine::new(
+        Arc::new(store),
+        Arc::new(Config::default()),
+        Clock::manual(t0()),
+    )
+}
+
+fn request(kind: &str, id: &str, start: Option<Span>) -> CreateRequest {
+    CreateRequest {
+        id: Some(SessionId::parse(id).unwrap()),
+        kind: kind.into(),
+        title: None,
+        metadata: None,
+        host: Some(UserId::parse("host").unwrap()),
+        parent: None,
+        scheduled_start: start.map(|s| t0() + s),
+        scheduled_end: None,
+    }
+}
+
+#[tokio::test]
+async fn the_sweeper_sleeps_until_the_next_deadline_and_an_earlier_one_wakes_it() {
+    let engine = engine().await;
+    let admin = Caller::Admin {
+        name: "test".into(),
+        actor: None,
+    };
+    engine
+        .create(&admin, request("study", "room", None))
+        .await
+        .unwrap();
+
+    let plan = engine.sweep_and_plan().await;
+    assert_eq!(plan.next_deadline, Some(t0() + Span::from_secs(30 * 60)));
+    assert_eq!(
+        plan.sleep,
+        Duration::from_secs(60),
+        "capped, so a lost wake-up costs a minute at most"
+    );
+
+    let before = engine.wake_ups();
+    engine
+        .create(&admin, request("coding", "later", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.wake_ups(),
+        before,
+        "a later deadline leaves the sweeper asleep"
+    );
+
+    engine
+        .create(
+            &admin,
+            request("mentoring", "soon", Some(Span::from_secs(20))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.wake_ups(),
+        before + 1,
+        "an earlier deadline wakes it"
+    );
+    tokio::time::timeout(Duration::from_secs(5), engine.woken())
+        .await
+        .expect("the wake-up is kept for the sweeper's next wait");
+
+    let plan = engine.sweep_and_plan().await;
+    assert_eq!(plan.next_deadline, Some(t0() + Span::from_secs(20)));
+    assert_eq!(plan.sleep, Duration::from_secs(20));
+
+    engine.clock().advance(Span::from_secs(20)).unwrap();
+    let plan = engine.sweep_and_plan().await;
+    assert_eq!(
+        plan.next_deadline,
+        Some(t0() + Span::from_secs(30 * 60)),
+        "the booking started"
+    );
+    let soon = engine
+        .get(&admin, &SessionId::parse("soon").unwrap())
+        .await
+        .unwrap();
+    assert!(soon.delayed);
+}
