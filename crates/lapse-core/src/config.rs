@@ -289,6 +289,11 @@ pub struct Kind {
     pub parent_kind: Option<String>,
     /// The rules, in config order.
     pub rules: Vec<Rule>,
+    /// How long after its deadline an `idle` rule waits before it fires. Zero with one
+    /// instance; with several, it covers the heartbeats other instances hold but have not
+    /// flushed yet. Effects are still stamped at the deadline. Set by the engine, not config.
+    #[serde(skip)]
+    pub idle_grace: Span,
 }
 
 #[derive(Deserialize)]
@@ -591,6 +596,7 @@ fn parse_kind(name: &str, mut table: toml::Table) -> Result<Kind, (String, Strin
         summary_url: raw.summary_url,
         parent_kind: raw.parent_kind,
         rules,
+        idle_grace: Span::ZERO,
     })
 }
 

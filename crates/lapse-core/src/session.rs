@@ -137,8 +137,12 @@ pub struct Summary {
 pub struct NextDue {
     /// The rule's name.
     pub rule: String,
-    /// Its deadline.
+    /// Its deadline: what its effects are stamped with.
     pub at: Timestamp,
+    /// When it may fire: the deadline, plus the idle grace for `idle` rules. Stores index
+    /// this, so a sweep never visits a row only to find its rule still in grace.
+    #[serde(skip)]
+    pub fires_at: Timestamp,
 }
 
 /// A session with everything lapse knows of it.

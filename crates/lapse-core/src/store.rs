@@ -159,12 +159,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Sessions whose stored deadline is at or before `now`, ordered by (deadline, id) and
     /// strictly after `cursor` in that order. Reads only due rows (an index on the deadline).
+    ///
+    /// With `claim`, where several instances share the database, the rows returned are leased
+    /// to this caller for a while (skipping rows another sweeper holds), so concurrent sweeps
+    /// take disjoint batches; a write to the row ends the lease. Exactly-once never rests on
+    /// the lease: every write is compare-and-set.
     async fn due(
         &self,
         now: Timestamp,
         kind: Option<&str>,
         cursor: Option<&DueRow>,
         limit: u32,
+        claim: bool,
     ) -> Result<Vec<DueRow>, StoreError>;
 
     /// Moves a session's stored deadline without touching anything else (lazy re-arm);
@@ -208,4 +214,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Session counts by kind and status.
     async fn counts(&self) -> Result<Vec<StatusCount>, StoreError>;
+
+    /// Calls `moved` with the new deadline whenever any instance commits a change that stores
+    /// one, until the connection fails. Returns at once where there is nothing to watch (an
+    /// embedded database has one instance, and that instance already knows).
+    async fn watch_deadlines(&self, moved: DeadlineCallback) -> Result<(), StoreError>;
+
+    /// Whether several lapse instances may share this database (heartbeats of others are then
+    /// unseen until flushed, and idle rules allow for that).
+    fn is_shared(&self) -> bool;
 }
+
+/// What [`Store::watch_deadlines`] calls.
+pub type DeadlineCallback = Box<dyn Fn(Timestamp) + Send + Sync>;

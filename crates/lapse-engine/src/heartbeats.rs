@@ -7,8 +7,18 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use std::time::Duration;
+
 use lapse_core::store::Beat;
-use lapse_core::{Session, SessionId, Timestamp, UserId};
+use lapse_core::{Session, SessionId, Span, Timestamp, UserId};
+
+/// How often pending heartbeats are written.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long an idle rule waits past its deadline when several instances share a database:
+/// two flush intervals, so a heartbeat another instance accepted just before the deadline has
+/// been flushed (and committed) before anyone decides without it.
+pub const SHARED_IDLE_GRACE: Span = Span::from_millis(2 * FLUSH_INTERVAL.as_millis() as i64);
 
 /// Pending heartbeats, session → user → latest time seen.
 #[derive(Default)]

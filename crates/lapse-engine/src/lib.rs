@@ -91,8 +91,19 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine over `store`, with `config`'s kinds, reading time from `clock`.
+    /// An engine over `store`, with `config`'s kinds, reading time from `clock`. On a store
+    /// shared by several instances, idle rules wait [`heartbeats::SHARED_IDLE_GRACE`] past
+    /// their deadline for heartbeats other instances have not flushed yet.
     pub fn new(store: Arc<dyn Store>, config: Arc<Config>, clock: Clock) -> Arc<Engine> {
+        let config = if store.is_shared() {
+            let mut shared = (*config).clone();
+            for kind in shared.kinds.values_mut() {
+                kind.idle_grace = heartbeats::SHARED_IDLE_GRACE;
+            }
+            Arc::new(shared)
+        } else {
+            config
+        };
         Arc::new(Engine {
             store,
             config,
@@ -114,6 +125,7 @@ impl Engine {
                 summary_url: None,
                 parent_kind: None,
                 rules: Vec::new(),
+                idle_grace: lapse_core::Span::ZERO,
             },
         })
     }
@@ -159,6 +171,39 @@ impl Engine {
             return Err(e.into());
         }
         Ok(n)
+    }
+
+    /// Listens for deadlines stored by other instances (PostgreSQL's NOTIFY) and wakes this
+    /// instance's sweeper for the ones before its planned wake-up. Reconnects after a failure;
+    /// returns when `shutdown` is cancelled, or at once on a store with one instance.
+    pub async fn run_deadline_watch(
+        self: Arc<Self>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        if !self.store.is_shared() {
+            return;
+        }
+        loop {
+            let engine = Arc::downgrade(&self);
+            let moved = Box::new(move |at| {
+                if let Some(engine) = engine.upgrade() {
+                    engine.deadline_moved(at);
+                }
+            });
+            tokio::select! {
+                result = self.store.watch_deadlines(moved) => {
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "deadline notifications lost; listening again");
+                    }
+                }
+                _ = shutdown.cancelled() => return,
+            }
+            // Whatever was announced while deaf is caught by the sweeper's capped sleep too.
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
     }
 
     /// Heartbeats waiting for the next flush.

@@ -137,7 +137,13 @@ impl Engine {
         loop {
             let rows = self
                 .store
-                .due(now, opts.kind.as_deref(), cursor.as_ref(), batch)
+                .due(
+                    now,
+                    opts.kind.as_deref(),
+                    cursor.as_ref(),
+                    batch,
+                    !opts.dry_run,
+                )
                 .await?;
             let exhausted = rows.len() < batch as usize;
             for row in &rows {
@@ -220,8 +226,9 @@ impl Engine {
             // Lazy re-arm: the row was due by its stored deadline, but activity has moved
             // since; store the true one so the index stops offering it.
             s.observe(kind, now);
-            if !pass.dry && s.next_due != stored_due {
-                let next = s.next_due.as_ref().map(|d| (d.rule.as_str(), d.at));
+            let firing = |d: &Option<lapse_core::session::NextDue>| d.as_ref().map(|d| d.fires_at);
+            if !pass.dry && firing(&s.next_due) != firing(&stored_due) {
+                let next = s.next_due.as_ref().map(|d| (d.rule.as_str(), d.fires_at));
                 if self.store.rearm(id, s.version, next).await? {
                     self.stats.rearmed.fetch_add(1, Ordering::Relaxed);
                 }

@@ -50,7 +50,7 @@ impl Engine {
             for mut child in children {
                 if lifecycle::parent_closed(&mut child, at) {
                     child.observe(self.kind_of(&child.kind), now);
-                    if child.next_due.as_ref().is_some_and(|d| d.at <= now) {
+                    if child.next_due.as_ref().is_some_and(|d| d.fires_at <= now) {
                         cascade.push(child.clone());
                     }
                     commit.sessions.push(SessionWrite::Update(child));
@@ -107,7 +107,7 @@ impl Engine {
                 SessionWrite::Insert(s) | SessionWrite::Update(s) => s.next_due.as_ref(),
                 SessionWrite::Delete { .. } => None,
             })
-            .map(|d| d.at)
+            .map(|d| d.fires_at)
             .min();
         self.store.commit(commit).await?;
         if let Some(at) = earliest {

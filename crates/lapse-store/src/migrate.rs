@@ -19,3 +19,10 @@ pub const SQLITE: &[Script] = &[Script {
     name: "sessions",
     sql: include_str!("../migrations/sqlite/0001_sessions.sql"),
 }];
+
+/// PostgreSQL's scripts.
+pub const POSTGRES: &[Script] = &[Script {
+    version: 1,
+    name: "sessions",
+    sql: include_str!("../migrations/postgres/0001_sessions.sql"),
+}];

@@ -8,6 +8,12 @@ use lapse_core::session::{NextDue, Participant, ParticipantState, Role, Session,
 use lapse_core::{SessionId, StoreError, Timestamp, UserId};
 use sqlx::Row;
 
+/// Columns of `sessions` as PostgreSQL selects them: its booleans read as 0/1 like SQLite's.
+pub const PG_SESSION_COLUMNS: &str = "id, kind, title, metadata, host, parent, scheduled_start, \
+    scheduled_end, status, delayed::int::bigint as delayed, used::int::bigint as used, created_at, \
+    started_at, ended_at, last_activity_at, end_reason, ended_by, counters, summary, \
+    parent_ended_at, next_due_at, next_due_rule, version";
+
 /// Columns of `sessions`, in the order [`session`] reads them.
 pub const SESSION_COLUMNS: &str = "id, kind, title, metadata, host, parent, scheduled_start, \
     scheduled_end, status, delayed, used, created_at, started_at, ended_at, last_activity_at, \
@@ -46,9 +52,11 @@ where
     let status_text = get_s("status")?;
     let status = Status::parse(&status_text).ok_or_else(|| corrupt("status", &status_text))?;
     let next_due = match (get_oi("next_due_at")?, get_os("next_due_rule")?) {
+        // The column holds the firing time; reads recompute the deadline before showing it.
         (Some(at), Some(rule)) => Some(NextDue {
             rule,
             at: Timestamp::from_millis(at),
+            fires_at: Timestamp::from_millis(at),
         }),
         _ => None,
     };

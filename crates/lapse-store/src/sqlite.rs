@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
-    Beat, Commit, DueRow, EventQuery, SessionQuery, SessionWrite, StatusCount, Store,
+    Beat, Commit, DeadlineCallback, DueRow, EventQuery, SessionQuery, SessionWrite, StatusCount,
+    Store,
 };
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::sqlite::{
@@ -119,7 +120,7 @@ async fn insert_session(tx: &mut Transaction<'_, Sqlite>, s: &Session) -> Result
     .bind(to_json(&s.counters))
     .bind(s.summary.as_ref().map(to_json))
     .bind(s.parent_ended_at.map(Timestamp::millis))
-    .bind(s.next_due.as_ref().map(|n| n.at.millis()))
+    .bind(s.next_due.as_ref().map(|n| n.fires_at.millis()))
     .bind(s.next_due.as_ref().map(|n| n.rule.as_str()))
     .execute(&mut **tx)
     .await
@@ -155,7 +156,7 @@ async fn update_session(tx: &mut Transaction<'_, Sqlite>, s: &Session) -> Result
     .bind(to_json(&s.counters))
     .bind(s.summary.as_ref().map(to_json))
     .bind(s.parent_ended_at.map(Timestamp::millis))
-    .bind(s.next_due.as_ref().map(|n| n.at.millis()))
+    .bind(s.next_due.as_ref().map(|n| n.fires_at.millis()))
     .bind(s.next_due.as_ref().map(|n| n.rule.as_str()))
     .bind(s.version)
     .execute(&mut **tx)
@@ -370,6 +371,8 @@ impl Store for SqliteStore {
         kind: Option<&str>,
         cursor: Option<&DueRow>,
         limit: u32,
+        // One process writes an embedded database, so there is no one to lease rows from.
+        _claim: bool,
     ) -> Result<Vec<DueRow>, StoreError> {
         let rows = sqlx::query(
             "select id, next_due_at from sessions \
@@ -537,5 +540,13 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn watch_deadlines(&self, _moved: DeadlineCallback) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn is_shared(&self) -> bool {
+        false
     }
 }

@@ -15,8 +15,6 @@ use tokio_util::sync::CancellationToken;
 use crate::http::{self, AppState, auth::Credentials};
 use crate::settings::{Settings, cron_schedule};
 
-/// How often pending heartbeats are written.
-pub const HEARTBEAT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// How long in-flight requests get to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -30,7 +28,10 @@ pub struct App {
 /// Opens the database the settings name and brings its schema up to date.
 pub async fn open_engine(settings: &Settings) -> anyhow::Result<Arc<Engine>> {
     let db = &settings.config.database;
-    let store = lapse_store::open(&db.url, db.pool_size)
+    let timeout = db
+        .statement_timeout
+        .map(|t| Duration::from_millis(t.millis() as u64));
+    let store = lapse_store::open(&db.url, db.pool_size, timeout)
         .await
         .with_context(|| format!("opening database {}", lapse_store::redact(&db.url)))?;
     store.migrate().await.context("migrating the database")?;
@@ -105,10 +106,11 @@ impl App {
             let token = shutdown.clone();
             tokio::spawn(async move {
                 engine
-                    .run_heartbeat_flusher(HEARTBEAT_FLUSH_INTERVAL, token)
+                    .run_heartbeat_flusher(lapse_engine::heartbeats::FLUSH_INTERVAL, token)
                     .await
             })
         };
+        let watch = tokio::spawn(engine.clone().run_deadline_watch(shutdown.clone()));
         tracing::info!(addr = %self.listener.local_addr()?, "lapse listening");
         let router = http::router(self.state.clone());
         let token = shutdown.clone();
@@ -123,6 +125,7 @@ impl App {
         };
         let _ = sweeper.await;
         let _ = flusher.await;
+        let _ = watch.await;
         served
     }
 }

@@ -1,0 +1,78 @@
+-- Sessions, participants, the event outbox and notification inboxes.
+-- Times are bigint milliseconds since the Unix epoch (UTC), as in the SQLite schema.
+
+create table sessions (
+    id               text primary key,
+    kind             text not null,
+    title            text not null,
+    metadata         text not null,
+    host             text not null,
+    parent           text,
+    scheduled_start  bigint,
+    scheduled_end    bigint,
+    status           text not null,
+    delayed          boolean not null,
+    used             boolean not null,
+    created_at       bigint not null,
+    started_at       bigint,
+    ended_at         bigint,
+    last_activity_at bigint not null,
+    end_reason       text,
+    ended_by         text,
+    counters         text not null,
+    summary          text,
+    parent_ended_at  bigint,
+    -- The earliest deadline of any rule, as last written. Heartbeats never move it (lazy
+    -- re-arm), so heartbeat updates touch no indexed column and stay HOT.
+    next_due_at      bigint,
+    next_due_rule    text,
+    -- A sweeper's lease on a due row (wall-clock ms), so concurrent sweepers take disjoint
+    -- batches; correctness never depends on it (writes are compare-and-set on version).
+    claimed_until    bigint,
+    version          bigint not null
+) with (fillfactor = 80);
+
+create index sessions_next_due on sessions (next_due_at, id) where next_due_at is not null;
+create index sessions_open_by_host on sessions (host, kind) where status in ('pending', 'active');
+create index sessions_parent on sessions (parent) where parent is not null;
+create index sessions_kind_status on sessions (kind, status);
+
+create table participants (
+    session_id   text not null,
+    user_id      text not null,
+    role         text not null,
+    state        text not null,
+    joined_at    bigint not null,
+    left_at      bigint,
+    last_seen_at bigint not null,
+    beat_at      bigint,
+    primary key (session_id, user_id)
+) with (fillfactor = 80);
+create index participants_user on participants (user_id);
+
+create table events (
+    seq        bigserial primary key,
+    id         text not null unique,
+    type       text not null,
+    at         bigint not null,
+    applied_at bigint not null,
+    session_id text not null,
+    kind       text not null,
+    actor      text not null,
+    rule       text,
+    data       text not null
+);
+create index events_session on events (session_id, seq);
+
+create table notifications (
+    id         text primary key,
+    user_id    text not null,
+    type       text not null,
+    title      text not null,
+    message    text not null,
+    session_id text not null,
+    link       text,
+    created_at bigint not null,
+    read_at    bigint
+);
+create index notifications_user on notifications (user_id, created_at);

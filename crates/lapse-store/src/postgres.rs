@@ -1,0 +1,630 @@
+//! PostgreSQL: one database shared by any number of stateless lapse instances.
+//!
+//! What changes with several instances, and how this file answers it:
+//! - concurrent sweepers lease due rows with `for update skip locked`, so they take disjoint
+//!   batches (exactly-once itself rests on compare-and-set, as in SQLite);
+//! - a commit that stores a deadline sends `pg_notify` in its transaction, so every instance's
+//!   sleeping sweeper learns of it; heartbeat flushes never notify;
+//! - a heartbeat flush is one statement (two data-modifying CTEs), touching no indexed
+//!   column, so its row updates stay HOT.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lapse_core::event::{Event, Notification};
+use lapse_core::session::Session;
+use lapse_core::store::{
+    Beat, Commit, DeadlineCallback, DueRow, EventQuery, SessionQuery, SessionWrite, StatusCount,
+    Store,
+};
+use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
+
+use crate::rows::{self, PG_SESSION_COLUMNS, to_json};
+use crate::{backend, migrate};
+
+/// The channel deadline changes are announced on.
+const CHANNEL: &str = "lapse_deadlines";
+/// How long a sweeper's lease on a due row lasts if it never writes the row (it crashed).
+const LEASE: Duration = Duration::from_secs(60);
+/// Key of the advisory lock that serializes migrations of instances starting together.
+const MIGRATION_LOCK: i64 = 0x6c61_7073_65;
+
+/// Sessions in a PostgreSQL database.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+fn wall_now() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl PostgresStore {
+    /// Connects to `url` with at most `pool_size` connections; every statement is cancelled
+    /// after `statement_timeout`.
+    pub async fn open(
+        url: &str,
+        pool_size: Option<u32>,
+        statement_timeout: Option<Duration>,
+    ) -> Result<Self, StoreError> {
+        let mut options = PgConnectOptions::from_str(url)
+            .map_err(|e| {
+                StoreError::Backend(format!("bad postgres url `{}`: {e}", crate::redact(url)))
+            })?
+            .application_name("lapse");
+        if let Some(timeout) = statement_timeout {
+            options =
+                options.options([("statement_timeout", format!("{}ms", timeout.as_millis()))]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(pool_size.unwrap_or(10).max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|e| {
+                StoreError::Backend(format!("cannot connect to {}: {e}", crate::redact(url)))
+            })?;
+        Ok(PostgresStore { pool })
+    }
+
+    async fn attach_participants(&self, sessions: &mut [Session]) -> Result<(), StoreError> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = sessions.iter().map(|s| s.id.to_string()).collect();
+        let rows = sqlx::query(
+            "select session_id, user_id, role, state, joined_at, left_at, last_seen_at \
+             from participants where session_id = any($1) order by joined_at, user_id",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        for row in &rows {
+            let (session_id, p) = rows::participant(row)?;
+            if let Some(s) = sessions.iter_mut().find(|s| s.id.as_str() == session_id) {
+                s.participants.push(p);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn insert_session(tx: &mut Transaction<'_, Postgres>, s: &Session) -> Result<(), StoreError> {
+    let result = sqlx::query(
+        "insert into sessions (id, kind, title, metadata, host, parent, scheduled_start, \
+         scheduled_end, status, delayed, used, created_at, started_at, ended_at, \
+         last_activity_at, end_reason, ended_by, counters, summary, parent_ended_at, \
+         next_due_at, next_due_rule, version) \
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+         $18, $19, $20, $21, $22, 1) on conflict (id) do nothing",
+    )
+    .bind(s.id.as_str())
+    .bind(&s.kind)
+    .bind(&s.title)
+    .bind(to_json(&s.metadata))
+    .bind(s.host.as_str())
+    .bind(s.parent.as_ref().map(|p| p.as_str()))
+    .bind(s.scheduled_start.map(Timestamp::millis))
+    .bind(s.scheduled_end.map(Timestamp::millis))
+    .bind(s.status.as_str())
+    .bind(s.delayed)
+    .bind(s.used)
+    .bind(s.created_at.millis())
+    .bind(s.started_at.map(Timestamp::millis))
+    .bind(s.ended_at.map(Timestamp::millis))
+    .bind(s.last_activity_at.millis())
+    .bind(s.end_reason.as_deref())
+    .bind(s.ended_by.as_deref())
+    .bind(to_json(&s.counters))
+    .bind(s.summary.as_ref().map(to_json))
+    .bind(s.parent_ended_at.map(Timestamp::millis))
+    .bind(s.next_due.as_ref().map(|n| n.fires_at.millis()))
+    .bind(s.next_due.as_ref().map(|n| n.rule.as_str()))
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    if result.rows_affected() == 0 {
+        return Err(StoreError::Duplicate);
+    }
+    Ok(())
+}
+
+async fn update_session(tx: &mut Transaction<'_, Postgres>, s: &Session) -> Result<(), StoreError> {
+    let result = sqlx::query(
+        "update sessions set title = $2, metadata = $3, scheduled_start = $4, \
+         scheduled_end = $5, status = $6, delayed = $7, used = $8, started_at = $9, \
+         ended_at = $10, last_activity_at = greatest(last_activity_at, $11), end_reason = $12, \
+         ended_by = $13, counters = $14, summary = $15, parent_ended_at = $16, \
+         next_due_at = $17, next_due_rule = $18, claimed_until = null, version = version + 1 \
+         where id = $1 and version = $19",
+    )
+    .bind(s.id.as_str())
+    .bind(&s.title)
+    .bind(to_json(&s.metadata))
+    .bind(s.scheduled_start.map(Timestamp::millis))
+    .bind(s.scheduled_end.map(Timestamp::millis))
+    .bind(s.status.as_str())
+    .bind(s.delayed)
+    .bind(s.used)
+    .bind(s.started_at.map(Timestamp::millis))
+    .bind(s.ended_at.map(Timestamp::millis))
+    .bind(s.last_activity_at.millis())
+    .bind(s.end_reason.as_deref())
+    .bind(s.ended_by.as_deref())
+    .bind(to_json(&s.counters))
+    .bind(s.summary.as_ref().map(to_json))
+    .bind(s.parent_ended_at.map(Timestamp::millis))
+    .bind(s.next_due.as_ref().map(|n| n.fires_at.millis()))
+    .bind(s.next_due.as_ref().map(|n| n.rule.as_str()))
+    .bind(s.version)
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    if result.rows_affected() == 0 {
+        return Err(StoreError::Conflict);
+    }
+    Ok(())
+}
+
+async fn upsert_participants(
+    tx: &mut Transaction<'_, Postgres>,
+    s: &Session,
+) -> Result<(), StoreError> {
+    for p in &s.participants {
+        sqlx::query(
+            "insert into participants (session_id, user_id, role, state, joined_at, left_at, \
+             last_seen_at) values ($1, $2, $3, $4, $5, $6, $7) \
+             on conflict (session_id, user_id) do update set role = excluded.role, \
+             state = excluded.state, joined_at = excluded.joined_at, left_at = excluded.left_at, \
+             last_seen_at = greatest(participants.last_seen_at, excluded.last_seen_at)",
+        )
+        .bind(s.id.as_str())
+        .bind(p.user.as_str())
+        .bind(p.role.as_str())
+        .bind(p.state.as_str())
+        .bind(p.joined_at.millis())
+        .bind(p.left_at.map(Timestamp::millis))
+        .bind(p.last_seen_at.millis())
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+async fn delete_session(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &SessionId,
+    version: i64,
+) -> Result<(), StoreError> {
+    let result = sqlx::query("delete from sessions where id = $1 and version = $2")
+        .bind(id.as_str())
+        .bind(version)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    if result.rows_affected() == 0 {
+        return Err(StoreError::Conflict);
+    }
+    sqlx::query("delete from participants where session_id = $1")
+        .bind(id.as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+async fn append_events(
+    tx: &mut Transaction<'_, Postgres>,
+    commit: &Commit,
+) -> Result<(), StoreError> {
+    for r in &commit.events {
+        let e = &r.event;
+        sqlx::query(
+            "insert into events (id, type, at, applied_at, session_id, kind, actor, rule, data) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&r.id)
+        .bind(e.event_type.as_str())
+        .bind(e.at.millis())
+        .bind(r.applied_at.millis())
+        .bind(e.session_id.as_str())
+        .bind(&e.kind)
+        .bind(&e.actor)
+        .bind(e.rule.as_deref())
+        .bind(to_json(&e.data))
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+async fn deliver_notifications(
+    tx: &mut Transaction<'_, Postgres>,
+    commit: &Commit,
+) -> Result<(), StoreError> {
+    for r in &commit.notifications {
+        let n = &r.notification;
+        sqlx::query(
+            "insert into notifications (id, user_id, type, title, message, session_id, link, \
+             created_at) values ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&r.id)
+        .bind(n.user.as_str())
+        .bind(&n.notification_type)
+        .bind(&n.title)
+        .bind(&n.message)
+        .bind(n.session.as_str())
+        .bind(n.link.as_deref())
+        .bind(n.created_at.millis())
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Tells every instance (this one included) that a deadline was stored; delivered at commit.
+async fn announce_deadline(
+    tx: &mut Transaction<'_, Postgres>,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    sqlx::query("select pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(at.millis().to_string())
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // Instances starting together migrate one at a time; the loser finds the work done.
+        sqlx::query("select pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query(
+            "create table if not exists lapse_migrations (version bigint primary key, \
+             name text not null, applied_at bigint not null)",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let done: Vec<i64> = sqlx::query_scalar("select version from lapse_migrations")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        for script in migrate::POSTGRES
+            .iter()
+            .filter(|s| !done.contains(&s.version))
+        {
+            sqlx::raw_sql(script.sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| {
+                    StoreError::Backend(format!("migration {} failed: {e}", script.name))
+                })?;
+            sqlx::query(
+                "insert into lapse_migrations (version, name, applied_at) values ($1, $2, $3)",
+            )
+            .bind(script.version)
+            .bind(script.name)
+            .bind(wall_now())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn load(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
+        let sql = format!("select {PG_SESSION_COLUMNS} from sessions where id = $1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        let Some(row) = row else { return Ok(None) };
+        let mut sessions = vec![rows::session(&row)?];
+        self.attach_participants(&mut sessions).await?;
+        Ok(sessions.pop())
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut earliest: Option<Timestamp> = None;
+        for write in &commit.sessions {
+            match write {
+                SessionWrite::Insert(s) | SessionWrite::Update(s) => {
+                    if matches!(write, SessionWrite::Insert(_)) {
+                        insert_session(&mut tx, s).await?;
+                    } else {
+                        update_session(&mut tx, s).await?;
+                    }
+                    upsert_participants(&mut tx, s).await?;
+                    if let Some(d) = &s.next_due {
+                        earliest = Some(earliest.map_or(d.fires_at, |e| e.min(d.fires_at)));
+                    }
+                }
+                SessionWrite::Delete { id, version } => {
+                    delete_session(&mut tx, id, *version).await?
+                }
+            }
+        }
+        append_events(&mut tx, &commit).await?;
+        deliver_notifications(&mut tx, &commit).await?;
+        if let Some(at) = earliest {
+            announce_deadline(&mut tx, at).await?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn list(&self, q: &SessionQuery) -> Result<Vec<Session>, StoreError> {
+        let sql = format!(
+            "select {PG_SESSION_COLUMNS} from sessions s \
+             where ($1::text is null or kind = $1) and ($2::text is null or status = $2) \
+             and (not $3 or status in ('pending', 'active')) and ($4::text is null or host = $4) \
+             and ($5::text is null or exists (select 1 from participants p \
+                  where p.session_id = s.id and p.user_id = $5)) \
+             and ($6::text is null or parent = $6) and ($7::text is null or id > $7) \
+             order by id limit $8"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(q.kind.as_deref())
+            .bind(q.status.map(Status::as_str))
+            .bind(q.open_only)
+            .bind(q.host.as_ref().map(UserId::as_str))
+            .bind(q.participant.as_ref().map(UserId::as_str))
+            .bind(q.parent.as_ref().map(SessionId::as_str))
+            .bind(q.after.as_ref().map(SessionId::as_str))
+            .bind(q.limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        let mut sessions = rows
+            .iter()
+            .map(rows::session)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.attach_participants(&mut sessions).await?;
+        Ok(sessions)
+    }
+
+    async fn due(
+        &self,
+        now: Timestamp,
+        kind: Option<&str>,
+        cursor: Option<&DueRow>,
+        limit: u32,
+        claim: bool,
+    ) -> Result<Vec<DueRow>, StoreError> {
+        let query = if claim {
+            sqlx::query(
+                "with picked as ( \
+                     select id from sessions \
+                     where next_due_at is not null and next_due_at <= $1 \
+                     and ($2::text is null or kind = $2) \
+                     and ($3::bigint is null or next_due_at > $3 or (next_due_at = $3 and id > $4)) \
+                     and (claimed_until is null or claimed_until < $6) \
+                     order by next_due_at, id limit $5 \
+                     for update skip locked) \
+                 update sessions s set claimed_until = $7 from picked where s.id = picked.id \
+                 returning s.id, s.next_due_at",
+            )
+        } else {
+            sqlx::query(
+                "select id, next_due_at from sessions \
+                 where next_due_at is not null and next_due_at <= $1 \
+                 and ($2::text is null or kind = $2) \
+                 and ($3::bigint is null or next_due_at > $3 or (next_due_at = $3 and id > $4)) \
+                 and ($6::bigint is null or true) and ($7::bigint is null or true) \
+                 order by next_due_at, id limit $5",
+            )
+        };
+        let wall = wall_now();
+        let rows = query
+            .bind(now.millis())
+            .bind(kind)
+            .bind(cursor.map(|c| c.at.millis()))
+            .bind(cursor.map(|c| c.id.as_str()))
+            .bind(limit as i64)
+            .bind(wall)
+            .bind(wall + LEASE.as_millis() as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        let mut due = rows
+            .iter()
+            .map(|r| {
+                let id: String = r.try_get("id").map_err(backend)?;
+                let at: i64 = r.try_get("next_due_at").map_err(backend)?;
+                Ok(DueRow {
+                    id: SessionId::parse(&id).map_err(|e| StoreError::Backend(e.to_string()))?,
+                    at: Timestamp::from_millis(at),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // `update ... returning` keeps no order.
+        due.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
+        Ok(due)
+    }
+
+    async fn rearm(
+        &self,
+        id: &SessionId,
+        version: i64,
+        next_due: Option<(&str, Timestamp)>,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "update sessions set next_due_at = $3, next_due_rule = $4, claimed_until = null \
+             where id = $1 and version = $2",
+        )
+        .bind(id.as_str())
+        .bind(version)
+        .bind(next_due.map(|(_, at)| at.millis()))
+        .bind(next_due.map(|(rule, _)| rule))
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn next_deadline(&self) -> Result<Option<Timestamp>, StoreError> {
+        let at: Option<i64> = sqlx::query_scalar(
+            "select min(next_due_at) from sessions where next_due_at is not null",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(at.map(Timestamp::from_millis))
+    }
+
+    async fn flush_heartbeats(&self, beats: &[Beat]) -> Result<(), StoreError> {
+        if beats.is_empty() {
+            return Ok(());
+        }
+        let sessions: Vec<&str> = beats.iter().map(|b| b.session.as_str()).collect();
+        let users: Vec<&str> = beats.iter().map(|b| b.user.as_str()).collect();
+        let ats: Vec<i64> = beats.iter().map(|b| b.at.millis()).collect();
+        // One statement: the participants, then their sessions' activity and version (so a
+        // sweep decided on the older row loses its compare-and-set). No NOTIFY, no index.
+        sqlx::query(
+            "with b as (select * from unnest($1::text[], $2::text[], $3::bigint[]) as b(s, u, at)), \
+             p as (update participants set beat_at = b.at, \
+                       last_seen_at = greatest(participants.last_seen_at, b.at) \
+                   from b where participants.session_id = b.s and participants.user_id = b.u \
+                   and participants.state = 'joined' \
+                   returning participants.session_id, b.at) \
+             update sessions set last_activity_at = greatest(last_activity_at, m.at), \
+                 used = true, version = version + 1 \
+             from (select session_id, max(at) as at from p group by session_id) m \
+             where sessions.id = m.session_id and sessions.status in ('pending', 'active')",
+        )
+        .bind(&sessions)
+        .bind(&users)
+        .bind(&ats)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn was_deleted(&self, id: &SessionId) -> Result<bool, StoreError> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "select seq from events where session_id = $1 \
+             and type in ('session.deleted', 'session.purged') limit 1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(found.is_some())
+    }
+
+    async fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        let types: Vec<&str> = q.types.iter().map(|t| t.as_str()).collect();
+        let rows = sqlx::query(
+            "select seq, id, type, at, applied_at, session_id, kind, actor, rule, data \
+             from events where seq > $1 and ($2::text is null or kind = $2) \
+             and ($3::text is null or session_id = $3) \
+             and (cardinality($4::text[]) = 0 or type = any($4)) \
+             order by seq limit $5",
+        )
+        .bind(q.after)
+        .bind(q.kind.as_deref())
+        .bind(q.session.as_ref().map(SessionId::as_str))
+        .bind(&types)
+        .bind(q.limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(rows::event).collect()
+    }
+
+    async fn notifications(
+        &self,
+        user: &UserId,
+        unread_only: bool,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let rows = sqlx::query(
+            "select id, user_id, type, title, message, session_id, link, created_at, read_at \
+             from notifications where user_id = $1 and (not $2 or read_at is null) \
+             order by created_at desc, id desc limit $3",
+        )
+        .bind(user.as_str())
+        .bind(unread_only)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(rows::notification).collect()
+    }
+
+    async fn mark_read(
+        &self,
+        user: &UserId,
+        id: &str,
+        at: Timestamp,
+    ) -> Result<Option<Notification>, StoreError> {
+        let row = sqlx::query(
+            "update notifications set read_at = coalesce(read_at, $3) \
+             where id = $1 and user_id = $2 \
+             returning id, user_id, type, title, message, session_id, link, created_at, read_at",
+        )
+        .bind(id)
+        .bind(user.as_str())
+        .bind(at.millis())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(rows::notification).transpose()
+    }
+
+    async fn counts(&self) -> Result<Vec<StatusCount>, StoreError> {
+        let rows = sqlx::query(
+            "select kind, status, count(*) as n from sessions group by kind, status order by kind, status",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                let status: String = r.try_get("status").map_err(backend)?;
+                Ok(StatusCount {
+                    kind: r.try_get("kind").map_err(backend)?,
+                    status: Status::parse(&status)
+                        .ok_or_else(|| StoreError::Backend(format!("unknown status {status}")))?,
+                    count: r.try_get("n").map_err(backend)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn watch_deadlines(&self, moved: DeadlineCallback) -> Result<(), StoreError> {
+        let mut listener = PgListener::connect_with(&self.pool)
+            .await
+            .map_err(backend)?;
+        listener.listen(CHANNEL).await.map_err(backend)?;
+        loop {
+            // `recv` reconnects and re-listens by itself after a dropped connection.
+            let n = listener.recv().await.map_err(backend)?;
+            if let Ok(ms) = n.payload().parse::<i64>() {
+                moved(Timestamp::from_millis(ms));
+            }
+        }
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+}

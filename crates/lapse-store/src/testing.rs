@@ -1,0 +1,67 @@
+//! Throwaway databases for tests: each test gets its own, so tests never see each other's
+//! rows. PostgreSQL tests find their server in `LAPSE_TEST_POSTGRES_URL` (the repo's
+//! `scripts/with-postgres` starts one); without it they are skipped, unless
+//! `LAPSE_TEST_REQUIRE_POSTGRES=1` says that skipping is a failure (CI sets it).
+
+use std::io::Write as _;
+use std::sync::Once;
+
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+/// The variable naming the test server.
+pub const POSTGRES_URL_ENV: &str = "LAPSE_TEST_POSTGRES_URL";
+/// The variable that turns a skipped PostgreSQL test into a failure.
+pub const REQUIRE_POSTGRES_ENV: &str = "LAPSE_TEST_REQUIRE_POSTGRES";
+
+static SKIP_NOTICE: Once = Once::new();
+
+/// A fresh, empty PostgreSQL database on the test server, as a URL; `None` (after saying so
+/// once on the terminal) when no test server is configured.
+///
+/// # Panics
+/// When no server is configured but one is required, or the server refuses.
+pub async fn fresh_postgres_database() -> Option<String> {
+    let Some(admin) = std::env::var(POSTGRES_URL_ENV)
+        .ok()
+        .filter(|v| !v.is_empty())
+    else {
+        assert!(
+            std::env::var(REQUIRE_POSTGRES_ENV).ok().as_deref() != Some("1"),
+            "{REQUIRE_POSTGRES_ENV}=1 but {POSTGRES_URL_ENV} is not set: PostgreSQL tests would be skipped"
+        );
+        SKIP_NOTICE.call_once(|| {
+            // Straight to the terminal: the test harness captures print! but not this.
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: PostgreSQL tests skipped ({POSTGRES_URL_ENV} not set; run them with scripts/with-postgres)"
+            );
+        });
+        return None;
+    };
+    let name = format!("lapse_test_{}", uuid_like());
+    let mut conn = PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the test server {admin}: {e}"));
+    sqlx::query(AssertSqlSafe(format!("create database {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+    let base = admin.split('?').next().unwrap_or(&admin);
+    let server = base.rsplit_once('/').map_or(base, |(server, _db)| server);
+    Some(format!("{server}/{name}"))
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "{}_{}_{}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}

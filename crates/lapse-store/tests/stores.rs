@@ -1,0 +1,212 @@
+//! Each store's promises to the engine, on SQLite and on PostgreSQL: compare-and-set on every write, heartbeat
+//! flushes that beat stale decisions without touching the deadline column, and due rows read
+//! in deadline order behind a cursor.
+
+use lapse_core::lifecycle::{self, By, Effects, NewSession};
+use lapse_core::store::{Beat, Commit, DueRow, SessionWrite};
+use lapse_core::{Config, Session, SessionId, Span, Store, StoreError, Timestamp, UserId};
+use lapse_store::{PostgresStore, SqliteStore};
+
+fn t0() -> Timestamp {
+    "2026-02-01T12:00:00Z".parse().unwrap()
+}
+
+/// Every store this machine can test: SQLite always, PostgreSQL when a test server is set.
+async fn stores() -> Vec<(Box<dyn Store>, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let mut stores: Vec<(Box<dyn Store>, tempfile::TempDir)> =
+        vec![(Box::new(SqliteStore::open(&url, None).await.unwrap()), dir)];
+    if let Some(url) = lapse_store::testing::fresh_postgres_database().await {
+        let pg = PostgresStore::open(&url, None, None).await.unwrap();
+        stores.push((Box::new(pg), tempfile::tempdir().unwrap()));
+    }
+    for (s, _) in &stores {
+        s.migrate().await.unwrap();
+        s.migrate().await.unwrap(); // twice: migrating is idempotent
+    }
+    stores
+}
+
+fn session(kind: &str, id: &str, at: Timestamp) -> Session {
+    let config = Config::default();
+    let kind = &config.kinds[kind];
+    let input = NewSession {
+        title: None,
+        metadata: None,
+        host: UserId::parse("host").unwrap(),
+        parent: None,
+        scheduled_start: None,
+        scheduled_end: None,
+    };
+    let mut fx = Effects::default();
+    let mut s = lifecycle::create(
+        kind,
+        SessionId::parse(id).unwrap(),
+        input,
+        None,
+        at,
+        &By::system(),
+        &mut fx,
+    )
+    .unwrap();
+    s.observe(kind, at);
+    s
+}
+
+async fn insert(store: &dyn Store, s: &Session) {
+    store
+        .commit(Commit {
+            sessions: vec![SessionWrite::Insert(s.clone())],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_heartbeat_flush_beats_a_decision_taken_on_the_older_row() {
+    for (store, _dir) in stores().await {
+        let store = store.as_ref();
+        let s = session("reading", "r", t0());
+        insert(store, &s).await;
+        let stale = store.load(&s.id).await.unwrap().unwrap();
+
+        let beat_at = t0() + Span::from_secs(600);
+        let host = UserId::parse("host").unwrap();
+        let beat = Beat {
+            session: s.id.clone(),
+            user: host,
+            at: beat_at,
+        };
+        store.flush_heartbeats(&[beat]).await.unwrap();
+
+        let fresh = store.load(&s.id).await.unwrap().unwrap();
+        assert_eq!(fresh.last_activity_at, beat_at);
+        assert_eq!(fresh.participants[0].last_seen_at, beat_at);
+        assert!(fresh.used);
+        assert_eq!(
+            fresh.next_due, stale.next_due,
+            "the deadline column is re-armed lazily"
+        );
+
+        let mut decided = stale.clone();
+        decided.status = lapse_core::Status::Expired;
+        let update = Commit {
+            sessions: vec![SessionWrite::Update(decided)],
+            ..Commit::default()
+        };
+        let lost = store.commit(update).await;
+        assert!(matches!(lost, Err(StoreError::Conflict)), "{lost:?}");
+        assert!(!store.rearm(&s.id, stale.version, None).await.unwrap());
+        assert!(store.rearm(&s.id, fresh.version, None).await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn due_rows_come_in_deadline_order_behind_a_cursor_and_only_when_due() {
+    for (store, _dir) in stores().await {
+        let store = store.as_ref();
+        // study: unused for 30 minutes; created a minute apart, so due a minute apart.
+        for (i, id) in ["c", "a", "b"].iter().enumerate() {
+            insert(
+                store,
+                &session("study", id, t0() + Span::from_secs(60 * i as i64)),
+            )
+            .await;
+        }
+        let at = |m: i64| t0() + Span::from_secs(60 * m);
+        assert!(
+            store
+                .due(at(29), None, None, 10, false)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let due = store.due(at(31), None, None, 10, false).await.unwrap();
+        let ids: Vec<_> = due.iter().map(|d| d.id.to_string()).collect();
+        assert_eq!(ids, ["c", "a"]);
+        let cursor = DueRow {
+            id: due[0].id.clone(),
+            at: due[0].at,
+        };
+        let rest = store
+            .due(at(40), None, Some(&cursor), 10, false)
+            .await
+            .unwrap();
+        let ids: Vec<_> = rest.iter().map(|d| d.id.to_string()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        let reading = store
+            .due(at(40), Some("reading"), None, 10, false)
+            .await
+            .unwrap();
+        assert!(reading.is_empty());
+        assert_eq!(store.next_deadline().await.unwrap(), Some(at(30)));
+    }
+}
+
+#[tokio::test]
+async fn concurrent_sweepers_of_a_shared_database_claim_disjoint_rows() {
+    for (store, _dir) in stores().await {
+        if !store.is_shared() {
+            continue;
+        }
+        let store = store.as_ref();
+        for i in 0..40 {
+            insert(store, &session("study", &format!("s{i:02}"), t0())).await;
+        }
+        let now = t0() + Span::from_secs(3600);
+        let (a, b) = tokio::join!(
+            store.due(now, None, None, 25, true),
+            store.due(now, None, None, 25, true)
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(
+            a.len() + b.len(),
+            40,
+            "between them they take every due row"
+        );
+        assert!(a.iter().all(|r| !b.contains(r)), "and no row twice");
+        assert!(
+            store
+                .due(now, None, None, 25, true)
+                .await
+                .unwrap()
+                .is_empty(),
+            "all leased"
+        );
+        // A dry look ignores leases.
+        assert_eq!(
+            store.due(now, None, None, 100, false).await.unwrap().len(),
+            40
+        );
+        // Writing the row ends its lease.
+        let row = &a[0];
+        let s = store.load(&row.id).await.unwrap().unwrap();
+        assert!(
+            store
+                .rearm(&row.id, s.version, Some(("delete-unused", row.at)))
+                .await
+                .unwrap()
+        );
+        let again = store.due(now, None, None, 25, true).await.unwrap();
+        assert_eq!(again, vec![row.clone()]);
+    }
+}
+
+#[tokio::test]
+async fn inserting_a_taken_id_is_a_duplicate() {
+    for (store, _dir) in stores().await {
+        let store = store.as_ref();
+        let s = session("study", "dup", t0());
+        insert(store, &s).await;
+        let again = Commit {
+            sessions: vec![SessionWrite::Insert(s)],
+            ..Commit::default()
+        };
+        assert!(matches!(
+            store.commit(again).await,
+            Err(StoreError::Duplicate)
+        ));
+    }
+}
