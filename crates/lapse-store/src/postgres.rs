@@ -30,7 +30,7 @@ const CHANNEL: &str = "lapse_deadlines";
 /// How long a sweeper's lease on a due row lasts if it never writes the row (it crashed).
 const LEASE: Duration = Duration::from_secs(60);
 /// Key of the advisory lock that serializes migrations of instances starting together.
-const MIGRATION_LOCK: i64 = 0x6c61_7073_65;
+const MIGRATION_LOCK: i64 = 0x006c_6170_7365; // "lapse"
 
 /// Sessions in a PostgreSQL database.
 #[derive(Clone)]
