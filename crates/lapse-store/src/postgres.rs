@@ -407,6 +407,7 @@ impl Store for PostgresStore {
         limit: u32,
         claim: bool,
     ) -> Result<Vec<DueRow>, StoreError> {
+        let wall = wall_now();
         let query = if claim {
             sqlx::query(
                 "with picked as ( \
@@ -426,22 +427,19 @@ impl Store for PostgresStore {
                  where next_due_at is not null and next_due_at <= $1 \
                  and ($2::text is null or kind = $2) \
                  and ($3::bigint is null or next_due_at > $3 or (next_due_at = $3 and id > $4)) \
-                 and ($6::bigint is null or true) and ($7::bigint is null or true) \
                  order by next_due_at, id limit $5",
             )
         };
-        let wall = wall_now();
-        let rows = query
+        let mut query = query
             .bind(now.millis())
             .bind(kind)
             .bind(cursor.map(|c| c.at.millis()))
             .bind(cursor.map(|c| c.id.as_str()))
-            .bind(limit as i64)
-            .bind(wall)
-            .bind(wall + LEASE.as_millis() as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
+            .bind(limit as i64);
+        if claim {
+            query = query.bind(wall).bind(wall + LEASE.as_millis() as i64);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(backend)?;
         let mut due = rows
             .iter()
             .map(|r| {
