@@ -5,9 +5,8 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-#[tokio::test]
-async fn malformed_and_mistyped_bodies_are_problems() {
-    let app = spawn_app().await;
+async fn malformed_and_mistyped_bodies_are_problems(backend: Backend) {
+    let app = spawn_app(backend).await;
     let r = app
         .client
         .post(format!("{}/v1/sessions", app.base))
@@ -72,9 +71,8 @@ async fn malformed_and_mistyped_bodies_are_problems() {
     .problem(422, "validation_failed");
 }
 
-#[tokio::test]
-async fn oversized_bodies_and_metadata_are_refused() {
-    let app = spawn_app().await;
+async fn oversized_bodies_and_metadata_are_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
     let big = "x".repeat(70 * 1024);
     app.post(
         As::Admin,
@@ -95,9 +93,8 @@ async fn oversized_bodies_and_metadata_are_refused() {
     assert_eq!(p["field"], "metadata");
 }
 
-#[tokio::test]
-async fn unknown_routes_methods_and_ids_are_problems() {
-    let app = spawn_app().await;
+async fn unknown_routes_methods_and_ids_are_problems(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.get(As::Admin, "/v1/nothing-here")
         .await
         .problem(404, "not_found");
@@ -131,9 +128,8 @@ async fn unknown_routes_methods_and_ids_are_problems() {
     .problem(422, "validation_failed");
 }
 
-#[tokio::test]
-async fn a_taken_id_is_a_conflict_and_state_errors_are_409() {
-    let app = spawn_app().await;
+async fn a_taken_id_is_a_conflict_and_state_errors_are_409(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("study", "dup", "alice", json!({})).await;
     app.post(
         As::User("alice"),
@@ -161,10 +157,9 @@ async fn a_taken_id_is_a_conflict_and_state_errors_are_409() {
     .problem(404, "not_found");
 }
 
-#[tokio::test]
-async fn a_full_session_refuses_another_member() {
+async fn a_full_session_refuses_another_member(backend: Backend) {
     let config = "[kinds.tiny]\nmax_participants = 2\n";
-    let app = spawn_app_with(Some(config)).await;
+    let app = spawn_app_with(backend, Some(config)).await;
     app.create("tiny", "t", "alice", json!({})).await;
     app.join("t", "bob").await;
     app.post(
@@ -186,3 +181,11 @@ async fn a_full_session_refuses_another_member() {
     .await
     .problem(409, "session_full");
 }
+
+both_stores!(
+    malformed_and_mistyped_bodies_are_problems,
+    oversized_bodies_and_metadata_are_refused,
+    unknown_routes_methods_and_ids_are_problems,
+    a_taken_id_is_a_conflict_and_state_errors_are_409,
+    a_full_session_refuses_another_member,
+);

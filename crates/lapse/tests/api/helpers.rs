@@ -80,13 +80,45 @@ pub enum As {
     Bearer(String),
 }
 
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(None).await
+/// Which store a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
 }
 
-pub async fn spawn_app_with(config: Option<&str>) -> TestApp {
+/// Whether PostgreSQL tests are skipped here (no test server); says so once. Panics when CI
+/// requires them.
+pub fn postgres_skipped() -> bool {
+    let set = std::env::var(lapse_store::testing::POSTGRES_URL_ENV).is_ok_and(|v| !v.is_empty());
+    if !set {
+        // Reports the skip (or fails when PostgreSQL is required) without creating anything.
+        let runtime = tokio::runtime::Handle::current();
+        let _ = tokio::task::block_in_place(|| {
+            runtime.block_on(lapse_store::testing::fresh_postgres_database())
+        });
+    }
+    !set
+}
+
+/// A fresh, empty database of `backend`, as a URL, and the directory that holds it (SQLite).
+pub async fn fresh_database(backend: Backend) -> (String, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let db_url = format!("sqlite://{}", dir.path().join("lapse.db").display());
+    let url = match backend {
+        Backend::Sqlite => format!("sqlite://{}", dir.path().join("lapse.db").display()),
+        Backend::Postgres => lapse_store::testing::fresh_postgres_database()
+            .await
+            .expect("a PostgreSQL test server"),
+    };
+    (url, dir)
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, None).await
+}
+
+pub async fn spawn_app_with(backend: Backend, config: Option<&str>) -> TestApp {
+    let (db_url, dir) = fresh_database(backend).await;
     let mut config = match config {
         Some(text) => Config::parse(text, "test.toml").expect("test config is valid"),
         None => Config::default(),

@@ -15,9 +15,8 @@ fn jwt(sub: &str, exp_from_now: i64) -> String {
     .unwrap()
 }
 
-#[tokio::test]
-async fn a_user_token_acts_only_as_its_user() {
-    let app = spawn_app().await;
+async fn a_user_token_acts_only_as_its_user(backend: Backend) {
+    let app = spawn_app(backend).await;
     let alice = As::Bearer(jwt("alice", 3600));
     let s = app
         .post(
@@ -73,9 +72,8 @@ async fn a_user_token_acts_only_as_its_user() {
     app.delete(As::Admin, "/v1/sessions/j1").await.expect(204);
 }
 
-#[tokio::test]
-async fn a_service_key_acts_for_the_user_it_names() {
-    let app = spawn_app().await;
+async fn a_service_key_acts_for_the_user_it_names(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("study", "svc", "alice", json!({})).await;
     app.post_empty(As::User("bob"), "/v1/sessions/svc/start")
         .await
@@ -97,9 +95,8 @@ async fn a_service_key_acts_for_the_user_it_names() {
         .problem(403, "forbidden");
 }
 
-#[tokio::test]
-async fn the_event_log_pages_in_order_and_filters() {
-    let app = spawn_app().await;
+async fn the_event_log_pages_in_order_and_filters(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("study", "e1", "alice", json!({})).await;
     app.create("coding", "e2", "alice", json!({})).await;
     app.join("e1", "bob").await;
@@ -132,9 +129,8 @@ async fn the_event_log_pages_in_order_and_filters() {
     assert_eq!(joins["events"].as_array().unwrap().len(), 2);
 }
 
-#[tokio::test]
-async fn listing_pages_through_every_session_even_when_rules_thin_a_page() {
-    let app = spawn_app().await;
+async fn listing_pages_through_every_session_even_when_rules_thin_a_page(backend: Backend) {
+    let app = spawn_app(backend).await;
     for i in 0..5 {
         app.create("study", &format!("l{i}"), "alice", json!({}))
             .await;
@@ -173,3 +169,10 @@ async fn listing_pages_through_every_session_even_when_rules_thin_a_page() {
         .expect(200);
     assert_eq!(filtered["sessions"].as_array().unwrap().len(), 1);
 }
+
+both_stores!(
+    a_user_token_acts_only_as_its_user,
+    a_service_key_acts_for_the_user_it_names,
+    the_event_log_pages_in_order_and_filters,
+    listing_pages_through_every_session_even_when_rules_thin_a_page,
+);

@@ -10,9 +10,8 @@ use crate::helpers::*;
 
 const SESSIONS: usize = 60;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_manual_end_racing_two_sweeps_moves_each_session_once() {
-    let app = spawn_app().await;
+async fn a_manual_end_racing_two_sweeps_moves_each_session_once(backend: Backend) {
+    let app = spawn_app(backend).await;
     for i in 0..SESSIONS {
         let id = format!("race-{i}");
         app.create("study", &id, "alice", json!({})).await;
@@ -62,9 +61,8 @@ async fn a_manual_end_racing_two_sweeps_moves_each_session_once() {
     assert!(per_session.values().all(|n| *n == 1), "{per_session:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_end_racing_a_cancel_has_one_winner_and_one_409() {
-    let app = spawn_app().await;
+async fn an_end_racing_a_cancel_has_one_winner_and_one_409(backend: Backend) {
+    let app = spawn_app(backend).await;
     for i in 0..SESSIONS {
         let id = format!("duel-{i}");
         app.create("study", &id, "alice", json!({})).await;
@@ -97,3 +95,8 @@ async fn an_end_racing_a_cancel_has_one_winner_and_one_409() {
         assert_eq!(endings, 1);
     }
 }
+
+both_stores!(
+    a_manual_end_racing_two_sweeps_moves_each_session_once,
+    an_end_racing_a_cancel_has_one_winner_and_one_409,
+);

@@ -5,9 +5,8 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-#[tokio::test]
-async fn unused_study_session_is_deleted_after_thirty_minutes() {
-    let app = spawn_app().await;
+async fn unused_study_session_is_deleted_after_thirty_minutes(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("study", "algebra", "alice", json!({})).await;
 
     app.advance("29m").await;
@@ -35,9 +34,8 @@ async fn unused_study_session_is_deleted_after_thirty_minutes() {
     );
 }
 
-#[tokio::test]
-async fn a_used_study_session_is_not_deleted_as_unused() {
-    let app = spawn_app().await;
+async fn a_used_study_session_is_not_deleted_as_unused(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("study", "used", "alice", json!({})).await;
     app.post(
         As::User("alice"),
@@ -53,9 +51,8 @@ async fn a_used_study_session_is_not_deleted_as_unused() {
     assert_eq!(s["used"], true);
 }
 
-#[tokio::test]
-async fn abandoned_study_session_is_completed_after_six_hours_at_its_deadline() {
-    let app = spawn_app().await;
+async fn abandoned_study_session_is_completed_after_six_hours_at_its_deadline(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("study", "marathon", "alice", json!({})).await;
     app.join("marathon", "bob").await;
     app.start("marathon", "alice").await;
@@ -90,9 +87,8 @@ async fn abandoned_study_session_is_completed_after_six_hours_at_its_deadline() 
     assert_eq!(bob[0]["created_at"], at(START, "6h"));
 }
 
-#[tokio::test]
-async fn host_ends_a_session_with_a_summary_and_the_others_are_notified() {
-    let app = spawn_app().await;
+async fn host_ends_a_session_with_a_summary_and_the_others_are_notified(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create(
         "study",
         "s1",
@@ -186,9 +182,8 @@ async fn host_ends_a_session_with_a_summary_and_the_others_are_notified() {
     assert!(unread["notifications"].as_array().unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn host_may_reopen_within_five_minutes_but_not_after() {
-    let app = spawn_app().await;
+async fn host_may_reopen_within_five_minutes_but_not_after(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("study", "r1", "alice", json!({})).await;
     app.join("r1", "bob").await;
     app.start("r1", "alice").await;
@@ -219,9 +214,8 @@ async fn host_may_reopen_within_five_minutes_but_not_after() {
         .problem(409, "invalid_transition");
 }
 
-#[tokio::test]
-async fn the_cleanup_cron_authenticates_with_the_cron_secret() {
-    let app = spawn_app().await;
+async fn the_cleanup_cron_authenticates_with_the_cron_secret(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.post_empty(As::Nobody, "/v1/sweep")
         .await
         .problem(401, "unauthorized");
@@ -237,9 +231,8 @@ async fn the_cleanup_cron_authenticates_with_the_cron_secret() {
         .problem(401, "unauthorized");
 }
 
-#[tokio::test]
-async fn an_ended_session_exports_as_json_markdown_and_csv() {
-    let app = spawn_app().await;
+async fn an_ended_session_exports_as_json_markdown_and_csv(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("study", "exp", "alice", json!({ "title": "Physics" }))
         .await;
     app.join("exp", "bob").await;
@@ -278,9 +271,8 @@ async fn an_ended_session_exports_as_json_markdown_and_csv() {
         .problem(422, "validation_failed");
 }
 
-#[tokio::test]
-async fn kinds_and_stats_show_the_configuration_and_the_counts() {
-    let app = spawn_app().await;
+async fn kinds_and_stats_show_the_configuration_and_the_counts(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("study", "k1", "alice", json!({})).await;
     app.create("coding", "k2", "alice", json!({})).await;
     let kinds = app.get(As::User("alice"), "/v1/kinds").await.expect(200);
@@ -305,3 +297,14 @@ async fn kinds_and_stats_show_the_configuration_and_the_counts() {
         .await
         .problem(401, "unauthorized");
 }
+
+both_stores!(
+    unused_study_session_is_deleted_after_thirty_minutes,
+    a_used_study_session_is_not_deleted_as_unused,
+    abandoned_study_session_is_completed_after_six_hours_at_its_deadline,
+    host_ends_a_session_with_a_summary_and_the_others_are_notified,
+    host_may_reopen_within_five_minutes_but_not_after,
+    the_cleanup_cron_authenticates_with_the_cron_secret,
+    an_ended_session_exports_as_json_markdown_and_csv,
+    kinds_and_stats_show_the_configuration_and_the_counts,
+);

@@ -5,9 +5,8 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-#[tokio::test]
-async fn heartbeats_keep_a_reading_alive_and_silence_deletes_it() {
-    let app = spawn_app().await;
+async fn heartbeats_keep_a_reading_alive_and_silence_deletes_it(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("reading", "tarot", "mira", json!({})).await;
     for _ in 0..4 {
         app.advance("50m").await;
@@ -29,9 +28,8 @@ async fn heartbeats_keep_a_reading_alive_and_silence_deletes_it() {
     app.session("tarot").await.problem(404, "not_found");
 }
 
-#[tokio::test]
-async fn an_invite_to_a_room_silent_for_an_hour_has_expired() {
-    let app = spawn_app().await;
+async fn an_invite_to_a_room_silent_for_an_hour_has_expired(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("reading", "room", "mira", json!({})).await;
     app.advance("30m").await;
     let joined = app
@@ -62,13 +60,12 @@ async fn an_invite_to_a_room_silent_for_an_hour_has_expired() {
     );
 }
 
-#[tokio::test]
-async fn invite_expiry_applies_even_when_no_rule_deleted_the_room() {
+async fn invite_expiry_applies_even_when_no_rule_deleted_the_room(backend: Backend) {
     let config = r#"
 [kinds.reading]
 invite_expiry = "1h"
 "#;
-    let app = spawn_app_with(Some(config)).await;
+    let app = spawn_app_with(backend, Some(config)).await;
     app.create("reading", "quiet", "mira", json!({})).await;
     app.advance("61m").await;
     app.post(
@@ -88,9 +85,8 @@ invite_expiry = "1h"
     .expect(201);
 }
 
-#[tokio::test]
-async fn a_heartbeat_not_yet_flushed_still_wins_over_the_sweep() {
-    let app = spawn_app().await;
+async fn a_heartbeat_not_yet_flushed_still_wins_over_the_sweep(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("reading", "fresh", "mira", json!({})).await;
     app.advance("59m").await;
     // Accepted into memory; the sweep that follows must see it.
@@ -100,9 +96,8 @@ async fn a_heartbeat_not_yet_flushed_still_wins_over_the_sweep() {
     app.session("fresh").await.expect(200);
 }
 
-#[tokio::test]
-async fn presence_goes_offline_after_ninety_seconds_without_heartbeats() {
-    let app = spawn_app().await;
+async fn presence_goes_offline_after_ninety_seconds_without_heartbeats(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("reading", "presence", "mira", json!({})).await;
     app.join("presence", "sam").await;
     app.advance("60s").await;
@@ -122,9 +117,8 @@ async fn presence_goes_offline_after_ninety_seconds_without_heartbeats() {
     assert_eq!(online("sam"), true, "seen 60s ago");
 }
 
-#[tokio::test]
-async fn batch_heartbeats_report_what_they_refused() {
-    let app = spawn_app().await;
+async fn batch_heartbeats_report_what_they_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("reading", "b1", "mira", json!({})).await;
     let r = app
         .post(
@@ -144,3 +138,12 @@ async fn batch_heartbeats_report_what_they_refused() {
     assert_eq!(rejected[0]["index"], 1);
     assert_eq!(rejected[1]["code"], "not_found");
 }
+
+both_stores!(
+    heartbeats_keep_a_reading_alive_and_silence_deletes_it,
+    an_invite_to_a_room_silent_for_an_hour_has_expired,
+    invite_expiry_applies_even_when_no_rule_deleted_the_room,
+    a_heartbeat_not_yet_flushed_still_wins_over_the_sweep,
+    presence_goes_offline_after_ninety_seconds_without_heartbeats,
+    batch_heartbeats_report_what_they_refused,
+);

@@ -9,9 +9,8 @@ fn booking() -> serde_json::Value {
     json!({ "scheduled_start": at(START, "1h"), "scheduled_end": at(START, "2h") })
 }
 
-#[tokio::test]
-async fn a_booking_not_started_on_time_is_delayed_and_stays_active() {
-    let app = spawn_app().await;
+async fn a_booking_not_started_on_time_is_delayed_and_stays_active(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("mentoring", "b1", "mentor", booking()).await;
     app.advance("3h").await;
     let report = app.sweep().await;
@@ -40,9 +39,8 @@ async fn a_booking_not_started_on_time_is_delayed_and_stays_active() {
     assert_eq!(ended["session"]["status"], "completed");
 }
 
-#[tokio::test]
-async fn a_booking_started_on_time_completes_at_its_scheduled_end() {
-    let app = spawn_app().await;
+async fn a_booking_started_on_time_completes_at_its_scheduled_end(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("mentoring", "b2", "mentor", booking()).await;
     app.join("b2", "student").await;
     app.advance("55m").await;
@@ -58,9 +56,8 @@ async fn a_booking_started_on_time_completes_at_its_scheduled_end() {
     assert_eq!(s["summary"]["duration_minutes"], 65);
 }
 
-#[tokio::test]
-async fn reading_a_booking_after_its_start_time_shows_it_delayed_without_a_sweep() {
-    let app = spawn_app().await;
+async fn reading_a_booking_after_its_start_time_shows_it_delayed_without_a_sweep(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("mentoring", "b3", "mentor", booking()).await;
     app.advance("70m").await;
     let s = app.session("b3").await.expect(200);
@@ -71,9 +68,8 @@ async fn reading_a_booking_after_its_start_time_shows_it_delayed_without_a_sweep
         .problem(409, "invalid_transition");
 }
 
-#[tokio::test]
-async fn moving_the_schedule_moves_the_deadline() {
-    let app = spawn_app().await;
+async fn moving_the_schedule_moves_the_deadline(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("mentoring", "b4", "mentor", booking()).await;
     let s = app
         .send(
@@ -94,3 +90,10 @@ async fn moving_the_schedule_moves_the_deadline() {
     .await
     .problem(422, "validation_failed");
 }
+
+both_stores!(
+    a_booking_not_started_on_time_is_delayed_and_stays_active,
+    a_booking_started_on_time_completes_at_its_scheduled_end,
+    reading_a_booking_after_its_start_time_shows_it_delayed_without_a_sweep,
+    moving_the_schedule_moves_the_deadline,
+);

@@ -7,9 +7,8 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-#[tokio::test]
-async fn a_room_silent_for_seven_days_expires_and_keeps_its_data() {
-    let app = spawn_app().await;
+async fn a_room_silent_for_seven_days_expires_and_keeps_its_data(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create(
         "coding",
         "pair",
@@ -52,9 +51,8 @@ async fn a_room_silent_for_seven_days_expires_and_keeps_its_data() {
     );
 }
 
-#[tokio::test]
-async fn dry_run_changes_nothing() {
-    let app = spawn_app().await;
+async fn dry_run_changes_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("coding", "idle", "ana", json!({})).await;
     app.advance("8d").await;
     let first = app.dry_sweep().await;
@@ -69,10 +67,9 @@ async fn dry_run_changes_nothing() {
     assert!(log["events"].as_array().unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn the_cli_sweep_previews_and_then_applies_on_the_database() {
+async fn the_cli_sweep_previews_and_then_applies_on_the_database(backend: Backend) {
     // The CLI reads the system clock, so these rooms live in the past.
-    let app = spawn_app().await;
+    let app = spawn_app(backend).await;
     app.post(
         As::Admin,
         "/v1/admin/clock",
@@ -139,3 +136,9 @@ async fn the_cli_sweep_previews_and_then_applies_on_the_database() {
         "{out}"
     );
 }
+
+both_stores!(
+    a_room_silent_for_seven_days_expires_and_keeps_its_data,
+    dry_run_changes_nothing,
+    the_cli_sweep_previews_and_then_applies_on_the_database,
+);

@@ -5,9 +5,8 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-#[tokio::test]
-async fn a_customer_with_an_open_repair_is_refused_a_second_one() {
-    let app = spawn_app().await;
+async fn a_customer_with_an_open_repair_is_refused_a_second_one(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("request", "req-1", "cust", json!({})).await;
     app.create("repair", "rep-1", "cust", json!({ "parent": "req-1" }))
         .await;
@@ -29,9 +28,8 @@ async fn a_customer_with_an_open_repair_is_refused_a_second_one() {
         .await;
 }
 
-#[tokio::test]
-async fn a_stale_waiting_repair_never_blocks_a_new_one() {
-    let app = spawn_app().await;
+async fn a_stale_waiting_repair_never_blocks_a_new_one(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("request", "req-1", "cust", json!({})).await;
     app.create("repair", "rep-1", "cust", json!({ "parent": "req-1" }))
         .await;
@@ -45,9 +43,8 @@ async fn a_stale_waiting_repair_never_blocks_a_new_one() {
     assert_eq!(old["ended_at"], at(START, "15m"));
 }
 
-#[tokio::test]
-async fn an_expired_request_cancels_its_repair_in_the_same_sweep() {
-    let app = spawn_app().await;
+async fn an_expired_request_cancels_its_repair_in_the_same_sweep(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("request", "req", "cust", json!({})).await;
     app.advance("10m").await;
     app.create("repair", "rep", "cust", json!({ "parent": "req" }))
@@ -75,9 +72,8 @@ async fn an_expired_request_cancels_its_repair_in_the_same_sweep() {
     );
 }
 
-#[tokio::test]
-async fn a_repair_whose_request_was_cancelled_by_hand_follows_it_on_access() {
-    let app = spawn_app().await;
+async fn a_repair_whose_request_was_cancelled_by_hand_follows_it_on_access(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("request", "req", "cust", json!({})).await;
     app.create("repair", "rep", "cust", json!({ "parent": "req" }))
         .await;
@@ -90,9 +86,8 @@ async fn a_repair_whose_request_was_cancelled_by_hand_follows_it_on_access() {
     assert_eq!(rep["ended_by"], "rule:cancel-with-request");
 }
 
-#[tokio::test]
-async fn an_active_repair_without_a_request_is_cancelled_as_orphaned() {
-    let app = spawn_app().await;
+async fn an_active_repair_without_a_request_is_cancelled_as_orphaned(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("repair", "lone", "cust", json!({})).await;
     app.start("lone", "cust").await;
     app.advance("21m").await;
@@ -104,9 +99,8 @@ async fn an_active_repair_without_a_request_is_cancelled_as_orphaned() {
     );
 }
 
-#[tokio::test]
-async fn a_repair_must_belong_to_a_request() {
-    let app = spawn_app().await;
+async fn a_repair_must_belong_to_a_request(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create("study", "not-a-request", "cust", json!({}))
         .await;
     let p = app
@@ -126,3 +120,12 @@ async fn a_repair_must_belong_to_a_request() {
     .await
     .problem(422, "validation_failed");
 }
+
+both_stores!(
+    a_customer_with_an_open_repair_is_refused_a_second_one,
+    a_stale_waiting_repair_never_blocks_a_new_one,
+    an_expired_request_cancels_its_repair_in_the_same_sweep,
+    a_repair_whose_request_was_cancelled_by_hand_follows_it_on_access,
+    an_active_repair_without_a_request_is_cancelled_as_orphaned,
+    a_repair_must_belong_to_a_request,
+);

@@ -1,0 +1,207 @@
+//! Several lapse instances on one PostgreSQL database, as separate `lapse serve` processes:
+//! however the sweeps and manual actions interleave, each session transitions once.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const SESSIONS: usize = 2000;
+const ACTIVE: usize = 200;
+const CLOCK: &str = "2030-01-01T00:00:00Z";
+
+struct Instance {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn start_instance(db_url: &str) -> Instance {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_lapse"))
+        .arg("serve")
+        .env_remove("LAPSE_CONFIG")
+        .env("DATABASE_URL", db_url)
+        .env("LAPSE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("LAPSE_CLOCK", "manual")
+        .env("LAPSE_ADMIN_KEY", ADMIN_KEY)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("lapse starts");
+    let instance = Instance {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if client
+            .get(format!("{}/readyz", instance.base))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return instance;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("lapse at {} did not become ready", instance.base);
+}
+
+async fn call(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    actor: Option<String>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = client.post(format!("{base}{path}")).bearer_auth(ADMIN_KEY);
+    if let Some(a) = actor {
+        req = req.header("X-Actor", a);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.expect("request sent");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Every event of `type` in the log, counted per session.
+async fn count_events(
+    client: &reqwest::Client,
+    base: &str,
+    event_type: &str,
+) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    let mut after = 0;
+    loop {
+        let url = format!("{base}/v1/events?type={event_type}&limit=1000&after={after}");
+        let page: Value = client
+            .get(url)
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let events = page["events"].as_array().unwrap();
+        if events.is_empty() {
+            return counts;
+        }
+        for e in events {
+            *counts
+                .entry(e["session_id"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+        after = page["next_after"].as_i64().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_sweeping_one_database_transition_each_session_once() {
+    if postgres_skipped() {
+        return;
+    }
+    let (db, _dir) = fresh_database(Backend::Postgres).await;
+    let (a, b) = tokio::join!(start_instance(&db), start_instance(&db));
+    let client = reqwest::Client::new();
+    for i in [&a, &b] {
+        let (status, _) = call(
+            &client,
+            &i.base,
+            "/v1/admin/clock",
+            None,
+            Some(json!({ "set": CLOCK })),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+
+    // Unused rooms on one instance, active ones on the other.
+    let created: Vec<u16> = stream::iter(0..SESSIONS + ACTIVE)
+        .map(|i| {
+            let (client, base) = (&client, if i < SESSIONS { &a.base } else { &b.base });
+            async move {
+                let body = json!({ "id": format!("s{i}"), "kind": "study", "host": format!("u{}", i % 50) });
+                let (status, _) = call(client, base, "/v1/sessions", None, Some(body)).await;
+                if i >= SESSIONS {
+                    let path = format!("/v1/sessions/s{i}/start");
+                    assert_eq!(call(client, base, &path, None, None).await.0, 200);
+                }
+                status
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert!(created.iter().all(|s| *s == 201));
+
+    for i in [&a, &b] {
+        call(
+            &client,
+            &i.base,
+            "/v1/admin/clock",
+            None,
+            Some(json!({ "advance": "6h" })),
+        )
+        .await;
+    }
+    // Both instances sweep at once while the hosts end their rooms by hand on instance A.
+    let sweeps = futures::future::join_all(
+        [&a.base, &b.base, &a.base, &b.base]
+            .map(|base| call(&client, base, "/v1/sweep", None, None)),
+    );
+    let ends = stream::iter(SESSIONS..SESSIONS + ACTIVE)
+        .map(|i| {
+            let client = &client;
+            let base = &a.base;
+            async move {
+                let path = format!("/v1/sessions/s{i}/end");
+                call(client, base, &path, Some(format!("u{}", i % 50)), None)
+                    .await
+                    .0
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<u16>>();
+    let (sweeps, ends) = tokio::join!(sweeps, ends);
+
+    assert!(ends.iter().all(|s| *s == 409 || *s == 200), "{ends:?}");
+    let mut applied = 0;
+    for (status, report) in &sweeps {
+        assert_eq!(*status, 200, "{report}");
+        assert!(report["errors"].as_array().unwrap().is_empty(), "{report}");
+        applied += report["applied"].as_array().unwrap().len();
+    }
+    assert!(
+        applied <= SESSIONS + ACTIVE,
+        "no rule is reported applied twice"
+    );
+
+    let deleted = count_events(&client, &b.base, "session.deleted").await;
+    assert_eq!(deleted.len(), SESSIONS, "every unused room is deleted");
+    assert!(deleted.values().all(|n| *n == 1), "and each exactly once");
+    let completed = count_events(&client, &a.base, "session.completed").await;
+    assert_eq!(completed.len(), ACTIVE);
+    assert!(completed.values().all(|n| *n == 1));
+}
