@@ -100,3 +100,51 @@ async fn the_sweeper_sleeps_until_the_next_deadline_and_an_earlier_one_wakes_it(
         .unwrap();
     assert!(soon.delayed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_stored_by_one_instance_wakes_the_others() {
+    let Some(url) = lapse_store::testing::fresh_postgres_database().await else {
+        return;
+    };
+    let open = || async {
+        let store = lapse_store::PostgresStore::open(&url, None, None)
+            .await
+            .unwrap();
+        lapse_core::Store::migrate(&store).await.unwrap();
+        Engine::new(
+            Arc::new(store),
+            Arc::new(Config::default()),
+            Clock::manual(t0()),
+        )
+    };
+    let (a, b) = (open().await, open().await);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(b.clone().run_deadline_watch(shutdown.clone()));
+    let admin = Caller::Admin {
+        name: "test".into(),
+        actor: None,
+    };
+
+    // B has nothing to do and plans to sleep its full minute.
+    assert_eq!(b.sweep_and_plan().await.next_deadline, None);
+    let before = b.wake_ups();
+    // Keep creating until B's listener is surely connected: each create announces a deadline.
+    let mut woken = false;
+    for i in 0..100 {
+        let id = format!("room-{i}");
+        a.create(&admin, request("mentoring", &id, Some(Span::from_secs(20))))
+            .await
+            .unwrap();
+        if tokio::time::timeout(Duration::from_millis(100), b.woken())
+            .await
+            .is_ok()
+        {
+            woken = true;
+            break;
+        }
+    }
+    shutdown.cancel();
+    assert!(woken, "B's sweeper was woken by A's commit");
+    assert!(b.wake_ups() > before);
+    assert!(a.wake_ups() > 0, "A wakes its own sweeper too");
+}

@@ -139,6 +139,27 @@ async fn batch_heartbeats_report_what_they_refused(backend: Backend) {
     assert_eq!(rejected[1]["code"], "not_found");
 }
 
+/// On a shared database an idle rule waits two flush intervals past its deadline for the
+/// heartbeats other instances hold; it is still stamped at the deadline.
+async fn idle_rules_on_a_shared_database_wait_for_other_instances_heartbeats(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.create("reading", "grace", "mira", json!({})).await;
+    app.advance("1h").await;
+    app.advance("1s").await;
+    let early = app.sweep().await;
+    let applied = early["applied"].as_array().unwrap();
+    match backend {
+        Backend::Sqlite => assert_eq!(applied.len(), 1, "one instance sees every heartbeat"),
+        Backend::Postgres => {
+            assert!(applied.is_empty(), "still within the grace: {early}");
+            app.advance("1s").await;
+            let report = app.sweep().await;
+            assert_eq!(report["applied"][0]["due_at"], at(START, "1h"), "{report}");
+        }
+    }
+    app.session("grace").await.problem(404, "not_found");
+}
+
 both_stores!(
     heartbeats_keep_a_reading_alive_and_silence_deletes_it,
     an_invite_to_a_room_silent_for_an_hour_has_expired,
@@ -146,4 +167,5 @@ both_stores!(
     a_heartbeat_not_yet_flushed_still_wins_over_the_sweep,
     presence_goes_offline_after_ninety_seconds_without_heartbeats,
     batch_heartbeats_report_what_they_refused,
+    idle_rules_on_a_shared_database_wait_for_other_instances_heartbeats,
 );
