@@ -22,6 +22,9 @@ pub enum StoreError {
     /// An insert found the id taken.
     #[error("a session with this id already exists")]
     Duplicate,
+    /// A [`HostLimit`] was reached inside the transaction.
+    #[error("the host has as many open sessions of the kind as allowed")]
+    LimitReached,
     /// The database failed.
     #[error("database error: {0}")]
     Backend(String),
@@ -64,9 +67,24 @@ pub struct NotificationRecord {
     pub notification: NewNotification,
 }
 
+/// "At most `max` open sessions of `kind` hosted by `host`", checked inside the transaction
+/// before anything is written (and, where instances share the database, under a lock on that
+/// host and kind).
+#[derive(Clone, Debug)]
+pub struct HostLimit {
+    /// The kind.
+    pub kind: String,
+    /// The host.
+    pub host: UserId,
+    /// Most open sessions, before this commit's inserts.
+    pub max: u32,
+}
+
 /// Everything one change writes, committed atomically.
 #[derive(Clone, Debug, Default)]
 pub struct Commit {
+    /// Refuse the whole commit if the host is at its limit.
+    pub host_limit: Option<HostLimit>,
     /// Session rows.
     pub sessions: Vec<SessionWrite>,
     /// Events to append, in order.

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use lapse_core::lifecycle::OpError;
 use lapse_core::{Config, Kind, SessionId, Status, Store, StoreError};
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Notify;
 
 pub use access::Caller;
 pub use clock::Clock;
@@ -83,9 +83,6 @@ pub struct Engine {
     planned_wake: AtomicI64,
     /// Wake-ups sent, for operators and tests.
     wake_ups: AtomicU64,
-    /// Serializes creates of kinds with `max_open_per_host`, so two concurrent creates of one
-    /// host cannot both pass the check.
-    create_lock: Mutex<()>,
     stats: SweeperStats,
     unconfigured: Kind,
 }
@@ -112,7 +109,6 @@ impl Engine {
             wake: Notify::new(),
             planned_wake: AtomicI64::new(i64::MAX),
             wake_ups: AtomicU64::new(0),
-            create_lock: Mutex::new(()),
             stats: SweeperStats::default(),
             unconfigured: Kind {
                 name: String::new(),

@@ -6,7 +6,7 @@
 use lapse_core::event::{Event, Notification};
 use lapse_core::explain::{self, RuleExplanation};
 use lapse_core::lifecycle::{self, Effects, NewSession, OpError, ParentInfo, Patch, Via};
-use lapse_core::store::{EventQuery, SessionQuery, StatusCount};
+use lapse_core::store::{EventQuery, HostLimit, SessionQuery, StatusCount};
 use lapse_core::{Kind, Participant, Role, Session, SessionId, StoreError, Timestamp, UserId};
 
 use crate::{Caller, Engine, EngineError};
@@ -194,16 +194,6 @@ impl Engine {
             }
         };
 
-        let _guard = match kind.max_open_per_host {
-            Some(max) => {
-                let guard = self.create_lock.lock().await;
-                self.check_open_per_host(kind, &host, max).await?;
-                Some(guard)
-            }
-            None => None,
-        };
-
-        let now = self.now();
         let id = match &req.id {
             Some(id) => id.clone(),
             None => SessionId::parse(&uuid::Uuid::now_v7().to_string())
@@ -212,31 +202,58 @@ impl Engine {
         let input = NewSession {
             title: req.title,
             metadata: req.metadata,
-            host,
+            host: host.clone(),
             parent: req.parent,
             scheduled_start: req.scheduled_start,
             scheduled_end: req.scheduled_end,
         };
-        let mut fx = Effects::default();
-        let mut s = lifecycle::create(kind, id.clone(), input, parent, now, &caller.by(), &mut fx)?;
-        lifecycle::apply_due(kind, &mut s, now, &mut fx);
-        let (commit, _) = self
-            .build_commit(&mut s, &fx, now, true, Some(Vec::new()))
-            .await?;
-        match self.apply_commit(commit).await {
-            Ok(()) => {}
-            Err(EngineError::Store(StoreError::Duplicate)) => {
-                return Err(EngineError::Conflict(format!(
-                    "session `{id}` already exists"
-                )));
+        for _ in 0..ATTEMPTS {
+            if let Some(max) = kind.max_open_per_host {
+                self.check_open_per_host(kind, &host, max).await?;
             }
-            Err(e) => return Err(e),
+            let now = self.now();
+            let mut fx = Effects::default();
+            let by = caller.by();
+            let mut s = lifecycle::create(
+                kind,
+                id.clone(),
+                input.clone(),
+                parent.clone(),
+                now,
+                &by,
+                &mut fx,
+            )?;
+            lifecycle::apply_due(kind, &mut s, now, &mut fx);
+            let (mut commit, _) = self
+                .build_commit(&mut s, &fx, now, true, Some(Vec::new()))
+                .await?;
+            // The store re-counts inside the transaction, so concurrent creates (on any
+            // instance) cannot both pass the check above.
+            commit.host_limit = kind.max_open_per_host.map(|max| HostLimit {
+                kind: kind.name.clone(),
+                host: host.clone(),
+                max,
+            });
+            match self.apply_commit(commit).await {
+                Ok(()) => {}
+                Err(EngineError::Store(StoreError::Duplicate)) => {
+                    return Err(EngineError::Conflict(format!(
+                        "session `{id}` already exists"
+                    )));
+                }
+                // Someone else's create got in first: check again, which explains the 409.
+                Err(EngineError::Store(StoreError::LimitReached)) => continue,
+                Err(e) => return Err(e),
+            }
+            if fx.deleted_at.is_some() {
+                return Err(not_found(&id));
+            }
+            s.version = 1;
+            return Ok(s);
         }
-        if fx.deleted_at.is_some() {
-            return Err(not_found(&id));
-        }
-        s.version = 1;
-        Ok(s)
+        Err(EngineError::Conflict(format!(
+            "`{host}` is creating sessions too fast; try again"
+        )))
     }
 
     /// Applies due rules to the host's open sessions of `kind`, then refuses if `max` are

@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
-    Beat, Commit, DeadlineCallback, DueRow, EventQuery, SessionQuery, SessionWrite, StatusCount,
-    Store,
+    Beat, Commit, DeadlineCallback, DueRow, EventQuery, HostLimit, SessionQuery, SessionWrite,
+    StatusCount, Store,
 };
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
@@ -218,6 +218,33 @@ async fn delete_session(
     Ok(())
 }
 
+/// Counts the host's open sessions of the kind under a transaction-scoped lock on that pair,
+/// so creates on different instances take turns.
+async fn check_host_limit(
+    tx: &mut Transaction<'_, Postgres>,
+    limit: &HostLimit,
+) -> Result<(), StoreError> {
+    sqlx::query("select pg_advisory_xact_lock(hashtext($1), hashtext($2))")
+        .bind(limit.host.as_str())
+        .bind(&limit.kind)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    let open: i64 = sqlx::query_scalar(
+        "select count(*) from sessions where host = $1 and kind = $2 \
+         and status in ('pending', 'active')",
+    )
+    .bind(limit.host.as_str())
+    .bind(&limit.kind)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(backend)?;
+    if open >= i64::from(limit.max) {
+        return Err(StoreError::LimitReached);
+    }
+    Ok(())
+}
+
 async fn append_events(
     tx: &mut Transaction<'_, Postgres>,
     commit: &Commit,
@@ -342,6 +369,9 @@ impl Store for PostgresStore {
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
+        if let Some(limit) = &commit.host_limit {
+            check_host_limit(&mut tx, limit).await?;
+        }
         let mut earliest: Option<Timestamp> = None;
         for write in &commit.sessions {
             match write {

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
-    Beat, Commit, DeadlineCallback, DueRow, EventQuery, SessionQuery, SessionWrite, StatusCount,
-    Store,
+    Beat, Commit, DeadlineCallback, DueRow, EventQuery, HostLimit, SessionQuery, SessionWrite,
+    StatusCount, Store,
 };
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::sqlite::{
@@ -216,6 +216,25 @@ async fn delete_session(
     Ok(())
 }
 
+async fn check_host_limit(
+    tx: &mut Transaction<'_, Sqlite>,
+    limit: &HostLimit,
+) -> Result<(), StoreError> {
+    let open: i64 = sqlx::query_scalar(
+        "select count(*) from sessions where host = ?1 and kind = ?2 \
+         and status in ('pending', 'active')",
+    )
+    .bind(limit.host.as_str())
+    .bind(&limit.kind)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(backend)?;
+    if open >= i64::from(limit.max) {
+        return Err(StoreError::LimitReached);
+    }
+    Ok(())
+}
+
 async fn append_events(
     tx: &mut Transaction<'_, Sqlite>,
     commit: &Commit,
@@ -318,6 +337,10 @@ impl Store for SqliteStore {
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await.map_err(backend)?;
+        if let Some(limit) = &commit.host_limit {
+            // The single writer connection already serializes this with every other commit.
+            check_host_limit(&mut tx, limit).await?;
+        }
         for write in &commit.sessions {
             match write {
                 SessionWrite::Insert(s) => {

@@ -210,3 +210,35 @@ async fn inserting_a_taken_id_is_a_duplicate() {
         ));
     }
 }
+
+#[tokio::test]
+async fn a_commit_over_the_hosts_open_limit_is_refused_whole() {
+    for (store, _dir) in stores().await {
+        let store = store.as_ref();
+        let limit = || lapse_core::store::HostLimit {
+            kind: "repair".into(),
+            host: UserId::parse("host").unwrap(),
+            max: 1,
+        };
+        let first = Commit {
+            host_limit: Some(limit()),
+            sessions: vec![SessionWrite::Insert(session("repair", "one", t0()))],
+            ..Commit::default()
+        };
+        store.commit(first).await.unwrap();
+        let second = Commit {
+            host_limit: Some(limit()),
+            sessions: vec![SessionWrite::Insert(session("repair", "two", t0()))],
+            ..Commit::default()
+        };
+        assert!(matches!(
+            store.commit(second).await,
+            Err(StoreError::LimitReached)
+        ));
+        let two = SessionId::parse("two").unwrap();
+        assert!(
+            store.load(&two).await.unwrap().is_none(),
+            "nothing of it was written"
+        );
+    }
+}

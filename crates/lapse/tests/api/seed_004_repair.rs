@@ -121,7 +121,26 @@ async fn a_repair_must_belong_to_a_request(backend: Backend) {
     .problem(422, "validation_failed");
 }
 
+async fn concurrent_creates_for_one_customer_open_one_repair(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.create("request", "req", "cust", json!({})).await;
+    let attempts = futures::future::join_all((0..12).map(|i| {
+        let app = &app;
+        async move {
+            let body = json!({ "id": format!("rep-{i}"), "kind": "repair", "parent": "req" });
+            app.post(As::User("cust"), "/v1/sessions", body).await
+        }
+    }))
+    .await;
+    let created = attempts.iter().filter(|r| r.status == 201).count();
+    assert_eq!(created, 1, "{attempts:?}");
+    for r in attempts.into_iter().filter(|r| r.status != 201) {
+        r.problem(409, "host_has_open_session");
+    }
+}
+
 both_stores!(
+    concurrent_creates_for_one_customer_open_one_repair,
     a_customer_with_an_open_repair_is_refused_a_second_one,
     a_stale_waiting_repair_never_blocks_a_new_one,
     an_expired_request_cancels_its_repair_in_the_same_sweep,
