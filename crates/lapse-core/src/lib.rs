@@ -7,12 +7,14 @@
 //! - [`ids`]: session and user ids, validated at the edge.
 //! - [`session`]: a session, its participants and summary.
 //! - [`config`]: the TOML file, its validation, and the built-in kinds of the seed systems.
-//! - [`rules`]: triggers, actions and the evaluator that finds what is due at `now`.
+//! - [`rules`]: triggers, actions and their deadlines.
+//! - [`agenda`]: what comes due next (rules, warnings, presence lapses), in time order.
 //! - [`lifecycle`]: every state change (manual or by a rule) and the events it causes.
 //! - [`explain`]: why each rule of a kind does or does not apply to a session.
 //! - [`event`]: events (the outbox) and end-of-session notifications.
 //! - [`store`]: the `Store` trait the engine needs from a database.
 
+pub mod agenda;
 pub mod config;
 pub mod event;
 pub mod explain;

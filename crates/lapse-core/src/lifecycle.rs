@@ -10,10 +10,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::agenda::{self, Item};
 use crate::config::Kind;
 use crate::event::{EventType, NewEvent, NewNotification};
 use crate::ids::{SessionId, UserId};
-use crate::rules::{self, Action, Rule};
+use crate::rules::{Action, Rule};
 use crate::session::{Participant, ParticipantState, Role, Session, Status, Summary};
 use crate::time::{Span, Timestamp};
 
@@ -238,6 +239,7 @@ pub fn create(
         joined_at: now,
         left_at: None,
         last_seen_at: now,
+        offline_for: None,
     };
     let mut s = Session {
         id,
@@ -260,6 +262,8 @@ pub fn create(
         counters: BTreeMap::new(),
         participants: vec![host],
         next_due: None,
+        wake_at: None,
+        warnings: BTreeMap::new(),
         summary: None,
         parent_ended_at: parent.and_then(|p| p.ended_at),
         version: 0,
@@ -278,8 +282,9 @@ pub fn create(
     Ok(s)
 }
 
-/// Applies every rule due at `now`, earliest deadline first, each stamped at its deadline,
-/// re-evaluating after each transition until nothing is due or the session is gone.
+/// Works through the session's agenda up to `now`: every rule due (earliest deadline first,
+/// each stamped at its deadline, re-evaluating after each transition), every warning and
+/// every presence lapse, in time order, until nothing is due or the session is gone.
 pub fn apply_due(kind: &Kind, s: &mut Session, now: Timestamp, fx: &mut Effects) {
     // Effects never predate what already happened to the session (a booking created after
     // its scheduled start starts when it was created, not before).
@@ -287,19 +292,83 @@ pub fn apply_due(kind: &Kind, s: &mut Session, now: Timestamp, fx: &mut Effects)
         .created_at
         .max(s.started_at.unwrap_or(s.created_at))
         .max(s.ended_at.unwrap_or(s.created_at));
-    // Each transition moves the status forward (or deletes), so a handful of steps always
-    // suffices; the bound only guards against a future rule that does not.
-    for _ in 0..8 {
+    // Each step moves the status forward, deletes, or settles one warning or one lapse, so
+    // the agenda empties; the bound only guards against a future item that does not.
+    let bound = 16 + kind.rules.len() + s.participants.len();
+    for _ in 0..bound {
         if fx.deleted_at.is_some() {
             return;
         }
-        let Some((rule, deadline)) = rules::due_now(kind, s, now) else {
+        let Some(entry) = agenda::next_ready(kind, s, now) else {
             return;
         };
-        let at = deadline.max(floor);
-        floor = at;
-        apply_rule(kind, s, rule, at, fx);
+        let at = entry.at.max(floor);
+        match entry.item {
+            Item::Fire { rule, .. } => {
+                floor = at;
+                apply_rule(kind, s, rule, at, fx);
+            }
+            Item::Warn { rule, deadline } => warn(kind, s, rule, deadline, entry.at, fx),
+            Item::Offline { user } => went_offline(s, &user, entry.at, fx),
+        }
     }
+}
+
+/// `session.ending_soon`: once per rule and deadline, to everyone still in the session.
+fn warn(
+    kind: &Kind,
+    s: &mut Session,
+    rule: &Rule,
+    deadline: Timestamp,
+    at: Timestamp,
+    fx: &mut Effects,
+) {
+    s.warnings.insert(rule.name.clone(), deadline);
+    let by = By::rule(&rule.name);
+    let left = deadline.since(at);
+    let data =
+        json!({ "deadline": deadline, "action": rule.action.as_str(), "in_seconds": left.secs() });
+    fx.event(s, EventType::SessionEndingSoon, at, &by, Some(rule), data);
+    let title = format!("{} Session Ending Soon", capitalized(&kind.name));
+    let name = if s.title.is_empty() {
+        s.id.to_string()
+    } else {
+        s.title.clone()
+    };
+    let message = format!("\"{name}\" will end in {left} ({}).", rule.on.as_str());
+    for p in s
+        .participants
+        .iter()
+        .filter(|p| p.state == ParticipantState::Joined)
+    {
+        fx.notifications.push(NewNotification {
+            user: p.user.clone(),
+            notification_type: "session.ending_soon".into(),
+            title: title.clone(),
+            message: message.clone(),
+            session: s.id.clone(),
+            link: None,
+            created_at: at,
+        });
+    }
+}
+
+/// `participant.offline`: once per lapse of `presence_timeout`.
+fn went_offline(s: &mut Session, user: &UserId, at: Timestamp, fx: &mut Effects) {
+    let Some(p) = s.participant_mut(user) else {
+        return;
+    };
+    p.offline_for = Some(p.last_seen_at);
+    p.online = false;
+    let data = json!({ "user": user, "last_seen_at": p.last_seen_at });
+    fx.event(
+        s,
+        EventType::ParticipantOffline,
+        at,
+        &By::system(),
+        None,
+        data,
+    );
 }
 
 fn apply_rule(kind: &Kind, s: &mut Session, rule: &Rule, at: Timestamp, fx: &mut Effects) {
@@ -652,6 +721,7 @@ pub fn join(
             joined_at: now,
             left_at: None,
             last_seen_at: now,
+            offline_for: None,
         }),
     }
     s.touch(Some(user), now);

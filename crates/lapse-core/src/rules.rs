@@ -180,30 +180,11 @@ pub fn next_due(kind: &Kind, session: &Session) -> Option<NextDue> {
     earliest(kind, session).map(|(rule, at)| NextDue {
         rule: rule.name.clone(),
         at,
-        fires_at: fires_at(kind, rule, at),
     })
 }
 
-/// The rule that fires at `now`, with its deadline, if any is due. The earliest deadline
-/// always goes first: while it is in its grace, nothing else fires either, so the outcome
-/// never depends on when within the grace a sweep happened to run.
-pub fn due_now<'k>(
-    kind: &'k Kind,
-    session: &Session,
-    now: Timestamp,
-) -> Option<(&'k Rule, Timestamp)> {
-    earliest(kind, session).filter(|(rule, at)| fires_at(kind, rule, *at) <= now)
-}
-
-fn fires_at(kind: &Kind, rule: &Rule, deadline: Timestamp) -> Timestamp {
-    if rule.on == Trigger::Idle {
-        deadline + kind.idle_grace
-    } else {
-        deadline
-    }
-}
-
-fn earliest<'k>(kind: &'k Kind, session: &Session) -> Option<(&'k Rule, Timestamp)> {
+/// The rule with the earliest deadline (ties: config order), and that deadline.
+pub fn earliest<'k>(kind: &'k Kind, session: &Session) -> Option<(&'k Rule, Timestamp)> {
     let mut best: Option<(&Rule, Timestamp)> = None;
     for rule in &kind.rules {
         if let Some(at) = rule.deadline(kind, session)

@@ -113,6 +113,10 @@ pub struct Participant {
     pub left_at: Option<Timestamp>,
     /// Their last join, heartbeat or activity.
     pub last_seen_at: Timestamp,
+    /// The `last_seen_at` whose lapse was announced with `participant.offline`, so each lapse
+    /// is told once; a later heartbeat starts a new one.
+    #[serde(skip)]
+    pub offline_for: Option<Timestamp>,
 }
 
 /// What a session came to, written when it ends.
@@ -139,10 +143,6 @@ pub struct NextDue {
     pub rule: String,
     /// Its deadline: what its effects are stamped with.
     pub at: Timestamp,
-    /// When it may fire: the deadline, plus the idle grace for `idle` rules. Stores index
-    /// this, so a sweep never visits a row only to find its rule still in grace.
-    #[serde(skip)]
-    pub fires_at: Timestamp,
 }
 
 /// A session with everything lapse knows of it.
@@ -190,6 +190,13 @@ pub struct Session {
     pub next_due: Option<NextDue>,
     /// Set when it ends.
     pub summary: Option<Summary>,
+    /// When the sweeper should next look at it: the earliest entry of its agenda (a rule,
+    /// a warning, a presence lapse). This is what stores index; heartbeats leave it alone.
+    #[serde(skip)]
+    pub wake_at: Option<Timestamp>,
+    /// The deadline each rule last warned for (`session.ending_soon`), by rule name.
+    #[serde(skip)]
+    pub warnings: BTreeMap<String, Timestamp>,
     /// When its parent ended or was deleted; drives `parent_ended` and `orphaned`.
     #[serde(skip)]
     pub parent_ended_at: Option<Timestamp>,
@@ -232,12 +239,13 @@ impl Session {
         }
     }
 
-    /// Works out the read-time fields, `online` and `next_due`, for `now`.
+    /// Works out the derived fields for `now`: `online`, `next_due` and `wake_at`.
     pub fn observe(&mut self, kind: &Kind, now: Timestamp) {
         let timeout: Span = kind.presence_timeout;
         for p in &mut self.participants {
             p.online = p.state == ParticipantState::Joined && now.since(p.last_seen_at) < timeout;
         }
         self.next_due = crate::rules::next_due(kind, self);
+        self.wake_at = crate::agenda::wake_at(kind, self, now);
     }
 }

@@ -218,7 +218,7 @@ impl Engine {
             None => self.store.load(id).await?,
         };
         let Some(mut s) = loaded else { return Ok(()) };
-        let stored_due = s.next_due.clone();
+        let stored_wake = s.wake_at;
         let fx = self.apply_due(&mut s, now);
         let kind = self.kind_of(&s.kind);
 
@@ -226,9 +226,9 @@ impl Engine {
             // Lazy re-arm: the row was due by its stored deadline, but activity has moved
             // since; store the true one so the index stops offering it.
             s.observe(kind, now);
-            let firing = |d: &Option<lapse_core::session::NextDue>| d.as_ref().map(|d| d.fires_at);
-            if !pass.dry && firing(&s.next_due) != firing(&stored_due) {
-                let next = s.next_due.as_ref().map(|d| (d.rule.as_str(), d.fires_at));
+            if !pass.dry && s.wake_at != stored_wake {
+                let rule = s.next_due.as_ref().map_or("", |d| d.rule.as_str());
+                let next = s.wake_at.map(|at| (rule, at));
                 if self.store.rearm(id, s.version, next).await? {
                     self.stats.rearmed.fetch_add(1, Ordering::Relaxed);
                 }

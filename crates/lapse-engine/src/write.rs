@@ -50,7 +50,7 @@ impl Engine {
             for mut child in children {
                 if lifecycle::parent_closed(&mut child, at) {
                     child.observe(self.kind_of(&child.kind), now);
-                    if child.next_due.as_ref().is_some_and(|d| d.fires_at <= now) {
+                    if child.wake_at.is_some_and(|at| at <= now) {
                         cascade.push(child.clone());
                     }
                     commit.sessions.push(SessionWrite::Update(child));
@@ -104,10 +104,9 @@ impl Engine {
             .sessions
             .iter()
             .filter_map(|w| match w {
-                SessionWrite::Insert(s) | SessionWrite::Update(s) => s.next_due.as_ref(),
+                SessionWrite::Insert(s) | SessionWrite::Update(s) => s.wake_at,
                 SessionWrite::Delete { .. } => None,
             })
-            .map(|d| d.fires_at)
             .min();
         self.store.commit(commit).await?;
         if let Some(at) = earliest {

@@ -49,7 +49,8 @@ async fn the_sweeper_sleeps_until_the_next_deadline_and_an_earlier_one_wakes_it(
         .unwrap();
 
     let plan = engine.sweep_and_plan().await;
-    assert_eq!(plan.next_deadline, Some(t0() + Span::from_secs(30 * 60)));
+    // First due: the host's presence lapsing after 90 s without a heartbeat.
+    assert_eq!(plan.next_deadline, Some(t0() + Span::from_secs(90)));
     assert_eq!(
         plan.sleep,
         Duration::from_secs(60),
@@ -91,7 +92,7 @@ async fn the_sweeper_sleeps_until_the_next_deadline_and_an_earlier_one_wakes_it(
     let plan = engine.sweep_and_plan().await;
     assert_eq!(
         plan.next_deadline,
-        Some(t0() + Span::from_secs(30 * 60)),
+        Some(t0() + Span::from_secs(90)),
         "the booking started"
     );
     let soon = engine

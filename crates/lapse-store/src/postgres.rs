@@ -76,7 +76,7 @@ impl PostgresStore {
         }
         let ids: Vec<String> = sessions.iter().map(|s| s.id.to_string()).collect();
         let rows = sqlx::query(
-            "select session_id, user_id, role, state, joined_at, left_at, last_seen_at \
+            "select session_id, user_id, role, state, joined_at, left_at, last_seen_at, offline_for \
              from participants where session_id = any($1) order by joined_at, user_id",
         )
         .bind(&ids)
@@ -98,9 +98,9 @@ async fn insert_session(tx: &mut Transaction<'_, Postgres>, s: &Session) -> Resu
         "insert into sessions (id, kind, title, metadata, host, parent, scheduled_start, \
          scheduled_end, status, delayed, used, created_at, started_at, ended_at, \
          last_activity_at, end_reason, ended_by, counters, summary, parent_ended_at, \
-         next_due_at, next_due_rule, version) \
+         next_due_at, next_due_rule, warnings, version) \
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-         $18, $19, $20, $21, $22, 1) on conflict (id) do nothing",
+         $18, $19, $20, $21, $22, $23, 1) on conflict (id) do nothing",
     )
     .bind(s.id.as_str())
     .bind(&s.kind)
@@ -122,8 +122,9 @@ async fn insert_session(tx: &mut Transaction<'_, Postgres>, s: &Session) -> Resu
     .bind(to_json(&s.counters))
     .bind(s.summary.as_ref().map(to_json))
     .bind(s.parent_ended_at.map(Timestamp::millis))
-    .bind(s.next_due.as_ref().map(|n| n.fires_at.millis()))
+    .bind(s.wake_at.map(Timestamp::millis))
     .bind(s.next_due.as_ref().map(|n| n.rule.as_str()))
+    .bind(to_json(&s.warnings))
     .execute(&mut **tx)
     .await
     .map_err(backend)?;
@@ -139,7 +140,7 @@ async fn update_session(tx: &mut Transaction<'_, Postgres>, s: &Session) -> Resu
          scheduled_end = $5, status = $6, delayed = $7, used = $8, started_at = $9, \
          ended_at = $10, last_activity_at = greatest(last_activity_at, $11), end_reason = $12, \
          ended_by = $13, counters = $14, summary = $15, parent_ended_at = $16, \
-         next_due_at = $17, next_due_rule = $18, claimed_until = null, version = version + 1 \
+         next_due_at = $17, next_due_rule = $18, warnings = $20, claimed_until = null, version = version + 1 \
          where id = $1 and version = $19",
     )
     .bind(s.id.as_str())
@@ -158,9 +159,10 @@ async fn update_session(tx: &mut Transaction<'_, Postgres>, s: &Session) -> Resu
     .bind(to_json(&s.counters))
     .bind(s.summary.as_ref().map(to_json))
     .bind(s.parent_ended_at.map(Timestamp::millis))
-    .bind(s.next_due.as_ref().map(|n| n.fires_at.millis()))
+    .bind(s.wake_at.map(Timestamp::millis))
     .bind(s.next_due.as_ref().map(|n| n.rule.as_str()))
     .bind(s.version)
+    .bind(to_json(&s.warnings))
     .execute(&mut **tx)
     .await
     .map_err(backend)?;
@@ -177,9 +179,10 @@ async fn upsert_participants(
     for p in &s.participants {
         sqlx::query(
             "insert into participants (session_id, user_id, role, state, joined_at, left_at, \
-             last_seen_at) values ($1, $2, $3, $4, $5, $6, $7) \
+             last_seen_at, offline_for) values ($1, $2, $3, $4, $5, $6, $7, $8) \
              on conflict (session_id, user_id) do update set role = excluded.role, \
              state = excluded.state, joined_at = excluded.joined_at, left_at = excluded.left_at, \
+             offline_for = excluded.offline_for, \
              last_seen_at = greatest(participants.last_seen_at, excluded.last_seen_at)",
         )
         .bind(s.id.as_str())
@@ -189,6 +192,7 @@ async fn upsert_participants(
         .bind(p.joined_at.millis())
         .bind(p.left_at.map(Timestamp::millis))
         .bind(p.last_seen_at.millis())
+        .bind(p.offline_for.map(Timestamp::millis))
         .execute(&mut **tx)
         .await
         .map_err(backend)?;
@@ -382,8 +386,8 @@ impl Store for PostgresStore {
                         update_session(&mut tx, s).await?;
                     }
                     upsert_participants(&mut tx, s).await?;
-                    if let Some(d) = &s.next_due {
-                        earliest = Some(earliest.map_or(d.fires_at, |e| e.min(d.fires_at)));
+                    if let Some(at) = s.wake_at {
+                        earliest = Some(earliest.map_or(at, |e| e.min(at)));
                     }
                 }
                 SessionWrite::Delete { id, version } => {

@@ -12,12 +12,13 @@ use sqlx::Row;
 pub const PG_SESSION_COLUMNS: &str = "id, kind, title, metadata, host, parent, scheduled_start, \
     scheduled_end, status, delayed::int::bigint as delayed, used::int::bigint as used, created_at, \
     started_at, ended_at, last_activity_at, end_reason, ended_by, counters, summary, \
-    parent_ended_at, next_due_at, next_due_rule, version";
+    parent_ended_at, warnings, next_due_at, next_due_rule, version";
 
 /// Columns of `sessions`, in the order [`session`] reads them.
 pub const SESSION_COLUMNS: &str = "id, kind, title, metadata, host, parent, scheduled_start, \
     scheduled_end, status, delayed, used, created_at, started_at, ended_at, last_activity_at, \
-    end_reason, ended_by, counters, summary, parent_ended_at, next_due_at, next_due_rule, version";
+    end_reason, ended_by, counters, summary, parent_ended_at, warnings, next_due_at, \
+    next_due_rule, version";
 
 fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("stored {what} is unreadable: {detail}"))
@@ -51,13 +52,11 @@ where
     let id = SessionId::parse(&get_s("id")?).map_err(|e| corrupt("id", e))?;
     let status_text = get_s("status")?;
     let status = Status::parse(&status_text).ok_or_else(|| corrupt("status", &status_text))?;
-    let next_due = match (get_oi("next_due_at")?, get_os("next_due_rule")?) {
-        // The column holds the firing time; reads recompute the deadline before showing it.
-        (Some(at), Some(rule)) => Some(NextDue {
-            rule,
-            at: Timestamp::from_millis(at),
-            fires_at: Timestamp::from_millis(at),
-        }),
+    // The column holds the wake-up time; `next_due` (a rule's deadline) is worked out again
+    // from the session whenever it is shown.
+    let wake_at = ts(get_oi("next_due_at")?);
+    let next_due = match (wake_at, get_os("next_due_rule")?) {
+        (Some(at), Some(rule)) => Some(NextDue { rule, at }),
         _ => None,
     };
     let summary: Option<Summary> = match get_os("summary")? {
@@ -89,6 +88,8 @@ where
         counters,
         participants: Vec::new(),
         next_due,
+        wake_at,
+        warnings: json("warnings", &get_s("warnings")?)?,
         summary,
         parent_ended_at: ts(get_oi("parent_ended_at")?),
         version: get_i("version")?,
@@ -123,6 +124,9 @@ where
             .try_get::<Option<i64>, _>("left_at")
             .map_err(|e| corrupt("left_at", e))?),
         last_seen_at: Timestamp::from_millis(get_i("last_seen_at")?),
+        offline_for: ts(row
+            .try_get::<Option<i64>, _>("offline_for")
+            .map_err(|e| corrupt("offline_for", e))?),
     };
     Ok((get_s("session_id")?, p))
 }

@@ -107,7 +107,8 @@ async fn a_heartbeat_flush_beats_a_decision_taken_on_the_older_row() {
 async fn due_rows_come_in_deadline_order_behind_a_cursor_and_only_when_due() {
     for (store, _dir) in stores().await {
         let store = store.as_ref();
-        // study: unused for 30 minutes; created a minute apart, so due a minute apart.
+        // Created a minute apart, so each comes due (its host's presence lapsing at 90 s) a
+        // minute apart: at 1.5, 2.5 and 3.5 minutes.
         for (i, id) in ["c", "a", "b"].iter().enumerate() {
             insert(
                 store,
@@ -118,12 +119,12 @@ async fn due_rows_come_in_deadline_order_behind_a_cursor_and_only_when_due() {
         let at = |m: i64| t0() + Span::from_secs(60 * m);
         assert!(
             store
-                .due(at(29), None, None, 10, false)
+                .due(at(1), None, None, 10, false)
                 .await
                 .unwrap()
                 .is_empty()
         );
-        let due = store.due(at(31), None, None, 10, false).await.unwrap();
+        let due = store.due(at(3), None, None, 10, false).await.unwrap();
         let ids: Vec<_> = due.iter().map(|d| d.id.to_string()).collect();
         assert_eq!(ids, ["c", "a"]);
         let cursor = DueRow {
@@ -141,7 +142,10 @@ async fn due_rows_come_in_deadline_order_behind_a_cursor_and_only_when_due() {
             .await
             .unwrap();
         assert!(reading.is_empty());
-        assert_eq!(store.next_deadline().await.unwrap(), Some(at(30)));
+        assert_eq!(
+            store.next_deadline().await.unwrap(),
+            Some(t0() + Span::from_secs(90))
+        );
     }
 }
 

@@ -22,8 +22,11 @@ create table sessions (
     counters         text not null,
     summary          text,
     parent_ended_at  bigint,
-    -- The earliest deadline of any rule, as last written. Heartbeats never move it (lazy
-    -- re-arm), so heartbeat updates touch no indexed column and stay HOT.
+    -- The deadline each rule last warned for (session.ending_soon), as a JSON object.
+    warnings         text not null default '{}',
+    -- When the sweeper should next look at the session: the earliest of its rules' deadlines,
+    -- warnings and presence lapses, as last written. Heartbeats never move it (lazy re-arm),
+    -- so heartbeat updates touch no indexed column and stay HOT.
     next_due_at      bigint,
     next_due_rule    text,
     -- A sweeper's lease on a due row (wall-clock ms), so concurrent sweepers take disjoint
@@ -46,6 +49,7 @@ create table participants (
     left_at      bigint,
     last_seen_at bigint not null,
     beat_at      bigint,
+    offline_for  bigint,
     primary key (session_id, user_id)
 ) with (fillfactor = 80);
 create index participants_user on participants (user_id);

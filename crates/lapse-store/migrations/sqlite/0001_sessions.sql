@@ -22,8 +22,11 @@ create table sessions (
     counters         text not null,
     summary          text,
     parent_ended_at  integer,
-    -- The earliest deadline of any rule, as last written. Heartbeats never move it (lazy
-    -- re-arm), so it may be earlier than the truth, never later.
+    -- The deadline each rule last warned for (session.ending_soon), as a JSON object.
+    warnings         text not null default '{}',
+    -- When the sweeper should next look at the session: the earliest of its rules' deadlines,
+    -- warnings and presence lapses, as last written. Heartbeats never move it (lazy re-arm),
+    -- so it may be earlier than the truth, never later.
     next_due_at      integer,
     next_due_rule    text,
     version          integer not null
@@ -45,6 +48,8 @@ create table participants (
     last_seen_at integer not null,
     -- The latest heartbeat written by a flush; only flushes write it.
     beat_at      integer,
+    -- The last_seen_at whose lapse was announced (participant.offline).
+    offline_for  integer,
     primary key (session_id, user_id)
 );
 create index participants_user on participants (user_id);

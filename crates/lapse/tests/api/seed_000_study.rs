@@ -292,13 +292,60 @@ async fn kinds_and_stats_show_the_configuration_and_the_counts(backend: Backend)
         .problem(403, "forbidden"); // the cron secret only sweeps
     assert_eq!(stats["sessions"]["total"], 2);
     assert_eq!(stats["sessions"]["by_kind"]["coding"]["pending"], 1);
-    assert_eq!(stats["sweeper"]["next_deadline"], at(START, "30m"));
+    // The first thing due: the hosts' presence lapsing (90 s without a heartbeat).
+    assert_eq!(stats["sweeper"]["next_deadline"], at(START, "90s"));
     app.get(As::Nobody, "/v1/stats")
         .await
         .problem(401, "unauthorized");
 }
 
+async fn participants_are_warned_five_minutes_before_the_auto_end(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.create("study", "late", "alice", json!({ "title": "Late night" }))
+        .await;
+    app.join("late", "bob").await;
+    app.start("late", "alice").await;
+    let warnings = |events: &[serde_json::Value]| {
+        events
+            .iter()
+            .filter(|e| e["type"] == "session.ending_soon")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+
+    app.advance("5h54m").await;
+    app.sweep().await;
+    assert!(warnings(&app.events_of("late").await).is_empty());
+
+    app.advance("1m").await;
+    let report = app.sweep().await;
+    assert!(
+        report["applied"].as_array().unwrap().is_empty(),
+        "a warning is not a transition"
+    );
+    app.sweep().await;
+    let sent = warnings(&app.events_of("late").await);
+    assert_eq!(sent.len(), 1, "once: {sent:?}");
+    assert_eq!(sent[0]["at"], at(START, "5h55m"));
+    assert_eq!(sent[0]["rule"], "auto-end-abandoned");
+    assert_eq!(sent[0]["data"]["deadline"], at(START, "6h"));
+    for user in ["alice", "bob"] {
+        let inbox = app
+            .notifications(if user == "alice" { "alice" } else { "bob" })
+            .await;
+        assert_eq!(inbox.len(), 1);
+        assert_eq!(inbox[0]["type"], "session.ending_soon");
+        assert!(inbox[0]["message"].as_str().unwrap().contains("Late night"));
+    }
+
+    app.advance("6m").await;
+    app.sweep().await;
+    assert_eq!(app.session("late").await.expect(200)["status"], "completed");
+    assert_eq!(warnings(&app.events_of("late").await).len(), 1);
+}
+
 both_stores!(
+    participants_are_warned_five_minutes_before_the_auto_end,
     unused_study_session_is_deleted_after_thirty_minutes,
     a_used_study_session_is_not_deleted_as_unused,
     abandoned_study_session_is_completed_after_six_hours_at_its_deadline,

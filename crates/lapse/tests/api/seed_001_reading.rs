@@ -160,7 +160,95 @@ async fn idle_rules_on_a_shared_database_wait_for_other_instances_heartbeats(bac
     app.session("grace").await.problem(404, "not_found");
 }
 
+async fn a_participant_goes_offline_once_per_lapse_and_back_with_a_heartbeat(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.create("reading", "p", "mira", json!({})).await;
+    app.join("p", "sam").await;
+    app.advance("60s").await;
+    app.heartbeat("p", "sam").await.expect(204);
+    app.advance("100s").await; // mira lapsed at 90 s, sam at 150 s
+    app.sweep().await;
+    app.sweep().await;
+    let offline = |events: Vec<serde_json::Value>| {
+        events
+            .into_iter()
+            .filter(|e| e["type"] == "participant.offline")
+            .map(|e| {
+                (
+                    e["data"]["user"].as_str().unwrap().to_string(),
+                    e["at"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        offline(app.events_of("p").await),
+        [
+            ("mira".to_string(), at(START, "90s")),
+            ("sam".to_string(), at(START, "150s"))
+        ]
+    );
+
+    app.heartbeat("p", "sam").await.expect(204);
+    let s = app.session("p").await.expect(200);
+    let sam = s["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["user"] == "sam")
+        .unwrap()
+        .clone();
+    assert_eq!(sam["online"], true, "a heartbeat brings them back");
+    app.advance("2m").await;
+    app.sweep().await;
+    let events = offline(app.events_of("p").await);
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events[2], ("sam".to_string(), at(START, "250s")));
+}
+
+async fn a_postponed_deadline_gets_a_new_warning(backend: Backend) {
+    let config = r#"
+[kinds.reading]
+presence_timeout = "2h"
+[[kinds.reading.rules]]
+name = "delete-inactive"
+on = "idle"
+after = "1h"
+do = "delete"
+warn_before = "10m"
+"#;
+    let app = spawn_app_with(backend, Some(config)).await;
+    app.create("reading", "w", "mira", json!({})).await;
+    app.advance("50m").await;
+    app.sweep().await;
+    app.advance("5m").await;
+    app.heartbeat("w", "mira").await.expect(204); // idle deadline moves from 1h to 1h55m
+    app.advance("51m").await;
+    app.sweep().await;
+    let warnings: Vec<_> = app
+        .events_of("w")
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "session.ending_soon")
+        .map(|e| {
+            (
+                e["at"].as_str().unwrap().to_string(),
+                e["data"]["deadline"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            (at(START, "50m"), at(START, "1h")),
+            (at(START, "1h45m"), at(START, "1h55m"))
+        ]
+    );
+}
+
 both_stores!(
+    a_participant_goes_offline_once_per_lapse_and_back_with_a_heartbeat,
+    a_postponed_deadline_gets_a_new_warning,
     heartbeats_keep_a_reading_alive_and_silence_deletes_it,
     an_invite_to_a_room_silent_for_an_hour_has_expired,
     invite_expiry_applies_even_when_no_rule_deleted_the_room,

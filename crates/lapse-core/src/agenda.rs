@@ -1,0 +1,110 @@
+//! Everything that comes due for a session, in time order: rule firings, the warnings some
+//! rules give before they fire, and participants whose presence lapses. The evaluator works
+//! through this agenda; the stores index its earliest entry, so the sweeper wakes for each.
+
+use crate::config::Kind;
+use crate::ids::UserId;
+use crate::rules::{self, Rule, Trigger};
+use crate::session::{ParticipantState, Session};
+use crate::time::Timestamp;
+
+/// One entry.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Item<'k> {
+    /// A participant went `presence_timeout` without being seen.
+    Offline {
+        /// Who.
+        user: UserId,
+    },
+    /// A rule with `warn_before` is about to fire.
+    Warn {
+        /// The rule.
+        rule: &'k Rule,
+        /// Its deadline.
+        deadline: Timestamp,
+    },
+    /// A rule fires.
+    Fire {
+        /// The rule.
+        rule: &'k Rule,
+        /// Its deadline.
+        deadline: Timestamp,
+    },
+}
+
+/// An entry with its times.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry<'k> {
+    /// What comes due.
+    pub item: Item<'k>,
+    /// The time its effects are stamped with.
+    pub at: Timestamp,
+    /// The earliest moment it may be applied (later than `at` only for idle rules in grace).
+    pub ready_at: Timestamp,
+}
+
+/// The session's agenda as of `now`. A warning whose rule's deadline has already come is
+/// moot and left out: nobody is told a session is ending once it has.
+pub fn entries<'k>(kind: &'k Kind, s: &Session, now: Timestamp) -> Vec<Entry<'k>> {
+    let mut out = Vec::new();
+    for p in &s.participants {
+        if p.state == ParticipantState::Joined && p.offline_for != Some(p.last_seen_at) {
+            let at = p.last_seen_at + kind.presence_timeout;
+            out.push(Entry {
+                item: Item::Offline {
+                    user: p.user.clone(),
+                },
+                at,
+                ready_at: at,
+            });
+        }
+    }
+    for rule in &kind.rules {
+        let (Some(warn), Some(deadline)) = (rule.warn_before, rule.deadline(kind, s)) else {
+            continue;
+        };
+        if deadline > now && s.warnings.get(&rule.name) != Some(&deadline) {
+            let at = deadline - warn;
+            out.push(Entry {
+                item: Item::Warn { rule, deadline },
+                at,
+                ready_at: at,
+            });
+        }
+    }
+    if let Some((rule, deadline)) = rules::earliest(kind, s) {
+        let grace = if rule.on == Trigger::Idle {
+            kind.idle_grace
+        } else {
+            crate::time::Span::ZERO
+        };
+        out.push(Entry {
+            item: Item::Fire { rule, deadline },
+            at: deadline,
+            ready_at: deadline + grace,
+        });
+    }
+    out
+}
+
+/// The entry to apply at `now`: among those ready, the earliest stamp (ties: presence, then
+/// warnings, then rules). The earliest rule always goes first among rules: while it is in its
+/// grace, no later rule fires either, so outcomes never depend on when a sweep ran.
+pub fn next_ready<'k>(kind: &'k Kind, s: &Session, now: Timestamp) -> Option<Entry<'k>> {
+    entries(kind, s, now)
+        .into_iter()
+        .filter(|e| e.ready_at <= now)
+        .min_by_key(|e| {
+            let order = match e.item {
+                Item::Offline { .. } => 0,
+                Item::Warn { .. } => 1,
+                Item::Fire { .. } => 2,
+            };
+            (e.at, order)
+        })
+}
+
+/// When the sweeper should next look at the session: its earliest agenda entry.
+pub fn wake_at(kind: &Kind, s: &Session, now: Timestamp) -> Option<Timestamp> {
+    entries(kind, s, now).iter().map(|e| e.ready_at).min()
+}
