@@ -233,15 +233,24 @@ pub trait Store: Send + Sync + 'static {
     /// Session counts by kind and status.
     async fn counts(&self) -> Result<Vec<StatusCount>, StoreError>;
 
-    /// Calls `moved` with the new deadline whenever any instance commits a change that stores
-    /// one, until the connection fails. Returns at once where there is nothing to watch (an
+    /// Calls `seen` for every change any instance commits (a stored deadline, new events),
+    /// until the connection fails. Returns at once where there is nothing to watch (an
     /// embedded database has one instance, and that instance already knows).
-    async fn watch_deadlines(&self, moved: DeadlineCallback) -> Result<(), StoreError>;
+    async fn watch(&self, seen: ChangeCallback) -> Result<(), StoreError>;
 
     /// Whether several lapse instances may share this database (heartbeats of others are then
     /// unseen until flushed, and idle rules allow for that).
     fn is_shared(&self) -> bool;
 }
 
-/// What [`Store::watch_deadlines`] calls.
-pub type DeadlineCallback = Box<dyn Fn(Timestamp) + Send + Sync>;
+/// A change announced by some instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A session's wake-up time was stored.
+    Deadline(Timestamp),
+    /// Events were appended.
+    Events,
+}
+
+/// What [`Store::watch`] calls.
+pub type ChangeCallback = Box<dyn Fn(Change) + Send + Sync>;

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use lapse_core::lifecycle::OpError;
+use lapse_core::store::Change;
 use lapse_core::{Config, Kind, SessionId, Status, Store, StoreError};
 use tokio::sync::Notify;
 
@@ -83,6 +84,8 @@ pub struct Engine {
     planned_wake: AtomicI64,
     /// Wake-ups sent, for operators and tests.
     wake_ups: AtomicU64,
+    /// Bumped when events are appended; event streams wait on it.
+    events: tokio::sync::watch::Sender<u64>,
     stats: SweeperStats,
     unconfigured: Kind,
 }
@@ -109,6 +112,7 @@ impl Engine {
             wake: Notify::new(),
             planned_wake: AtomicI64::new(i64::MAX),
             wake_ups: AtomicU64::new(0),
+            events: tokio::sync::watch::Sender::new(0),
             stats: SweeperStats::default(),
             unconfigured: Kind {
                 name: String::new(),
@@ -169,37 +173,52 @@ impl Engine {
         Ok(n)
     }
 
-    /// Listens for deadlines stored by other instances (PostgreSQL's NOTIFY) and wakes this
-    /// instance's sweeper for the ones before its planned wake-up. Reconnects after a failure;
-    /// returns when `shutdown` is cancelled, or at once on a store with one instance.
-    pub async fn run_deadline_watch(
-        self: Arc<Self>,
-        shutdown: tokio_util::sync::CancellationToken,
-    ) {
+    /// Listens for changes committed by other instances (PostgreSQL's NOTIFY): wakes this
+    /// instance's sweeper for deadlines before its planned wake-up, and its event streams for
+    /// new events. Reconnects after a failure; returns when `shutdown` is cancelled, or at
+    /// once on a store with one instance.
+    pub async fn run_change_watch(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         if !self.store.is_shared() {
             return;
         }
         loop {
             let engine = Arc::downgrade(&self);
-            let moved = Box::new(move |at| {
-                if let Some(engine) = engine.upgrade() {
-                    engine.deadline_moved(at);
+            let seen = Box::new(move |change| {
+                let Some(engine) = engine.upgrade() else {
+                    return;
+                };
+                match change {
+                    Change::Deadline(at) => engine.deadline_moved(at),
+                    Change::Events => engine.events_appended(),
                 }
             });
             tokio::select! {
-                result = self.store.watch_deadlines(moved) => {
+                result = self.store.watch(seen) => {
                     if let Err(e) = result {
-                        tracing::warn!(error = %e, "deadline notifications lost; listening again");
+                        tracing::warn!(error = %e, "change notifications lost; listening again");
                     }
                 }
                 _ = shutdown.cancelled() => return,
             }
-            // Whatever was announced while deaf is caught by the sweeper's capped sleep too.
+            // Whatever was announced while deaf is caught by the sweeper's capped sleep and
+            // the streams' polling.
+            self.events_appended();
             tokio::select! {
                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                 _ = shutdown.cancelled() => return,
             }
         }
+    }
+
+    /// Tells event streams that new events may be readable.
+    fn events_appended(&self) {
+        self.events.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A signal that changes whenever events may have been appended, by this instance or (on a
+    /// shared database) any other.
+    pub fn event_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.events.subscribe()
     }
 
     /// Heartbeats waiting for the next flush.

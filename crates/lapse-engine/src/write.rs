@@ -108,9 +108,13 @@ impl Engine {
                 SessionWrite::Delete { .. } => None,
             })
             .min();
+        let has_events = !commit.events.is_empty();
         self.store.commit(commit).await?;
         if let Some(at) = earliest {
             self.deadline_moved(at);
+        }
+        if has_events {
+            self.events_appended();
         }
         Ok(())
     }

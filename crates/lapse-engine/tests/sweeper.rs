@@ -120,7 +120,7 @@ async fn a_deadline_stored_by_one_instance_wakes_the_others() {
     };
     let (a, b) = (open().await, open().await);
     let shutdown = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(b.clone().run_deadline_watch(shutdown.clone()));
+    tokio::spawn(b.clone().run_change_watch(shutdown.clone()));
     let admin = Caller::Admin {
         name: "test".into(),
         actor: None,

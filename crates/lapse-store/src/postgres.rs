@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
-    Beat, Commit, DeadlineCallback, DueRow, EventQuery, HostLimit, SessionQuery, SessionWrite,
-    StatusCount, Store,
+    Beat, Change, ChangeCallback, Commit, DueRow, EventQuery, HostLimit, SessionQuery,
+    SessionWrite, StatusCount, Store,
 };
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
@@ -25,8 +25,11 @@ use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 use crate::rows::{self, PG_SESSION_COLUMNS, to_json};
 use crate::{backend, migrate};
 
-/// The channel deadline changes are announced on.
-const CHANNEL: &str = "lapse_deadlines";
+/// The channel changes are announced on: a payload `d<ms>` for a stored deadline, `e` for
+/// new events.
+const CHANNEL: &str = "lapse_changes";
+/// Key of the advisory lock that makes event numbers follow commit order (see `commit`).
+const EVENTS_LOCK: i64 = 0x006c_6170_7366;
 /// How long a sweeper's lease on a due row lasts if it never writes the row (it crashed).
 const LEASE: Duration = Duration::from_secs(60);
 /// Key of the advisory lock that serializes migrations of instances starting together.
@@ -300,14 +303,11 @@ async fn deliver_notifications(
     Ok(())
 }
 
-/// Tells every instance (this one included) that a deadline was stored; delivered at commit.
-async fn announce_deadline(
-    tx: &mut Transaction<'_, Postgres>,
-    at: Timestamp,
-) -> Result<(), StoreError> {
+/// Tells every instance (this one included) of a change; delivered at commit.
+async fn announce(tx: &mut Transaction<'_, Postgres>, payload: String) -> Result<(), StoreError> {
     sqlx::query("select pg_notify($1, $2)")
         .bind(CHANNEL)
-        .bind(at.millis().to_string())
+        .bind(payload)
         .execute(&mut **tx)
         .await
         .map_err(backend)?;
@@ -395,10 +395,21 @@ impl Store for PostgresStore {
                 }
             }
         }
-        append_events(&mut tx, &commit).await?;
+        if !commit.events.is_empty() {
+            // Sequence numbers are handed out at insert but become visible at commit; taking
+            // this lock until commit makes the two orders agree, so a reader that has seen
+            // event N never later finds an N-1 it skipped (SSE and `after=` paging rely on it).
+            sqlx::query("select pg_advisory_xact_lock($1)")
+                .bind(EVENTS_LOCK)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            append_events(&mut tx, &commit).await?;
+            announce(&mut tx, "e".into()).await?;
+        }
         deliver_notifications(&mut tx, &commit).await?;
         if let Some(at) = earliest {
-            announce_deadline(&mut tx, at).await?;
+            announce(&mut tx, format!("d{}", at.millis())).await?;
         }
         tx.commit().await.map_err(backend)
     }
@@ -642,7 +653,7 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    async fn watch_deadlines(&self, moved: DeadlineCallback) -> Result<(), StoreError> {
+    async fn watch(&self, seen: ChangeCallback) -> Result<(), StoreError> {
         let mut listener = PgListener::connect_with(&self.pool)
             .await
             .map_err(backend)?;
@@ -650,8 +661,11 @@ impl Store for PostgresStore {
         loop {
             // `recv` reconnects and re-listens by itself after a dropped connection.
             let n = listener.recv().await.map_err(backend)?;
-            if let Ok(ms) = n.payload().parse::<i64>() {
-                moved(Timestamp::from_millis(ms));
+            let payload = n.payload();
+            if payload == "e" {
+                seen(Change::Events);
+            } else if let Some(ms) = payload.strip_prefix('d').and_then(|m| m.parse().ok()) {
+                seen(Change::Deadline(Timestamp::from_millis(ms)));
             }
         }
     }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
-    Beat, Commit, DeadlineCallback, DueRow, EventQuery, HostLimit, SessionQuery, SessionWrite,
+    Beat, ChangeCallback, Commit, DueRow, EventQuery, HostLimit, SessionQuery, SessionWrite,
     StatusCount, Store,
 };
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
@@ -569,7 +569,7 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn watch_deadlines(&self, _moved: DeadlineCallback) -> Result<(), StoreError> {
+    async fn watch(&self, _seen: ChangeCallback) -> Result<(), StoreError> {
         Ok(())
     }
 

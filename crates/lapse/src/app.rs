@@ -110,7 +110,7 @@ impl App {
                     .await
             })
         };
-        let watch = tokio::spawn(engine.clone().run_deadline_watch(shutdown.clone()));
+        let watch = tokio::spawn(engine.clone().run_change_watch(shutdown.clone()));
         tracing::info!(addr = %self.listener.local_addr()?, "lapse listening");
         let router = http::router(self.state.clone());
         let token = shutdown.clone();

@@ -231,9 +231,14 @@ impl FromRequestParts<Arc<AppState>> for Auth {
                 .or_else(|| v.strip_prefix("bearer "))
                 .map(str::trim)
         });
+        // A browser's EventSource cannot send headers: it may pass its token in the query.
+        let query_token = parts.uri.query().and_then(|q| {
+            q.split('&')
+                .find_map(|pair| pair.strip_prefix("access_token="))
+        });
         let caller = state.credentials.authenticate(
             parts.uri.path(),
-            bearer,
+            bearer.or(query_token),
             header("x-api-key"),
             header("x-actor"),
         )?;

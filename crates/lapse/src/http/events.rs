@@ -3,6 +3,8 @@
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lapse_core::EventType;
@@ -13,7 +15,7 @@ use serde_json::{Value, json};
 use crate::http::auth::Auth;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{Path, Query, flag, session_id, user_id};
-use crate::http::{AppState, page_limit};
+use crate::http::{AppState, page_limit, sse};
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
@@ -48,9 +50,23 @@ fn event_types(text: Option<&str>) -> Result<Vec<EventType>, ApiError> {
 async fn events(
     State(app): State<Arc<AppState>>,
     Auth(caller): Auth,
+    headers: HeaderMap,
     Query(q): Query<EventsQuery>,
-) -> ApiResult<Json<Value>> {
-    let after = q.after.unwrap_or(0).max(0);
+) -> ApiResult<Response> {
+    let wants_stream = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.trim()
+                .parse::<i64>()
+                .map_err(|_| ApiError::validation("Last-Event-ID", "must be an event's seq"))
+        })
+        .transpose()?;
+    let after = resume.or(q.after).unwrap_or(0).max(0);
     let query = EventQuery {
         after,
         limit: page_limit(q.limit, 100, 1000)?,
@@ -58,9 +74,14 @@ async fn events(
         types: event_types(q.types.as_deref())?,
         session: q.session.as_deref().map(session_id).transpose()?,
     };
+    if wants_stream {
+        return Ok(sse::stream(app.engine.clone(), caller, query)
+            .await?
+            .into_response());
+    }
     let events = app.engine.events(&caller, &query).await?;
     let next_after = events.last().map_or(after, |e| e.seq);
-    Ok(Json(json!({ "events": events, "next_after": next_after })))
+    Ok(Json(json!({ "events": events, "next_after": next_after })).into_response())
 }
 
 #[derive(Deserialize)]

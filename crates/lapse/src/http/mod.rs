@@ -9,6 +9,7 @@ pub mod extract;
 mod operations;
 mod participants;
 mod sessions;
+mod sse;
 
 use std::sync::Arc;
 

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-fn jwt(sub: &str, exp_from_now: i64) -> String {
+pub fn jwt(sub: &str, exp_from_now: i64) -> String {
     let exp = chrono::Utc::now().timestamp() + exp_from_now;
     jsonwebtoken::encode(
         &Header::default(),

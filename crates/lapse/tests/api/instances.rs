@@ -205,3 +205,38 @@ async fn two_instances_sweeping_one_database_transition_each_session_once() {
     assert_eq!(completed.len(), ACTIVE);
     assert!(completed.values().all(|n| *n == 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_on_one_instance_sees_events_committed_on_another() {
+    if postgres_skipped() {
+        return;
+    }
+    let (db, _dir) = fresh_database(Backend::Postgres).await;
+    let (a, b) = tokio::join!(start_instance(&db), start_instance(&db));
+    let client = reqwest::Client::new();
+    let mut stream = client
+        .get(format!("{}/v1/events?session=far", b.base))
+        .bearer_auth(ADMIN_KEY)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let body = json!({ "id": "far", "kind": "study", "host": "alice" });
+    assert_eq!(
+        call(&client, &a.base, "/v1/sessions", None, Some(body))
+            .await
+            .0,
+        201
+    );
+    let mut seen = String::new();
+    while !seen.contains("participant.joined") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
+            .await
+            .expect("B streams A's events within seconds")
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("session.created"), "{seen}");
+}

@@ -40,3 +40,4 @@ mod seed_001_reading;
 mod seed_002_mentoring;
 mod seed_003_coding;
 mod seed_004_repair;
+mod streams;

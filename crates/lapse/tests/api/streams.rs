@@ -1,0 +1,157 @@
+//! The event stream: `GET /v1/events` with `Accept: text/event-stream` sends events as they
+//! commit, `id:` their `seq`, and resumes from `Last-Event-ID` without gaps or duplicates.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// An open stream, read a chunk at a time.
+struct Stream {
+    response: reqwest::Response,
+    pending: String,
+}
+
+impl Stream {
+    async fn open(
+        app: &TestApp,
+        query: &str,
+        last_event_id: Option<i64>,
+        token: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = app
+            .client
+            .get(format!("{}/v1/events{query}", app.base))
+            .header("accept", "text/event-stream");
+        if token.is_none() {
+            req = req.bearer_auth(ADMIN_KEY);
+        }
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id.to_string());
+        }
+        req.send().await.unwrap()
+    }
+
+    /// The next `n` events as (id, event); fails the test if they do not come within seconds.
+    async fn next(&mut self, n: usize) -> Vec<(i64, Value)> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            if let Some(end) = self.pending.find("\n\n") {
+                let block: String = self.pending.drain(..end + 2).collect();
+                let mut id = None;
+                let mut data = None;
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().parse::<i64>().unwrap());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data = Some(serde_json::from_str::<Value>(v.trim()).unwrap());
+                    }
+                }
+                if let (Some(id), Some(data)) = (id, data) {
+                    out.push((id, data));
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.response.chunk())
+                .await
+                .expect("the stream sends within seconds")
+                .unwrap()
+                .expect("the stream stays open");
+            self.pending.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        out
+    }
+}
+
+async fn events_stream_live_and_resume_without_gaps(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.create("study", "live", "alice", json!({})).await;
+    let response = Stream::open(&app, "?session=live", None, None).await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut stream = Stream {
+        response,
+        pending: String::new(),
+    };
+    let first = stream.next(2).await;
+    assert_eq!(first[0].1["type"], "session.created");
+    assert_eq!(first[1].1["type"], "participant.joined");
+    assert_eq!(
+        first[0].0,
+        first[0].1["seq"].as_i64().unwrap(),
+        "id: is the seq"
+    );
+
+    // Events committed while the stream is open arrive on it.
+    app.create("study", "other", "carol", json!({})).await; // filtered out: another session
+    app.join("live", "bob").await;
+    app.start("live", "alice").await;
+    let live = stream.next(2).await;
+    assert_eq!(live[0].1["type"], "participant.joined");
+    assert_eq!(live[1].1["type"], "session.started");
+    drop(stream);
+
+    // Resuming after the first event replays exactly what followed it.
+    let response = Stream::open(&app, "?session=live", Some(first[0].0), None).await;
+    let mut resumed = Stream {
+        response,
+        pending: String::new(),
+    };
+    let again: Vec<i64> = resumed
+        .next(3)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(again, [first[1].0, live[0].0, live[1].0]);
+
+    // So does `?after=`, and the type filter applies.
+    let query = format!("?type=session.started&after={}", first[0].0);
+    let response = Stream::open(&app, &query, None, None).await;
+    let mut started = Stream {
+        response,
+        pending: String::new(),
+    };
+    assert_eq!(started.next(1).await[0].0, live[1].0);
+}
+
+async fn a_browser_follows_its_own_room_with_a_token_in_the_query(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = crate::identity::jwt("alice", 3600);
+    let mallory = crate::identity::jwt("mallory", 3600);
+    app.create("study", "mine", "alice", json!({})).await;
+    let ok = Stream::open(
+        &app,
+        &format!("?session=mine&access_token={alice}"),
+        None,
+        Some(&alice),
+    )
+    .await;
+    assert_eq!(ok.status(), 200);
+    let mut stream = Stream {
+        response: ok,
+        pending: String::new(),
+    };
+    assert_eq!(stream.next(1).await[0].1["type"], "session.created");
+    let denied = Stream::open(
+        &app,
+        &format!("?session=mine&access_token={mallory}"),
+        None,
+        Some(&mallory),
+    )
+    .await;
+    assert_eq!(denied.status(), 403);
+    let whole_log = Stream::open(&app, &format!("?access_token={alice}"), None, Some(&alice)).await;
+    assert_eq!(whole_log.status(), 403);
+}
+
+both_stores!(
+    events_stream_live_and_resume_without_gaps,
+    a_browser_follows_its_own_room_with_a_token_in_the_query,
+);
