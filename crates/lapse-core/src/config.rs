@@ -266,6 +266,66 @@ fn all_events() -> Vec<String> {
     vec!["*".into()]
 }
 
+impl Webhook {
+    /// Whether an event of `event_type` in `kind` goes to this endpoint.
+    pub fn wants(&self, event_type: &str, kind: &str) -> bool {
+        self.events.iter().any(|g| glob_matches(g, event_type))
+            && self
+                .kinds
+                .as_ref()
+                .is_none_or(|k| k.iter().any(|k| k == kind))
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob_matches(glob: &str, text: &str) -> bool {
+    match glob.split_once('*') {
+        None => glob == text,
+        Some((head, rest)) => {
+            let Some(tail) = text.strip_prefix(head) else {
+                return false;
+            };
+            (0..=tail.len()).any(|i| tail.is_char_boundary(i) && glob_matches(rest, &tail[i..]))
+        }
+    }
+}
+
+/// `[delivery]`: how webhooks are sent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Delivery {
+    /// Wait before each attempt: the first is the delay before the first try.
+    pub retry: Vec<Span>,
+    /// Longest wait for an endpoint's answer.
+    pub timeout: Span,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        let s = |secs| Span::from_secs(secs);
+        Delivery {
+            retry: vec![s(0), s(5), s(300), s(1800), s(7200), s(18000), s(36000)],
+            timeout: s(10),
+        }
+    }
+}
+
+/// `[retention]`: how long history is kept.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// Events and finished webhook deliveries older than this are pruned.
+    pub events: Span,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            events: Span::from_secs(30 * 86_400),
+        }
+    }
+}
+
 /// A session type with its policy.
 #[derive(Clone, Debug, Serialize)]
 pub struct Kind {
@@ -337,6 +397,10 @@ struct RawConfig {
     rate_limits: Option<BTreeMap<String, String>>,
     #[serde(default)]
     webhooks: Vec<Webhook>,
+    #[serde(default)]
+    delivery: Delivery,
+    #[serde(default)]
+    retention: Retention,
     kinds: Option<BTreeMap<String, toml::Table>>,
 }
 
@@ -357,6 +421,10 @@ pub struct Config {
     pub rate_limits: BTreeMap<String, RateLimit>,
     /// `[[webhooks]]`
     pub webhooks: Vec<Webhook>,
+    /// `[delivery]`
+    pub delivery: Delivery,
+    /// `[retention]`
+    pub retention: Retention,
     /// `[kinds.*]`, by name.
     pub kinds: BTreeMap<String, Kind>,
     /// Where it was read from.
@@ -424,6 +492,8 @@ impl Config {
             auth: raw.auth,
             rate_limits,
             webhooks: raw.webhooks,
+            delivery: raw.delivery,
+            retention: raw.retention,
             kinds,
             source: file.to_string(),
         };
@@ -501,6 +571,21 @@ impl Config {
                     ));
                 }
             }
+        }
+        if self.delivery.retry.is_empty() {
+            return Err(err(
+                "[delivery]",
+                "retry needs at least one entry (the first attempt)".into(),
+            ));
+        }
+        if self.delivery.timeout == Span::ZERO {
+            return Err(err("[delivery]", "timeout must be more than zero".into()));
+        }
+        if self.retention.events < Span::from_secs(3600) {
+            return Err(err(
+                "[retention]",
+                "events must be kept at least an hour".into(),
+            ));
         }
         for (i, hook) in self.webhooks.iter().enumerate() {
             let place = format!("[[webhooks]] #{}", i + 1);
@@ -717,6 +802,15 @@ warn_before = "5m"
         let c = Config::parse(text, "full.toml").unwrap();
         assert_eq!(c.kinds.len(), 1);
         assert_eq!(c.webhooks.len(), 1);
+    }
+
+    #[test]
+    fn event_type_globs_match_as_documented() {
+        assert!(glob_matches("session.*", "session.created"));
+        assert!(glob_matches("*", "participant.left"));
+        assert!(glob_matches("*.ending_soon", "session.ending_soon"));
+        assert!(!glob_matches("session.*", "participant.joined"));
+        assert!(!glob_matches("session.created", "session.created2"));
     }
 
     #[test]

@@ -56,6 +56,87 @@ pub struct EventRecord {
     pub applied_at: Timestamp,
     /// The event.
     pub event: crate::event::NewEvent,
+    /// Webhook endpoints (URLs) to deliver it to; a delivery row is written for each, in the
+    /// same transaction, unless the endpoint has been disabled.
+    pub webhooks: Vec<String>,
+}
+
+/// Where a webhook delivery stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Waiting for its next attempt.
+    Pending,
+    /// The endpoint answered 2xx.
+    Delivered,
+    /// Every attempt failed, or the endpoint was disabled.
+    Dead,
+}
+
+impl DeliveryStatus {
+    /// The name used in the API and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Dead => "dead",
+        }
+    }
+
+    /// Reads a status name.
+    pub fn parse(text: &str) -> Option<DeliveryStatus> {
+        [
+            DeliveryStatus::Pending,
+            DeliveryStatus::Delivered,
+            DeliveryStatus::Dead,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+/// One event on its way to one endpoint.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Delivery {
+    /// Its id.
+    pub id: String,
+    /// The endpoint's URL.
+    pub endpoint: String,
+    /// The event's `seq`.
+    pub event_seq: i64,
+    /// The event's id: the `webhook-id` of every attempt.
+    pub event_id: String,
+    /// The event's type.
+    pub event_type: String,
+    /// Where it stands.
+    pub status: DeliveryStatus,
+    /// Attempts made.
+    pub attempts: i64,
+    /// When the next attempt is due (pending only).
+    pub next_attempt_at: Option<Timestamp>,
+    /// When the last attempt was made.
+    pub last_attempt_at: Option<Timestamp>,
+    /// The HTTP status of the last attempt, if one came back.
+    pub last_status: Option<i64>,
+    /// What went wrong last.
+    pub last_error: Option<String>,
+    /// When it was queued.
+    pub created_at: Timestamp,
+}
+
+/// What one delivery attempt came to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attempt {
+    /// When it was made.
+    pub at: Timestamp,
+    /// The HTTP status, if any came back.
+    pub http_status: Option<u16>,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
+    /// The new status.
+    pub status: DeliveryStatus,
+    /// When to try again (pending only).
+    pub next_attempt_at: Option<Timestamp>,
 }
 
 /// A notification ready to store.
@@ -237,6 +318,48 @@ pub trait Store: Send + Sync + 'static {
     /// until the connection fails. Returns at once where there is nothing to watch (an
     /// embedded database has one instance, and that instance already knows).
     async fn watch(&self, seen: ChangeCallback) -> Result<(), StoreError>;
+
+    /// Deliveries due at `now` with their events, oldest first; with `claim`, leased to this
+    /// caller like due sessions.
+    async fn due_deliveries(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        claim: bool,
+    ) -> Result<Vec<(Delivery, Event)>, StoreError>;
+
+    /// Records an attempt (and ends its lease).
+    async fn record_attempt(&self, id: &str, attempt: &Attempt) -> Result<(), StoreError>;
+
+    /// Stops delivering to `url` (it answered 410 Gone): its pending deliveries die and no new
+    /// ones are queued.
+    async fn disable_endpoint(
+        &self,
+        url: &str,
+        at: Timestamp,
+        reason: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Deliveries, newest first, optionally of one status.
+    async fn deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Makes a delivery due again at `now`; `None` if there is no such delivery.
+    async fn retry_delivery(
+        &self,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<Option<Delivery>, StoreError>;
+
+    /// When the earliest pending delivery is due.
+    async fn next_delivery_at(&self) -> Result<Option<Timestamp>, StoreError>;
+
+    /// Deletes up to `limit` events, and up to `limit` finished deliveries, recorded before
+    /// `before`; returns how many rows went.
+    async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
 
     /// Whether several lapse instances may share this database (heartbeats of others are then
     /// unseen until flushed, and idle rules allow for that).

@@ -9,9 +9,11 @@
 //! - [`write`]: turning a changed session and its effects into one atomic commit.
 //! - [`sweep`]: `sweep_once(now)` and the loop that sleeps until the next deadline.
 //! - [`heartbeats`]: in-memory coalescing and batched flushes.
+//! - [`deliveries`]: signed webhooks out of the event outbox, with retries; retention.
 
 pub mod access;
 pub mod clock;
+pub mod deliveries;
 pub mod heartbeats;
 pub mod ops;
 pub mod sweep;
@@ -84,17 +86,37 @@ pub struct Engine {
     planned_wake: AtomicI64,
     /// Wake-ups sent, for operators and tests.
     wake_ups: AtomicU64,
+    /// When retention last ran (wall-clock ms).
+    last_prune: AtomicI64,
     /// Bumped when events are appended; event streams wait on it.
     events: tokio::sync::watch::Sender<u64>,
     stats: SweeperStats,
+    webhooks: deliveries::Webhooks,
     unconfigured: Kind,
 }
 
 impl Engine {
-    /// An engine over `store`, with `config`'s kinds, reading time from `clock`. On a store
-    /// shared by several instances, idle rules wait [`heartbeats::SHARED_IDLE_GRACE`] past
-    /// their deadline for heartbeats other instances have not flushed yet.
+    /// An engine over `store`, with `config`'s kinds, reading time from `clock`, delivering
+    /// no webhooks.
     pub fn new(store: Arc<dyn Store>, config: Arc<Config>, clock: Clock) -> Arc<Engine> {
+        Engine::with_webhooks(store, config, clock, Vec::new())
+    }
+
+    /// An engine that also delivers events to `endpoints` (their secrets resolved by the
+    /// caller). On a store shared by several instances, idle rules wait
+    /// [`heartbeats::SHARED_IDLE_GRACE`] past their deadline for heartbeats other instances
+    /// have not flushed yet.
+    pub fn with_webhooks(
+        store: Arc<dyn Store>,
+        config: Arc<Config>,
+        clock: Clock,
+        endpoints: Vec<deliveries::Endpoint>,
+    ) -> Arc<Engine> {
+        let webhooks = deliveries::Webhooks::new(
+            endpoints,
+            config.delivery.retry.clone(),
+            config.delivery.timeout,
+        );
         let config = if store.is_shared() {
             let mut shared = (*config).clone();
             for kind in shared.kinds.values_mut() {
@@ -113,7 +135,9 @@ impl Engine {
             planned_wake: AtomicI64::new(i64::MAX),
             wake_ups: AtomicU64::new(0),
             events: tokio::sync::watch::Sender::new(0),
+            last_prune: AtomicI64::new(0),
             stats: SweeperStats::default(),
+            webhooks,
             unconfigured: Kind {
                 name: String::new(),
                 presence_timeout: lapse_core::Span::from_secs(90),

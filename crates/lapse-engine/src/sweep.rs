@@ -310,6 +310,14 @@ impl Engine {
                 true
             }
         };
+        // Retention rides along, once a minute of wall time.
+        let wall = chrono::Utc::now().timestamp_millis();
+        if wall - self.last_prune.load(Ordering::Relaxed) >= 60_000 {
+            self.last_prune.store(wall, Ordering::Relaxed);
+            if let Err(e) = self.prune_once().await {
+                tracing::warn!(error = %e, "pruning old events failed; will retry");
+            }
+        }
         let now = self.now();
         let next_deadline = self.store.next_deadline().await.ok().flatten();
         let mut sleep = next_deadline

@@ -63,6 +63,7 @@ impl Engine {
                 id: uuid::Uuid::now_v7().to_string(),
                 applied_at: now,
                 event: e.clone(),
+                webhooks: self.webhooks.targets(e),
             });
         }
         for n in &fx.notifications {

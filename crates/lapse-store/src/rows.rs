@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use lapse_core::event::{Event, EventType, Notification};
 use lapse_core::session::{NextDue, Participant, ParticipantState, Role, Session, Status, Summary};
+use lapse_core::store::{Delivery, DeliveryStatus};
 use lapse_core::{SessionId, StoreError, Timestamp, UserId};
 use sqlx::Row;
 
@@ -193,4 +194,41 @@ where
 pub fn to_json<T: serde::Serialize>(value: &T) -> String {
     // Serializing maps of strings and integers cannot fail.
     serde_json::to_string(value).unwrap_or_else(|_| "{}".into())
+}
+
+/// Columns of a delivery joined with its event, as [`delivery`] reads them.
+pub const DELIVERY_COLUMNS: &str = "d.id as d_id, d.endpoint, d.event_seq, e.id as event_id, \
+    e.type as event_type, d.status, d.attempts, d.next_attempt_at, d.last_attempt_at, \
+    d.last_status, d.last_error, d.created_at as d_created_at";
+
+/// A `webhook_deliveries` row joined with its event.
+pub fn delivery<R: Row>(row: &R) -> Result<Delivery, StoreError>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database>,
+{
+    let get_s = |c: &str| row.try_get::<String, _>(c).map_err(|e| corrupt(c, e));
+    let get_i = |c: &str| row.try_get::<i64, _>(c).map_err(|e| corrupt(c, e));
+    let get_oi = |c: &str| row.try_get::<Option<i64>, _>(c).map_err(|e| corrupt(c, e));
+    let status_text = get_s("status")?;
+    Ok(Delivery {
+        id: get_s("d_id")?,
+        endpoint: get_s("endpoint")?,
+        event_seq: get_i("event_seq")?,
+        event_id: get_s("event_id")?,
+        event_type: get_s("event_type")?,
+        status: DeliveryStatus::parse(&status_text)
+            .ok_or_else(|| corrupt("status", &status_text))?,
+        attempts: get_i("attempts")?,
+        next_attempt_at: ts(get_oi("next_attempt_at")?),
+        last_attempt_at: ts(get_oi("last_attempt_at")?),
+        last_status: get_oi("last_status")?,
+        last_error: row
+            .try_get::<Option<String>, _>("last_error")
+            .map_err(|e| corrupt("last_error", e))?,
+        created_at: Timestamp::from_millis(get_i("d_created_at")?),
+    })
 }

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
-    Beat, ChangeCallback, Commit, DueRow, EventQuery, HostLimit, SessionQuery, SessionWrite,
-    StatusCount, Store,
+    Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DueRow, EventQuery, HostLimit,
+    SessionQuery, SessionWrite, StatusCount, Store,
 };
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::sqlite::{
@@ -20,7 +20,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 
-use crate::rows::{self, SESSION_COLUMNS, to_json};
+use crate::rows::{self, DELIVERY_COLUMNS, SESSION_COLUMNS, to_json};
 use crate::{backend, migrate};
 
 /// Sessions in a SQLite database.
@@ -245,9 +245,9 @@ async fn append_events(
 ) -> Result<(), StoreError> {
     for r in &commit.events {
         let e = &r.event;
-        sqlx::query(
+        let seq: i64 = sqlx::query_scalar(
             "insert into events (id, type, at, applied_at, session_id, kind, actor, rule, data) \
-             values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) returning seq",
         )
         .bind(&r.id)
         .bind(e.event_type.as_str())
@@ -258,10 +258,37 @@ async fn append_events(
         .bind(&e.actor)
         .bind(e.rule.as_deref())
         .bind(to_json(&e.data))
-        .execute(&mut **tx)
+        .fetch_one(&mut **tx)
         .await
         .map_err(backend)?;
+        for (n, url) in r.webhooks.iter().enumerate() {
+            queue_delivery(tx, &format!("{}.{n}", r.id), url, seq, r.applied_at).await?;
+        }
     }
+    Ok(())
+}
+
+/// Queues one event for one endpoint, unless the endpoint was disabled.
+async fn queue_delivery(
+    tx: &mut Transaction<'_, Sqlite>,
+    id: &str,
+    url: &str,
+    seq: i64,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "insert into webhook_deliveries (id, endpoint, event_seq, status, attempts, \
+         next_attempt_at, created_at) \
+         select ?1, ?2, ?3, 'pending', 0, ?4, ?4 \
+         where not exists (select 1 from webhook_endpoints_disabled where url = ?2)",
+    )
+    .bind(id)
+    .bind(url)
+    .bind(seq)
+    .bind(at.millis())
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
     Ok(())
 }
 
@@ -571,6 +598,158 @@ impl Store for SqliteStore {
 
     async fn watch(&self, _seen: ChangeCallback) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn due_deliveries(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        _claim: bool,
+    ) -> Result<Vec<(Delivery, Event)>, StoreError> {
+        let sql = format!(
+            "select {DELIVERY_COLUMNS}, e.seq, e.id, e.type, e.at, e.applied_at, e.session_id, \
+             e.kind, e.actor, e.rule, e.data \
+             from webhook_deliveries d join events e on e.seq = d.event_seq \
+             where d.status = 'pending' and d.next_attempt_at <= ?1 \
+             order by d.next_attempt_at, d.id limit ?2"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(now.millis())
+            .bind(limit as i64)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|r| Ok((rows::delivery(r)?, rows::event(r)?)))
+            .collect()
+    }
+
+    async fn record_attempt(&self, id: &str, attempt: &Attempt) -> Result<(), StoreError> {
+        sqlx::query(
+            "update webhook_deliveries set status = ?2, attempts = attempts + 1, \
+             next_attempt_at = ?3, last_attempt_at = ?4, last_status = ?5, \
+             last_error = ?6, claimed_until = null where id = ?1",
+        )
+        .bind(id)
+        .bind(attempt.status.as_str())
+        .bind(attempt.next_attempt_at.map(Timestamp::millis))
+        .bind(attempt.at.millis())
+        .bind(attempt.http_status.map(i64::from))
+        .bind(attempt.error.as_deref())
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn disable_endpoint(
+        &self,
+        url: &str,
+        at: Timestamp,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        sqlx::query(
+            "insert into webhook_endpoints_disabled (url, disabled_at, reason) \
+             values (?1, ?2, ?3) on conflict (url) do nothing",
+        )
+        .bind(url)
+        .bind(at.millis())
+        .bind(reason)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        sqlx::query(
+            "update webhook_deliveries set status = 'dead', next_attempt_at = null, \
+             last_error = ?2, claimed_until = null where endpoint = ?1 and status = 'pending'",
+        )
+        .bind(url)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let sql = format!(
+            "select {DELIVERY_COLUMNS} from webhook_deliveries d \
+             join events e on e.seq = d.event_seq \
+             where (?1 is null or d.status = ?1) \
+             order by d.created_at desc, d.id desc limit ?2"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(status.map(DeliveryStatus::as_str))
+            .bind(limit as i64)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(rows::delivery).collect()
+    }
+
+    async fn retry_delivery(
+        &self,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<Option<Delivery>, StoreError> {
+        sqlx::query(
+            "update webhook_deliveries set status = 'pending', next_attempt_at = ?2, \
+             claimed_until = null where id = ?1",
+        )
+        .bind(id)
+        .bind(now.millis())
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        let sql = format!(
+            "select {DELIVERY_COLUMNS} from webhook_deliveries d \
+             join events e on e.seq = d.event_seq where d.id = ?1"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(rows::delivery).transpose()
+    }
+
+    async fn next_delivery_at(&self) -> Result<Option<Timestamp>, StoreError> {
+        let at: Option<i64> = sqlx::query_scalar(
+            "select min(next_attempt_at) from webhook_deliveries where status = 'pending'",
+        )
+        .fetch_one(&self.reader)
+        .await
+        .map_err(backend)?;
+        Ok(at.map(Timestamp::from_millis))
+    }
+
+    async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        // Events a pending delivery still needs stay until it is done with them.
+        let events = sqlx::query(
+            "delete from events where seq in (select seq from events \
+             where applied_at < ?1 and not exists (select 1 from webhook_deliveries d \
+             where d.event_seq = events.seq and d.status = 'pending') \
+             order by seq limit ?2)",
+        )
+        .bind(before.millis())
+        .bind(limit as i64)
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        let deliveries = sqlx::query(
+            "delete from webhook_deliveries where id in (select id from webhook_deliveries \
+             where created_at < ?1 and status <> 'pending' limit ?2)",
+        )
+        .bind(before.millis())
+        .bind(limit as i64)
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(events.rows_affected() + deliveries.rows_affected())
     }
 
     fn is_shared(&self) -> bool {

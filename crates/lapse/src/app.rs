@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use lapse_core::config::{ClockMode, SweeperMode};
+use lapse_engine::deliveries::{Endpoint, parse_secrets};
 use lapse_engine::{Clock, Engine, SweepOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -39,7 +40,37 @@ pub async fn open_engine(settings: &Settings) -> anyhow::Result<Arc<Engine>> {
         ClockMode::System => Clock::System,
         ClockMode::Manual => Clock::manual(settings.clock_start()),
     };
-    Ok(Engine::new(store, Arc::new(settings.config.clone()), clock))
+    let endpoints = webhook_endpoints(settings)?;
+    Ok(Engine::with_webhooks(
+        store,
+        Arc::new(settings.config.clone()),
+        clock,
+        endpoints,
+    ))
+}
+
+/// The `[[webhooks]]` with their signing secrets read from the environment.
+fn webhook_endpoints(settings: &Settings) -> anyhow::Result<Vec<Endpoint>> {
+    let mut endpoints = Vec::new();
+    for hook in &settings.config.webhooks {
+        let keys = match &hook.secret_env {
+            Some(var) => {
+                let text = settings.env.get(var).with_context(|| {
+                    format!("webhook {}: its secret_env `{var}` is not set", hook.url)
+                })?;
+                parse_secrets(text).map_err(|e| anyhow::anyhow!("webhook {}: {e}", hook.url))?
+            }
+            None => {
+                tracing::warn!(url = %hook.url, "webhook has no secret_env: deliveries are unsigned");
+                Vec::new()
+            }
+        };
+        endpoints.push(Endpoint {
+            config: hook.clone(),
+            keys,
+        });
+    }
+    Ok(endpoints)
 }
 
 impl App {
@@ -111,6 +142,7 @@ impl App {
             })
         };
         let watch = tokio::spawn(engine.clone().run_change_watch(shutdown.clone()));
+        let deliveries = tokio::spawn(engine.clone().run_deliveries(shutdown.clone()));
         tracing::info!(addr = %self.listener.local_addr()?, "lapse listening");
         let router = http::router(self.state.clone());
         let token = shutdown.clone();
@@ -126,6 +158,7 @@ impl App {
         let _ = sweeper.await;
         let _ = flusher.await;
         let _ = watch.await;
+        let _ = deliveries.await;
         served
     }
 }

@@ -80,3 +80,28 @@ create table notifications (
     read_at    bigint
 );
 create index notifications_user on notifications (user_id, created_at);
+
+-- Webhook deliveries: one row per event and endpoint, written with the event, so a restart
+-- loses none. The body is rebuilt from the event row, so every attempt sends the same bytes.
+create table webhook_deliveries (
+    id              text primary key,
+    endpoint        text not null,
+    event_seq       bigint not null,
+    status          text not null,
+    attempts        bigint not null,
+    next_attempt_at bigint,
+    last_attempt_at bigint,
+    last_status     bigint,
+    last_error      text,
+    created_at      bigint not null,
+    claimed_until   bigint
+);
+create index webhook_deliveries_due on webhook_deliveries (next_attempt_at) where status = 'pending';
+create index webhook_deliveries_status on webhook_deliveries (status, created_at);
+
+-- Endpoints that answered 410 Gone.
+create table webhook_endpoints_disabled (
+    url         text primary key,
+    disabled_at bigint not null,
+    reason      text not null
+);

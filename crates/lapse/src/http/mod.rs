@@ -10,6 +10,7 @@ mod operations;
 mod participants;
 mod sessions;
 mod sse;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -38,6 +39,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(events::router())
         .merge(export::router())
         .merge(operations::router())
+        .merge(webhooks::router())
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -10,6 +10,8 @@ pub const ADMIN_KEY: &str = "test-admin-key";
 pub const SERVICE_KEY: &str = "test-service-key";
 pub const CRON_SECRET: &str = "test-cron-secret";
 pub const JWT_SECRET: &str = "test-jwt-secret";
+/// The Standard Webhooks spec's own example secret.
+pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// Where every test's manual clock starts.
 pub const START: &str = "2026-01-05T09:00:00.000Z";
 
@@ -132,6 +134,10 @@ pub async fn spawn_app_with(backend: Backend, config: Option<&str>) -> TestApp {
         ("LAPSE_SERVICE_KEY".to_string(), SERVICE_KEY.to_string()),
         ("CRON_SECRET".to_string(), CRON_SECRET.to_string()),
         ("LAPSE_JWT_SECRET".to_string(), JWT_SECRET.to_string()),
+        (
+            "LAPSE_WEBHOOK_SECRET".to_string(),
+            WEBHOOK_SECRET.to_string(),
+        ),
     ]);
     let settings = Settings::from_config(config, env).expect("settings");
     let app = App::build(settings).await.expect("lapse builds");

@@ -41,3 +41,4 @@ mod seed_002_mentoring;
 mod seed_003_coding;
 mod seed_004_repair;
 mod streams;
+mod webhooks;

@@ -1,0 +1,207 @@
+//! Webhooks end to end: a local receiver that answers as each test scripts it, signatures
+//! checked with the Standard Webhooks scheme, retries with the same `webhook-id`.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::helpers::*;
+
+#[derive(Clone, Debug)]
+struct Received {
+    headers: HeaderMap,
+    body: String,
+}
+
+#[derive(Default)]
+struct Script {
+    answers: VecDeque<(u16, Option<&'static str>)>,
+    received: Vec<Received>,
+}
+
+/// A webhook receiver on a free port; answers with the scripted statuses, then 200.
+async fn receiver(answers: &[(u16, Option<&'static str>)]) -> (String, Arc<Mutex<Script>>) {
+    let script = Arc::new(Mutex::new(Script {
+        answers: answers.iter().copied().collect(),
+        received: Vec::new(),
+    }));
+    async fn hook(
+        State(s): State<Arc<Mutex<Script>>>,
+        headers: HeaderMap,
+        body: String,
+    ) -> impl IntoResponse {
+        let mut s = s.lock().unwrap();
+        s.received.push(Received { headers, body });
+        let (status, retry_after) = s.answers.pop_front().unwrap_or((200, None));
+        let mut h = HeaderMap::new();
+        if let Some(r) = retry_after {
+            h.insert("retry-after", r.parse().unwrap());
+        }
+        (StatusCode::from_u16(status).unwrap(), h, "")
+    }
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(hook))
+        .with_state(script.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, script)
+}
+
+fn config(url: &str, extra: &str) -> String {
+    format!(
+        "[[webhooks]]\nurl = \"{url}\"\nsecret_env = \"LAPSE_WEBHOOK_SECRET\"\nevents = [\"session.*\"]\n{extra}"
+    )
+}
+
+/// Waits (boundedly) until the delivery log satisfies `done`.
+async fn deliveries_until(app: &TestApp, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    for _ in 0..200 {
+        let page = app
+            .get(As::Admin, "/v1/webhooks/deliveries")
+            .await
+            .expect(200);
+        let list = page["deliveries"].as_array().unwrap().clone();
+        if done(&list) {
+            return list;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("deliveries never reached the expected state");
+}
+
+fn verify(r: &Received) {
+    let id = r.headers["webhook-id"].to_str().unwrap();
+    let ts = r.headers["webhook-timestamp"].to_str().unwrap();
+    let key = BASE64
+        .decode(WEBHOOK_SECRET.trim_start_matches("whsec_"))
+        .unwrap();
+    let mut mac = <Hmac<Sha256>>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{ts}.{}", r.body).as_bytes());
+    let expected = format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()));
+    let header = r.headers["webhook-signature"].to_str().unwrap();
+    assert!(
+        header.split(' ').any(|s| s == expected),
+        "{header} lacks {expected}"
+    );
+    let now = chrono::Utc::now().timestamp();
+    assert!(
+        (now - ts.parse::<i64>().unwrap()).abs() < 60,
+        "the timestamp is this attempt's"
+    );
+}
+
+async fn a_failed_delivery_is_retried_with_the_same_webhook_id(backend: Backend) {
+    let (url, script) = receiver(&[(500, None)]).await;
+    let app = spawn_app_with(backend, Some(&config(&url, ""))).await;
+    app.create("study", "hooked", "alice", json!({})).await;
+
+    let list = deliveries_until(&app, |l| l.len() == 1 && l[0]["attempts"] == 1).await;
+    assert_eq!(list[0]["status"], "pending");
+    assert_eq!(
+        list[0]["event_type"], "session.created",
+        "participant.* is not subscribed"
+    );
+    assert_eq!(list[0]["last_status"], 500);
+    assert_eq!(
+        list[0]["next_attempt_at"],
+        at(START, "5s"),
+        "the second try waits 5 s"
+    );
+
+    app.advance("5s").await;
+    let list = deliveries_until(&app, |l| l[0]["status"] == "delivered").await;
+    assert_eq!(list[0]["attempts"], 2);
+    let received = script.lock().unwrap().received.clone();
+    assert_eq!(received.len(), 2);
+    assert_eq!(
+        received[0].headers["webhook-id"],
+        received[1].headers["webhook-id"]
+    );
+    assert_eq!(
+        received[0].body, received[1].body,
+        "every attempt sends the same bytes"
+    );
+    let event: Value = serde_json::from_str(&received[1].body).unwrap();
+    assert_eq!(event["type"], "session.created");
+    assert_eq!(
+        received[1].headers["webhook-id"].to_str().unwrap(),
+        event["id"]
+    );
+    received.iter().for_each(verify);
+}
+
+async fn retry_after_is_honoured_and_the_last_failure_is_dead(backend: Backend) {
+    let (url, _script) = receiver(&[(503, Some("120")), (500, None), (200, None)]).await;
+    let app = spawn_app_with(
+        backend,
+        Some(&config(&url, "[delivery]\nretry = [\"0s\", \"5s\"]\n")),
+    )
+    .await;
+    app.create("study", "busy", "alice", json!({})).await;
+    let list = deliveries_until(&app, |l| l.len() == 1 && l[0]["attempts"] == 1).await;
+    assert_eq!(
+        list[0]["next_attempt_at"],
+        at(START, "120s"),
+        "Retry-After beats the 5 s plan"
+    );
+
+    app.advance("2m").await;
+    let list = deliveries_until(&app, |l| l[0]["status"] == "dead").await;
+    assert_eq!(list[0]["attempts"], 2);
+    let id = list[0]["id"].as_str().unwrap();
+    let dead = app
+        .get(As::Admin, "/v1/webhooks/deliveries?status=dead")
+        .await
+        .expect(200);
+    assert_eq!(dead["deliveries"].as_array().unwrap().len(), 1);
+
+    let retried = app
+        .post_empty(As::Admin, &format!("/v1/webhooks/deliveries/{id}/retry"))
+        .await
+        .expect(200);
+    assert_eq!(retried["status"], "pending");
+    deliveries_until(&app, |l| l[0]["status"] == "delivered").await;
+    app.post_empty(As::Admin, "/v1/webhooks/deliveries/nope/retry")
+        .await
+        .problem(404, "not_found");
+    let alice = As::Bearer(crate::identity::jwt("alice", 3600));
+    app.get(alice, "/v1/webhooks/deliveries")
+        .await
+        .problem(403, "forbidden");
+}
+
+async fn an_endpoint_that_answers_gone_is_disabled(backend: Backend) {
+    let (url, script) = receiver(&[(410, None)]).await;
+    let app = spawn_app_with(backend, Some(&config(&url, ""))).await;
+    app.create("study", "gone-1", "alice", json!({})).await;
+    let list = deliveries_until(&app, |l| l.len() == 1 && l[0]["status"] == "dead").await;
+    assert_eq!(list[0]["last_status"], 410);
+    app.create("study", "gone-2", "alice", json!({})).await;
+    app.start("gone-2", "alice").await;
+    let page = app
+        .get(As::Admin, "/v1/webhooks/deliveries")
+        .await
+        .expect(200);
+    assert_eq!(
+        page["deliveries"].as_array().unwrap().len(),
+        1,
+        "nothing more is queued for it"
+    );
+    assert_eq!(script.lock().unwrap().received.len(), 1);
+}
+
+both_stores!(
+    a_failed_delivery_is_retried_with_the_same_webhook_id,
+    retry_after_is_honoured_and_the_last_failure_is_dead,
+    an_endpoint_that_answers_gone_is_disabled,
+);
