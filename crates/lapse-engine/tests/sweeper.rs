@@ -149,3 +149,51 @@ async fn a_deadline_stored_by_one_instance_wakes_the_others() {
     assert!(b.wake_ups() > before);
     assert!(a.wake_ups() > 0, "A wakes its own sweeper too");
 }
+
+#[tokio::test]
+async fn history_past_the_retention_period_is_pruned_in_batches() {
+    let engine = engine().await;
+    let admin = Caller::Admin {
+        name: "test".into(),
+        actor: None,
+    };
+    for i in 0..3 {
+        engine
+            .create(&admin, request("coding", &format!("old-{i}"), None))
+            .await
+            .unwrap();
+    }
+    engine
+        .clock()
+        .advance(Span::from_secs(29 * 86_400))
+        .unwrap();
+    engine
+        .create(&admin, request("coding", "recent", None))
+        .await
+        .unwrap();
+    let all = lapse_core::store::EventQuery {
+        limit: 1000,
+        ..Default::default()
+    };
+    let before = engine.events(&admin, &all).await.unwrap().len();
+    assert_eq!(
+        engine.prune_once().await.unwrap(),
+        0,
+        "nothing is 30 days old yet"
+    );
+
+    engine.clock().advance(Span::from_secs(2 * 86_400)).unwrap();
+    let pruned = engine.prune_once().await.unwrap() as usize;
+    let left = engine.events(&admin, &all).await.unwrap();
+    assert_eq!(before - left.len(), pruned);
+    assert!(pruned >= 6, "the old sessions' creation events went");
+    let cutoff = engine.now() - Span::from_secs(30 * 86_400);
+    assert!(
+        left.iter().all(|e| e.applied_at >= cutoff),
+        "nothing older is left"
+    );
+    assert!(
+        left.iter().any(|e| e.session_id.as_str() == "recent"),
+        "recent history stays"
+    );
+}

@@ -19,6 +19,7 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub db_url: String,
+    config: Option<String>,
     pub _dir: tempfile::TempDir,
     shutdown: CancellationToken,
 }
@@ -121,39 +122,55 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 pub async fn spawn_app_with(backend: Backend, config: Option<&str>) -> TestApp {
     let (db_url, dir) = fresh_database(backend).await;
-    let mut config = match config {
-        Some(text) => Config::parse(text, "test.toml").expect("test config is valid"),
-        None => Config::default(),
-    };
-    config.clock.start = Some(START.parse().unwrap());
-    let env = Environment::from_pairs([
-        ("LAPSE_CLOCK".to_string(), "manual".to_string()),
-        ("LAPSE_LISTEN".to_string(), "127.0.0.1:0".to_string()),
-        ("DATABASE_URL".to_string(), db_url.clone()),
-        ("LAPSE_ADMIN_KEY".to_string(), ADMIN_KEY.to_string()),
-        ("LAPSE_SERVICE_KEY".to_string(), SERVICE_KEY.to_string()),
-        ("CRON_SECRET".to_string(), CRON_SECRET.to_string()),
-        ("LAPSE_JWT_SECRET".to_string(), JWT_SECRET.to_string()),
-        (
-            "LAPSE_WEBHOOK_SECRET".to_string(),
-            WEBHOOK_SECRET.to_string(),
-        ),
-    ]);
-    let settings = Settings::from_config(config, env).expect("settings");
-    let app = App::build(settings).await.expect("lapse builds");
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(app.run(shutdown.clone()));
+    let (base, shutdown) = serve(&db_url, config).await;
     TestApp {
         base,
         client: reqwest::Client::new(),
         db_url,
+        config: config.map(str::to_string),
         _dir: dir,
         shutdown,
     }
 }
 
+/// Starts lapse on `db_url`; returns its base URL and the token that stops it.
+async fn serve(db_url: &str, config: Option<&str>) -> (String, CancellationToken) {
+    let mut config = match config {
+        Some(text) => Config::parse(text, "test.toml").expect("test config is valid"),
+        None => Config::default(),
+    };
+    config.clock.start = Some(START.parse().unwrap());
+    let env = Environment::from_pairs(
+        [
+            ("LAPSE_CLOCK", "manual"),
+            ("LAPSE_LISTEN", "127.0.0.1:0"),
+            ("DATABASE_URL", db_url),
+            ("LAPSE_ADMIN_KEY", ADMIN_KEY),
+            ("LAPSE_SERVICE_KEY", SERVICE_KEY),
+            ("CRON_SECRET", CRON_SECRET),
+            ("LAPSE_JWT_SECRET", JWT_SECRET),
+            ("LAPSE_WEBHOOK_SECRET", WEBHOOK_SECRET),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let settings = Settings::from_config(config, env).expect("settings");
+    let app = App::build(settings).await.expect("lapse builds");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(app.run(shutdown.clone()));
+    (base, shutdown)
+}
+
 impl TestApp {
+    /// Stops this lapse and starts a new one on the same database and configuration (its
+    /// manual clock starts over at `START`).
+    pub async fn restart(&mut self) {
+        self.shutdown.cancel();
+        let (base, shutdown) = serve(&self.db_url, self.config.as_deref()).await;
+        self.base = base;
+        self.shutdown = shutdown;
+    }
+
     pub async fn send(&self, who: As, method: Method, path: &str, body: Option<Value>) -> Resp {
         let mut req = self
             .client

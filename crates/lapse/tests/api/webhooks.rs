@@ -200,7 +200,25 @@ async fn an_endpoint_that_answers_gone_is_disabled(backend: Backend) {
     assert_eq!(script.lock().unwrap().received.len(), 1);
 }
 
+async fn a_delivery_queued_before_a_restart_is_still_delivered(backend: Backend) {
+    let (url, script) = receiver(&[(500, None)]).await;
+    let mut app = spawn_app_with(backend, Some(&config(&url, ""))).await;
+    app.create("study", "durable", "alice", json!({})).await;
+    deliveries_until(&app, |l| l.len() == 1 && l[0]["attempts"] == 1).await;
+
+    app.restart().await;
+    app.advance("5s").await;
+    let list = deliveries_until(&app, |l| l[0]["status"] == "delivered").await;
+    assert_eq!(list[0]["attempts"], 2);
+    let received = script.lock().unwrap().received.clone();
+    assert_eq!(
+        received[0].headers["webhook-id"],
+        received[1].headers["webhook-id"]
+    );
+}
+
 both_stores!(
+    a_delivery_queued_before_a_restart_is_still_delivered,
     a_failed_delivery_is_retried_with_the_same_webhook_id,
     retry_after_is_honoured_and_the_last_failure_is_dead,
     an_endpoint_that_answers_gone_is_disabled,
