@@ -26,25 +26,38 @@ struct Received {
 struct Script {
     answers: VecDeque<(u16, Option<&'static str>)>,
     received: Vec<Received>,
+    /// How long to wait before answering.
+    delay: Duration,
 }
 
 /// A webhook receiver on a free port; answers with the scripted statuses, then 200.
 async fn receiver(answers: &[(u16, Option<&'static str>)]) -> (String, Arc<Mutex<Script>>) {
     let script = Arc::new(Mutex::new(Script {
         answers: answers.iter().copied().collect(),
-        received: Vec::new(),
+        ..Script::default()
     }));
+    // Each answer is a status and, for a redirect its Location, otherwise a Retry-After.
     async fn hook(
         State(s): State<Arc<Mutex<Script>>>,
         headers: HeaderMap,
         body: String,
     ) -> impl IntoResponse {
-        let mut s = s.lock().unwrap();
-        s.received.push(Received { headers, body });
-        let (status, retry_after) = s.answers.pop_front().unwrap_or((200, None));
+        let (status, header, delay) = {
+            let mut s = s.lock().unwrap();
+            s.received.push(Received { headers, body });
+            let (status, header) = s.answers.pop_front().unwrap_or((200, None));
+            (status, header, s.delay)
+        };
+        tokio::time::sleep(delay).await;
         let mut h = HeaderMap::new();
-        if let Some(r) = retry_after {
-            h.insert("retry-after", r.parse().unwrap());
+        match (status, header) {
+            (300..=399, Some(to)) => {
+                h.insert("location", to.parse().unwrap());
+            }
+            (_, Some(r)) => {
+                h.insert("retry-after", r.parse().unwrap());
+            }
+            _ => {}
         }
         (StatusCode::from_u16(status).unwrap(), h, "")
     }
@@ -217,7 +230,49 @@ async fn a_delivery_queued_before_a_restart_is_still_delivered(backend: Backend)
     );
 }
 
+async fn redirects_are_not_followed_and_slow_endpoints_time_out(backend: Backend) {
+    let (target, target_script) = receiver(&[]).await;
+    let redirect: &'static str = Box::leak(target.clone().into_boxed_str());
+    let (url, script) = receiver(&[(307, Some(redirect))]).await;
+    let app = spawn_app_with(
+        backend,
+        Some(&config(&url, "[delivery]\ntimeout = \"500ms\"\n")),
+    )
+    .await;
+    app.create("study", "moved", "alice", json!({})).await;
+    let list = deliveries_until(&app, |l| l.len() == 1 && l[0]["attempts"] == 1).await;
+    assert_eq!(list[0]["status"], "pending");
+    assert_eq!(
+        list[0]["last_status"], 307,
+        "a redirect is a failed attempt"
+    );
+    assert!(
+        target_script.lock().unwrap().received.is_empty(),
+        "and is not followed"
+    );
+
+    script.lock().unwrap().delay = Duration::from_secs(2);
+    app.advance("5s").await;
+    let list = deliveries_until(&app, |l| l[0]["attempts"] == 2).await;
+    assert_eq!(list[0]["status"], "pending");
+    assert!(list[0]["last_status"].is_null());
+    assert_eq!(list[0]["last_error"], "no answer in time");
+}
+
+async fn an_endpoint_gets_only_the_kinds_it_asked_for(backend: Backend) {
+    let (url, script) = receiver(&[]).await;
+    let app = spawn_app_with(backend, Some(&config(&url, "kinds = [\"coding\"]\n"))).await;
+    app.create("study", "not-mine", "alice", json!({})).await;
+    app.create("coding", "mine", "alice", json!({})).await;
+    let list = deliveries_until(&app, |l| l.len() == 1 && l[0]["status"] == "delivered").await;
+    let event: Value = serde_json::from_str(&script.lock().unwrap().received[0].body).unwrap();
+    assert_eq!(event["session_id"], "mine");
+    assert_eq!(list.len(), 1);
+}
+
 both_stores!(
+    redirects_are_not_followed_and_slow_endpoints_time_out,
+    an_endpoint_gets_only_the_kinds_it_asked_for,
     a_delivery_queued_before_a_restart_is_still_delivered,
     a_failed_delivery_is_retried_with_the_same_webhook_id,
     retry_after_is_honoured_and_the_last_failure_is_dead,
