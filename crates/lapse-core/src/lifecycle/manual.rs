@@ -1,0 +1,478 @@
+//! What people do to a session: create it, start, end, cancel or reopen it, join and leave,
+//! beat and count activity, change it, delete it.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+
+use super::due::{finish, remove};
+use super::{
+    By, Effects, MAX_ACTIVITY_COUNT, NewSession, OpError, ParentInfo, check_metadata,
+    check_schedule, check_title, invalid, validation,
+};
+use crate::config::Kind;
+use crate::event::EventType;
+use crate::ids::{SessionId, UserId};
+use crate::session::{Participant, ParticipantState, Role, Session, Status};
+use crate::time::Timestamp;
+
+/// Builds a new pending session with its host joined.
+pub fn create(
+    kind: &Kind,
+    id: SessionId,
+    input: NewSession,
+    parent: Option<ParentInfo>,
+    now: Timestamp,
+    by: &By,
+    fx: &mut Effects,
+) -> Result<Session, OpError> {
+    let title = input.title.unwrap_or_default();
+    check_title(&title)?;
+    let metadata = input.metadata.unwrap_or_default();
+    check_metadata(&metadata)?;
+    check_schedule(input.scheduled_start, input.scheduled_end)?;
+    if let (Some(info), Some(wanted)) = (&parent, &kind.parent_kind)
+        && &info.kind != wanted
+    {
+        return Err(validation(
+            "parent",
+            format!(
+                "a `{}` session belongs to a `{wanted}`, not a `{}`",
+                kind.name, info.kind
+            ),
+        ));
+    }
+    let host = Participant {
+        user: input.host.clone(),
+        role: Role::Host,
+        state: ParticipantState::Joined,
+        online: true,
+        joined_at: now,
+        left_at: None,
+        last_seen_at: now,
+        offline_for: None,
+    };
+    let mut s = Session {
+        id,
+        kind: kind.name.clone(),
+        title,
+        metadata,
+        host: input.host,
+        parent: input.parent,
+        scheduled_start: input.scheduled_start,
+        scheduled_end: input.scheduled_end,
+        status: Status::Pending,
+        delayed: false,
+        used: false,
+        created_at: now,
+        started_at: None,
+        ended_at: None,
+        last_activity_at: now,
+        end_reason: None,
+        ended_by: None,
+        counters: BTreeMap::new(),
+        participants: vec![host],
+        next_due: None,
+        wake_at: None,
+        warnings: BTreeMap::new(),
+        summary: None,
+        parent_ended_at: parent.and_then(|p| p.ended_at),
+        version: 0,
+    };
+    fx.session_event(
+        kind,
+        &mut s,
+        EventType::SessionCreated,
+        Status::Pending,
+        now,
+        by,
+        None,
+    );
+    let joined = json!({ "user": s.host, "role": Role::Host });
+    fx.event(&s, EventType::ParticipantJoined, now, by, None, joined);
+    Ok(s)
+}
+
+/// The host starts a pending session.
+pub fn start(
+    kind: &Kind,
+    s: &mut Session,
+    now: Timestamp,
+    by: &By,
+    fx: &mut Effects,
+) -> Result<(), OpError> {
+    if s.status != Status::Pending {
+        return Err(invalid(s, "start"));
+    }
+    s.status = Status::Active;
+    s.delayed = false;
+    s.used = true;
+    s.started_at = Some(now);
+    s.touch(by.user.as_ref(), now);
+    fx.session_event(
+        kind,
+        s,
+        EventType::SessionStarted,
+        Status::Pending,
+        now,
+        by,
+        None,
+    );
+    Ok(())
+}
+
+/// The host ends an active session: it completes with a summary.
+pub fn end(
+    kind: &Kind,
+    s: &mut Session,
+    now: Timestamp,
+    by: &By,
+    fx: &mut Effects,
+) -> Result<(), OpError> {
+    if s.status != Status::Active {
+        return Err(invalid(s, "end"));
+    }
+    finish(
+        kind,
+        s,
+        Status::Completed,
+        now,
+        by,
+        "ended_by_host",
+        None,
+        fx,
+    );
+    Ok(())
+}
+
+/// The host calls off an open session.
+pub fn cancel(
+    kind: &Kind,
+    s: &mut Session,
+    now: Timestamp,
+    by: &By,
+    fx: &mut Effects,
+) -> Result<(), OpError> {
+    if !s.status.is_open() {
+        return Err(invalid(s, "cancel"));
+    }
+    finish(
+        kind,
+        s,
+        Status::Cancelled,
+        now,
+        by,
+        "cancelled_by_host",
+        None,
+        fx,
+    );
+    Ok(())
+}
+
+/// The host takes back an end they made, within the kind's `reopen_window`.
+pub fn reopen(
+    kind: &Kind,
+    s: &mut Session,
+    now: Timestamp,
+    by: &By,
+    fx: &mut Effects,
+) -> Result<(), OpError> {
+    let Some(window) = kind.reopen_window else {
+        return Err(OpError::InvalidTransition(format!(
+            "sessions of kind `{}` cannot be reopened (no reopen_window)",
+            kind.name
+        )));
+    };
+    let by_host = s.ended_by.as_deref() == Some(s.host.as_str());
+    let (Status::Completed, true, Some(ended_at)) = (s.status, by_host, s.ended_at) else {
+        return Err(OpError::InvalidTransition(format!(
+            "only a session completed by its host can be reopened; `{}` is {}",
+            s.id,
+            s.status.as_str()
+        )));
+    };
+    if now.since(ended_at) > window {
+        return Err(OpError::InvalidTransition(format!(
+            "the reopen window of {window} after the end has passed"
+        )));
+    }
+    for p in &mut s.participants {
+        if p.left_at == Some(ended_at) {
+            p.state = ParticipantState::Joined;
+            p.left_at = None;
+            p.last_seen_at = p.last_seen_at.max(now);
+        }
+    }
+    s.status = Status::Active;
+    s.ended_at = None;
+    s.ended_by = None;
+    s.end_reason = None;
+    s.summary = None;
+    s.touch(by.user.as_ref(), now);
+    fx.session_event(
+        kind,
+        s,
+        EventType::SessionReopened,
+        Status::Completed,
+        now,
+        by,
+        None,
+    );
+    Ok(())
+}
+
+/// How a user arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// Directly.
+    Direct,
+    /// Through an invite link, which expires.
+    Invite,
+}
+
+/// A user joins (or rejoins) an open session.
+#[allow(clippy::too_many_arguments)]
+pub fn join(
+    kind: &Kind,
+    s: &mut Session,
+    user: &UserId,
+    role: Option<Role>,
+    via: Via,
+    now: Timestamp,
+    by: &By,
+    fx: &mut Effects,
+) -> Result<Participant, OpError> {
+    if role == Some(Role::Host) && user != &s.host {
+        return Err(validation("role", "only the session's host joins as host"));
+    }
+    if via == Via::Invite {
+        if !s.status.is_open() {
+            return Err(OpError::InviteExpired(
+                "This invitation link has expired: the session has ended.".into(),
+            ));
+        }
+        if let Some(expiry) = kind.invite_expiry
+            && now.since(s.last_activity_at) > expiry
+        {
+            return Err(OpError::InviteExpired(format!(
+                "This invitation link has expired. Sessions become inactive after {expiry} of no activity."
+            )));
+        }
+    }
+    if !s.status.is_open() {
+        return Err(invalid(s, "join"));
+    }
+    if let Some(p) = s.participant(user)
+        && p.state == ParticipantState::Joined
+    {
+        return Ok(p.clone());
+    }
+    if let Some(max) = kind.max_participants
+        && s.joined_count() >= max as usize
+    {
+        return Err(OpError::SessionFull(format!(
+            "session `{}` is full ({max} participants)",
+            s.id
+        )));
+    }
+    let role = if user == &s.host {
+        Role::Host
+    } else {
+        Role::Member
+    };
+    match s.participant_mut(user) {
+        Some(p) => {
+            p.state = ParticipantState::Joined;
+            p.joined_at = now;
+            p.left_at = None;
+            p.last_seen_at = now;
+        }
+        None => s.participants.push(Participant {
+            user: user.clone(),
+            role,
+            state: ParticipantState::Joined,
+            online: true,
+            joined_at: now,
+            left_at: None,
+            last_seen_at: now,
+            offline_for: None,
+        }),
+    }
+    s.touch(Some(user), now);
+    let data = json!({ "user": user, "role": role, "via": if via == Via::Invite { "invite" } else { "direct" } });
+    fx.event(s, EventType::ParticipantJoined, now, by, None, data);
+    s.observe(kind, now);
+    s.participant(user)
+        .cloned()
+        .ok_or_else(|| OpError::NotParticipant(format!("`{user}` is not in session `{}`", s.id)))
+}
+
+/// A participant leaves.
+pub fn leave(
+    s: &mut Session,
+    user: &UserId,
+    now: Timestamp,
+    by: &By,
+    fx: &mut Effects,
+) -> Result<(), OpError> {
+    let id = s.id.clone();
+    let p = s.participant_mut(user).ok_or_else(|| {
+        OpError::NotParticipant(format!("`{user}` is not a participant of `{id}`"))
+    })?;
+    if p.state != ParticipantState::Joined {
+        return Err(OpError::InvalidTransition(format!(
+            "`{user}` already left `{id}`"
+        )));
+    }
+    p.state = ParticipantState::Left;
+    p.left_at = Some(now);
+    p.online = false;
+    let role = p.role;
+    s.touch(None, now);
+    fx.event(
+        s,
+        EventType::ParticipantLeft,
+        now,
+        by,
+        None,
+        json!({ "user": user, "role": role }),
+    );
+    Ok(())
+}
+
+/// Checks that `user` may send a heartbeat: the session is open and they are joined.
+pub fn check_heartbeat(s: &Session, user: &UserId) -> Result<(), OpError> {
+    if !s.status.is_open() {
+        return Err(invalid(s, "send a heartbeat to"));
+    }
+    match s.participant(user) {
+        None => Err(OpError::NotParticipant(format!(
+            "`{user}` is not a participant of `{}`",
+            s.id
+        ))),
+        Some(p) if p.state != ParticipantState::Joined => Err(OpError::InvalidTransition(format!(
+            "`{user}` has left `{}`; join again first",
+            s.id
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Applies a heartbeat of `user` at `at` (already checked).
+pub fn heartbeat(s: &mut Session, user: &UserId, at: Timestamp) {
+    s.used = true;
+    s.touch(Some(user), at);
+}
+
+/// Counts an activity (`notes`, `messages`, ...) and marks the session used.
+pub fn activity(
+    s: &mut Session,
+    user: Option<&UserId>,
+    name: &str,
+    count: i64,
+    now: Timestamp,
+) -> Result<(), OpError> {
+    let ok_name = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if !ok_name {
+        return Err(validation("type", "1-64 characters of a-z A-Z 0-9 _ - ."));
+    }
+    if count.abs() > MAX_ACTIVITY_COUNT {
+        return Err(validation(
+            "count",
+            format!("at most {MAX_ACTIVITY_COUNT} at a time"),
+        ));
+    }
+    if !s.status.is_open() {
+        return Err(invalid(s, "record activity in"));
+    }
+    if let Some(u) = user
+        && !s.is_joined(u)
+    {
+        return Err(OpError::InvalidTransition(format!(
+            "`{u}` is not joined to `{}`",
+            s.id
+        )));
+    }
+    let entry = s.counters.entry(name.to_string()).or_insert(0);
+    *entry = entry.saturating_add(count);
+    s.used = true;
+    s.touch(user, now);
+    Ok(())
+}
+
+/// Changes to an open session; absent fields stay as they are.
+#[derive(Clone, Debug, Default)]
+pub struct Patch {
+    /// New title.
+    pub title: Option<String>,
+    /// New metadata (replaces the old).
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// New planned start (`Some(None)` clears it).
+    pub scheduled_start: Option<Option<Timestamp>>,
+    /// New planned end (`Some(None)` clears it).
+    pub scheduled_end: Option<Option<Timestamp>>,
+}
+
+/// The host updates an open session.
+pub fn update(
+    kind: &Kind,
+    s: &mut Session,
+    patch: Patch,
+    now: Timestamp,
+    by: &By,
+    fx: &mut Effects,
+) -> Result<(), OpError> {
+    if let Some(t) = &patch.title {
+        check_title(t)?;
+    }
+    if let Some(m) = &patch.metadata {
+        check_metadata(m)?;
+    }
+    let start = patch.scheduled_start.unwrap_or(s.scheduled_start);
+    let end = patch.scheduled_end.unwrap_or(s.scheduled_end);
+    check_schedule(start, end)?;
+    if !s.status.is_open() {
+        return Err(invalid(s, "update"));
+    }
+    let mut changed = Vec::new();
+    if let Some(t) = patch.title {
+        s.title = t;
+        changed.push("title");
+    }
+    if let Some(m) = patch.metadata {
+        s.metadata = m;
+        changed.push("metadata");
+    }
+    if patch.scheduled_start.is_some() {
+        s.scheduled_start = start;
+        changed.push("scheduled_start");
+    }
+    if patch.scheduled_end.is_some() {
+        s.scheduled_end = end;
+        changed.push("scheduled_end");
+    }
+    let status = s.status;
+    s.observe(kind, now);
+    let data = json!({ "changed": changed, "from": status, "to": status, "session": s });
+    fx.event(s, EventType::SessionUpdated, now, by, None, data);
+    Ok(())
+}
+
+/// An admin deletes a session, whatever its state.
+pub fn delete(kind: &Kind, s: &mut Session, now: Timestamp, by: &By, fx: &mut Effects) {
+    remove(kind, s, EventType::SessionDeleted, now, by, None, fx);
+}
+
+/// The parent of `s` ended (or was deleted) at `at`: its `parent_ended` and `orphaned`
+/// deadlines move. Returns whether anything changed.
+pub fn parent_closed(s: &mut Session, at: Timestamp) -> bool {
+    if s.parent_ended_at.is_some() {
+        return false;
+    }
+    s.parent_ended_at = Some(at);
+    true
+}
