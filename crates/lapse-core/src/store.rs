@@ -241,6 +241,19 @@ pub struct StatusCount {
     pub count: i64,
 }
 
+/// The figures `/v1/health` judges by.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct HealthCounts {
+    /// Sessions whose stored wake-up passed before the `overdue_before` instant.
+    pub overdue: i64,
+    /// Pending sessions created before the `stale_before` instant.
+    pub stale_pending: i64,
+    /// Webhook deliveries waiting for an attempt.
+    pub deliveries_pending: i64,
+    /// Webhook deliveries that gave up.
+    pub deliveries_dead: i64,
+}
+
 /// Storage for sessions, events and notifications.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -360,6 +373,13 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes up to `limit` events, and up to `limit` finished deliveries, recorded before
     /// `before`; returns how many rows went.
     async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
+
+    /// The figures of a health report.
+    async fn health_counts(
+        &self,
+        overdue_before: Timestamp,
+        stale_before: Timestamp,
+    ) -> Result<HealthCounts, StoreError>;
 
     /// Whether several lapse instances may share this database (heartbeats of others are then
     /// unseen until flushed, and idle rules allow for that).

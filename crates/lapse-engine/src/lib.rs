@@ -10,10 +10,12 @@
 //! - [`sweep`]: `sweep_once(now)` and the loop that sleeps until the next deadline.
 //! - [`heartbeats`]: in-memory coalescing and batched flushes.
 //! - [`deliveries`]: signed webhooks out of the event outbox, with retries; retention.
+//! - [`health`]: the health report.
 
 pub mod access;
 pub mod clock;
 pub mod deliveries;
+pub mod health;
 pub mod heartbeats;
 pub mod ops;
 pub mod sweep;

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
-    Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DueRow, EventQuery, HostLimit,
-    SessionQuery, SessionWrite, StatusCount, Store,
+    Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DueRow, EventQuery,
+    HealthCounts, HostLimit, SessionQuery, SessionWrite, StatusCount, Store,
 };
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::sqlite::{
@@ -750,6 +750,34 @@ impl Store for SqliteStore {
         .await
         .map_err(backend)?;
         Ok(events.rows_affected() + deliveries.rows_affected())
+    }
+
+    async fn health_counts(
+        &self,
+        overdue_before: Timestamp,
+        stale_before: Timestamp,
+    ) -> Result<HealthCounts, StoreError> {
+        let row = sqlx::query(
+            "select \
+             (select count(*) from sessions where next_due_at is not null \
+                 and next_due_at < ?1) as overdue, \
+             (select count(*) from sessions where status = 'pending' \
+                 and created_at < ?2) as stale_pending, \
+             (select count(*) from webhook_deliveries where status = 'pending') as pending, \
+             (select count(*) from webhook_deliveries where status = 'dead') as dead",
+        )
+        .bind(overdue_before.millis())
+        .bind(stale_before.millis())
+        .fetch_one(&self.reader)
+        .await
+        .map_err(backend)?;
+        let get = |c: &str| row.try_get::<i64, _>(c).map_err(backend);
+        Ok(HealthCounts {
+            overdue: get("overdue")?,
+            stale_pending: get("stale_pending")?,
+            deliveries_pending: get("pending")?,
+            deliveries_dead: get("dead")?,
+        })
     }
 
     fn is_shared(&self) -> bool {

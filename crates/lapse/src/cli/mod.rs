@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lapse_core::SessionId;
+use lapse_engine::health::Health;
 use lapse_engine::{Caller, SweepOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +48,12 @@ pub enum Command {
     },
     /// Session counts by kind and status.
     Stats,
+    /// The health report; exits 0 healthy, 1 degraded, 2 unhealthy.
+    Health {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a configuration file (or the built-in defaults) and exit.
     CheckConfig {
         /// The file (default: --config, LAPSE_CONFIG, or the built-in defaults).
@@ -186,6 +193,45 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 println!("next deadline: {next}");
             }
             Ok(0)
+        }
+        Command::Health { json } => {
+            let settings = Settings::load(cli.config.as_deref(), env)?;
+            let engine = match open_engine(&settings).await {
+                Ok(engine) => engine,
+                Err(e) => {
+                    println!("unhealthy: {e:#}");
+                    return Ok(2);
+                }
+            };
+            let report = match engine
+                .health(&Caller::Admin {
+                    name: "cli".into(),
+                    actor: None,
+                })
+                .await
+            {
+                Ok(report) => report,
+                Err(e) => {
+                    println!("unhealthy: {e}");
+                    return Ok(2);
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{:?}", report.health);
+                for p in &report.problems {
+                    println!("  {}: {}", p.code, p.detail);
+                }
+                for r in &report.recommendations {
+                    println!("  → {r}");
+                }
+            }
+            Ok(match report.health {
+                Health::Healthy => 0,
+                Health::Degraded => 1,
+                Health::Unhealthy => 2,
+            })
         }
         Command::Explain { id } => {
             let settings = Settings::load(cli.config.as_deref(), env)?;

@@ -21,6 +21,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/v1/sweep", get(sweep).post(sweep))
         .route("/v1/kinds", get(kinds))
         .route("/v1/stats", get(stats))
+        .route("/v1/health", get(health))
         .route("/v1/admin/clock", get(clock).post(move_clock))
         .route("/livez", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(ready))
@@ -81,6 +82,32 @@ async fn stats(State(app): State<Arc<AppState>>, Auth(caller): Auth) -> ApiResul
         "sessions": { "total": total, "by_status": by_status, "by_kind": by_kind },
         "sweeper": sweeper,
     })))
+}
+
+async fn health(
+    State(app): State<Arc<AppState>>,
+    Auth(caller): Auth,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let report = match app.engine.health(&caller).await {
+        Ok(report) => report,
+        Err(lapse_engine::EngineError::Store(e)) => {
+            tracing::error!(error = %e, "health check could not reach the database");
+            let body = json!({
+                "health": "unhealthy",
+                "problems": [{ "code": "database_unreachable", "detail": "lapse cannot reach its database" }],
+                "recommendations": ["Check the database is up and DATABASE_URL points at it."],
+            });
+            return Ok((axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let status = if report.health == lapse_engine::health::Health::Unhealthy {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        axum::http::StatusCode::OK
+    };
+    Ok((status, Json(json!(report))).into_response())
 }
 
 fn require_admin(caller: &Caller) -> Result<(), ApiError> {

@@ -139,7 +139,71 @@ async fn concurrent_creates_for_one_customer_open_one_repair(backend: Backend) {
     }
 }
 
+async fn the_health_check_finds_stuck_work_and_says_what_to_do(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let report = app.get(As::Service, "/v1/health").await.expect(200);
+    assert_eq!(report["health"], "healthy");
+    assert_eq!(report["recommendations"], json!(["All systems healthy"]));
+
+    app.create("request", "req", "cust", json!({})).await;
+    app.create("repair", "rep", "cust", json!({ "parent": "req" }))
+        .await;
+    app.advance("20m").await; // both are past their 15 minutes; no sweep has run
+    let report = app.get(As::Service, "/v1/health").await.expect(200);
+    assert_eq!(report["health"], "degraded", "{report}");
+    assert_eq!(report["sessions"]["pending"], 2);
+    assert_eq!(report["overdue"], 2);
+    assert_eq!(report["problems"][0]["code"], "overdue_rules");
+    assert!(
+        report["recommendations"][0]
+            .as_str()
+            .unwrap()
+            .contains("/v1/sweep")
+    );
+
+    app.sweep().await;
+    let report = app.get(As::Service, "/v1/health").await.expect(200);
+    assert_eq!(report["health"], "healthy", "{report}");
+    assert_eq!(report["sessions"]["cancelled"], 2);
+    app.get(As::Nobody, "/v1/health")
+        .await
+        .problem(401, "unauthorized");
+
+    // The command line answers with its exit code, on the database directly.
+    let lapse = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lapse"))
+            .args(args)
+            .env("DATABASE_URL", &app.db_url)
+            .env_remove("LAPSE_CONFIG")
+            .env_remove("LAPSE_CLOCK")
+            .output()
+            .unwrap()
+    };
+    assert_eq!(lapse(&["health"]).status.code(), Some(0));
+    app.create("request", "late", "cust", json!({})).await; // due long ago by the system clock
+    let out = lapse(&["health"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("overdue_rules"));
+}
+
+async fn a_kind_without_a_pending_rule_reports_stale_sessions(backend: Backend) {
+    let app = spawn_app_with(backend, Some("[kinds.ticket]\npresence_timeout = \"7d\"\n")).await;
+    app.create("ticket", "t1", "cust", json!({})).await;
+    app.advance("2h").await;
+    let report = app.get(As::Service, "/v1/health").await.expect(200);
+    assert_eq!(report["health"], "degraded");
+    assert_eq!(report["stale_pending"], 1);
+    assert_eq!(report["problems"][0]["code"], "stale_pending");
+}
+
 both_stores!(
+    the_health_check_finds_stuck_work_and_says_what_to_do,
+    a_kind_without_a_pending_rule_reports_stale_sessions,
     concurrent_creates_for_one_customer_open_one_repair,
     a_customer_with_an_open_repair_is_refused_a_second_one,
     a_stale_waiting_repair_never_blocks_a_new_one,
