@@ -73,6 +73,21 @@ impl PostgresStore {
         Ok(PostgresStore { pool })
     }
 
+    /// A server setting as this store's connections see it (`statement_timeout`, ...), for
+    /// diagnostics.
+    pub async fn server_setting(&self, name: &str) -> Result<String, StoreError> {
+        sqlx::query_scalar("select current_setting($1)")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)
+    }
+
+    /// The most connections this store opens.
+    pub fn max_connections(&self) -> u32 {
+        self.pool.options().get_max_connections()
+    }
+
     /// Pending deliveries due at `now`, with their events, oldest first.
     async fn pending_deliveries(
         &self,

@@ -246,3 +246,22 @@ async fn a_commit_over_the_hosts_open_limit_is_refused_whole() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_postgres_pool_size_and_statement_timeout_come_from_the_config() {
+    let Some(url) = lapse_store::testing::fresh_postgres_database().await else {
+        return;
+    };
+    let timeout = Some(std::time::Duration::from_millis(2500));
+    let store = PostgresStore::open(&url, Some(7), timeout).await.unwrap();
+    assert_eq!(store.max_connections(), 7);
+    assert_eq!(
+        store.server_setting("statement_timeout").await.unwrap(),
+        "2500ms"
+    );
+    let default = PostgresStore::open(&url, None, None).await.unwrap();
+    assert_eq!(
+        default.server_setting("statement_timeout").await.unwrap(),
+        "0"
+    );
+}
