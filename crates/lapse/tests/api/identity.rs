@@ -1,5 +1,6 @@
 //! Identity (SPEC §5): API keys, X-Actor, user JWTs, host-only and self-only rules.
 
+use base64::Engine as _;
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::json;
 
@@ -170,7 +171,40 @@ async fn listing_pages_through_every_session_even_when_rules_thin_a_page(backend
     assert_eq!(filtered["sessions"].as_array().unwrap().len(), 1);
 }
 
+async fn an_rs256_token_from_the_configured_public_key_is_accepted(backend: Backend) {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/fixtures");
+    let config =
+        format!("[auth]\njwt_rs256_public_key_file = \"{fixtures}/rs256-test-public.pem\"\n");
+    let app = spawn_app_with(backend, Some(&config)).await;
+    let private = std::fs::read(format!("{fixtures}/rs256-test-private.pem")).unwrap();
+    let exp = chrono::Utc::now().timestamp() + 600;
+    let token = jsonwebtoken::encode(
+        &Header::new(jsonwebtoken::Algorithm::RS256),
+        &json!({ "sub": "rosa", "exp": exp }),
+        &EncodingKey::from_rsa_pem(&private).unwrap(),
+    )
+    .unwrap();
+    let s = app
+        .post(
+            As::Bearer(token.clone()),
+            "/v1/sessions",
+            json!({ "kind": "study" }),
+        )
+        .await
+        .expect(201);
+    assert_eq!(s["host"], "rosa");
+    // A token whose claims were changed after signing is refused.
+    let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+    let claims = json!({ "sub": "root", "exp": exp }).to_string();
+    parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims);
+    let forged = As::Bearer(parts.join("."));
+    app.get(forged, "/v1/sessions")
+        .await
+        .problem(401, "unauthorized");
+}
+
 both_stores!(
+    an_rs256_token_from_the_configured_public_key_is_accepted,
     a_user_token_acts_only_as_its_user,
     a_service_key_acts_for_the_user_it_names,
     the_event_log_pages_in_order_and_filters,
