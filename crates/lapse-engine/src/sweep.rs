@@ -57,9 +57,6 @@ pub struct SweepReport {
     pub errors: Vec<SweepError>,
     /// Wall time taken.
     pub duration_ms: u64,
-    /// Due rows examined.
-    #[serde(skip)]
-    pub examined: u64,
 }
 
 /// Running figures of the sweeper, for `/v1/stats`.
@@ -129,7 +126,6 @@ impl Engine {
             counts: BTreeMap::new(),
             errors: Vec::new(),
             duration_ms: 0,
-            examined: 0,
         };
         let batch = self.config.sweeper.batch;
         let mut cursor: Option<DueRow> = None;
@@ -147,7 +143,6 @@ impl Engine {
                 .await?;
             let exhausted = rows.len() < batch as usize;
             for row in &rows {
-                report.examined += 1;
                 self.sweep_session(&mut pass, &row.id, now, &mut report, &mut cascade)
                     .await;
                 while let Some(child) = cascade.pop_front() {
