@@ -3,10 +3,12 @@
 //! - [`settings`]: the config file plus environment overrides.
 //! - [`app`]: `App::build` → `port()` → `run(shutdown)`; tests start lapse the same way.
 //! - [`http`]: one module per resource, problem+json errors, authentication.
-//! - [`cli`]: `serve`, `sweep`, `check-config`, `migrate`, `explain`, `stats`.
+//! - [`cli`]: `serve`, `sweep`, `check-config`, `migrate`, `explain`, `stats`, `health`, `export`.
+//! - [`export`]: a session as a JSON, Markdown or CSV document.
 
 pub mod app;
 pub mod cli;
+pub mod export;
 pub mod http;
 pub mod settings;
 

@@ -11,6 +11,7 @@ use lapse_engine::{Caller, SweepOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, open_engine, shutdown_on_signal};
+use crate::export::{Format, render};
 use crate::settings::{Environment, Settings};
 
 /// lapse: the session lifecycle engine.
@@ -65,6 +66,14 @@ pub enum Command {
     Explain {
         /// The session id.
         id: String,
+    },
+    /// A session with its participants, summary and timeline, as a document.
+    Export {
+        /// The session id.
+        id: String,
+        /// json, markdown or csv.
+        #[arg(long, default_value = "json")]
+        format: String,
     },
 }
 
@@ -232,6 +241,20 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 Health::Degraded => 1,
                 Health::Unhealthy => 2,
             })
+        }
+        Command::Export { id, format } => {
+            let format: Format = format.parse().map_err(anyhow::Error::msg)?;
+            let settings = Settings::load(cli.config.as_deref(), env)?;
+            let engine = open_engine(&settings).await?;
+            let id = SessionId::parse(&id).context("session id")?;
+            let admin = Caller::Admin {
+                name: "cli".into(),
+                actor: None,
+            };
+            let session = engine.get(&admin, &id).await?;
+            let events = engine.session_events(&admin, &id, 0, 1000).await?;
+            print!("{}", render(format, &session, &events));
+            Ok(0)
         }
         Command::Explain { id } => {
             let settings = Settings::load(cli.config.as_deref(), env)?;

@@ -266,6 +266,18 @@ async fn an_ended_session_exports_as_json_markdown_and_csv(backend: Backend) {
         .await;
     assert!(csv.text.starts_with("seq,at,applied_at,type"));
     assert!(csv.text.contains("session.completed"));
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_lapse"))
+        .args(["export", "exp", "--format", "markdown"])
+        .env("DATABASE_URL", &app.db_url)
+        .env_remove("LAPSE_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(cli.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&cli.stdout),
+        md.text,
+        "the command line prints the same page"
+    );
     app.get(As::User("bob"), "/v1/sessions/exp/export?format=pdf")
         .await
         .problem(422, "validation_failed");
