@@ -42,6 +42,16 @@ impl Caller {
         }
     }
 
+    /// The credential's name (`user` for a user token).
+    pub fn key_name(&self) -> &str {
+        match self {
+            Caller::Admin { name, .. } | Caller::Service { name, .. } | Caller::Cron { name } => {
+                name
+            }
+            Caller::User(_) => "user",
+        }
+    }
+
     /// Admin, or a service acting as the system: host/self rules do not apply.
     pub fn is_system(&self) -> bool {
         matches!(

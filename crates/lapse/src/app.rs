@@ -13,6 +13,7 @@ use lapse_engine::{Clock, Engine, SweepOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::http::limits::Limiter;
 use crate::http::{self, AppState, auth::Credentials};
 use crate::settings::{Settings, cron_schedule};
 
@@ -101,6 +102,7 @@ impl App {
             state: Arc::new(AppState {
                 engine,
                 credentials,
+                limiter: Limiter::new(settings.config.rate_limits.clone()),
             }),
             settings,
         })

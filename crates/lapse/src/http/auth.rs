@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, MatchedPath};
 use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use lapse_core::UserId;
@@ -14,8 +14,8 @@ use lapse_engine::Caller;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::http::AppState;
 use crate::http::error::ApiError;
+use crate::http::{AppState, limits};
 use crate::settings::Settings;
 
 struct Key {
@@ -242,6 +242,26 @@ impl FromRequestParts<Arc<AppState>> for Auth {
             header("x-api-key"),
             header("x-actor"),
         )?;
+        // Rate limits come right after credentials (SPEC §5's order).
+        if let Some(route) = parts.extensions.get::<MatchedPath>() {
+            let operation = limits::operation(&parts.method, route.as_str());
+            let actor = match caller.user() {
+                Some(user) => format!("user:{user}"),
+                None => format!("key:{}", caller.key_name()),
+            };
+            if let Err(wait) = state
+                .limiter
+                .check(&actor, operation, std::time::Instant::now())
+            {
+                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                return Err(ApiError::new(
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!("too many `{operation}` requests; try again in {secs} s"),
+                )
+                .retry_after(secs));
+            }
+        }
         Ok(Auth(caller))
     }
 }

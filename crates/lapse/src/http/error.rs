@@ -15,6 +15,7 @@ pub struct ApiError {
     code: &'static str,
     detail: String,
     extra: Option<(&'static str, Value)>,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -25,7 +26,14 @@ impl ApiError {
             code,
             detail: detail.into(),
             extra: None,
+            retry_after: None,
         }
+    }
+
+    /// Adds a `Retry-After` header (seconds).
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// 422 `validation_failed` naming `field`.
@@ -138,6 +146,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response
     }
 }

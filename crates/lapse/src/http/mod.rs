@@ -6,6 +6,7 @@ pub mod error;
 mod events;
 mod export;
 pub mod extract;
+pub mod limits;
 mod operations;
 mod participants;
 mod sessions;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Accepted credentials.
     pub credentials: auth::Credentials,
+    /// `[rate_limits]`.
+    pub limiter: limits::Limiter,
 }
 
 /// The whole API.

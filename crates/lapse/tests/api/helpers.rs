@@ -34,6 +34,7 @@ impl Drop for TestApp {
 #[derive(Debug)]
 pub struct Resp {
     pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
     pub body: Value,
     pub content_type: String,
     pub text: String,
@@ -188,6 +189,7 @@ impl TestApp {
         }
         let r = req.send().await.expect("request sent");
         let status = r.status();
+        let headers = r.headers().clone();
         let content_type = r
             .headers()
             .get("content-type")
@@ -198,6 +200,7 @@ impl TestApp {
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
         Resp {
             status,
+            headers,
             body,
             content_type,
             text,

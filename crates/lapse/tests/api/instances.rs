@@ -142,11 +142,14 @@ async fn two_instances_sweeping_one_database_transition_each_session_once() {
         .map(|i| {
             let (client, base) = (&client, if i < SESSIONS { &a.base } else { &b.base });
             async move {
-                let body = json!({ "id": format!("s{i}"), "kind": "study", "host": format!("u{}", i % 50) });
-                let (status, _) = call(client, base, "/v1/sessions", None, Some(body)).await;
+                // Each host makes its own requests: rate limits are per actor.
+                let host = format!("u{}", i % 50);
+                let body = json!({ "id": format!("s{i}"), "kind": "study", "host": host });
+                let (status, _) =
+                    call(client, base, "/v1/sessions", Some(host.clone()), Some(body)).await;
                 if i >= SESSIONS {
                     let path = format!("/v1/sessions/s{i}/start");
-                    assert_eq!(call(client, base, &path, None, None).await.0, 200);
+                    assert_eq!(call(client, base, &path, Some(host), None).await.0, 200);
                 }
                 status
             }

@@ -356,7 +356,42 @@ async fn participants_are_warned_five_minutes_before_the_auto_end(backend: Backe
     assert_eq!(warnings(&app.events_of("late").await).len(), 1);
 }
 
+async fn ending_is_rate_limited_to_twenty_a_minute_per_host(backend: Backend) {
+    let app = spawn_app(backend).await;
+    // The limit comes before state: even ends of a session that cannot end count.
+    app.create("study", "r", "alice", json!({})).await;
+    for _ in 0..20 {
+        app.post_empty(As::User("alice"), "/v1/sessions/r/end")
+            .await
+            .problem(409, "invalid_transition");
+    }
+    let r = app
+        .post_empty(As::User("alice"), "/v1/sessions/r/end")
+        .await;
+    let retry_after: u64 = r
+        .headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a Retry-After header");
+    assert!((1..=3).contains(&retry_after), "{retry_after}");
+    r.problem(429, "rate_limited");
+    // Another host is not held back, nor are alice's other operations.
+    app.create("study", "b", "bob", json!({})).await;
+    app.post_empty(As::User("bob"), "/v1/sessions/b/end")
+        .await
+        .problem(409, "invalid_transition");
+    app.get(As::User("alice"), "/v1/sessions/r")
+        .await
+        .expect(200);
+    // Credentials are checked first.
+    app.post_empty(As::Nobody, "/v1/sessions/r/end")
+        .await
+        .problem(401, "unauthorized");
+}
+
 both_stores!(
+    ending_is_rate_limited_to_twenty_a_minute_per_host,
     participants_are_warned_five_minutes_before_the_auto_end,
     unused_study_session_is_deleted_after_thirty_minutes,
     a_used_study_session_is_not_deleted_as_unused,

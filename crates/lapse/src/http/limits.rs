@@ -1,0 +1,146 @@
+//! Rate limits per actor and operation (SPEC §5, `[rate_limits]`): a generic cell rate
+//! algorithm per (actor, operation), in memory. `N/min` lets a burst of N through, then one
+//! every minute/N. Checked right after credentials, before anything else.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::http::Method;
+use lapse_core::config::RateLimit;
+
+/// Buckets are forgotten this long after they refilled, so idle actors cost nothing.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+
+/// The operation a request is, for `[rate_limits]` (its configured names).
+pub fn operation(method: &Method, route: &str) -> &'static str {
+    let last = route.rsplit('/').next().unwrap_or("");
+    match (method.as_str(), route) {
+        ("POST", "/v1/sessions") => "create",
+        ("PATCH", "/v1/sessions/{id}") => "update",
+        ("DELETE", "/v1/sessions/{id}") => "delete",
+        ("POST", "/v1/sessions/{id}/participants") => "join",
+        ("DELETE", "/v1/sessions/{id}/participants/{user}") => "leave",
+        ("POST", "/v1/sessions/{id}/heartbeat" | "/v1/heartbeats") => "heartbeat",
+        (_, "/v1/sweep") => "sweep",
+        ("POST", _) if route.starts_with("/v1/sessions/{id}/") => match last {
+            "start" => "start",
+            "end" => "end",
+            "cancel" => "cancel",
+            "reopen" => "reopen",
+            "activity" => "activity",
+            _ => "default",
+        },
+        _ => "default",
+    }
+}
+
+/// The configured limits and every actor's state.
+pub struct Limiter {
+    limits: HashMap<String, RateLimit>,
+    cells: Mutex<HashMap<(String, &'static str), Instant>>,
+    checks: Mutex<u64>,
+}
+
+impl Limiter {
+    /// Limits by operation name (`default` covers the rest).
+    pub fn new(limits: impl IntoIterator<Item = (String, RateLimit)>) -> Limiter {
+        Limiter {
+            limits: limits.into_iter().collect(),
+            cells: Mutex::new(HashMap::new()),
+            checks: Mutex::new(0),
+        }
+    }
+
+    /// Admits one request of `actor` for `operation` at `now`, or says how long to wait.
+    pub fn check(
+        &self,
+        actor: &str,
+        operation: &'static str,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        let (bucket, limit) = match self.limits.get(operation) {
+            Some(limit) => (operation, *limit),
+            None => match self.limits.get("default") {
+                Some(limit) => ("default", *limit),
+                None => return Ok(()),
+            },
+        };
+        let period = Duration::from_millis(limit.per.millis() as u64);
+        let interval = period / limit.count;
+        let tolerance = period.saturating_sub(interval);
+        // The lock guards plain values; a panic elsewhere cannot leave them inconsistent.
+        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        self.forget_idle(&mut cells, now);
+        let tat = cells
+            .get(&(actor.to_string(), bucket))
+            .copied()
+            .unwrap_or(now)
+            .max(now);
+        let wait = tat.saturating_duration_since(now);
+        if wait > tolerance {
+            return Err(wait - tolerance);
+        }
+        cells.insert((actor.to_string(), bucket), tat + interval);
+        Ok(())
+    }
+
+    /// Every thousand checks, drops the buckets that are full again.
+    fn forget_idle(&self, cells: &mut HashMap<(String, &'static str), Instant>, now: Instant) {
+        let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        *checks += 1;
+        if *checks % 1000 == 0 {
+            cells.retain(|_, tat| now.saturating_duration_since(*tat) < FORGET_AFTER);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapse_core::Span;
+
+    fn limiter() -> Limiter {
+        Limiter::new([
+            (
+                "end".to_string(),
+                RateLimit {
+                    count: 20,
+                    per: Span::from_secs(60),
+                },
+            ),
+            (
+                "default".to_string(),
+                RateLimit {
+                    count: 2,
+                    per: Span::from_secs(1),
+                },
+            ),
+        ])
+    }
+
+    #[test]
+    fn a_burst_of_n_passes_then_one_every_period_over_n() {
+        let l = limiter();
+        let t = Instant::now();
+        for _ in 0..20 {
+            assert!(l.check("alice", "end", t).is_ok());
+        }
+        let wait = l.check("alice", "end", t).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(3));
+        assert!(l.check("bob", "end", t).is_ok(), "per actor");
+        assert!(l.check("alice", "end", t + Duration::from_secs(3)).is_ok());
+    }
+
+    #[test]
+    fn operations_without_their_own_limit_share_the_default() {
+        let l = limiter();
+        let t = Instant::now();
+        assert!(l.check("alice", "join", t).is_ok());
+        assert!(l.check("alice", "start", t).is_ok());
+        assert!(l.check("alice", "leave", t).is_err());
+        assert_eq!(operation(&Method::POST, "/v1/sessions/{id}/end"), "end");
+        assert_eq!(operation(&Method::GET, "/v1/sessions/{id}"), "default");
+        assert_eq!(operation(&Method::POST, "/v1/heartbeats"), "heartbeat");
+    }
+}
