@@ -89,7 +89,7 @@ impl Limiter {
     fn forget_idle(&self, cells: &mut HashMap<(String, &'static str), Instant>, now: Instant) {
         let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
         *checks += 1;
-        if *checks % 1000 == 0 {
+        if checks.is_multiple_of(1000) {
             cells.retain(|_, tat| now.saturating_duration_since(*tat) < FORGET_AFTER);
         }
     }
