@@ -241,6 +241,21 @@ pub struct StatusCount {
     pub count: i64,
 }
 
+/// The first response to a request made with an `Idempotency-Key`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredResponse {
+    /// Hash of the method, path and body the key was first used with.
+    pub request_hash: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// Its content type.
+    pub content_type: String,
+    /// Its body.
+    pub body: String,
+    /// When it was first answered.
+    pub created_at: Timestamp,
+}
+
 /// The figures `/v1/health` judges by.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct HealthCounts {
@@ -373,6 +388,23 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes up to `limit` events, and up to `limit` finished deliveries, recorded before
     /// `before`; returns how many rows went.
     async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
+
+    /// The response first given to `actor`'s request with `key`, if it was given at or after
+    /// `since`.
+    async fn idempotent_response(
+        &self,
+        actor: &str,
+        key: &str,
+        since: Timestamp,
+    ) -> Result<Option<StoredResponse>, StoreError>;
+
+    /// Keeps a response for `actor`'s `key` (the first one stays if two race).
+    async fn save_idempotent_response(
+        &self,
+        actor: &str,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<(), StoreError>;
 
     /// The figures of a health report.
     async fn health_counts(

@@ -11,12 +11,14 @@
 //! - [`heartbeats`]: in-memory coalescing and batched flushes.
 //! - [`deliveries`]: signed webhooks out of the event outbox, with retries; retention.
 //! - [`health`]: the health report.
+//! - [`idempotency`]: remembered responses for `Idempotency-Key`.
 
 pub mod access;
 pub mod clock;
 pub mod deliveries;
 pub mod health;
 pub mod heartbeats;
+pub mod idempotency;
 pub mod ops;
 pub mod sweep;
 mod write;

@@ -11,7 +11,7 @@ use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
     Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DueRow, EventQuery,
-    HealthCounts, HostLimit, SessionQuery, SessionWrite, StatusCount, Store,
+    HealthCounts, HostLimit, SessionQuery, SessionWrite, StatusCount, Store, StoredResponse,
 };
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::sqlite::{
@@ -749,7 +749,12 @@ impl Store for SqliteStore {
         .execute(&self.writer)
         .await
         .map_err(backend)?;
-        Ok(events.rows_affected() + deliveries.rows_affected())
+        let keys = sqlx::query("delete from idempotency_keys where created_at < ?1 - 86400000")
+            .bind(before.millis())
+            .execute(&self.writer)
+            .await
+            .map_err(backend)?;
+        Ok(events.rows_affected() + deliveries.rows_affected() + keys.rows_affected())
     }
 
     async fn health_counts(
@@ -778,6 +783,64 @@ impl Store for SqliteStore {
             deliveries_pending: get("pending")?,
             deliveries_dead: get("dead")?,
         })
+    }
+
+    async fn idempotent_response(
+        &self,
+        actor: &str,
+        key: &str,
+        since: Timestamp,
+    ) -> Result<Option<StoredResponse>, StoreError> {
+        let row = sqlx::query(
+            "select request_hash, status, content_type, body, created_at from idempotency_keys \
+             where actor = ?1 and key = ?2 and created_at >= ?3",
+        )
+        .bind(actor)
+        .bind(key)
+        .bind(since.millis())
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(backend)?;
+        row.map(|r| {
+            Ok(StoredResponse {
+                request_hash: r.try_get("request_hash").map_err(backend)?,
+                status: u16::try_from(r.try_get::<i64, _>("status").map_err(backend)?)
+                    .unwrap_or(500),
+                content_type: r.try_get("content_type").map_err(backend)?,
+                body: r.try_get("body").map_err(backend)?,
+                created_at: Timestamp::from_millis(r.try_get("created_at").map_err(backend)?),
+            })
+        })
+        .transpose()
+    }
+
+    async fn save_idempotent_response(
+        &self,
+        actor: &str,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<(), StoreError> {
+        // An expired entry for the key is replaced; a live one is kept.
+        sqlx::query(
+            "insert into idempotency_keys (actor, key, request_hash, status, content_type, body, \
+             created_at) values (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             on conflict (actor, key) do update set request_hash = excluded.request_hash, \
+             status = excluded.status, content_type = excluded.content_type, \
+             body = excluded.body, created_at = excluded.created_at \
+             where idempotency_keys.created_at < ?8",
+        )
+        .bind(actor)
+        .bind(key)
+        .bind(&response.request_hash)
+        .bind(i64::from(response.status))
+        .bind(&response.content_type)
+        .bind(&response.body)
+        .bind(response.created_at.millis())
+        .bind(response.created_at.millis() - 24 * 3_600_000)
+        .execute(&self.writer)
+        .await
+        .map_err(backend)?;
+        Ok(())
     }
 
     fn is_shared(&self) -> bool {

@@ -105,3 +105,15 @@ create table webhook_endpoints_disabled (
     disabled_at bigint not null,
     reason      text not null
 );
+
+-- First responses to requests made with an Idempotency-Key, per actor, kept 24 hours.
+create table idempotency_keys (
+    actor        text not null,
+    key          text not null,
+    request_hash text not null,
+    status       bigint not null,
+    content_type text not null,
+    body         text not null,
+    created_at   bigint not null,
+    primary key (actor, key)
+);

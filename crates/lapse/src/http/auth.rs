@@ -225,30 +225,13 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, ApiError> {
-        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-        let bearer = header("authorization").and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-                .map(str::trim)
-        });
-        // A browser's EventSource cannot send headers: it may pass its token in the query.
-        let query_token = parts.uri.query().and_then(|q| {
-            q.split('&')
-                .find_map(|pair| pair.strip_prefix("access_token="))
-        });
-        let caller = state.credentials.authenticate(
-            parts.uri.path(),
-            bearer.or(query_token),
-            header("x-api-key"),
-            header("x-actor"),
-        )?;
+        let caller = caller_of(state, parts.uri.path(), &parts.headers).or_else(|e| {
+            query_token(parts.uri.query()).map_or(Err(e), |t| token_caller(state, parts, t))
+        })?;
         // Rate limits come right after credentials (SPEC §5's order).
         if let Some(route) = parts.extensions.get::<MatchedPath>() {
             let operation = limits::operation(&parts.method, route.as_str());
-            let actor = match caller.user() {
-                Some(user) => format!("user:{user}"),
-                None => format!("key:{}", caller.key_name()),
-            };
+            let actor = actor_label(&caller);
             if let Err(wait) = state
                 .limiter
                 .check(&actor, operation, std::time::Instant::now())
@@ -263,5 +246,48 @@ impl FromRequestParts<Arc<AppState>> for Auth {
             }
         }
         Ok(Auth(caller))
+    }
+}
+
+/// The caller a request's headers name.
+pub fn caller_of(
+    state: &AppState,
+    path: &str,
+    headers: &axum::http::HeaderMap,
+) -> Result<Caller, ApiError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let bearer = header("authorization").and_then(|v| {
+        v.strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .map(str::trim)
+    });
+    state
+        .credentials
+        .authenticate(path, bearer, header("x-api-key"), header("x-actor"))
+}
+
+/// A browser's EventSource cannot send headers: it may pass its token as `access_token`.
+fn query_token(query: Option<&str>) -> Option<&str> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("access_token="))
+}
+
+fn token_caller(state: &AppState, parts: &Parts, token: &str) -> Result<Caller, ApiError> {
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    if header("authorization").is_some() || header("x-api-key").is_some() {
+        // A header credential was given and refused; a query token does not override it.
+        return Err(ApiError::unauthorized("unknown credentials"));
+    }
+    state
+        .credentials
+        .authenticate(parts.uri.path(), Some(token), None, header("x-actor"))
+}
+
+/// Who a caller is for per-actor bookkeeping (rate limits, idempotency keys).
+pub fn actor_label(caller: &Caller) -> String {
+    match caller.user() {
+        Some(user) => format!("user:{user}"),
+        None => format!("key:{}", caller.key_name()),
     }
 }

@@ -6,6 +6,7 @@ pub mod error;
 mod events;
 mod export;
 pub mod extract;
+mod idempotency;
 pub mod limits;
 mod operations;
 mod participants;
@@ -52,6 +53,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::idempotency,
+        ))
         .with_state(state)
 }
 

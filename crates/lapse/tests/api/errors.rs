@@ -182,7 +182,53 @@ async fn a_full_session_refuses_another_member(backend: Backend) {
     .problem(409, "session_full");
 }
 
+async fn a_retried_post_with_an_idempotency_key_acts_once(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let send = |who: &'static str, key: &'static str, body: serde_json::Value| {
+        let app = &app;
+        async move {
+            app.client
+                .post(format!("{}/v1/sessions", app.base))
+                .header("X-API-Key", SERVICE_KEY)
+                .header("X-Actor", who)
+                .header("Idempotency-Key", key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let body = json!({ "kind": "study", "title": "once" });
+    let first = send("alice", "k-1", body.clone()).await;
+    assert_eq!(first.status(), 201);
+    let first: serde_json::Value = first.json().await.unwrap();
+    let again = send("alice", "k-1", body.clone()).await;
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: serde_json::Value = again.json().await.unwrap();
+    assert_eq!(
+        again["id"], first["id"],
+        "the first response, not a second session"
+    );
+    let mine = app.get(As::User("alice"), "/v1/sessions").await.expect(200);
+    assert_eq!(mine["sessions"].as_array().unwrap().len(), 1);
+
+    let other = send("alice", "k-1", json!({ "kind": "study", "title": "twice" })).await;
+    assert_eq!(
+        other.status(),
+        422,
+        "the same key with another request is refused"
+    );
+    let bob = send("bob", "k-1", body.clone()).await;
+    assert_eq!(bob.status(), 201, "keys are per actor");
+
+    app.advance("25h").await;
+    let later: serde_json::Value = send("alice", "k-1", body).await.json().await.unwrap();
+    assert_ne!(later["id"], first["id"], "a key is remembered for 24 hours");
+}
+
 both_stores!(
+    a_retried_post_with_an_idempotency_key_acts_once,
     malformed_and_mistyped_bodies_are_problems,
     oversized_bodies_and_metadata_are_refused,
     unknown_routes_methods_and_ids_are_problems,
