@@ -25,6 +25,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/v1/admin/clock", get(clock).post(move_clock))
         .route("/livez", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
 }
 
 #[derive(Deserialize)]
@@ -159,4 +160,111 @@ async fn ready(State(app): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
         )
     })?;
     Ok(Json(json!({ "status": "ready" })))
+}
+
+/// `GET /metrics`: Prometheus text exposition, no credentials (like the probes).
+async fn metrics(State(app): State<Arc<AppState>>) -> ApiResult<axum::response::Response> {
+    use std::fmt::Write as _;
+
+    use axum::response::IntoResponse;
+    let internal = Caller::Admin {
+        name: "metrics".into(),
+        actor: None,
+    };
+    let counts = app.engine.counts(&internal).await?;
+    let health = app.engine.health(&internal).await?;
+    let sweeper = app.engine.sweeper_figures().await?;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let sessions: Vec<(String, f64)> = counts
+        .iter()
+        .map(|c| {
+            (
+                format!("{{kind=\"{}\",status=\"{}\"}}", c.kind, c.status.as_str()),
+                c.count as f64,
+            )
+        })
+        .collect();
+    metric(
+        "lapse_sessions",
+        "gauge",
+        "Sessions by kind and status.",
+        &sessions,
+    );
+    let one = |v: f64| vec![(String::new(), v)];
+    metric(
+        "lapse_sweeps_total",
+        "counter",
+        "Sweeps run by this instance.",
+        &one(sweeper.sweeps as f64),
+    );
+    metric(
+        "lapse_rules_applied_total",
+        "counter",
+        "Rules applied by this instance's sweeps.",
+        &one(sweeper.applied as f64),
+    );
+    metric(
+        "lapse_sweep_errors_total",
+        "counter",
+        "Sessions a sweep could not process.",
+        &one(sweeper.errors as f64),
+    );
+    metric(
+        "lapse_rearmed_total",
+        "counter",
+        "Due rows re-armed because activity had moved.",
+        &one(sweeper.rearmed as f64),
+    );
+    metric(
+        "lapse_last_sweep_duration_seconds",
+        "gauge",
+        "How long the last sweep took.",
+        &one(sweeper.last_duration_ms.unwrap_or(0) as f64 / 1000.0),
+    );
+    metric(
+        "lapse_heartbeats_pending",
+        "gauge",
+        "Heartbeats waiting for the next flush.",
+        &one(sweeper.pending_heartbeats as f64),
+    );
+    let until = sweeper.next_deadline.map_or(0.0, |at| {
+        (at.millis() - app.engine.now().millis()) as f64 / 1000.0
+    });
+    metric(
+        "lapse_next_deadline_seconds",
+        "gauge",
+        "Seconds until the next stored deadline (negative: overdue).",
+        &one(until),
+    );
+    metric(
+        "lapse_overdue_sessions",
+        "gauge",
+        "Sessions with rules due for over a minute.",
+        &one(health.overdue as f64),
+    );
+    let webhooks: Vec<(String, f64)> = health
+        .webhooks
+        .iter()
+        .map(|(status, n)| (format!("{{status=\"{status}\"}}"), *n as f64))
+        .collect();
+    metric(
+        "lapse_webhook_deliveries",
+        "gauge",
+        "Webhook deliveries waiting or given up.",
+        &webhooks,
+    );
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response())
 }

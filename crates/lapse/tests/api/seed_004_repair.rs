@@ -201,7 +201,30 @@ async fn a_kind_without_a_pending_rule_reports_stale_sessions(backend: Backend) 
     assert_eq!(report["problems"][0]["code"], "stale_pending");
 }
 
+async fn metrics_are_exposed_for_prometheus_without_credentials(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.create("request", "m1", "cust", json!({})).await;
+    app.advance("16m").await;
+    app.sweep().await;
+    let r = app.get(As::Nobody, "/metrics").await;
+    assert_eq!(r.status, 200);
+    assert!(r.content_type.starts_with("text/plain"));
+    let text = r.text;
+    assert!(text.contains("# TYPE lapse_sessions gauge"), "{text}");
+    assert!(
+        text.contains("lapse_sessions{kind=\"request\",status=\"cancelled\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("lapse_sweeps_total 1"), "{text}");
+    assert!(text.contains("lapse_rules_applied_total 1"), "{text}");
+    assert!(
+        text.contains("lapse_webhook_deliveries{status=\"dead\"} 0"),
+        "{text}"
+    );
+}
+
 both_stores!(
+    metrics_are_exposed_for_prometheus_without_credentials,
     the_health_check_finds_stuck_work_and_says_what_to_do,
     a_kind_without_a_pending_rule_reports_stale_sessions,
     concurrent_creates_for_one_customer_open_one_repair,
