@@ -6,6 +6,9 @@
 //! - [`cli`]: `serve`, `sweep`, `check-config`, `migrate`, `explain`, `stats`, `health`, `export`.
 //! - [`export`]: a session as a JSON, Markdown or CSV document.
 
+// The OpenAPI document is one large `json!` literal.
+#![recursion_limit = "512"]
+
 pub mod app;
 pub mod cli;
 pub mod export;

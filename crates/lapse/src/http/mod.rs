@@ -8,6 +8,7 @@ mod export;
 pub mod extract;
 mod idempotency;
 pub mod limits;
+pub mod openapi;
 mod operations;
 mod participants;
 mod sessions;
@@ -44,6 +45,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(export::router())
         .merge(operations::router())
         .merge(webhooks::router())
+        .route("/openapi.json", axum::routing::get(openapi::serve))
+        .route("/admin", axum::routing::get(admin_page))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -58,6 +61,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             idempotency::idempotency,
         ))
         .with_state(state)
+}
+
+/// `GET /admin`: seed 004's cleanup tool as a page; its data calls carry the key typed in.
+async fn admin_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("assets/admin.html"))
 }
 
 /// Page sizes: default and most.

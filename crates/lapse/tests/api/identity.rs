@@ -203,7 +203,70 @@ async fn an_rs256_token_from_the_configured_public_key_is_accepted(backend: Back
         .problem(401, "unauthorized");
 }
 
+async fn the_open_routes_need_no_credentials_and_describe_the_api(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let admin = app.get(As::Nobody, "/admin").await;
+    assert_eq!(admin.status, 200);
+    assert!(admin.content_type.starts_with("text/html"));
+    assert!(admin.text.contains("/v1/health") && admin.text.contains("dry_run=true"));
+    app.get(As::Nobody, "/livez").await.expect(200);
+    app.get(As::Nobody, "/readyz").await.expect(200);
+
+    let doc = app.get(As::Nobody, "/openapi.json").await.expect(200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    // Every route of SPEC §6 is described, with the methods it serves.
+    let routes = [
+        ("post", "/v1/sessions"),
+        ("get", "/v1/sessions"),
+        ("get", "/v1/sessions/{id}"),
+        ("patch", "/v1/sessions/{id}"),
+        ("delete", "/v1/sessions/{id}"),
+        ("post", "/v1/sessions/{id}/start"),
+        ("post", "/v1/sessions/{id}/end"),
+        ("post", "/v1/sessions/{id}/cancel"),
+        ("post", "/v1/sessions/{id}/reopen"),
+        ("post", "/v1/sessions/{id}/participants"),
+        ("delete", "/v1/sessions/{id}/participants/{user}"),
+        ("post", "/v1/sessions/{id}/heartbeat"),
+        ("post", "/v1/heartbeats"),
+        ("post", "/v1/sessions/{id}/activity"),
+        ("get", "/v1/sessions/{id}/summary"),
+        ("get", "/v1/sessions/{id}/explain"),
+        ("get", "/v1/sessions/{id}/events"),
+        ("get", "/v1/sessions/{id}/export"),
+        ("get", "/v1/events"),
+        ("get", "/v1/users/{user}/notifications"),
+        ("post", "/v1/users/{user}/notifications/{nid}/read"),
+        ("post", "/v1/sweep"),
+        ("get", "/v1/sweep"),
+        ("get", "/v1/kinds"),
+        ("get", "/v1/stats"),
+        ("get", "/v1/health"),
+        ("get", "/v1/webhooks/deliveries"),
+        ("post", "/v1/webhooks/deliveries/{id}/retry"),
+        ("get", "/v1/admin/clock"),
+        ("post", "/v1/admin/clock"),
+        ("get", "/livez"),
+        ("get", "/readyz"),
+        ("get", "/metrics"),
+        ("get", "/openapi.json"),
+        ("get", "/admin"),
+    ];
+    for (method, path) in routes {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} is not described"
+        );
+    }
+    assert_eq!(
+        doc["paths"].as_object().unwrap().len(),
+        30,
+        "and nothing that is not served"
+    );
+}
+
 both_stores!(
+    the_open_routes_need_no_credentials_and_describe_the_api,
     an_rs256_token_from_the_configured_public_key_is_accepted,
     a_user_token_acts_only_as_its_user,
     a_service_key_acts_for_the_user_it_names,
