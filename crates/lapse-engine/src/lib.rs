@@ -33,7 +33,7 @@ use tokio::sync::Notify;
 
 pub use access::Caller;
 pub use clock::Clock;
-pub use sweep::{SweepOptions, SweepReport, SweeperStats, WakePlan};
+pub use sweep::{Progress, SweepOptions, SweepReport, SweeperStats, WakePlan};
 
 /// Why an operation did not happen.
 #[derive(Debug, thiserror::Error)]

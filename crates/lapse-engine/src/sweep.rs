@@ -31,6 +31,18 @@ pub struct SweepOptions {
     pub dry_run: bool,
     /// Only this kind.
     pub kind: Option<String>,
+    /// Told after each batch: due rows examined and rules applied so far.
+    pub progress: Option<Progress>,
+}
+
+/// A callback for long sweeps: (due rows examined, rules applied) so far.
+#[derive(Clone)]
+pub struct Progress(pub std::sync::Arc<dyn Fn(usize, usize) + Send + Sync>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress")
+    }
 }
 
 /// A session the sweep could not process; it stays due and is retried next time.
@@ -130,6 +142,7 @@ impl Engine {
         let batch = self.config.sweeper.batch;
         let mut cursor: Option<DueRow> = None;
         let mut cascade: VecDeque<SessionId> = VecDeque::new();
+        let mut examined = 0;
         loop {
             let rows = self
                 .store
@@ -151,6 +164,10 @@ impl Engine {
                 }
             }
             cursor = rows.last().cloned();
+            examined += rows.len();
+            if let Some(Progress(tell)) = &opts.progress {
+                tell(examined, report.applied.len());
+            }
             if exhausted {
                 break;
             }

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lapse_core::SessionId;
 use lapse_engine::health::Health;
-use lapse_engine::{Caller, SweepOptions};
+use lapse_engine::{Caller, Progress, SweepOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, open_engine, shutdown_on_signal};
@@ -132,7 +132,17 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 anyhow::bail!("unknown kind `{k}`");
             }
             let engine = open_engine(&settings).await?;
-            let report = engine.sweep_once(&SweepOptions { dry_run, kind }).await?;
+            // Progress goes to stderr, once per batch, so long sweeps show they are moving
+            // while stdout stays the report.
+            let progress = Progress(std::sync::Arc::new(|examined, applied| {
+                eprintln!("… {examined} due row(s) examined, {applied} rule(s) applied");
+            }));
+            let opts = SweepOptions {
+                dry_run,
+                kind,
+                progress: Some(progress),
+            };
+            let report = engine.sweep_once(&opts).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -54,6 +54,7 @@ async fn sweep(
         .sweep_once(&SweepOptions {
             dry_run,
             kind: q.kind,
+            progress: None,
         })
         .await?;
     Ok(Json(json!(report)))

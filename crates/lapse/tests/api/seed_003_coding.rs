@@ -106,6 +106,19 @@ async fn the_cli_sweep_previews_and_then_applies_on_the_database(backend: Backen
     assert!(out.contains("would apply newer-room"), "{out}");
     assert!(out.contains("dry run: would apply 2 rule(s)"), "{out}");
 
+    let progress = Command::new(lapse)
+        .args(["sweep", "--dry-run"])
+        .env("DATABASE_URL", &app.db_url)
+        .env_remove("LAPSE_CONFIG")
+        .env_remove("LAPSE_CLOCK")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&progress.stderr);
+    assert!(
+        stderr.contains("2 due row(s) examined, 2 rule(s) applied"),
+        "progress on stderr: {stderr}"
+    );
+
     let (code, out) = run(&["sweep", "--json"]);
     assert_eq!(code, Some(0), "{out}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
