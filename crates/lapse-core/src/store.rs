@@ -221,6 +221,19 @@ pub struct EventQuery {
     pub session: Option<SessionId>,
 }
 
+/// A stored wake-up to move (see [`Store::rearm`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rearm {
+    /// The session.
+    pub id: SessionId,
+    /// The version it was read at.
+    pub version: i64,
+    /// Its next wake-up, if any.
+    pub wake_at: Option<Timestamp>,
+    /// The rule of its `next_due`, if any.
+    pub rule: Option<String>,
+}
+
 /// A due session as the sweep sees it: its id and stored deadline.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DueRow {
@@ -300,14 +313,9 @@ pub trait Store: Send + Sync + 'static {
         claim: bool,
     ) -> Result<Vec<DueRow>, StoreError>;
 
-    /// Moves a session's stored deadline without touching anything else (lazy re-arm);
-    /// compare-and-set on `version`. Returns whether it applied.
-    async fn rearm(
-        &self,
-        id: &SessionId,
-        version: i64,
-        next_due: Option<(&str, Timestamp)>,
-    ) -> Result<bool, StoreError>;
+    /// Moves sessions' stored wake-ups without touching anything else (lazy re-arm), all in
+    /// one statement; each row is compare-and-set on its `version`. Returns how many moved.
+    async fn rearm(&self, rows: &[Rearm]) -> Result<u64, StoreError>;
 
     /// The earliest stored deadline of any session.
     async fn next_deadline(&self) -> Result<Option<Timestamp>, StoreError>;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use lapse_core::lifecycle::Applied;
-use lapse_core::store::{DueRow, SessionWrite};
+use lapse_core::store::{DueRow, Rearm, SessionWrite};
 use lapse_core::{Session, SessionId, StoreError, Timestamp};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -115,6 +115,8 @@ pub struct WakePlan {
 struct Pass {
     dry: bool,
     overlay: HashMap<SessionId, Option<Session>>,
+    /// Re-arms waiting to be written at the end of the batch.
+    rearms: Vec<Rearm>,
 }
 
 impl Engine {
@@ -130,6 +132,7 @@ impl Engine {
         let mut pass = Pass {
             dry: opts.dry_run,
             overlay: HashMap::new(),
+            rearms: Vec::new(),
         };
         let mut report = SweepReport {
             dry_run: opts.dry_run,
@@ -163,6 +166,9 @@ impl Engine {
                         .await;
                 }
             }
+            // Before the next page is read, so re-armed rows are not offered again.
+            let rearmed = self.store.rearm(&std::mem::take(&mut pass.rearms)).await?;
+            self.stats.rearmed.fetch_add(rearmed, Ordering::Relaxed);
             cursor = rows.last().cloned();
             examined += rows.len();
             if let Some(Progress(tell)) = &opts.progress {
@@ -239,11 +245,13 @@ impl Engine {
             // since; store the true one so the index stops offering it.
             s.observe(kind, now);
             if !pass.dry && s.wake_at != stored_wake {
-                let rule = s.next_due.as_ref().map_or("", |d| d.rule.as_str());
-                let next = s.wake_at.map(|at| (rule, at));
-                if self.store.rearm(id, s.version, next).await? {
-                    self.stats.rearmed.fetch_add(1, Ordering::Relaxed);
-                }
+                // Written with the rest of the batch, in one statement.
+                pass.rearms.push(Rearm {
+                    id: id.clone(),
+                    version: s.version,
+                    wake_at: s.wake_at,
+                    rule: s.next_due.map(|d| d.rule),
+                });
             }
             return Ok(());
         }

@@ -16,7 +16,7 @@ use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
     Attempt, Beat, Change, ChangeCallback, Commit, Delivery, DeliveryStatus, DueRow, EventQuery,
-    HealthCounts, HostLimit, SessionQuery, SessionWrite, StatusCount, Store, StoredResponse,
+    HealthCounts, HostLimit, Rearm, SessionQuery, SessionWrite, StatusCount, Store, StoredResponse,
 };
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
@@ -567,24 +567,30 @@ impl Store for PostgresStore {
         Ok(due)
     }
 
-    async fn rearm(
-        &self,
-        id: &SessionId,
-        version: i64,
-        next_due: Option<(&str, Timestamp)>,
-    ) -> Result<bool, StoreError> {
+    async fn rearm(&self, rows: &[Rearm]) -> Result<u64, StoreError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let versions: Vec<i64> = rows.iter().map(|r| r.version).collect();
+        let wakes: Vec<Option<i64>> = rows
+            .iter()
+            .map(|r| r.wake_at.map(Timestamp::millis))
+            .collect();
+        let rules: Vec<Option<&str>> = rows.iter().map(|r| r.rule.as_deref()).collect();
         let result = sqlx::query(
-            "update sessions set next_due_at = $3, next_due_rule = $4, claimed_until = null \
-             where id = $1 and version = $2",
+            "update sessions set next_due_at = b.at, next_due_rule = b.rule, claimed_until = null \
+             from unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[]) as b(id, version, at, rule) \
+             where sessions.id = b.id and sessions.version = b.version",
         )
-        .bind(id.as_str())
-        .bind(version)
-        .bind(next_due.map(|(_, at)| at.millis()))
-        .bind(next_due.map(|(rule, _)| rule))
+        .bind(&ids)
+        .bind(&versions)
+        .bind(&wakes)
+        .bind(&rules)
         .execute(&self.pool)
         .await
         .map_err(backend)?;
-        Ok(result.rows_affected() > 0)
+        Ok(result.rows_affected())
     }
 
     async fn next_deadline(&self) -> Result<Option<Timestamp>, StoreError> {

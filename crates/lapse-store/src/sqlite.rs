@@ -11,7 +11,7 @@ use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
     Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DueRow, EventQuery,
-    HealthCounts, HostLimit, SessionQuery, SessionWrite, StatusCount, Store, StoredResponse,
+    HealthCounts, HostLimit, Rearm, SessionQuery, SessionWrite, StatusCount, Store, StoredResponse,
 };
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::sqlite::{
@@ -454,23 +454,32 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn rearm(
-        &self,
-        id: &SessionId,
-        version: i64,
-        next_due: Option<(&str, Timestamp)>,
-    ) -> Result<bool, StoreError> {
+    async fn rearm(&self, rows: &[Rearm]) -> Result<u64, StoreError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let batch: Vec<(&str, i64, Option<i64>, Option<&str>)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.id.as_str(),
+                    r.version,
+                    r.wake_at.map(Timestamp::millis),
+                    r.rule.as_deref(),
+                )
+            })
+            .collect();
         let result = sqlx::query(
-            "update sessions set next_due_at = ?3, next_due_rule = ?4 where id = ?1 and version = ?2",
+            "update sessions set next_due_at = b.at, next_due_rule = b.rule \
+             from (select value ->> 0 as id, value ->> 1 as version, value ->> 2 as at, \
+                   value ->> 3 as rule from json_each(?1)) as b \
+             where sessions.id = b.id and sessions.version = b.version",
         )
-        .bind(id.as_str())
-        .bind(version)
-        .bind(next_due.map(|(_, at)| at.millis()))
-        .bind(next_due.map(|(rule, _)| rule))
+        .bind(to_json(&batch))
         .execute(&self.writer)
         .await
         .map_err(backend)?;
-        Ok(result.rows_affected() > 0)
+        Ok(result.rows_affected())
     }
 
     async fn next_deadline(&self) -> Result<Option<Timestamp>, StoreError> {

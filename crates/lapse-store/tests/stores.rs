@@ -3,7 +3,7 @@
 //! in deadline order behind a cursor.
 
 use lapse_core::lifecycle::{self, By, Effects, NewSession};
-use lapse_core::store::{Beat, Commit, DueRow, SessionWrite};
+use lapse_core::store::{Beat, Commit, DueRow, Rearm, SessionWrite};
 use lapse_core::{Config, Session, SessionId, Span, Store, StoreError, Timestamp, UserId};
 use lapse_store::{PostgresStore, SqliteStore};
 
@@ -98,8 +98,18 @@ async fn a_heartbeat_flush_beats_a_decision_taken_on_the_older_row() {
         };
         let lost = store.commit(update).await;
         assert!(matches!(lost, Err(StoreError::Conflict)), "{lost:?}");
-        assert!(!store.rearm(&s.id, stale.version, None).await.unwrap());
-        assert!(store.rearm(&s.id, fresh.version, None).await.unwrap());
+        let rearm = |version| Rearm {
+            id: s.id.clone(),
+            version,
+            wake_at: None,
+            rule: None,
+        };
+        assert_eq!(
+            store.rearm(&[rearm(stale.version)]).await.unwrap(),
+            0,
+            "a stale re-arm loses too"
+        );
+        assert_eq!(store.rearm(&[rearm(fresh.version)]).await.unwrap(), 1);
     }
 }
 
@@ -187,12 +197,13 @@ async fn concurrent_sweepers_of_a_shared_database_claim_disjoint_rows() {
         // Writing the row ends its lease.
         let row = &a[0];
         let s = store.load(&row.id).await.unwrap().unwrap();
-        assert!(
-            store
-                .rearm(&row.id, s.version, Some(("delete-unused", row.at)))
-                .await
-                .unwrap()
-        );
+        let rearm = Rearm {
+            id: row.id.clone(),
+            version: s.version,
+            wake_at: Some(row.at),
+            rule: Some("delete-unused".into()),
+        };
+        assert_eq!(store.rearm(&[rearm]).await.unwrap(), 1);
         let again = store.due(now, None, None, 25, true).await.unwrap();
         assert_eq!(again, vec![row.clone()]);
     }

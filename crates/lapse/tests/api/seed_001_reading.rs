@@ -246,7 +246,44 @@ warn_before = "10m"
     );
 }
 
+async fn rooms_kept_alive_by_heartbeats_are_re_armed_not_deleted(backend: Backend) {
+    let config = r#"
+[kinds.reading]
+presence_timeout = "2h"
+[[kinds.reading.rules]]
+name = "delete-inactive"
+on = "idle"
+after = "1h"
+do = "delete"
+"#;
+    let app = spawn_app_with(backend, Some(config)).await;
+    for id in ["r1", "r2", "r3"] {
+        app.create("reading", id, "mira", json!({})).await;
+    }
+    app.advance("50m").await;
+    for id in ["r1", "r2", "r3"] {
+        app.heartbeat(id, "mira").await.expect(204);
+    }
+    app.advance("11m").await;
+    // Due by their stored wake-up (1h), but the heartbeats moved them to 1h50m.
+    let report = app.sweep().await;
+    assert!(report["applied"].as_array().unwrap().is_empty(), "{report}");
+    let stats = app.get(As::Service, "/v1/stats").await.expect(200);
+    assert_eq!(stats["sweeper"]["rearmed"], 3);
+    // The stored wake-up is when the rule may fire: on a shared database, after the grace.
+    let wake = if backend == Backend::Postgres {
+        "110m 2s"
+    } else {
+        "110m"
+    };
+    assert_eq!(stats["sweeper"]["next_deadline"], at(START, wake));
+
+    app.advance("50m").await;
+    assert_eq!(app.sweep().await["counts"]["delete"], 3);
+}
+
 both_stores!(
+    rooms_kept_alive_by_heartbeats_are_re_armed_not_deleted,
     a_participant_goes_offline_once_per_lapse_and_back_with_a_heartbeat,
     a_postponed_deadline_gets_a_new_warning,
     heartbeats_keep_a_reading_alive_and_silence_deletes_it,
