@@ -8,6 +8,10 @@
 //! - a heartbeat flush is one statement (two data-modifying CTEs), touching no indexed
 //!   column, so its row updates stay HOT.
 
+//!
+//! Here: opening, migrating, reading sessions and events, due rows and heartbeats;
+//! `writes.rs` holds a commit's statements, `outbox.rs` deliveries, retention, health figures
+//! and idempotency keys.
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -16,14 +20,22 @@ use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
     Attempt, Beat, Change, ChangeCallback, Commit, Delivery, DeliveryStatus, DueRow, EventQuery,
-    HealthCounts, HostLimit, Rearm, SessionQuery, SessionWrite, StatusCount, Store, StoredResponse,
+    HealthCounts, Rearm, SessionQuery, SessionWrite, StatusCount, Store, StoredResponse,
 };
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
-use crate::rows::{self, DELIVERY_COLUMNS, PG_SESSION_COLUMNS, to_json};
+use crate::rows::{self, PG_SESSION_COLUMNS};
 use crate::{backend, migrate};
+
+mod outbox;
+mod writes;
+
+use writes::{
+    append_events, check_host_limit, delete_session, deliver_notifications, insert_session,
+    update_session, upsert_participants,
+};
 
 /// The channel changes are announced on: a payload `d<ms>` for a stored deadline, `e` for
 /// new events.
@@ -88,30 +100,6 @@ impl PostgresStore {
         self.pool.options().get_max_connections()
     }
 
-    /// Pending deliveries due at `now`, with their events, oldest first.
-    async fn pending_deliveries(
-        &self,
-        now: Timestamp,
-        limit: u32,
-    ) -> Result<Vec<(Delivery, Event)>, StoreError> {
-        let sql = format!(
-            "select {DELIVERY_COLUMNS}, e.seq, e.id, e.type, e.at, e.applied_at, e.session_id, \
-             e.kind, e.actor, e.rule, e.data \
-             from webhook_deliveries d join events e on e.seq = d.event_seq \
-             where d.status = 'pending' and d.next_attempt_at <= $1 \
-             order by d.next_attempt_at, d.id limit $2"
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(now.millis())
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
-        rows.iter()
-            .map(|r| Ok((rows::delivery(r)?, rows::event(r)?)))
-            .collect()
-    }
-
     async fn attach_participants(&self, sessions: &mut [Session]) -> Result<(), StoreError> {
         if sessions.is_empty() {
             return Ok(());
@@ -133,240 +121,6 @@ impl PostgresStore {
         }
         Ok(())
     }
-}
-
-async fn insert_session(tx: &mut Transaction<'_, Postgres>, s: &Session) -> Result<(), StoreError> {
-    let result = sqlx::query(
-        "insert into sessions (id, kind, title, metadata, host, parent, scheduled_start, \
-         scheduled_end, status, delayed, used, created_at, started_at, ended_at, \
-         last_activity_at, end_reason, ended_by, counters, summary, parent_ended_at, \
-         next_due_at, next_due_rule, warnings, version) \
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-         $18, $19, $20, $21, $22, $23, 1) on conflict (id) do nothing",
-    )
-    .bind(s.id.as_str())
-    .bind(&s.kind)
-    .bind(&s.title)
-    .bind(to_json(&s.metadata))
-    .bind(s.host.as_str())
-    .bind(s.parent.as_ref().map(|p| p.as_str()))
-    .bind(s.scheduled_start.map(Timestamp::millis))
-    .bind(s.scheduled_end.map(Timestamp::millis))
-    .bind(s.status.as_str())
-    .bind(s.delayed)
-    .bind(s.used)
-    .bind(s.created_at.millis())
-    .bind(s.started_at.map(Timestamp::millis))
-    .bind(s.ended_at.map(Timestamp::millis))
-    .bind(s.last_activity_at.millis())
-    .bind(s.end_reason.as_deref())
-    .bind(s.ended_by.as_deref())
-    .bind(to_json(&s.counters))
-    .bind(s.summary.as_ref().map(to_json))
-    .bind(s.parent_ended_at.map(Timestamp::millis))
-    .bind(s.wake_at.map(Timestamp::millis))
-    .bind(s.next_due.as_ref().map(|n| n.rule.as_str()))
-    .bind(to_json(&s.warnings))
-    .execute(&mut **tx)
-    .await
-    .map_err(backend)?;
-    if result.rows_affected() == 0 {
-        return Err(StoreError::Duplicate);
-    }
-    Ok(())
-}
-
-async fn update_session(tx: &mut Transaction<'_, Postgres>, s: &Session) -> Result<(), StoreError> {
-    let result = sqlx::query(
-        "update sessions set title = $2, metadata = $3, scheduled_start = $4, \
-         scheduled_end = $5, status = $6, delayed = $7, used = $8, started_at = $9, \
-         ended_at = $10, last_activity_at = greatest(last_activity_at, $11), end_reason = $12, \
-         ended_by = $13, counters = $14, summary = $15, parent_ended_at = $16, \
-         next_due_at = $17, next_due_rule = $18, warnings = $20, claimed_until = null, version = version + 1 \
-         where id = $1 and version = $19",
-    )
-    .bind(s.id.as_str())
-    .bind(&s.title)
-    .bind(to_json(&s.metadata))
-    .bind(s.scheduled_start.map(Timestamp::millis))
-    .bind(s.scheduled_end.map(Timestamp::millis))
-    .bind(s.status.as_str())
-    .bind(s.delayed)
-    .bind(s.used)
-    .bind(s.started_at.map(Timestamp::millis))
-    .bind(s.ended_at.map(Timestamp::millis))
-    .bind(s.last_activity_at.millis())
-    .bind(s.end_reason.as_deref())
-    .bind(s.ended_by.as_deref())
-    .bind(to_json(&s.counters))
-    .bind(s.summary.as_ref().map(to_json))
-    .bind(s.parent_ended_at.map(Timestamp::millis))
-    .bind(s.wake_at.map(Timestamp::millis))
-    .bind(s.next_due.as_ref().map(|n| n.rule.as_str()))
-    .bind(s.version)
-    .bind(to_json(&s.warnings))
-    .execute(&mut **tx)
-    .await
-    .map_err(backend)?;
-    if result.rows_affected() == 0 {
-        return Err(StoreError::Conflict);
-    }
-    Ok(())
-}
-
-async fn upsert_participants(
-    tx: &mut Transaction<'_, Postgres>,
-    s: &Session,
-) -> Result<(), StoreError> {
-    for p in &s.participants {
-        sqlx::query(
-            "insert into participants (session_id, user_id, role, state, joined_at, left_at, \
-             last_seen_at, offline_for) values ($1, $2, $3, $4, $5, $6, $7, $8) \
-             on conflict (session_id, user_id) do update set role = excluded.role, \
-             state = excluded.state, joined_at = excluded.joined_at, left_at = excluded.left_at, \
-             offline_for = excluded.offline_for, \
-             last_seen_at = greatest(participants.last_seen_at, excluded.last_seen_at)",
-        )
-        .bind(s.id.as_str())
-        .bind(p.user.as_str())
-        .bind(p.role.as_str())
-        .bind(p.state.as_str())
-        .bind(p.joined_at.millis())
-        .bind(p.left_at.map(Timestamp::millis))
-        .bind(p.last_seen_at.millis())
-        .bind(p.offline_for.map(Timestamp::millis))
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?;
-    }
-    Ok(())
-}
-
-async fn delete_session(
-    tx: &mut Transaction<'_, Postgres>,
-    id: &SessionId,
-    version: i64,
-) -> Result<(), StoreError> {
-    let result = sqlx::query("delete from sessions where id = $1 and version = $2")
-        .bind(id.as_str())
-        .bind(version)
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?;
-    if result.rows_affected() == 0 {
-        return Err(StoreError::Conflict);
-    }
-    sqlx::query("delete from participants where session_id = $1")
-        .bind(id.as_str())
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?;
-    Ok(())
-}
-
-/// Counts the host's open sessions of the kind under a transaction-scoped lock on that pair,
-/// so creates on different instances take turns.
-async fn check_host_limit(
-    tx: &mut Transaction<'_, Postgres>,
-    limit: &HostLimit,
-) -> Result<(), StoreError> {
-    sqlx::query("select pg_advisory_xact_lock(hashtext($1), hashtext($2))")
-        .bind(limit.host.as_str())
-        .bind(&limit.kind)
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?;
-    let open: i64 = sqlx::query_scalar(
-        "select count(*) from sessions where host = $1 and kind = $2 \
-         and status in ('pending', 'active')",
-    )
-    .bind(limit.host.as_str())
-    .bind(&limit.kind)
-    .fetch_one(&mut **tx)
-    .await
-    .map_err(backend)?;
-    if open >= i64::from(limit.max) {
-        return Err(StoreError::LimitReached);
-    }
-    Ok(())
-}
-
-async fn append_events(
-    tx: &mut Transaction<'_, Postgres>,
-    commit: &Commit,
-) -> Result<(), StoreError> {
-    for r in &commit.events {
-        let e = &r.event;
-        let seq: i64 = sqlx::query_scalar(
-            "insert into events (id, type, at, applied_at, session_id, kind, actor, rule, data) \
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning seq",
-        )
-        .bind(&r.id)
-        .bind(e.event_type.as_str())
-        .bind(e.at.millis())
-        .bind(r.applied_at.millis())
-        .bind(e.session_id.as_str())
-        .bind(&e.kind)
-        .bind(&e.actor)
-        .bind(e.rule.as_deref())
-        .bind(to_json(&e.data))
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(backend)?;
-        for (n, url) in r.webhooks.iter().enumerate() {
-            queue_delivery(tx, &format!("{}.{n}", r.id), url, seq, r.applied_at).await?;
-        }
-    }
-    Ok(())
-}
-
-/// Queues one event for one endpoint, unless the endpoint was disabled.
-async fn queue_delivery(
-    tx: &mut Transaction<'_, Postgres>,
-    id: &str,
-    url: &str,
-    seq: i64,
-    at: Timestamp,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "insert into webhook_deliveries (id, endpoint, event_seq, status, attempts, \
-         next_attempt_at, created_at) \
-         select $1, $2, $3, 'pending', 0, $4, $4 \
-         where not exists (select 1 from webhook_endpoints_disabled where url = $2)",
-    )
-    .bind(id)
-    .bind(url)
-    .bind(seq)
-    .bind(at.millis())
-    .execute(&mut **tx)
-    .await
-    .map_err(backend)?;
-    Ok(())
-}
-
-async fn deliver_notifications(
-    tx: &mut Transaction<'_, Postgres>,
-    commit: &Commit,
-) -> Result<(), StoreError> {
-    for r in &commit.notifications {
-        let n = &r.notification;
-        sqlx::query(
-            "insert into notifications (id, user_id, type, title, message, session_id, link, \
-             created_at) values ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&r.id)
-        .bind(n.user.as_str())
-        .bind(&n.notification_type)
-        .bind(&n.title)
-        .bind(&n.message)
-        .bind(n.session.as_str())
-        .bind(n.link.as_deref())
-        .bind(n.created_at.millis())
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?;
-    }
-    Ok(())
 }
 
 /// Tells every instance (this one included) of a change; delivered at commit.
@@ -748,48 +502,11 @@ impl Store for PostgresStore {
         limit: u32,
         claim: bool,
     ) -> Result<Vec<(Delivery, Event)>, StoreError> {
-        if !claim {
-            return self.pending_deliveries(now, limit).await;
-        }
-        let wall = wall_now();
-        let ids: Vec<String> = sqlx::query_scalar(
-            "with picked as ( \
-                 select id from webhook_deliveries \
-                 where status = 'pending' and next_attempt_at <= $1 \
-                 and (claimed_until is null or claimed_until < $3) \
-                 order by next_attempt_at, id limit $2 \
-                 for update skip locked) \
-             update webhook_deliveries d set claimed_until = $4 from picked \
-             where d.id = picked.id returning d.id",
-        )
-        .bind(now.millis())
-        .bind(limit as i64)
-        .bind(wall)
-        .bind(wall + LEASE.as_millis() as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        let mut claimed = self.pending_deliveries(now, limit).await?;
-        claimed.retain(|(d, _)| ids.contains(&d.id));
-        Ok(claimed)
+        outbox::due_deliveries(&self.pool, now, limit, claim).await
     }
 
     async fn record_attempt(&self, id: &str, attempt: &Attempt) -> Result<(), StoreError> {
-        sqlx::query(
-            "update webhook_deliveries set status = $2, attempts = attempts + 1, \
-             next_attempt_at = $3, last_attempt_at = $4, last_status = $5, \
-             last_error = $6, claimed_until = null where id = $1",
-        )
-        .bind(id)
-        .bind(attempt.status.as_str())
-        .bind(attempt.next_attempt_at.map(Timestamp::millis))
-        .bind(attempt.at.millis())
-        .bind(attempt.http_status.map(i64::from))
-        .bind(attempt.error.as_deref())
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(())
+        outbox::record_attempt(&self.pool, id, attempt).await
     }
 
     async fn disable_endpoint(
@@ -798,27 +515,7 @@ impl Store for PostgresStore {
         at: Timestamp,
         reason: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        sqlx::query(
-            "insert into webhook_endpoints_disabled (url, disabled_at, reason) \
-             values ($1, $2, $3) on conflict (url) do nothing",
-        )
-        .bind(url)
-        .bind(at.millis())
-        .bind(reason)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        sqlx::query(
-            "update webhook_deliveries set status = 'dead', next_attempt_at = null, \
-             last_error = $2, claimed_until = null where endpoint = $1 and status = 'pending'",
-        )
-        .bind(url)
-        .bind(reason)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        tx.commit().await.map_err(backend)
+        outbox::disable_endpoint(&self.pool, url, at, reason).await
     }
 
     async fn deliveries(
@@ -826,19 +523,7 @@ impl Store for PostgresStore {
         status: Option<DeliveryStatus>,
         limit: u32,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let sql = format!(
-            "select {DELIVERY_COLUMNS} from webhook_deliveries d \
-             join events e on e.seq = d.event_seq \
-             where ($1::text is null or d.status = $1) \
-             order by d.created_at desc, d.id desc limit $2"
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(status.map(DeliveryStatus::as_str))
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
-        rows.iter().map(rows::delivery).collect()
+        outbox::deliveries(&self.pool, status, limit).await
     }
 
     async fn retry_delivery(
@@ -846,65 +531,15 @@ impl Store for PostgresStore {
         id: &str,
         now: Timestamp,
     ) -> Result<Option<Delivery>, StoreError> {
-        sqlx::query(
-            "update webhook_deliveries set status = 'pending', next_attempt_at = $2, \
-             claimed_until = null where id = $1",
-        )
-        .bind(id)
-        .bind(now.millis())
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        let sql = format!(
-            "select {DELIVERY_COLUMNS} from webhook_deliveries d \
-             join events e on e.seq = d.event_seq where d.id = $1"
-        );
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        row.as_ref().map(rows::delivery).transpose()
+        outbox::retry_delivery(&self.pool, id, now).await
     }
 
     async fn next_delivery_at(&self) -> Result<Option<Timestamp>, StoreError> {
-        let at: Option<i64> = sqlx::query_scalar(
-            "select min(next_attempt_at) from webhook_deliveries where status = 'pending'",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(at.map(Timestamp::from_millis))
+        outbox::next_delivery_at(&self.pool).await
     }
 
     async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
-        // Events a pending delivery still needs stay until it is done with them.
-        let events = sqlx::query(
-            "delete from events where seq in (select seq from events \
-             where applied_at < $1 and not exists (select 1 from webhook_deliveries d \
-             where d.event_seq = events.seq and d.status = 'pending') \
-             order by seq limit $2)",
-        )
-        .bind(before.millis())
-        .bind(limit as i64)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        let deliveries = sqlx::query(
-            "delete from webhook_deliveries where id in (select id from webhook_deliveries \
-             where created_at < $1 and status <> 'pending' limit $2)",
-        )
-        .bind(before.millis())
-        .bind(limit as i64)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        let keys = sqlx::query("delete from idempotency_keys where created_at < $1 - 86400000")
-            .bind(before.millis())
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(events.rows_affected() + deliveries.rows_affected() + keys.rows_affected())
+        outbox::prune(&self.pool, before, limit).await
     }
 
     async fn health_counts(
@@ -912,27 +547,7 @@ impl Store for PostgresStore {
         overdue_before: Timestamp,
         stale_before: Timestamp,
     ) -> Result<HealthCounts, StoreError> {
-        let row = sqlx::query(
-            "select \
-             (select count(*) from sessions where next_due_at is not null \
-                 and next_due_at < $1) as overdue, \
-             (select count(*) from sessions where status = 'pending' \
-                 and created_at < $2) as stale_pending, \
-             (select count(*) from webhook_deliveries where status = 'pending') as pending, \
-             (select count(*) from webhook_deliveries where status = 'dead') as dead",
-        )
-        .bind(overdue_before.millis())
-        .bind(stale_before.millis())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(backend)?;
-        let get = |c: &str| row.try_get::<i64, _>(c).map_err(backend);
-        Ok(HealthCounts {
-            overdue: get("overdue")?,
-            stale_pending: get("stale_pending")?,
-            deliveries_pending: get("pending")?,
-            deliveries_dead: get("dead")?,
-        })
+        outbox::health_counts(&self.pool, overdue_before, stale_before).await
     }
 
     async fn idempotent_response(
@@ -941,27 +556,7 @@ impl Store for PostgresStore {
         key: &str,
         since: Timestamp,
     ) -> Result<Option<StoredResponse>, StoreError> {
-        let row = sqlx::query(
-            "select request_hash, status, content_type, body, created_at from idempotency_keys \
-             where actor = $1 and key = $2 and created_at >= $3",
-        )
-        .bind(actor)
-        .bind(key)
-        .bind(since.millis())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
-        row.map(|r| {
-            Ok(StoredResponse {
-                request_hash: r.try_get("request_hash").map_err(backend)?,
-                status: u16::try_from(r.try_get::<i64, _>("status").map_err(backend)?)
-                    .unwrap_or(500),
-                content_type: r.try_get("content_type").map_err(backend)?,
-                body: r.try_get("body").map_err(backend)?,
-                created_at: Timestamp::from_millis(r.try_get("created_at").map_err(backend)?),
-            })
-        })
-        .transpose()
+        outbox::idempotent_response(&self.pool, actor, key, since).await
     }
 
     async fn save_idempotent_response(
@@ -970,27 +565,7 @@ impl Store for PostgresStore {
         key: &str,
         response: &StoredResponse,
     ) -> Result<(), StoreError> {
-        // An expired entry for the key is replaced; a live one is kept.
-        sqlx::query(
-            "insert into idempotency_keys (actor, key, request_hash, status, content_type, body, \
-             created_at) values ($1, $2, $3, $4, $5, $6, $7) \
-             on conflict (actor, key) do update set request_hash = excluded.request_hash, \
-             status = excluded.status, content_type = excluded.content_type, \
-             body = excluded.body, created_at = excluded.created_at \
-             where idempotency_keys.created_at < $8",
-        )
-        .bind(actor)
-        .bind(key)
-        .bind(&response.request_hash)
-        .bind(i64::from(response.status))
-        .bind(&response.content_type)
-        .bind(&response.body)
-        .bind(response.created_at.millis())
-        .bind(response.created_at.millis() - 24 * 3_600_000)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(())
+        outbox::save_idempotent_response(&self.pool, actor, key, response).await
     }
 
     fn is_shared(&self) -> bool {

@@ -1,0 +1,290 @@
+//! The outbox side: webhook deliveries (leased like due sessions), retention, health
+//! figures, idempotency keys.
+
+use lapse_core::event::Event;
+use lapse_core::store::{Attempt, Delivery, DeliveryStatus, HealthCounts, StoredResponse};
+use lapse_core::{StoreError, Timestamp};
+use sqlx::postgres::PgPool;
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{LEASE, wall_now};
+use crate::backend;
+use crate::rows::{self, DELIVERY_COLUMNS};
+
+/// Pending deliveries due at `now`, with their events, oldest first.
+async fn pending_deliveries(
+    pool: &PgPool,
+    now: Timestamp,
+    limit: u32,
+) -> Result<Vec<(Delivery, Event)>, StoreError> {
+    let sql = format!(
+        "select {DELIVERY_COLUMNS}, e.seq, e.id, e.type, e.at, e.applied_at, e.session_id, \
+         e.kind, e.actor, e.rule, e.data \
+         from webhook_deliveries d join events e on e.seq = d.event_seq \
+         where d.status = 'pending' and d.next_attempt_at <= $1 \
+         order by d.next_attempt_at, d.id limit $2"
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(now.millis())
+        .bind(limit as i64)
+        .fetch_all(pool)
+        .await
+        .map_err(backend)?;
+    rows.iter()
+        .map(|r| Ok((rows::delivery(r)?, rows::event(r)?)))
+        .collect()
+}
+
+pub(super) async fn due_deliveries(
+    pool: &PgPool,
+    now: Timestamp,
+    limit: u32,
+    claim: bool,
+) -> Result<Vec<(Delivery, Event)>, StoreError> {
+    if !claim {
+        return pending_deliveries(pool, now, limit).await;
+    }
+    let wall = wall_now();
+    let ids: Vec<String> = sqlx::query_scalar(
+        "with picked as ( \
+             select id from webhook_deliveries \
+             where status = 'pending' and next_attempt_at <= $1 \
+             and (claimed_until is null or claimed_until < $3) \
+             order by next_attempt_at, id limit $2 \
+             for update skip locked) \
+         update webhook_deliveries d set claimed_until = $4 from picked \
+         where d.id = picked.id returning d.id",
+    )
+    .bind(now.millis())
+    .bind(limit as i64)
+    .bind(wall)
+    .bind(wall + LEASE.as_millis() as i64)
+    .fetch_all(pool)
+    .await
+    .map_err(backend)?;
+    let mut claimed = pending_deliveries(pool, now, limit).await?;
+    claimed.retain(|(d, _)| ids.contains(&d.id));
+    Ok(claimed)
+}
+
+pub(super) async fn record_attempt(
+    pool: &PgPool,
+    id: &str,
+    attempt: &Attempt,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "update webhook_deliveries set status = $2, attempts = attempts + 1, \
+         next_attempt_at = $3, last_attempt_at = $4, last_status = $5, \
+         last_error = $6, claimed_until = null where id = $1",
+    )
+    .bind(id)
+    .bind(attempt.status.as_str())
+    .bind(attempt.next_attempt_at.map(Timestamp::millis))
+    .bind(attempt.at.millis())
+    .bind(attempt.http_status.map(i64::from))
+    .bind(attempt.error.as_deref())
+    .execute(pool)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+pub(super) async fn disable_endpoint(
+    pool: &PgPool,
+    url: &str,
+    at: Timestamp,
+    reason: &str,
+) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await.map_err(backend)?;
+    sqlx::query(
+        "insert into webhook_endpoints_disabled (url, disabled_at, reason) \
+         values ($1, $2, $3) on conflict (url) do nothing",
+    )
+    .bind(url)
+    .bind(at.millis())
+    .bind(reason)
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?;
+    sqlx::query(
+        "update webhook_deliveries set status = 'dead', next_attempt_at = null, \
+         last_error = $2, claimed_until = null where endpoint = $1 and status = 'pending'",
+    )
+    .bind(url)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?;
+    tx.commit().await.map_err(backend)
+}
+
+pub(super) async fn deliveries(
+    pool: &PgPool,
+    status: Option<DeliveryStatus>,
+    limit: u32,
+) -> Result<Vec<Delivery>, StoreError> {
+    let sql = format!(
+        "select {DELIVERY_COLUMNS} from webhook_deliveries d \
+         join events e on e.seq = d.event_seq \
+         where ($1::text is null or d.status = $1) \
+         order by d.created_at desc, d.id desc limit $2"
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(status.map(DeliveryStatus::as_str))
+        .bind(limit as i64)
+        .fetch_all(pool)
+        .await
+        .map_err(backend)?;
+    rows.iter().map(rows::delivery).collect()
+}
+
+pub(super) async fn retry_delivery(
+    pool: &PgPool,
+    id: &str,
+    now: Timestamp,
+) -> Result<Option<Delivery>, StoreError> {
+    sqlx::query(
+        "update webhook_deliveries set status = 'pending', next_attempt_at = $2, \
+         claimed_until = null where id = $1",
+    )
+    .bind(id)
+    .bind(now.millis())
+    .execute(pool)
+    .await
+    .map_err(backend)?;
+    let sql = format!(
+        "select {DELIVERY_COLUMNS} from webhook_deliveries d \
+         join events e on e.seq = d.event_seq where d.id = $1"
+    );
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(backend)?;
+    row.as_ref().map(rows::delivery).transpose()
+}
+
+pub(super) async fn next_delivery_at(pool: &PgPool) -> Result<Option<Timestamp>, StoreError> {
+    let at: Option<i64> = sqlx::query_scalar(
+        "select min(next_attempt_at) from webhook_deliveries where status = 'pending'",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(backend)?;
+    Ok(at.map(Timestamp::from_millis))
+}
+
+pub(super) async fn prune(pool: &PgPool, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
+    // Events a pending delivery still needs stay until it is done with them.
+    let events = sqlx::query(
+        "delete from events where seq in (select seq from events \
+         where applied_at < $1 and not exists (select 1 from webhook_deliveries d \
+         where d.event_seq = events.seq and d.status = 'pending') \
+         order by seq limit $2)",
+    )
+    .bind(before.millis())
+    .bind(limit as i64)
+    .execute(pool)
+    .await
+    .map_err(backend)?;
+    let deliveries = sqlx::query(
+        "delete from webhook_deliveries where id in (select id from webhook_deliveries \
+         where created_at < $1 and status <> 'pending' limit $2)",
+    )
+    .bind(before.millis())
+    .bind(limit as i64)
+    .execute(pool)
+    .await
+    .map_err(backend)?;
+    let keys = sqlx::query("delete from idempotency_keys where created_at < $1 - 86400000")
+        .bind(before.millis())
+        .execute(pool)
+        .await
+        .map_err(backend)?;
+    Ok(events.rows_affected() + deliveries.rows_affected() + keys.rows_affected())
+}
+
+pub(super) async fn health_counts(
+    pool: &PgPool,
+    overdue_before: Timestamp,
+    stale_before: Timestamp,
+) -> Result<HealthCounts, StoreError> {
+    let row = sqlx::query(
+        "select \
+         (select count(*) from sessions where next_due_at is not null \
+             and next_due_at < $1) as overdue, \
+         (select count(*) from sessions where status = 'pending' \
+             and created_at < $2) as stale_pending, \
+         (select count(*) from webhook_deliveries where status = 'pending') as pending, \
+         (select count(*) from webhook_deliveries where status = 'dead') as dead",
+    )
+    .bind(overdue_before.millis())
+    .bind(stale_before.millis())
+    .fetch_one(pool)
+    .await
+    .map_err(backend)?;
+    let get = |c: &str| row.try_get::<i64, _>(c).map_err(backend);
+    Ok(HealthCounts {
+        overdue: get("overdue")?,
+        stale_pending: get("stale_pending")?,
+        deliveries_pending: get("pending")?,
+        deliveries_dead: get("dead")?,
+    })
+}
+
+pub(super) async fn idempotent_response(
+    pool: &PgPool,
+    actor: &str,
+    key: &str,
+    since: Timestamp,
+) -> Result<Option<StoredResponse>, StoreError> {
+    let row = sqlx::query(
+        "select request_hash, status, content_type, body, created_at from idempotency_keys \
+         where actor = $1 and key = $2 and created_at >= $3",
+    )
+    .bind(actor)
+    .bind(key)
+    .bind(since.millis())
+    .fetch_optional(pool)
+    .await
+    .map_err(backend)?;
+    row.map(|r| {
+        Ok(StoredResponse {
+            request_hash: r.try_get("request_hash").map_err(backend)?,
+            status: u16::try_from(r.try_get::<i64, _>("status").map_err(backend)?).unwrap_or(500),
+            content_type: r.try_get("content_type").map_err(backend)?,
+            body: r.try_get("body").map_err(backend)?,
+            created_at: Timestamp::from_millis(r.try_get("created_at").map_err(backend)?),
+        })
+    })
+    .transpose()
+}
+
+pub(super) async fn save_idempotent_response(
+    pool: &PgPool,
+    actor: &str,
+    key: &str,
+    response: &StoredResponse,
+) -> Result<(), StoreError> {
+    // An expired entry for the key is replaced; a live one is kept.
+    sqlx::query(
+        "insert into idempotency_keys (actor, key, request_hash, status, content_type, body, \
+         created_at) values ($1, $2, $3, $4, $5, $6, $7) \
+         on conflict (actor, key) do update set request_hash = excluded.request_hash, \
+         status = excluded.status, content_type = excluded.content_type, \
+         body = excluded.body, created_at = excluded.created_at \
+         where idempotency_keys.created_at < $8",
+    )
+    .bind(actor)
+    .bind(key)
+    .bind(&response.request_hash)
+    .bind(i64::from(response.status))
+    .bind(&response.content_type)
+    .bind(&response.body)
+    .bind(response.created_at.millis())
+    .bind(response.created_at.millis() - 24 * 3_600_000)
+    .execute(pool)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! The writes of one commit, inside its transaction: session rows (compare-and-set),
+//! participants, events with their webhook deliveries, notifications, the host limit.
+
+use lapse_core::store::{Commit, HostLimit};
+use lapse_core::{Session, SessionId, StoreError, Timestamp};
+use sqlx::{Sqlite, Transaction};
+
+use crate::backend;
+use crate::rows::to_json;
+
+pub(super) async fn insert_session(
+    tx: &mut Transaction<'_, Sqlite>,
+    s: &Session,
+) -> Result<(), StoreError> {
+    let result = sqlx::query(
+        "insert into sessions (id, kind, title, metadata, host, parent, scheduled_start, \
+         scheduled_end, status, delayed, used, created_at, started_at, ended_at, \
+         last_activity_at, end_reason, ended_by, counters, summary, parent_ended_at, \
+         next_due_at, next_due_rule, warnings, version) \
+         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
+         ?18, ?19, ?20, ?21, ?22, ?23, 1) on conflict (id) do nothing",
+    )
+    .bind(s.id.as_str())
+    .bind(&s.kind)
+    .bind(&s.title)
+    .bind(to_json(&s.metadata))
+    .bind(s.host.as_str())
+    .bind(s.parent.as_ref().map(|p| p.as_str()))
+    .bind(s.scheduled_start.map(Timestamp::millis))
+    .bind(s.scheduled_end.map(Timestamp::millis))
+    .bind(s.status.as_str())
+    .bind(s.delayed as i64)
+    .bind(s.used as i64)
+    .bind(s.created_at.millis())
+    .bind(s.started_at.map(Timestamp::millis))
+    .bind(s.ended_at.map(Timestamp::millis))
+    .bind(s.last_activity_at.millis())
+    .bind(s.end_reason.as_deref())
+    .bind(s.ended_by.as_deref())
+    .bind(to_json(&s.counters))
+    .bind(s.summary.as_ref().map(to_json))
+    .bind(s.parent_ended_at.map(Timestamp::millis))
+    .bind(s.wake_at.map(Timestamp::millis))
+    .bind(s.next_due.as_ref().map(|n| n.rule.as_str()))
+    .bind(to_json(&s.warnings))
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    if result.rows_affected() == 0 {
+        return Err(StoreError::Duplicate);
+    }
+    Ok(())
+}
+
+pub(super) async fn update_session(
+    tx: &mut Transaction<'_, Sqlite>,
+    s: &Session,
+) -> Result<(), StoreError> {
+    let result = sqlx::query(
+        "update sessions set title = ?2, metadata = ?3, scheduled_start = ?4, \
+         scheduled_end = ?5, status = ?6, delayed = ?7, used = ?8, started_at = ?9, \
+         ended_at = ?10, last_activity_at = max(last_activity_at, ?11), end_reason = ?12, \
+         ended_by = ?13, counters = ?14, summary = ?15, parent_ended_at = ?16, \
+         next_due_at = ?17, next_due_rule = ?18, warnings = ?20, version = version + 1 \
+         where id = ?1 and version = ?19",
+    )
+    .bind(s.id.as_str())
+    .bind(&s.title)
+    .bind(to_json(&s.metadata))
+    .bind(s.scheduled_start.map(Timestamp::millis))
+    .bind(s.scheduled_end.map(Timestamp::millis))
+    .bind(s.status.as_str())
+    .bind(s.delayed as i64)
+    .bind(s.used as i64)
+    .bind(s.started_at.map(Timestamp::millis))
+    .bind(s.ended_at.map(Timestamp::millis))
+    .bind(s.last_activity_at.millis())
+    .bind(s.end_reason.as_deref())
+    .bind(s.ended_by.as_deref())
+    .bind(to_json(&s.counters))
+    .bind(s.summary.as_ref().map(to_json))
+    .bind(s.parent_ended_at.map(Timestamp::millis))
+    .bind(s.wake_at.map(Timestamp::millis))
+    .bind(s.next_due.as_ref().map(|n| n.rule.as_str()))
+    .bind(s.version)
+    .bind(to_json(&s.warnings))
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    if result.rows_affected() == 0 {
+        return Err(StoreError::Conflict);
+    }
+    Ok(())
+}
+
+pub(super) async fn upsert_participants(
+    tx: &mut Transaction<'_, Sqlite>,
+    s: &Session,
+) -> Result<(), StoreError> {
+    for p in &s.participants {
+        sqlx::query(
+            "insert into participants (session_id, user_id, role, state, joined_at, left_at, \
+             last_seen_at, offline_for) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+             on conflict (session_id, user_id) do update set role = excluded.role, \
+             state = excluded.state, joined_at = excluded.joined_at, left_at = excluded.left_at, \
+             offline_for = excluded.offline_for, \
+             last_seen_at = max(participants.last_seen_at, excluded.last_seen_at)",
+        )
+        .bind(s.id.as_str())
+        .bind(p.user.as_str())
+        .bind(p.role.as_str())
+        .bind(p.state.as_str())
+        .bind(p.joined_at.millis())
+        .bind(p.left_at.map(Timestamp::millis))
+        .bind(p.last_seen_at.millis())
+        .bind(p.offline_for.map(Timestamp::millis))
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+pub(super) async fn delete_session(
+    tx: &mut Transaction<'_, Sqlite>,
+    id: &SessionId,
+    version: i64,
+) -> Result<(), StoreError> {
+    let result = sqlx::query("delete from sessions where id = ?1 and version = ?2")
+        .bind(id.as_str())
+        .bind(version)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    if result.rows_affected() == 0 {
+        return Err(StoreError::Conflict);
+    }
+    sqlx::query("delete from participants where session_id = ?1")
+        .bind(id.as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+pub(super) async fn check_host_limit(
+    tx: &mut Transaction<'_, Sqlite>,
+    limit: &HostLimit,
+) -> Result<(), StoreError> {
+    let open: i64 = sqlx::query_scalar(
+        "select count(*) from sessions where host = ?1 and kind = ?2 \
+         and status in ('pending', 'active')",
+    )
+    .bind(limit.host.as_str())
+    .bind(&limit.kind)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(backend)?;
+    if open >= i64::from(limit.max) {
+        return Err(StoreError::LimitReached);
+    }
+    Ok(())
+}
+
+pub(super) async fn append_events(
+    tx: &mut Transaction<'_, Sqlite>,
+    commit: &Commit,
+) -> Result<(), StoreError> {
+    for r in &commit.events {
+        let e = &r.event;
+        let seq: i64 = sqlx::query_scalar(
+            "insert into events (id, type, at, applied_at, session_id, kind, actor, rule, data) \
+             values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) returning seq",
+        )
+        .bind(&r.id)
+        .bind(e.event_type.as_str())
+        .bind(e.at.millis())
+        .bind(r.applied_at.millis())
+        .bind(e.session_id.as_str())
+        .bind(&e.kind)
+        .bind(&e.actor)
+        .bind(e.rule.as_deref())
+        .bind(to_json(&e.data))
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(backend)?;
+        for (n, url) in r.webhooks.iter().enumerate() {
+            queue_delivery(tx, &format!("{}.{n}", r.id), url, seq, r.applied_at).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Queues one event for one endpoint, unless the endpoint was disabled.
+pub(super) async fn queue_delivery(
+    tx: &mut Transaction<'_, Sqlite>,
+    id: &str,
+    url: &str,
+    seq: i64,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "insert into webhook_deliveries (id, endpoint, event_seq, status, attempts, \
+         next_attempt_at, created_at) \
+         select ?1, ?2, ?3, 'pending', 0, ?4, ?4 \
+         where not exists (select 1 from webhook_endpoints_disabled where url = ?2)",
+    )
+    .bind(id)
+    .bind(url)
+    .bind(seq)
+    .bind(at.millis())
+    .execute(&mut **tx)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+pub(super) async fn deliver_notifications(
+    tx: &mut Transaction<'_, Sqlite>,
+    commit: &Commit,
+) -> Result<(), StoreError> {
+    for r in &commit.notifications {
+        let n = &r.notification;
+        sqlx::query(
+            "insert into notifications (id, user_id, type, title, message, session_id, link, \
+             created_at) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(&r.id)
+        .bind(n.user.as_str())
+        .bind(&n.notification_type)
+        .bind(&n.title)
+        .bind(&n.message)
+        .bind(n.session.as_str())
+        .bind(n.link.as_deref())
+        .bind(n.created_at.millis())
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    }
+    Ok(())
+}
