@@ -7,7 +7,6 @@
 //!   sleeping sweeper learns of it; heartbeat flushes never notify;
 //! - a heartbeat flush is one statement (two data-modifying CTEs), touching no indexed
 //!   column, so its row updates stay HOT.
-
 //!
 //! Here: opening, migrating, reading sessions and events, due rows and heartbeats;
 //! `writes.rs` holds a commit's statements, `outbox.rs` deliveries, retention, health figures
