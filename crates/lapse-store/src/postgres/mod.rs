@@ -11,6 +11,7 @@
 //! Here: opening, migrating, reading sessions and events, due rows and heartbeats;
 //! `writes.rs` holds a commit's statements, `outbox.rs` deliveries, retention, health figures
 //! and idempotency keys.
+
 use std::str::FromStr;
 use std::time::Duration;
 
