@@ -60,9 +60,11 @@ async fn sweep(
     Ok(Json(json!(report)))
 }
 
-async fn kinds(State(app): State<Arc<AppState>>, Auth(_): Auth) -> Json<Value> {
+async fn kinds(State(app): State<Arc<AppState>>, Auth(caller): Auth) -> ApiResult<Json<Value>> {
+    // A cron credential only sweeps and reads stats and health.
+    caller.require_sessions()?;
     let kinds: Vec<_> = app.engine.config().kinds.values().collect();
-    Json(json!({ "kinds": kinds }))
+    Ok(Json(json!({ "kinds": kinds })))
 }
 
 async fn stats(State(app): State<Arc<AppState>>, Auth(caller): Auth) -> ApiResult<Json<Value>> {

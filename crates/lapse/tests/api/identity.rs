@@ -265,7 +265,31 @@ async fn the_open_routes_need_no_credentials_and_describe_the_api(backend: Backe
     );
 }
 
+async fn a_cron_key_sweeps_and_reads_stats_and_health_only(backend: Backend) {
+    let config = "[[auth.api_keys]]\nname = \"nightly\"\nrole = \"cron\"\nkey_sha256 = \"e4e5219a9a7e2594c2d6c2bae2142876bf654aa945f485d94094c9e3044168e9\"\n";
+    let app = spawn_app_with(backend, Some(config)).await;
+    let cron = || As::Bearer("cron-key".to_string());
+    app.post_empty(cron(), "/v1/sweep").await.expect(200);
+    app.get(cron(), "/v1/stats").await.expect(200);
+    app.get(cron(), "/v1/health").await.expect(200);
+    app.get(cron(), "/v1/kinds").await.problem(403, "forbidden");
+    app.get(cron(), "/v1/sessions")
+        .await
+        .problem(403, "forbidden");
+    app.get(cron(), "/v1/events")
+        .await
+        .problem(403, "forbidden");
+    app.post(
+        cron(),
+        "/v1/sessions",
+        json!({ "kind": "study", "host": "a" }),
+    )
+    .await
+    .problem(403, "forbidden");
+}
+
 both_stores!(
+    a_cron_key_sweeps_and_reads_stats_and_health_only,
     the_open_routes_need_no_credentials_and_describe_the_api,
     an_rs256_token_from_the_configured_public_key_is_accepted,
     a_user_token_acts_only_as_its_user,
