@@ -85,6 +85,12 @@ async fn call(
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// Moves an instance's manual clock (`{"set": …}` or `{"advance": …}`).
+async fn move_clock(client: &reqwest::Client, base: &str, to: Value) {
+    let (status, body) = call(client, base, "/v1/admin/clock", None, Some(to)).await;
+    assert_eq!(status, 200, "{body}");
+}
+
 /// Every event of `type` in the log, counted per session.
 async fn count_events(
     client: &reqwest::Client,
@@ -126,15 +132,7 @@ async fn two_instances_sweeping_one_database_transition_each_session_once() {
     let (a, b) = tokio::join!(start_instance(&db), start_instance(&db));
     let client = reqwest::Client::new();
     for i in [&a, &b] {
-        let (status, _) = call(
-            &client,
-            &i.base,
-            "/v1/admin/clock",
-            None,
-            Some(json!({ "set": CLOCK })),
-        )
-        .await;
-        assert_eq!(status, 200);
+        move_clock(&client, &i.base, json!({ "set": CLOCK })).await;
     }
 
     // Unused rooms on one instance, active ones on the other.
@@ -160,14 +158,7 @@ async fn two_instances_sweeping_one_database_transition_each_session_once() {
     assert!(created.iter().all(|s| *s == 201));
 
     for i in [&a, &b] {
-        call(
-            &client,
-            &i.base,
-            "/v1/admin/clock",
-            None,
-            Some(json!({ "advance": "6h" })),
-        )
-        .await;
+        move_clock(&client, &i.base, json!({ "advance": "6h" })).await;
     }
     // Both instances sweep at once while the hosts end their rooms by hand on instance A.
     let sweeps = futures::future::join_all(
@@ -251,14 +242,7 @@ async fn a_process_killed_mid_sweep_loses_and_doubles_nothing(backend: Backend) 
     let (db, _dir) = fresh_database(backend).await;
     let client = reqwest::Client::new();
     let first = start_instance(&db).await;
-    call(
-        &client,
-        &first.base,
-        "/v1/admin/clock",
-        None,
-        Some(json!({ "set": CLOCK })),
-    )
-    .await;
+    move_clock(&client, &first.base, json!({ "set": CLOCK })).await;
     let created: Vec<u16> = stream::iter(0..ROOMS)
         .map(|i| {
             let (client, base) = (&client, &first.base);
@@ -274,14 +258,7 @@ async fn a_process_killed_mid_sweep_loses_and_doubles_nothing(backend: Backend) 
         .collect()
         .await;
     assert!(created.iter().all(|s| *s == 201));
-    call(
-        &client,
-        &first.base,
-        "/v1/admin/clock",
-        None,
-        Some(json!({ "advance": "31m" })),
-    )
-    .await;
+    move_clock(&client, &first.base, json!({ "advance": "31m" })).await;
 
     // Start a sweep and kill the process while it works.
     let sweep = {
@@ -303,22 +280,8 @@ async fn a_process_killed_mid_sweep_loses_and_doubles_nothing(backend: Backend) 
     let done_before = count_events_on(&db, "session.deleted").await;
 
     let second = start_instance(&db).await;
-    call(
-        &client,
-        &second.base,
-        "/v1/admin/clock",
-        None,
-        Some(json!({ "set": CLOCK })),
-    )
-    .await;
-    call(
-        &client,
-        &second.base,
-        "/v1/admin/clock",
-        None,
-        Some(json!({ "advance": "31m" })),
-    )
-    .await;
+    move_clock(&client, &second.base, json!({ "set": CLOCK })).await;
+    move_clock(&client, &second.base, json!({ "advance": "31m" })).await;
     let (status, report) = call(&client, &second.base, "/v1/sweep", None, None).await;
     assert_eq!(status, 200, "{report}");
     // On PostgreSQL the dead sweeper's leases hold its unfinished batch back from other
