@@ -47,6 +47,16 @@ pub enum SessionWrite {
     },
 }
 
+impl SessionWrite {
+    /// The session written, unless this is a delete.
+    pub fn session(&self) -> Option<&Session> {
+        match self {
+            SessionWrite::Insert(s) | SessionWrite::Update(s) => Some(s),
+            SessionWrite::Delete { .. } => None,
+        }
+    }
+}
+
 /// An event ready to store; `seq` is assigned by the store.
 #[derive(Clone, Debug)]
 pub struct EventRecord {
@@ -198,8 +208,6 @@ pub struct SessionQuery {
     pub host: Option<UserId>,
     /// Only sessions this user ever joined.
     pub participant: Option<UserId>,
-    /// Only children of this session.
-    pub parent: Option<SessionId>,
     /// Ids after this one.
     pub after: Option<SessionId>,
     /// Page size.
@@ -291,11 +299,35 @@ pub trait Store: Send + Sync + 'static {
     /// One session with its participants.
     async fn load(&self, id: &SessionId) -> Result<Option<Session>, StoreError>;
 
+    /// Sessions by id, with their participants, in any order; ids not found are left out.
+    async fn load_many(&self, ids: &[SessionId]) -> Result<Vec<Session>, StoreError>;
+
     /// Writes a change atomically; see the module docs.
-    async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        match self.commit_many(vec![commit]).await?.pop() {
+            Some(outcome) => outcome,
+            None => Ok(()),
+        }
+    }
+
+    /// Writes independent changes in one transaction (a sweep's batch). Each is checked as in
+    /// [`Store::commit`]; one that loses its compare-and-set (or meets a host limit, or a taken
+    /// id) is rolled back alone and its error returned in its place, and the others commit
+    /// together. The outer error means the database failed and nothing was written.
+    async fn commit_many(
+        &self,
+        commits: Vec<Commit>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
+
+    /// Inserts many new sessions with their participants in bulk, without events or host
+    /// limits (restores, benchmarks). Ids already taken are skipped; returns how many went in.
+    async fn import(&self, sessions: &[Session]) -> Result<u64, StoreError>;
 
     /// Sessions matching `query`, ordered by id.
     async fn list(&self, query: &SessionQuery) -> Result<Vec<Session>, StoreError>;
+
+    /// The open sessions whose parent is one of `parents`, ordered by id.
+    async fn open_children(&self, parents: &[SessionId]) -> Result<Vec<Session>, StoreError>;
 
     /// Sessions whose stored deadline is at or before `now`, ordered by (deadline, id) and
     /// strictly after `cursor` in that order. Reads only due rows (an index on the deadline).

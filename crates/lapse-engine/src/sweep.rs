@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use lapse_core::lifecycle::Applied;
-use lapse_core::store::{DueRow, Rearm, SessionWrite};
+use lapse_core::store::{Commit, DueRow, Rearm, SessionWrite};
 use lapse_core::{Session, SessionId, StoreError, Timestamp};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -111,12 +111,21 @@ pub struct WakePlan {
     pub sleep: Duration,
 }
 
-/// Where a pass reads and writes: the store, or (dry) an overlay in front of it.
+/// Where a pass reads and writes: the sessions it has changed (not yet committed, or in a dry
+/// run never), in front of the store.
+#[derive(Default)]
 struct Pass {
     dry: bool,
     overlay: HashMap<SessionId, Option<Session>>,
     /// Re-arms waiting to be written at the end of the batch.
     rearms: Vec<Rearm>,
+}
+
+/// One session's transition in a batch, waiting for the batch's transaction.
+struct Decided {
+    id: SessionId,
+    commit: Commit,
+    applied: Vec<Applied>,
 }
 
 impl Engine {
@@ -131,8 +140,7 @@ impl Engine {
         }
         let mut pass = Pass {
             dry: opts.dry_run,
-            overlay: HashMap::new(),
-            rearms: Vec::new(),
+            ..Pass::default()
         };
         let mut report = SweepReport {
             dry_run: opts.dry_run,
@@ -144,7 +152,6 @@ impl Engine {
         };
         let batch = self.config.sweeper.batch;
         let mut cursor: Option<DueRow> = None;
-        let mut cascade: VecDeque<SessionId> = VecDeque::new();
         let mut examined = 0;
         loop {
             let rows = self
@@ -158,14 +165,8 @@ impl Engine {
                 )
                 .await?;
             let exhausted = rows.len() < batch as usize;
-            for row in &rows {
-                self.sweep_session(&mut pass, &row.id, now, &mut report, &mut cascade)
-                    .await;
-                while let Some(child) = cascade.pop_front() {
-                    self.sweep_session(&mut pass, &child, now, &mut report, &mut cascade)
-                        .await;
-                }
-            }
+            let ids: Vec<SessionId> = rows.iter().map(|r| r.id.clone()).collect();
+            self.sweep_batch(&mut pass, ids, now, &mut report).await?;
             // Before the next page is read, so re-armed rows are not offered again.
             let rearmed = self.store.rearm(&std::mem::take(&mut pass.rearms)).await?;
             self.stats.rearmed.fetch_add(rearmed, Ordering::Relaxed);
@@ -194,102 +195,226 @@ impl Engine {
         Ok(report)
     }
 
-    async fn sweep_session(
+    /// Decides every session of one page of due rows (and the cascades they cause) against
+    /// the pass's overlay, then commits all the transitions in one transaction. A session
+    /// whose write loses its compare-and-set is set aside and retried alone from a fresh
+    /// read; if the batch's transaction fails outright, each is retried alone.
+    async fn sweep_batch(
         &self,
         pass: &mut Pass,
-        id: &SessionId,
+        ids: Vec<SessionId>,
         now: Timestamp,
         report: &mut SweepReport,
-        cascade: &mut VecDeque<SessionId>,
-    ) {
-        let mut last_error = None;
-        for _ in 0..SWEEP_ATTEMPTS {
-            match self.sweep_step(pass, id, now, report, cascade).await {
-                Ok(()) => return,
-                Err(EngineError::Store(StoreError::Conflict)) => {
-                    last_error = Some("lost a concurrent update three times".to_string());
+    ) -> Result<(), EngineError> {
+        let unseen: Vec<SessionId> = ids
+            .iter()
+            .filter(|id| !pass.overlay.contains_key(*id))
+            .cloned()
+            .collect();
+        let mut loaded: HashMap<SessionId, Session> = self
+            .store
+            .load_many(&unseen)
+            .await?
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect();
+        let mut children = self.children_of_closing(&loaded, now).await?;
+
+        let mut decided: Vec<Decided> = Vec::new();
+        let mut queue: VecDeque<SessionId> = ids.into();
+        while let Some(id) = queue.pop_front() {
+            let current = match pass.overlay.get(&id) {
+                Some(s) => s.clone(),
+                None => loaded.remove(&id),
+            };
+            let Some(s) = current else { continue };
+            let kids = children.remove(&id);
+            match self.decide(pass, s, kids, now).await {
+                Ok(Some((d, cascade))) => {
+                    queue.extend(cascade);
+                    decided.push(d);
                 }
+                Ok(None) => {}
                 Err(e) => {
-                    last_error = Some(e.to_string());
-                    break;
+                    tracing::warn!(session = %id, error = %e, "sweep could not decide; it stays due");
+                    report.errors.push(SweepError {
+                        session: id.to_string(),
+                        error: e.to_string(),
+                    });
                 }
             }
         }
-        let error = last_error.unwrap_or_default();
-        tracing::warn!(session = %id, %error, "sweep could not apply a due rule; it stays due");
-        report.errors.push(SweepError {
-            session: id.to_string(),
-            error,
-        });
+
+        if pass.dry {
+            report
+                .applied
+                .extend(decided.into_iter().flat_map(|d| d.applied));
+            return Ok(());
+        }
+        // Committed (or not), the batch's changes are in the store now: later batches read
+        // from there again.
+        pass.overlay.clear();
+        let (commits, rest): (Vec<Commit>, Vec<(SessionId, Vec<Applied>)>) = decided
+            .into_iter()
+            .map(|d| (d.commit, (d.id, d.applied)))
+            .unzip();
+        let outcomes = match self.apply_commits(commits).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                tracing::warn!(error = %e, "a sweep batch failed; applying its sessions one by one");
+                rest.iter().map(|_| Err(StoreError::Conflict)).collect()
+            }
+        };
+        let mut alone = Vec::new();
+        for ((id, applied), outcome) in rest.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => report.applied.extend(applied),
+                Err(_) => alone.push(id),
+            }
+        }
+        for id in alone {
+            self.sweep_alone(&id, now, report).await;
+        }
+        Ok(())
     }
 
-    async fn sweep_step(
+    /// The open children of every loaded session that its due rules would close, in one
+    /// read, keyed by parent.
+    async fn children_of_closing(
+        &self,
+        loaded: &HashMap<SessionId, Session>,
+        now: Timestamp,
+    ) -> Result<HashMap<SessionId, Vec<Session>>, EngineError> {
+        let closing: Vec<SessionId> = loaded
+            .values()
+            .filter(|s| {
+                let mut probe = (*s).clone();
+                self.apply_due(&mut probe, now).closed_at.is_some()
+            })
+            .map(|s| s.id.clone())
+            .collect();
+        let mut by_parent: HashMap<SessionId, Vec<Session>> = HashMap::new();
+        for child in self.store.open_children(&closing).await? {
+            if let Some(parent) = child.parent.clone() {
+                by_parent.entry(parent).or_default().push(child);
+            }
+        }
+        Ok(by_parent)
+    }
+
+    /// Applies `s`'s due rules at `now`: a transition ready to commit (with the ids of the
+    /// children it made due), a re-arm noted in the pass, or nothing. The pass's overlay takes
+    /// the new state, so what is decided next in the batch builds on it.
+    async fn decide(
         &self,
         pass: &mut Pass,
-        id: &SessionId,
+        mut s: Session,
+        children: Option<Vec<Session>>,
         now: Timestamp,
-        report: &mut SweepReport,
-        cascade: &mut VecDeque<SessionId>,
-    ) -> Result<(), EngineError> {
-        let loaded = match pass.overlay.get(id) {
-            Some(s) => s.clone(),
-            None => self.store.load(id).await?,
-        };
-        let Some(mut s) = loaded else { return Ok(()) };
+    ) -> Result<Option<(Decided, Vec<SessionId>)>, EngineError> {
         let stored_wake = s.wake_at;
         let fx = self.apply_due(&mut s, now);
-        let kind = self.kind_of(&s.kind);
-
         if fx.is_empty() {
             // Lazy re-arm: the row was due by its stored deadline, but activity has moved
             // since; store the true one so the index stops offering it.
-            s.observe(kind, now);
+            s.observe(self.kind_of(&s.kind), now);
             if !pass.dry && s.wake_at != stored_wake {
                 // Written with the rest of the batch, in one statement.
                 pass.rearms.push(Rearm {
-                    id: id.clone(),
+                    id: s.id.clone(),
                     version: s.version,
                     wake_at: s.wake_at,
                     rule: s.next_due.map(|d| d.rule),
                 });
             }
-            return Ok(());
+            return Ok(None);
         }
-
-        let children = if fx.closed_at.is_some() {
-            let mut children = self.open_children(&s).await?;
-            if pass.dry {
-                children = children
-                    .into_iter()
-                    .filter_map(|c| match pass.overlay.get(&c.id) {
-                        Some(over) => over.clone().filter(|o| o.status.is_open()),
-                        None => Some(c),
-                    })
-                    .collect();
+        let children = match (fx.closed_at, children) {
+            (None, _) => None,
+            (Some(_), kids) => {
+                let mut kids = match kids {
+                    Some(kids) => kids,
+                    None => self.open_children(&s).await?,
+                };
+                // Read before this batch's earlier decisions: theirs is the current state.
+                overlay_children(pass, &mut kids);
+                Some(kids)
             }
-            Some(children)
-        } else {
-            None
         };
         let (commit, due_children) = self.build_commit(&mut s, &fx, now, false, children).await?;
-        if pass.dry {
-            for w in commit.sessions {
-                match w {
-                    SessionWrite::Update(mut c) | SessionWrite::Insert(mut c) => {
-                        c.version += 1;
-                        pass.overlay.insert(c.id.clone(), Some(c));
+        for w in &commit.sessions {
+            match w {
+                SessionWrite::Update(c) | SessionWrite::Insert(c) => {
+                    let mut c = c.clone();
+                    c.version += 1;
+                    pass.overlay.insert(c.id.clone(), Some(c));
+                }
+                SessionWrite::Delete { id, .. } => {
+                    pass.overlay.insert(id.clone(), None);
+                }
+            }
+        }
+        let decided = Decided {
+            id: s.id.clone(),
+            commit,
+            applied: fx.applied,
+        };
+        Ok(Some((
+            decided,
+            due_children.into_iter().map(|c| c.id).collect(),
+        )))
+    }
+
+    /// Sweeps one session by itself, from a fresh read, with its cascade: for a session whose
+    /// write lost in a batch. Retries a lost compare-and-set a few times; a session that still
+    /// fails stays due and is reported.
+    async fn sweep_alone(&self, id: &SessionId, now: Timestamp, report: &mut SweepReport) {
+        let mut queue = VecDeque::from([id.clone()]);
+        while let Some(id) = queue.pop_front() {
+            let mut last_error = None;
+            for _ in 0..SWEEP_ATTEMPTS {
+                match self.sweep_one(&id, now).await {
+                    Ok((applied, cascade)) => {
+                        report.applied.extend(applied);
+                        queue.extend(cascade);
+                        last_error = None;
+                        break;
                     }
-                    SessionWrite::Delete { id, .. } => {
-                        pass.overlay.insert(id, None);
+                    Err(EngineError::Store(StoreError::Conflict)) => {
+                        last_error = Some("lost a concurrent update three times".to_string());
+                    }
+                    Err(e) => {
+                        last_error = Some(e.to_string());
+                        break;
                     }
                 }
             }
-        } else {
-            self.apply_commit(commit).await?;
+            if let Some(error) = last_error {
+                tracing::warn!(session = %id, %error, "sweep could not apply a due rule; it stays due");
+                report.errors.push(SweepError {
+                    session: id.to_string(),
+                    error,
+                });
+            }
         }
-        cascade.extend(due_children.into_iter().map(|c| c.id));
-        report.applied.extend(fx.applied);
-        Ok(())
+    }
+
+    /// One session's due rules, decided and committed on their own.
+    async fn sweep_one(
+        &self,
+        id: &SessionId,
+        now: Timestamp,
+    ) -> Result<(Vec<Applied>, Vec<SessionId>), EngineError> {
+        let Some(s) = self.store.load(id).await? else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let mut pass = Pass::default();
+        let Some((d, cascade)) = self.decide(&mut pass, s, None, now).await? else {
+            self.store.rearm(&pass.rearms).await?;
+            return Ok((Vec::new(), Vec::new()));
+        };
+        self.apply_commit(d.commit).await?;
+        Ok((d.applied, cascade))
     }
 
     /// Sweeper figures for `/v1/stats`.
@@ -403,4 +528,17 @@ impl Engine {
             tracing::error!(error = %e, "final heartbeat flush failed");
         }
     }
+}
+
+/// Replaces children the pass has already changed by their changed state, dropping those it
+/// deleted or ended.
+fn overlay_children(pass: &Pass, kids: &mut Vec<Session>) {
+    kids.retain_mut(|c| match pass.overlay.get(&c.id) {
+        Some(Some(over)) if over.status.is_open() => {
+            *c = over.clone();
+            true
+        }
+        Some(_) => false,
+        None => true,
+    });
 }

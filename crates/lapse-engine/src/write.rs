@@ -2,8 +2,8 @@
 //! events and notifications go to the store as a single [`Commit`].
 
 use lapse_core::lifecycle::{self, Effects};
-use lapse_core::store::{Commit, EventRecord, NotificationRecord, SessionQuery, SessionWrite};
-use lapse_core::{Session, Timestamp};
+use lapse_core::store::{Commit, EventRecord, NotificationRecord, SessionWrite};
+use lapse_core::{Session, StoreError, Timestamp};
 
 use crate::{Engine, EngineError};
 
@@ -77,46 +77,40 @@ impl Engine {
 
     /// The open sessions whose parent is `s`.
     pub(crate) async fn open_children(&self, s: &Session) -> Result<Vec<Session>, EngineError> {
-        let mut children = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self
-                .store
-                .list(&SessionQuery {
-                    parent: Some(s.id.clone()),
-                    open_only: true,
-                    after: after.clone(),
-                    limit: 500,
-                    ..SessionQuery::default()
-                })
-                .await?;
-            let full = page.len() == 500;
-            after = page.last().map(|c| c.id.clone());
-            children.extend(page);
-            if !full {
-                return Ok(children);
-            }
-        }
+        Ok(self
+            .store
+            .open_children(std::slice::from_ref(&s.id))
+            .await?)
     }
 
     /// Writes `commit` and wakes the sweeper if a deadline moved earlier.
     pub(crate) async fn apply_commit(&self, commit: Commit) -> Result<(), EngineError> {
-        let earliest = commit
-            .sessions
+        match self.apply_commits(vec![commit]).await?.pop() {
+            Some(outcome) => Ok(outcome?),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes independent commits in one transaction (see [`lapse_core::Store::commit_many`]),
+    /// then wakes the sweeper if a written deadline is before its plan, and event streams if
+    /// events went in.
+    pub(crate) async fn apply_commits(
+        &self,
+        commits: Vec<Commit>,
+    ) -> Result<Vec<Result<(), StoreError>>, EngineError> {
+        let wakes: Vec<Option<Timestamp>> = commits
             .iter()
-            .filter_map(|w| match w {
-                SessionWrite::Insert(s) | SessionWrite::Update(s) => s.wake_at,
-                SessionWrite::Delete { .. } => None,
-            })
-            .min();
-        let has_events = !commit.events.is_empty();
-        self.store.commit(commit).await?;
-        if let Some(at) = earliest {
+            .map(|c| c.sessions.iter().filter_map(|w| w.session()?.wake_at).min())
+            .collect();
+        let with_events: Vec<bool> = commits.iter().map(|c| !c.events.is_empty()).collect();
+        let outcomes = self.store.commit_many(commits).await?;
+        let written = || outcomes.iter().enumerate().filter(|(_, o)| o.is_ok());
+        if let Some(at) = written().filter_map(|(i, _)| wakes[i]).min() {
             self.deadline_moved(at);
         }
-        if has_events {
+        if written().any(|(i, _)| with_events[i]) {
             self.events_appended();
         }
-        Ok(())
+        Ok(outcomes)
     }
 }

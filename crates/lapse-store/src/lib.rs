@@ -4,6 +4,7 @@
 //! - [`postgres`]: one database shared by several stateless instances.
 //! - [`migrate`]: the small versioned-script runner both backends use.
 //! - [`rows`]: turning stored columns back into sessions and events.
+//! - `statements`: the reads whose shape follows the filters given, for both dialects.
 //! - [`testing`]: throwaway databases for tests.
 //!
 //! All SQL of the project lives in this crate, one statement per function, named after what
@@ -13,6 +14,7 @@ pub mod migrate;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
+mod statements;
 pub mod testing;
 
 use std::sync::Arc;

@@ -14,15 +14,29 @@ pub struct Script {
 }
 
 /// SQLite's scripts.
-pub const SQLITE: &[Script] = &[Script {
-    version: 1,
-    name: "sessions",
-    sql: include_str!("../migrations/sqlite/0001_sessions.sql"),
-}];
+pub const SQLITE: &[Script] = &[
+    Script {
+        version: 1,
+        name: "sessions",
+        sql: include_str!("../migrations/sqlite/0001_sessions.sql"),
+    },
+    Script {
+        version: 2,
+        name: "access paths",
+        sql: include_str!("../migrations/sqlite/0002_access_paths.sql"),
+    },
+];
 
 /// PostgreSQL's scripts.
-pub const POSTGRES: &[Script] = &[Script {
-    version: 1,
-    name: "sessions",
-    sql: include_str!("../migrations/postgres/0001_sessions.sql"),
-}];
+pub const POSTGRES: &[Script] = &[
+    Script {
+        version: 1,
+        name: "sessions",
+        sql: include_str!("../migrations/postgres/0001_sessions.sql"),
+    },
+    Script {
+        version: 2,
+        name: "access paths",
+        sql: include_str!("../migrations/postgres/0002_access_paths.sql"),
+    },
+];

@@ -196,6 +196,29 @@ pub fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "{}".into())
 }
 
+/// Puts participant rows (`session_id` first) on their sessions, in row order.
+pub fn attach_participants<R: Row>(sessions: &mut [Session], rows: &[R]) -> Result<(), StoreError>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database>,
+{
+    let index: std::collections::HashMap<String, usize> = sessions
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.to_string(), i))
+        .collect();
+    for row in rows {
+        let (session_id, p) = participant(row)?;
+        if let Some(&i) = index.get(&session_id) {
+            sessions[i].participants.push(p);
+        }
+    }
+    Ok(())
+}
+
 /// Columns of a delivery joined with its event, as [`delivery`] reads them.
 pub const DELIVERY_COLUMNS: &str = "d.id as d_id, d.endpoint, d.event_seq, e.id as event_id, \
     e.type as event_type, d.status, d.attempts, d.next_attempt_at, d.last_attempt_at, \
@@ -232,3 +255,53 @@ where
         created_at: Timestamp::from_millis(get_i("d_created_at")?),
     })
 }
+
+/// Sessions and their participants as two JSON arrays of objects keyed by column name, for
+/// bulk imports (SQLite reads them with `json_each`, PostgreSQL with `jsonb_to_recordset`).
+pub fn import_rows(sessions: &[Session]) -> (String, String) {
+    use serde_json::json;
+    let ms = |t: Option<Timestamp>| t.map(Timestamp::millis);
+    let rows: Vec<serde_json::Value> = sessions
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.id.as_str(), "kind": s.kind, "title": s.title,
+                "metadata": to_json(&s.metadata), "host": s.host.as_str(),
+                "parent": s.parent.as_ref().map(SessionId::as_str),
+                "scheduled_start": ms(s.scheduled_start), "scheduled_end": ms(s.scheduled_end),
+                "status": s.status.as_str(), "delayed": s.delayed, "used": s.used,
+                "created_at": s.created_at.millis(), "started_at": ms(s.started_at),
+                "ended_at": ms(s.ended_at), "last_activity_at": s.last_activity_at.millis(),
+                "end_reason": s.end_reason, "ended_by": s.ended_by,
+                "counters": to_json(&s.counters), "summary": s.summary.as_ref().map(to_json),
+                "parent_ended_at": ms(s.parent_ended_at), "warnings": to_json(&s.warnings),
+                "next_due_at": ms(s.wake_at),
+                "next_due_rule": s.next_due.as_ref().map(|n| n.rule.as_str()),
+            })
+        })
+        .collect();
+    let participants: Vec<serde_json::Value> = sessions
+        .iter()
+        .flat_map(|s| {
+            s.participants.iter().map(move |p| {
+                json!({
+                    "session_id": s.id.as_str(), "user_id": p.user.as_str(),
+                    "role": p.role.as_str(), "state": p.state.as_str(),
+                    "joined_at": p.joined_at.millis(), "left_at": ms(p.left_at),
+                    "last_seen_at": p.last_seen_at.millis(), "offline_for": ms(p.offline_for),
+                })
+            })
+        })
+        .collect();
+    (to_json(&rows), to_json(&participants))
+}
+
+/// The columns [`import_rows`] writes, in the order of the import statements.
+pub const IMPORT_SESSION_COLUMNS: &str = "id, kind, title, metadata, host, parent, \
+    scheduled_start, scheduled_end, status, delayed, used, created_at, started_at, ended_at, \
+    last_activity_at, end_reason, ended_by, counters, summary, parent_ended_at, warnings, \
+    next_due_at, next_due_rule";
+
+/// The participant columns [`import_rows`] writes.
+pub const IMPORT_PARTICIPANT_COLUMNS: &str =
+    "session_id, user_id, role, state, joined_at, left_at, last_seen_at, offline_for";

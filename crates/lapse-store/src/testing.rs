@@ -65,3 +65,53 @@ fn uuid_like() -> String {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// `count` new sessions of `kind` created at `at`, named `{prefix}{n}`, each hosted by one of
+/// `hosts` users (`h{n % hosts}`) with `members` more participants (`m{n}-{k}`), observed so
+/// their stored deadlines are right: a population for plan tests and benchmarks, written with
+/// [`lapse_core::Store::import`].
+pub fn synthetic_sessions(
+    kind: &lapse_core::Kind,
+    prefix: &str,
+    count: usize,
+    hosts: usize,
+    members: usize,
+    at: lapse_core::Timestamp,
+) -> Vec<lapse_core::Session> {
+    use lapse_core::lifecycle::{self, By, Effects, NewSession, Via};
+    use lapse_core::{SessionId, UserId};
+    (0..count)
+        .map(|n| {
+            // Ids and user names built here are always valid.
+            let host = UserId::parse(&format!("h{}", n % hosts.max(1))).expect("a valid user id");
+            let input = NewSession {
+                title: None,
+                metadata: None,
+                host,
+                parent: None,
+                scheduled_start: None,
+                scheduled_end: None,
+            };
+            let id = SessionId::parse(&format!("{prefix}{n}")).expect("a valid session id");
+            let mut fx = Effects::default();
+            let mut s = lifecycle::create(kind, id, input, None, at, &By::system(), &mut fx)
+                .expect("a plain session can always be created");
+            for k in 0..members {
+                let user = UserId::parse(&format!("m{n}-{k}")).expect("a valid user id");
+                // Joining an open session with no limits cannot be refused.
+                let _ = lifecycle::join(
+                    kind,
+                    &mut s,
+                    &user,
+                    None,
+                    Via::Direct,
+                    at,
+                    &By::system(),
+                    &mut fx,
+                );
+            }
+            s.observe(kind, at);
+            s
+        })
+        .collect()
+}

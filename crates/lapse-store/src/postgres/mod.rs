@@ -20,22 +20,20 @@ use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
     Attempt, Beat, Change, ChangeCallback, Commit, Delivery, DeliveryStatus, DueRow, EventQuery,
-    HealthCounts, Rearm, SessionQuery, SessionWrite, StatusCount, Store, StoredResponse,
+    HealthCounts, Rearm, SessionQuery, StatusCount, Store, StoredResponse,
 };
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
 use crate::rows::{self, PG_SESSION_COLUMNS};
+use crate::statements::{self, Arg, Dialect, Statement};
 use crate::{backend, migrate};
 
 mod outbox;
 mod writes;
 
-use writes::{
-    append_events, check_host_limit, delete_session, deliver_notifications, insert_session,
-    update_session, upsert_participants,
-};
+use writes::{exec, write_commit};
 
 /// The channel changes are announced on: a payload `d<ms>` for a stored deadline, `e` for
 /// new events.
@@ -100,27 +98,110 @@ impl PostgresStore {
         self.pool.options().get_max_connections()
     }
 
-    async fn attach_participants(&self, sessions: &mut [Session]) -> Result<(), StoreError> {
-        if sessions.is_empty() {
-            return Ok(());
+    /// Sessions by id (any order; missing ones are left out), with their participants.
+    async fn sessions_by_id(&self, ids: &[SessionId]) -> Result<Vec<Session>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        let ids: Vec<String> = sessions.iter().map(|s| s.id.to_string()).collect();
-        let rows = sqlx::query(
-            "select session_id, user_id, role, state, joined_at, left_at, last_seen_at, offline_for \
-             from participants where session_id = any($1) order by joined_at, user_id",
-        )
-        .bind(&ids)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        for row in &rows {
-            let (session_id, p) = rows::participant(row)?;
-            if let Some(s) = sessions.iter_mut().find(|s| s.id.as_str() == session_id) {
-                s.participants.push(p);
-            }
-        }
-        Ok(())
+        let ids = ids.iter().map(SessionId::to_string).collect();
+        let st = statements::sessions_by_id(Dialect::Postgres, PG_SESSION_COLUMNS, ids);
+        self.fetch_sessions(&st).await
     }
+
+    /// The generic plan PostgreSQL picks for every hot statement (`plan_cache_mode =
+    /// force_generic_plan`, so no plan is fitted to the values), as `(what, plan)`, after
+    /// `analyze`: the plan tests fail on any that scans `sessions`, `participants` or
+    /// `events` whole.
+    pub async fn hot_plans(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut hot = statements::hot_reads(Dialect::Postgres, PG_SESSION_COLUMNS);
+        let fixed = |name, sql: &str, args: Vec<Arg>| {
+            let mut st = Statement::fixed(Dialect::Postgres, sql);
+            st.args = args;
+            (name, st)
+        };
+        let text = |t: &str| Arg::Text(t.to_string());
+        let empty = || Arg::Texts(Vec::new());
+        hot.extend([
+            fixed(
+                "heartbeat flush",
+                FLUSH_HEARTBEATS,
+                vec![empty(), empty(), empty()],
+            ),
+            fixed("re-arm", REARM, vec![empty(), empty(), empty(), empty()]),
+            fixed("next deadline", NEXT_DEADLINE, vec![]),
+            fixed("was deleted", WAS_DELETED, vec![text("s1")]),
+            fixed(
+                "host limit",
+                writes::HOST_OPEN_COUNT,
+                vec![text("u1"), text("study")],
+            ),
+        ]);
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        for sql in ["analyze", "set plan_cache_mode = force_generic_plan"] {
+            sqlx::query(sql)
+                .execute(&mut *conn)
+                .await
+                .map_err(backend)?;
+        }
+        let mut plans = Vec::new();
+        for (name, st) in hot {
+            // Values as literals: EXPLAIN EXECUTE takes no parameters of its own.
+            let values: Vec<String> = st.args.iter().map(Arg::literal).collect();
+            let execute = if values.is_empty() {
+                "explain execute lapse_plan".to_string()
+            } else {
+                format!("explain execute lapse_plan({})", values.join(", "))
+            };
+            let prepare = format!("prepare lapse_plan as {}", st.sql);
+            sqlx::raw_sql(AssertSqlSafe(prepare))
+                .execute(&mut *conn)
+                .await
+                .map_err(backend)?;
+            let lines: Vec<String> = sqlx::query_scalar(AssertSqlSafe(execute))
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(backend)?;
+            sqlx::raw_sql("deallocate lapse_plan")
+                .execute(&mut *conn)
+                .await
+                .map_err(backend)?;
+            plans.push((name.to_string(), lines.join("\n")));
+        }
+        sqlx::query("reset plan_cache_mode")
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+        Ok(plans)
+    }
+
+    async fn fetch_sessions(&self, st: &Statement) -> Result<Vec<Session>, StoreError> {
+        let rows = query(st).fetch_all(&self.pool).await.map_err(backend)?;
+        let mut sessions = rows
+            .iter()
+            .map(rows::session)
+            .collect::<Result<Vec<_>, _>>()?;
+        if sessions.is_empty() {
+            return Ok(sessions);
+        }
+        let ids = sessions.iter().map(|s| s.id.to_string()).collect();
+        let st = statements::participants_of(Dialect::Postgres, ids);
+        let rows = query(&st).fetch_all(&self.pool).await.map_err(backend)?;
+        rows::attach_participants(&mut sessions, &rows)?;
+        Ok(sessions)
+    }
+}
+
+/// Binds a built statement's values.
+fn query(st: &Statement) -> sqlx::query::Query<'static, Postgres, PgArguments> {
+    let mut q = sqlx::query(AssertSqlSafe(st.sql.clone()));
+    for arg in &st.args {
+        q = match arg {
+            Arg::Text(t) => q.bind(t.clone()),
+            Arg::Int(i) => q.bind(*i),
+            Arg::Texts(list) => q.bind(list.clone()),
+        };
+    }
+    q
 }
 
 /// Tells every instance (this one included) of a change; delivered at commit.
@@ -133,6 +214,30 @@ async fn announce(tx: &mut Transaction<'_, Postgres>, payload: String) -> Result
         .map_err(backend)?;
     Ok(())
 }
+
+/// One heartbeat flush: participants, then their sessions, in one statement.
+const FLUSH_HEARTBEATS: &str = "with b as (select * from unnest($1::text[], $2::text[], $3::bigint[]) as b(s, u, at)), \
+             p as (update participants set beat_at = b.at, \
+                       last_seen_at = greatest(participants.last_seen_at, b.at) \
+                   from b where participants.session_id = b.s and participants.user_id = b.u \
+                   and participants.state = 'joined' \
+                   returning participants.session_id, b.at) \
+             update sessions set last_activity_at = greatest(last_activity_at, m.at), \
+                 used = true, version = version + 1 \
+             from (select session_id, max(at) as at from p group by session_id) m \
+             where sessions.id = m.session_id and sessions.status in ('pending', 'active')";
+
+/// Lazy re-arms of a batch, compare-and-set per row.
+const REARM: &str = "update sessions set next_due_at = b.at, next_due_rule = b.rule, claimed_until = null \
+             from unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[]) as b(id, version, at, rule) \
+             where sessions.id = b.id and sessions.version = b.version";
+
+/// The earliest stored deadline, from the end of the deadline index.
+const NEXT_DEADLINE: &str = "select min(next_due_at) from sessions where next_due_at is not null";
+
+/// Whether a session was deleted, from its events.
+const WAS_DELETED: &str = "select seq from events where session_id = $1 \
+             and type in ('session.deleted', 'session.purged') limit 1";
 
 #[async_trait]
 impl Store for PostgresStore {
@@ -179,43 +284,28 @@ impl Store for PostgresStore {
     }
 
     async fn load(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
-        let sql = format!("select {PG_SESSION_COLUMNS} from sessions where id = $1");
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        let Some(row) = row else { return Ok(None) };
-        let mut sessions = vec![rows::session(&row)?];
-        self.attach_participants(&mut sessions).await?;
-        Ok(sessions.pop())
+        Ok(self.sessions_by_id(std::slice::from_ref(id)).await?.pop())
     }
 
-    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+    async fn load_many(&self, ids: &[SessionId]) -> Result<Vec<Session>, StoreError> {
+        self.sessions_by_id(ids).await
+    }
+
+    async fn open_children(&self, parents: &[SessionId]) -> Result<Vec<Session>, StoreError> {
+        if parents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let parents = parents.iter().map(SessionId::to_string).collect();
+        let st = statements::open_children(Dialect::Postgres, PG_SESSION_COLUMNS, parents);
+        self.fetch_sessions(&st).await
+    }
+
+    async fn commit_many(
+        &self,
+        commits: Vec<Commit>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        if let Some(limit) = &commit.host_limit {
-            check_host_limit(&mut tx, limit).await?;
-        }
-        let mut earliest: Option<Timestamp> = None;
-        for write in &commit.sessions {
-            match write {
-                SessionWrite::Insert(s) | SessionWrite::Update(s) => {
-                    if matches!(write, SessionWrite::Insert(_)) {
-                        insert_session(&mut tx, s).await?;
-                    } else {
-                        update_session(&mut tx, s).await?;
-                    }
-                    upsert_participants(&mut tx, s).await?;
-                    if let Some(at) = s.wake_at {
-                        earliest = Some(earliest.map_or(at, |e| e.min(at)));
-                    }
-                }
-                SessionWrite::Delete { id, version } => {
-                    delete_session(&mut tx, id, *version).await?
-                }
-            }
-        }
-        if !commit.events.is_empty() {
+        if commits.iter().any(|c| !c.events.is_empty()) {
             // Sequence numbers are handed out at insert but become visible at commit; taking
             // this lock until commit makes the two orders agree, so a reader that has seen
             // event N never later finds an N-1 it skipped (SSE and `after=` paging rely on it).
@@ -224,44 +314,53 @@ impl Store for PostgresStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(backend)?;
-            append_events(&mut tx, &commit).await?;
+        }
+        let alone = commits.len() == 1;
+        let mut outcomes = Vec::with_capacity(commits.len());
+        let (mut earliest, mut events) = (None::<Timestamp>, false);
+        for commit in &commits {
+            // As on SQLite: a commit refused by its first statement has written nothing.
+            let savepoint = !alone && commit.sessions.len() > 1;
+            if savepoint {
+                exec(&mut tx, "savepoint one_commit").await?;
+            }
+            match write_commit(&mut tx, commit).await {
+                Ok(()) => {
+                    outcomes.push(Ok(()));
+                    events |= !commit.events.is_empty();
+                    let wakes = commit.sessions.iter().filter_map(|w| w.session()?.wake_at);
+                    earliest = earliest.into_iter().chain(wakes).min();
+                }
+                Err(e @ StoreError::Backend(_)) => return Err(e),
+                Err(e) if alone => return Ok(vec![Err(e)]),
+                Err(e) => {
+                    if savepoint {
+                        exec(&mut tx, "rollback to savepoint one_commit").await?;
+                    }
+                    outcomes.push(Err(e));
+                }
+            }
+            if savepoint {
+                exec(&mut tx, "release savepoint one_commit").await?;
+            }
+        }
+        if events {
             announce(&mut tx, "e".into()).await?;
         }
-        deliver_notifications(&mut tx, &commit).await?;
         if let Some(at) = earliest {
             announce(&mut tx, format!("d{}", at.millis())).await?;
         }
-        tx.commit().await.map_err(backend)
+        tx.commit().await.map_err(backend)?;
+        Ok(outcomes)
+    }
+
+    async fn import(&self, sessions: &[Session]) -> Result<u64, StoreError> {
+        writes::import(&self.pool, sessions).await
     }
 
     async fn list(&self, q: &SessionQuery) -> Result<Vec<Session>, StoreError> {
-        let sql = format!(
-            "select {PG_SESSION_COLUMNS} from sessions s \
-             where ($1::text is null or kind = $1) and ($2::text is null or status = $2) \
-             and (not $3 or status in ('pending', 'active')) and ($4::text is null or host = $4) \
-             and ($5::text is null or exists (select 1 from participants p \
-                  where p.session_id = s.id and p.user_id = $5)) \
-             and ($6::text is null or parent = $6) and ($7::text is null or id > $7) \
-             order by id limit $8"
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(q.kind.as_deref())
-            .bind(q.status.map(Status::as_str))
-            .bind(q.open_only)
-            .bind(q.host.as_ref().map(UserId::as_str))
-            .bind(q.participant.as_ref().map(UserId::as_str))
-            .bind(q.parent.as_ref().map(SessionId::as_str))
-            .bind(q.after.as_ref().map(SessionId::as_str))
-            .bind(q.limit as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
-        let mut sessions = rows
-            .iter()
-            .map(rows::session)
-            .collect::<Result<Vec<_>, _>>()?;
-        self.attach_participants(&mut sessions).await?;
-        Ok(sessions)
+        let st = statements::list_sessions(Dialect::Postgres, PG_SESSION_COLUMNS, q);
+        self.fetch_sessions(&st).await
     }
 
     async fn due(
@@ -273,38 +372,39 @@ impl Store for PostgresStore {
         claim: bool,
     ) -> Result<Vec<DueRow>, StoreError> {
         let wall = wall_now();
-        let query = if claim {
-            sqlx::query(
-                "with picked as ( \
-                     select id from sessions \
-                     where next_due_at is not null and next_due_at <= $1 \
-                     and ($2::text is null or kind = $2) \
-                     and ($3::bigint is null or next_due_at > $3 or (next_due_at = $3 and id > $4)) \
-                     and (claimed_until is null or claimed_until < $6) \
-                     order by next_due_at, id limit $5 \
-                     for update skip locked) \
-                 update sessions s set claimed_until = $7 from picked where s.id = picked.id \
-                 returning s.id, s.next_due_at",
-            )
+        let rows = if claim {
+            // Lease the rows no other sweeper holds; a crashed sweeper's lease runs out.
+            let mut st = statements::due_sessions(
+                Dialect::Postgres,
+                now.millis(),
+                kind,
+                cursor,
+                limit,
+                Some(wall),
+            );
+            let until = format!("${}", st.args.len() + 1);
+            st.sql = format!(
+                "with picked as ({} for update skip locked) \
+                 update sessions s set claimed_until = {until} from picked \
+                 where s.id = picked.id returning s.id, s.next_due_at",
+                st.sql
+            );
+            query(&st)
+                .bind(wall + LEASE.as_millis() as i64)
+                .fetch_all(&self.pool)
+                .await
         } else {
-            sqlx::query(
-                "select id, next_due_at from sessions \
-                 where next_due_at is not null and next_due_at <= $1 \
-                 and ($2::text is null or kind = $2) \
-                 and ($3::bigint is null or next_due_at > $3 or (next_due_at = $3 and id > $4)) \
-                 order by next_due_at, id limit $5",
-            )
-        };
-        let mut query = query
-            .bind(now.millis())
-            .bind(kind)
-            .bind(cursor.map(|c| c.at.millis()))
-            .bind(cursor.map(|c| c.id.as_str()))
-            .bind(limit as i64);
-        if claim {
-            query = query.bind(wall).bind(wall + LEASE.as_millis() as i64);
+            let st = statements::due_sessions(
+                Dialect::Postgres,
+                now.millis(),
+                kind,
+                cursor,
+                limit,
+                None,
+            );
+            query(&st).fetch_all(&self.pool).await
         }
-        let rows = query.fetch_all(&self.pool).await.map_err(backend)?;
+        .map_err(backend)?;
         let mut due = rows
             .iter()
             .map(|r| {
@@ -332,28 +432,22 @@ impl Store for PostgresStore {
             .map(|r| r.wake_at.map(Timestamp::millis))
             .collect();
         let rules: Vec<Option<&str>> = rows.iter().map(|r| r.rule.as_deref()).collect();
-        let result = sqlx::query(
-            "update sessions set next_due_at = b.at, next_due_rule = b.rule, claimed_until = null \
-             from unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[]) as b(id, version, at, rule) \
-             where sessions.id = b.id and sessions.version = b.version",
-        )
-        .bind(&ids)
-        .bind(&versions)
-        .bind(&wakes)
-        .bind(&rules)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
+        let result = sqlx::query(REARM)
+            .bind(&ids)
+            .bind(&versions)
+            .bind(&wakes)
+            .bind(&rules)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
         Ok(result.rows_affected())
     }
 
     async fn next_deadline(&self) -> Result<Option<Timestamp>, StoreError> {
-        let at: Option<i64> = sqlx::query_scalar(
-            "select min(next_due_at) from sessions where next_due_at is not null",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(backend)?;
+        let at: Option<i64> = sqlx::query_scalar(NEXT_DEADLINE)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
         Ok(at.map(Timestamp::from_millis))
     }
 
@@ -366,56 +460,28 @@ impl Store for PostgresStore {
         let ats: Vec<i64> = beats.iter().map(|b| b.at.millis()).collect();
         // One statement: the participants, then their sessions' activity and version (so a
         // sweep decided on the older row loses its compare-and-set). No NOTIFY, no index.
-        sqlx::query(
-            "with b as (select * from unnest($1::text[], $2::text[], $3::bigint[]) as b(s, u, at)), \
-             p as (update participants set beat_at = b.at, \
-                       last_seen_at = greatest(participants.last_seen_at, b.at) \
-                   from b where participants.session_id = b.s and participants.user_id = b.u \
-                   and participants.state = 'joined' \
-                   returning participants.session_id, b.at) \
-             update sessions set last_activity_at = greatest(last_activity_at, m.at), \
-                 used = true, version = version + 1 \
-             from (select session_id, max(at) as at from p group by session_id) m \
-             where sessions.id = m.session_id and sessions.status in ('pending', 'active')",
-        )
-        .bind(&sessions)
-        .bind(&users)
-        .bind(&ats)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
+        sqlx::query(FLUSH_HEARTBEATS)
+            .bind(&sessions)
+            .bind(&users)
+            .bind(&ats)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
         Ok(())
     }
 
     async fn was_deleted(&self, id: &SessionId) -> Result<bool, StoreError> {
-        let found: Option<i64> = sqlx::query_scalar(
-            "select seq from events where session_id = $1 \
-             and type in ('session.deleted', 'session.purged') limit 1",
-        )
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
+        let found: Option<i64> = sqlx::query_scalar(WAS_DELETED)
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
         Ok(found.is_some())
     }
 
     async fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        let types: Vec<&str> = q.types.iter().map(|t| t.as_str()).collect();
-        let rows = sqlx::query(
-            "select seq, id, type, at, applied_at, session_id, kind, actor, rule, data \
-             from events where seq > $1 and ($2::text is null or kind = $2) \
-             and ($3::text is null or session_id = $3) \
-             and (cardinality($4::text[]) = 0 or type = any($4)) \
-             order by seq limit $5",
-        )
-        .bind(q.after)
-        .bind(q.kind.as_deref())
-        .bind(q.session.as_ref().map(SessionId::as_str))
-        .bind(&types)
-        .bind(q.limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
+        let st = statements::events_page(Dialect::Postgres, q);
+        let rows = query(&st).fetch_all(&self.pool).await.map_err(backend)?;
         rows.iter().map(rows::event).collect()
     }
 

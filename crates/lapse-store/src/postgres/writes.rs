@@ -1,17 +1,49 @@
 //! The writes of one commit, inside its transaction: session rows (compare-and-set),
 //! participants, events with their webhook deliveries, notifications, the host limit.
 
-use lapse_core::store::{Commit, HostLimit};
+use lapse_core::store::{Commit, HostLimit, SessionWrite};
 use lapse_core::{Session, SessionId, StoreError, Timestamp};
-use sqlx::{Postgres, Transaction};
+use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
 
 use crate::backend;
-use crate::rows::to_json;
+use crate::rows::{IMPORT_PARTICIPANT_COLUMNS, IMPORT_SESSION_COLUMNS, import_rows, to_json};
 
-pub(super) async fn insert_session(
+/// Runs a statement without values (savepoints).
+pub(super) async fn exec(
     tx: &mut Transaction<'_, Postgres>,
-    s: &Session,
+    sql: &'static str,
 ) -> Result<(), StoreError> {
+    sqlx::query(sql).execute(&mut **tx).await.map_err(backend)?;
+    Ok(())
+}
+
+/// Everything one commit writes, in order, inside `tx`. Its first statement is the one that
+/// can refuse it (host limit, insert, compare-and-set).
+pub(super) async fn write_commit(
+    tx: &mut Transaction<'_, Postgres>,
+    commit: &Commit,
+) -> Result<(), StoreError> {
+    if let Some(limit) = &commit.host_limit {
+        check_host_limit(tx, limit).await?;
+    }
+    for write in &commit.sessions {
+        match write {
+            SessionWrite::Insert(s) => {
+                insert_session(tx, s).await?;
+                upsert_participants(tx, s).await?;
+            }
+            SessionWrite::Update(s) => {
+                update_session(tx, s).await?;
+                upsert_participants(tx, s).await?;
+            }
+            SessionWrite::Delete { id, version } => delete_session(tx, id, *version).await?,
+        }
+    }
+    append_events(tx, commit).await?;
+    deliver_notifications(tx, commit).await
+}
+
+async fn insert_session(tx: &mut Transaction<'_, Postgres>, s: &Session) -> Result<(), StoreError> {
     let result = sqlx::query(
         "insert into sessions (id, kind, title, metadata, host, parent, scheduled_start, \
          scheduled_end, status, delayed, used, created_at, started_at, ended_at, \
@@ -52,10 +84,7 @@ pub(super) async fn insert_session(
     Ok(())
 }
 
-pub(super) async fn update_session(
-    tx: &mut Transaction<'_, Postgres>,
-    s: &Session,
-) -> Result<(), StoreError> {
+async fn update_session(tx: &mut Transaction<'_, Postgres>, s: &Session) -> Result<(), StoreError> {
     let result = sqlx::query(
         "update sessions set title = $2, metadata = $3, scheduled_start = $4, \
          scheduled_end = $5, status = $6, delayed = $7, used = $8, started_at = $9, \
@@ -93,7 +122,7 @@ pub(super) async fn update_session(
     Ok(())
 }
 
-pub(super) async fn upsert_participants(
+async fn upsert_participants(
     tx: &mut Transaction<'_, Postgres>,
     s: &Session,
 ) -> Result<(), StoreError> {
@@ -121,7 +150,7 @@ pub(super) async fn upsert_participants(
     Ok(())
 }
 
-pub(super) async fn delete_session(
+async fn delete_session(
     tx: &mut Transaction<'_, Postgres>,
     id: &SessionId,
     version: i64,
@@ -145,7 +174,11 @@ pub(super) async fn delete_session(
 
 /// Counts the host's open sessions of the kind under a transaction-scoped lock on that pair,
 /// so creates on different instances take turns.
-pub(super) async fn check_host_limit(
+/// How many open sessions of a kind a host has (`sessions_open_by_host`).
+pub(super) const HOST_OPEN_COUNT: &str = "select count(*) from sessions where host = $1 and kind = $2 \
+         and status in ('pending', 'active')";
+
+async fn check_host_limit(
     tx: &mut Transaction<'_, Postgres>,
     limit: &HostLimit,
 ) -> Result<(), StoreError> {
@@ -155,22 +188,19 @@ pub(super) async fn check_host_limit(
         .execute(&mut **tx)
         .await
         .map_err(backend)?;
-    let open: i64 = sqlx::query_scalar(
-        "select count(*) from sessions where host = $1 and kind = $2 \
-         and status in ('pending', 'active')",
-    )
-    .bind(limit.host.as_str())
-    .bind(&limit.kind)
-    .fetch_one(&mut **tx)
-    .await
-    .map_err(backend)?;
+    let open: i64 = sqlx::query_scalar(HOST_OPEN_COUNT)
+        .bind(limit.host.as_str())
+        .bind(&limit.kind)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(backend)?;
     if open >= i64::from(limit.max) {
         return Err(StoreError::LimitReached);
     }
     Ok(())
 }
 
-pub(super) async fn append_events(
+async fn append_events(
     tx: &mut Transaction<'_, Postgres>,
     commit: &Commit,
 ) -> Result<(), StoreError> {
@@ -200,7 +230,7 @@ pub(super) async fn append_events(
 }
 
 /// Queues one event for one endpoint, unless the endpoint was disabled.
-pub(super) async fn queue_delivery(
+async fn queue_delivery(
     tx: &mut Transaction<'_, Postgres>,
     id: &str,
     url: &str,
@@ -223,7 +253,7 @@ pub(super) async fn queue_delivery(
     Ok(())
 }
 
-pub(super) async fn deliver_notifications(
+async fn deliver_notifications(
     tx: &mut Transaction<'_, Postgres>,
     commit: &Commit,
 ) -> Result<(), StoreError> {
@@ -247,3 +277,44 @@ pub(super) async fn deliver_notifications(
     }
     Ok(())
 }
+
+/// Sessions in bulk (see `Store::import`): two statements per chunk.
+pub(super) async fn import(pool: &PgPool, sessions: &[Session]) -> Result<u64, StoreError> {
+    let mut inserted = 0;
+    for chunk in sessions.chunks(IMPORT_CHUNK) {
+        let (rows, participants) = import_rows(chunk);
+        let mut tx = pool.begin().await.map_err(backend)?;
+        let sql = format!(
+            "insert into sessions ({IMPORT_SESSION_COLUMNS}, version) \
+             select {IMPORT_SESSION_COLUMNS}, 1 from jsonb_to_recordset($1::jsonb) as r(\
+             id text, kind text, title text, metadata text, host text, parent text, \
+             scheduled_start bigint, scheduled_end bigint, status text, delayed boolean, \
+             used boolean, created_at bigint, started_at bigint, ended_at bigint, \
+             last_activity_at bigint, end_reason text, ended_by text, counters text, \
+             summary text, parent_ended_at bigint, warnings text, next_due_at bigint, \
+             next_due_rule text) on conflict (id) do nothing"
+        );
+        let result = sqlx::query(AssertSqlSafe(sql))
+            .bind(rows)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        inserted += result.rows_affected();
+        let sql = format!(
+            "insert into participants ({IMPORT_PARTICIPANT_COLUMNS}) \
+             select {IMPORT_PARTICIPANT_COLUMNS} from jsonb_to_recordset($1::jsonb) as r(\
+             session_id text, user_id text, role text, state text, joined_at bigint, \
+             left_at bigint, last_seen_at bigint, offline_for bigint) on conflict do nothing"
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(participants)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+    }
+    Ok(inserted)
+}
+
+/// Sessions per import transaction.
+const IMPORT_CHUNK: usize = 5_000;

@@ -15,25 +15,23 @@ use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
     Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DueRow, EventQuery,
-    HealthCounts, Rearm, SessionQuery, SessionWrite, StatusCount, Store, StoredResponse,
+    HealthCounts, Rearm, SessionQuery, StatusCount, Store, StoredResponse,
 };
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, Row, Sqlite};
 
 use crate::rows::{self, SESSION_COLUMNS, to_json};
+use crate::statements::{self, Arg, Dialect, Statement};
 use crate::{backend, migrate};
 
 mod outbox;
 mod writes;
 
-use writes::{
-    append_events, check_host_limit, delete_session, deliver_notifications, insert_session,
-    update_session, upsert_participants,
-};
+use writes::{exec, write_commit};
 
 /// Sessions in a SQLite database.
 #[derive(Clone)]
@@ -75,33 +73,107 @@ impl SqliteStore {
         Ok(SqliteStore { writer, reader })
     }
 
+    /// Sessions by id (any order; missing ones are left out), with their participants.
+    async fn sessions_by_id(&self, ids: &[SessionId]) -> Result<Vec<Session>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = ids.iter().map(SessionId::to_string).collect();
+        let st = statements::sessions_by_id(Dialect::Sqlite, SESSION_COLUMNS, ids);
+        let rows = query(&st).fetch_all(&self.reader).await.map_err(backend)?;
+        let mut sessions = sessions_from(&rows)?;
+        self.attach_participants(&mut sessions).await?;
+        Ok(sessions)
+    }
+
+    /// The plan SQLite picks for every hot statement, as `(what, plan)`: the plan tests fail
+    /// on any that scans `sessions`, `participants` or `events` whole.
+    pub async fn hot_plans(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut hot = statements::hot_reads(Dialect::Sqlite, SESSION_COLUMNS);
+        let fixed = |name, sql: &str, args: Vec<Arg>| {
+            let mut st = Statement::fixed(Dialect::Sqlite, sql);
+            st.args = args;
+            (name, st)
+        };
+        let text = |t: &str| Arg::Text(t.to_string());
+        hot.extend([
+            fixed("heartbeat flush", FLUSH_HEARTBEATS, vec![text("[]")]),
+            fixed("re-arm", REARM, vec![text("[]")]),
+            fixed("next deadline", NEXT_DEADLINE, vec![]),
+            fixed("was deleted", WAS_DELETED, vec![text("s1")]),
+            fixed(
+                "host limit",
+                writes::HOST_OPEN_COUNT,
+                vec![text("u1"), text("study")],
+            ),
+        ]);
+        let mut plans = Vec::new();
+        for (name, mut st) in hot {
+            st.sql = format!("explain query plan {}", st.sql);
+            let rows = query(&st).fetch_all(&self.reader).await.map_err(backend)?;
+            let lines: Vec<String> = rows
+                .iter()
+                .map(|r| r.try_get::<String, _>("detail").map_err(backend))
+                .collect::<Result<_, _>>()?;
+            plans.push((name.to_string(), lines.join("\n")));
+        }
+        Ok(plans)
+    }
+
+    async fn fetch_sessions(&self, st: &Statement) -> Result<Vec<Session>, StoreError> {
+        let rows = query(st).fetch_all(&self.reader).await.map_err(backend)?;
+        let mut sessions = sessions_from(&rows)?;
+        self.attach_participants(&mut sessions).await?;
+        Ok(sessions)
+    }
+
     async fn attach_participants(&self, sessions: &mut [Session]) -> Result<(), StoreError> {
         if sessions.is_empty() {
             return Ok(());
         }
-        let ids: Vec<&str> = sessions.iter().map(|s| s.id.as_str()).collect();
-        let rows = sqlx::query(
-            "select session_id, user_id, role, state, joined_at, left_at, last_seen_at, offline_for \
-             from participants where session_id in (select value from json_each(?1)) \
-             order by joined_at, user_id",
-        )
-        .bind(to_json(&ids))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(backend)?;
-        for row in &rows {
-            let (session_id, p) = rows::participant(row)?;
-            if let Some(s) = sessions.iter_mut().find(|s| s.id.as_str() == session_id) {
-                s.participants.push(p);
-            }
-        }
-        Ok(())
+        let ids: Vec<String> = sessions.iter().map(|s| s.id.to_string()).collect();
+        let st = statements::participants_of(Dialect::Sqlite, ids);
+        let rows = query(&st).fetch_all(&self.reader).await.map_err(backend)?;
+        rows::attach_participants(sessions, &rows)
     }
+}
+
+/// Binds a built statement's values.
+fn query(st: &Statement) -> sqlx::query::Query<'static, Sqlite, SqliteArguments> {
+    let mut q = sqlx::query(AssertSqlSafe(st.sql.clone()));
+    for arg in &st.args {
+        q = match arg {
+            Arg::Text(t) => q.bind(t.clone()),
+            Arg::Int(i) => q.bind(*i),
+            Arg::Texts(list) => q.bind(to_json(list)),
+        };
+    }
+    q
 }
 
 fn sessions_from(rows: &[SqliteRow]) -> Result<Vec<Session>, StoreError> {
     rows.iter().map(rows::session).collect()
 }
+
+/// One heartbeat flush: the participants (the trigger moves their sessions).
+const FLUSH_HEARTBEATS: &str = "update participants set beat_at = b.at, last_seen_at = max(last_seen_at, b.at) \
+             from (select value ->> 0 as s, value ->> 1 as u, value ->> 2 as at \
+                   from json_each(?1)) as b \
+             where participants.session_id = b.s and participants.user_id = b.u \
+             and participants.state = 'joined'";
+
+/// Lazy re-arms of a batch, compare-and-set per row.
+const REARM: &str = "update sessions set next_due_at = b.at, next_due_rule = b.rule \
+             from (select value ->> 0 as id, value ->> 1 as version, value ->> 2 as at, \
+                   value ->> 3 as rule from json_each(?1)) as b \
+             where sessions.id = b.id and sessions.version = b.version";
+
+/// The earliest stored deadline, from the end of the deadline index.
+const NEXT_DEADLINE: &str = "select min(next_due_at) from sessions where next_due_at is not null";
+
+/// Whether a session was deleted, from its events.
+const WAS_DELETED: &str = "select seq from events where session_id = ?1 \
+             and type in ('session.deleted', 'session.purged') limit 1";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -140,69 +212,64 @@ impl Store for SqliteStore {
     }
 
     async fn load(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
-        let sql = format!("select {SESSION_COLUMNS} from sessions where id = ?1");
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(id.as_str())
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(backend)?;
-        let Some(row) = row else { return Ok(None) };
-        let mut sessions = vec![rows::session(&row)?];
-        self.attach_participants(&mut sessions).await?;
-        Ok(sessions.pop())
+        Ok(self.sessions_by_id(std::slice::from_ref(id)).await?.pop())
     }
 
-    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await.map_err(backend)?;
-        if let Some(limit) = &commit.host_limit {
-            // The single writer connection already serializes this with every other commit.
-            check_host_limit(&mut tx, limit).await?;
+    async fn load_many(&self, ids: &[SessionId]) -> Result<Vec<Session>, StoreError> {
+        self.sessions_by_id(ids).await
+    }
+
+    async fn open_children(&self, parents: &[SessionId]) -> Result<Vec<Session>, StoreError> {
+        if parents.is_empty() {
+            return Ok(Vec::new());
         }
-        for write in &commit.sessions {
-            match write {
-                SessionWrite::Insert(s) => {
-                    insert_session(&mut tx, s).await?;
-                    upsert_participants(&mut tx, s).await?;
-                }
-                SessionWrite::Update(s) => {
-                    update_session(&mut tx, s).await?;
-                    upsert_participants(&mut tx, s).await?;
-                }
-                SessionWrite::Delete { id, version } => {
-                    delete_session(&mut tx, id, *version).await?
+        let parents = parents.iter().map(SessionId::to_string).collect();
+        let st = statements::open_children(Dialect::Sqlite, SESSION_COLUMNS, parents);
+        self.fetch_sessions(&st).await
+    }
+
+    async fn commit_many(
+        &self,
+        commits: Vec<Commit>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        // The single writer connection already serializes this with every other commit, so
+        // host limits are checked without a lock.
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let mut outcomes = Vec::with_capacity(commits.len());
+        let alone = commits.len() == 1;
+        for commit in &commits {
+            // A commit's first statement is its compare-and-set (or insert, or host limit), and
+            // one that fails there has written nothing: only longer commits need a savepoint.
+            let savepoint = !alone && commit.sessions.len() > 1;
+            if savepoint {
+                exec(&mut tx, "savepoint one_commit").await?;
+            }
+            match write_commit(&mut tx, commit).await {
+                Ok(()) => outcomes.push(Ok(())),
+                Err(e @ StoreError::Backend(_)) => return Err(e),
+                Err(e) if alone => return Ok(vec![Err(e)]),
+                Err(e) => {
+                    if savepoint {
+                        exec(&mut tx, "rollback to one_commit").await?;
+                    }
+                    outcomes.push(Err(e));
                 }
             }
+            if savepoint {
+                exec(&mut tx, "release one_commit").await?;
+            }
         }
-        append_events(&mut tx, &commit).await?;
-        deliver_notifications(&mut tx, &commit).await?;
-        tx.commit().await.map_err(backend)
+        tx.commit().await.map_err(backend)?;
+        Ok(outcomes)
+    }
+
+    async fn import(&self, sessions: &[Session]) -> Result<u64, StoreError> {
+        writes::import(&self.writer, sessions).await
     }
 
     async fn list(&self, q: &SessionQuery) -> Result<Vec<Session>, StoreError> {
-        let sql = format!(
-            "select {SESSION_COLUMNS} from sessions s \
-             where (?1 is null or kind = ?1) and (?2 is null or status = ?2) \
-             and (?3 = 0 or status in ('pending', 'active')) and (?4 is null or host = ?4) \
-             and (?5 is null or exists (select 1 from participants p \
-                  where p.session_id = s.id and p.user_id = ?5)) \
-             and (?6 is null or parent = ?6) and (?7 is null or id > ?7) \
-             order by id limit ?8"
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(q.kind.as_deref())
-            .bind(q.status.map(Status::as_str))
-            .bind(q.open_only as i64)
-            .bind(q.host.as_ref().map(UserId::as_str))
-            .bind(q.participant.as_ref().map(UserId::as_str))
-            .bind(q.parent.as_ref().map(SessionId::as_str))
-            .bind(q.after.as_ref().map(SessionId::as_str))
-            .bind(q.limit as i64)
-            .fetch_all(&self.reader)
-            .await
-            .map_err(backend)?;
-        let mut sessions = sessions_from(&rows)?;
-        self.attach_participants(&mut sessions).await?;
-        Ok(sessions)
+        let st = statements::list_sessions(Dialect::Sqlite, SESSION_COLUMNS, q);
+        self.fetch_sessions(&st).await
     }
 
     async fn due(
@@ -214,20 +281,8 @@ impl Store for SqliteStore {
         // One process writes an embedded database, so there is no one to lease rows from.
         _claim: bool,
     ) -> Result<Vec<DueRow>, StoreError> {
-        let rows = sqlx::query(
-            "select id, next_due_at from sessions \
-             where next_due_at is not null and next_due_at <= ?1 and (?2 is null or kind = ?2) \
-             and (?3 is null or next_due_at > ?3 or (next_due_at = ?3 and id > ?4)) \
-             order by next_due_at, id limit ?5",
-        )
-        .bind(now.millis())
-        .bind(kind)
-        .bind(cursor.map(|c| c.at.millis()))
-        .bind(cursor.map(|c| c.id.as_str()))
-        .bind(limit as i64)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(backend)?;
+        let st = statements::due_sessions(Dialect::Sqlite, now.millis(), kind, cursor, limit, None);
+        let rows = query(&st).fetch_all(&self.reader).await.map_err(backend)?;
         rows.iter()
             .map(|r| {
                 let id: String = r.try_get("id").map_err(backend)?;
@@ -255,26 +310,19 @@ impl Store for SqliteStore {
                 )
             })
             .collect();
-        let result = sqlx::query(
-            "update sessions set next_due_at = b.at, next_due_rule = b.rule \
-             from (select value ->> 0 as id, value ->> 1 as version, value ->> 2 as at, \
-                   value ->> 3 as rule from json_each(?1)) as b \
-             where sessions.id = b.id and sessions.version = b.version",
-        )
-        .bind(to_json(&batch))
-        .execute(&self.writer)
-        .await
-        .map_err(backend)?;
+        let result = sqlx::query(REARM)
+            .bind(to_json(&batch))
+            .execute(&self.writer)
+            .await
+            .map_err(backend)?;
         Ok(result.rows_affected())
     }
 
     async fn next_deadline(&self) -> Result<Option<Timestamp>, StoreError> {
-        let at: Option<i64> = sqlx::query_scalar(
-            "select min(next_due_at) from sessions where next_due_at is not null",
-        )
-        .fetch_one(&self.reader)
-        .await
-        .map_err(backend)?;
+        let at: Option<i64> = sqlx::query_scalar(NEXT_DEADLINE)
+            .fetch_one(&self.reader)
+            .await
+            .map_err(backend)?;
         Ok(at.map(Timestamp::from_millis))
     }
 
@@ -287,49 +335,26 @@ impl Store for SqliteStore {
             .map(|b| (b.session.as_str(), b.user.as_str(), b.at.millis()))
             .collect();
         // One statement per flush; the `participants_heartbeat` trigger moves the sessions.
-        sqlx::query(
-            "update participants set beat_at = b.at, last_seen_at = max(last_seen_at, b.at) \
-             from (select value ->> 0 as s, value ->> 1 as u, value ->> 2 as at \
-                   from json_each(?1)) as b \
-             where participants.session_id = b.s and participants.user_id = b.u \
-             and participants.state = 'joined'",
-        )
-        .bind(to_json(&batch))
-        .execute(&self.writer)
-        .await
-        .map_err(backend)?;
+        sqlx::query(FLUSH_HEARTBEATS)
+            .bind(to_json(&batch))
+            .execute(&self.writer)
+            .await
+            .map_err(backend)?;
         Ok(())
     }
 
     async fn was_deleted(&self, id: &SessionId) -> Result<bool, StoreError> {
-        let found: Option<i64> = sqlx::query_scalar(
-            "select seq from events where session_id = ?1 \
-             and type in ('session.deleted', 'session.purged') limit 1",
-        )
-        .bind(id.as_str())
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(backend)?;
+        let found: Option<i64> = sqlx::query_scalar(WAS_DELETED)
+            .bind(id.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)?;
         Ok(found.is_some())
     }
 
     async fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        let types: Vec<&str> = q.types.iter().map(|t| t.as_str()).collect();
-        let rows = sqlx::query(
-            "select seq, id, type, at, applied_at, session_id, kind, actor, rule, data \
-             from events where seq > ?1 and (?2 is null or kind = ?2) \
-             and (?3 is null or session_id = ?3) \
-             and (?4 = '[]' or type in (select value from json_each(?4))) \
-             order by seq limit ?5",
-        )
-        .bind(q.after)
-        .bind(q.kind.as_deref())
-        .bind(q.session.as_ref().map(SessionId::as_str))
-        .bind(to_json(&types))
-        .bind(q.limit as i64)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(backend)?;
+        let st = statements::events_page(Dialect::Sqlite, q);
+        let rows = query(&st).fetch_all(&self.reader).await.map_err(backend)?;
         rows.iter().map(rows::event).collect()
     }
 

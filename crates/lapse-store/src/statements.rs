@@ -1,0 +1,458 @@
+//! The read statements whose shape depends on which filters a caller gave: session lists, due
+//! rows and event pages. Each is built with only the predicates that are present, so every
+//! combination is its own statement that the planner can fit to an index. A catch-all
+//! predicate ("this kind, if one was given") would be planned once for every combination,
+//! and no index serves all of them: that turned every list into a walk of the whole table.
+//!
+//! Both backends share the builders; only placeholders and list parameters differ.
+
+use lapse_core::store::{DueRow, EventQuery, SessionQuery};
+
+use crate::rows::to_json;
+
+/// Which SQL dialect a statement is written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// One bound value.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Arg {
+    Text(String),
+    Int(i64),
+    /// A list of texts: a JSON array on SQLite, a `text[]` on PostgreSQL.
+    Texts(Vec<String>),
+}
+
+impl Arg {
+    /// The value as a PostgreSQL literal (for `explain execute`, which takes no parameters).
+    pub(crate) fn literal(&self) -> String {
+        let quote = |t: &str| format!("'{}'", t.replace('\'', "''"));
+        match self {
+            Arg::Text(t) => quote(t),
+            Arg::Int(i) => i.to_string(),
+            // An untyped array literal, so it fits any array parameter.
+            Arg::Texts(list) => {
+                let items: Vec<String> = list
+                    .iter()
+                    .map(|t| format!("\"{}\"", t.replace('\\', "\\\\").replace('"', "\\\"")))
+                    .collect();
+                quote(&format!("{{{}}}", items.join(",")))
+            }
+        }
+    }
+}
+
+/// A statement and the values for its placeholders, in order.
+#[derive(Clone, Debug)]
+pub(crate) struct Statement {
+    pub sql: String,
+    pub args: Vec<Arg>,
+    dialect: Dialect,
+}
+
+impl Statement {
+    /// A statement written out in full, for callers that add its values themselves.
+    pub(crate) fn fixed(dialect: Dialect, sql: &str) -> Self {
+        Statement::new(dialect, sql)
+    }
+
+    fn new(dialect: Dialect, sql: impl Into<String>) -> Self {
+        Statement {
+            sql: sql.into(),
+            args: Vec::new(),
+            dialect,
+        }
+    }
+
+    /// Adds a value and returns its placeholder.
+    fn arg(&mut self, value: Arg) -> String {
+        self.args.push(value);
+        let n = self.args.len();
+        match self.dialect {
+            Dialect::Sqlite => format!("?{n}"),
+            Dialect::Postgres => format!("${n}"),
+        }
+    }
+
+    /// `column in (the list)` for a list of texts.
+    fn in_texts(&mut self, column: &str, values: Vec<String>) -> String {
+        match self.dialect {
+            Dialect::Sqlite => {
+                let p = self.arg(Arg::Text(to_json(&values)));
+                format!("{column} in (select value from json_each({p}))")
+            }
+            Dialect::Postgres => {
+                let p = self.arg(Arg::Texts(values));
+                format!("{column} = any({p}::text[])")
+            }
+        }
+    }
+}
+
+/// A column the planner must only filter on, not look up by: SQLite takes `+column` as
+/// "not through an index" (its planner, without statistics, can favour a broad index over a
+/// selective one); PostgreSQL's costs already choose right.
+fn filter_only(dialect: Dialect, column: &str) -> String {
+    match dialect {
+        Dialect::Sqlite => format!("+{column}"),
+        Dialect::Postgres => column.to_string(),
+    }
+}
+
+/// The first id of a listing: every valid session id sorts after the empty string, so the
+/// first page and the next ones are one statement (`id > ?`), always an index range.
+const BEFORE_ALL_IDS: &str = "";
+
+/// A page of sessions matching `q`, ordered by id. `columns` are the session columns as the
+/// backend selects them.
+pub(crate) fn list_sessions(dialect: Dialect, columns: &str, q: &SessionQuery) -> Statement {
+    let mut st = Statement::new(dialect, "");
+    let mut filters = Vec::new();
+    if let Some(user) = &q.participant {
+        // Drives from the participant's own rows (participants_user), not from all sessions.
+        let p = st.arg(Arg::Text(user.to_string()));
+        filters.push(format!(
+            "id in (select session_id from participants where user_id = {p})"
+        ));
+    }
+    if let Some(host) = &q.host {
+        let p = st.arg(Arg::Text(host.to_string()));
+        filters.push(format!("host = {p}"));
+    }
+    if let Some(kind) = &q.kind {
+        let p = st.arg(Arg::Text(kind.clone()));
+        filters.push(format!("kind = {p}"));
+    }
+    match (q.status, q.open_only) {
+        (Some(status), _) => {
+            let p = st.arg(Arg::Text(status.as_str().to_string()));
+            filters.push(format!("status = {p}"));
+        }
+        (None, true) => filters.push("status in ('pending', 'active')".to_string()),
+        (None, false) => {}
+    }
+    let after = q
+        .after
+        .as_ref()
+        .map_or(BEFORE_ALL_IDS.to_string(), |a| a.to_string());
+    let p = st.arg(Arg::Text(after));
+    filters.push(format!("id > {p}"));
+    let limit = st.arg(Arg::Int(i64::from(q.limit)));
+    st.sql = format!(
+        "select {columns} from sessions where {} order by id limit {limit}",
+        filters.join(" and ")
+    );
+    st
+}
+
+/// The cursor before every due row: the first page and the next ones are one statement.
+fn due_cursor(cursor: Option<&DueRow>) -> (i64, String) {
+    cursor.map_or((i64::MIN, BEFORE_ALL_IDS.to_string()), |c| {
+        (c.at.millis(), c.id.to_string())
+    })
+}
+
+/// Due rows (`next_due_at <= now`) after `cursor` in (deadline, id) order, through the
+/// partial deadline index. With `unleased_at`, only rows no sweeper holds a lease on at that
+/// wall-clock instant (PostgreSQL's claim wraps this statement).
+pub(crate) fn due_sessions(
+    dialect: Dialect,
+    now: i64,
+    kind: Option<&str>,
+    cursor: Option<&DueRow>,
+    limit: u32,
+    unleased_at: Option<i64>,
+) -> Statement {
+    let mut st = Statement::new(dialect, "");
+    let now = st.arg(Arg::Int(now));
+    let (at, id) = due_cursor(cursor);
+    let at = st.arg(Arg::Int(at));
+    let id = st.arg(Arg::Text(id));
+    // Filtered, never looked up: the kind index would read every session of the kind
+    // instead of the due ones.
+    let kind = kind.map(|k| {
+        let p = st.arg(Arg::Text(k.to_string()));
+        format!(" and {} = {p}", filter_only(dialect, "kind"))
+    });
+    let lease = unleased_at.map(|wall| {
+        let p = st.arg(Arg::Int(wall));
+        format!(" and (claimed_until is null or claimed_until < {p})")
+    });
+    let limit = st.arg(Arg::Int(i64::from(limit)));
+    st.sql = format!(
+        "select id, next_due_at from sessions \
+         where next_due_at is not null and next_due_at <= {now} \
+         and (next_due_at, id) > ({at}, {id}){kind}{lease} \
+         order by next_due_at, id limit {limit}",
+        kind = kind.unwrap_or_default(),
+        lease = lease.unwrap_or_default(),
+    );
+    st
+}
+
+/// A page of events after `q.after`, in `seq` order; by session through `events_session`.
+pub(crate) fn events_page(dialect: Dialect, q: &EventQuery) -> Statement {
+    let mut st = Statement::new(dialect, "");
+    let after = st.arg(Arg::Int(q.after));
+    let mut filters = vec![format!("seq > {after}")];
+    if let Some(session) = &q.session {
+        let p = st.arg(Arg::Text(session.to_string()));
+        filters.push(format!("session_id = {p}"));
+    }
+    if let Some(kind) = &q.kind {
+        let p = st.arg(Arg::Text(kind.clone()));
+        filters.push(format!("kind = {p}"));
+    }
+    if !q.types.is_empty() {
+        let types = q.types.iter().map(|t| t.as_str().to_string()).collect();
+        filters.push(st.in_texts("type", types));
+    }
+    let limit = st.arg(Arg::Int(i64::from(q.limit)));
+    st.sql = format!(
+        "select seq, id, type, at, applied_at, session_id, kind, actor, rule, data \
+         from events where {} order by seq limit {limit}",
+        filters.join(" and ")
+    );
+    st
+}
+
+/// Open sessions whose parent is one of `parents` (the cascade of an ending parent), through
+/// `sessions_parent` (a partial index: `parent is not null` lets SQLite see it applies).
+pub(crate) fn open_children(dialect: Dialect, columns: &str, parents: Vec<String>) -> Statement {
+    let mut st = Statement::new(dialect, "");
+    let parent_in = st.in_texts("parent", parents);
+    // By parent, never by status: the status index would read every open session.
+    let status = filter_only(dialect, "status");
+    st.sql = format!(
+        "select {columns} from sessions where parent is not null and {parent_in} \
+         and {status} in ('pending', 'active') order by id"
+    );
+    st
+}
+
+/// Sessions by id, through the primary key.
+pub(crate) fn sessions_by_id(dialect: Dialect, columns: &str, ids: Vec<String>) -> Statement {
+    let mut st = Statement::new(dialect, "");
+    let id_in = st.in_texts("id", ids);
+    st.sql = format!("select {columns} from sessions where {id_in}");
+    st
+}
+
+/// Participants of sessions, through the primary key's leading column.
+pub(crate) fn participants_of(dialect: Dialect, ids: Vec<String>) -> Statement {
+    let mut st = Statement::new(dialect, "");
+    let id_in = st.in_texts("session_id", ids);
+    st.sql = format!(
+        "select session_id, user_id, role, state, joined_at, left_at, last_seen_at, \
+         offline_for from participants where {id_in} order by joined_at, user_id"
+    );
+    st
+}
+
+/// Every statement above, built as the hot paths build them, with sample values: what the plan
+/// tests hold to an index.
+pub(crate) fn hot_reads(dialect: Dialect, columns: &str) -> Vec<(&'static str, Statement)> {
+    use lapse_core::store::SessionQuery as Q;
+    use lapse_core::{EventType, SessionId, Status, Timestamp, UserId};
+    let user = || UserId::parse("u1").ok();
+    let id = || SessionId::parse("s1").ok();
+    let page = |q: Q| Q { limit: 100, ..q };
+    let cursor = DueRow {
+        id: SessionId::parse("s1").expect("a valid id"),
+        at: Timestamp::from_millis(1),
+    };
+    let events = |q: EventQuery| EventQuery {
+        after: 10,
+        limit: 100,
+        ..q
+    };
+    let mut hot = vec![
+        (
+            "sessions by id",
+            sessions_by_id(dialect, columns, vec!["s1".into()]),
+        ),
+        (
+            "participants of sessions",
+            participants_of(dialect, vec!["s1".into()]),
+        ),
+        (
+            "open children",
+            open_children(dialect, columns, vec!["s1".into()]),
+        ),
+        (
+            "list, first page",
+            list_sessions(dialect, columns, &page(Q::default())),
+        ),
+        (
+            "list, next page",
+            list_sessions(
+                dialect,
+                columns,
+                &page(Q {
+                    after: id(),
+                    ..Q::default()
+                }),
+            ),
+        ),
+        (
+            "list by participant",
+            list_sessions(
+                dialect,
+                columns,
+                &page(Q {
+                    participant: user(),
+                    ..Q::default()
+                }),
+            ),
+        ),
+        (
+            "list by host",
+            list_sessions(
+                dialect,
+                columns,
+                &page(Q {
+                    host: user(),
+                    ..Q::default()
+                }),
+            ),
+        ),
+        (
+            "host's open sessions of a kind",
+            list_sessions(
+                dialect,
+                columns,
+                &page(Q {
+                    host: user(),
+                    kind: Some("study".into()),
+                    open_only: true,
+                    ..Q::default()
+                }),
+            ),
+        ),
+        (
+            "list by kind",
+            list_sessions(
+                dialect,
+                columns,
+                &page(Q {
+                    kind: Some("study".into()),
+                    ..Q::default()
+                }),
+            ),
+        ),
+        (
+            "list by kind and status",
+            list_sessions(
+                dialect,
+                columns,
+                &page(Q {
+                    kind: Some("study".into()),
+                    status: Some(Status::Active),
+                    ..Q::default()
+                }),
+            ),
+        ),
+        (
+            "list by status",
+            list_sessions(
+                dialect,
+                columns,
+                &page(Q {
+                    status: Some(Status::Pending),
+                    ..Q::default()
+                }),
+            ),
+        ),
+        ("due rows", due_sessions(dialect, 1, None, None, 1000, None)),
+        (
+            "due rows, next page",
+            due_sessions(dialect, 1, None, Some(&cursor), 1000, None),
+        ),
+        (
+            "due rows of a kind",
+            due_sessions(dialect, 1, Some("study"), None, 1000, None),
+        ),
+        (
+            "events",
+            events_page(dialect, &events(EventQuery::default())),
+        ),
+        (
+            "events of a session",
+            events_page(
+                dialect,
+                &events(EventQuery {
+                    session: id(),
+                    ..EventQuery::default()
+                }),
+            ),
+        ),
+        (
+            "events of a kind",
+            events_page(
+                dialect,
+                &events(EventQuery {
+                    kind: Some("study".into()),
+                    ..EventQuery::default()
+                }),
+            ),
+        ),
+        (
+            "events of some types",
+            events_page(
+                dialect,
+                &events(EventQuery {
+                    types: vec![EventType::SessionCreated],
+                    ..EventQuery::default()
+                }),
+            ),
+        ),
+    ];
+    if dialect == Dialect::Postgres {
+        // Only PostgreSQL leases rows to several sweepers.
+        hot.push((
+            "unleased due rows",
+            due_sessions(dialect, 1, None, None, 1000, Some(1)),
+        ));
+    }
+    hot
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapse_core::UserId;
+
+    #[test]
+    fn a_list_names_only_the_filters_it_was_given() {
+        let q = SessionQuery {
+            host: Some(UserId::parse("ana").unwrap()),
+            open_only: true,
+            limit: 10,
+            ..SessionQuery::default()
+        };
+        let st = list_sessions(Dialect::Sqlite, "id", &q);
+        assert_eq!(
+            st.sql,
+            "select id from sessions where host = ?1 and status in ('pending', 'active') \
+             and id > ?2 order by id limit ?3"
+        );
+        assert!(!st.sql.contains("is null"));
+        assert_eq!(st.args.len(), 3);
+    }
+
+    #[test]
+    fn postgres_placeholders_and_lists_follow_its_dialect() {
+        let q = EventQuery {
+            after: 5,
+            limit: 10,
+            types: vec![lapse_core::EventType::SessionCreated],
+            ..EventQuery::default()
+        };
+        let st = events_page(Dialect::Postgres, &q);
+        assert!(st.sql.contains("seq > $1 and type = any($2::text[])"));
+        assert!(st.sql.ends_with("limit $3"));
+    }
+}
