@@ -48,7 +48,7 @@ async fn populate(store: &dyn Store) {
 fn full_scans(plan: &str) -> Vec<&str> {
     plan.lines()
         .filter(|line| {
-            let line = line.trim_start_matches(|c: char| c == ' ' || c == '-' || c == '>');
+            let line = line.trim_start_matches([' ', '-', '>']);
             ["sessions", "participants", "events"].iter().any(|table| {
                 // SQLite: `SCAN sessions` (with or without an index walked end to end);
                 // PostgreSQL: `Seq Scan on sessions`.
