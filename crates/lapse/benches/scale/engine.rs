@@ -1,0 +1,323 @@
+//! Figures measured through the engine in this process: the cost of each operation at two
+//! population sizes, in rooms of two sizes, and sweeps of a burst of due sessions.
+
+use std::time::Instant;
+
+use lapse_core::lifecycle::Via;
+use lapse_core::store::Beat;
+use lapse_core::{SessionId, Span, UserId};
+use lapse_engine::SweepOptions;
+use lapse_engine::ops::CreateRequest;
+
+use crate::measure::{Pair, interleave, rate};
+use crate::report::{self, Row};
+use crate::world::{World, admin};
+
+/// Operations timed per round.
+pub struct Sizes {
+    pub rounds: usize,
+    pub ops: usize,
+    pub burst: usize,
+}
+
+fn create(kind: &str, host: UserId) -> CreateRequest {
+    CreateRequest {
+        id: None,
+        kind: kind.into(),
+        title: None,
+        metadata: None,
+        host: Some(host),
+        parent: None,
+        scheduled_start: None,
+        scheduled_end: None,
+    }
+}
+
+fn user(name: String) -> UserId {
+    UserId::parse(&name).expect("a valid user")
+}
+
+async fn creates(w: &World, kind: &str, n: usize) -> f64 {
+    rate(n, |_| async {
+        let host = user(w.fresh("ch"));
+        w.engine
+            .create(&admin(), create(kind, host))
+            .await
+            .expect("create");
+    })
+    .await
+}
+
+async fn joins(w: &World, n: usize) -> f64 {
+    let salt = w.fresh("j");
+    rate(n, |i| {
+        let salt = &salt;
+        async move {
+            let room = w.room(i * 7919 + salt.len());
+            let u = user(format!("{salt}-{i}"));
+            w.engine
+                .join(&admin(), &room, &u, None, Via::Direct)
+                .await
+                .expect("join");
+        }
+    })
+    .await
+}
+
+async fn heartbeats(w: &World, n: usize) -> f64 {
+    rate(n, |i| async move {
+        let n = i * 104_729;
+        w.engine
+            .heartbeat(&admin(), &w.room(n), &w.host(n))
+            .await
+            .expect("heartbeat");
+    })
+    .await
+}
+
+/// Starts `n` fresh rooms, then times ending them.
+async fn ends(w: &World, n: usize) -> f64 {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let s = w
+            .engine
+            .create(&admin(), create("room", user(w.fresh("eh"))))
+            .await
+            .expect("create");
+        w.engine.start(&admin(), &s.id).await.expect("start");
+        ids.push(s.id);
+    }
+    rate(n, |i| {
+        let id = ids[i].clone();
+        async move {
+            w.engine.end(&admin(), &id).await.expect("end");
+        }
+    })
+    .await
+}
+
+/// Imports a burst of sessions already due, sweeps, and returns transitions per second.
+async fn burst(w: &World, n: usize) -> f64 {
+    let prefix = w.fresh("burst");
+    w.import("burst", &format!("{prefix}-"), n, 0, Span::from_secs(21))
+        .await;
+    let started = Instant::now();
+    let report = w
+        .engine
+        .sweep_once(&SweepOptions::default())
+        .await
+        .expect("sweep");
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(report.applied.len(), n, "every burst session expires");
+    n as f64 / secs
+}
+
+/// Cost at a big population vs a small one: the A/B pairs for each operation.
+pub async fn flat_costs(big: &World, small: &World, s: &Sizes) -> Vec<Row> {
+    let live = |w: &World| human(w.live);
+    let name = |op: &str| format!("{op} at {} live vs at {} live", live(big), live(small));
+    let sweep = format!("sweep of {} due", human(s.burst));
+    let flat = |x: f64| x <= 1.3;
+    let slower = |p: Pair| Pair { a: p.b, b: p.a }; // time ratio = inverse of rate ratio
+    let mut rows = Vec::new();
+
+    let p = interleave(s.rounds, || burst(big, s.burst), || burst(small, s.burst)).await;
+    rows.push(report::ratio(
+        &name(&sweep),
+        "≤ 1.3× (time)",
+        &slower(p.clone()),
+        "transitions/s",
+        flat,
+    ));
+    let all: Vec<f64> = p.a.iter().chain(&p.b).copied().collect();
+    rows.push(report::value(
+        "transitions applied by a sweep, with events and webhook rows (SQLite)",
+        "≥ 20k/s",
+        &all,
+        "/s",
+        |v| v >= 20_000.0,
+    ));
+    for (op, pair) in [
+        (
+            "create",
+            interleave(
+                s.rounds,
+                || creates(big, "room", s.ops),
+                || creates(small, "room", s.ops),
+            )
+            .await,
+        ),
+        (
+            "create with max_open_per_host",
+            interleave(
+                s.rounds,
+                || creates(big, "repair", s.ops),
+                || creates(small, "repair", s.ops),
+            )
+            .await,
+        ),
+        (
+            "join",
+            interleave(s.rounds, || joins(big, s.ops), || joins(small, s.ops)).await,
+        ),
+        (
+            "end",
+            interleave(s.rounds, || ends(big, s.ops), || ends(small, s.ops)).await,
+        ),
+        (
+            "heartbeat",
+            interleave(
+                s.rounds,
+                || heartbeats(big, s.ops),
+                || heartbeats(small, s.ops),
+            )
+            .await,
+        ),
+    ] {
+        rows.push(report::ratio(
+            &name(op),
+            "≤ 1.3× (time)",
+            &slower(pair),
+            "ops/s",
+            flat,
+        ));
+    }
+    rows
+}
+
+/// A room of 1,000 participants vs rooms of 2: joins and heartbeats.
+pub async fn room_size(w: &World, s: &Sizes) -> Vec<Row> {
+    let big_room = w.fresh("lecture");
+    w.import("room", &format!("{big_room}-"), 1, 999, Span::ZERO)
+        .await;
+    let big = SessionId::parse(&format!("{big_room}-0-0")).expect("a valid id");
+    let smalls = w.fresh("pair");
+    w.import("room", &format!("{smalls}-"), s.ops, 1, Span::ZERO)
+        .await;
+    let small = |i: usize| SessionId::parse(&format!("{smalls}-0-{i}")).expect("a valid id");
+
+    let join_big = || async {
+        let salt = w.fresh("jb");
+        rate(s.ops, |i| {
+            let u = user(format!("{salt}-{i}"));
+            let big = big.clone();
+            async move {
+                w.engine
+                    .join(&admin(), &big, &u, None, Via::Direct)
+                    .await
+                    .expect("join");
+            }
+        })
+        .await
+    };
+    let join_small = || async {
+        let salt = w.fresh("js");
+        rate(s.ops, |i| {
+            let u = user(format!("{salt}-{i}"));
+            let room = small(i);
+            async move {
+                w.engine
+                    .join(&admin(), &room, &u, None, Via::Direct)
+                    .await
+                    .expect("join");
+            }
+        })
+        .await
+    };
+    let beat_big = || {
+        rate(s.ops, |i| {
+            let u = user(format!("m0-{}", i % 999));
+            let big = big.clone();
+            async move {
+                w.engine
+                    .heartbeat(&admin(), &big, &u)
+                    .await
+                    .expect("heartbeat");
+            }
+        })
+    };
+    let beat_small = || {
+        rate(s.ops, |i| {
+            let u = user(format!("m{i}-0"));
+            let room = small(i);
+            async move {
+                w.engine
+                    .heartbeat(&admin(), &room, &u)
+                    .await
+                    .expect("heartbeat");
+            }
+        })
+    };
+    let joins = interleave(s.rounds, join_big, join_small).await;
+    let beats = interleave(s.rounds, beat_big, beat_small).await;
+    let flat = |x: f64| x <= 1.3;
+    vec![
+        report::ratio(
+            "join, room of 1,000 vs room of 2",
+            "≤ 1.3× (time)",
+            &Pair {
+                a: joins.b,
+                b: joins.a,
+            },
+            "ops/s",
+            flat,
+        ),
+        report::ratio(
+            "heartbeat, room of 1,000 vs room of 2",
+            "≤ 1.3× (time)",
+            &Pair {
+                a: beats.b,
+                b: beats.a,
+            },
+            "ops/s",
+            flat,
+        ),
+    ]
+}
+
+/// One flush of `n` coalesced beats vs `n` flushes of one.
+pub async fn flush_batching(w: &World, s: &Sizes) -> Row {
+    let n = s.ops;
+    let beats = |salt: usize| -> Vec<Beat> {
+        (0..n)
+            .map(|i| Beat {
+                session: w.room(i * 31 + salt),
+                user: w.host(i * 31 + salt),
+                at: w.engine.now(),
+            })
+            .collect()
+    };
+    let batched = || async {
+        let b = beats(1);
+        let started = Instant::now();
+        w.store.flush_heartbeats(&b).await.expect("flush");
+        n as f64 / started.elapsed().as_secs_f64()
+    };
+    let single = || async {
+        let b = beats(2);
+        let started = Instant::now();
+        for beat in b {
+            w.store.flush_heartbeats(&[beat]).await.expect("flush");
+        }
+        n as f64 / started.elapsed().as_secs_f64()
+    };
+    let p = interleave(s.rounds, batched, single).await;
+    report::ratio(
+        "batched heartbeat flush vs one write per heartbeat",
+        "≥ 6×",
+        &p,
+        "beats/s",
+        |x| x >= 6.0,
+    )
+}
+
+/// `1000000` as `1M`, `10000` as `10k`.
+pub fn human(n: usize) -> String {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
+        format!("{}M", n / 1_000_000)
+    } else if n >= 1_000 && n.is_multiple_of(1_000) {
+        format!("{}k", n / 1_000)
+    } else {
+        n.to_string()
+    }
+}

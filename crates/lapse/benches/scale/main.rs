@@ -1,0 +1,192 @@
+//! lapse's scale benchmark: every figure of SPEC §7 in one run, each a ratio of two
+//! measurements taken side by side (or a value against its target), written to
+//! `docs/PERFORMANCE.md`.
+//!
+//! ```text
+//! scripts/with-postgres cargo bench -p lapse --bench scale            # the full run (1M live)
+//! cargo bench -p lapse --bench scale -- --smoke                        # seconds; asserts nothing
+//! ```
+//! Options: `--live N` (default 1,000,000), `--small N` (10,000), `--rounds N` (5),
+//! `--skip engine,served,postgres`, `--out FILE`. PostgreSQL figures run when
+//! `LAPSE_TEST_POSTGRES_URL` names a server (as `scripts/with-postgres` sets it).
+//!
+//! - `measure`: interleaved pairs, medians, spreads. `report`: the table.
+//! - `world`: a filled database and an engine over it (in-process figures).
+//! - `engine`: operation costs by population and room size, sweeps, flushes.
+//! - `server` and `served`: `lapse serve` as a process, loaded over HTTP from another core.
+//! - `postgres`: sweeps on PostgreSQL, and seed 001's cleanup next to lapse.
+
+mod engine;
+mod measure;
+mod postgres;
+mod report;
+mod served;
+mod server;
+mod world;
+
+use std::path::PathBuf;
+
+use report::{Row, Verdict};
+
+struct Options {
+    smoke: bool,
+    live: usize,
+    small: usize,
+    rounds: usize,
+    skip: Vec<String>,
+    out: Option<PathBuf>,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        smoke: false,
+        live: 1_000_000,
+        small: 10_000,
+        rounds: 5,
+        skip: Vec::new(),
+        out: Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/PERFORMANCE.md")),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut number = |name: &str| -> usize {
+            args.next()
+                .and_then(|v| v.replace('_', "").parse().ok())
+                .unwrap_or_else(|| panic!("{name} takes a number"))
+        };
+        match arg.as_str() {
+            "--smoke" => o.smoke = true,
+            "--live" => o.live = number("--live"),
+            "--small" => o.small = number("--small"),
+            "--rounds" => o.rounds = number("--rounds"),
+            "--skip" => {
+                o.skip = args
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(String::from)
+                    .collect()
+            }
+            "--out" => o.out = args.next().map(PathBuf::from),
+            // cargo bench passes `--bench` to harness-less benches.
+            "--bench" => {}
+            other => panic!("unknown option `{other}` (see benches/scale/main.rs)"),
+        }
+    }
+    if o.smoke {
+        // Every figure, tiny: keeps the harness working; the numbers mean nothing.
+        (o.live, o.small, o.rounds, o.out) = (4_000, 1_000, 1, None);
+    }
+    o
+}
+
+fn main() {
+    let o = options();
+    let pinned = server::pin_self_to_core_1();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let rows = runtime.block_on(run(&o));
+    let table = report::table(&rows);
+    println!("\n{table}");
+    if let Some(out) = &o.out {
+        write_report(out, &o, &table, pinned);
+        println!("written to {}", out.display());
+    }
+    let missed = rows.iter().filter(|r| r.verdict == Verdict::Missed).count();
+    println!(
+        "{} figures: {} met, {missed} missed",
+        rows.len(),
+        rows.len() - missed
+    );
+}
+
+async fn run(o: &Options) -> Vec<Row> {
+    let sizes = engine::Sizes {
+        rounds: o.rounds,
+        ops: if o.smoke { 20 } else { 500 },
+        burst: if o.smoke { 200 } else { 10_000 },
+    };
+    let load = served::Load {
+        rounds: o.rounds,
+        seconds: if o.smoke { 0.3 } else { 3.0 },
+        burst: sizes.burst,
+    };
+    let mut rows = Vec::new();
+    let runs = |section: &str| !o.skip.iter().any(|s| s == section);
+
+    if runs("engine") {
+        eprintln!("in-process figures (SQLite)");
+        let big = world::World::sqlite("big", o.live, 2).await;
+        let small = world::World::sqlite("small", o.small, 2).await;
+        rows.extend(engine::flat_costs(&big, &small, &sizes).await);
+        rows.extend(engine::room_size(&small, &sizes).await);
+        rows.push(engine::flush_batching(&small, &sizes).await);
+    }
+    if runs("served") {
+        eprintln!("lapse serve, loaded over HTTP");
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (db, config) = server::files(dir.path());
+        served::fill(&db, o.live).await;
+        let server = server::Server::start(&db, &config).await;
+        rows.push(served::heartbeat_vs_noop(&server, &load, o.live).await);
+        rows.extend(served::burst_lag(&server, &db, &load, o.live).await);
+        server.stop();
+    }
+    if runs("postgres") {
+        match lapse_store::testing::fresh_postgres_database().await {
+            Some(url) => {
+                eprintln!("PostgreSQL");
+                let world = world::World::open(&url, None, "postgres", o.live, 2).await;
+                rows.extend(postgres::figures(&url, &world, o.rounds, sizes.burst).await);
+            }
+            None => rows.push(report::not_run(
+                "PostgreSQL figures",
+                "≥ 10k/s; seed 001 ≥ 50×",
+                "no server: run under scripts/with-postgres",
+            )),
+        }
+    }
+    rows
+}
+
+/// The table with the machine, the command and the date; the hand-written analysis below the
+/// `<!-- notes -->` line of the existing file is kept.
+fn write_report(out: &PathBuf, o: &Options, table: &str, pinned: bool) {
+    let notes = std::fs::read_to_string(out)
+        .ok()
+        .and_then(|old| old.split_once("<!-- notes -->").map(|(_, n)| n.to_string()))
+        .unwrap_or_else(|| "\n".into());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC");
+    let text = format!(
+        "# lapse performance\n\n\
+         Measured {date} on {cores} cores ({cpu}), release build. `lapse serve` ran pinned to \
+         core 0 and the load generator to core 1{pin}; in-process figures ran on core 1.\n\n\
+         ```\nscripts/with-postgres cargo bench -p lapse --bench scale -- --live {} --small {} --rounds {}\n```\n\n\
+         Ratios are medians of per-round ratios, the two sides measured in turn (A B A B ...); \
+         the spread is the lowest and highest round. \"Time\" ratios compare time per \
+         operation (big / small), so 1.0× is perfectly flat.\n\n{table}\n<!-- notes -->{notes}",
+        o.live,
+        o.small,
+        o.rounds,
+        pin = if pinned {
+            ""
+        } else {
+            " (taskset missing: not pinned)"
+        },
+    );
+    if let Some(dir) = out.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(out, text).expect("write the report");
+}

@@ -1,0 +1,133 @@
+//! Figures on PostgreSQL: transitions per second of a sweep, and seed 001's own cleanup
+//! function (a `NOT EXISTS` over all sessions) next to a lapse sweep of as many due sessions
+//! among as many live ones, on the same server.
+
+use std::time::Instant;
+
+use lapse_core::Span;
+use lapse_engine::SweepOptions;
+use sqlx::{Connection, PgConnection};
+
+use crate::measure::interleave;
+use crate::report::{self, Row};
+use crate::world::World;
+
+/// Seed 001's schema and cleanup function, as its users wrote them (with the indexes they
+/// added, and the session key every such schema has).
+const SEED_SCHEMA: &str = "
+drop table if exists session_participants; drop table if exists reading_sessions;
+create table reading_sessions (id bigint primary key, is_active boolean not null default true,
+    updated_at timestamptz not null default now());
+create table session_participants (id bigserial primary key,
+    session_id bigint not null references reading_sessions(id) on delete cascade,
+    user_id text not null, is_active boolean not null default true,
+    last_seen_at timestamptz not null default now(), unique (session_id, user_id));
+create index idx_session_participants_last_seen on session_participants(last_seen_at);
+create index idx_reading_sessions_updated_at on reading_sessions(updated_at);
+create or replace function cleanup_inactive_sessions() returns void language plpgsql as $$
+begin
+  delete from reading_sessions
+  where id in (
+    select rs.id from reading_sessions rs
+    where rs.is_active = true
+    and not exists (
+      select 1 from session_participants sp
+      where sp.session_id = rs.id and sp.is_active = true
+      and sp.last_seen_at > now() - interval '1 hour'));
+end; $$;";
+
+/// Adds sessions `from..to` with three participants each, last seen `ago` before now.
+async fn seed_sessions(conn: &mut PgConnection, from: i64, to: i64, ago: &str) {
+    let sql = format!(
+        "with s as (insert into reading_sessions (id) select g from generate_series({from}, {to} - 1) g returning id) \
+         insert into session_participants (session_id, user_id, last_seen_at) \
+         select s.id, 'u' || k, now() - interval '{ago}' from s, generate_series(1, 3) k"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(conn)
+        .await
+        .expect("seed rows");
+}
+
+/// Both PostgreSQL rows: lapse's transitions per second, and the seed comparison.
+pub async fn figures(url: &str, world: &World, rounds: usize, burst: usize) -> Vec<Row> {
+    let mut conn = PgConnection::connect(url).await.expect("connect");
+    sqlx::raw_sql(SEED_SCHEMA)
+        .execute(&mut conn)
+        .await
+        .expect("seed schema");
+    let live = world.live as i64;
+    let started = Instant::now();
+    seed_sessions(&mut conn, 0, live, "1 minute").await;
+    sqlx::raw_sql("analyze")
+        .execute(&mut conn)
+        .await
+        .expect("analyze");
+    eprintln!(
+        "  seed 001 tables: {live} sessions in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let next = std::cell::Cell::new(live);
+
+    let seed_cleanup = || async {
+        let from = next.get();
+        next.set(from + burst as i64);
+        let mut conn = PgConnection::connect(url).await.expect("connect");
+        seed_sessions(&mut conn, from, from + burst as i64, "2 hours").await;
+        let started = Instant::now();
+        sqlx::query("select cleanup_inactive_sessions()")
+            .execute(&mut conn)
+            .await
+            .expect("cleanup");
+        let secs = started.elapsed().as_secs_f64();
+        let left: i64 = sqlx::query_scalar("select count(*) from reading_sessions where id >= $1")
+            .bind(from)
+            .fetch_one(&mut conn)
+            .await
+            .expect("count");
+        assert_eq!(left, 0, "the seed's cleanup removed its stale sessions");
+        burst as f64 / secs
+    };
+    let lapse_sweep = || async {
+        let prefix = world.fresh("pgburst");
+        world
+            .import(
+                "burst",
+                &format!("{prefix}-"),
+                burst,
+                0,
+                Span::from_secs(21),
+            )
+            .await;
+        let started = Instant::now();
+        let report = world
+            .engine
+            .sweep_once(&SweepOptions::default())
+            .await
+            .expect("sweep");
+        assert_eq!(report.applied.len(), burst);
+        burst as f64 / started.elapsed().as_secs_f64()
+    };
+    let pair = interleave(rounds, lapse_sweep, seed_cleanup).await;
+    let human = crate::engine::human;
+    vec![
+        report::value(
+            "transitions applied by a sweep, with events and webhook rows (PostgreSQL)",
+            "≥ 10k/s",
+            &pair.a,
+            "/s",
+            |v| v >= 10_000.0,
+        ),
+        report::ratio(
+            &format!(
+                "lapse sweep vs seed 001's `NOT EXISTS` cleanup, {} due among {} (3 participants each), PostgreSQL",
+                human(burst),
+                human(world.live)
+            ),
+            "≥ 50×",
+            &pair,
+            "sessions/s",
+            |x| x >= 50.0,
+        ),
+    ]
+}

@@ -1,0 +1,95 @@
+//! The rows of `docs/PERFORMANCE.md`: each figure with its target, what was measured, and
+//! whether the target holds.
+
+use std::fmt::Write as _;
+
+use crate::measure::{Pair, median, short, spread};
+
+/// Whether a figure met its target.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Verdict {
+    Met,
+    Missed,
+    NotRun,
+}
+
+/// One line of the table.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub figure: String,
+    pub target: String,
+    pub measured: String,
+    pub spread: String,
+    pub detail: String,
+    pub verdict: Verdict,
+}
+
+/// A ratio row: `pair.a / pair.b` against `ok` on its median.
+pub fn ratio(figure: &str, target: &str, pair: &Pair, unit: &str, ok: impl Fn(f64) -> bool) -> Row {
+    let ratios = pair.ratios();
+    let m = median(&ratios);
+    Row {
+        figure: figure.into(),
+        target: target.into(),
+        measured: format!("{}×", short(m)),
+        spread: spread(&ratios),
+        detail: format!(
+            "A {} {unit}, B {} {unit} (medians of {} rounds each)",
+            short(median(&pair.a)),
+            short(median(&pair.b)),
+            pair.a.len()
+        ),
+        verdict: if ok(m) { Verdict::Met } else { Verdict::Missed },
+    }
+}
+
+/// A row of one value (not a ratio).
+pub fn value(
+    figure: &str,
+    target: &str,
+    samples: &[f64],
+    unit: &str,
+    ok: impl Fn(f64) -> bool,
+) -> Row {
+    let m = median(samples);
+    Row {
+        figure: figure.into(),
+        target: target.into(),
+        measured: format!("{} {unit}", short(m)),
+        spread: spread(samples),
+        detail: format!("median of {} runs", samples.len()),
+        verdict: if ok(m) { Verdict::Met } else { Verdict::Missed },
+    }
+}
+
+/// A row that could not be measured here, with why.
+pub fn not_run(figure: &str, target: &str, why: &str) -> Row {
+    Row {
+        figure: figure.into(),
+        target: target.into(),
+        measured: "not run".into(),
+        spread: String::new(),
+        detail: why.into(),
+        verdict: Verdict::NotRun,
+    }
+}
+
+/// The Markdown table.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| figure | target | measured (median) | spread | verdict | how |\n|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let verdict = match r.verdict {
+            Verdict::Met => "met",
+            Verdict::Missed => "**missed**",
+            Verdict::NotRun => "not run",
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {verdict} | {} |",
+            r.figure, r.target, r.measured, r.spread, r.detail
+        );
+    }
+    out
+}

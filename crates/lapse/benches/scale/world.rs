@@ -1,0 +1,171 @@
+//! A database filled with live sessions, and an engine over it on a manual clock: the
+//! setting every in-process figure is measured in. Populations go in through the store's
+//! bulk import; measuring starts after.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use lapse_core::{Config, Session, SessionId, Span, Store, Timestamp, UserId};
+use lapse_engine::deliveries::Endpoint;
+use lapse_engine::{Caller, Clock, Engine};
+use lapse_store::testing::synthetic_sessions;
+
+/// The kinds and webhook every figure uses.
+pub const CONFIG: &str = r#"
+[kinds.room]
+presence_timeout = "90s"
+[[kinds.room.rules]]
+name = "expire-idle"
+on = "idle"
+after = "1h"
+do = "expire"
+
+[kinds.burst]
+[[kinds.burst.rules]]
+name = "expire-unused"
+on = "unused"
+after = "20s"
+do = "expire"
+
+[kinds.repair]
+max_open_per_host = 1
+[[kinds.repair.rules]]
+name = "cancel-waiting"
+on = "pending"
+after = "15m"
+do = "cancel"
+
+[[webhooks]]
+url = "http://127.0.0.1:9/lapse"
+secret_env = "LAPSE_BENCH_WEBHOOK_SECRET"
+events = ["session.*"]
+"#;
+
+/// The clock's start.
+pub fn t0() -> Timestamp {
+    "2026-03-02T09:00:00Z".parse().expect("a valid instant")
+}
+
+/// The parsed [`CONFIG`].
+pub fn config() -> Config {
+    Config::parse(CONFIG, "bench.toml").expect("the bench configuration is valid")
+}
+
+/// A database with `live` open room sessions and an engine over it.
+pub struct World {
+    pub engine: Arc<Engine>,
+    pub store: Arc<dyn Store>,
+    pub live: usize,
+    next: AtomicUsize,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Sessions per import call, so a million never sit in memory at once.
+const CHUNK: usize = 10_000;
+
+impl World {
+    /// A fresh SQLite database in a temp directory.
+    pub async fn sqlite(name: &str, live: usize, members: usize) -> World {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let url = format!(
+            "sqlite://{}",
+            dir.path().join(format!("{name}.db")).display()
+        );
+        World::open(&url, Some(dir), name, live, members).await
+    }
+
+    /// `url`'s database (already empty), filled with `live` rooms of 1 host + `members`.
+    pub async fn open(
+        url: &str,
+        dir: Option<tempfile::TempDir>,
+        name: &str,
+        live: usize,
+        members: usize,
+    ) -> World {
+        let store = lapse_store::open(url, None, None)
+            .await
+            .expect("the database opens");
+        store.migrate().await.expect("the schema migrates");
+        let started = Instant::now();
+        fill(store.as_ref(), "room", "live", live, members).await;
+        eprintln!(
+            "  {name}: {live} live sessions with {} participants each in {:.1} s",
+            members + 1,
+            started.elapsed().as_secs_f64()
+        );
+        let config = Arc::new(config());
+        let endpoint = Endpoint {
+            config: config.webhooks[0].clone(),
+            keys: vec![b"bench-secret".to_vec()],
+        };
+        let engine =
+            Engine::with_webhooks(store.clone(), config, Clock::manual(t0()), vec![endpoint]);
+        World {
+            engine,
+            store,
+            live,
+            next: AtomicUsize::new(0),
+            _dir: dir,
+        }
+    }
+
+    /// A name never used before in this world.
+    pub fn fresh(&self, prefix: &str) -> String {
+        format!("{prefix}{}", self.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The id of the `n`th live room (wrapping).
+    pub fn room(&self, n: usize) -> SessionId {
+        let n = n % self.live.max(1);
+        SessionId::parse(&format!("live{}-{}", n / CHUNK, n % CHUNK)).expect("a valid id")
+    }
+
+    /// The host of the `n`th live room.
+    pub fn host(&self, n: usize) -> UserId {
+        let n = n % self.live.max(1);
+        UserId::parse(&format!("h{}", n % CHUNK)).expect("a valid user")
+    }
+
+    /// Imports `count` sessions of `kind`, created `ago` before now, named `{prefix}…`.
+    pub async fn import(&self, kind: &str, prefix: &str, count: usize, members: usize, ago: Span) {
+        let config = self.engine.config();
+        let at = self.engine.now() - ago;
+        for start in (0..count).step_by(CHUNK) {
+            let n = CHUNK.min(count - start);
+            let sessions = synthetic_sessions(
+                &config.kinds[kind],
+                &format!("{prefix}{start}-"),
+                n,
+                n,
+                members,
+                at,
+            );
+            self.store.import(&sessions).await.expect("import");
+        }
+    }
+}
+
+async fn fill(store: &dyn Store, kind: &str, prefix: &str, count: usize, members: usize) {
+    let config = config();
+    for chunk in 0..count.div_ceil(CHUNK) {
+        let n = CHUNK.min(count - chunk * CHUNK);
+        let sessions: Vec<Session> = synthetic_sessions(
+            &config.kinds[kind],
+            &format!("{prefix}{chunk}-"),
+            n,
+            n,
+            members,
+            t0(),
+        );
+        store.import(&sessions).await.expect("import");
+    }
+}
+
+/// The caller every in-process operation runs as.
+pub fn admin() -> Caller {
+    Caller::Admin {
+        name: "bench".into(),
+        actor: None,
+    }
+}
