@@ -35,9 +35,15 @@ pub enum StoreError {
 pub enum SessionWrite {
     /// A new session (its participants too).
     Insert(Session),
-    /// Replaces the row and participants if the stored version is still `session.version`;
-    /// the stored version becomes `session.version + 1`.
-    Update(Session),
+    /// Replaces the row if the stored version is still `session.version` (the stored version
+    /// becomes `session.version + 1`), with the participants named in `changed`, or all of
+    /// them when `None`: a join writes one participant, not the whole room.
+    Update {
+        /// The session as it is now.
+        session: Session,
+        /// The participants whose rows changed.
+        changed: Option<Vec<UserId>>,
+    },
     /// Removes the session, participants and counters if the version still matches.
     Delete {
         /// The session.
@@ -51,7 +57,7 @@ impl SessionWrite {
     /// The session written, unless this is a delete.
     pub fn session(&self) -> Option<&Session> {
         match self {
-            SessionWrite::Insert(s) | SessionWrite::Update(s) => Some(s),
+            SessionWrite::Insert(s) | SessionWrite::Update { session: s, .. } => Some(s),
             SessionWrite::Delete { .. } => None,
         }
     }
@@ -299,12 +305,16 @@ pub trait Store: Send + Sync + 'static {
     /// One session with its participants.
     async fn load(&self, id: &SessionId) -> Result<Option<Session>, StoreError>;
 
+    /// A session's stored version (`None` if there is no such session): one index probe, so
+    /// a copy of the session held in memory can be checked for freshness.
+    async fn version(&self, id: &SessionId) -> Result<Option<i64>, StoreError>;
+
     /// Sessions by id, with their participants, in any order; ids not found are left out.
     async fn load_many(&self, ids: &[SessionId]) -> Result<Vec<Session>, StoreError>;
 
     /// Writes a change atomically; see the module docs.
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
-        match self.commit_many(vec![commit]).await?.pop() {
+        match self.commit_many(std::slice::from_ref(&commit)).await?.pop() {
             Some(outcome) => outcome,
             None => Ok(()),
         }
@@ -316,7 +326,7 @@ pub trait Store: Send + Sync + 'static {
     /// together. The outer error means the database failed and nothing was written.
     async fn commit_many(
         &self,
-        commits: Vec<Commit>,
+        commits: &[Commit],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
 
     /// Inserts many new sessions with their participants in bulk, without events or host
@@ -359,6 +369,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether a `session.deleted` or `session.purged` event exists for `id`.
     async fn was_deleted(&self, id: &SessionId) -> Result<bool, StoreError>;
+
+    /// The `seq` of the newest event (0 when there is none).
+    async fn last_event_seq(&self) -> Result<i64, StoreError>;
 
     /// A page of events.
     async fn events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;

@@ -5,17 +5,21 @@
 //! A map of the modules:
 //! - [`clock`]: system or manual time; the engine passes `now` down.
 //! - [`access`]: who the caller is and what they may do.
+//! - [`cache`]: recently used sessions in memory, checked against the store before use.
 //! - [`ops`]: the session operations (create, join, end, ...).
 //! - [`write`]: turning a changed session and its effects into one atomic commit.
 //! - [`sweep`]: `sweep_once(now)` and the loop that sleeps until the next deadline.
 //! - [`heartbeats`]: in-memory coalescing and batched flushes.
+//! - [`feed`]: one reader of new events per instance, fanning out to event streams.
 //! - [`deliveries`]: signed webhooks out of the event outbox, with retries; retention.
 //! - [`health`]: the health report.
 //! - [`idempotency`]: remembered responses for `Idempotency-Key`.
 
 pub mod access;
+pub mod cache;
 pub mod clock;
 pub mod deliveries;
+pub mod feed;
 pub mod health;
 pub mod heartbeats;
 pub mod idempotency;
@@ -84,6 +88,7 @@ pub struct Engine {
     config: Arc<Config>,
     clock: Clock,
     beats: heartbeats::Heartbeats,
+    sessions: cache::SessionCache,
     /// Wakes the sweeper when a change moves a deadline before its planned wake-up.
     wake: Notify,
     /// When the sleeping sweeper plans to wake (epoch ms); `i64::MAX` while it is busy.
@@ -95,6 +100,7 @@ pub struct Engine {
     /// Bumped when events are appended; event streams wait on it.
     events: tokio::sync::watch::Sender<u64>,
     stats: SweeperStats,
+    feed: feed::Feed,
     webhooks: deliveries::Webhooks,
     unconfigured: Kind,
 }
@@ -135,12 +141,14 @@ impl Engine {
             config,
             clock,
             beats: heartbeats::Heartbeats::default(),
+            sessions: cache::SessionCache::default(),
             wake: Notify::new(),
             planned_wake: AtomicI64::new(i64::MAX),
             wake_ups: AtomicU64::new(0),
             events: tokio::sync::watch::Sender::new(0),
             last_prune: AtomicI64::new(0),
             stats: SweeperStats::default(),
+            feed: feed::Feed::default(),
             webhooks,
             unconfigured: Kind {
                 name: String::new(),

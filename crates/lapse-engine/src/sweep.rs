@@ -312,13 +312,13 @@ impl Engine {
         children: Option<Vec<Session>>,
         now: Timestamp,
     ) -> Result<Option<(Decided, Vec<SessionId>)>, EngineError> {
-        let stored_wake = s.wake_at;
+        let stored = s.clone();
         let fx = self.apply_due(&mut s, now);
         if fx.is_empty() {
             // Lazy re-arm: the row was due by its stored deadline, but activity has moved
             // since; store the true one so the index stops offering it.
             s.observe(self.kind_of(&s.kind), now);
-            if !pass.dry && s.wake_at != stored_wake {
+            if !pass.dry && s.wake_at != stored.wake_at {
                 // Written with the rest of the batch, in one statement.
                 pass.rearms.push(Rearm {
                     id: s.id.clone(),
@@ -341,10 +341,12 @@ impl Engine {
                 Some(kids)
             }
         };
-        let (commit, due_children) = self.build_commit(&mut s, &fx, now, false, children).await?;
+        let (commit, due_children) = self
+            .build_commit(&mut s, Some(&stored), &fx, now, children)
+            .await?;
         for w in &commit.sessions {
             match w {
-                SessionWrite::Update(c) | SessionWrite::Insert(c) => {
+                SessionWrite::Update { session: c, .. } | SessionWrite::Insert(c) => {
                     let mut c = c.clone();
                     c.version += 1;
                     pass.overlay.insert(c.id.clone(), Some(c));

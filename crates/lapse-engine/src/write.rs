@@ -3,7 +3,7 @@
 
 use lapse_core::lifecycle::{self, Effects};
 use lapse_core::store::{Commit, EventRecord, NotificationRecord, SessionWrite};
-use lapse_core::{Session, StoreError, Timestamp};
+use lapse_core::{Participant, Session, StoreError, Timestamp, UserId};
 
 use crate::{Engine, EngineError};
 
@@ -12,15 +12,17 @@ use crate::{Engine, EngineError};
 pub(crate) type Cascade = Vec<Session>;
 
 impl Engine {
-    /// Builds the commit for `s` (read at `s.version`) after `fx`, without writing it.
+    /// Builds the commit for `s` after `fx`, without writing it: an update of `stored` (the
+    /// session as read, at `s.version`), or with `None` an insert.
     pub(crate) async fn build_commit(
         &self,
         s: &mut Session,
+        stored: Option<&Session>,
         fx: &Effects,
         now: Timestamp,
-        insert: bool,
         children: Option<Vec<Session>>,
     ) -> Result<(Commit, Cascade), EngineError> {
+        let insert = stored.is_none();
         let mut commit = Commit::default();
         let kind = self.kind_of(&s.kind);
         if fx.deleted_at.is_some() {
@@ -34,10 +36,12 @@ impl Engine {
             }
         } else {
             s.observe(kind, now);
-            commit.sessions.push(if insert {
-                SessionWrite::Insert(s.clone())
-            } else {
-                SessionWrite::Update(s.clone())
+            commit.sessions.push(match stored {
+                None => SessionWrite::Insert(s.clone()),
+                Some(stored) => SessionWrite::Update {
+                    changed: Some(changed_participants(stored, s)),
+                    session: s.clone(),
+                },
             });
         }
 
@@ -53,7 +57,11 @@ impl Engine {
                     if child.wake_at.is_some_and(|at| at <= now) {
                         cascade.push(child.clone());
                     }
-                    commit.sessions.push(SessionWrite::Update(child));
+                    // A parent's end moves the child's row, none of its participants.
+                    commit.sessions.push(SessionWrite::Update {
+                        session: child,
+                        changed: Some(Vec::new()),
+                    });
                 }
             }
         }
@@ -103,8 +111,11 @@ impl Engine {
             .map(|c| c.sessions.iter().filter_map(|w| w.session()?.wake_at).min())
             .collect();
         let with_events: Vec<bool> = commits.iter().map(|c| !c.events.is_empty()).collect();
-        let outcomes = self.store.commit_many(commits).await?;
+        let outcomes = self.store.commit_many(&commits).await?;
         let written = || outcomes.iter().enumerate().filter(|(_, o)| o.is_ok());
+        for (i, _) in written() {
+            self.sessions.follow(&commits[i]);
+        }
         if let Some(at) = written().filter_map(|(i, _)| wakes[i]).min() {
             self.deadline_moved(at);
         }
@@ -113,4 +124,17 @@ impl Engine {
         }
         Ok(outcomes)
     }
+}
+
+/// The participants of `now` whose stored columns differ from `stored`'s (or are new).
+fn changed_participants(stored: &Session, now: &Session) -> Vec<UserId> {
+    let same = |a: &Participant, b: &Participant| {
+        (a.role, a.state, a.joined_at, a.left_at, a.last_seen_at, a.offline_for)
+            == (b.role, b.state, b.joined_at, b.left_at, b.last_seen_at, b.offline_for)
+    };
+    now.participants
+        .iter()
+        .filter(|p| stored.participant(&p.user).is_none_or(|q| !same(p, q)))
+        .map(|p| p.user.clone())
+        .collect()
 }

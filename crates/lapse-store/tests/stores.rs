@@ -93,7 +93,10 @@ async fn a_heartbeat_flush_beats_a_decision_taken_on_the_older_row() {
         let mut decided = stale.clone();
         decided.status = lapse_core::Status::Expired;
         let update = Commit {
-            sessions: vec![SessionWrite::Update(decided)],
+            sessions: vec![SessionWrite::Update {
+                session: decided,
+                changed: None,
+            }],
             ..Commit::default()
         };
         let lost = store.commit(update).await;

@@ -144,6 +144,7 @@ impl App {
             })
         };
         let watch = tokio::spawn(engine.clone().run_change_watch(shutdown.clone()));
+        let feed = tokio::spawn(engine.clone().run_event_feed(shutdown.clone()));
         let deliveries = tokio::spawn(engine.clone().run_deliveries(shutdown.clone()));
         tracing::info!(addr = %self.listener.local_addr()?, "lapse listening");
         let router = http::router(self.state.clone());
@@ -160,6 +161,7 @@ impl App {
         let _ = sweeper.await;
         let _ = flusher.await;
         let _ = watch.await;
+        let _ = feed.await;
         let _ = deliveries.await;
         served
     }

@@ -80,7 +80,7 @@ impl Engine {
             )?;
             lifecycle::apply_due(kind, &mut s, now, &mut fx);
             let (mut commit, _) = self
-                .build_commit(&mut s, &fx, now, true, Some(Vec::new()))
+                .build_commit(&mut s, None, &fx, now, Some(Vec::new()))
                 .await?;
             // The store re-counts inside the transaction, so concurrent creates (on any
             // instance) cannot both pass the check above.

@@ -97,20 +97,47 @@ impl Engine {
         fx
     }
 
+    /// The session as stored: the cached copy if the store still holds its version (one
+    /// index probe), else a full read, which is then cached.
+    pub(crate) async fn load_session(&self, id: &SessionId) -> Result<Option<Session>, EngineError> {
+        if let Some((cached, _)) = self.sessions.get(id) {
+            match self.store.version(id).await? {
+                Some(v) if v == cached.version => {
+                    self.sessions.checked(id);
+                    return Ok(Some((*cached).clone()));
+                }
+                None => {
+                    self.sessions.remove(id);
+                    return Ok(None);
+                }
+                Some(_) => {}
+            }
+        }
+        let loaded = self.store.load(id).await?;
+        match &loaded {
+            Some(s) => self.sessions.put(s.clone()),
+            None => self.sessions.remove(id),
+        }
+        Ok(loaded)
+    }
+
     /// Loads `id` and applies its due rules at `now`, committing what they did. Returns the
     /// session as it stands (`None` if it is gone) and its version as read.
     async fn settle(&self, id: &SessionId) -> Result<Option<Session>, EngineError> {
         for _ in 0..ATTEMPTS {
             let now = self.now();
-            let Some(mut s) = self.store.load(id).await? else {
+            let Some(mut s) = self.load_session(id).await? else {
                 return Ok(None);
             };
+            let stored = s.clone();
             let fx = self.apply_due(&mut s, now);
             if fx.is_empty() {
                 s.observe(self.kind_of(&s.kind), now);
                 return Ok(Some(s));
             }
-            let (commit, _) = self.build_commit(&mut s, &fx, now, false, None).await?;
+            let (commit, _) = self
+                .build_commit(&mut s, Some(&stored), &fx, now, None)
+                .await?;
             match self.apply_commit(commit).await {
                 Ok(()) if fx.deleted_at.is_some() => return Ok(None),
                 Ok(()) => {
@@ -146,7 +173,9 @@ impl Engine {
             if fx.is_empty() && s == before {
                 return Ok((value, s));
             }
-            let (commit, _) = self.build_commit(&mut s, &fx, now, false, None).await?;
+            let (commit, _) = self
+                .build_commit(&mut s, Some(&before), &fx, now, None)
+                .await?;
             match self.apply_commit(commit).await {
                 Ok(()) => {
                     s.version += 1;

@@ -67,6 +67,17 @@ impl Engine {
         user: &UserId,
     ) -> Result<(), EngineError> {
         caller.require_self(user)?;
+        let now = self.now();
+        // The common case from memory: open, joined, nothing due (see `cache`).
+        if let Some((s, checked)) = self.sessions.get(id)
+            && checked.elapsed() < crate::cache::FRESH_FOR
+            && s.status.is_open()
+            && s.is_joined(user)
+            && s.wake_at.is_none_or(|at| at > now)
+        {
+            self.beats.record(id, user, now);
+            return Ok(());
+        }
         let s = self.settle(id).await?.ok_or_else(|| not_found(id))?;
         lifecycle::check_heartbeat(&s, user)?;
         self.beats.record(id, user, self.now());

@@ -129,6 +129,7 @@ impl PostgresStore {
             ),
             fixed("re-arm", REARM, vec![empty(), empty(), empty(), empty()]),
             fixed("next deadline", NEXT_DEADLINE, vec![]),
+            fixed("session version", SESSION_VERSION, vec![text("s1")]),
             fixed("was deleted", WAS_DELETED, vec![text("s1")]),
             fixed(
                 "host limit",
@@ -232,6 +233,9 @@ const REARM: &str = "update sessions set next_due_at = b.at, next_due_rule = b.r
              from unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[]) as b(id, version, at, rule) \
              where sessions.id = b.id and sessions.version = b.version";
 
+/// A session's version, through the primary key.
+const SESSION_VERSION: &str = "select version from sessions where id = $1";
+
 /// The earliest stored deadline, from the end of the deadline index.
 const NEXT_DEADLINE: &str = "select min(next_due_at) from sessions where next_due_at is not null";
 
@@ -287,6 +291,14 @@ impl Store for PostgresStore {
         Ok(self.sessions_by_id(std::slice::from_ref(id)).await?.pop())
     }
 
+    async fn version(&self, id: &SessionId) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar(SESSION_VERSION)
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)
+    }
+
     async fn load_many(&self, ids: &[SessionId]) -> Result<Vec<Session>, StoreError> {
         self.sessions_by_id(ids).await
     }
@@ -302,7 +314,7 @@ impl Store for PostgresStore {
 
     async fn commit_many(
         &self,
-        commits: Vec<Commit>,
+        commits: &[Commit],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         if commits.iter().any(|c| !c.events.is_empty()) {
@@ -318,7 +330,7 @@ impl Store for PostgresStore {
         let alone = commits.len() == 1;
         let mut outcomes = Vec::with_capacity(commits.len());
         let (mut earliest, mut events) = (None::<Timestamp>, false);
-        for commit in &commits {
+        for commit in commits {
             // As on SQLite: a commit refused by its first statement has written nothing.
             let savepoint = !alone && commit.sessions.len() > 1;
             if savepoint {
@@ -477,6 +489,13 @@ impl Store for PostgresStore {
             .await
             .map_err(backend)?;
         Ok(found.is_some())
+    }
+
+    async fn last_event_seq(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("select coalesce(max(seq), 0) from events")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)
     }
 
     async fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError> {

@@ -2,7 +2,7 @@
 //! participants, events with their webhook deliveries, notifications, the host limit.
 
 use lapse_core::store::{Commit, HostLimit, SessionWrite};
-use lapse_core::{Session, SessionId, StoreError, Timestamp};
+use lapse_core::{Session, SessionId, StoreError, Timestamp, UserId};
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
 
 use crate::backend;
@@ -30,11 +30,11 @@ pub(super) async fn write_commit(
         match write {
             SessionWrite::Insert(s) => {
                 insert_session(tx, s).await?;
-                upsert_participants(tx, s).await?;
+                upsert_participants(tx, s, None).await?;
             }
-            SessionWrite::Update(s) => {
-                update_session(tx, s).await?;
-                upsert_participants(tx, s).await?;
+            SessionWrite::Update { session, changed } => {
+                update_session(tx, session).await?;
+                upsert_participants(tx, session, changed.as_deref()).await?;
             }
             SessionWrite::Delete { id, version } => delete_session(tx, id, *version).await?,
         }
@@ -125,8 +125,10 @@ async fn update_session(tx: &mut Transaction<'_, Postgres>, s: &Session) -> Resu
 async fn upsert_participants(
     tx: &mut Transaction<'_, Postgres>,
     s: &Session,
+    changed: Option<&[UserId]>,
 ) -> Result<(), StoreError> {
-    for p in &s.participants {
+    let wanted = |p: &&lapse_core::Participant| changed.is_none_or(|c| c.contains(&p.user));
+    for p in s.participants.iter().filter(wanted) {
         sqlx::query(
             "insert into participants (session_id, user_id, role, state, joined_at, left_at, \
              last_seen_at, offline_for) values ($1, $2, $3, $4, $5, $6, $7, $8) \

@@ -100,6 +100,7 @@ impl SqliteStore {
             fixed("heartbeat flush", FLUSH_HEARTBEATS, vec![text("[]")]),
             fixed("re-arm", REARM, vec![text("[]")]),
             fixed("next deadline", NEXT_DEADLINE, vec![]),
+            fixed("session version", SESSION_VERSION, vec![text("s1")]),
             fixed("was deleted", WAS_DELETED, vec![text("s1")]),
             fixed(
                 "host limit",
@@ -168,6 +169,9 @@ const REARM: &str = "update sessions set next_due_at = b.at, next_due_rule = b.r
                    value ->> 3 as rule from json_each(?1)) as b \
              where sessions.id = b.id and sessions.version = b.version";
 
+/// A session's version, through the primary key.
+const SESSION_VERSION: &str = "select version from sessions where id = ?1";
+
 /// The earliest stored deadline, from the end of the deadline index.
 const NEXT_DEADLINE: &str = "select min(next_due_at) from sessions where next_due_at is not null";
 
@@ -215,6 +219,14 @@ impl Store for SqliteStore {
         Ok(self.sessions_by_id(std::slice::from_ref(id)).await?.pop())
     }
 
+    async fn version(&self, id: &SessionId) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar(SESSION_VERSION)
+            .bind(id.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(backend)
+    }
+
     async fn load_many(&self, ids: &[SessionId]) -> Result<Vec<Session>, StoreError> {
         self.sessions_by_id(ids).await
     }
@@ -230,14 +242,14 @@ impl Store for SqliteStore {
 
     async fn commit_many(
         &self,
-        commits: Vec<Commit>,
+        commits: &[Commit],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         // The single writer connection already serializes this with every other commit, so
         // host limits are checked without a lock.
         let mut tx = self.writer.begin().await.map_err(backend)?;
         let mut outcomes = Vec::with_capacity(commits.len());
         let alone = commits.len() == 1;
-        for commit in &commits {
+        for commit in commits {
             // A commit's first statement is its compare-and-set (or insert, or host limit), and
             // one that fails there has written nothing: only longer commits need a savepoint.
             let savepoint = !alone && commit.sessions.len() > 1;
@@ -350,6 +362,13 @@ impl Store for SqliteStore {
             .await
             .map_err(backend)?;
         Ok(found.is_some())
+    }
+
+    async fn last_event_seq(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("select coalesce(max(seq), 0) from events")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(backend)
     }
 
     async fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError> {

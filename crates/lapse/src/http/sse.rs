@@ -1,10 +1,12 @@
 //! `GET /v1/events` as a server-sent event stream: every event as it commits, `id:` its `seq`,
 //! resumable from `Last-Event-ID` (or `?after=`) without gaps or duplicates.
 //!
-//! Each stream reads the events table at its own pace, starting after the last `seq` it sent,
-//! and sleeps on the engine's event signal between reads. So a slow client only falls behind:
-//! it holds no buffer in the engine, no database connection while waiting, and never slows a
-//! writer or another stream. If it goes away, it resumes from its last id.
+//! A stream first catches up from the events table, after the last `seq` it sent, then follows
+//! the engine's fan-out (`lapse_engine::feed`): one reader per instance hands it the events
+//! that match its filters, so an open stream costs no query per commit. It subscribes before
+//! it catches up, and tells events seen both ways apart by `seq`. If it falls behind the
+//! fan-out's small queue (a slow client), it is dropped from it and catches up from the table
+//! again: a slow client only lags, holds no unbounded buffer and slows nobody.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -15,22 +17,29 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::Stream;
 use lapse_core::event::Event;
 use lapse_core::store::EventQuery;
+use lapse_engine::feed::Subscription;
 use lapse_engine::{Caller, Engine};
 
 use crate::http::error::ApiError;
 
 /// Events read per query.
 const PAGE: u32 = 200;
-/// A stream also looks by itself this often, in case a change notification was lost.
-const POLL: Duration = Duration::from_secs(5);
 /// A comment line this often keeps proxies from closing an idle stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Where a stream takes its next events from.
+enum Source {
+    /// The events table, until it is caught up; subscribed already.
+    Table(Subscription),
+    /// The fan-out.
+    Live(Subscription),
+}
 
 struct Cursor {
     engine: Arc<Engine>,
     query: EventQuery,
     ready: VecDeque<Event>,
-    signal: tokio::sync::watch::Receiver<u64>,
+    source: Option<Source>,
 }
 
 /// The stream for `query`, after checking `caller` may read it.
@@ -41,12 +50,11 @@ pub async fn stream(
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     engine.authorize_events(&caller, &query).await?;
     query.limit = PAGE;
-    let signal = engine.event_signal();
     let cursor = Cursor {
         engine,
         query,
         ready: VecDeque::new(),
-        signal,
+        source: None,
     };
     let events = futures_util::stream::unfold(cursor, |mut c| async move {
         loop {
@@ -55,28 +63,34 @@ pub async fn stream(
                 let item = SseEvent::default().id(e.seq.to_string()).data(data);
                 return Some((Ok(item), c));
             }
-            // Mark the signal seen before reading, so an append during the read wakes us.
-            c.signal.borrow_and_update();
-            match c.engine.events_page(&c.query).await {
-                Ok(page) if !page.is_empty() => {
-                    c.query.after = page.last().map_or(c.query.after, |e| e.seq);
-                    c.ready.extend(page);
-                }
-                Ok(_) => {
-                    tokio::select! {
-                        changed = c.signal.changed() => {
-                            if changed.is_err() {
-                                return None; // the engine is shutting down
-                            }
-                        }
-                        _ = tokio::time::sleep(POLL) => {}
+            c.source = Some(match c.source.take() {
+                // Subscribe first: from here on the fan-out keeps what the table read misses.
+                None => Source::Table(c.engine.subscribe_events(&c.query)),
+                Some(Source::Table(sub)) => match c.engine.events_page(&c.query).await {
+                    Ok(page) if !page.is_empty() => {
+                        c.query.after = page.last().map_or(c.query.after, |e| e.seq);
+                        c.ready.extend(page);
+                        Source::Table(sub)
                     }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "event stream could not read; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
+                    Ok(_) => Source::Live(sub),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event stream could not read; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        Source::Table(sub)
+                    }
+                },
+                Some(Source::Live(mut sub)) => match sub.events.recv().await {
+                    Some(e) => {
+                        if e.seq > c.query.after {
+                            c.query.after = e.seq;
+                            c.ready.push_back((*e).clone());
+                        }
+                        Source::Live(sub)
+                    }
+                    // Fell behind the fan-out: catch up from the table again.
+                    None => continue,
+                },
+            });
         }
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive")))

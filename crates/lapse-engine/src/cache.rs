@@ -1,0 +1,121 @@
+//! Recently used sessions, held in memory exactly as stored, so the hot paths need not read a
+//! whole session (a lecture hall's thousand participants) from the database again.
+//!
+//! Two uses, two strengths of promise:
+//! - **Reads for a change** (join, leave, start, end, ...) take a cached copy only after one
+//!   index probe shows the stored version is still the cached one; every write is
+//!   compare-and-set on that version anyway, so a stale copy can cost a retry, never a wrong
+//!   commit.
+//! - **Heartbeats** are answered from a copy checked against the database within the last
+//!   [`FRESH_FOR`] (or written by this instance since): open, user joined, nothing due. Another
+//!   instance (or `lapse sweep`) may have ended the session in that window; the beat is then
+//!   accepted here, and dropped when flushed, because a flush moves only joined participants
+//!   of open sessions.
+//!
+//! Bounded: past [`CAPACITY`] sessions, the oldest half is dropped.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lapse_core::store::{Commit, SessionWrite};
+use lapse_core::{Session, SessionId};
+
+/// How long a checked copy answers heartbeats without another look at the database.
+pub const FRESH_FOR: Duration = Duration::from_secs(5);
+/// Most sessions held.
+pub const CAPACITY: usize = 50_000;
+
+struct Entry {
+    session: Arc<Session>,
+    checked: Instant,
+    used: u64,
+}
+
+/// The cache; see the module docs.
+#[derive(Default)]
+pub struct SessionCache {
+    entries: Mutex<(HashMap<SessionId, Entry>, u64)>,
+}
+
+impl SessionCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<SessionId, Entry>, u64)> {
+        // Entries are replaced whole; a panic elsewhere cannot leave one half-written.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached copy of `id` and when it was last known to match the store.
+    pub fn get(&self, id: &SessionId) -> Option<(Arc<Session>, Instant)> {
+        let mut guard = self.lock();
+        let (map, clock) = &mut *guard;
+        *clock += 1;
+        let e = map.get_mut(id)?;
+        e.used = *clock;
+        Some((e.session.clone(), e.checked))
+    }
+
+    /// Holds `s`, exactly as stored at `s.version`, as checked now.
+    pub fn put(&self, s: Session) {
+        let mut guard = self.lock();
+        let (map, clock) = &mut *guard;
+        *clock += 1;
+        if map.len() >= CAPACITY && !map.contains_key(&s.id) {
+            // Drop the least recently used half: O(n) once per CAPACITY/2 insertions.
+            let mut uses: Vec<u64> = map.values().map(|e| e.used).collect();
+            let (_, median, _) = uses.select_nth_unstable(map.len() / 2);
+            let median = *median;
+            map.retain(|_, e| e.used > median);
+        }
+        let entry = Entry {
+            session: Arc::new(s),
+            checked: Instant::now(),
+            used: *clock,
+        };
+        map.insert(entry.session.id.clone(), entry);
+    }
+
+    /// Marks the copy of `id` as checked now.
+    pub fn checked(&self, id: &SessionId) {
+        if let Some(e) = self.lock().0.get_mut(id) {
+            e.checked = Instant::now();
+        }
+    }
+
+    /// Forgets `id`.
+    pub fn remove(&self, id: &SessionId) {
+        self.lock().0.remove(id);
+    }
+
+    /// Follows a commit that was written: held sessions it updated take their new state and
+    /// version, deleted ones go. Sessions not held are not added (a sweep touches many).
+    pub fn follow(&self, commit: &Commit) {
+        for write in &commit.sessions {
+            match write {
+                SessionWrite::Update { session, .. } => {
+                    let held = self.lock().0.contains_key(&session.id);
+                    if held {
+                        let mut s = session.clone();
+                        s.version += 1;
+                        self.put(s);
+                    }
+                }
+                SessionWrite::Insert(s) => {
+                    let mut s = s.clone();
+                    s.version = 1;
+                    self.put(s);
+                }
+                SessionWrite::Delete { id, .. } => self.remove(id),
+            }
+        }
+    }
+
+    /// How many sessions are held.
+    pub fn len(&self) -> usize {
+        self.lock().0.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

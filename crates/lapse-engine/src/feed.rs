@@ -1,0 +1,197 @@
+//! Event streams fan out from memory. One reader per instance tails the events table once per
+//! commit (this instance's, or another's announced by the store) and hands each new event to
+//! the streams whose filters match, through a small bounded queue per stream. So the cost of
+//! an event does not grow with the number of open streams, and idle streams cost no queries.
+//!
+//! A stream joins in two steps, without gap or duplicate: it subscribes first (from then on
+//! the reader hands it every event past the reader's position), then catches up from the
+//! table up to the present; events that arrive both ways are told apart by `seq`. A stream
+//! that falls [`QUEUE`] events behind is dropped from the fan-out and catches up from the
+//! table again, as does one resuming from an old `Last-Event-ID`; resume semantics are the
+//! table's.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lapse_core::SessionId;
+use lapse_core::event::Event;
+use lapse_core::store::EventQuery;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::Engine;
+
+/// Events a stream may have waiting before it is dropped to catch up from the table.
+pub const QUEUE: usize = 512;
+/// Events the reader takes from the table per query.
+const PAGE: u32 = 1000;
+/// The reader also looks by itself this often, in case a change notification was lost.
+const POLL: Duration = Duration::from_secs(5);
+
+struct Subscriber {
+    query: EventQuery,
+    tx: mpsc::Sender<Arc<Event>>,
+}
+
+#[derive(Default)]
+struct Subscribers {
+    next: u64,
+    all: HashMap<u64, Subscriber>,
+    /// Streams of one session, by that session: an event reaches only its session's streams
+    /// and the streams with no session filter.
+    by_session: HashMap<SessionId, Vec<u64>>,
+    unfiltered: Vec<u64>,
+}
+
+/// The fan-out; see the module docs.
+#[derive(Default)]
+pub struct Feed {
+    subscribers: Mutex<Subscribers>,
+    /// The last `seq` the reader has handed out (`None` until it first reads).
+    position: Mutex<Option<i64>>,
+}
+
+/// A stream's subscription: events past the reader's position, in order, until the stream
+/// falls behind (then the receiver ends).
+pub struct Subscription {
+    /// The events.
+    pub events: mpsc::Receiver<Arc<Event>>,
+}
+
+impl Feed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Subscribers> {
+        // Only maps of channels: a panic elsewhere cannot leave them half-updated.
+        self.subscribers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn subscribe(&self, query: &EventQuery) -> Subscription {
+        let (tx, events) = mpsc::channel(QUEUE);
+        let mut subs = self.lock();
+        subs.next += 1;
+        let id = subs.next;
+        match &query.session {
+            Some(s) => subs.by_session.entry(s.clone()).or_default().push(id),
+            None => subs.unfiltered.push(id),
+        }
+        let query = EventQuery {
+            types: query.types.clone(),
+            kind: query.kind.clone(),
+            session: query.session.clone(),
+            ..EventQuery::default()
+        };
+        subs.all.insert(id, Subscriber { query, tx });
+        Subscription { events }
+    }
+
+    /// Hands `events` (in `seq` order) to the streams that want them; drops streams that are
+    /// gone or full.
+    fn dispatch(&self, events: &[Event]) {
+        let mut subs = self.lock();
+        let mut dropped = Vec::new();
+        for e in events {
+            let event = Arc::new(e.clone());
+            let targets = subs
+                .by_session
+                .get(&e.session_id)
+                .into_iter()
+                .flatten()
+                .chain(&subs.unfiltered);
+            for id in targets {
+                let Some(sub) = subs.all.get(id) else { continue };
+                if !wants(&sub.query, e) {
+                    continue;
+                }
+                if sub.tx.try_send(event.clone()).is_err() {
+                    dropped.push(*id);
+                }
+            }
+        }
+        subs.all.retain(|id, s| !dropped.contains(id) && !s.tx.is_closed());
+        let Subscribers {
+            all,
+            by_session,
+            unfiltered,
+            ..
+        } = &mut *subs;
+        unfiltered.retain(|id| all.contains_key(id));
+        by_session.retain(|_, ids| {
+            ids.retain(|id| all.contains_key(id));
+            !ids.is_empty()
+        });
+    }
+
+    /// Streams currently fed from memory.
+    pub fn len(&self) -> usize {
+        self.lock().all.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Whether an event passes a stream's filters (its session was matched already).
+fn wants(q: &EventQuery, e: &Event) -> bool {
+    q.kind.as_ref().is_none_or(|k| k == &e.kind)
+        && (q.types.is_empty() || q.types.iter().any(|t| t.as_str() == e.event_type.as_str()))
+}
+
+impl Engine {
+    /// Subscribes a stream with `query`'s filters to the fan-out (already authorized).
+    pub fn subscribe_events(&self, query: &EventQuery) -> Subscription {
+        self.feed.subscribe(query)
+    }
+
+    /// The event reader: on every signal (and every few seconds regardless) reads the events
+    /// past its position and hands them out. Returns when `shutdown` is cancelled.
+    pub async fn run_event_feed(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut signal = self.event_signal();
+        loop {
+            signal.borrow_and_update();
+            if let Err(e) = self.feed_once().await {
+                tracing::warn!(error = %e, "event feed could not read; retrying");
+            }
+            tokio::select! {
+                _ = signal.changed() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// One step of the reader: everything past its position, handed out. The first step only
+    /// takes the table's end as its position (streams catch up from the table themselves).
+    pub async fn feed_once(&self) -> Result<usize, crate::EngineError> {
+        let position = *self.feed.position.lock().unwrap_or_else(|p| p.into_inner());
+        let mut after = match position {
+            Some(p) => p,
+            None => {
+                let end = self.store.last_event_seq().await?;
+                *self.feed.position.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
+                return Ok(0);
+            }
+        };
+        let mut handed = 0;
+        loop {
+            let page = self
+                .store
+                .events(&EventQuery {
+                    after,
+                    limit: PAGE,
+                    ..EventQuery::default()
+                })
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            handed += page.len();
+            self.feed.dispatch(&page);
+            *self.feed.position.lock().unwrap_or_else(|p| p.into_inner()) = Some(after);
+            if page.len() < PAGE as usize {
+                break;
+            }
+        }
+        Ok(handed)
+    }
+}
