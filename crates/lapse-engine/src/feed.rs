@@ -98,7 +98,9 @@ impl Feed {
                 .flatten()
                 .chain(&subs.unfiltered);
             for id in targets {
-                let Some(sub) = subs.all.get(id) else { continue };
+                let Some(sub) = subs.all.get(id) else {
+                    continue;
+                };
                 if !wants(&sub.query, e) {
                     continue;
                 }
@@ -107,7 +109,8 @@ impl Feed {
                 }
             }
         }
-        subs.all.retain(|id, s| !dropped.contains(id) && !s.tx.is_closed());
+        subs.all
+            .retain(|id, s| !dropped.contains(id) && !s.tx.is_closed());
         let Subscribers {
             all,
             by_session,
@@ -193,5 +196,68 @@ impl Engine {
             }
         }
         Ok(handed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lapse_core::EventType;
+
+    use super::*;
+
+    fn event(seq: i64, session: &str, kind: &str) -> Event {
+        Event {
+            seq,
+            id: format!("e{seq}"),
+            event_type: EventType::SessionUpdated,
+            at: lapse_core::Timestamp::from_millis(0),
+            applied_at: lapse_core::Timestamp::from_millis(0),
+            session_id: SessionId::parse(session).unwrap(),
+            kind: kind.into(),
+            actor: "system".into(),
+            rule: None,
+            data: serde_json::json!({}),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_reaches_only_the_streams_whose_filters_match() {
+        let feed = Feed::default();
+        let follow = |session: Option<&str>, kind: Option<&str>| {
+            feed.subscribe(&EventQuery {
+                session: session.map(|s| SessionId::parse(s).unwrap()),
+                kind: kind.map(String::from),
+                ..EventQuery::default()
+            })
+        };
+        let mut room_a = follow(Some("a"), None);
+        let mut room_b = follow(Some("b"), None);
+        let mut studies = follow(None, Some("study"));
+        feed.dispatch(&[event(1, "a", "study"), event(2, "b", "reading")]);
+        assert_eq!(room_a.events.recv().await.unwrap().seq, 1);
+        assert_eq!(room_b.events.recv().await.unwrap().seq, 2);
+        assert_eq!(studies.events.recv().await.unwrap().seq, 1);
+        assert!(room_a.events.try_recv().is_err());
+        assert!(
+            studies.events.try_recv().is_err(),
+            "the reading event is not a study's"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_falls_behind_keeps_what_it_had_and_is_then_cut_off() {
+        let feed = Feed::default();
+        let mut slow = feed.subscribe(&EventQuery::default());
+        let events: Vec<Event> = (1..=QUEUE as i64 + 10)
+            .map(|n| event(n, "a", "study"))
+            .collect();
+        feed.dispatch(&events);
+        assert!(feed.is_empty(), "dropped from the fan-out");
+        let mut got = Vec::new();
+        while let Some(e) = slow.events.recv().await {
+            got.push(e.seq);
+        }
+        // It catches up from the table after seq QUEUE: nothing it received is lost.
+        assert_eq!(got, (1..=QUEUE as i64).collect::<Vec<_>>());
     }
 }

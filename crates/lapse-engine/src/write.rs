@@ -129,8 +129,21 @@ impl Engine {
 /// The participants of `now` whose stored columns differ from `stored`'s (or are new).
 fn changed_participants(stored: &Session, now: &Session) -> Vec<UserId> {
     let same = |a: &Participant, b: &Participant| {
-        (a.role, a.state, a.joined_at, a.left_at, a.last_seen_at, a.offline_for)
-            == (b.role, b.state, b.joined_at, b.left_at, b.last_seen_at, b.offline_for)
+        (
+            a.role,
+            a.state,
+            a.joined_at,
+            a.left_at,
+            a.last_seen_at,
+            a.offline_for,
+        ) == (
+            b.role,
+            b.state,
+            b.joined_at,
+            b.left_at,
+            b.last_seen_at,
+            b.offline_for,
+        )
     };
     now.participants
         .iter()

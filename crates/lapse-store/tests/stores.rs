@@ -279,3 +279,50 @@ async fn the_postgres_pool_size_and_statement_timeout_come_from_the_config() {
         "0"
     );
 }
+
+#[tokio::test]
+async fn an_update_writes_only_the_participants_it_names() {
+    for (store, _dir) in stores().await {
+        let store = store.as_ref();
+        let mut s = session("study", "room", t0());
+        let config = Config::default();
+        let by = lapse_core::lifecycle::By::system();
+        for u in ["ana", "ben"] {
+            let user = UserId::parse(u).unwrap();
+            let mut fx = Effects::default();
+            lifecycle::join(
+                &config.kinds["study"],
+                &mut s,
+                &user,
+                None,
+                lifecycle::Via::Direct,
+                t0(),
+                &by,
+                &mut fx,
+            )
+            .unwrap();
+        }
+        insert(store, &s).await;
+        let mut changed = store.load(&s.id).await.unwrap().unwrap();
+        let later = t0() + Span::from_secs(60);
+        for p in &mut changed.participants {
+            p.last_seen_at = later;
+        }
+        let ana = UserId::parse("ana").unwrap();
+        store
+            .commit(Commit {
+                sessions: vec![SessionWrite::Update {
+                    session: changed,
+                    changed: Some(vec![ana.clone()]),
+                }],
+                ..Commit::default()
+            })
+            .await
+            .unwrap();
+        let stored = store.load(&s.id).await.unwrap().unwrap();
+        for p in &stored.participants {
+            let expected = if p.user == ana { later } else { t0() };
+            assert_eq!(p.last_seen_at, expected, "{}", p.user);
+        }
+    }
+}

@@ -99,7 +99,10 @@ impl Engine {
 
     /// The session as stored: the cached copy if the store still holds its version (one
     /// index probe), else a full read, which is then cached.
-    pub(crate) async fn load_session(&self, id: &SessionId) -> Result<Option<Session>, EngineError> {
+    pub(crate) async fn load_session(
+        &self,
+        id: &SessionId,
+    ) -> Result<Option<Session>, EngineError> {
         if let Some((cached, _)) = self.sessions.get(id) {
             match self.store.version(id).await? {
                 Some(v) if v == cached.version => {

@@ -1,0 +1,121 @@
+//! What the engine answers from memory, and why nothing wrong can commit because of it: two
+//! engines over one database file stand for two instances (or `lapse serve` and a
+//! `lapse sweep` beside it).
+
+use std::sync::Arc;
+
+use lapse_core::lifecycle::Via;
+use lapse_core::{Config, ParticipantState, SessionId, Status, Store, Timestamp, UserId};
+use lapse_engine::ops::CreateRequest;
+use lapse_engine::{Caller, Clock, Engine};
+use lapse_store::SqliteStore;
+
+fn t0() -> Timestamp {
+    "2026-03-02T08:00:00Z".parse().unwrap()
+}
+
+fn admin() -> Caller {
+    Caller::Admin {
+        name: "test".into(),
+        actor: None,
+    }
+}
+
+/// Two engines (two instances) over one SQLite file.
+async fn two_instances(dir: &tempfile::TempDir) -> (Arc<Engine>, Arc<Engine>, Arc<dyn Store>) {
+    let url = format!("sqlite://{}", dir.path().join("shared.db").display());
+    let open = || async {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url, None).await.unwrap());
+        store.migrate().await.unwrap();
+        Engine::new(store, Arc::new(Config::default()), Clock::manual(t0()))
+    };
+    let (a, b) = (open().await, open().await);
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url, None).await.unwrap());
+    (a, b, store)
+}
+
+fn user(name: &str) -> UserId {
+    UserId::parse(name).unwrap()
+}
+
+#[tokio::test]
+async fn a_heartbeat_accepted_after_another_instance_ended_the_session_never_revives_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, store) = two_instances(&dir).await;
+    let id = SessionId::parse("room").unwrap();
+    let request = CreateRequest {
+        id: Some(id.clone()),
+        kind: "study".into(),
+        title: None,
+        metadata: None,
+        host: Some(user("host")),
+        parent: None,
+        scheduled_start: None,
+        scheduled_end: None,
+    };
+    a.create(&admin(), request).await.unwrap();
+    a.start(&admin(), &id).await.unwrap();
+    a.heartbeat(&admin(), &id, &user("host")).await.unwrap();
+    a.flush_heartbeats().await.unwrap();
+
+    // Instance B ends it; A still holds its copy from a moment ago.
+    b.end(&admin(), &id).await.unwrap();
+    let ended = store.load(&id).await.unwrap().unwrap();
+
+    // The documented window: A accepts the beat from memory...
+    a.heartbeat(&admin(), &id, &user("host")).await.unwrap();
+    assert_eq!(a.pending_heartbeats(), 1, "accepted from memory");
+    // ...and its flush changes nothing: only joined participants of open sessions move.
+    a.flush_heartbeats().await.unwrap();
+    let after = store.load(&id).await.unwrap().unwrap();
+    assert_eq!(after.status, Status::Completed);
+    assert_eq!(
+        after.version, ended.version,
+        "the ended row was not written"
+    );
+    assert_eq!(after.participants[0].state, ParticipantState::Left);
+    assert_eq!(
+        after.participants[0].last_seen_at,
+        ended.participants[0].last_seen_at
+    );
+
+    // Any operation that changes the session reads its version first, so A sees the end.
+    let join = a
+        .join(&admin(), &id, &user("late"), None, Via::Direct)
+        .await;
+    assert!(join.is_err(), "an ended session takes no joins: {join:?}");
+}
+
+#[tokio::test]
+async fn a_join_in_a_big_room_writes_the_new_participant_and_keeps_everyone_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, store) = two_instances(&dir).await;
+    let id = SessionId::parse("lecture").unwrap();
+    let request = CreateRequest {
+        id: Some(id.clone()),
+        kind: "study".into(),
+        title: None,
+        metadata: None,
+        host: Some(user("host")),
+        parent: None,
+        scheduled_start: None,
+        scheduled_end: None,
+    };
+    a.create(&admin(), request).await.unwrap();
+    for n in 0..20 {
+        let who = user(&format!("student{n}"));
+        // Joins alternate between instances: each must see the other's writes.
+        let engine = if n % 2 == 0 { &a } else { &b };
+        engine
+            .join(&admin(), &id, &who, None, Via::Direct)
+            .await
+            .unwrap();
+    }
+    let room = store.load(&id).await.unwrap().unwrap();
+    assert_eq!(room.participants.len(), 21, "host and twenty students");
+    assert!(
+        room.participants
+            .iter()
+            .all(|p| p.state == ParticipantState::Joined)
+    );
+}
