@@ -109,6 +109,27 @@ impl SessionCache {
         }
     }
 
+    /// Follows lazy re-arms that were written: a held copy at the version a re-arm was
+    /// decided on takes its new wake-up (a re-arm leaves the version as it is).
+    pub fn rearmed(&self, rows: &[lapse_core::store::Rearm]) {
+        let mut guard = self.lock();
+        for r in rows {
+            if let Some(e) = guard.0.get_mut(&r.id)
+                && e.session.version == r.version
+            {
+                let s = Arc::make_mut(&mut e.session);
+                s.wake_at = r.wake_at;
+                s.next_due = match (&r.rule, r.wake_at) {
+                    (Some(rule), Some(at)) => Some(lapse_core::session::NextDue {
+                        rule: rule.clone(),
+                        at,
+                    }),
+                    _ => None,
+                };
+            }
+        }
+    }
+
     /// How many sessions are held.
     pub fn len(&self) -> usize {
         self.lock().0.len()

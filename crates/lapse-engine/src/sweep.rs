@@ -168,7 +168,9 @@ impl Engine {
             let ids: Vec<SessionId> = rows.iter().map(|r| r.id.clone()).collect();
             self.sweep_batch(&mut pass, ids, now, &mut report).await?;
             // Before the next page is read, so re-armed rows are not offered again.
-            let rearmed = self.store.rearm(&std::mem::take(&mut pass.rearms)).await?;
+            let rearms = std::mem::take(&mut pass.rearms);
+            let rearmed = self.store.rearm(&rearms).await?;
+            self.sessions.rearmed(&rearms);
             self.stats.rearmed.fetch_add(rearmed, Ordering::Relaxed);
             cursor = rows.last().cloned();
             examined += rows.len();
@@ -413,6 +415,7 @@ impl Engine {
         let mut pass = Pass::default();
         let Some((d, cascade)) = self.decide(&mut pass, s, None, now).await? else {
             self.store.rearm(&pass.rearms).await?;
+            self.sessions.rearmed(&pass.rearms);
             return Ok((Vec::new(), Vec::new()));
         };
         self.apply_commit(d.commit).await?;

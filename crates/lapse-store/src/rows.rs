@@ -256,42 +256,44 @@ where
     })
 }
 
-/// Sessions and their participants as two JSON arrays of objects keyed by column name, for
-/// bulk imports (SQLite reads them with `json_each`, PostgreSQL with `jsonb_to_recordset`).
-pub fn import_rows(sessions: &[Session]) -> (String, String) {
-    use serde_json::json;
+/// A session's columns as a JSON object keyed by column name (bulk statements read it with
+/// `json_each` on SQLite, `jsonb_to_recordset` on PostgreSQL).
+pub fn session_row(s: &Session) -> serde_json::Value {
     let ms = |t: Option<Timestamp>| t.map(Timestamp::millis);
-    let rows: Vec<serde_json::Value> = sessions
-        .iter()
-        .map(|s| {
-            json!({
-                "id": s.id.as_str(), "kind": s.kind, "title": s.title,
-                "metadata": to_json(&s.metadata), "host": s.host.as_str(),
-                "parent": s.parent.as_ref().map(SessionId::as_str),
-                "scheduled_start": ms(s.scheduled_start), "scheduled_end": ms(s.scheduled_end),
-                "status": s.status.as_str(), "delayed": s.delayed, "used": s.used,
-                "created_at": s.created_at.millis(), "started_at": ms(s.started_at),
-                "ended_at": ms(s.ended_at), "last_activity_at": s.last_activity_at.millis(),
-                "end_reason": s.end_reason, "ended_by": s.ended_by,
-                "counters": to_json(&s.counters), "summary": s.summary.as_ref().map(to_json),
-                "parent_ended_at": ms(s.parent_ended_at), "warnings": to_json(&s.warnings),
-                "next_due_at": ms(s.wake_at),
-                "next_due_rule": s.next_due.as_ref().map(|n| n.rule.as_str()),
-            })
-        })
-        .collect();
+    serde_json::json!({
+        "id": s.id.as_str(), "kind": s.kind, "title": s.title,
+        "metadata": to_json(&s.metadata), "host": s.host.as_str(),
+        "parent": s.parent.as_ref().map(SessionId::as_str),
+        "scheduled_start": ms(s.scheduled_start), "scheduled_end": ms(s.scheduled_end),
+        "status": s.status.as_str(), "delayed": s.delayed, "used": s.used,
+        "created_at": s.created_at.millis(), "started_at": ms(s.started_at),
+        "ended_at": ms(s.ended_at), "last_activity_at": s.last_activity_at.millis(),
+        "end_reason": s.end_reason, "ended_by": s.ended_by,
+        "counters": to_json(&s.counters), "summary": s.summary.as_ref().map(to_json),
+        "parent_ended_at": ms(s.parent_ended_at), "warnings": to_json(&s.warnings),
+        "next_due_at": ms(s.wake_at),
+        "next_due_rule": s.next_due.as_ref().map(|n| n.rule.as_str()),
+        "version": s.version,
+    })
+}
+
+/// A participant's columns as a JSON object keyed by column name.
+pub fn participant_row(s: &Session, p: &Participant) -> serde_json::Value {
+    serde_json::json!({
+        "session_id": s.id.as_str(), "user_id": p.user.as_str(),
+        "role": p.role.as_str(), "state": p.state.as_str(),
+        "joined_at": p.joined_at.millis(), "left_at": p.left_at.map(Timestamp::millis),
+        "last_seen_at": p.last_seen_at.millis(),
+        "offline_for": p.offline_for.map(Timestamp::millis),
+    })
+}
+
+/// Sessions and their participants as two JSON arrays of rows, for bulk imports.
+pub fn import_rows(sessions: &[Session]) -> (String, String) {
+    let rows: Vec<serde_json::Value> = sessions.iter().map(session_row).collect();
     let participants: Vec<serde_json::Value> = sessions
         .iter()
-        .flat_map(|s| {
-            s.participants.iter().map(move |p| {
-                json!({
-                    "session_id": s.id.as_str(), "user_id": p.user.as_str(),
-                    "role": p.role.as_str(), "state": p.state.as_str(),
-                    "joined_at": p.joined_at.millis(), "left_at": ms(p.left_at),
-                    "last_seen_at": p.last_seen_at.millis(), "offline_for": ms(p.offline_for),
-                })
-            })
-        })
+        .flat_map(|s| s.participants.iter().map(move |p| participant_row(s, p)))
         .collect();
     (to_json(&rows), to_json(&participants))
 }

@@ -31,7 +31,22 @@ use crate::{backend, migrate};
 mod outbox;
 mod writes;
 
-use writes::{exec, write_commit};
+use writes::{exec, is_single_update, write_commit, write_updates};
+
+/// The leading commits of `commits` that are single-row updates of distinct sessions.
+fn single_update_run(commits: &[Commit]) -> Vec<&Commit> {
+    let mut seen = std::collections::HashSet::new();
+    commits
+        .iter()
+        .take_while(|c| {
+            is_single_update(c)
+                && c.sessions
+                    .first()
+                    .and_then(|w| w.session())
+                    .is_some_and(|s| seen.insert(s.id.clone()))
+        })
+        .collect()
+}
 
 /// Sessions in a SQLite database.
 #[derive(Clone)]
@@ -249,7 +264,17 @@ impl Store for SqliteStore {
         let mut tx = self.writer.begin().await.map_err(backend)?;
         let mut outcomes = Vec::with_capacity(commits.len());
         let alone = commits.len() == 1;
-        for commit in commits {
+        let mut rest = commits;
+        while !rest.is_empty() {
+            // A run of single-row updates (a sweep's transitions) goes in set-based statements.
+            let run = single_update_run(rest);
+            if run.len() > 1 {
+                outcomes.extend(write_updates(&mut tx, &run).await?);
+                rest = &rest[run.len()..];
+                continue;
+            }
+            let commit = &rest[0];
+            rest = &rest[1..];
             // A commit's first statement is its compare-and-set (or insert, or host limit), and
             // one that fails there has written nothing: only longer commits need a savepoint.
             let savepoint = !alone && commit.sessions.len() > 1;

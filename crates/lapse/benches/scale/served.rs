@@ -11,7 +11,7 @@ use lapse_store::testing::synthetic_sessions;
 
 use crate::measure::{interleave, percentile};
 use crate::report::{self, Row};
-use crate::server::{Request, Server, throughput};
+use crate::server::{Request, Server, send_all, throughput};
 
 /// How long each load run lasts, and how many rounds.
 pub struct Load {
@@ -93,17 +93,11 @@ pub async fn burst_lag(server: &Server, db: &Path, load: &Load, live: usize) -> 
         )
     });
     // The burst goes in as fast as the server takes it.
-    let target = load.burst as u64;
     let started = Instant::now();
-    let mut made = 0;
-    while made < target {
-        let (rate, _) =
-            throughput(&server.addr, 16, Duration::from_millis(250), create.clone()).await;
-        made += (rate * 0.25) as u64;
-    }
+    let (secs, refused) = send_all(&server.addr, 16, load.burst as u64, create).await;
+    let made = load.burst as u64 - refused;
     eprintln!(
-        "  burst of ~{made} created in {:.1} s; heartbeats until they expire",
-        started.elapsed().as_secs_f64()
+        "  burst of {made} created in {secs:.1} s ({refused} refused); heartbeats until they expire"
     );
     // Heartbeats keep coming while the burst comes due.
     let until = Duration::from_secs(22).saturating_sub(started.elapsed()) + Duration::from_secs(3);
@@ -134,7 +128,7 @@ pub async fn burst_lag(server: &Server, db: &Path, load: &Load, live: usize) -> 
                     .map(|e| e.applied_at.since(e.at).millis() as f64),
             );
         }
-        if lags.len() as u64 >= made.min(target) {
+        if lags.len() as u64 >= made {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

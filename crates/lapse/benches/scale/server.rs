@@ -230,6 +230,49 @@ pub async fn throughput(
     )
 }
 
+/// Sends `make(0..count)` once each over `connections` connections; returns the seconds it
+/// took and how many were refused.
+pub async fn send_all(
+    addr: &str,
+    connections: usize,
+    count: u64,
+    make: Arc<dyn Fn(u64) -> Request + Send + Sync>,
+) -> (f64, u64) {
+    let failed = Arc::new(AtomicU64::new(0));
+    let counter = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (failed, counter, make) = (failed.clone(), counter.clone(), make.clone());
+        let addr = addr.to_string();
+        tasks.push(tokio::spawn(async move {
+            let Some(mut conn) = Conn::open(&addr).await else {
+                return;
+            };
+            loop {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                if n >= count {
+                    return;
+                }
+                match conn.send(&make(n)).await {
+                    Some(s) if (200..300).contains(&s) => {}
+                    Some(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => return,
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    (
+        started.elapsed().as_secs_f64(),
+        failed.load(Ordering::Relaxed),
+    )
+}
+
 /// Where the bench keeps the server's files.
 pub fn files(dir: &Path) -> (PathBuf, PathBuf) {
     let config = dir.join("bench.toml");

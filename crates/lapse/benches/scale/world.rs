@@ -11,8 +11,12 @@ use lapse_engine::deliveries::Endpoint;
 use lapse_engine::{Caller, Clock, Engine};
 use lapse_store::testing::synthetic_sessions;
 
-/// The kinds and webhook every figure uses.
+/// The kinds and webhook every figure uses. The load generator acts as one admin, so the
+/// per-actor rate limits are lifted.
 pub const CONFIG: &str = r#"
+[rate_limits]
+default = "1000000/sec"
+
 [kinds.room]
 presence_timeout = "90s"
 [[kinds.room.rules]]
