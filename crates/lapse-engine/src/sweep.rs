@@ -295,7 +295,9 @@ impl Engine {
             })
             .map(|s| s.id.clone())
             .collect();
-        let mut by_parent: HashMap<SessionId, Vec<Session>> = HashMap::new();
+        // Every closing session gets an entry, so none asks the store again alone.
+        let mut by_parent: HashMap<SessionId, Vec<Session>> =
+            closing.iter().map(|id| (id.clone(), Vec::new())).collect();
         for child in self.store.open_children(&closing).await? {
             if let Some(parent) = child.parent.clone() {
                 by_parent.entry(parent).or_default().push(child);

@@ -326,3 +326,74 @@ async fn an_update_writes_only_the_participants_it_names() {
         }
     }
 }
+
+#[tokio::test]
+async fn in_a_batch_a_lost_compare_and_set_writes_nothing_for_its_change_and_the_rest_commit() {
+    use lapse_core::event::NewEvent;
+    use lapse_core::store::{EventQuery, EventRecord};
+    for (store, _dir) in stores().await {
+        let store = store.as_ref();
+        let ids = ["a", "b", "c"];
+        for id in ids {
+            insert(store, &session("study", id, t0())).await;
+        }
+        let mut commits = Vec::new();
+        for id in ids {
+            let mut s = store
+                .load(&SessionId::parse(id).unwrap())
+                .await
+                .unwrap()
+                .unwrap();
+            if id == "b" {
+                s.version -= 1; // decided on a row that has changed since
+            }
+            s.status = lapse_core::Status::Expired;
+            commits.push(Commit {
+                events: vec![EventRecord {
+                    id: format!("ev-{id}"),
+                    applied_at: t0(),
+                    event: NewEvent {
+                        event_type: lapse_core::EventType::SessionExpired,
+                        at: t0(),
+                        session_id: s.id.clone(),
+                        kind: "study".into(),
+                        actor: "rule:test".into(),
+                        rule: Some("test".into()),
+                        data: serde_json::json!({}),
+                    },
+                    webhooks: vec!["http://127.0.0.1:9/hook".into()],
+                }],
+                sessions: vec![SessionWrite::Update {
+                    session: s,
+                    changed: None,
+                }],
+                ..Commit::default()
+            });
+        }
+        let outcomes = store.commit_many(&commits).await.unwrap();
+        assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
+        assert!(
+            matches!(outcomes[1], Err(StoreError::Conflict)),
+            "{outcomes:?}"
+        );
+        for (id, expired) in [("a", true), ("b", false), ("c", true)] {
+            let s = store
+                .load(&SessionId::parse(id).unwrap())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(s.status == lapse_core::Status::Expired, expired, "{id}");
+        }
+        let events = store
+            .events(&EventQuery {
+                limit: 10,
+                ..EventQuery::default()
+            })
+            .await
+            .unwrap();
+        let written: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(written, ["ev-a", "ev-c"], "in order, none for the loser");
+        let queued = store.deliveries(None, 10).await.unwrap();
+        assert_eq!(queued.len(), 2, "a webhook row for each written event");
+    }
+}

@@ -323,7 +323,7 @@ pub(super) fn is_single_update(c: &Commit) -> bool {
 }
 
 /// A run of single-update commits (a sweep's batch) in five set-based statements instead of
-/// five per commit: the session rows, compare-and-set each; then, for the commits whose row
+/// five per commit (each reads its JSON rows once, as JSONB, in a materialized CTE): the session rows, compare-and-set each; then, for the commits whose row
 /// won, their participants, events, webhook rows and notifications. A commit whose row lost
 /// writes nothing and gets `Conflict`.
 pub(super) async fn write_updates(
@@ -340,8 +340,10 @@ pub(super) async fn write_updates(
         .iter()
         .filter_map(|c| session(c).map(|(s, _)| session_row(s)))
         .collect();
+
     let won: std::collections::HashSet<String> = sqlx::query_scalar(
-        "update sessions set title = b.value ->> 'title', metadata = b.value ->> 'metadata', \
+        "with b as materialized (select jsonb(value) as value from json_each(?1)) \
+         update sessions set title = b.value ->> 'title', metadata = b.value ->> 'metadata', \
          scheduled_start = b.value ->> 'scheduled_start', \
          scheduled_end = b.value ->> 'scheduled_end', status = b.value ->> 'status', \
          delayed = b.value ->> 'delayed', used = b.value ->> 'used', \
@@ -352,7 +354,7 @@ pub(super) async fn write_updates(
          parent_ended_at = b.value ->> 'parent_ended_at', \
          next_due_at = b.value ->> 'next_due_at', next_due_rule = b.value ->> 'next_due_rule', \
          warnings = b.value ->> 'warnings', version = version + 1 \
-         from json_each(?1) as b \
+         from b \
          where sessions.id = b.value ->> 'id' and sessions.version = b.value ->> 'version' \
          returning sessions.id",
     )
@@ -406,11 +408,13 @@ pub(super) async fn write_updates(
     let statements: [(&Vec<serde_json::Value>, &str); 4] = [
         (
             &participants,
-            "insert into participants (session_id, user_id, role, state, joined_at, left_at, \
+            "with b as materialized (select jsonb(value) as value from json_each(?1)) \
+             insert into participants (session_id, user_id, role, state, joined_at, left_at, \
              last_seen_at, offline_for) \
              select value ->> 'session_id', value ->> 'user_id', value ->> 'role', \
              value ->> 'state', value ->> 'joined_at', value ->> 'left_at', \
-             value ->> 'last_seen_at', value ->> 'offline_for' from json_each(?1) where true \
+             value ->> 'last_seen_at', value ->> 'offline_for' \
+             from b where true \
              on conflict (session_id, user_id) do update set role = excluded.role, \
              state = excluded.state, joined_at = excluded.joined_at, \
              left_at = excluded.left_at, offline_for = excluded.offline_for, \
@@ -419,10 +423,11 @@ pub(super) async fn write_updates(
         (
             // In array order, so `seq` follows the order the events were decided in.
             &events,
-            "insert into events (id, type, at, applied_at, session_id, kind, actor, rule, data) \
+            "with b as materialized (select key, jsonb(value) as value from json_each(?1)) \
+             insert into events (id, type, at, applied_at, session_id, kind, actor, rule, data) \
              select value ->> 'id', value ->> 'type', value ->> 'at', value ->> 'applied_at', \
              value ->> 'session_id', value ->> 'kind', value ->> 'actor', value ->> 'rule', \
-             value ->> 'data' from json_each(?1) order by key",
+             value ->> 'data' from b order by key",
         ),
         (
             &deliveries,
