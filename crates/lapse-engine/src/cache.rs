@@ -14,12 +14,12 @@
 //!
 //! Bounded: past [`CAPACITY`] sessions, the oldest half is dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lapse_core::store::{Commit, SessionWrite};
-use lapse_core::{Session, SessionId};
+use lapse_core::{Session, SessionId, UserId};
 
 /// How long a checked copy answers heartbeats without another look at the database.
 pub const FRESH_FOR: Duration = Duration::from_secs(5);
@@ -28,8 +28,30 @@ pub const CAPACITY: usize = 50_000;
 
 struct Entry {
     session: Arc<Session>,
+    /// Its joined participants, so a heartbeat in a big room checks one of them, not all.
+    joined: Arc<HashSet<UserId>>,
     checked: Instant,
     used: u64,
+}
+
+/// A held copy, as [`SessionCache::get`] hands it out.
+pub struct Held {
+    /// The session as stored.
+    pub session: Arc<Session>,
+    /// Its joined participants.
+    pub joined: Arc<HashSet<UserId>>,
+    /// When it was last known to match the store.
+    pub checked: Instant,
+}
+
+fn joined(s: &Session) -> Arc<HashSet<UserId>> {
+    Arc::new(
+        s.participants
+            .iter()
+            .filter(|p| p.state == lapse_core::ParticipantState::Joined)
+            .map(|p| p.user.clone())
+            .collect(),
+    )
 }
 
 /// The cache; see the module docs.
@@ -44,14 +66,18 @@ impl SessionCache {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The cached copy of `id` and when it was last known to match the store.
-    pub fn get(&self, id: &SessionId) -> Option<(Arc<Session>, Instant)> {
+    /// The cached copy of `id`.
+    pub fn get(&self, id: &SessionId) -> Option<Held> {
         let mut guard = self.lock();
         let (map, clock) = &mut *guard;
         *clock += 1;
         let e = map.get_mut(id)?;
         e.used = *clock;
-        Some((e.session.clone(), e.checked))
+        Some(Held {
+            session: e.session.clone(),
+            joined: e.joined.clone(),
+            checked: e.checked,
+        })
     }
 
     /// Holds `s`, exactly as stored at `s.version`, as checked now.
@@ -67,6 +93,7 @@ impl SessionCache {
             map.retain(|_, e| e.used > median);
         }
         let entry = Entry {
+            joined: joined(&s),
             session: Arc::new(s),
             checked: Instant::now(),
             used: *clock,

@@ -126,10 +126,13 @@ impl Engine {
     }
 }
 
-/// The participants of `now` whose stored columns differ from `stored`'s (or are new).
+/// The participants of `now` whose stored columns differ from `stored`'s (or are new). Linear
+/// in the room: participants keep their order and new ones come last, so they pair up by
+/// position (by name if they ever do not).
 fn changed_participants(stored: &Session, now: &Session) -> Vec<UserId> {
     let same = |a: &Participant, b: &Participant| {
         (
+            &a.user,
             a.role,
             a.state,
             a.joined_at,
@@ -137,6 +140,7 @@ fn changed_participants(stored: &Session, now: &Session) -> Vec<UserId> {
             a.last_seen_at,
             a.offline_for,
         ) == (
+            &b.user,
             b.role,
             b.state,
             b.joined_at,
@@ -145,9 +149,26 @@ fn changed_participants(stored: &Session, now: &Session) -> Vec<UserId> {
             b.offline_for,
         )
     };
+    let in_order = now.participants.len() >= stored.participants.len()
+        && stored
+            .participants
+            .iter()
+            .zip(&now.participants)
+            .all(|(a, b)| a.user == b.user);
+    if in_order {
+        return now
+            .participants
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| stored.participants.get(*i).is_none_or(|q| !same(p, q)))
+            .map(|(_, p)| p.user.clone())
+            .collect();
+    }
+    let before: std::collections::HashMap<&UserId, &Participant> =
+        stored.participants.iter().map(|p| (&p.user, p)).collect();
     now.participants
         .iter()
-        .filter(|p| stored.participant(&p.user).is_none_or(|q| !same(p, q)))
+        .filter(|p| before.get(&p.user).is_none_or(|q| !same(p, q)))
         .map(|p| p.user.clone())
         .collect()
 }

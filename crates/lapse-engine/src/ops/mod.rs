@@ -103,7 +103,10 @@ impl Engine {
         &self,
         id: &SessionId,
     ) -> Result<Option<Session>, EngineError> {
-        if let Some((cached, _)) = self.sessions.get(id) {
+        if let Some(crate::cache::Held {
+            session: cached, ..
+        }) = self.sessions.get(id)
+        {
             match self.store.version(id).await? {
                 Some(v) if v == cached.version => {
                     self.sessions.checked(id);

@@ -71,10 +71,14 @@ impl Engine {
         // The common case from memory: open, joined, nothing due (see `cache`). The stored
         // wake-up may have passed only because heartbeats moved the truth (lazy re-arm); the
         // rules themselves, on the copy with this instance's beats, tell.
-        if let Some((s, checked)) = self.sessions.get(id)
+        if let Some(crate::cache::Held {
+            session: s,
+            joined,
+            checked,
+        }) = self.sessions.get(id)
             && checked.elapsed() < crate::cache::FRESH_FOR
             && s.status.is_open()
-            && s.is_joined(user)
+            && joined.contains(user)
             && (s.wake_at.is_none_or(|at| at > now) || {
                 let mut probe = (*s).clone();
                 self.apply_due(&mut probe, now).is_empty()

@@ -66,13 +66,23 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        // SQLite's default page cache is 2 MB a connection: at a million sessions every write
+        // then reads its index pages back from the OS. The writer keeps the hot pages of every
+        // index (64 MB); readers, who mostly probe by key, 16 MB each.
+        let writer_options = options
+            .clone()
+            .pragma("cache_size", format!("-{}", 64 * 1024));
+        let reader_options = options
+            .clone()
+            .read_only(true)
+            .pragma("cache_size", format!("-{}", 16 * 1024));
         // An in-memory database lives as long as its one connection: never let it idle out.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(options.clone())
+            .connect_with(writer_options)
             .await
             .map_err(|e| StoreError::Backend(format!("cannot open `{url}`: {e}")))?;
         // An in-memory database exists once per connection: readers must share the writer.
@@ -81,7 +91,7 @@ impl SqliteStore {
         } else {
             SqlitePoolOptions::new()
                 .max_connections(pool_size.unwrap_or(4).max(1))
-                .connect_with(options.read_only(true))
+                .connect_with(reader_options)
                 .await
                 .map_err(|e| StoreError::Backend(format!("cannot open `{url}`: {e}")))?
         };

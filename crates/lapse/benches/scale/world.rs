@@ -17,8 +17,10 @@ pub const CONFIG: &str = r#"
 [rate_limits]
 default = "1000000/sec"
 
+# Live rooms stay quiet while figures are taken: their participants' presence lapses and idle
+# rules lie hours ahead, so what comes due is only what a figure puts there.
 [kinds.room]
-presence_timeout = "90s"
+presence_timeout = "12h"
 [[kinds.room.rules]]
 name = "expire-idle"
 on = "idle"
