@@ -166,7 +166,10 @@ fn write_report(out: &PathBuf, o: &Options, table: &str, pinned: bool) {
             })
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // The machine's cores, not this process's (it is pinned to one).
+    let cores = std::fs::read_to_string("/proc/cpuinfo").map_or(0, |c| {
+        c.lines().filter(|l| l.starts_with("processor")).count()
+    });
     let date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC");
     let text = format!(
         "# lapse performance\n\n\
