@@ -9,7 +9,7 @@ use lapse_core::{SessionId, Span, UserId};
 use lapse_engine::SweepOptions;
 use lapse_engine::ops::CreateRequest;
 
-use crate::measure::{Pair, interleave, rate};
+use crate::measure::{interleave, rate};
 use crate::report::{self, Row};
 use crate::world::{World, admin};
 
@@ -118,14 +118,16 @@ pub async fn flat_costs(big: &World, small: &World, s: &Sizes) -> Vec<Row> {
     let name = |op: &str| format!("{op} at {} live vs at {} live", live(big), live(small));
     let sweep = format!("sweep of {} due", human(s.burst));
     let flat = |x: f64| x <= 1.3;
-    let slower = |p: Pair| Pair { a: p.b, b: p.a }; // time ratio = inverse of rate ratio
+    let sides = [live(big), live(small)];
+    let sides = [sides[0].as_str(), sides[1].as_str()];
     let mut rows = Vec::new();
 
     let p = interleave(s.rounds, || burst(big, s.burst), || burst(small, s.burst)).await;
-    rows.push(report::ratio(
+    rows.push(report::time_ratio(
         &name(&sweep),
         "≤ 1.3× (time)",
-        &slower(p.clone()),
+        &p,
+        sides,
         "transitions/s",
         flat,
     ));
@@ -174,10 +176,11 @@ pub async fn flat_costs(big: &World, small: &World, s: &Sizes) -> Vec<Row> {
             .await,
         ),
     ] {
-        rows.push(report::ratio(
+        rows.push(report::time_ratio(
             &name(op),
             "≤ 1.3× (time)",
-            &slower(pair),
+            &pair,
+            sides,
             "ops/s",
             flat,
         ));
@@ -252,23 +255,19 @@ pub async fn room_size(w: &World, s: &Sizes) -> Vec<Row> {
     let beats = interleave(s.rounds, beat_big, beat_small).await;
     let flat = |x: f64| x <= 1.3;
     vec![
-        report::ratio(
+        report::time_ratio(
             "join, room of 1,000 vs room of 2",
             "≤ 1.3× (time)",
-            &Pair {
-                a: joins.b,
-                b: joins.a,
-            },
+            &joins,
+            ["room of 1,000", "rooms of 2"],
             "ops/s",
             flat,
         ),
-        report::ratio(
+        report::time_ratio(
             "heartbeat, room of 1,000 vs room of 2",
             "≤ 1.3× (time)",
-            &Pair {
-                a: beats.b,
-                b: beats.a,
-            },
+            &beats,
+            ["room of 1,000", "rooms of 2"],
             "ops/s",
             flat,
         ),
@@ -306,6 +305,7 @@ pub async fn flush_batching(w: &World, s: &Sizes) -> Row {
         "batched heartbeat flush vs one write per heartbeat",
         "≥ 6×",
         &p,
+        ["one flush", "a write each"],
         "beats/s",
         |x| x >= 6.0,
     )

@@ -24,9 +24,41 @@ pub struct Row {
     pub verdict: Verdict,
 }
 
-/// A ratio row: `pair.a / pair.b` against `ok` on its median.
-pub fn ratio(figure: &str, target: &str, pair: &Pair, unit: &str, ok: impl Fn(f64) -> bool) -> Row {
-    let ratios = pair.ratios();
+/// A ratio row: `pair.a / pair.b` against `ok` on its median; `sides` name a and b.
+pub fn ratio(
+    figure: &str,
+    target: &str,
+    pair: &Pair,
+    sides: [&str; 2],
+    unit: &str,
+    ok: impl Fn(f64) -> bool,
+) -> Row {
+    ratio_row(figure, target, pair.ratios(), pair, sides, unit, ok)
+}
+
+/// A time ratio from rates: how much longer one operation takes on side a than on side b
+/// (`b / a` of the rates, per round), so 1.0× is flat.
+pub fn time_ratio(
+    figure: &str,
+    target: &str,
+    rates: &Pair,
+    sides: [&str; 2],
+    unit: &str,
+    ok: impl Fn(f64) -> bool,
+) -> Row {
+    let ratios = rates.b.iter().zip(&rates.a).map(|(b, a)| b / a).collect();
+    ratio_row(figure, target, ratios, rates, sides, unit, ok)
+}
+
+fn ratio_row(
+    figure: &str,
+    target: &str,
+    ratios: Vec<f64>,
+    pair: &Pair,
+    [a, b]: [&str; 2],
+    unit: &str,
+    ok: impl Fn(f64) -> bool,
+) -> Row {
     let m = median(&ratios);
     Row {
         figure: figure.into(),
@@ -34,7 +66,7 @@ pub fn ratio(figure: &str, target: &str, pair: &Pair, unit: &str, ok: impl Fn(f6
         measured: format!("{}×", short(m)),
         spread: spread(&ratios),
         detail: format!(
-            "A {} {unit}, B {} {unit} (medians of {} rounds each)",
+            "{a}: {} {unit}; {b}: {} {unit} (medians of {} rounds each)",
             short(median(&pair.a)),
             short(median(&pair.b)),
             pair.a.len()

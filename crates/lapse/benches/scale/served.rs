@@ -78,6 +78,7 @@ pub async fn heartbeat_vs_noop(server: &Server, load: &Load, live: usize) -> Row
         "heartbeat endpoint vs no-op endpoint (`/livez`), HTTP, over 10k sessions",
         "≥ 0.80",
         &pair,
+        ["heartbeat", "/livez"],
         "req/s",
         |x| x >= 0.8,
     )
