@@ -173,6 +173,9 @@ impl Engine {
             None => {
                 let end = self.store.last_event_seq().await?;
                 *self.feed.position.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
+                // A stream that caught up before this position was taken may have missed an
+                // event committed in between: send every such stream back to the table.
+                *self.feed.lock() = Subscribers::default();
                 return Ok(0);
             }
         };

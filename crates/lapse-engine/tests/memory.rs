@@ -38,13 +38,10 @@ fn user(name: &str) -> UserId {
     UserId::parse(name).unwrap()
 }
 
-#[tokio::test]
-async fn a_heartbeat_accepted_after_another_instance_ended_the_session_never_revives_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b, store) = two_instances(&dir).await;
-    let id = SessionId::parse("room").unwrap();
-    let request = CreateRequest {
-        id: Some(id.clone()),
+/// A study session hosted by `host`.
+fn room_request(id: &str) -> CreateRequest {
+    CreateRequest {
+        id: Some(SessionId::parse(id).unwrap()),
         kind: "study".into(),
         title: None,
         metadata: None,
@@ -52,8 +49,15 @@ async fn a_heartbeat_accepted_after_another_instance_ended_the_session_never_rev
         parent: None,
         scheduled_start: None,
         scheduled_end: None,
-    };
-    a.create(&admin(), request).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_heartbeat_accepted_after_another_instance_ended_the_session_never_revives_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, store) = two_instances(&dir).await;
+    let id = SessionId::parse("room").unwrap();
+    a.create(&admin(), room_request("room")).await.unwrap();
     a.start(&admin(), &id).await.unwrap();
     a.heartbeat(&admin(), &id, &user("host")).await.unwrap();
     a.flush_heartbeats().await.unwrap();
@@ -91,17 +95,7 @@ async fn a_join_in_a_big_room_writes_the_new_participant_and_keeps_everyone_else
     let dir = tempfile::tempdir().unwrap();
     let (a, b, store) = two_instances(&dir).await;
     let id = SessionId::parse("lecture").unwrap();
-    let request = CreateRequest {
-        id: Some(id.clone()),
-        kind: "study".into(),
-        title: None,
-        metadata: None,
-        host: Some(user("host")),
-        parent: None,
-        scheduled_start: None,
-        scheduled_end: None,
-    };
-    a.create(&admin(), request).await.unwrap();
+    a.create(&admin(), room_request("lecture")).await.unwrap();
     for n in 0..20 {
         let who = user(&format!("student{n}"));
         // Joins alternate between instances: each must see the other's writes.
@@ -118,4 +112,20 @@ async fn a_join_in_a_big_room_writes_the_new_participant_and_keeps_everyone_else
             .iter()
             .all(|p| p.state == ParticipantState::Joined)
     );
+}
+
+#[tokio::test]
+async fn a_stream_that_subscribed_before_the_event_reader_started_catches_up_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _b, _store) = two_instances(&dir).await;
+    let mut early = a.subscribe_events(&lapse_core::store::EventQuery::default());
+    // The reader takes its position at the end of the table; nothing before it is handed out,
+    // so a stream already following is cut off and reads the table again.
+    a.feed_once().await.unwrap();
+    assert!(early.events.recv().await.is_none());
+    let mut late = a.subscribe_events(&lapse_core::store::EventQuery::default());
+    a.create(&admin(), room_request("after")).await.unwrap();
+    a.feed_once().await.unwrap();
+    let event = late.events.recv().await.unwrap();
+    assert_eq!(event.session_id.as_str(), "after");
 }

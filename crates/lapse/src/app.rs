@@ -144,6 +144,10 @@ impl App {
             })
         };
         let watch = tokio::spawn(engine.clone().run_change_watch(shutdown.clone()));
+        // The event reader takes its place before any stream can connect.
+        if let Err(e) = engine.feed_once().await {
+            tracing::warn!(error = %e, "event feed could not start; it will retry");
+        }
         let feed = tokio::spawn(engine.clone().run_event_feed(shutdown.clone()));
         let deliveries = tokio::spawn(engine.clone().run_deliveries(shutdown.clone()));
         tracing::info!(addr = %self.listener.local_addr()?, "lapse listening");
