@@ -2,6 +2,7 @@
 //!
 //! - [`sqlite`]: the embedded default, one file, zero configuration.
 //! - [`postgres`]: one database shared by several stateless instances.
+//! - `batch`: a sweep's page of transitions gathered for set-based writes, both backends.
 //! - [`migrate`]: the small versioned-script runner both backends use.
 //! - [`rows`]: turning stored columns back into sessions and events.
 //! - `statements`: the reads whose shape follows the filters given, for both dialects.
@@ -10,6 +11,7 @@
 //! All SQL of the project lives in this crate, one statement per function, named after what
 //! it does.
 
+mod batch;
 pub mod migrate;
 pub mod postgres;
 mod rows;

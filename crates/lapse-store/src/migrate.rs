@@ -39,4 +39,9 @@ pub const POSTGRES: &[Script] = &[
         name: "access paths",
         sql: include_str!("../migrations/postgres/0002_access_paths.sql"),
     },
+    Script {
+        version: 3,
+        name: "room for HOT updates",
+        sql: include_str!("../migrations/postgres/0003_room_for_hot_updates.sql"),
+    },
 ];

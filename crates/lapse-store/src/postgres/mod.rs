@@ -33,7 +33,7 @@ use crate::{backend, migrate};
 mod outbox;
 mod writes;
 
-use writes::{exec, write_commit};
+use writes::{exec, write_commit, write_updates};
 
 /// The channel changes are announced on: a payload `d<ms>` for a stored deadline, `e` for
 /// new events.
@@ -128,6 +128,11 @@ impl PostgresStore {
                 vec![empty(), empty(), empty()],
             ),
             fixed("re-arm", REARM, vec![empty(), empty(), empty(), empty()]),
+            fixed(
+                "batched session update",
+                writes::UPDATE_SESSIONS,
+                vec![text("[]")],
+            ),
             fixed("next deadline", NEXT_DEADLINE, vec![]),
             fixed("session version", SESSION_VERSION, vec![text("s1")]),
             fixed("was deleted", WAS_DELETED, vec![text("s1")]),
@@ -329,20 +334,24 @@ impl Store for PostgresStore {
         }
         let alone = commits.len() == 1;
         let mut outcomes = Vec::with_capacity(commits.len());
-        let (mut earliest, mut events) = (None::<Timestamp>, false);
-        for commit in commits {
+        let mut rest = commits;
+        while !rest.is_empty() {
+            // A run of single-row updates (a sweep's transitions) goes in set-based statements.
+            let run = crate::batch::single_update_run(rest);
+            if run.len() > 1 {
+                outcomes.extend(write_updates(&mut tx, &run).await?);
+                rest = &rest[run.len()..];
+                continue;
+            }
+            let commit = &rest[0];
+            rest = &rest[1..];
             // As on SQLite: a commit refused by its first statement has written nothing.
             let savepoint = !alone && commit.sessions.len() > 1;
             if savepoint {
                 exec(&mut tx, "savepoint one_commit").await?;
             }
             match write_commit(&mut tx, commit).await {
-                Ok(()) => {
-                    outcomes.push(Ok(()));
-                    events |= !commit.events.is_empty();
-                    let wakes = commit.sessions.iter().filter_map(|w| w.session()?.wake_at);
-                    earliest = earliest.into_iter().chain(wakes).min();
-                }
+                Ok(()) => outcomes.push(Ok(())),
                 Err(e @ StoreError::Backend(_)) => return Err(e),
                 Err(e) if alone => return Ok(vec![Err(e)]),
                 Err(e) => {
@@ -355,6 +364,17 @@ impl Store for PostgresStore {
             if savepoint {
                 exec(&mut tx, "release savepoint one_commit").await?;
             }
+        }
+        // What the written commits announce: new events, and their earliest deadline.
+        let written = commits
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(c, o)| o.is_ok().then_some(c));
+        let (mut earliest, mut events) = (None::<Timestamp>, false);
+        for commit in written {
+            events |= !commit.events.is_empty();
+            let wakes = commit.sessions.iter().filter_map(|w| w.session()?.wake_at);
+            earliest = earliest.into_iter().chain(wakes).min();
         }
         if events {
             announce(&mut tx, "e".into()).await?;

@@ -31,22 +31,7 @@ use crate::{backend, migrate};
 mod outbox;
 mod writes;
 
-use writes::{exec, is_single_update, write_commit, write_updates};
-
-/// The leading commits of `commits` that are single-row updates of distinct sessions.
-fn single_update_run(commits: &[Commit]) -> Vec<&Commit> {
-    let mut seen = std::collections::HashSet::new();
-    commits
-        .iter()
-        .take_while(|c| {
-            is_single_update(c)
-                && c.sessions
-                    .first()
-                    .and_then(|w| w.session())
-                    .is_some_and(|s| seen.insert(s.id.clone()))
-        })
-        .collect()
-}
+use writes::{exec, write_commit, write_updates};
 
 /// Sessions in a SQLite database.
 #[derive(Clone)]
@@ -124,6 +109,11 @@ impl SqliteStore {
         hot.extend([
             fixed("heartbeat flush", FLUSH_HEARTBEATS, vec![text("[]")]),
             fixed("re-arm", REARM, vec![text("[]")]),
+            fixed(
+                "batched session update",
+                writes::UPDATE_SESSIONS,
+                vec![text("[]")],
+            ),
             fixed("next deadline", NEXT_DEADLINE, vec![]),
             fixed("session version", SESSION_VERSION, vec![text("s1")]),
             fixed("was deleted", WAS_DELETED, vec![text("s1")]),
@@ -277,7 +267,7 @@ impl Store for SqliteStore {
         let mut rest = commits;
         while !rest.is_empty() {
             // A run of single-row updates (a sweep's transitions) goes in set-based statements.
-            let run = single_update_run(rest);
+            let run = crate::batch::single_update_run(rest);
             if run.len() > 1 {
                 outcomes.extend(write_updates(&mut tx, &run).await?);
                 rest = &rest[run.len()..];

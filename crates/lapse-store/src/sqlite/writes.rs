@@ -5,11 +5,8 @@ use lapse_core::store::{Commit, HostLimit, SessionWrite};
 use lapse_core::{Session, SessionId, StoreError, Timestamp, UserId};
 use sqlx::{AssertSqlSafe, Sqlite, SqlitePool, Transaction};
 
-use crate::backend;
-use crate::rows::{
-    IMPORT_PARTICIPANT_COLUMNS, IMPORT_SESSION_COLUMNS, import_rows, participant_row, session_row,
-    to_json,
-};
+use crate::rows::{IMPORT_PARTICIPANT_COLUMNS, IMPORT_SESSION_COLUMNS, import_rows, to_json};
+use crate::{backend, batch};
 
 /// Runs a statement without values (savepoints).
 pub(super) async fn exec(
@@ -316,98 +313,24 @@ pub(super) async fn import(pool: &SqlitePool, sessions: &[Session]) -> Result<u6
 /// Sessions per import transaction.
 const IMPORT_CHUNK: usize = 5_000;
 
-/// Whether a commit can join a bulk write: one session update and what it causes (events,
-/// webhook rows, notifications); its one compare-and-set decides all of it.
-pub(super) fn is_single_update(c: &Commit) -> bool {
-    c.host_limit.is_none() && matches!(c.sessions.as_slice(), [SessionWrite::Update { .. }])
-}
-
-/// A run of single-update commits (a sweep's batch) in five set-based statements instead of
-/// five per commit (each reads its JSON rows once, as JSONB, in a materialized CTE): the session rows, compare-and-set each; then, for the commits whose row
-/// won, their participants, events, webhook rows and notifications. A commit whose row lost
-/// writes nothing and gets `Conflict`.
+/// A run of single-update commits (see `batch`) in five statements, each reading its JSON
+/// rows once, as JSONB, in a materialized CTE.
 pub(super) async fn write_updates(
     tx: &mut Transaction<'_, Sqlite>,
-    commits: &[&Commit],
+    run: &[&Commit],
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-    fn session(c: &Commit) -> Option<(&Session, &Option<Vec<UserId>>)> {
-        match c.sessions.first() {
-            Some(SessionWrite::Update { session, changed }) => Some((session, changed)),
-            _ => None,
-        }
-    }
-    let rows: Vec<serde_json::Value> = commits
-        .iter()
-        .filter_map(|c| session(c).map(|(s, _)| session_row(s)))
+    let won: std::collections::HashSet<String> = sqlx::query_scalar(UPDATE_SESSIONS)
+        .bind(batch::session_rows(run))
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(backend)?
+        .into_iter()
         .collect();
 
-    let won: std::collections::HashSet<String> = sqlx::query_scalar(
-        "with b as materialized (select jsonb(value) as value from json_each(?1)) \
-         update sessions set title = b.value ->> 'title', metadata = b.value ->> 'metadata', \
-         scheduled_start = b.value ->> 'scheduled_start', \
-         scheduled_end = b.value ->> 'scheduled_end', status = b.value ->> 'status', \
-         delayed = b.value ->> 'delayed', used = b.value ->> 'used', \
-         started_at = b.value ->> 'started_at', ended_at = b.value ->> 'ended_at', \
-         last_activity_at = max(last_activity_at, b.value ->> 'last_activity_at'), \
-         end_reason = b.value ->> 'end_reason', ended_by = b.value ->> 'ended_by', \
-         counters = b.value ->> 'counters', summary = b.value ->> 'summary', \
-         parent_ended_at = b.value ->> 'parent_ended_at', \
-         next_due_at = b.value ->> 'next_due_at', next_due_rule = b.value ->> 'next_due_rule', \
-         warnings = b.value ->> 'warnings', version = version + 1 \
-         from b \
-         where sessions.id = b.value ->> 'id' and sessions.version = b.value ->> 'version' \
-         returning sessions.id",
-    )
-    .bind(to_json(&rows))
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(backend)?
-    .into_iter()
-    .collect();
-
-    let mut outcomes = Vec::with_capacity(commits.len());
-    let (mut participants, mut events, mut deliveries, mut notes) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for c in commits {
-        let Some((s, changed)) = session(c).filter(|(s, _)| won.contains(s.id.as_str())) else {
-            outcomes.push(Err(StoreError::Conflict));
-            continue;
-        };
-        outcomes.push(Ok(()));
-        let wanted =
-            |p: &&lapse_core::Participant| changed.as_ref().is_none_or(|c| c.contains(&p.user));
-        participants.extend(
-            s.participants
-                .iter()
-                .filter(wanted)
-                .map(|p| participant_row(s, p)),
-        );
-        for r in &c.events {
-            let e = &r.event;
-            events.push(serde_json::json!({
-                "id": r.id, "type": e.event_type.as_str(), "at": e.at.millis(),
-                "applied_at": r.applied_at.millis(), "session_id": e.session_id.as_str(),
-                "kind": e.kind, "actor": e.actor, "rule": e.rule, "data": to_json(&e.data),
-            }));
-            for (n, url) in r.webhooks.iter().enumerate() {
-                deliveries.push(serde_json::json!({
-                    "id": format!("{}.{n}", r.id), "url": url, "event": r.id,
-                    "at": r.applied_at.millis(),
-                }));
-            }
-        }
-        for r in &c.notifications {
-            let n = &r.notification;
-            notes.push(serde_json::json!({
-                "id": r.id, "user_id": n.user.as_str(), "type": n.notification_type,
-                "title": n.title, "message": n.message, "session_id": n.session.as_str(),
-                "link": n.link, "created_at": n.created_at.millis(),
-            }));
-        }
-    }
+    let (outcomes, rows) = batch::followers(run, &won);
     let statements: [(&Vec<serde_json::Value>, &str); 4] = [
         (
-            &participants,
+            &rows.participants,
             "with b as materialized (select jsonb(value) as value from json_each(?1)) \
              insert into participants (session_id, user_id, role, state, joined_at, left_at, \
              last_seen_at, offline_for) \
@@ -422,7 +345,7 @@ pub(super) async fn write_updates(
         ),
         (
             // In array order, so `seq` follows the order the events were decided in.
-            &events,
+            &rows.events,
             "with b as materialized (select key, jsonb(value) as value from json_each(?1)) \
              insert into events (id, type, at, applied_at, session_id, kind, actor, rule, data) \
              select value ->> 'id', value ->> 'type', value ->> 'at', value ->> 'applied_at', \
@@ -430,7 +353,7 @@ pub(super) async fn write_updates(
              value ->> 'data' from b order by key",
         ),
         (
-            &deliveries,
+            &rows.deliveries,
             "insert into webhook_deliveries (id, endpoint, event_seq, status, attempts, \
              next_attempt_at, created_at) \
              select d.value ->> 'id', d.value ->> 'url', e.seq, 'pending', 0, \
@@ -440,7 +363,7 @@ pub(super) async fn write_updates(
                                where w.url = d.value ->> 'url')",
         ),
         (
-            &notes,
+            &rows.notifications,
             "insert into notifications (id, user_id, type, title, message, session_id, link, \
              created_at) select value ->> 'id', value ->> 'user_id', value ->> 'type', \
              value ->> 'title', value ->> 'message', value ->> 'session_id', value ->> 'link', \
@@ -458,3 +381,20 @@ pub(super) async fn write_updates(
     }
     Ok(outcomes)
 }
+
+/// A batch of session rows, compare-and-set each on its version; the ids that won.
+pub(super) const UPDATE_SESSIONS: &str = "with b as materialized (select jsonb(value) as value from json_each(?1)) \
+    update sessions set title = b.value ->> 'title', metadata = b.value ->> 'metadata', \
+    scheduled_start = b.value ->> 'scheduled_start', \
+    scheduled_end = b.value ->> 'scheduled_end', status = b.value ->> 'status', \
+    delayed = b.value ->> 'delayed', used = b.value ->> 'used', \
+    started_at = b.value ->> 'started_at', ended_at = b.value ->> 'ended_at', \
+    last_activity_at = max(last_activity_at, b.value ->> 'last_activity_at'), \
+    end_reason = b.value ->> 'end_reason', ended_by = b.value ->> 'ended_by', \
+    counters = b.value ->> 'counters', summary = b.value ->> 'summary', \
+    parent_ended_at = b.value ->> 'parent_ended_at', \
+    next_due_at = b.value ->> 'next_due_at', next_due_rule = b.value ->> 'next_due_rule', \
+    warnings = b.value ->> 'warnings', version = version + 1 \
+    from b \
+    where sessions.id = b.value ->> 'id' and sessions.version = b.value ->> 'version' \
+    returning sessions.id";

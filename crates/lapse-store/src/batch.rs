@@ -1,0 +1,112 @@
+//! A sweep's page of transitions, written set-based on both backends: a run of commits that
+//! each update one session (and write what that causes: participants, events, webhook rows,
+//! notifications) goes in five statements instead of five per commit. The compare-and-set of
+//! each session row decides its commit: a commit whose row lost writes nothing and gets
+//! `Conflict`.
+//!
+//! Here: finding such a run, and gathering its rows as JSON for the statements; the SQL is
+//! each backend's own (`sqlite/writes.rs`, `postgres/writes.rs`).
+
+use std::collections::HashSet;
+
+use lapse_core::store::{Commit, SessionWrite};
+use lapse_core::{Session, StoreError, UserId};
+use serde_json::{Value, json};
+
+use crate::rows::{participant_row, session_row, to_json};
+
+/// Whether a commit can join a bulk write: one session update and what it causes; its one
+/// compare-and-set decides all of it.
+fn is_single_update(c: &Commit) -> bool {
+    c.host_limit.is_none() && matches!(c.sessions.as_slice(), [SessionWrite::Update { .. }])
+}
+
+/// The leading commits of `commits` that are single-row updates of distinct sessions.
+pub fn single_update_run(commits: &[Commit]) -> Vec<&Commit> {
+    let mut seen = HashSet::new();
+    commits
+        .iter()
+        .take_while(|c| {
+            is_single_update(c)
+                && c.sessions
+                    .first()
+                    .and_then(|w| w.session())
+                    .is_some_and(|s| seen.insert(s.id.clone()))
+        })
+        .collect()
+}
+
+fn updated(c: &Commit) -> Option<(&Session, &Option<Vec<UserId>>)> {
+    match c.sessions.first() {
+        Some(SessionWrite::Update { session, changed }) => Some((session, changed)),
+        _ => None,
+    }
+}
+
+/// The session rows of a run, as one JSON array (each with the version it was decided on).
+pub fn session_rows(run: &[&Commit]) -> String {
+    let rows: Vec<Value> = run
+        .iter()
+        .filter_map(|c| updated(c).map(|(s, _)| session_row(s)))
+        .collect();
+    to_json(&rows)
+}
+
+/// What the commits whose session row won write next, each kind as one JSON array.
+#[derive(Default)]
+pub struct Followers {
+    pub participants: Vec<Value>,
+    /// In the order the events were decided in, which their sequence numbers must follow.
+    pub events: Vec<Value>,
+    /// Keyed to their event by the event's id.
+    pub deliveries: Vec<Value>,
+    pub notifications: Vec<Value>,
+}
+
+/// Each commit's outcome (those whose session id is not in `won` lost their compare-and-set),
+/// and the rows the winners write after their session row.
+pub fn followers(
+    run: &[&Commit],
+    won: &HashSet<String>,
+) -> (Vec<Result<(), StoreError>>, Followers) {
+    let mut outcomes = Vec::with_capacity(run.len());
+    let mut rows = Followers::default();
+    for c in run {
+        let Some((s, changed)) = updated(c).filter(|(s, _)| won.contains(s.id.as_str())) else {
+            outcomes.push(Err(StoreError::Conflict));
+            continue;
+        };
+        outcomes.push(Ok(()));
+        let wanted =
+            |p: &&lapse_core::Participant| changed.as_ref().is_none_or(|c| c.contains(&p.user));
+        rows.participants.extend(
+            s.participants
+                .iter()
+                .filter(wanted)
+                .map(|p| participant_row(s, p)),
+        );
+        for r in &c.events {
+            let e = &r.event;
+            rows.events.push(json!({
+                "id": r.id, "type": e.event_type.as_str(), "at": e.at.millis(),
+                "applied_at": r.applied_at.millis(), "session_id": e.session_id.as_str(),
+                "kind": e.kind, "actor": e.actor, "rule": e.rule, "data": to_json(&e.data),
+            }));
+            for (n, url) in r.webhooks.iter().enumerate() {
+                rows.deliveries.push(json!({
+                    "id": format!("{}.{n}", r.id), "url": url, "event": r.id,
+                    "at": r.applied_at.millis(),
+                }));
+            }
+        }
+        for r in &c.notifications {
+            let n = &r.notification;
+            rows.notifications.push(json!({
+                "id": r.id, "user_id": n.user.as_str(), "type": n.notification_type,
+                "title": n.title, "message": n.message, "session_id": n.session.as_str(),
+                "link": n.link, "created_at": n.created_at.millis(),
+            }));
+        }
+    }
+    (outcomes, rows)
+}
