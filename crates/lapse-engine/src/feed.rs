@@ -42,6 +42,47 @@ struct Subscribers {
     /// and the streams with no session filter.
     by_session: HashMap<SessionId, Vec<u64>>,
     unfiltered: Vec<u64>,
+    /// At this many subscribers, the next subscribe first drops those whose stream is gone
+    /// without having been sent anything (the rest are dropped when a send finds them
+    /// gone): so no step walks every stream, and the gone ones never outnumber the rest.
+    sweep_at: usize,
+}
+
+impl Subscribers {
+    fn remove(&mut self, id: u64) {
+        let Some(sub) = self.all.remove(&id) else {
+            return;
+        };
+        match &sub.query.session {
+            Some(session) => {
+                if let Some(ids) = self.by_session.get_mut(session) {
+                    ids.retain(|x| *x != id);
+                    if ids.is_empty() {
+                        self.by_session.remove(session);
+                    }
+                }
+            }
+            None => self.unfiltered.retain(|x| *x != id),
+        }
+    }
+
+    /// Drops the subscribers whose stream is gone, once their number has doubled since the
+    /// last time: amortized O(1) per subscribe.
+    fn sweep_if_due(&mut self) {
+        if self.all.len() < self.sweep_at {
+            return;
+        }
+        let gone: Vec<u64> = self
+            .all
+            .iter()
+            .filter(|(_, s)| s.tx.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.remove(id);
+        }
+        self.sweep_at = (2 * self.all.len()).max(64);
+    }
 }
 
 /// The fan-out; see the module docs.
@@ -68,6 +109,7 @@ impl Feed {
     fn subscribe(&self, query: &EventQuery) -> Subscription {
         let (tx, events) = mpsc::channel(QUEUE);
         let mut subs = self.lock();
+        subs.sweep_if_due();
         subs.next += 1;
         let id = subs.next;
         match &query.session {
@@ -85,7 +127,7 @@ impl Feed {
     }
 
     /// Hands `events` (in `seq` order) to the streams that want them; drops streams that are
-    /// gone or full.
+    /// gone or full. Costs what the events' own streams cost, whatever the number of others.
     fn dispatch(&self, events: &[Event]) {
         let mut subs = self.lock();
         let mut dropped = Vec::new();
@@ -109,22 +151,13 @@ impl Feed {
                 }
             }
         }
-        subs.all
-            .retain(|id, s| !dropped.contains(id) && !s.tx.is_closed());
-        let Subscribers {
-            all,
-            by_session,
-            unfiltered,
-            ..
-        } = &mut *subs;
-        unfiltered.retain(|id| all.contains_key(id));
-        by_session.retain(|_, ids| {
-            ids.retain(|id| all.contains_key(id));
-            !ids.is_empty()
-        });
+        for id in dropped {
+            subs.remove(id);
+        }
     }
 
-    /// Streams currently fed from memory.
+    /// Streams currently fed from memory (gone ones included until a send or a sweep finds
+    /// them).
     pub fn len(&self) -> usize {
         self.lock().all.len()
     }
@@ -262,5 +295,26 @@ mod tests {
         }
         // It catches up from the table after seq QUEUE: nothing it received is lost.
         assert_eq!(got, (1..=QUEUE as i64).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn streams_that_are_gone_do_not_pile_up() {
+        let feed = Feed::default();
+        let room = |id: &str| EventQuery {
+            session: Some(SessionId::parse(id).unwrap()),
+            ..EventQuery::default()
+        };
+        // A stream that closes is dropped by the next event for it...
+        drop(feed.subscribe(&room("a")));
+        feed.dispatch(&[event(1, "a", "study")]);
+        assert!(feed.is_empty());
+        // ...and streams that close without ever being sent anything by a later subscribe.
+        for n in 0..1_000 {
+            drop(feed.subscribe(&room(&format!("r{n}"))));
+        }
+        let mut open = feed.subscribe(&room("b"));
+        assert!(feed.len() <= 64, "{} held", feed.len());
+        feed.dispatch(&[event(2, "b", "study")]);
+        assert_eq!(open.events.recv().await.unwrap().seq, 2);
     }
 }

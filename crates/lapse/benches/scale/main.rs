@@ -7,7 +7,7 @@
 //! cargo bench -p lapse --bench scale -- --smoke                        # seconds; asserts nothing
 //! ```
 //! Options: `--live N` (default 1,000,000), `--small N` (10,000), `--rounds N` (5),
-//! `--skip engine,served,postgres`, `--out FILE`. PostgreSQL figures run when
+//! `--skip engine,served,streams,postgres`, `--out FILE`. PostgreSQL figures run when
 //! `LAPSE_TEST_POSTGRES_URL` names a server (as `scripts/with-postgres` sets it).
 //!
 //! - `measure`: interleaved pairs, medians, spreads. `report`: the table.
@@ -22,6 +22,7 @@ mod postgres;
 mod report;
 mod served;
 mod server;
+mod streams;
 mod world;
 
 use std::path::PathBuf;
@@ -82,11 +83,13 @@ fn options() -> Options {
 fn main() {
     let o = options();
     let pinned = server::pin_self_to_core_1();
+    // Before `lapse serve` is started, so it inherits the limit.
+    let fd_limit = streams::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime");
-    let rows = runtime.block_on(run(&o));
+    let rows = runtime.block_on(run(&o, fd_limit));
     let table = report::table(&rows);
     println!("\n{table}");
     if let Some(out) = &o.out {
@@ -101,7 +104,7 @@ fn main() {
     );
 }
 
-async fn run(o: &Options) -> Vec<Row> {
+async fn run(o: &Options, fd_limit: u64) -> Vec<Row> {
     let sizes = engine::Sizes {
         rounds: o.rounds,
         ops: if o.smoke { 20 } else { 500 },
@@ -111,6 +114,7 @@ async fn run(o: &Options) -> Vec<Row> {
         rounds: o.rounds,
         seconds: if o.smoke { 0.3 } else { 3.0 },
         burst: sizes.burst,
+        streams: if o.smoke { 100 } else { 10_000 },
     };
     let mut rows = Vec::new();
     let runs = |section: &str| !o.skip.iter().any(|s| s == section);
@@ -131,6 +135,14 @@ async fn run(o: &Options) -> Vec<Row> {
         let server = server::Server::start(&db, &config).await;
         rows.push(served::heartbeat_vs_noop(&server, &load, o.live).await);
         rows.extend(served::burst_lag(&server, &db, &load, o.live).await);
+        if runs("streams") {
+            // One socket per stream on each side, and room for everything else.
+            let streams = load
+                .streams
+                .min(o.live)
+                .min(fd_limit.saturating_sub(500) as usize);
+            rows.extend(streams::figures(&server, o.rounds.min(3), load.seconds, streams).await);
+        }
         server.stop();
     }
     if runs("postgres") {

@@ -18,6 +18,8 @@ pub struct Load {
     pub rounds: usize,
     pub seconds: f64,
     pub burst: usize,
+    /// Event streams held open at once.
+    pub streams: usize,
 }
 
 /// Fills `db` with `live` rooms created now (real time: the server runs on the system clock),

@@ -115,11 +115,30 @@ impl Request {
     }
 
     pub fn post(path: &str, body: &str) -> Request {
+        Request::with_body("POST", path, body)
+    }
+
+    pub fn patch(path: &str, body: &str) -> Request {
+        Request::with_body("PATCH", path, body)
+    }
+
+    fn with_body(method: &str, path: &str, body: &str) -> Request {
         Request(Arc::new(
             format!(
-                "POST {path} HTTP/1.1\r\nHost: lapse\r\nAuthorization: Bearer {KEY}\r\n\
+                "{method} {path} HTTP/1.1\r\nHost: lapse\r\nAuthorization: Bearer {KEY}\r\n\
                  Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
+            )
+            .into_bytes(),
+        ))
+    }
+
+    /// An event stream (`Accept: text/event-stream`).
+    pub fn stream(path: &str) -> Request {
+        Request(Arc::new(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: lapse\r\nAuthorization: Bearer {KEY}\r\n\
+                 Accept: text/event-stream\r\n\r\n"
             )
             .into_bytes(),
         ))
@@ -133,6 +152,27 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// The connection itself, for a response that never ends (an event stream).
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
+    /// Sends a request and reads only its head; the status.
+    pub async fn send_head(&mut self, req: &Request) -> Option<u16> {
+        self.stream.write_all(&req.0).await.ok()?;
+        self.buf.clear();
+        let mut chunk = [0u8; 1024];
+        while find(&self.buf, b"\r\n\r\n").is_none() {
+            let n = self.stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        let head = std::str::from_utf8(&self.buf).ok()?;
+        head.split(' ').nth(1)?.parse().ok()
+    }
+
     pub async fn open(addr: &str) -> Option<Conn> {
         let stream = TcpStream::connect(addr).await.ok()?;
         stream.set_nodelay(true).ok()?;

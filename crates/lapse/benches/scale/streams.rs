@@ -1,0 +1,260 @@
+//! Event streams at scale: thousands of SSE streams, each following its own session as the
+//! README's `EventSource` example does, while those sessions are updated. Three figures:
+//! delivery latency at a paced 1k updates/s, update throughput with the streams open vs
+//! with none, and the server's memory per idle stream.
+//!
+//! Every update sets the session's title to the moment it was sent (microseconds since the
+//! run began); the stream that receives its `session.updated` event reads the title back, so
+//! delivery time is measured end to end, from the request leaving here to the event arriving.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+
+use crate::measure::{Pair, percentile};
+use crate::report::{self, Row};
+use crate::server::{Conn, Request, Server, throughput};
+
+/// Updates per second while delivery is timed.
+const PACED_RATE: u64 = 1_000;
+
+/// Raises this process's open-file limit to its hard limit with util-linux's `prlimit` (the
+/// same as `ulimit -n` in a shell), so it can hold one socket per stream; `lapse serve`
+/// started after this inherits it. The limit in force after.
+pub fn raise_fd_limit() -> u64 {
+    let pid = std::process::id().to_string();
+    let show = |column: &str| {
+        std::process::Command::new("prlimit")
+            .args([
+                "--pid",
+                &pid,
+                "--nofile",
+                "--noheadings",
+                "--output",
+                column,
+            ])
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    if let Some(hard) = show("HARD") {
+        let _ = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={hard}:{hard}")])
+            .status();
+    }
+    show("SOFT").unwrap_or(1024)
+}
+
+/// Open streams and what they have received.
+struct Streams {
+    readers: Vec<tokio::task::JoinHandle<()>>,
+    /// Delivery times, in ms, of the timed updates received.
+    delays: Arc<Mutex<Vec<f64>>>,
+    received: Arc<AtomicU64>,
+}
+
+impl Streams {
+    /// Opens `n` streams, the `i`th following room `live0-i`; each reads until closed.
+    async fn open(addr: &str, n: usize, epoch: Instant) -> Streams {
+        let delays = Arc::new(Mutex::new(Vec::new()));
+        let received = Arc::new(AtomicU64::new(0));
+        let mut readers = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut conn = Conn::open(addr).await.expect("a stream connects");
+            let req = Request::stream(&format!("/v1/events?session=live0-{i}"));
+            assert_eq!(conn.send_head(&req).await, Some(200), "stream {i} opens");
+            let (delays, received) = (delays.clone(), received.clone());
+            // Updates sent before it opened come as catch-up from the table: not timed.
+            let opened = epoch.elapsed().as_micros() as f64;
+            readers.push(tokio::spawn(async move {
+                let timed = Timed {
+                    epoch,
+                    opened,
+                    delays: &delays,
+                    received: &received,
+                };
+                read_stream(conn.into_stream(), timed).await;
+            }));
+        }
+        Streams {
+            readers,
+            delays,
+            received,
+        }
+    }
+
+    fn close(self) {
+        for r in self.readers {
+            r.abort();
+        }
+    }
+}
+
+/// Where a stream's reader notes the updates it receives.
+struct Timed<'a> {
+    epoch: Instant,
+    /// When the stream opened, in µs since `epoch`.
+    opened: f64,
+    delays: &'a Mutex<Vec<f64>>,
+    received: &'a AtomicU64,
+}
+
+/// Reads an event stream until it ends, noting the delivery time of every timed update sent
+/// since it opened.
+async fn read_stream(mut stream: tokio::net::TcpStream, t: Timed<'_>) {
+    const MARK: &[u8] = b"\"title\":\"t";
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&chunk[..n]);
+        // Whole lines only; a line cut by the read waits for the rest.
+        let Some(last) = pending.iter().rposition(|&b| b == b'\n') else {
+            continue;
+        };
+        let now = t.epoch.elapsed().as_micros() as f64;
+        for line in pending[..last].split(|&b| b == b'\n') {
+            let Some(at) = line.windows(MARK.len()).position(|w| w == MARK) else {
+                continue;
+            };
+            let digits = &line[at + MARK.len()..];
+            let end = digits.iter().position(|b| !b.is_ascii_digit());
+            let sent: Option<f64> = end
+                .and_then(|e| std::str::from_utf8(&digits[..e]).ok())
+                .and_then(|d| d.parse().ok());
+            if let Some(sent) = sent.filter(|&s| s >= t.opened) {
+                t.received.fetch_add(1, Ordering::Relaxed);
+                let mut d = t.delays.lock().unwrap_or_else(|p| p.into_inner());
+                d.push((now - sent) / 1000.0);
+            }
+        }
+        pending.drain(..=last);
+    }
+}
+
+/// An update of room `live0-(n % rooms)` whose title is the moment it is sent.
+fn timed_update(rooms: u64, epoch: Instant) -> Arc<dyn Fn(u64) -> Request + Send + Sync> {
+    Arc::new(move |n| {
+        Request::patch(
+            &format!("/v1/sessions/live0-{}", n % rooms),
+            &format!(r#"{{"title":"t{}"}}"#, epoch.elapsed().as_micros()),
+        )
+    })
+}
+
+/// Sends [`PACED_RATE`] updates a second for `secs` over 20 connections; how many were sent.
+async fn paced(addr: &str, secs: f64, make: Arc<dyn Fn(u64) -> Request + Send + Sync>) -> u64 {
+    const CONNECTIONS: u64 = 20;
+    let total = (PACED_RATE as f64 * secs) as u64;
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (counter, make) = (counter.clone(), make.clone());
+        let addr = addr.to_string();
+        tasks.push(tokio::spawn(async move {
+            let Some(mut conn) = Conn::open(&addr).await else {
+                return;
+            };
+            let mut tick =
+                tokio::time::interval(Duration::from_micros(1_000_000 * CONNECTIONS / PACED_RATE));
+            loop {
+                tick.tick().await;
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    return;
+                }
+                if conn.send(&make(n)).await.is_none() {
+                    return;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    counter.load(Ordering::Relaxed).min(total)
+}
+
+/// The three stream figures, `rounds` rounds of: updates at full speed with no stream open;
+/// `n` streams opened (memory before and after); paced updates timed to their streams;
+/// updates at full speed with the streams open.
+pub async fn figures(server: &Server, rounds: usize, secs: f64, n: usize) -> Vec<Row> {
+    let epoch = Instant::now();
+    let run = Duration::from_secs_f64(secs);
+    let update = timed_update(n as u64, epoch);
+    let (mut writes, mut per_stream, mut delays) = (Pair::default(), Vec::new(), Vec::new());
+    let (mut sent, mut received) = (0, 0);
+    for _ in 0..rounds {
+        writes
+            .b
+            .push(throughput(&server.addr, 16, run, update.clone()).await.0);
+
+        let before = server.rss_mb();
+        let streams = Streams::open(&server.addr, n, epoch).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        per_stream.push((server.rss_mb() - before) * 1024.0 / n as f64);
+
+        sent += paced(&server.addr, secs, update.clone()).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        received += streams.received.swap(0, Ordering::Relaxed);
+        delays.append(&mut streams.delays.lock().unwrap_or_else(|p| p.into_inner()));
+
+        writes
+            .a
+            .push(throughput(&server.addr, 16, run, update.clone()).await.0);
+        streams.close();
+        // Let the server notice the closed streams before the next round's quiet run.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let human = crate::engine::human;
+    let p99 = percentile(&delays, 0.99);
+    vec![
+        Row {
+            figure: format!(
+                "event delivery to {} streams (SSE), each following its own session, {}k updates/s",
+                human(n),
+                PACED_RATE / 1000
+            ),
+            target: "p99 ≤ 100 ms".into(),
+            measured: format!("p99 {p99:.0} ms"),
+            spread: format!(
+                "p50 {:.0} ms, max {:.0} ms",
+                percentile(&delays, 0.5),
+                percentile(&delays, 1.0)
+            ),
+            detail: format!("{received} of {sent} updates delivered to their stream"),
+            verdict: if p99 <= 100.0 && received == sent {
+                report::Verdict::Met
+            } else {
+                report::Verdict::Missed
+            },
+        },
+        report::ratio(
+            &format!(
+                "update throughput with {} streams open vs with none",
+                human(n)
+            ),
+            "≥ 0.90",
+            &writes,
+            ["streams open", "none"],
+            "updates/s",
+            |x| x >= 0.9,
+        ),
+        report::value(
+            &format!(
+                "resident memory of `lapse serve` per idle stream ({} open)",
+                human(n)
+            ),
+            "≤ 10 KB",
+            &per_stream,
+            "KB",
+            |v| v <= 10.0,
+        ),
+    ]
+}
