@@ -201,6 +201,15 @@ pub struct Beat {
     pub at: Timestamp,
 }
 
+/// A session a heartbeat flush moved, and its version after.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Moved {
+    /// The session.
+    pub id: SessionId,
+    /// Its version after the flush.
+    pub version: i64,
+}
+
 /// Filters for listing sessions; `after` is the cursor (the last id of the previous page).
 #[derive(Clone, Debug, Default)]
 pub struct SessionQuery {
@@ -362,10 +371,12 @@ pub trait Store: Send + Sync + 'static {
     /// The earliest stored deadline of any session.
     async fn next_deadline(&self) -> Result<Option<Timestamp>, StoreError>;
 
-    /// Writes coalesced heartbeats: for each beat, the participant's `last_seen_at` and the
-    /// session's `last_activity_at` move forward (never back) and the session is marked used.
-    /// The stored deadline is left alone.
-    async fn flush_heartbeats(&self, beats: &[Beat]) -> Result<(), StoreError>;
+    /// Writes coalesced heartbeats: for each beat of a joined participant of an open session,
+    /// the participant's `last_seen_at` and the session's `last_activity_at` move forward
+    /// (never back); each session moved is marked used and its version goes up by one. The
+    /// stored deadline is left alone. Returns the sessions moved with their new versions, so
+    /// a holder of the previous version can follow without reading the row again.
+    async fn flush_heartbeats(&self, beats: &[Beat]) -> Result<Vec<Moved>, StoreError>;
 
     /// Whether a `session.deleted` or `session.purged` event exists for `id`.
     async fn was_deleted(&self, id: &SessionId) -> Result<bool, StoreError>;

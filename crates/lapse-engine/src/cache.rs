@@ -18,8 +18,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lapse_core::store::{Commit, SessionWrite};
-use lapse_core::{Session, SessionId, UserId};
+use lapse_core::store::{Beat, Commit, Moved, SessionWrite};
+use lapse_core::{Session, SessionId, Timestamp, UserId};
 
 /// How long a checked copy answers heartbeats without another look at the database.
 pub const FRESH_FOR: Duration = Duration::from_secs(5);
@@ -154,6 +154,48 @@ impl SessionCache {
                     _ => None,
                 };
             }
+        }
+    }
+
+    /// Follows a heartbeat flush that was written: a held copy at the version just before the
+    /// flush's takes its beats (as the store applied them: joined participants' `last_seen_at`
+    /// and the session's activity move forward, the session is marked used) and the new
+    /// version, and counts as checked now, for the flush has just shown nothing else changed
+    /// the row. A copy at any other version is dropped (read again when next needed).
+    pub fn flushed(&self, beats: &[Beat], moved: &[Moved]) {
+        let mut by_session: HashMap<&SessionId, Vec<&Beat>> = HashMap::new();
+        for b in beats {
+            by_session.entry(&b.session).or_default().push(b);
+        }
+        let now = Instant::now();
+        let mut guard = self.lock();
+        for m in moved {
+            let Some(e) = guard.0.get_mut(&m.id) else {
+                continue;
+            };
+            if e.session.version + 1 != m.version {
+                guard.0.remove(&m.id);
+                continue;
+            }
+            let s = Arc::make_mut(&mut e.session);
+            let beats = by_session.get(&m.id).map_or(&[][..], Vec::as_slice);
+            // Beats of one session are few next to its room, so a room is walked once.
+            let mut seen: HashMap<&UserId, Timestamp> = HashMap::with_capacity(beats.len());
+            for b in beats {
+                let at = seen.entry(&b.user).or_insert(b.at);
+                *at = (*at).max(b.at);
+            }
+            for p in &mut s.participants {
+                if p.state == lapse_core::ParticipantState::Joined
+                    && let Some(at) = seen.get(&p.user)
+                {
+                    p.last_seen_at = p.last_seen_at.max(*at);
+                    s.last_activity_at = s.last_activity_at.max(*at);
+                }
+            }
+            s.used = true;
+            s.version = m.version;
+            e.checked = now;
         }
     }
 

@@ -202,9 +202,12 @@ impl Engine {
         if n == 0 {
             return Ok(0);
         }
-        if let Err(e) = self.store.flush_heartbeats(&beats).await {
-            self.beats.restore(beats);
-            return Err(e.into());
+        match self.store.flush_heartbeats(&beats).await {
+            Ok(moved) => self.sessions.flushed(&beats, &moved),
+            Err(e) => {
+                self.beats.restore(beats);
+                return Err(e.into());
+            }
         }
         Ok(n)
     }

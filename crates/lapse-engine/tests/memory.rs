@@ -129,3 +129,25 @@ async fn a_stream_that_subscribed_before_the_event_reader_started_catches_up_aga
     let event = late.events.recv().await.unwrap();
     assert_eq!(event.session_id.as_str(), "after");
 }
+
+#[tokio::test]
+async fn a_flush_that_finds_the_row_changed_elsewhere_drops_the_held_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, _store) = two_instances(&dir).await;
+    let id = SessionId::parse("room").unwrap();
+    a.create(&admin(), room_request("room")).await.unwrap();
+    a.start(&admin(), &id).await.unwrap();
+    a.join(&admin(), &id, &user("ada"), None, Via::Direct)
+        .await
+        .unwrap();
+    a.heartbeat(&admin(), &id, &user("host")).await.unwrap();
+
+    // Instance B sees Ada leave; A's copy still has her joined.
+    b.leave(&admin(), &id, &user("ada")).await.unwrap();
+    // A's flush moves the row past a version A never saw, so A stops trusting its copy...
+    a.flush_heartbeats().await.unwrap();
+    // ...and Ada's next beat at A is checked against the stored row, not answered from memory.
+    let beat = a.heartbeat(&admin(), &id, &user("ada")).await;
+    assert!(beat.is_err(), "she has left: {beat:?}");
+    assert_eq!(a.pending_heartbeats(), 0);
+}

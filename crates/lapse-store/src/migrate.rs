@@ -25,6 +25,11 @@ pub const SQLITE: &[Script] = &[
         name: "access paths",
         sql: include_str!("../migrations/sqlite/0002_access_paths.sql"),
     },
+    Script {
+        version: 3,
+        name: "flush reports versions",
+        sql: include_str!("../migrations/sqlite/0003_flush_reports_versions.sql"),
+    },
 ];
 
 /// PostgreSQL's scripts.

@@ -277,6 +277,16 @@ pub fn session_row(s: &Session) -> serde_json::Value {
     })
 }
 
+/// The `(id, version)` rows a heartbeat flush returns.
+pub fn moved(rows: Vec<(String, i64)>) -> Result<Vec<lapse_core::store::Moved>, StoreError> {
+    rows.into_iter()
+        .map(|(id, version)| {
+            let id = SessionId::parse(&id).map_err(|e| corrupt("session id", e))?;
+            Ok(lapse_core::store::Moved { id, version })
+        })
+        .collect()
+}
+
 /// A participant's columns as a JSON object keyed by column name.
 pub fn participant_row(s: &Session, p: &Participant) -> serde_json::Value {
     serde_json::json!({

@@ -79,9 +79,30 @@ async fn a_heartbeat_flush_beats_a_decision_taken_on_the_older_row() {
             user: host,
             at: beat_at,
         };
-        store.flush_heartbeats(&[beat]).await.unwrap();
+        // Two beats of one participant, and one of a stranger: the session moves once.
+        let stranger = Beat {
+            user: UserId::parse("stranger").unwrap(),
+            ..beat.clone()
+        };
+        let earlier = Beat {
+            at: t0() + Span::from_secs(60),
+            ..beat.clone()
+        };
+        let moved = store
+            .flush_heartbeats(&[earlier, beat, stranger])
+            .await
+            .unwrap();
 
         let fresh = store.load(&s.id).await.unwrap().unwrap();
+        assert_eq!(
+            moved,
+            [lapse_core::store::Moved {
+                id: s.id.clone(),
+                version: stale.version + 1
+            }],
+            "the flush reports the version it wrote"
+        );
+        assert_eq!(fresh.version, stale.version + 1);
         assert_eq!(fresh.last_activity_at, beat_at);
         assert_eq!(fresh.participants[0].last_seen_at, beat_at);
         assert!(fresh.used);

@@ -20,7 +20,7 @@ use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
     Attempt, Beat, Change, ChangeCallback, Commit, Delivery, DeliveryStatus, DueRow, EventQuery,
-    HealthCounts, Rearm, SessionQuery, StatusCount, Store, StoredResponse,
+    HealthCounts, Moved, Rearm, SessionQuery, StatusCount, Store, StoredResponse,
 };
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions};
@@ -222,7 +222,8 @@ async fn announce(tx: &mut Transaction<'_, Postgres>, payload: String) -> Result
 }
 
 /// One heartbeat flush: participants, then their sessions, in one statement.
-const FLUSH_HEARTBEATS: &str = "with b as (select * from unnest($1::text[], $2::text[], $3::bigint[]) as b(s, u, at)), \
+const FLUSH_HEARTBEATS: &str = "with b as (select s, u, max(at) as at \
+                   from unnest($1::text[], $2::text[], $3::bigint[]) as b(s, u, at) group by s, u), \
              p as (update participants set beat_at = b.at, \
                        last_seen_at = greatest(participants.last_seen_at, b.at) \
                    from b where participants.session_id = b.s and participants.user_id = b.u \
@@ -231,7 +232,8 @@ const FLUSH_HEARTBEATS: &str = "with b as (select * from unnest($1::text[], $2::
              update sessions set last_activity_at = greatest(last_activity_at, m.at), \
                  used = true, version = version + 1 \
              from (select session_id, max(at) as at from p group by session_id) m \
-             where sessions.id = m.session_id and sessions.status in ('pending', 'active')";
+             where sessions.id = m.session_id and sessions.status in ('pending', 'active') \
+             returning sessions.id, sessions.version";
 
 /// Lazy re-arms of a batch, compare-and-set per row.
 const REARM: &str = "update sessions set next_due_at = b.at, next_due_rule = b.rule, claimed_until = null \
@@ -483,23 +485,23 @@ impl Store for PostgresStore {
         Ok(at.map(Timestamp::from_millis))
     }
 
-    async fn flush_heartbeats(&self, beats: &[Beat]) -> Result<(), StoreError> {
+    async fn flush_heartbeats(&self, beats: &[Beat]) -> Result<Vec<Moved>, StoreError> {
         if beats.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let sessions: Vec<&str> = beats.iter().map(|b| b.session.as_str()).collect();
         let users: Vec<&str> = beats.iter().map(|b| b.user.as_str()).collect();
         let ats: Vec<i64> = beats.iter().map(|b| b.at.millis()).collect();
         // One statement: the participants, then their sessions' activity and version (so a
         // sweep decided on the older row loses its compare-and-set). No NOTIFY, no index.
-        sqlx::query(FLUSH_HEARTBEATS)
+        let moved: Vec<(String, i64)> = sqlx::query_as(FLUSH_HEARTBEATS)
             .bind(&sessions)
             .bind(&users)
             .bind(&ats)
-            .execute(&self.pool)
+            .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        Ok(())
+        rows::moved(moved)
     }
 
     async fn was_deleted(&self, id: &SessionId) -> Result<bool, StoreError> {

@@ -7,6 +7,7 @@
 //! `writes.rs` holds a commit's statements, `outbox.rs` deliveries, retention, health figures
 //! and idempotency keys.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
     Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DueRow, EventQuery,
-    HealthCounts, Rearm, SessionQuery, StatusCount, Store, StoredResponse,
+    HealthCounts, Moved, Rearm, SessionQuery, StatusCount, Store, StoredResponse,
 };
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::sqlite::{
@@ -107,7 +108,16 @@ impl SqliteStore {
         };
         let text = |t: &str| Arg::Text(t.to_string());
         hot.extend([
-            fixed("heartbeat flush", FLUSH_HEARTBEATS, vec![text("[]")]),
+            fixed(
+                "heartbeat flush, participants",
+                FLUSH_PARTICIPANTS,
+                vec![text("[]")],
+            ),
+            fixed(
+                "heartbeat flush, sessions",
+                FLUSH_SESSIONS,
+                vec![text("[]")],
+            ),
             fixed("re-arm", REARM, vec![text("[]")]),
             fixed(
                 "batched session update",
@@ -171,12 +181,25 @@ fn sessions_from(rows: &[SqliteRow]) -> Result<Vec<Session>, StoreError> {
     rows.iter().map(rows::session).collect()
 }
 
-/// One heartbeat flush: the participants (the trigger moves their sessions).
-const FLUSH_HEARTBEATS: &str = "update participants set beat_at = b.at, last_seen_at = max(last_seen_at, b.at) \
-             from (select value ->> 0 as s, value ->> 1 as u, value ->> 2 as at \
-                   from json_each(?1)) as b \
+/// One heartbeat flush, first step: the joined participants beating, each with the moment
+/// now stored.
+const FLUSH_PARTICIPANTS: &str = "update participants set beat_at = b.at, \
+             last_seen_at = max(last_seen_at, b.at) \
+             from (select value ->> 0 as s, value ->> 1 as u, max(value ->> 2) as at \
+                   from json_each(?1) group by 1, 2) as b \
              where participants.session_id = b.s and participants.user_id = b.u \
-             and participants.state = 'joined'";
+             and participants.state = 'joined' \
+             returning participants.session_id, participants.beat_at";
+
+/// The sessions of a heartbeat flush, each with its latest beat: activity moves forward and
+/// the version up (so a sweep that decided on the older row loses its compare-and-set); the
+/// deadline column is left alone (lazy re-arm). `+status`: the batch drives, each session
+/// found by its key (through the status index, the batch would be read once per session).
+const FLUSH_SESSIONS: &str = "update sessions set last_activity_at = max(last_activity_at, b.at), \
+             used = 1, version = version + 1 \
+             from (select value ->> 0 as s, value ->> 1 as at from json_each(?1)) as b \
+             where sessions.id = b.s and +sessions.status in ('pending', 'active') \
+             returning sessions.id, sessions.version";
 
 /// Lazy re-arms of a batch, compare-and-set per row.
 const REARM: &str = "update sessions set next_due_at = b.at, next_due_rule = b.rule \
@@ -363,21 +386,34 @@ impl Store for SqliteStore {
         Ok(at.map(Timestamp::from_millis))
     }
 
-    async fn flush_heartbeats(&self, beats: &[Beat]) -> Result<(), StoreError> {
+    async fn flush_heartbeats(&self, beats: &[Beat]) -> Result<Vec<Moved>, StoreError> {
         if beats.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let batch: Vec<(&str, &str, i64)> = beats
             .iter()
             .map(|b| (b.session.as_str(), b.user.as_str(), b.at.millis()))
             .collect();
-        // One statement per flush; the `participants_heartbeat` trigger moves the sessions.
-        sqlx::query(FLUSH_HEARTBEATS)
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        // The participants first; what they report moves their sessions, once each.
+        let seen: Vec<(String, i64)> = sqlx::query_as(FLUSH_PARTICIPANTS)
             .bind(to_json(&batch))
-            .execute(&self.writer)
+            .fetch_all(&mut *tx)
             .await
             .map_err(backend)?;
-        Ok(())
+        let mut latest: HashMap<String, i64> = HashMap::new();
+        for (session, at) in seen {
+            let at_most = latest.entry(session).or_insert(at);
+            *at_most = (*at_most).max(at);
+        }
+        let latest: Vec<(String, i64)> = latest.into_iter().collect();
+        let moved: Vec<(String, i64)> = sqlx::query_as(FLUSH_SESSIONS)
+            .bind(to_json(&latest))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        rows::moved(moved)
     }
 
     async fn was_deleted(&self, id: &SessionId) -> Result<bool, StoreError> {

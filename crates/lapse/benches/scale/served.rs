@@ -11,7 +11,10 @@ use lapse_store::testing::synthetic_sessions;
 
 use crate::measure::{interleave, percentile};
 use crate::report::{self, Row};
-use crate::server::{Request, Server, send_all, throughput};
+use crate::server::{Request, Server, paced, send_all, throughput};
+
+/// Heartbeats a second while a burst comes due.
+const BEATS_PER_SEC: u64 = 10_000;
 
 /// How long each load run lasts, and how many rounds.
 pub struct Load {
@@ -102,9 +105,16 @@ pub async fn burst_lag(server: &Server, db: &Path, load: &Load, live: usize) -> 
     eprintln!(
         "  burst of {made} created in {secs:.1} s ({refused} refused); heartbeats until they expire"
     );
-    // Heartbeats keep coming while the burst comes due.
+    // Heartbeats keep coming, at a steady rate, while the burst comes due.
     let until = Duration::from_secs(22).saturating_sub(started.elapsed()) + Duration::from_secs(3);
-    let (beat_rate, _) = throughput(&server.addr, 8, until, heartbeats(live)).await;
+    let beats = paced(
+        &server.addr,
+        BEATS_PER_SEC,
+        until.as_secs_f64(),
+        heartbeats(live),
+    )
+    .await;
+    let beat_rate = beats as f64 / until.as_secs_f64();
 
     let store = lapse_store::open(&format!("sqlite://{}", db.display()), None, None)
         .await

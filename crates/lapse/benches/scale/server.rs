@@ -270,6 +270,46 @@ pub async fn throughput(
     )
 }
 
+/// Sends `rate` requests a second for `secs` over 20 connections, whatever their answers;
+/// how many were sent (fewer if the server fell behind).
+pub async fn paced(
+    addr: &str,
+    rate: u64,
+    secs: f64,
+    make: Arc<dyn Fn(u64) -> Request + Send + Sync>,
+) -> u64 {
+    const CONNECTIONS: u64 = 20;
+    let total = (rate as f64 * secs) as u64;
+    let counter = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (counter, make) = (counter.clone(), make.clone());
+        let addr = addr.to_string();
+        tasks.push(tokio::spawn(async move {
+            let Some(mut conn) = Conn::open(&addr).await else {
+                return;
+            };
+            let mut tick =
+                tokio::time::interval(Duration::from_micros(1_000_000 * CONNECTIONS / rate));
+            loop {
+                tick.tick().await;
+                if Instant::now() >= deadline {
+                    return;
+                }
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                if n >= total || conn.send(&make(n)).await.is_none() {
+                    return;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    counter.load(Ordering::Relaxed).min(total)
+}
+
 /// Sends `make(0..count)` once each over `connections` connections; returns the seconds it
 /// took and how many were refused.
 pub async fn send_all(

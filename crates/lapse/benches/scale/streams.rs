@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::measure::{Pair, percentile};
 use crate::report::{self, Row};
-use crate::server::{Conn, Request, Server, throughput};
+use crate::server::{Conn, Request, Server, paced, throughput};
 
 /// Updates per second while delivery is timed.
 const PACED_RATE: u64 = 1_000;
@@ -148,39 +148,6 @@ fn timed_update(rooms: u64, epoch: Instant) -> Arc<dyn Fn(u64) -> Request + Send
     })
 }
 
-/// Sends [`PACED_RATE`] updates a second for `secs` over 20 connections; how many were sent.
-async fn paced(addr: &str, secs: f64, make: Arc<dyn Fn(u64) -> Request + Send + Sync>) -> u64 {
-    const CONNECTIONS: u64 = 20;
-    let total = (PACED_RATE as f64 * secs) as u64;
-    let counter = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..CONNECTIONS {
-        let (counter, make) = (counter.clone(), make.clone());
-        let addr = addr.to_string();
-        tasks.push(tokio::spawn(async move {
-            let Some(mut conn) = Conn::open(&addr).await else {
-                return;
-            };
-            let mut tick =
-                tokio::time::interval(Duration::from_micros(1_000_000 * CONNECTIONS / PACED_RATE));
-            loop {
-                tick.tick().await;
-                let n = counter.fetch_add(1, Ordering::Relaxed);
-                if n >= total {
-                    return;
-                }
-                if conn.send(&make(n)).await.is_none() {
-                    return;
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    counter.load(Ordering::Relaxed).min(total)
-}
-
 /// The three stream figures, `rounds` rounds of: updates at full speed with no stream open;
 /// `n` streams opened (memory before and after); paced updates timed to their streams;
 /// updates at full speed with the streams open.
@@ -200,7 +167,7 @@ pub async fn figures(server: &Server, rounds: usize, secs: f64, n: usize) -> Vec
         tokio::time::sleep(Duration::from_secs(1)).await;
         per_stream.push((server.rss_mb() - before) * 1024.0 / n as f64);
 
-        sent += paced(&server.addr, secs, update.clone()).await;
+        sent += paced(&server.addr, PACED_RATE, secs, update.clone()).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         received += streams.received.swap(0, Ordering::Relaxed);
         delays.append(&mut streams.delays.lock().unwrap_or_else(|p| p.into_inner()));
