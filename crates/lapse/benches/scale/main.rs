@@ -26,6 +26,7 @@ mod streams;
 mod world;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use report::{Row, Verdict};
 
@@ -115,6 +116,8 @@ async fn run(o: &Options, fd_limit: u64) -> Vec<Row> {
         seconds: if o.smoke { 0.3 } else { 3.0 },
         burst: sizes.burst,
         streams: if o.smoke { 100 } else { 10_000 },
+        burst_kind: if o.smoke { "flash" } else { "burst" },
+        burst_after: Duration::from_secs(if o.smoke { 2 } else { 20 }),
     };
     let mut rows = Vec::new();
     let runs = |section: &str| !o.skip.iter().any(|s| s == section);
@@ -131,10 +134,11 @@ async fn run(o: &Options, fd_limit: u64) -> Vec<Row> {
         eprintln!("lapse serve, loaded over HTTP");
         let dir = tempfile::tempdir().expect("a temp dir");
         let (db, config) = server::files(dir.path());
-        served::fill(&db, o.live).await;
-        let server = server::Server::start(&db, &config).await;
+        let url = format!("sqlite://{}", db.display());
+        served::fill(&url, o.live).await;
+        let server = server::Server::start(&url, &config).await;
         rows.push(served::heartbeat_vs_noop(&server, &load, o.live).await);
-        rows.extend(served::burst_lag(&server, &db, &load, o.live).await);
+        rows.extend(served::burst_lag(&server, &url, &load, o.live).await);
         if runs("streams") {
             // One socket per stream on each side, and room for everything else.
             let streams = load
@@ -151,6 +155,8 @@ async fn run(o: &Options, fd_limit: u64) -> Vec<Row> {
                 eprintln!("PostgreSQL");
                 let world = world::World::open(&url, None, "postgres", o.live, 2).await;
                 rows.extend(postgres::figures(&url, &world, o.rounds, sizes.burst).await);
+                drop(world);
+                rows.push(postgres::two_instances(o.live, &load).await);
             }
             None => rows.push(report::not_run(
                 "PostgreSQL figures",

@@ -132,3 +132,28 @@ pub async fn figures(url: &str, world: &World, rounds: usize, burst: usize) -> V
         ),
     ]
 }
+
+/// The lag of a burst among `live` rooms with two `lapse serve` instances sharing one
+/// PostgreSQL database: each takes half the creates and half the heartbeats, and both sweep
+/// (leasing disjoint due rows).
+pub async fn two_instances(live: usize, load: &crate::served::Load) -> Row {
+    let figure = |n: usize| {
+        format!(
+            "lag `applied_at - at`, {} live, burst of {}, two instances (PostgreSQL)",
+            crate::engine::human(live),
+            n
+        )
+    };
+    let Some(url) = lapse_store::testing::fresh_postgres_database().await else {
+        return report::not_run(&figure(load.burst), "p99 ≤ 1 s", "no server");
+    };
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (_, config) = crate::server::files(dir.path());
+    crate::served::fill(&url, live).await;
+    let a = crate::server::Server::start(&url, &config).await;
+    let b = crate::server::Server::start(&url, &config).await;
+    let (lags, beat_rate) = crate::served::burst(&[&a, &b], &url, load, live).await;
+    a.stop();
+    b.stop();
+    crate::served::lag_row(figure(lags.len()), 1000.0, &lags, beat_rate)
+}

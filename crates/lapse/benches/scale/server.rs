@@ -21,9 +21,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the server on `db` (a SQLite file already filled) with the bench config, on
+    /// Starts the server on the database at `url` (already filled) with the bench config, on
     /// core 0 when `taskset` is there, and waits until it answers.
-    pub async fn start(db: &Path, config: &Path) -> Server {
+    pub async fn start(url: &str, config: &Path) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -41,7 +41,7 @@ impl Server {
             .args(["serve", "--config"])
             .arg(config)
             .env("LAPSE_LISTEN", &addr)
-            .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+            .env("DATABASE_URL", url)
             .env("LAPSE_ADMIN_KEY", KEY)
             .env("LAPSE_BENCH_WEBHOOK_SECRET", "whsec_YmVuY2gtc2VjcmV0")
             .env("RUST_LOG", "warn")

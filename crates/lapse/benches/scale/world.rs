@@ -34,6 +34,14 @@ on = "unused"
 after = "20s"
 do = "expire"
 
+# The same, sooner: the smoke run's bursts.
+[kinds.flash]
+[[kinds.flash.rules]]
+name = "expire-unused"
+on = "unused"
+after = "2s"
+do = "expire"
+
 [kinds.repair]
 max_open_per_host = 1
 [[kinds.repair.rules]]
