@@ -121,6 +121,13 @@ struct Pass {
     rearms: Vec<Rearm>,
 }
 
+/// A page of due rows and their sessions as read (a session the pass has changed since is
+/// taken from the pass's overlay instead).
+struct Page {
+    rows: Vec<DueRow>,
+    loaded: HashMap<SessionId, Session>,
+}
+
 /// One session's transition in a batch, waiting for the batch's transaction.
 struct Decided {
     id: SessionId,
@@ -151,34 +158,44 @@ impl Engine {
             duration_ms: 0,
         };
         let batch = self.config.sweeper.batch;
-        let mut cursor: Option<DueRow> = None;
+        let page = |cursor: Option<DueRow>| self.due_page(now, opts, cursor, batch);
+        let mut next = page(None).await?;
         let mut examined = 0;
         loop {
-            let rows = self
-                .store
-                .due(
-                    now,
-                    opts.kind.as_deref(),
-                    cursor.as_ref(),
-                    batch,
-                    !opts.dry_run,
-                )
-                .await?;
+            let Page { rows, loaded } = next;
             let exhausted = rows.len() < batch as usize;
+            let cursor = rows.last().cloned();
             let ids: Vec<SessionId> = rows.iter().map(|r| r.id.clone()).collect();
-            self.sweep_batch(&mut pass, ids, now, &mut report).await?;
-            // Before the next page is read, so re-armed rows are not offered again.
+            examined += ids.len();
+            // The next page is read while this one is decided and committed. A session of it
+            // that this page changes (a cascaded child) was read before the change: its write
+            // loses its compare-and-set and it is retried alone, from a fresh read.
+            let (done, read) = if exhausted {
+                (
+                    self.sweep_batch(&mut pass, ids, loaded, now, &mut report)
+                        .await,
+                    None,
+                )
+            } else {
+                let (done, read) = tokio::join!(
+                    self.sweep_batch(&mut pass, ids, loaded, now, &mut report),
+                    page(cursor)
+                );
+                (done, Some(read))
+            };
+            done?;
+            // This page's re-arms, in one statement (the next page was read after this page's
+            // rows by deadline, so none of them is in it).
             let rearms = std::mem::take(&mut pass.rearms);
             let rearmed = self.store.rearm(&rearms).await?;
             self.sessions.rearmed(&rearms);
             self.stats.rearmed.fetch_add(rearmed, Ordering::Relaxed);
-            cursor = rows.last().cloned();
-            examined += rows.len();
             if let Some(Progress(tell)) = &opts.progress {
                 tell(examined, report.applied.len());
             }
-            if exhausted {
-                break;
+            match read {
+                Some(read) => next = read?,
+                None => break,
             }
         }
         for a in &report.applied {
@@ -205,21 +222,10 @@ impl Engine {
         &self,
         pass: &mut Pass,
         ids: Vec<SessionId>,
+        mut loaded: HashMap<SessionId, Session>,
         now: Timestamp,
         report: &mut SweepReport,
     ) -> Result<(), EngineError> {
-        let unseen: Vec<SessionId> = ids
-            .iter()
-            .filter(|id| !pass.overlay.contains_key(*id))
-            .cloned()
-            .collect();
-        let mut loaded: HashMap<SessionId, Session> = self
-            .store
-            .load_many(&unseen)
-            .await?
-            .into_iter()
-            .map(|s| (s.id.clone(), s))
-            .collect();
         let mut children = self.children_of_closing(&loaded, now).await?;
 
         let mut decided: Vec<Decided> = Vec::new();
@@ -278,6 +284,35 @@ impl Engine {
             self.sweep_alone(&id, now, report).await;
         }
         Ok(())
+    }
+
+    /// A page of due rows after `cursor`, with their sessions as stored.
+    async fn due_page(
+        &self,
+        now: Timestamp,
+        opts: &SweepOptions,
+        cursor: Option<DueRow>,
+        batch: u32,
+    ) -> Result<Page, EngineError> {
+        let rows = self
+            .store
+            .due(
+                now,
+                opts.kind.as_deref(),
+                cursor.as_ref(),
+                batch,
+                !opts.dry_run,
+            )
+            .await?;
+        let ids: Vec<SessionId> = rows.iter().map(|r| r.id.clone()).collect();
+        let loaded = self
+            .store
+            .load_many(&ids)
+            .await?
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect();
+        Ok(Page { rows, loaded })
     }
 
     /// The open children of every loaded session that its due rules would close, in one

@@ -197,3 +197,61 @@ async fn history_past_the_retention_period_is_pruned_in_batches() {
         "recent history stays"
     );
 }
+
+/// Requests and their repairs, all due at once, swept three rows a page. A request's end
+/// cancels its repair at once (`parent_ended`); the repair is also due by itself, often in the
+/// next page, which is read while this page commits: it must still change once.
+#[tokio::test]
+async fn a_sweep_over_many_pages_changes_each_session_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("pages.db").display());
+    let store = Arc::new(SqliteStore::open(&url, None).await.unwrap());
+    lapse_core::Store::migrate(store.as_ref()).await.unwrap();
+    let config = Config::parse("[sweeper]\nbatch = 3\n", "test.toml").unwrap();
+    let engine = Engine::new(store, Arc::new(config), Clock::manual(t0()));
+    let admin = Caller::Admin {
+        name: "test".into(),
+        actor: None,
+    };
+    const PAIRS: usize = 10;
+    for n in 0..PAIRS {
+        // Ids sort each repair right after its request: `p3`, `p3-rep`, `p4`, ...
+        engine
+            .create(&admin, request("request", &format!("p{n}"), None))
+            .await
+            .unwrap();
+        let mut repair = request("repair", &format!("p{n}-rep"), None);
+        repair.parent = Some(SessionId::parse(&format!("p{n}")).unwrap());
+        repair.host = Some(UserId::parse(&format!("mechanic{n}")).unwrap());
+        engine.create(&admin, repair).await.unwrap();
+    }
+
+    engine.clock().advance(Span::from_secs(16 * 60)).unwrap();
+    let report = engine
+        .sweep_once(&lapse_engine::SweepOptions::default())
+        .await
+        .unwrap();
+
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.applied.len(), 2 * PAIRS, "{:?}", report.applied);
+    let cancelled = engine
+        .events_page(&lapse_core::store::EventQuery {
+            limit: 1000,
+            types: vec![lapse_core::EventType::SessionCancelled],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut ids: Vec<&str> = cancelled.iter().map(|e| e.session_id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(cancelled.len(), 2 * PAIRS, "one cancellation each");
+    assert_eq!(ids.len(), 2 * PAIRS);
+    for n in 0..PAIRS {
+        let repair = engine
+            .get(&admin, &SessionId::parse(&format!("p{n}-rep")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(repair.status, lapse_core::Status::Cancelled);
+    }
+}
