@@ -21,8 +21,31 @@ fn is_single_update(c: &Commit) -> bool {
     c.host_limit.is_none() && matches!(c.sessions.as_slice(), [SessionWrite::Update { .. }])
 }
 
+/// How a list of commits is written, in order: runs of single-row updates of distinct
+/// sessions set-based, the rest one by one.
+pub enum Step<'a> {
+    Run(Vec<&'a Commit>),
+    One(&'a Commit),
+}
+
+/// `commits` cut into [`Step`]s.
+pub fn steps(commits: &[Commit]) -> Vec<Step<'_>> {
+    let mut steps = Vec::new();
+    let mut rest = commits;
+    while let Some(first) = rest.first() {
+        let run = single_update_run(rest);
+        rest = &rest[run.len().max(1)..];
+        steps.push(if run.len() > 1 {
+            Step::Run(run)
+        } else {
+            Step::One(first)
+        });
+    }
+    steps
+}
+
 /// The leading commits of `commits` that are single-row updates of distinct sessions.
-pub fn single_update_run(commits: &[Commit]) -> Vec<&Commit> {
+fn single_update_run(commits: &[Commit]) -> Vec<&Commit> {
     let mut seen = HashSet::new();
     commits
         .iter()

@@ -26,6 +26,7 @@ use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
+use crate::batch::Step;
 use crate::rows::{self, PG_SESSION_COLUMNS};
 use crate::statements::{self, Arg, Dialect, Statement};
 use crate::{backend, migrate};
@@ -336,17 +337,15 @@ impl Store for PostgresStore {
         }
         let alone = commits.len() == 1;
         let mut outcomes = Vec::with_capacity(commits.len());
-        let mut rest = commits;
-        while !rest.is_empty() {
-            // A run of single-row updates (a sweep's transitions) goes in set-based statements.
-            let run = crate::batch::single_update_run(rest);
-            if run.len() > 1 {
-                outcomes.extend(write_updates(&mut tx, &run).await?);
-                rest = &rest[run.len()..];
-                continue;
-            }
-            let commit = &rest[0];
-            rest = &rest[1..];
+        for step in crate::batch::steps(commits) {
+            let commit = match step {
+                // A run of single-row updates (a sweep's transitions): set-based statements.
+                Step::Run(run) => {
+                    outcomes.extend(write_updates(&mut tx, &run).await?);
+                    continue;
+                }
+                Step::One(commit) => commit,
+            };
             // As on SQLite: a commit refused by its first statement has written nothing.
             let savepoint = !alone && commit.sessions.len() > 1;
             if savepoint {

@@ -25,6 +25,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Row, Sqlite};
 
+use crate::batch::Step;
 use crate::rows::{self, SESSION_COLUMNS, to_json};
 use crate::statements::{self, Arg, Dialect, Statement};
 use crate::{backend, migrate};
@@ -287,17 +288,15 @@ impl Store for SqliteStore {
         let mut tx = self.writer.begin().await.map_err(backend)?;
         let mut outcomes = Vec::with_capacity(commits.len());
         let alone = commits.len() == 1;
-        let mut rest = commits;
-        while !rest.is_empty() {
-            // A run of single-row updates (a sweep's transitions) goes in set-based statements.
-            let run = crate::batch::single_update_run(rest);
-            if run.len() > 1 {
-                outcomes.extend(write_updates(&mut tx, &run).await?);
-                rest = &rest[run.len()..];
-                continue;
-            }
-            let commit = &rest[0];
-            rest = &rest[1..];
+        for step in crate::batch::steps(commits) {
+            let commit = match step {
+                // A run of single-row updates (a sweep's transitions): set-based statements.
+                Step::Run(run) => {
+                    outcomes.extend(write_updates(&mut tx, &run).await?);
+                    continue;
+                }
+                Step::One(commit) => commit,
+            };
             // A commit's first statement is its compare-and-set (or insert, or host limit), and
             // one that fails there has written nothing: only longer commits need a savepoint.
             let savepoint = !alone && commit.sessions.len() > 1;
