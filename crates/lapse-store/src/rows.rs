@@ -277,6 +277,19 @@ pub fn session_row(s: &Session) -> serde_json::Value {
     })
 }
 
+/// A heartbeat flush's beats as `(session, user, at)`, one per participant, the latest.
+pub fn latest_beats(beats: &[lapse_core::store::Beat]) -> Vec<(&str, &str, i64)> {
+    let mut latest: std::collections::HashMap<(&str, &str), i64> =
+        std::collections::HashMap::with_capacity(beats.len());
+    for b in beats {
+        let at = latest
+            .entry((b.session.as_str(), b.user.as_str()))
+            .or_insert(b.at.millis());
+        *at = (*at).max(b.at.millis());
+    }
+    latest.into_iter().map(|((s, u), at)| (s, u, at)).collect()
+}
+
 /// The `(id, version)` rows a heartbeat flush returns.
 pub fn moved(rows: Vec<(String, i64)>) -> Result<Vec<lapse_core::store::Moved>, StoreError> {
     rows.into_iter()

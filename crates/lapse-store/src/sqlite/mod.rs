@@ -7,7 +7,6 @@
 //! `writes.rs` holds a commit's statements, `outbox.rs` deliveries, retention, health figures
 //! and idempotency keys.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -182,23 +181,27 @@ fn sessions_from(rows: &[SqliteRow]) -> Result<Vec<Session>, StoreError> {
     rows.iter().map(rows::session).collect()
 }
 
-/// One heartbeat flush, first step: the joined participants beating, each with the moment
-/// now stored.
+/// One heartbeat flush, first step: the joined participants beating move to their latest
+/// beat (one per participant in the batch).
 const FLUSH_PARTICIPANTS: &str = "update participants set beat_at = b.at, \
              last_seen_at = max(last_seen_at, b.at) \
-             from (select value ->> 0 as s, value ->> 1 as u, max(value ->> 2) as at \
-                   from json_each(?1) group by 1, 2) as b \
+             from (select value ->> 0 as s, value ->> 1 as u, value ->> 2 as at \
+                   from json_each(?1)) as b \
              where participants.session_id = b.s and participants.user_id = b.u \
-             and participants.state = 'joined' \
-             returning participants.session_id, participants.beat_at";
+             and participants.state = 'joined'";
 
-/// The sessions of a heartbeat flush, each with its latest beat: activity moves forward and
-/// the version up (so a sweep that decided on the older row loses its compare-and-set); the
-/// deadline column is left alone (lazy re-arm). `+status`: the batch drives, each session
-/// found by its key (through the status index, the batch would be read once per session).
+/// The sessions of a heartbeat flush, each with the latest beat its joined participants just
+/// took (their `beat_at`):
+/// activity moves forward and the version up (so a sweep that decided on the older row loses
+/// its compare-and-set); the deadline column is left alone (lazy re-arm). `+status`: the batch
+/// drives, each session found by its key (through the status index, the batch would be read
+/// once per session).
 const FLUSH_SESSIONS: &str = "update sessions set last_activity_at = max(last_activity_at, b.at), \
              used = 1, version = version + 1 \
-             from (select value ->> 0 as s, value ->> 1 as at from json_each(?1)) as b \
+             from (select p.session_id as s, max(p.beat_at) as at \
+                   from (select value ->> 0 as s, value ->> 1 as u from json_each(?1)) as j \
+                   join participants p on p.session_id = j.s and p.user_id = j.u \
+                   where p.state = 'joined' group by 1) as b \
              where sessions.id = b.s and +sessions.status in ('pending', 'active') \
              returning sessions.id, sessions.version";
 
@@ -389,25 +392,16 @@ impl Store for SqliteStore {
         if beats.is_empty() {
             return Ok(Vec::new());
         }
-        let batch: Vec<(&str, &str, i64)> = beats
-            .iter()
-            .map(|b| (b.session.as_str(), b.user.as_str(), b.at.millis()))
-            .collect();
+        let batch = to_json(&rows::latest_beats(beats));
         let mut tx = self.writer.begin().await.map_err(backend)?;
-        // The participants first; what they report moves their sessions, once each.
-        let seen: Vec<(String, i64)> = sqlx::query_as(FLUSH_PARTICIPANTS)
-            .bind(to_json(&batch))
-            .fetch_all(&mut *tx)
+        // The participants, then their sessions, each once.
+        sqlx::query(FLUSH_PARTICIPANTS)
+            .bind(&batch)
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        let mut latest: HashMap<String, i64> = HashMap::new();
-        for (session, at) in seen {
-            let at_most = latest.entry(session).or_insert(at);
-            *at_most = (*at_most).max(at);
-        }
-        let latest: Vec<(String, i64)> = latest.into_iter().collect();
         let moved: Vec<(String, i64)> = sqlx::query_as(FLUSH_SESSIONS)
-            .bind(to_json(&latest))
+            .bind(&batch)
             .fetch_all(&mut *tx)
             .await
             .map_err(backend)?;

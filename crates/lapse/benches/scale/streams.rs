@@ -213,15 +213,29 @@ pub async fn figures(server: &Server, rounds: usize, secs: f64, n: usize) -> Vec
             "updates/s",
             |x| x >= 0.9,
         ),
-        report::value(
-            &format!(
-                "resident memory of `lapse serve` per idle stream ({} open)",
-                human(n)
-            ),
-            "≤ 10 KB",
-            &per_stream,
-            "KB",
-            |v| v <= 10.0,
-        ),
+        // The first opening is what the streams hold: later rounds mostly reuse memory the
+        // first round's streams freed (the allocator keeps it), and would flatter the figure.
+        {
+            let first = per_stream.first().copied().unwrap_or(f64::NAN);
+            let mut row = report::value(
+                &format!(
+                    "resident memory of `lapse serve` per idle stream, {} opened at once",
+                    human(n)
+                ),
+                "≤ 10 KB",
+                &[first],
+                "KB",
+                |v| v <= 10.0,
+            );
+            let later: Vec<String> = per_stream[1..]
+                .iter()
+                .map(|kb| format!("{kb:.1}"))
+                .collect();
+            row.detail = format!(
+                "first opening; later openings grew it by {} KB per stream (freed memory reused)",
+                later.join(", ")
+            );
+            row
+        },
     ]
 }
