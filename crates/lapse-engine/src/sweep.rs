@@ -226,6 +226,8 @@ impl Engine {
         now: Timestamp,
         report: &mut SweepReport,
     ) -> Result<(), EngineError> {
+        // What the pass has changed (a dry run's earlier pages) is taken from its overlay.
+        loaded.retain(|id, _| !pass.overlay.contains_key(id));
         let mut children = self.children_of_closing(&loaded, now).await?;
 
         let mut decided: Vec<Decided> = Vec::new();

@@ -222,9 +222,9 @@ async fn announce(tx: &mut Transaction<'_, Postgres>, payload: String) -> Result
     Ok(())
 }
 
-/// One heartbeat flush: participants, then their sessions, in one statement.
-const FLUSH_HEARTBEATS: &str = "with b as (select s, u, max(at) as at \
-                   from unnest($1::text[], $2::text[], $3::bigint[]) as b(s, u, at) group by s, u), \
+/// One heartbeat flush (one beat per participant): participants, then their sessions, in one
+/// statement.
+const FLUSH_HEARTBEATS: &str = "with b as (select * from unnest($1::text[], $2::text[], $3::bigint[]) as b(s, u, at)), \
              p as (update participants set beat_at = b.at, \
                        last_seen_at = greatest(participants.last_seen_at, b.at) \
                    from b where participants.session_id = b.s and participants.user_id = b.u \
@@ -488,9 +488,10 @@ impl Store for PostgresStore {
         if beats.is_empty() {
             return Ok(Vec::new());
         }
-        let sessions: Vec<&str> = beats.iter().map(|b| b.session.as_str()).collect();
-        let users: Vec<&str> = beats.iter().map(|b| b.user.as_str()).collect();
-        let ats: Vec<i64> = beats.iter().map(|b| b.at.millis()).collect();
+        let latest = rows::latest_beats(beats);
+        let sessions: Vec<&str> = latest.iter().map(|b| b.0).collect();
+        let users: Vec<&str> = latest.iter().map(|b| b.1).collect();
+        let ats: Vec<i64> = latest.iter().map(|b| b.2).collect();
         // One statement: the participants, then their sessions' activity and version (so a
         // sweep decided on the older row loses its compare-and-set). No NOTIFY, no index.
         let moved: Vec<(String, i64)> = sqlx::query_as(FLUSH_HEARTBEATS)

@@ -14,7 +14,8 @@
 //! - `world`: a filled database and an engine over it (in-process figures).
 //! - `engine`: operation costs by population and room size, sweeps, flushes.
 //! - `server` and `served`: `lapse serve` as a process, loaded over HTTP from another core.
-//! - `postgres`: sweeps on PostgreSQL, and seed 001's cleanup next to lapse.
+//! - `streams`: thousands of event streams open on it: delivery, throughput, memory.
+//! - `postgres`: sweeps on PostgreSQL, seed 001's cleanup next to lapse, two instances.
 
 mod engine;
 mod measure;

@@ -1,6 +1,6 @@
-//! Figures on PostgreSQL: transitions per second of a sweep, and seed 001's own cleanup
-//! function (a `NOT EXISTS` over all sessions) next to a lapse sweep of as many due sessions
-//! among as many live ones, on the same server.
+//! Figures on PostgreSQL: transitions per second of a sweep, seed 001's own cleanup function
+//! (a `NOT EXISTS` over all sessions) next to a lapse sweep of as many due sessions among as
+//! many live ones on the same server, and the lag of a burst with two instances sharing it.
 
 use std::time::Instant;
 
