@@ -43,22 +43,21 @@ pub struct Entry<'k> {
     pub ready_at: Timestamp,
 }
 
-/// The session's agenda as of `now`. A warning whose rule's deadline has already come is
-/// moot and left out: nobody is told a session is ending once it has.
-pub fn entries<'k>(kind: &'k Kind, s: &Session, now: Timestamp) -> Vec<Entry<'k>> {
+/// The participant whose presence lapses first, and when (the first to join, on a tie).
+/// One walk of the room, nothing copied: a big room pays a comparison per participant.
+fn first_offline<'s>(kind: &Kind, s: &'s Session) -> Option<(&'s UserId, Timestamp)> {
+    s.participants
+        .iter()
+        .filter(|p| p.state == ParticipantState::Joined && p.offline_for != Some(p.last_seen_at))
+        .map(|p| (&p.user, p.last_seen_at + kind.presence_timeout))
+        .min_by_key(|(_, at)| *at)
+}
+
+/// The rules' entries as of `now`: warnings, then the earliest firing. A warning whose
+/// rule's deadline has already come is moot and left out: nobody is told a session is ending
+/// once it has.
+fn rule_entries<'k>(kind: &'k Kind, s: &Session, now: Timestamp) -> Vec<Entry<'k>> {
     let mut out = Vec::new();
-    for p in &s.participants {
-        if p.state == ParticipantState::Joined && p.offline_for != Some(p.last_seen_at) {
-            let at = p.last_seen_at + kind.presence_timeout;
-            out.push(Entry {
-                item: Item::Offline {
-                    user: p.user.clone(),
-                },
-                at,
-                ready_at: at,
-            });
-        }
-    }
     for rule in &kind.rules {
         let (Some(warn), Some(deadline)) = (rule.warn_before, rule.deadline(kind, s)) else {
             continue;
@@ -91,8 +90,16 @@ pub fn entries<'k>(kind: &'k Kind, s: &Session, now: Timestamp) -> Vec<Entry<'k>
 /// warnings, then rules). The earliest rule always goes first among rules: while it is in its
 /// grace, no later rule fires either, so outcomes never depend on when a sweep ran.
 pub fn next_ready<'k>(kind: &'k Kind, s: &Session, now: Timestamp) -> Option<Entry<'k>> {
-    entries(kind, s, now)
+    // Of the presence lapses only the first can be next; it goes ahead of any rule entry
+    // stamped at the same moment.
+    let offline = first_offline(kind, s).map(|(user, at)| Entry {
+        item: Item::Offline { user: user.clone() },
+        at,
+        ready_at: at,
+    });
+    offline
         .into_iter()
+        .chain(rule_entries(kind, s, now))
         .filter(|e| e.ready_at <= now)
         .min_by_key(|e| {
             let order = match e.item {
@@ -106,5 +113,10 @@ pub fn next_ready<'k>(kind: &'k Kind, s: &Session, now: Timestamp) -> Option<Ent
 
 /// When the sweeper should next look at the session: its earliest agenda entry.
 pub fn wake_at(kind: &Kind, s: &Session, now: Timestamp) -> Option<Timestamp> {
-    entries(kind, s, now).iter().map(|e| e.ready_at).min()
+    let offline = first_offline(kind, s).map(|(_, at)| at);
+    rule_entries(kind, s, now)
+        .iter()
+        .map(|e| e.ready_at)
+        .chain(offline)
+        .min()
 }

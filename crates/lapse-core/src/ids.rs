@@ -1,9 +1,13 @@
 //! Identifiers, checked once where they enter: a [`SessionId`] is 1–128 characters of
 //! `[A-Za-z0-9._:-]`; a [`UserId`] is 1–128 printable characters without spaces.
+//!
+//! Both are shared text: a copy costs a reference count, not an allocation, for ids are
+//! copied everywhere (every copy of a session copies its participants' ids).
 
 use std::fmt;
+use std::sync::Arc;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Why an id was refused.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -11,9 +15,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub struct BadId(String);
 
 /// A session's id, client-supplied or generated.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
-pub struct SessionId(String);
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionId(Arc<str>);
 
 impl SessionId {
     /// Checks `text` against `^[A-Za-z0-9._:-]{1,128}$`.
@@ -24,7 +27,7 @@ impl SessionId {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
         if ok {
-            Ok(SessionId(text.to_string()))
+            Ok(SessionId(Arc::from(text)))
         } else {
             Err(BadId(format!(
                 "session id `{}` must be 1-128 characters of A-Z a-z 0-9 . _ : -",
@@ -40,9 +43,8 @@ impl SessionId {
 }
 
 /// A user's id, as the app knows its users.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
-pub struct UserId(String);
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UserId(Arc<str>);
 
 impl UserId {
     /// Accepts 1–128 characters with no whitespace or control characters.
@@ -51,7 +53,7 @@ impl UserId {
             && text.chars().count() <= 128
             && !text.chars().any(|c| c.is_whitespace() || c.is_control());
         if ok {
-            Ok(UserId(text.to_string()))
+            Ok(UserId(Arc::from(text)))
         } else {
             Err(BadId(format!(
                 "user id `{}` must be 1-128 characters without spaces",
@@ -75,6 +77,11 @@ macro_rules! id_traits {
         impl fmt::Display for $t {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)
+            }
+        }
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
             }
         }
         impl<'de> Deserialize<'de> for $t {

@@ -28,6 +28,6 @@ pub mod time;
 pub use config::{Config, Kind};
 pub use event::{Event, EventType, NewEvent, NewNotification, Notification};
 pub use ids::{SessionId, UserId};
-pub use session::{Participant, ParticipantState, Role, Session, Status, Summary};
+pub use session::{Participant, ParticipantState, Participants, Role, Session, Status, Summary};
 pub use store::{Store, StoreError};
 pub use time::{Span, Timestamp};

@@ -1,6 +1,7 @@
 //! A session as lapse keeps it: its state, participants, counters and, once ended, its summary.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -145,6 +146,76 @@ pub struct NextDue {
     pub at: Timestamp,
 }
 
+/// Everyone who ever joined a session, by when they (last) joined, then by user.
+///
+/// Shared between copies of a session and copied on the first change ([`DerefMut`]), so
+/// copying a lecture hall's session (as every change does: the stored copy, the changed one,
+/// the one held in memory) costs nothing per participant until one of them changes.
+///
+/// [`DerefMut`]: std::ops::DerefMut
+#[derive(Clone, Debug, Default)]
+pub struct Participants(Arc<Vec<Participant>>);
+
+impl Participants {
+    /// Whether `a` and `b` are the same list, not merely equal ones.
+    pub fn same(a: &Participants, b: &Participants) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
+    }
+}
+
+impl std::ops::Deref for Participants {
+    type Target = Vec<Participant>;
+    fn deref(&self) -> &Vec<Participant> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Participants {
+    fn deref_mut(&mut self) -> &mut Vec<Participant> {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+impl From<Vec<Participant>> for Participants {
+    fn from(list: Vec<Participant>) -> Participants {
+        Participants(Arc::new(list))
+    }
+}
+
+impl PartialEq for Participants {
+    fn eq(&self, other: &Participants) -> bool {
+        Participants::same(self, other) || self.0 == other.0
+    }
+}
+
+impl Serialize for Participants {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Participants {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Participants, D::Error> {
+        Vec::deserialize(d).map(Participants::from)
+    }
+}
+
+impl<'a> IntoIterator for &'a Participants {
+    type Item = &'a Participant;
+    type IntoIter = std::slice::Iter<'a, Participant>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a mut Participants {
+    type Item = &'a mut Participant;
+    type IntoIter = std::slice::IterMut<'a, Participant>;
+    fn into_iter(self) -> Self::IntoIter {
+        Arc::make_mut(&mut self.0).iter_mut()
+    }
+}
+
 /// A session with everything lapse knows of it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Session {
@@ -185,7 +256,7 @@ pub struct Session {
     /// Named counts, e.g. notes and messages.
     pub counters: BTreeMap<String, i64>,
     /// Everyone who ever joined.
-    pub participants: Vec<Participant>,
+    pub participants: Participants,
     /// The earliest rule that can fire, or null.
     pub next_due: Option<NextDue>,
     /// Set when it ends.
@@ -216,6 +287,21 @@ impl Session {
         self.participants.iter_mut().find(|p| &p.user == user)
     }
 
+    /// Moves the participant at `i`, whose `joined_at` just changed, to its place in the
+    /// room's order (by `joined_at`, then user: the order the stores read them in), and
+    /// returns that place. A join is usually the latest, so it usually stays last.
+    pub fn place(&mut self, i: usize) -> usize {
+        let key = |p: &Participant| (p.joined_at, p.user.clone());
+        let mine = key(&self.participants[i]);
+        let to = self.participants[..i].partition_point(|p| key(p) <= mine)
+            + self.participants[i + 1..].partition_point(|p| key(p) < mine);
+        if to != i {
+            let p = self.participants.remove(i);
+            self.participants.insert(to, p);
+        }
+        to
+    }
+
     /// Whether `user` is in the session now.
     pub fn is_joined(&self, user: &UserId) -> bool {
         self.participant(user)
@@ -242,8 +328,14 @@ impl Session {
     /// Works out the derived fields for `now`: `online`, `next_due` and `wake_at`.
     pub fn observe(&mut self, kind: &Kind, now: Timestamp) {
         let timeout: Span = kind.presence_timeout;
-        for p in &mut self.participants {
-            p.online = p.state == ParticipantState::Joined && now.since(p.last_seen_at) < timeout;
+        let online = |p: &Participant| {
+            p.state == ParticipantState::Joined && now.since(p.last_seen_at) < timeout
+        };
+        // Only a list whose flags moved is written to (and so copied, if shared).
+        if self.participants.iter().any(|p| p.online != online(p)) {
+            for p in &mut self.participants {
+                p.online = online(p);
+            }
         }
         self.next_due = crate::rules::next_due(kind, self);
         self.wake_at = crate::agenda::wake_at(kind, self, now);

@@ -118,13 +118,33 @@ impl SessionCache {
     pub fn follow(&self, commit: &Commit) {
         for write in &commit.sessions {
             match write {
-                SessionWrite::Update { session, .. } => {
-                    let held = self.lock().0.contains_key(&session.id);
-                    if held {
-                        let mut s = session.clone();
-                        s.version += 1;
-                        self.put(s);
+                SessionWrite::Update { session, changed } => {
+                    let mut guard = self.lock();
+                    let (map, clock) = &mut *guard;
+                    *clock += 1;
+                    let Some(e) = map.get_mut(&session.id) else {
+                        continue;
+                    };
+                    let mut s = session.clone();
+                    s.version += 1;
+                    match changed {
+                        // The held copy is the one the change was made from, and the change
+                        // names the few participants it moved: only they are looked at.
+                        Some(users) if e.session.version == session.version && users.len() <= 8 => {
+                            let set = Arc::make_mut(&mut e.joined);
+                            for user in users {
+                                if s.is_joined(user) {
+                                    set.insert(user.clone());
+                                } else {
+                                    set.remove(user);
+                                }
+                            }
+                        }
+                        _ => e.joined = joined(&s),
                     }
+                    e.session = Arc::new(s);
+                    e.checked = Instant::now();
+                    e.used = *clock;
                 }
                 SessionWrite::Insert(s) => {
                     let mut s = s.clone();

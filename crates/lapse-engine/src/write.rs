@@ -149,6 +149,9 @@ fn changed_participants(stored: &Session, now: &Session) -> Vec<UserId> {
             b.offline_for,
         )
     };
+    if lapse_core::Participants::same(&stored.participants, &now.participants) {
+        return Vec::new();
+    }
     let in_order = now.participants.len() >= stored.participants.len()
         && stored
             .participants

@@ -115,6 +115,57 @@ async fn a_join_in_a_big_room_writes_the_new_participant_and_keeps_everyone_else
 }
 
 #[tokio::test]
+async fn heartbeats_answered_from_memory_follow_joins_and_leaves_in_a_held_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _b, store) = two_instances(&dir).await;
+    let id = SessionId::parse("hall").unwrap();
+    a.create(&admin(), room_request("hall")).await.unwrap();
+    for n in 0..30 {
+        a.join(&admin(), &id, &user(&format!("s{n}")), None, Via::Direct)
+            .await
+            .unwrap();
+    }
+    // The room is held; each change below updates the held copy, not a fresh read.
+    a.heartbeat(&admin(), &id, &user("s7")).await.unwrap();
+    a.leave(&admin(), &id, &user("s7")).await.unwrap();
+    let refused = a.heartbeat(&admin(), &id, &user("s7")).await;
+    assert!(
+        refused.is_err(),
+        "a user who left beats no more: {refused:?}"
+    );
+    a.join(&admin(), &id, &user("s7"), None, Via::Direct)
+        .await
+        .unwrap();
+    a.join(&admin(), &id, &user("newcomer"), None, Via::Direct)
+        .await
+        .unwrap();
+    a.heartbeat(&admin(), &id, &user("s7")).await.unwrap();
+    a.heartbeat(&admin(), &id, &user("newcomer")).await.unwrap();
+    a.flush_heartbeats().await.unwrap();
+
+    let room = store.load(&id).await.unwrap().unwrap();
+    assert_eq!(
+        room.participants.len(),
+        32,
+        "host, thirty students, one newcomer"
+    );
+    assert!(
+        room.participants
+            .iter()
+            .all(|p| p.state == ParticipantState::Joined)
+    );
+    // What the instance answers from memory is what was stored.
+    let held = a.get(&admin(), &id).await.unwrap();
+    let who = |s: &lapse_core::Session| {
+        s.participants
+            .iter()
+            .map(|p| (p.user.clone(), p.state, p.last_seen_at))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(who(&held), who(&room));
+}
+
+#[tokio::test]
 async fn a_stream_that_subscribed_before_the_event_reader_started_catches_up_again() {
     let dir = tempfile::tempdir().unwrap();
     let (a, _b, _store) = two_instances(&dir).await;

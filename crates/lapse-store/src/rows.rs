@@ -87,7 +87,7 @@ where
         end_reason: get_os("end_reason")?,
         ended_by: get_os("ended_by")?,
         counters,
-        participants: Vec::new(),
+        participants: Default::default(),
         next_due,
         wake_at,
         warnings: json("warnings", &get_s("warnings")?)?,

@@ -71,7 +71,7 @@ pub fn create(
         end_reason: None,
         ended_by: None,
         counters: BTreeMap::new(),
-        participants: vec![host],
+        participants: vec![host].into(),
         next_due: None,
         wake_at: None,
         warnings: BTreeMap::new(),
@@ -262,10 +262,12 @@ pub fn join(
     if !s.status.is_open() {
         return Err(invalid(s, "join"));
     }
-    if let Some(p) = s.participant(user)
-        && p.state == ParticipantState::Joined
+    // One walk of the room finds the user; the rest goes by position.
+    let found = s.participants.iter().position(|p| &p.user == user);
+    if let Some(i) = found
+        && s.participants[i].state == ParticipantState::Joined
     {
-        return Ok(p.clone());
+        return Ok(s.participants[i].clone());
     }
     if let Some(max) = kind.max_participants
         && s.joined_count() >= max as usize
@@ -280,31 +282,35 @@ pub fn join(
     } else {
         Role::Member
     };
-    match s.participant_mut(user) {
-        Some(p) => {
+    let i = match found {
+        Some(i) => {
+            let p = &mut s.participants[i];
             p.state = ParticipantState::Joined;
             p.joined_at = now;
             p.left_at = None;
             p.last_seen_at = now;
+            i
         }
-        None => s.participants.push(Participant {
-            user: user.clone(),
-            role,
-            state: ParticipantState::Joined,
-            online: true,
-            joined_at: now,
-            left_at: None,
-            last_seen_at: now,
-            offline_for: None,
-        }),
-    }
-    s.touch(Some(user), now);
+        None => {
+            s.participants.push(Participant {
+                user: user.clone(),
+                role,
+                state: ParticipantState::Joined,
+                online: true,
+                joined_at: now,
+                left_at: None,
+                last_seen_at: now,
+                offline_for: None,
+            });
+            s.participants.len() - 1
+        }
+    };
+    let i = s.place(i);
+    s.touch(None, now);
     let data = json!({ "user": user, "role": role, "via": if via == Via::Invite { "invite" } else { "direct" } });
     fx.event(s, EventType::ParticipantJoined, now, by, None, data);
     s.observe(kind, now);
-    s.participant(user)
-        .cloned()
-        .ok_or_else(|| OpError::NotParticipant(format!("`{user}` is not in session `{}`", s.id)))
+    Ok(s.participants[i].clone())
 }
 
 /// A participant leaves.
