@@ -188,6 +188,9 @@ pub async fn flat_costs(big: &World, small: &World, s: &Sizes) -> Vec<Row> {
     rows
 }
 
+/// Big rooms a join round spreads its joins over, so each stays near 1,000 participants.
+const BIG_ROOMS: usize = 5;
+
 /// A room of 1,000 participants vs rooms of 2: joins and heartbeats.
 pub async fn room_size(w: &World, s: &Sizes) -> Vec<Row> {
     let big_room = w.fresh("lecture");
@@ -199,14 +202,32 @@ pub async fn room_size(w: &World, s: &Sizes) -> Vec<Row> {
         .await;
     let small = |i: usize| SessionId::parse(&format!("{smalls}-0-{i}")).expect("a valid id");
 
+    // Each round joins fresh rooms of 1,000 (held in memory by a first join before the
+    // clock starts), so every round measures rooms of the same size.
     let join_big = || async {
+        let halls = w.fresh("halls");
+        w.import("room", &format!("{halls}-"), BIG_ROOMS, 999, Span::ZERO)
+            .await;
+        let hall = |i: usize| SessionId::parse(&format!("{halls}-0-{i}")).expect("a valid id");
+        for i in 0..BIG_ROOMS {
+            w.engine
+                .join(
+                    &admin(),
+                    &hall(i),
+                    &user(format!("{halls}-warm")),
+                    None,
+                    Via::Direct,
+                )
+                .await
+                .expect("join");
+        }
         let salt = w.fresh("jb");
         rate(s.ops, |i| {
             let u = user(format!("{salt}-{i}"));
-            let big = big.clone();
+            let room = hall(i % BIG_ROOMS);
             async move {
                 w.engine
-                    .join(&admin(), &big, &u, None, Via::Direct)
+                    .join(&admin(), &room, &u, None, Via::Direct)
                     .await
                     .expect("join");
             }

@@ -7,7 +7,8 @@
 //! cargo bench -p lapse --bench scale -- --smoke                        # seconds; asserts nothing
 //! ```
 //! Options: `--live N` (default 1,000,000), `--small N` (10,000), `--rounds N` (5),
-//! `--skip engine,served,streams,postgres`, `--out FILE`. PostgreSQL figures run when
+//! `--skip engine,served,streams,postgres` (or parts of `engine`: `flat,rooms,flush`),
+//! `--out FILE`. PostgreSQL figures run when
 //! `LAPSE_TEST_POSTGRES_URL` names a server (as `scripts/with-postgres` sets it).
 //!
 //! - `measure`: interleaved pairs, medians, spreads. `report`: the table.
@@ -127,9 +128,15 @@ async fn run(o: &Options, fd_limit: u64) -> Vec<Row> {
         eprintln!("in-process figures (SQLite)");
         let big = world::World::sqlite("big", o.live, 2).await;
         let small = world::World::sqlite("small", o.small, 2).await;
-        rows.extend(engine::flat_costs(&big, &small, &sizes).await);
-        rows.extend(engine::room_size(&small, &sizes).await);
-        rows.push(engine::flush_batching(&small, &sizes).await);
+        if runs("flat") {
+            rows.extend(engine::flat_costs(&big, &small, &sizes).await);
+        }
+        if runs("rooms") {
+            rows.extend(engine::room_size(&small, &sizes).await);
+        }
+        if runs("flush") {
+            rows.push(engine::flush_batching(&small, &sizes).await);
+        }
     }
     if runs("served") {
         eprintln!("lapse serve, loaded over HTTP");

@@ -38,8 +38,14 @@ pub fn operation(method: &Method, route: &str) -> &'static str {
 /// The configured limits and every actor's state.
 pub struct Limiter {
     limits: HashMap<String, RateLimit>,
-    cells: Mutex<HashMap<(String, &'static str), Instant>>,
-    checks: Mutex<u64>,
+    cells: Mutex<Cells>,
+}
+
+/// Each actor's buckets (a few operations each), and how many checks were made.
+#[derive(Default)]
+struct Cells {
+    by_actor: HashMap<String, Vec<(&'static str, Instant)>>,
+    checks: u64,
 }
 
 impl Limiter {
@@ -47,8 +53,7 @@ impl Limiter {
     pub fn new(limits: impl IntoIterator<Item = (String, RateLimit)>) -> Limiter {
         Limiter {
             limits: limits.into_iter().collect(),
-            cells: Mutex::new(HashMap::new()),
-            checks: Mutex::new(0),
+            cells: Mutex::new(Cells::default()),
         }
     }
 
@@ -71,26 +76,38 @@ impl Limiter {
         let tolerance = period.saturating_sub(interval);
         // The lock guards plain values; a panic elsewhere cannot leave them inconsistent.
         let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
-        self.forget_idle(&mut cells, now);
-        let tat = cells
-            .get(&(actor.to_string(), bucket))
-            .copied()
-            .unwrap_or(now)
-            .max(now);
+        cells.forget_idle(now);
+        // A known actor costs no allocation: its buckets are found by the name as given.
+        let buckets = match cells.by_actor.get_mut(actor) {
+            Some(b) => b,
+            None => cells.by_actor.entry(actor.to_string()).or_default(),
+        };
+        let slot = match buckets.iter().position(|(b, _)| *b == bucket) {
+            Some(i) => i,
+            None => {
+                buckets.push((bucket, now));
+                buckets.len() - 1
+            }
+        };
+        let tat = buckets[slot].1.max(now);
         let wait = tat.saturating_duration_since(now);
         if wait > tolerance {
             return Err(wait - tolerance);
         }
-        cells.insert((actor.to_string(), bucket), tat + interval);
+        buckets[slot].1 = tat + interval;
         Ok(())
     }
+}
 
+impl Cells {
     /// Every thousand checks, drops the buckets that are full again.
-    fn forget_idle(&self, cells: &mut HashMap<(String, &'static str), Instant>, now: Instant) {
-        let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
-        *checks += 1;
-        if checks.is_multiple_of(1000) {
-            cells.retain(|_, tat| now.saturating_duration_since(*tat) < FORGET_AFTER);
+    fn forget_idle(&mut self, now: Instant) {
+        self.checks += 1;
+        if self.checks.is_multiple_of(1000) {
+            self.by_actor.retain(|_, buckets| {
+                buckets.retain(|(_, tat)| now.saturating_duration_since(*tat) < FORGET_AFTER);
+                !buckets.is_empty()
+            });
         }
     }
 }
