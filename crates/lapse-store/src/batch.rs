@@ -11,9 +11,9 @@ use std::collections::HashSet;
 
 use lapse_core::store::{Commit, SessionWrite};
 use lapse_core::{Session, StoreError, UserId};
-use serde_json::{Value, json};
+use serde::Serialize;
 
-use crate::rows::{participant_row, session_row, to_json};
+use crate::rows::{ParticipantRow, SessionRow, participant_row, session_row, to_json};
 
 /// Whether a commit can join a bulk write: one session update and what it causes; its one
 /// compare-and-set decides all of it.
@@ -68,7 +68,7 @@ fn updated(c: &Commit) -> Option<(&Session, &Option<Vec<UserId>>)> {
 
 /// The session rows of a run, as one JSON array (each with the version it was decided on).
 pub fn session_rows(run: &[&Commit]) -> String {
-    let rows: Vec<Value> = run
+    let rows: Vec<SessionRow> = run
         .iter()
         .filter_map(|c| updated(c).map(|(s, _)| session_row(s)))
         .collect();
@@ -77,21 +77,59 @@ pub fn session_rows(run: &[&Commit]) -> String {
 
 /// What the commits whose session row won write next, each kind as one JSON array.
 #[derive(Default)]
-pub struct Followers {
-    pub participants: Vec<Value>,
+pub struct Followers<'a> {
+    pub participants: Vec<ParticipantRow<'a>>,
     /// In the order the events were decided in, which their sequence numbers must follow.
-    pub events: Vec<Value>,
+    pub events: Vec<EventRow<'a>>,
     /// Keyed to their event by the event's id.
-    pub deliveries: Vec<Value>,
-    pub notifications: Vec<Value>,
+    pub deliveries: Vec<DeliveryRow<'a>>,
+    pub notifications: Vec<NotificationRow<'a>>,
+}
+
+/// An `events` row.
+#[derive(Serialize)]
+pub struct EventRow<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'static str,
+    at: i64,
+    applied_at: i64,
+    session_id: &'a str,
+    kind: &'a str,
+    actor: &'a str,
+    rule: Option<&'a str>,
+    data: String,
+}
+
+/// A `webhook_deliveries` row, naming its event by id.
+#[derive(Serialize)]
+pub struct DeliveryRow<'a> {
+    id: String,
+    url: &'a str,
+    event: &'a str,
+    at: i64,
+}
+
+/// A `notifications` row.
+#[derive(Serialize)]
+pub struct NotificationRow<'a> {
+    id: &'a str,
+    user_id: &'a str,
+    #[serde(rename = "type")]
+    notification_type: &'a str,
+    title: &'a str,
+    message: &'a str,
+    session_id: &'a str,
+    link: Option<&'a str>,
+    created_at: i64,
 }
 
 /// Each commit's outcome (those whose session id is not in `won` lost their compare-and-set),
 /// and the rows the winners write after their session row.
-pub fn followers(
-    run: &[&Commit],
+pub fn followers<'a>(
+    run: &[&'a Commit],
     won: &HashSet<String>,
-) -> (Vec<Result<(), StoreError>>, Followers) {
+) -> (Vec<Result<(), StoreError>>, Followers<'a>) {
     let mut outcomes = Vec::with_capacity(run.len());
     let mut rows = Followers::default();
     for c in run {
@@ -110,25 +148,38 @@ pub fn followers(
         );
         for r in &c.events {
             let e = &r.event;
-            rows.events.push(json!({
-                "id": r.id, "type": e.event_type.as_str(), "at": e.at.millis(),
-                "applied_at": r.applied_at.millis(), "session_id": e.session_id.as_str(),
-                "kind": e.kind, "actor": e.actor, "rule": e.rule, "data": to_json(&e.data),
-            }));
+            rows.events.push(EventRow {
+                id: &r.id,
+                event_type: e.event_type.as_str(),
+                at: e.at.millis(),
+                applied_at: r.applied_at.millis(),
+                session_id: e.session_id.as_str(),
+                kind: &e.kind,
+                actor: &e.actor,
+                rule: e.rule.as_deref(),
+                data: to_json(&e.data),
+            });
             for (n, url) in r.webhooks.iter().enumerate() {
-                rows.deliveries.push(json!({
-                    "id": format!("{}.{n}", r.id), "url": url, "event": r.id,
-                    "at": r.applied_at.millis(),
-                }));
+                rows.deliveries.push(DeliveryRow {
+                    id: format!("{}.{n}", r.id),
+                    url,
+                    event: &r.id,
+                    at: r.applied_at.millis(),
+                });
             }
         }
         for r in &c.notifications {
             let n = &r.notification;
-            rows.notifications.push(json!({
-                "id": r.id, "user_id": n.user.as_str(), "type": n.notification_type,
-                "title": n.title, "message": n.message, "session_id": n.session.as_str(),
-                "link": n.link, "created_at": n.created_at.millis(),
-            }));
+            rows.notifications.push(NotificationRow {
+                id: &r.id,
+                user_id: n.user.as_str(),
+                notification_type: &n.notification_type,
+                title: &n.title,
+                message: &n.message,
+                session_id: n.session.as_str(),
+                link: n.link.as_deref(),
+                created_at: n.created_at.millis(),
+            });
         }
     }
     (outcomes, rows)

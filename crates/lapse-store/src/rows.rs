@@ -256,25 +256,69 @@ where
     })
 }
 
-/// A session's columns as a JSON object keyed by column name (bulk statements read it with
-/// `json_each` on SQLite, `jsonb_to_recordset` on PostgreSQL).
-pub fn session_row(s: &Session) -> serde_json::Value {
-    let ms = |t: Option<Timestamp>| t.map(Timestamp::millis);
-    serde_json::json!({
-        "id": s.id.as_str(), "kind": s.kind, "title": s.title,
-        "metadata": to_json(&s.metadata), "host": s.host.as_str(),
-        "parent": s.parent.as_ref().map(SessionId::as_str),
-        "scheduled_start": ms(s.scheduled_start), "scheduled_end": ms(s.scheduled_end),
-        "status": s.status.as_str(), "delayed": s.delayed, "used": s.used,
-        "created_at": s.created_at.millis(), "started_at": ms(s.started_at),
-        "ended_at": ms(s.ended_at), "last_activity_at": s.last_activity_at.millis(),
-        "end_reason": s.end_reason, "ended_by": s.ended_by,
-        "counters": to_json(&s.counters), "summary": s.summary.as_ref().map(to_json),
-        "parent_ended_at": ms(s.parent_ended_at), "warnings": to_json(&s.warnings),
-        "next_due_at": ms(s.wake_at),
-        "next_due_rule": s.next_due.as_ref().map(|n| n.rule.as_str()),
-        "version": s.version,
-    })
+/// A `sessions` row as the bulk statements read it (`jsonb_each` on SQLite,
+/// `jsonb_to_recordset` on PostgreSQL): keyed by column, times as epoch milliseconds, written
+/// straight from the session (no JSON tree is built on the way).
+#[derive(serde::Serialize)]
+pub struct SessionRow<'a> {
+    id: &'a str,
+    kind: &'a str,
+    title: &'a str,
+    metadata: String,
+    host: &'a str,
+    parent: Option<&'a str>,
+    scheduled_start: Option<i64>,
+    scheduled_end: Option<i64>,
+    status: &'static str,
+    delayed: bool,
+    used: bool,
+    created_at: i64,
+    started_at: Option<i64>,
+    ended_at: Option<i64>,
+    last_activity_at: i64,
+    end_reason: Option<&'a str>,
+    ended_by: Option<&'a str>,
+    counters: String,
+    summary: Option<String>,
+    parent_ended_at: Option<i64>,
+    warnings: String,
+    next_due_at: Option<i64>,
+    next_due_rule: Option<&'a str>,
+    version: i64,
+}
+
+fn ms(t: Option<Timestamp>) -> Option<i64> {
+    t.map(Timestamp::millis)
+}
+
+/// `s` as a row.
+pub fn session_row(s: &Session) -> SessionRow<'_> {
+    SessionRow {
+        id: s.id.as_str(),
+        kind: &s.kind,
+        title: &s.title,
+        metadata: to_json(&s.metadata),
+        host: s.host.as_str(),
+        parent: s.parent.as_ref().map(SessionId::as_str),
+        scheduled_start: ms(s.scheduled_start),
+        scheduled_end: ms(s.scheduled_end),
+        status: s.status.as_str(),
+        delayed: s.delayed,
+        used: s.used,
+        created_at: s.created_at.millis(),
+        started_at: ms(s.started_at),
+        ended_at: ms(s.ended_at),
+        last_activity_at: s.last_activity_at.millis(),
+        end_reason: s.end_reason.as_deref(),
+        ended_by: s.ended_by.as_deref(),
+        counters: to_json(&s.counters),
+        summary: s.summary.as_ref().map(to_json),
+        parent_ended_at: ms(s.parent_ended_at),
+        warnings: to_json(&s.warnings),
+        next_due_at: ms(s.wake_at),
+        next_due_rule: s.next_due.as_ref().map(|n| n.rule.as_str()),
+        version: s.version,
+    }
 }
 
 /// A heartbeat flush's beats as `(session, user, at)`, one per participant, the latest.
@@ -300,21 +344,37 @@ pub fn moved(rows: Vec<(String, i64)>) -> Result<Vec<lapse_core::store::Moved>, 
         .collect()
 }
 
-/// A participant's columns as a JSON object keyed by column name.
-pub fn participant_row(s: &Session, p: &Participant) -> serde_json::Value {
-    serde_json::json!({
-        "session_id": s.id.as_str(), "user_id": p.user.as_str(),
-        "role": p.role.as_str(), "state": p.state.as_str(),
-        "joined_at": p.joined_at.millis(), "left_at": p.left_at.map(Timestamp::millis),
-        "last_seen_at": p.last_seen_at.millis(),
-        "offline_for": p.offline_for.map(Timestamp::millis),
-    })
+/// A `participants` row as the bulk statements read it.
+#[derive(serde::Serialize)]
+pub struct ParticipantRow<'a> {
+    session_id: &'a str,
+    user_id: &'a str,
+    role: &'static str,
+    state: &'static str,
+    joined_at: i64,
+    left_at: Option<i64>,
+    last_seen_at: i64,
+    offline_for: Option<i64>,
+}
+
+/// `p` of `s` as a row.
+pub fn participant_row<'a>(s: &'a Session, p: &'a Participant) -> ParticipantRow<'a> {
+    ParticipantRow {
+        session_id: s.id.as_str(),
+        user_id: p.user.as_str(),
+        role: p.role.as_str(),
+        state: p.state.as_str(),
+        joined_at: p.joined_at.millis(),
+        left_at: ms(p.left_at),
+        last_seen_at: p.last_seen_at.millis(),
+        offline_for: ms(p.offline_for),
+    }
 }
 
 /// Sessions and their participants as two JSON arrays of rows, for bulk imports.
 pub fn import_rows(sessions: &[Session]) -> (String, String) {
-    let rows: Vec<serde_json::Value> = sessions.iter().map(session_row).collect();
-    let participants: Vec<serde_json::Value> = sessions
+    let rows: Vec<SessionRow> = sessions.iter().map(session_row).collect();
+    let participants: Vec<ParticipantRow> = sessions
         .iter()
         .flat_map(|s| s.participants.iter().map(move |p| participant_row(s, p)))
         .collect();

@@ -186,7 +186,7 @@ fn sessions_from(rows: &[SqliteRow]) -> Result<Vec<Session>, StoreError> {
 const FLUSH_PARTICIPANTS: &str = "update participants set beat_at = b.at, \
              last_seen_at = max(last_seen_at, b.at) \
              from (select value ->> 0 as s, value ->> 1 as u, value ->> 2 as at \
-                   from json_each(?1)) as b \
+                   from jsonb_each(?1)) as b \
              where participants.session_id = b.s and participants.user_id = b.u \
              and participants.state = 'joined'";
 
@@ -199,7 +199,7 @@ const FLUSH_PARTICIPANTS: &str = "update participants set beat_at = b.at, \
 const FLUSH_SESSIONS: &str = "update sessions set last_activity_at = max(last_activity_at, b.at), \
              used = 1, version = version + 1 \
              from (select p.session_id as s, max(p.beat_at) as at \
-                   from (select value ->> 0 as s, value ->> 1 as u from json_each(?1)) as j \
+                   from (select value ->> 0 as s, value ->> 1 as u from jsonb_each(?1)) as j \
                    join participants p on p.session_id = j.s and p.user_id = j.u \
                    where p.state = 'joined' group by 1) as b \
              where sessions.id = b.s and +sessions.status in ('pending', 'active') \
@@ -208,7 +208,7 @@ const FLUSH_SESSIONS: &str = "update sessions set last_activity_at = max(last_ac
 /// Lazy re-arms of a batch, compare-and-set per row.
 const REARM: &str = "update sessions set next_due_at = b.at, next_due_rule = b.rule \
              from (select value ->> 0 as id, value ->> 1 as version, value ->> 2 as at, \
-                   value ->> 3 as rule from json_each(?1)) as b \
+                   value ->> 3 as rule from jsonb_each(?1)) as b \
              where sessions.id = b.id and sessions.version = b.version";
 
 /// A session's version, through the primary key.

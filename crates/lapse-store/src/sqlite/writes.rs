@@ -286,7 +286,7 @@ pub(super) async fn import(pool: &SqlitePool, sessions: &[Session]) -> Result<u6
         };
         let sql = format!(
             "insert into sessions ({IMPORT_SESSION_COLUMNS}, version) \
-             select {}, 1 from json_each(?1) where true on conflict (id) do nothing",
+             select {}, 1 from jsonb_each(?1) where true on conflict (id) do nothing",
             select(IMPORT_SESSION_COLUMNS)
         );
         let result = sqlx::query(AssertSqlSafe(sql))
@@ -297,7 +297,7 @@ pub(super) async fn import(pool: &SqlitePool, sessions: &[Session]) -> Result<u6
         inserted += result.rows_affected();
         let sql = format!(
             "insert into participants ({IMPORT_PARTICIPANT_COLUMNS}) \
-             select {} from json_each(?1) where true on conflict do nothing",
+             select {} from jsonb_each(?1) where true on conflict do nothing",
             select(IMPORT_PARTICIPANT_COLUMNS)
         );
         sqlx::query(AssertSqlSafe(sql))
@@ -313,8 +313,9 @@ pub(super) async fn import(pool: &SqlitePool, sessions: &[Session]) -> Result<u6
 /// Sessions per import transaction.
 const IMPORT_CHUNK: usize = 5_000;
 
-/// A run of single-update commits (see `batch`) in five statements, each reading its JSON
-/// rows once, as JSONB, in a materialized CTE.
+/// A run of single-update commits (see `batch`) in five statements. Rows travel as one JSON
+/// array per statement, read with `jsonb_each`, which hands each row over as JSONB: parsed
+/// once, never turned back into text.
 pub(super) async fn write_updates(
     tx: &mut Transaction<'_, Sqlite>,
     run: &[&Commit],
@@ -328,10 +329,12 @@ pub(super) async fn write_updates(
         .collect();
 
     let (outcomes, rows) = batch::followers(run, &won);
-    let statements: [(&Vec<serde_json::Value>, &str); 4] = [
+    // Each kind of row as one JSON array, or `None` when there are none.
+    let json = |empty: bool, text: String| (!empty).then_some(text);
+    let statements: [(Option<String>, &str); 4] = [
         (
-            &rows.participants,
-            "with b as materialized (select jsonb(value) as value from json_each(?1)) \
+            json(rows.participants.is_empty(), to_json(&rows.participants)),
+            "with b as materialized (select value from jsonb_each(?1)) \
              insert into participants (session_id, user_id, role, state, joined_at, left_at, \
              last_seen_at, offline_for) \
              select value ->> 'session_id', value ->> 'user_id', value ->> 'role', \
@@ -345,35 +348,35 @@ pub(super) async fn write_updates(
         ),
         (
             // In array order, so `seq` follows the order the events were decided in.
-            &rows.events,
-            "with b as materialized (select key, jsonb(value) as value from json_each(?1)) \
+            json(rows.events.is_empty(), to_json(&rows.events)),
+            "with b as materialized (select key, value from jsonb_each(?1)) \
              insert into events (id, type, at, applied_at, session_id, kind, actor, rule, data) \
              select value ->> 'id', value ->> 'type', value ->> 'at', value ->> 'applied_at', \
              value ->> 'session_id', value ->> 'kind', value ->> 'actor', value ->> 'rule', \
              value ->> 'data' from b order by key",
         ),
         (
-            &rows.deliveries,
+            json(rows.deliveries.is_empty(), to_json(&rows.deliveries)),
             "insert into webhook_deliveries (id, endpoint, event_seq, status, attempts, \
              next_attempt_at, created_at) \
              select d.value ->> 'id', d.value ->> 'url', e.seq, 'pending', 0, \
              d.value ->> 'at', d.value ->> 'at' \
-             from json_each(?1) as d join events e on e.id = d.value ->> 'event' \
+             from jsonb_each(?1) as d join events e on e.id = d.value ->> 'event' \
              where not exists (select 1 from webhook_endpoints_disabled w \
                                where w.url = d.value ->> 'url')",
         ),
         (
-            &rows.notifications,
+            json(rows.notifications.is_empty(), to_json(&rows.notifications)),
             "insert into notifications (id, user_id, type, title, message, session_id, link, \
              created_at) select value ->> 'id', value ->> 'user_id', value ->> 'type', \
              value ->> 'title', value ->> 'message', value ->> 'session_id', value ->> 'link', \
-             value ->> 'created_at' from json_each(?1)",
+             value ->> 'created_at' from jsonb_each(?1)",
         ),
     ];
     for (rows, sql) in statements {
-        if !rows.is_empty() {
+        if let Some(rows) = rows {
             sqlx::query(sql)
-                .bind(to_json(rows))
+                .bind(rows)
                 .execute(&mut **tx)
                 .await
                 .map_err(backend)?;
@@ -383,7 +386,7 @@ pub(super) async fn write_updates(
 }
 
 /// A batch of session rows, compare-and-set each on its version; the ids that won.
-pub(super) const UPDATE_SESSIONS: &str = "with b as materialized (select jsonb(value) as value from json_each(?1)) \
+pub(super) const UPDATE_SESSIONS: &str = "with b as materialized (select value from jsonb_each(?1)) \
     update sessions set title = b.value ->> 'title', metadata = b.value ->> 'metadata', \
     scheduled_start = b.value ->> 'scheduled_start', \
     scheduled_end = b.value ->> 'scheduled_end', status = b.value ->> 'status', \

@@ -112,8 +112,8 @@ async fn burst(w: &World, n: usize) -> f64 {
     n as f64 / secs
 }
 
-/// Cost at a big population vs a small one: the A/B pairs for each operation.
-pub async fn flat_costs(big: &World, small: &World, s: &Sizes) -> Vec<Row> {
+/// A sweep's cost at a big population vs a small one, and transitions per second.
+pub async fn sweep_costs(big: &World, small: &World, s: &Sizes) -> Vec<Row> {
     let live = |w: &World| human(w.live);
     let name = |op: &str| format!("{op} at {} live vs at {} live", live(big), live(small));
     let sweep = format!("sweep of {} due", human(s.burst));
@@ -139,6 +139,17 @@ pub async fn flat_costs(big: &World, small: &World, s: &Sizes) -> Vec<Row> {
         "/s",
         |v| v >= 20_000.0,
     ));
+    rows
+}
+
+/// Cost at a big population vs a small one: the A/B pairs for each operation.
+pub async fn flat_costs(big: &World, small: &World, s: &Sizes) -> Vec<Row> {
+    let live = |w: &World| human(w.live);
+    let name = |op: &str| format!("{op} at {} live vs at {} live", live(big), live(small));
+    let flat = |x: f64| x <= 1.3;
+    let sides = [live(big), live(small)];
+    let sides = [sides[0].as_str(), sides[1].as_str()];
+    let mut rows = Vec::new();
     for (op, pair) in [
         (
             "create",

@@ -7,9 +7,9 @@
 //! cargo bench -p lapse --bench scale -- --smoke                        # seconds; asserts nothing
 //! ```
 //! Options: `--live N` (default 1,000,000), `--small N` (10,000), `--rounds N` (5),
-//! `--skip engine,served,streams,postgres` (or parts of `engine`: `flat,rooms,flush`),
-//! `--out FILE`. PostgreSQL figures run when
-//! `LAPSE_TEST_POSTGRES_URL` names a server (as `scripts/with-postgres` sets it).
+//! `--skip engine,served,streams,postgres` (or parts of `engine`: `sweeps,flat,rooms,flush`),
+//! `--out FILE`. PostgreSQL figures run when `LAPSE_TEST_POSTGRES_URL` names a server (as
+//! `scripts/with-postgres` sets it).
 //!
 //! - `measure`: interleaved pairs, medians, spreads. `report`: the table.
 //! - `world`: a filled database and an engine over it (in-process figures).
@@ -128,6 +128,9 @@ async fn run(o: &Options, fd_limit: u64) -> Vec<Row> {
         eprintln!("in-process figures (SQLite)");
         let big = world::World::sqlite("big", o.live, 2).await;
         let small = world::World::sqlite("small", o.small, 2).await;
+        if runs("sweeps") {
+            rows.extend(engine::sweep_costs(&big, &small, &sizes).await);
+        }
         if runs("flat") {
             rows.extend(engine::flat_costs(&big, &small, &sizes).await);
         }
