@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use lapse_core::lifecycle::Applied;
+use lapse_core::lifecycle::{Applied, Effects};
 use lapse_core::store::{Commit, DueRow, Rearm, SessionWrite};
 use lapse_core::{Session, SessionId, StoreError, Timestamp};
 use serde::Serialize;
@@ -228,18 +228,23 @@ impl Engine {
     ) -> Result<(), EngineError> {
         // What the pass has changed (a dry run's earlier pages) is taken from its overlay.
         loaded.retain(|id, _| !pass.overlay.contains_key(id));
-        let mut children = self.children_of_closing(&loaded, now).await?;
+        let mut due = self.apply_loaded(&loaded, now);
+        let mut children = self.children_of_closing(&due).await?;
 
         let mut decided: Vec<Decided> = Vec::new();
         let mut queue: VecDeque<SessionId> = ids.into();
         while let Some(id) = queue.pop_front() {
+            // A session the pass changed already is decided again from its new state; one
+            // as loaded, from what its due rules were found to do.
             let current = match pass.overlay.get(&id) {
-                Some(s) => s.clone(),
-                None => loaded.remove(&id),
+                Some(s) => s.clone().map(|s| (s, None)),
+                None => loaded.remove(&id).map(|s| (s, due.remove(&id))),
             };
-            let Some(s) = current else { continue };
+            let Some((s, applied)) = current else {
+                continue;
+            };
             let kids = children.remove(&id);
-            match self.decide(pass, s, kids, now).await {
+            match self.decide(pass, s, applied, kids, now).await {
                 Ok(Some((d, cascade))) => {
                     queue.extend(cascade);
                     decided.push(d);
@@ -317,20 +322,32 @@ impl Engine {
         Ok(Page { rows, loaded })
     }
 
-    /// The open children of every loaded session that its due rules would close, in one
-    /// read, keyed by parent.
-    async fn children_of_closing(
+    /// Every loaded session with its due rules applied at `now`, and what they did: worked
+    /// out once a page, both to know which sessions close and to decide them.
+    fn apply_loaded(
         &self,
         loaded: &HashMap<SessionId, Session>,
         now: Timestamp,
-    ) -> Result<HashMap<SessionId, Vec<Session>>, EngineError> {
-        let closing: Vec<SessionId> = loaded
-            .values()
-            .filter(|s| {
-                let mut probe = (*s).clone();
-                self.apply_due(&mut probe, now).closed_at.is_some()
+    ) -> HashMap<SessionId, (Session, Effects)> {
+        loaded
+            .iter()
+            .map(|(id, s)| {
+                let mut after = s.clone();
+                let fx = self.apply_due(&mut after, now);
+                (id.clone(), (after, fx))
             })
-            .map(|s| s.id.clone())
+            .collect()
+    }
+
+    /// The open children of every session its due rules close, in one read, keyed by parent.
+    async fn children_of_closing(
+        &self,
+        due: &HashMap<SessionId, (Session, Effects)>,
+    ) -> Result<HashMap<SessionId, Vec<Session>>, EngineError> {
+        let closing: Vec<SessionId> = due
+            .iter()
+            .filter(|(_, (_, fx))| fx.closed_at.is_some())
+            .map(|(id, _)| id.clone())
             .collect();
         // Every closing session gets an entry, so none asks the store again alone.
         let mut by_parent: HashMap<SessionId, Vec<Session>> =
@@ -349,12 +366,19 @@ impl Engine {
     async fn decide(
         &self,
         pass: &mut Pass,
-        mut s: Session,
+        stored: Session,
+        applied: Option<(Session, Effects)>,
         children: Option<Vec<Session>>,
         now: Timestamp,
     ) -> Result<Option<(Decided, Vec<SessionId>)>, EngineError> {
-        let stored = s.clone();
-        let fx = self.apply_due(&mut s, now);
+        let (mut s, fx) = match applied {
+            Some(done) => done,
+            None => {
+                let mut s = stored.clone();
+                let fx = self.apply_due(&mut s, now);
+                (s, fx)
+            }
+        };
         if fx.is_empty() {
             // Lazy re-arm: the row was due by its stored deadline, but activity has moved
             // since; store the true one so the index stops offering it.
@@ -452,7 +476,7 @@ impl Engine {
             return Ok((Vec::new(), Vec::new()));
         };
         let mut pass = Pass::default();
-        let Some((d, cascade)) = self.decide(&mut pass, s, None, now).await? else {
+        let Some((d, cascade)) = self.decide(&mut pass, s, None, None, now).await? else {
             self.store.rearm(&pass.rearms).await?;
             self.sessions.rearmed(&pass.rearms);
             return Ok((Vec::new(), Vec::new()));
