@@ -114,7 +114,41 @@ pub struct NewEvent {
     /// The rule that did it, if any.
     pub rule: Option<String>,
     /// Type-specific details.
-    pub data: serde_json::Value,
+    pub data: EventData,
+}
+
+/// An event's details, as the JSON text they are stored as: written once, where the event is
+/// made (a transition's copy of its session goes straight to text, with no tree between).
+#[derive(Clone, Debug)]
+pub struct EventData(Box<serde_json::value::RawValue>);
+
+impl EventData {
+    /// `value` as JSON text.
+    pub fn of<T: Serialize + ?Sized>(value: &T) -> EventData {
+        // The model's types serialize to JSON whole (string keys only); `null` would stand in
+        // for anything that did not.
+        EventData(
+            serde_json::value::to_raw_value(value)
+                .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned()),
+        )
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl From<serde_json::Value> for EventData {
+    fn from(value: serde_json::Value) -> EventData {
+        EventData::of(&value)
+    }
+}
+
+impl PartialEq for EventData {
+    fn eq(&self, other: &EventData) -> bool {
+        self.as_str() == other.as_str()
+    }
 }
 
 /// A stored event.

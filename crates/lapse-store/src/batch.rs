@@ -98,7 +98,7 @@ pub struct EventRow<'a> {
     kind: &'a str,
     actor: &'a str,
     rule: Option<&'a str>,
-    data: String,
+    data: &'a str,
 }
 
 /// A `webhook_deliveries` row, naming its event by id.
@@ -157,7 +157,7 @@ pub fn followers<'a>(
                 kind: &e.kind,
                 actor: &e.actor,
                 rule: e.rule.as_deref(),
-                data: to_json(&e.data),
+                data: e.data.as_str(),
             });
             for (n, url) in r.webhooks.iter().enumerate() {
                 rows.deliveries.push(DeliveryRow {

@@ -30,7 +30,7 @@ async fn populate(store: &dyn Store) {
                 kind: "study".into(),
                 actor: "system".into(),
                 rule: None,
-                data: serde_json::json!({}),
+                data: serde_json::json!({}).into(),
             },
             webhooks: Vec::new(),
         })

@@ -380,7 +380,7 @@ async fn in_a_batch_a_lost_compare_and_set_writes_nothing_for_its_change_and_the
                         kind: "study".into(),
                         actor: "rule:test".into(),
                         rule: Some("test".into()),
-                        data: serde_json::json!({}),
+                        data: serde_json::json!({}).into(),
                     },
                     webhooks: vec!["http://127.0.0.1:9/hook".into()],
                 }],

@@ -9,7 +9,6 @@
 //! - [`manual`]: what people do: create, start, end, join, leave, update, ...
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 mod due;
 mod manual;
@@ -21,7 +20,7 @@ pub use manual::{
 };
 
 use crate::config::Kind;
-use crate::event::{EventType, NewEvent, NewNotification};
+use crate::event::{EventData, EventType, NewEvent, NewNotification};
 use crate::ids::{SessionId, UserId};
 use crate::rules::Rule;
 use crate::session::{Session, Status};
@@ -157,7 +156,7 @@ impl Effects {
         at: Timestamp,
         by: &By,
         rule: Option<&Rule>,
-        data: serde_json::Value,
+        data: impl Into<EventData>,
     ) {
         self.events.push(NewEvent {
             event_type: t,
@@ -166,7 +165,7 @@ impl Effects {
             kind: s.kind.clone(),
             actor: by.label.clone(),
             rule: rule.map(|r| r.name.clone()),
-            data,
+            data: data.into(),
         });
     }
 
@@ -183,7 +182,18 @@ impl Effects {
         rule: Option<&Rule>,
     ) {
         s.observe(kind, at);
-        let data = json!({ "from": from, "to": s.status, "session": s });
+        // Keys in the order a JSON object of them always had (alphabetical).
+        #[derive(Serialize)]
+        struct Change<'a> {
+            from: Status,
+            session: &'a Session,
+            to: Status,
+        }
+        let data = EventData::of(&Change {
+            from,
+            session: s,
+            to: s.status,
+        });
         self.event(s, t, at, by, rule, data);
     }
 }

@@ -212,7 +212,7 @@ async fn append_events(
         .bind(&e.kind)
         .bind(&e.actor)
         .bind(e.rule.as_deref())
-        .bind(to_json(&e.data))
+        .bind(e.data.as_str())
         .fetch_one(&mut **tx)
         .await
         .map_err(backend)?;
