@@ -108,6 +108,10 @@ fn batch_paths(backend: &str) -> Vec<(&'static str, &'static str)> {
             ("batched session update", "sqlite_autoindex_sessions_1"),
             ("heartbeat flush, sessions", "sqlite_autoindex_sessions_1"),
             (
+                "heartbeat flush, sessions moved",
+                "sqlite_autoindex_sessions_1",
+            ),
+            (
                 "heartbeat flush, participants",
                 "sqlite_autoindex_participants_1",
             ),

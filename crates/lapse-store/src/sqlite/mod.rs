@@ -118,6 +118,11 @@ impl SqliteStore {
                 FLUSH_SESSIONS,
                 vec![text("[]")],
             ),
+            fixed(
+                "heartbeat flush, sessions moved",
+                FLUSH_MOVED,
+                vec![text("[]")],
+            ),
             fixed("re-arm", REARM, vec![text("[]")]),
             fixed(
                 "batched session update",
@@ -202,8 +207,17 @@ const FLUSH_SESSIONS: &str = "update sessions set last_activity_at = max(last_ac
                    from (select value ->> 0 as s, value ->> 1 as u from jsonb_each(?1)) as j \
                    join participants p on p.session_id = j.s and p.user_id = j.u \
                    where p.state = 'joined' group by 1) as b \
-             where sessions.id = b.s and +sessions.status in ('pending', 'active') \
-             returning sessions.id, sessions.version";
+             where sessions.id = b.s and +sessions.status in ('pending', 'active')";
+
+/// The sessions [`FLUSH_SESSIONS`] just moved (the same ones: open, with a joined participant
+/// in the batch) and their new versions, as one JSON array of `[id, version]`: one row back
+/// instead of one per session, each of which would cross from SQLite's thread to ours.
+const FLUSH_MOVED: &str = "select json_group_array(json_array(s.id, s.version)) from sessions s \
+             where s.id in (select p.session_id \
+                   from (select value ->> 0 as s, value ->> 1 as u from jsonb_each(?1)) as j \
+                   join participants p on p.session_id = j.s and p.user_id = j.u \
+                   where p.state = 'joined') \
+             and +s.status in ('pending', 'active')";
 
 /// Lazy re-arms of a batch, compare-and-set per row.
 const REARM: &str = "update sessions set next_due_at = b.at, next_due_rule = b.rule \
@@ -400,12 +414,19 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        let moved: Vec<(String, i64)> = sqlx::query_as(FLUSH_SESSIONS)
+        sqlx::query(FLUSH_SESSIONS)
             .bind(&batch)
-            .fetch_all(&mut *tx)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let moved: String = sqlx::query_scalar(FLUSH_MOVED)
+            .bind(&batch)
+            .fetch_one(&mut *tx)
             .await
             .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
+        let moved: Vec<(String, i64)> = serde_json::from_str(&moved)
+            .map_err(|e| StoreError::Backend(format!("flushed sessions unreadable: {e}")))?;
         rows::moved(moved)
     }
 
