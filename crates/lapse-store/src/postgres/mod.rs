@@ -45,6 +45,8 @@ const EVENTS_LOCK: i64 = 0x006c_6170_7366;
 const LEASE: Duration = Duration::from_secs(60);
 /// Key of the advisory lock that serializes migrations of instances starting together.
 const MIGRATION_LOCK: i64 = 0x006c_6170_7365; // "lapse"
+/// Key of the advisory lock that takes instances' heartbeat flushes one at a time.
+const FLUSH_LOCK: i64 = 0x006c_6170_7368;
 
 /// Sessions in a PostgreSQL database.
 #[derive(Clone)]
@@ -492,15 +494,27 @@ impl Store for PostgresStore {
         let sessions: Vec<&str> = latest.iter().map(|b| b.0).collect();
         let users: Vec<&str> = latest.iter().map(|b| b.1).collect();
         let ats: Vec<i64> = latest.iter().map(|b| b.2).collect();
-        // One statement: the participants, then their sessions' activity and version (so a
-        // sweep decided on the older row loses its compare-and-set). No NOTIFY, no index.
+        // Instances beating the same rooms flush the same rows each second. One statement
+        // cannot choose the order it locks its sessions in, so two at once could each wait
+        // on the other until PostgreSQL's deadlock check (a second) untangled them, and a
+        // sweep waiting on its flush waited as long; one flush at a time waits only for the
+        // other's statement.
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query("select pg_advisory_xact_lock($1)")
+            .bind(FLUSH_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        // The participants, then their sessions' activity and version (so a sweep decided on
+        // the older row loses its compare-and-set). No NOTIFY, no index.
         let moved: Vec<(String, i64)> = sqlx::query_as(FLUSH_HEARTBEATS)
             .bind(&sessions)
             .bind(&users)
             .bind(&ats)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await
             .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
         rows::moved(moved)
     }
 
