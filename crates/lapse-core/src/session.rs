@@ -146,6 +146,22 @@ pub struct NextDue {
     pub at: Timestamp,
 }
 
+impl Participant {
+    /// `user` joining as `role` at `now`: in the room, online, seen just now.
+    pub fn joined(user: UserId, role: Role, now: Timestamp) -> Participant {
+        Participant {
+            user,
+            role,
+            state: ParticipantState::Joined,
+            online: true,
+            joined_at: now,
+            left_at: None,
+            last_seen_at: now,
+            offline_for: None,
+        }
+    }
+}
+
 /// Everyone who ever joined a session, by when they (last) joined, then by user.
 ///
 /// Shared between copies of a session and copied on the first change ([`DerefMut`]), so

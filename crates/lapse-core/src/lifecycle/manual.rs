@@ -42,16 +42,7 @@ pub fn create(
             ),
         ));
     }
-    let host = Participant {
-        user: input.host.clone(),
-        role: Role::Host,
-        state: ParticipantState::Joined,
-        online: true,
-        joined_at: now,
-        left_at: None,
-        last_seen_at: now,
-        offline_for: None,
-    };
+    let host = Participant::joined(input.host.clone(), Role::Host, now);
     let mut s = Session {
         id,
         kind: kind.name.clone(),
@@ -292,16 +283,8 @@ pub fn join(
             i
         }
         None => {
-            s.participants.push(Participant {
-                user: user.clone(),
-                role,
-                state: ParticipantState::Joined,
-                online: true,
-                joined_at: now,
-                left_at: None,
-                last_seen_at: now,
-                offline_for: None,
-            });
+            s.participants
+                .push(Participant::joined(user.clone(), role, now));
             s.participants.len() - 1
         }
     };

@@ -48,6 +48,19 @@ const MIGRATION_LOCK: i64 = 0x006c_6170_7365; // "lapse"
 /// Key of the advisory lock that takes instances' heartbeat flushes one at a time.
 const FLUSH_LOCK: i64 = 0x006c_6170_7368;
 
+/// Takes the advisory lock `key` until `tx` ends: whoever else asks for it waits.
+async fn lock_until_commit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    key: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(key)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
 /// Sessions in a PostgreSQL database.
 #[derive(Clone)]
 pub struct PostgresStore {
@@ -258,11 +271,7 @@ impl Store for PostgresStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         // Instances starting together migrate one at a time; the loser finds the work done.
-        sqlx::query("select pg_advisory_xact_lock($1)")
-            .bind(MIGRATION_LOCK)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        lock_until_commit(&mut tx, MIGRATION_LOCK).await?;
         sqlx::query(
             "create table if not exists lapse_migrations (version bigint primary key, \
              name text not null, applied_at bigint not null)",
@@ -331,11 +340,7 @@ impl Store for PostgresStore {
             // Sequence numbers are handed out at insert but become visible at commit; taking
             // this lock until commit makes the two orders agree, so a reader that has seen
             // event N never later finds an N-1 it skipped (SSE and `after=` paging rely on it).
-            sqlx::query("select pg_advisory_xact_lock($1)")
-                .bind(EVENTS_LOCK)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
+            lock_until_commit(&mut tx, EVENTS_LOCK).await?;
         }
         let alone = commits.len() == 1;
         let mut outcomes = Vec::with_capacity(commits.len());
@@ -500,11 +505,7 @@ impl Store for PostgresStore {
         // sweep waiting on its flush waited as long; one flush at a time waits only for the
         // other's statement.
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        sqlx::query("select pg_advisory_xact_lock($1)")
-            .bind(FLUSH_LOCK)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        lock_until_commit(&mut tx, FLUSH_LOCK).await?;
         // The participants, then their sessions' activity and version (so a sweep decided on
         // the older row loses its compare-and-set). No NOTIFY, no index.
         let moved: Vec<(String, i64)> = sqlx::query_as(FLUSH_HEARTBEATS)

@@ -329,11 +329,9 @@ pub(super) async fn write_updates(
         .collect();
 
     let (outcomes, rows) = batch::followers(run, &won);
-    // Each kind of row as one JSON array, or `None` when there are none.
-    let json = |empty: bool, text: String| (!empty).then_some(text);
     let statements: [(Option<String>, &str); 4] = [
         (
-            json(rows.participants.is_empty(), to_json(&rows.participants)),
+            array(&rows.participants),
             "with b as materialized (select value from jsonb_each(?1)) \
              insert into participants (session_id, user_id, role, state, joined_at, left_at, \
              last_seen_at, offline_for) \
@@ -348,7 +346,7 @@ pub(super) async fn write_updates(
         ),
         (
             // In array order, so `seq` follows the order the events were decided in.
-            json(rows.events.is_empty(), to_json(&rows.events)),
+            array(&rows.events),
             "with b as materialized (select key, value from jsonb_each(?1)) \
              insert into events (id, type, at, applied_at, session_id, kind, actor, rule, data) \
              select value ->> 'id', value ->> 'type', value ->> 'at', value ->> 'applied_at', \
@@ -356,7 +354,7 @@ pub(super) async fn write_updates(
              value ->> 'data' from b order by key",
         ),
         (
-            json(rows.deliveries.is_empty(), to_json(&rows.deliveries)),
+            array(&rows.deliveries),
             "insert into webhook_deliveries (id, endpoint, event_seq, status, attempts, \
              next_attempt_at, created_at) \
              select d.value ->> 'id', d.value ->> 'url', e.seq, 'pending', 0, \
@@ -366,7 +364,7 @@ pub(super) async fn write_updates(
                                where w.url = d.value ->> 'url')",
         ),
         (
-            json(rows.notifications.is_empty(), to_json(&rows.notifications)),
+            array(&rows.notifications),
             "insert into notifications (id, user_id, type, title, message, session_id, link, \
              created_at) select value ->> 'id', value ->> 'user_id', value ->> 'type', \
              value ->> 'title', value ->> 'message', value ->> 'session_id', value ->> 'link', \
@@ -383,6 +381,11 @@ pub(super) async fn write_updates(
         }
     }
     Ok(outcomes)
+}
+
+/// Rows as one JSON array, or `None` when there are none (their statement is skipped).
+fn array<T: serde::Serialize>(rows: &[T]) -> Option<String> {
+    (!rows.is_empty()).then(|| to_json(&rows))
 }
 
 /// A batch of session rows, compare-and-set each on its version; the ids that won.
