@@ -30,6 +30,11 @@ pub const SQLITE: &[Script] = &[
         name: "flush reports versions",
         sql: include_str!("../migrations/sqlite/0003_flush_reports_versions.sql"),
     },
+    Script {
+        version: 4,
+        name: "participants by room",
+        sql: include_str!("../migrations/sqlite/0004_participants_by_room.sql"),
+    },
 ];
 
 /// PostgreSQL's scripts.

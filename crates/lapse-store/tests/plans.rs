@@ -113,8 +113,10 @@ fn batch_paths(backend: &str) -> Vec<(&'static str, &'static str)> {
             ),
             (
                 "heartbeat flush, participants",
-                "sqlite_autoindex_participants_1",
+                "participants USING PRIMARY KEY",
             ),
+            ("session update, status kept", "sqlite_autoindex_sessions_1"),
+            ("session update", "sqlite_autoindex_sessions_1"),
         ]
     } else {
         vec![

@@ -3,7 +3,7 @@
 //! in deadline order behind a cursor.
 
 use lapse_core::lifecycle::{self, By, Effects, NewSession};
-use lapse_core::store::{Beat, Commit, DueRow, Rearm, SessionWrite};
+use lapse_core::store::{Beat, Commit, DueRow, Rearm, SessionQuery, SessionWrite};
 use lapse_core::{Config, Session, SessionId, Span, Store, StoreError, Timestamp, UserId};
 use lapse_store::{PostgresStore, SqliteStore};
 
@@ -417,4 +417,87 @@ async fn in_a_batch_a_lost_compare_and_set_writes_nothing_for_its_change_and_the
         let queued = store.deliveries(None, 10).await.unwrap();
         assert_eq!(queued.len(), 2, "a webhook row for each written event");
     }
+}
+
+/// A SQLite database made before participants were stored by room (schema version 3) keeps
+/// every participant when it is migrated.
+#[tokio::test]
+async fn a_sqlite_database_from_before_participants_were_stored_by_room_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+    let config = Config::default();
+    let mut s = session("study", "room", t0());
+    for u in ["ana", "ben"] {
+        lifecycle::join(
+            &config.kinds["study"],
+            &mut s,
+            &UserId::parse(u).unwrap(),
+            None,
+            lifecycle::Via::Direct,
+            t0(),
+            &By::system(),
+            &mut Effects::default(),
+        )
+        .unwrap();
+    }
+    // The rows as today's schema writes them, with the same columns as version 3's.
+    let current = SqliteStore::open(&url("current.db"), None).await.unwrap();
+    current.migrate().await.unwrap();
+    insert(&current, &s).await;
+    let written = current.load(&s.id).await.unwrap().unwrap();
+    drop(current);
+
+    let old = url("old.db");
+    {
+        use sqlx::Connection;
+        let options: sqlx::sqlite::SqliteConnectOptions = old.parse().unwrap();
+        let mut conn = sqlx::SqliteConnection::connect_with(&options.create_if_missing(true))
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "create table lapse_migrations (version integer primary key, name text not null, \
+             applied_at integer not null)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        for script in lapse_store::migrate::SQLITE.iter().take(3) {
+            sqlx::raw_sql(script.sql).execute(&mut conn).await.unwrap();
+            sqlx::query("insert into lapse_migrations values (?1, ?2, 0)")
+                .bind(script.version)
+                .bind(script.name)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        let copy = format!(
+            "attach database '{}' as current; \
+             insert into sessions select * from current.sessions; \
+             insert into participants select * from current.participants;",
+            dir.path().join("current.db").display()
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(copy))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    let store = SqliteStore::open(&old, None).await.unwrap();
+    store.migrate().await.unwrap();
+    let migrated = store.load(&s.id).await.unwrap().unwrap();
+    assert_eq!(migrated.participants.len(), 3, "the host, ana and ben");
+    assert_eq!(migrated.participants, written.participants);
+    let ana = SessionQuery {
+        participant: Some(UserId::parse("ana").unwrap()),
+        limit: 10,
+        ..SessionQuery::default()
+    };
+    let found: Vec<SessionId> = store
+        .list(&ana)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(found, vec![s.id.clone()], "found by participant, as before");
 }

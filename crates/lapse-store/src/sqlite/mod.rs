@@ -129,6 +129,12 @@ impl SqliteStore {
                 writes::UPDATE_SESSIONS,
                 vec![text("[]")],
             ),
+            fixed(
+                "session update, status kept",
+                writes::UPDATE_KEEPING_STATUS,
+                vec![text("s1")],
+            ),
+            fixed("session update", writes::UPDATE_WHOLE, vec![text("s1")]),
             fixed("next deadline", NEXT_DEADLINE, vec![]),
             fixed("session version", SESSION_VERSION, vec![text("s1")]),
             fixed("was deleted", WAS_DELETED, vec![text("s1")]),

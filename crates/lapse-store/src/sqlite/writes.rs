@@ -84,42 +84,67 @@ async fn insert_session(tx: &mut Transaction<'_, Sqlite>, s: &Session) -> Result
     Ok(())
 }
 
+/// A session row rewritten under compare-and-set, with `status = ?6` set where the first
+/// placeholder stands and the guard after the key and version where the second does.
+macro_rules! update_session_sql {
+    ($status:literal, $guard:literal) => {
+        concat!(
+            "update sessions set title = ?2, metadata = ?3, scheduled_start = ?4, \
+             scheduled_end = ?5, ",
+            $status,
+            "delayed = ?7, used = ?8, started_at = ?9, ended_at = ?10, \
+             last_activity_at = max(last_activity_at, ?11), end_reason = ?12, ended_by = ?13, \
+             counters = ?14, summary = ?15, parent_ended_at = ?16, next_due_at = ?17, \
+             next_due_rule = ?18, warnings = ?20, version = version + 1 \
+             where id = ?1 and version = ?19",
+            $guard
+        )
+    };
+}
+
+/// SQLite moves a row's entries in every index whose columns an update names, changed or
+/// not, and three of `sessions`' indexes hold its status. Most writes of one session (a join,
+/// a leave, activity, a patch) keep it, so the row is first written without it, guarded by
+/// the stored status being the new one already; only when that finds no row is it written
+/// whole (a status that changes, or a version that no longer matches).
+pub(super) const UPDATE_KEEPING_STATUS: &str = update_session_sql!("", " and status = ?6");
+pub(super) const UPDATE_WHOLE: &str = update_session_sql!("status = ?6, ", "");
+
 async fn update_session(tx: &mut Transaction<'_, Sqlite>, s: &Session) -> Result<(), StoreError> {
-    let result = sqlx::query(
-        "update sessions set title = ?2, metadata = ?3, scheduled_start = ?4, \
-         scheduled_end = ?5, status = ?6, delayed = ?7, used = ?8, started_at = ?9, \
-         ended_at = ?10, last_activity_at = max(last_activity_at, ?11), end_reason = ?12, \
-         ended_by = ?13, counters = ?14, summary = ?15, parent_ended_at = ?16, \
-         next_due_at = ?17, next_due_rule = ?18, warnings = ?20, version = version + 1 \
-         where id = ?1 and version = ?19",
-    )
-    .bind(s.id.as_str())
-    .bind(&s.title)
-    .bind(to_json(&s.metadata))
-    .bind(s.scheduled_start.map(Timestamp::millis))
-    .bind(s.scheduled_end.map(Timestamp::millis))
-    .bind(s.status.as_str())
-    .bind(s.delayed as i64)
-    .bind(s.used as i64)
-    .bind(s.started_at.map(Timestamp::millis))
-    .bind(s.ended_at.map(Timestamp::millis))
-    .bind(s.last_activity_at.millis())
-    .bind(s.end_reason.as_deref())
-    .bind(s.ended_by.as_deref())
-    .bind(to_json(&s.counters))
-    .bind(s.summary.as_ref().map(to_json))
-    .bind(s.parent_ended_at.map(Timestamp::millis))
-    .bind(s.wake_at.map(Timestamp::millis))
-    .bind(s.next_due.as_ref().map(|n| n.rule.as_str()))
-    .bind(s.version)
-    .bind(to_json(&s.warnings))
-    .execute(&mut **tx)
-    .await
-    .map_err(backend)?;
-    if result.rows_affected() == 0 {
-        return Err(StoreError::Conflict);
+    let metadata = to_json(&s.metadata);
+    let counters = to_json(&s.counters);
+    let summary = s.summary.as_ref().map(to_json);
+    let warnings = to_json(&s.warnings);
+    for sql in [UPDATE_KEEPING_STATUS, UPDATE_WHOLE] {
+        let result = sqlx::query(sql)
+            .bind(s.id.as_str())
+            .bind(&s.title)
+            .bind(&metadata)
+            .bind(s.scheduled_start.map(Timestamp::millis))
+            .bind(s.scheduled_end.map(Timestamp::millis))
+            .bind(s.status.as_str())
+            .bind(s.delayed as i64)
+            .bind(s.used as i64)
+            .bind(s.started_at.map(Timestamp::millis))
+            .bind(s.ended_at.map(Timestamp::millis))
+            .bind(s.last_activity_at.millis())
+            .bind(s.end_reason.as_deref())
+            .bind(s.ended_by.as_deref())
+            .bind(&counters)
+            .bind(summary.as_deref())
+            .bind(s.parent_ended_at.map(Timestamp::millis))
+            .bind(s.wake_at.map(Timestamp::millis))
+            .bind(s.next_due.as_ref().map(|n| n.rule.as_str()))
+            .bind(s.version)
+            .bind(&warnings)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+        if result.rows_affected() == 1 {
+            return Ok(());
+        }
     }
-    Ok(())
+    Err(StoreError::Conflict)
 }
 
 async fn upsert_participants(
