@@ -152,25 +152,19 @@ impl App {
         let deliveries = tokio::spawn(engine.clone().run_deliveries(shutdown.clone()));
         tracing::info!(addr = %self.listener.local_addr()?, "lapse listening");
         let router = http::router(self.state.clone());
-        let token = shutdown.clone();
-        // Each connection gets a handle on this one router. (Served as a plain `Router`,
-        // axum rebuilds its route tables for every connection: ~20 KB each, which is most of
-        // what an idle event stream would cost.)
-        let server = axum::serve(self.listener, router.into_make_service())
-            .with_graceful_shutdown(async move { token.cancelled().await });
-        let served = tokio::select! {
-            result = server => result.context("serving HTTP"),
+        let server = http::serve::serve(self.listener, router, shutdown.clone());
+        tokio::select! {
+            () = server => {}
             _ = async { shutdown.cancelled().await; tokio::time::sleep(DRAIN_TIMEOUT).await } => {
                 tracing::warn!("requests still running after the drain timeout; stopping anyway");
-                Ok(())
             }
-        };
+        }
         let _ = sweeper.await;
         let _ = flusher.await;
         let _ = watch.await;
         let _ = feed.await;
         let _ = deliveries.await;
-        served
+        Ok(())
     }
 }
 

@@ -11,6 +11,7 @@ pub mod limits;
 pub mod openapi;
 mod operations;
 mod participants;
+pub mod serve;
 mod sessions;
 mod sse;
 mod webhooks;
