@@ -54,16 +54,10 @@ impl SqliteStore {
             .foreign_keys(true);
         // SQLite's default page cache is 2 MB a connection: at a million sessions every write
         // then reads its index pages back from the OS. The writer keeps the hot pages of every
-        // index (64 MB); readers, who mostly probe by key, 16 MB each. The write-ahead log is
-        // copied into the database every 10,000 pages (40 MB) instead of SQLite's 1,000: each
-        // copy writes every page changed since the last one, once, and at a million sessions a
-        // sweep's pages lie all over the indexes, so copying ten times as seldom writes the
-        // same index pages up to ten times less often (a sweep at 1M live: 16.6k -> 19.8k
-        // transitions/s). Recovery after a crash replays at most that much log.
+        // index (64 MB); readers, who mostly probe by key, 16 MB each.
         let writer_options = options
             .clone()
-            .pragma("cache_size", format!("-{}", 64 * 1024))
-            .pragma("wal_autocheckpoint", "10000");
+            .pragma("cache_size", format!("-{}", 64 * 1024));
         let reader_options = options
             .clone()
             .read_only(true)
