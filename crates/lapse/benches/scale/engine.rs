@@ -1,8 +1,6 @@
 //! Figures measured through the engine in this process: the cost of each operation at two
 //! population sizes, in rooms of two sizes, and sweeps of a burst of due sessions.
 
-use std::time::Instant;
-
 use lapse_core::lifecycle::Via;
 use lapse_core::store::Beat;
 use lapse_core::{SessionId, Span, UserId};
@@ -17,6 +15,8 @@ use crate::world::{World, admin};
 pub struct Sizes {
     pub rounds: usize,
     pub ops: usize,
+    /// Single-session writes a round at each population (about half a second's worth).
+    pub writes: usize,
     pub burst: usize,
 }
 
@@ -38,7 +38,7 @@ fn user(name: String) -> UserId {
 }
 
 async fn creates(w: &World, kind: &str, n: usize) -> f64 {
-    rate(n, |_| async {
+    w.write_rate(n, |_| async {
         let host = user(w.fresh("ch"));
         w.engine
             .create(&admin(), create(kind, host))
@@ -50,7 +50,7 @@ async fn creates(w: &World, kind: &str, n: usize) -> f64 {
 
 async fn joins(w: &World, n: usize) -> f64 {
     let salt = w.fresh("j");
-    rate(n, |i| {
+    w.write_rate(n, |i| {
         let salt = &salt;
         async move {
             let room = w.room(i * 7919 + salt.len());
@@ -91,7 +91,7 @@ async fn ends(w: &World, n: usize) -> f64 {
         w.engine.start(&admin(), &s.id).await.expect("start");
         ids.push(s.id);
     }
-    rate(n, |i| {
+    w.write_rate(n, |i| {
         let id = ids[i].clone();
         async move {
             w.engine.end(&admin(), &id).await.expect("end");
@@ -105,15 +105,19 @@ async fn burst(w: &World, n: usize) -> f64 {
     let prefix = w.fresh("burst");
     w.import("burst", &format!("{prefix}-"), n, 0, Span::from_secs(21))
         .await;
-    let started = Instant::now();
-    let report = w
-        .engine
-        .sweep_once(&SweepOptions::default())
-        .await
-        .expect("sweep");
-    let secs = started.elapsed().as_secs_f64();
-    assert_eq!(report.applied.len(), n, "every burst session expires");
-    n as f64 / secs
+    let mut applied = 0;
+    let took = w
+        .timed(async {
+            let report = w
+                .engine
+                .sweep_once(&SweepOptions::default())
+                .await
+                .expect("sweep");
+            applied = report.applied.len();
+        })
+        .await;
+    assert_eq!(applied, n, "every burst session expires");
+    n as f64 / took.as_secs_f64()
 }
 
 /// A sweep's cost at a big population vs a small one, and transitions per second.
@@ -163,8 +167,8 @@ pub async fn flat_costs(big: &World, small: &World, s: &Sizes) -> Vec<Row> {
             "create",
             interleave(
                 s.rounds,
-                || creates(big, "room", s.ops),
-                || creates(small, "room", s.ops),
+                || creates(big, "room", s.writes),
+                || creates(small, "room", s.writes),
             )
             .await,
         ),
@@ -172,18 +176,18 @@ pub async fn flat_costs(big: &World, small: &World, s: &Sizes) -> Vec<Row> {
             "create with max_open_per_host",
             interleave(
                 s.rounds,
-                || creates(big, "repair", s.ops),
-                || creates(small, "repair", s.ops),
+                || creates(big, "repair", s.writes),
+                || creates(small, "repair", s.writes),
             )
             .await,
         ),
         (
             "join",
-            interleave(s.rounds, || joins(big, s.ops), || joins(small, s.ops)).await,
+            interleave(s.rounds, || joins(big, s.writes), || joins(small, s.writes)).await,
         ),
         (
             "end",
-            interleave(s.rounds, || ends(big, s.ops), || ends(small, s.ops)).await,
+            interleave(s.rounds, || ends(big, s.writes), || ends(small, s.writes)).await,
         ),
         (
             "heartbeat",
@@ -241,7 +245,7 @@ pub async fn room_size(w: &World, s: &Sizes) -> Vec<Row> {
                 .expect("join");
         }
         let salt = w.fresh("jb");
-        rate(s.ops, |i| {
+        w.write_rate(s.ops, |i| {
             let u = user(format!("{salt}-{i}"));
             let room = hall(i % BIG_ROOMS);
             async move {
@@ -255,7 +259,7 @@ pub async fn room_size(w: &World, s: &Sizes) -> Vec<Row> {
     };
     let join_small = || async {
         let salt = w.fresh("js");
-        rate(s.ops, |i| {
+        w.write_rate(s.ops, |i| {
             let u = user(format!("{salt}-{i}"));
             let room = small(i);
             async move {
@@ -328,17 +332,23 @@ pub async fn flush_batching(w: &World, s: &Sizes) -> Row {
     };
     let batched = || async {
         let b = beats(1);
-        let started = Instant::now();
-        w.store.flush_heartbeats(&b).await.expect("flush");
-        n as f64 / started.elapsed().as_secs_f64()
+        let took = w
+            .timed(async {
+                w.store.flush_heartbeats(&b).await.expect("flush");
+            })
+            .await;
+        n as f64 / took.as_secs_f64()
     };
     let single = || async {
         let b = beats(2);
-        let started = Instant::now();
-        for beat in b {
-            w.store.flush_heartbeats(&[beat]).await.expect("flush");
-        }
-        n as f64 / started.elapsed().as_secs_f64()
+        let took = w
+            .timed(async {
+                for beat in b {
+                    w.store.flush_heartbeats(&[beat]).await.expect("flush");
+                }
+            })
+            .await;
+        n as f64 / took.as_secs_f64()
     };
     let p = interleave(s.rounds, batched, single).await;
     report::ratio(

@@ -111,6 +111,7 @@ async fn run(o: &Options, fd_limit: u64) -> Vec<Row> {
     let sizes = engine::Sizes {
         rounds: o.rounds,
         ops: if o.smoke { 20 } else { 500 },
+        writes: if o.smoke { 20 } else { 2_000 },
         burst: if o.smoke { 200 } else { 10_000 },
     };
     let load = served::Load {

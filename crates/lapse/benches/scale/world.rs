@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
 
 use lapse_core::{Config, Session, SessionId, Span, Store, Timestamp, UserId};
 use lapse_engine::deliveries::Endpoint;
@@ -72,6 +74,8 @@ pub struct World {
     pub store: Arc<dyn Store>,
     pub live: usize,
     next: AtomicUsize,
+    /// A connection of the bench's own to a SQLite database, to copy its log (see `timed`).
+    log: Option<tokio::sync::Mutex<sqlx::SqliteConnection>>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -115,12 +119,60 @@ impl World {
         };
         let engine =
             Engine::with_webhooks(store.clone(), config, Clock::manual(t0()), vec![endpoint]);
+        let log = match url.starts_with("sqlite:") {
+            true => Some(tokio::sync::Mutex::new(
+                sqlx::SqliteConnection::connect(url)
+                    .await
+                    .expect("a connection to copy the log"),
+            )),
+            false => None,
+        };
         World {
             engine,
             store,
             live,
             next: AtomicUsize::new(0),
+            log,
             _dir: dir,
+        }
+    }
+
+    /// How long `work` takes, counted as its writes cost in service. SQLite copies its
+    /// write-ahead log into the database file every 10,000 log pages, a cost of every write
+    /// since the last copy that lands on whichever write crosses the line. So a timed piece
+    /// of work starts with the log copied (it does not pay for the setup before it) and ends
+    /// by copying it, on the clock (it pays for its own writes, whether or not a copy fell
+    /// inside it).
+    pub async fn timed(&self, work: impl Future<Output = ()>) -> Duration {
+        self.copy_log().await;
+        let started = Instant::now();
+        work.await;
+        self.copy_log().await;
+        started.elapsed()
+    }
+
+    /// Operations per second of `n` runs of `op`, one after another, timed as [`World::timed`].
+    pub async fn write_rate<F, Fut>(&self, n: usize, mut op: F) -> f64
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let took = self
+            .timed(async {
+                for i in 0..n {
+                    op(i).await;
+                }
+            })
+            .await;
+        n as f64 / took.as_secs_f64()
+    }
+
+    async fn copy_log(&self) {
+        if let Some(log) = &self.log {
+            sqlx::raw_sql("pragma wal_checkpoint(restart)")
+                .execute(&mut *log.lock().await)
+                .await
+                .expect("the log is copied");
         }
     }
 
