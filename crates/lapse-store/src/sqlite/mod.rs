@@ -29,8 +29,11 @@ use crate::rows::{self, SESSION_COLUMNS, to_json};
 use crate::statements::{self, Arg, Dialect, Statement};
 use crate::{backend, migrate};
 
+mod backup;
 mod outbox;
 mod writes;
+
+pub use backup::{Backup, backup};
 
 use writes::{exec, write_commit, write_updates};
 

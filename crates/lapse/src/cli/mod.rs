@@ -67,6 +67,12 @@ pub enum Command {
         /// The session id.
         id: String,
     },
+    /// Write a consistent copy of the database to PATH while lapse runs (SQLite; PostgreSQL
+    /// is backed up with pg_dump).
+    Backup {
+        /// The copy to write; it must not exist.
+        path: PathBuf,
+    },
     /// A session with its participants, summary and timeline, as a document.
     Export {
         /// The session id.
@@ -108,6 +114,37 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             let token = CancellationToken::new();
             tokio::spawn(shutdown_on_signal(token.clone()));
             app.run(token).await?;
+            Ok(0)
+        }
+        Command::Backup { path } => {
+            let settings = Settings::load(cli.config.as_deref(), env)?;
+            let url = &settings.config.database.url;
+            if !url.starts_with("sqlite:") {
+                eprintln!(
+                    "lapse backup copies a SQLite database. Back up PostgreSQL with its own \
+                     tools, while lapse runs:\n  pg_dump --format=custom --file {} \"$DATABASE_URL\"\n\
+                     and restore into an empty database with pg_restore --dbname.",
+                    path.display()
+                );
+                return Ok(2);
+            }
+            eprintln!(
+                "backing up {} to {} ...",
+                lapse_store::redact(url),
+                path.display()
+            );
+            let started = std::time::Instant::now();
+            let copy = lapse_store::sqlite::backup(url, &path)
+                .await
+                .with_context(|| format!("backing up to {}", path.display()))?;
+            println!(
+                "{}: {} session(s), {} event(s), {} bytes, in {} ms",
+                path.display(),
+                copy.sessions,
+                copy.events,
+                copy.bytes,
+                started.elapsed().as_millis()
+            );
             Ok(0)
         }
         Command::Migrate => {

@@ -30,6 +30,7 @@ macro_rules! both_stores {
 
 mod helpers;
 
+mod backup;
 mod config;
 mod errors;
 mod identity;
