@@ -502,12 +502,13 @@ impl Engine {
     }
 
     /// One step of the continuous sweeper: sweep what is due, then plan the sleep until the
-    /// next stored deadline (at most a minute; at least a second while a row keeps failing).
+    /// next stored deadline (at most a minute; at least a second while a row keeps failing or
+    /// another instance holds what is due).
     /// From here until the sleep ends, a change that moves a deadline before the planned
     /// wake-up wakes the sweeper.
     pub async fn sweep_and_plan(&self) -> WakePlan {
         self.planned_wake.store(i64::MAX, Ordering::Release);
-        let failing = match self.sweep_once(&SweepOptions::default()).await {
+        let (failing, applied) = match self.sweep_once(&SweepOptions::default()).await {
             Ok(report) => {
                 if !report.applied.is_empty() {
                     tracing::info!(
@@ -516,11 +517,11 @@ impl Engine {
                         "sweep"
                     );
                 }
-                !report.errors.is_empty()
+                (!report.errors.is_empty(), report.applied.len())
             }
             Err(e) => {
                 tracing::error!(error = %e, "sweep failed");
-                true
+                (true, 0)
             }
         };
         // Retention rides along, once a minute of wall time.
@@ -538,8 +539,11 @@ impl Engine {
                 Duration::from_millis(at.since(now).millis() as u64)
             })
             .min(MAX_SLEEP);
-        if failing {
-            // A row that keeps failing stays due; do not spin on it.
+        // A row that keeps failing stays due, and so does one that another instance holds
+        // (it is sweeping it, or it died and its lease has yet to run out): a sweep that
+        // found nothing it could apply while a deadline has passed waits a second, not none.
+        let held_elsewhere = applied == 0 && next_deadline.is_some_and(|at| at <= now);
+        if failing || held_elsewhere {
             sleep = sleep.max(Duration::from_secs(1));
         }
         self.planned_wake.store(

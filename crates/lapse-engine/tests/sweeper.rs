@@ -150,6 +150,51 @@ async fn a_deadline_stored_by_one_instance_wakes_the_others() {
     assert!(a.wake_ups() > 0, "A wakes its own sweeper too");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweeper_waits_a_second_while_another_instance_holds_what_is_due() {
+    let Some(url) = lapse_store::testing::fresh_postgres_database().await else {
+        return;
+    };
+    let open = || async {
+        let store = Arc::new(
+            lapse_store::PostgresStore::open(&url, None, None)
+                .await
+                .unwrap(),
+        );
+        lapse_core::Store::migrate(store.as_ref()).await.unwrap();
+        let engine = Engine::new(
+            store.clone(),
+            Arc::new(Config::default()),
+            Clock::manual(t0()),
+        );
+        (store, engine)
+    };
+    let ((a_store, a), (_, b)) = (open().await, open().await);
+    let admin = Caller::Admin {
+        name: "test".into(),
+        actor: None,
+    };
+    a.create(&admin, request("study", "room", None))
+        .await
+        .unwrap();
+    // The host's presence lapses at 90 s; A takes the due row as its sweep would.
+    for engine in [&a, &b] {
+        engine.clock().advance(Span::from_secs(120)).unwrap();
+    }
+    let held = lapse_core::Store::due(a_store.as_ref(), a.now(), None, None, 100, true)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+
+    let plan = b.sweep_and_plan().await;
+    assert_eq!(plan.next_deadline, Some(t0() + Span::from_secs(90)));
+    assert!(
+        plan.sleep >= Duration::from_secs(1),
+        "B cannot take the row and does not spin on it: {:?}",
+        plan.sleep
+    );
+}
+
 #[tokio::test]
 async fn history_past_the_retention_period_is_pruned_in_batches() {
     let engine = engine().await;
