@@ -54,4 +54,9 @@ pub const POSTGRES: &[Script] = &[
         name: "room for HOT updates",
         sql: include_str!("../migrations/postgres/0003_room_for_hot_updates.sql"),
     },
+    Script {
+        version: 4,
+        name: "lease owners",
+        sql: include_str!("../migrations/postgres/0004_lease_owners.sql"),
+    },
 ];

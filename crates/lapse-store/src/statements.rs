@@ -155,6 +155,22 @@ fn due_cursor(cursor: Option<&DueRow>) -> (i64, String) {
     })
 }
 
+/// The advisory-lock namespace of lease holders: an instance holds `(LEASE_HOLDERS, its
+/// number)` for as long as its connection lives (PostgreSQL).
+pub(crate) const LEASE_HOLDERS: i32 = 0x6c61_7073; // "laps"
+
+/// A row no live instance holds a lease on at wall-clock `wall` (a placeholder): never
+/// leased, lease run out, or its holder's connection gone. The holders still connected are
+/// read once per statement, from the lock table.
+pub(crate) fn unleased(wall: &str) -> String {
+    format!(
+        "(claimed_until is null or claimed_until < {wall} or claimed_by <> all(array( \
+         select l.objid::int8 from pg_locks l where l.locktype = 'advisory' \
+         and l.classid = {LEASE_HOLDERS} and l.objsubid = 2 and l.granted \
+         and l.database = (select oid from pg_database where datname = current_database()))))"
+    )
+}
+
 /// Due rows (`next_due_at <= now`) after `cursor` in (deadline, id) order, through the
 /// partial deadline index. With `unleased_at`, only rows no sweeper holds a lease on at that
 /// wall-clock instant (PostgreSQL's claim wraps this statement).
@@ -179,7 +195,7 @@ pub(crate) fn due_sessions(
     });
     let lease = unleased_at.map(|wall| {
         let p = st.arg(Arg::Int(wall));
-        format!(" and (claimed_until is null or claimed_until < {p})")
+        format!(" and {}", unleased(&p))
     });
     let limit = st.arg(Arg::Int(i64::from(limit)));
     st.sql = format!(

@@ -501,3 +501,37 @@ async fn a_sqlite_database_from_before_participants_were_stored_by_room_keeps_th
         .collect();
     assert_eq!(found, vec![s.id.clone()], "found by participant, as before");
 }
+
+/// A lease ends with the instance that held it: rows one PostgreSQL store claimed can be
+/// claimed by another as soon as the first is gone (its connections closed, as when its
+/// process is killed), not when the lease's minute runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_ends_with_the_instance_that_held_it() {
+    let Some(url) = lapse_store::testing::fresh_postgres_database().await else {
+        return;
+    };
+    let open = || async {
+        let store = PostgresStore::open(&url, None, None).await.unwrap();
+        store.migrate().await.unwrap();
+        store
+    };
+    let (a, b) = (open().await, open().await);
+    insert(&a, &session("study", "room", t0())).await;
+    let now = t0() + Span::from_secs(3600);
+    assert_eq!(a.due(now, None, None, 10, true).await.unwrap().len(), 1);
+    assert!(
+        b.due(now, None, None, 10, true).await.unwrap().is_empty(),
+        "held by a live instance"
+    );
+
+    drop(a);
+    // The server notices the closed connection within moments.
+    let started = std::time::Instant::now();
+    while b.due(now, None, None, 10, true).await.unwrap().is_empty() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "the lease outlived its holder"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -2,7 +2,9 @@
 //!
 //! What changes with several instances, and how this file answers it:
 //! - concurrent sweepers lease due rows with `for update skip locked`, so they take disjoint
-//!   batches (exactly-once itself rests on compare-and-set, as in SQLite);
+//!   batches (exactly-once itself rests on compare-and-set, as in SQLite); a lease names its
+//!   holder, whose own connection holds an advisory lock, so the lease of an instance that
+//!   died is taken at once;
 //! - a commit that stores a deadline sends `pg_notify` in its transaction, so every instance's
 //!   sleeping sweeper learns of it; heartbeat flushes never notify;
 //! - a heartbeat flush is one statement (two data-modifying CTEs), touching no indexed
@@ -13,6 +15,7 @@
 //! and idempotency keys.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,7 +27,7 @@ use lapse_core::store::{
 };
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, Postgres, Row, Transaction};
 
 use crate::batch::Step;
 use crate::rows::{self, PG_SESSION_COLUMNS};
@@ -65,6 +68,16 @@ async fn lock_until_commit(
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// This store as a lease holder, from its first claim on.
+    holder: Arc<tokio::sync::OnceCell<Holder>>,
+}
+
+/// A connection of a store's own that holds the advisory lock `(LEASE_HOLDERS, number)` for
+/// as long as the store lives: the database then knows whether a lease's holder is alive,
+/// for the lock goes with the connection, however the process ends.
+struct Holder {
+    number: i32,
+    _connection: std::sync::Mutex<PgConnection>,
 }
 
 fn wall_now() -> i64 {
@@ -96,7 +109,40 @@ impl PostgresStore {
             .map_err(|e| {
                 StoreError::Backend(format!("cannot connect to {}: {e}", crate::redact(url)))
             })?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            holder: Arc::default(),
+        })
+    }
+
+    /// This store's number as a lease holder, taken (with its lock) on first use: a number
+    /// from the clock and the process id, or the next free one.
+    async fn holder(&self) -> Result<i32, StoreError> {
+        let holder = self
+            .holder
+            .get_or_try_init(|| async {
+                let mut connection = PgConnection::connect_with(&self.pool.connect_options())
+                    .await
+                    .map_err(backend)?;
+                let mut number = ((wall_now() as u32) ^ std::process::id()) as i32 & i32::MAX;
+                loop {
+                    let taken: bool = sqlx::query_scalar("select pg_try_advisory_lock($1, $2)")
+                        .bind(statements::LEASE_HOLDERS)
+                        .bind(number)
+                        .fetch_one(&mut connection)
+                        .await
+                        .map_err(backend)?;
+                    if taken {
+                        return Ok::<_, StoreError>(Holder {
+                            number,
+                            _connection: std::sync::Mutex::new(connection),
+                        });
+                    }
+                    number = number.wrapping_add(1) & i32::MAX;
+                }
+            })
+            .await?;
+        Ok(holder.number)
     }
 
     /// A server setting as this store's connections see it (`statement_timeout`, ...), for
@@ -413,7 +459,7 @@ impl Store for PostgresStore {
     ) -> Result<Vec<DueRow>, StoreError> {
         let wall = wall_now();
         let rows = if claim {
-            // Lease the rows no other sweeper holds; a crashed sweeper's lease runs out.
+            // Lease the rows no live sweeper holds.
             let mut st = statements::due_sessions(
                 Dialect::Postgres,
                 now.millis(),
@@ -423,14 +469,17 @@ impl Store for PostgresStore {
                 Some(wall),
             );
             let until = format!("${}", st.args.len() + 1);
+            let holder = format!("${}", st.args.len() + 2);
             st.sql = format!(
                 "with picked as ({} for update skip locked) \
-                 update sessions s set claimed_until = {until} from picked \
-                 where s.id = picked.id returning s.id, s.next_due_at",
+                 update sessions s set claimed_until = {until}, claimed_by = {holder} \
+                 from picked where s.id = picked.id returning s.id, s.next_due_at",
                 st.sql
             );
+            let holder = self.holder().await?;
             query(&st)
                 .bind(wall + LEASE.as_millis() as i64)
+                .bind(holder)
                 .fetch_all(&self.pool)
                 .await
         } else {
@@ -624,7 +673,11 @@ impl Store for PostgresStore {
         limit: u32,
         claim: bool,
     ) -> Result<Vec<(Delivery, Event)>, StoreError> {
-        outbox::due_deliveries(&self.pool, now, limit, claim).await
+        let holder = match claim {
+            true => Some(self.holder().await?),
+            false => None,
+        };
+        outbox::due_deliveries(&self.pool, now, limit, holder).await
     }
 
     async fn record_attempt(&self, id: &str, attempt: &Attempt) -> Result<(), StoreError> {

@@ -8,8 +8,8 @@ use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{LEASE, wall_now};
-use crate::backend;
 use crate::rows::{self, DELIVERY_COLUMNS};
+use crate::{backend, statements};
 
 /// Pending deliveries due at `now`, with their events, oldest first.
 async fn pending_deliveries(
@@ -39,29 +39,31 @@ pub(super) async fn due_deliveries(
     pool: &PgPool,
     now: Timestamp,
     limit: u32,
-    claim: bool,
+    holder: Option<i32>,
 ) -> Result<Vec<(Delivery, Event)>, StoreError> {
-    if !claim {
+    let Some(holder) = holder else {
         return pending_deliveries(pool, now, limit).await;
-    }
+    };
     let wall = wall_now();
-    let ids: Vec<String> = sqlx::query_scalar(
+    let sql = format!(
         "with picked as ( \
              select id from webhook_deliveries \
-             where status = 'pending' and next_attempt_at <= $1 \
-             and (claimed_until is null or claimed_until < $3) \
+             where status = 'pending' and next_attempt_at <= $1 and {} \
              order by next_attempt_at, id limit $2 \
              for update skip locked) \
-         update webhook_deliveries d set claimed_until = $4 from picked \
+         update webhook_deliveries d set claimed_until = $4, claimed_by = $5 from picked \
          where d.id = picked.id returning d.id",
-    )
-    .bind(now.millis())
-    .bind(limit as i64)
-    .bind(wall)
-    .bind(wall + LEASE.as_millis() as i64)
-    .fetch_all(pool)
-    .await
-    .map_err(backend)?;
+        statements::unleased("$3")
+    );
+    let ids: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql))
+        .bind(now.millis())
+        .bind(limit as i64)
+        .bind(wall)
+        .bind(wall + LEASE.as_millis() as i64)
+        .bind(holder)
+        .fetch_all(pool)
+        .await
+        .map_err(backend)?;
     let mut claimed = pending_deliveries(pool, now, limit).await?;
     claimed.retain(|(d, _)| ids.contains(&d.id));
     Ok(claimed)
