@@ -8,6 +8,7 @@
 
 use lapse_core::store::{DueRow, EventQuery, SessionQuery};
 
+use crate::postgres::LEASE_HOLDERS;
 use crate::rows::to_json;
 
 /// Which SQL dialect a statement is written in.
@@ -155,13 +156,9 @@ fn due_cursor(cursor: Option<&DueRow>) -> (i64, String) {
     })
 }
 
-/// The advisory-lock namespace of lease holders: an instance holds `(LEASE_HOLDERS, its
-/// number)` for as long as its connection lives (PostgreSQL).
-pub(crate) const LEASE_HOLDERS: i32 = 0x6c61_7073; // "laps"
-
 /// A row no live instance holds a lease on at wall-clock `wall` (a placeholder): never
 /// leased, lease run out, or its holder's connection gone. The holders still connected are
-/// read once per statement, from the lock table.
+/// read once per statement, from the lock table (PostgreSQL; see [`LEASE_HOLDERS`]).
 pub(crate) fn unleased(wall: &str) -> String {
     format!(
         "(claimed_until is null or claimed_until < {wall} or claimed_by <> all(array( \

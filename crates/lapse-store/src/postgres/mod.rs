@@ -50,6 +50,9 @@ const LEASE: Duration = Duration::from_secs(60);
 const MIGRATION_LOCK: i64 = 0x006c_6170_7365; // "lapse"
 /// Key of the advisory lock that takes instances' heartbeat flushes one at a time.
 const FLUSH_LOCK: i64 = 0x006c_6170_7368;
+/// The advisory-lock namespace of lease holders: an instance holds `(LEASE_HOLDERS, its
+/// number)` on a connection of its own for as long as it lives (see `Holder`).
+pub(crate) const LEASE_HOLDERS: i32 = 0x6c61_7073; // "laps"
 
 /// Takes the advisory lock `key` until `tx` ends: whoever else asks for it waits.
 async fn lock_until_commit(
@@ -127,7 +130,7 @@ impl PostgresStore {
                 let mut number = ((wall_now() as u32) ^ std::process::id()) as i32 & i32::MAX;
                 loop {
                     let taken: bool = sqlx::query_scalar("select pg_try_advisory_lock($1, $2)")
-                        .bind(statements::LEASE_HOLDERS)
+                        .bind(LEASE_HOLDERS)
                         .bind(number)
                         .fetch_one(&mut connection)
                         .await
