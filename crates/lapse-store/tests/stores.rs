@@ -535,3 +535,52 @@ async fn a_lease_ends_with_the_instance_that_held_it() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Two instances delivering webhooks take disjoint deliveries, and each gets back the ones it
+/// claimed: the second is handed the rows the first left, not an empty batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_postgres_instances_each_deliver_the_webhooks_they_claimed() {
+    use lapse_core::event::NewEvent;
+    use lapse_core::store::EventRecord;
+    let Some(url) = lapse_store::testing::fresh_postgres_database().await else {
+        return;
+    };
+    let open = || async {
+        let store = PostgresStore::open(&url, None, None).await.unwrap();
+        store.migrate().await.unwrap();
+        store
+    };
+    let (a, b) = (open().await, open().await);
+    let s = session("study", "room", t0());
+    let events = (0..4)
+        .map(|n| EventRecord {
+            id: format!("ev-{n}"),
+            applied_at: t0(),
+            event: NewEvent {
+                event_type: lapse_core::EventType::SessionUpdated,
+                at: t0(),
+                session_id: s.id.clone(),
+                kind: "study".into(),
+                actor: "test".into(),
+                rule: None,
+                data: serde_json::json!({}).into(),
+            },
+            webhooks: vec!["http://127.0.0.1:9/hook".into()],
+        })
+        .collect();
+    a.commit(Commit {
+        sessions: vec![SessionWrite::Insert(s)],
+        events,
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+    let now = t0() + Span::from_secs(1);
+    let first = a.due_deliveries(now, 2, true).await.unwrap();
+    let second = b.due_deliveries(now, 2, true).await.unwrap();
+    let ids = |batch: &[(lapse_core::store::Delivery, lapse_core::event::Event)]| {
+        batch.iter().map(|(_, e)| e.id.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&first), ["ev-0", "ev-1"]);
+    assert_eq!(ids(&second), ["ev-2", "ev-3"], "the rows the first left");
+}

@@ -45,17 +45,24 @@ pub(super) async fn due_deliveries(
         return pending_deliveries(pool, now, limit).await;
     };
     let wall = wall_now();
+    // The rows claimed, and only those, come back with their events: the claim skips rows
+    // other instances hold, so the first due rows are not necessarily this instance's.
     let sql = format!(
         "with picked as ( \
              select id from webhook_deliveries \
              where status = 'pending' and next_attempt_at <= $1 and {} \
              order by next_attempt_at, id limit $2 \
-             for update skip locked) \
-         update webhook_deliveries d set claimed_until = $4, claimed_by = $5 from picked \
-         where d.id = picked.id returning d.id",
+             for update skip locked), \
+         claimed as ( \
+             update webhook_deliveries d set claimed_until = $4, claimed_by = $5 from picked \
+             where d.id = picked.id returning d.*) \
+         select {DELIVERY_COLUMNS}, e.seq, e.id, e.type, e.at, e.applied_at, e.session_id, \
+         e.kind, e.actor, e.rule, e.data \
+         from claimed d join events e on e.seq = d.event_seq \
+         order by d.next_attempt_at, d.id",
         statements::unleased("$3")
     );
-    let ids: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql))
+    let rows = sqlx::query(AssertSqlSafe(sql))
         .bind(now.millis())
         .bind(limit as i64)
         .bind(wall)
@@ -64,9 +71,9 @@ pub(super) async fn due_deliveries(
         .fetch_all(pool)
         .await
         .map_err(backend)?;
-    let mut claimed = pending_deliveries(pool, now, limit).await?;
-    claimed.retain(|(d, _)| ids.contains(&d.id));
-    Ok(claimed)
+    rows.iter()
+        .map(|r| Ok((rows::delivery(r)?, rows::event(r)?)))
+        .collect()
 }
 
 pub(super) async fn record_attempt(
