@@ -349,9 +349,9 @@ pub struct Kind {
     pub parent_kind: Option<String>,
     /// The rules, in config order.
     pub rules: Vec<Rule>,
-    /// How long after its deadline an `idle` rule waits before it fires. Zero with one
-    /// instance; with several, it covers the heartbeats other instances hold but have not
-    /// flushed yet. Effects are still stamped at the deadline. Set by the engine, not config.
+    /// How long after its deadline an `idle` rule waits before it fires: it covers heartbeats
+    /// accepted but not yet written (held by another instance, or lost with one that was
+    /// killed). Effects are still stamped at the deadline. Set by the engine, not config.
     #[serde(skip)]
     pub idle_grace: Span,
 }

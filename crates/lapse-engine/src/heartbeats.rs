@@ -15,10 +15,12 @@ use lapse_core::{Session, SessionId, Span, Timestamp, UserId};
 /// How often pending heartbeats are written.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How long an idle rule waits past its deadline when several instances share a database:
-/// two flush intervals, so a heartbeat another instance accepted just before the deadline has
-/// been flushed (and committed) before anyone decides without it.
-pub const SHARED_IDLE_GRACE: Span = Span::from_millis(2 * FLUSH_INTERVAL.as_millis() as i64);
+/// How long an idle rule waits past its deadline: two flush intervals. A heartbeat accepted
+/// just before the deadline has then been flushed (and committed) before anyone decides
+/// without it, whether another instance holds it or this one was killed before writing it
+/// (its last acknowledged second of beats is lost, and the rule still fires no earlier than
+/// the idle time after the last of them).
+pub const IDLE_GRACE: Span = Span::from_millis(2 * FLUSH_INTERVAL.as_millis() as i64);
 
 /// Pending heartbeats, session → user → latest time seen.
 #[derive(Default)]

@@ -113,9 +113,8 @@ impl Engine {
     }
 
     /// An engine that also delivers events to `endpoints` (their secrets resolved by the
-    /// caller). On a store shared by several instances, idle rules wait
-    /// [`heartbeats::SHARED_IDLE_GRACE`] past their deadline for heartbeats other instances
-    /// have not flushed yet.
+    /// caller). Idle rules wait [`heartbeats::IDLE_GRACE`] past their deadline for heartbeats
+    /// accepted but not yet written (by another instance, or by one that was killed).
     pub fn with_webhooks(
         store: Arc<dyn Store>,
         config: Arc<Config>,
@@ -127,14 +126,12 @@ impl Engine {
             config.delivery.retry.clone(),
             config.delivery.timeout,
         );
-        let config = if store.is_shared() {
-            let mut shared = (*config).clone();
-            for kind in shared.kinds.values_mut() {
-                kind.idle_grace = heartbeats::SHARED_IDLE_GRACE;
+        let config = {
+            let mut config = (*config).clone();
+            for kind in config.kinds.values_mut() {
+                kind.idle_grace = heartbeats::IDLE_GRACE;
             }
-            Arc::new(shared)
-        } else {
-            config
+            Arc::new(config)
         };
         Arc::new(Engine {
             store,
