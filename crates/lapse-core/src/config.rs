@@ -51,6 +51,9 @@ pub struct Server {
     pub listen: String,
     /// `development` or `production`.
     pub env: Env,
+    /// At shutdown, the longest lapse waits for requests in flight, the sweep's current batch
+    /// and webhook deliveries under way before it flushes heartbeats and exits.
+    pub drain: Span,
 }
 
 impl Default for Server {
@@ -58,6 +61,7 @@ impl Default for Server {
         Server {
             listen: "127.0.0.1:7070".into(),
             env: Env::Development,
+            drain: Span::from_secs(5),
         }
     }
 }

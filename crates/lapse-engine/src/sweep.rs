@@ -33,6 +33,9 @@ pub struct SweepOptions {
     pub kind: Option<String>,
     /// Told after each batch: due rows examined and rules applied so far.
     pub progress: Option<Progress>,
+    /// Once cancelled (lapse is shutting down), the sweep ends after the batch in hand; what
+    /// it has not reached stays due for the next sweep.
+    pub stop: CancellationToken,
 }
 
 /// A callback for long sweeps: (due rows examined, rules applied) so far.
@@ -192,6 +195,15 @@ impl Engine {
             self.stats.rearmed.fetch_add(rearmed, Ordering::Relaxed);
             if let Some(Progress(tell)) = &opts.progress {
                 tell(examined, report.applied.len());
+            }
+            if opts.stop.is_cancelled() && read.is_some() {
+                // The page read ahead is left as it is: its leases (PostgreSQL) end with this
+                // instance's, and nothing of it was written.
+                tracing::info!(
+                    applied = report.applied.len(),
+                    "sweep stopped after its current batch; the rest stays due"
+                );
+                break;
             }
             match read {
                 Some(read) => next = read?,
@@ -506,9 +518,14 @@ impl Engine {
     /// another instance holds what is due).
     /// From here until the sleep ends, a change that moves a deadline before the planned
     /// wake-up wakes the sweeper.
-    pub async fn sweep_and_plan(&self) -> WakePlan {
+    /// `stop` ends a sweep under way after its current batch.
+    pub async fn sweep_and_plan(&self, stop: &CancellationToken) -> WakePlan {
         self.planned_wake.store(i64::MAX, Ordering::Release);
-        let (failing, applied) = match self.sweep_once(&SweepOptions::default()).await {
+        let opts = SweepOptions {
+            stop: stop.clone(),
+            ..SweepOptions::default()
+        };
+        let (failing, applied) = match self.sweep_once(&opts).await {
             Ok(report) => {
                 if !report.applied.is_empty() {
                     tracing::info!(
@@ -565,7 +582,7 @@ impl Engine {
             return;
         }
         loop {
-            let plan = self.sweep_and_plan().await;
+            let plan = self.sweep_and_plan(&shutdown).await;
             tokio::select! {
                 _ = tokio::time::sleep(plan.sleep) => {}
                 _ = self.woken() => {}
@@ -585,19 +602,17 @@ impl Engine {
         self.wake_ups.load(Ordering::Relaxed)
     }
 
-    /// Flushes heartbeats every `every` until `shutdown`, then once more.
+    /// Flushes heartbeats every `every` until `shutdown`. The last flush is the caller's,
+    /// once no request can add a beat any more ([`Engine::flush_heartbeats`]).
     pub async fn run_heartbeat_flusher(&self, every: Duration, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => return,
             }
             if let Err(e) = self.flush_heartbeats().await {
                 tracing::warn!(error = %e, "heartbeat flush failed; beats kept for the next one");
             }
-        }
-        if let Err(e) = self.flush_heartbeats().await {
-            tracing::error!(error = %e, "final heartbeat flush failed");
         }
     }
 }

@@ -8,6 +8,7 @@ use lapse_core::{Config, SessionId, Span, Timestamp, UserId};
 use lapse_engine::ops::CreateRequest;
 use lapse_engine::{Caller, Clock, Engine};
 use lapse_store::SqliteStore;
+use tokio_util::sync::CancellationToken;
 
 fn t0() -> Timestamp {
     "2026-03-02T08:00:00Z".parse().unwrap()
@@ -48,7 +49,7 @@ async fn the_sweeper_sleeps_until_the_next_deadline_and_an_earlier_one_wakes_it(
         .await
         .unwrap();
 
-    let plan = engine.sweep_and_plan().await;
+    let plan = engine.sweep_and_plan(&CancellationToken::new()).await;
     // First due: the host's presence lapsing after 90 s without a heartbeat.
     assert_eq!(plan.next_deadline, Some(t0() + Span::from_secs(90)));
     assert_eq!(
@@ -84,12 +85,12 @@ async fn the_sweeper_sleeps_until_the_next_deadline_and_an_earlier_one_wakes_it(
         .await
         .expect("the wake-up is kept for the sweeper's next wait");
 
-    let plan = engine.sweep_and_plan().await;
+    let plan = engine.sweep_and_plan(&CancellationToken::new()).await;
     assert_eq!(plan.next_deadline, Some(t0() + Span::from_secs(20)));
     assert_eq!(plan.sleep, Duration::from_secs(20));
 
     engine.clock().advance(Span::from_secs(20)).unwrap();
-    let plan = engine.sweep_and_plan().await;
+    let plan = engine.sweep_and_plan(&CancellationToken::new()).await;
     assert_eq!(
         plan.next_deadline,
         Some(t0() + Span::from_secs(90)),
@@ -127,7 +128,12 @@ async fn a_deadline_stored_by_one_instance_wakes_the_others() {
     };
 
     // B has nothing to do and plans to sleep its full minute.
-    assert_eq!(b.sweep_and_plan().await.next_deadline, None);
+    assert_eq!(
+        b.sweep_and_plan(&CancellationToken::new())
+            .await
+            .next_deadline,
+        None
+    );
     let before = b.wake_ups();
     // Keep creating until B's listener is surely connected: each create announces a deadline.
     let mut woken = false;
@@ -186,7 +192,7 @@ async fn a_sweeper_waits_a_second_while_another_instance_holds_what_is_due() {
         .unwrap();
     assert_eq!(held.len(), 1);
 
-    let plan = b.sweep_and_plan().await;
+    let plan = b.sweep_and_plan(&CancellationToken::new()).await;
     assert_eq!(plan.next_deadline, Some(t0() + Span::from_secs(90)));
     assert!(
         plan.sleep >= Duration::from_secs(1),

@@ -17,13 +17,11 @@ use crate::http::limits::Limiter;
 use crate::http::{self, AppState, auth::Credentials};
 use crate::settings::{Settings, cron_schedule};
 
-/// How long in-flight requests get to finish at shutdown.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// A built, bound, not yet serving lapse.
 pub struct App {
     listener: TcpListener,
-    state: Arc<AppState>,
+    engine: Arc<Engine>,
+    credentials: Credentials,
     settings: Settings,
 }
 
@@ -99,11 +97,8 @@ impl App {
         }
         Ok(App {
             listener,
-            state: Arc::new(AppState {
-                engine,
-                credentials,
-                limiter: Limiter::new(settings.config.rate_limits.clone()),
-            }),
+            engine,
+            credentials,
             settings,
         })
     }
@@ -115,12 +110,21 @@ impl App {
 
     /// The engine this app serves.
     pub fn engine(&self) -> Arc<Engine> {
-        self.state.engine.clone()
+        self.engine.clone()
     }
 
-    /// Serves until `shutdown` is cancelled, then drains requests and flushes heartbeats.
+    /// Serves until `shutdown` is cancelled. Then no connection is taken any more, event
+    /// streams end, a sweep under way stops after its current batch, and requests in flight
+    /// and webhook deliveries under way get `[server] drain` to finish; the heartbeats accepted
+    /// until then are flushed last.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let engine = self.state.engine.clone();
+        let engine = self.engine.clone();
+        let state = Arc::new(AppState {
+            engine: engine.clone(),
+            credentials: self.credentials,
+            limiter: Limiter::new(self.settings.config.rate_limits.clone()),
+            shutdown: shutdown.clone(),
+        });
         let sweeper = {
             let engine = engine.clone();
             let token = shutdown.clone();
@@ -151,19 +155,37 @@ impl App {
         let feed = tokio::spawn(engine.clone().run_event_feed(shutdown.clone()));
         let deliveries = tokio::spawn(engine.clone().run_deliveries(shutdown.clone()));
         tracing::info!(addr = %self.listener.local_addr()?, "lapse listening");
-        let router = http::router(self.state.clone());
-        let server = http::serve::serve(self.listener, router, shutdown.clone());
-        tokio::select! {
-            () = server => {}
-            _ = async { shutdown.cancelled().await; tokio::time::sleep(DRAIN_TIMEOUT).await } => {
-                tracing::warn!("requests still running after the drain timeout; stopping anyway");
+        let router = http::router(state);
+        let server = tokio::spawn(http::serve::serve(self.listener, router, shutdown.clone()));
+
+        shutdown.cancelled().await;
+        let drain = Duration::from_millis(self.settings.config.server.drain.millis() as u64);
+        let deadline = tokio::time::Instant::now() + drain;
+        let mut late = Vec::new();
+        for (what, task) in [
+            ("requests", server),
+            ("sweep", sweeper),
+            ("webhook deliveries", deliveries),
+            ("heartbeat flusher", flusher),
+            ("change watch", watch),
+            ("event feed", feed),
+        ] {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                late.push(what);
             }
         }
-        let _ = sweeper.await;
-        let _ = flusher.await;
-        let _ = watch.await;
-        let _ = feed.await;
-        let _ = deliveries.await;
+        if !late.is_empty() {
+            tracing::warn!(
+                still_running = late.join(", "),
+                drain_ms = drain.as_millis() as u64,
+                "stopping anyway after the drain"
+            );
+        }
+        // The last flush: no request adds a beat any more (unless one outlived the drain).
+        match engine.flush_heartbeats().await {
+            Ok(n) => tracing::info!(heartbeats = n, "stopped"),
+            Err(e) => tracing::error!(error = %e, "the last heartbeat flush failed"),
+        }
         Ok(())
     }
 }
@@ -185,7 +207,11 @@ async fn run_scheduled(engine: &Engine, cron: &str, shutdown: CancellationToken)
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => return,
         }
-        match engine.sweep_once(&SweepOptions::default()).await {
+        let opts = SweepOptions {
+            stop: shutdown.clone(),
+            ..SweepOptions::default()
+        };
+        match engine.sweep_once(&opts).await {
             Ok(r) => tracing::info!(
                 applied = r.applied.len(),
                 ms = r.duration_ms,

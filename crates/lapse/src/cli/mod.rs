@@ -174,10 +174,15 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             let progress = Progress(std::sync::Arc::new(|examined, applied| {
                 eprintln!("… {examined} due row(s) examined, {applied} rule(s) applied");
             }));
+            // Ctrl-C or SIGTERM ends the sweep after its current batch: what it applied is
+            // reported, the rest stays due.
+            let stop = CancellationToken::new();
+            tokio::spawn(shutdown_on_signal(stop.clone()));
             let opts = SweepOptions {
                 dry_run,
                 kind,
                 progress: Some(progress),
+                stop,
             };
             let report = engine.sweep_once(&opts).await?;
             if json {

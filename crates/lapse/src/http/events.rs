@@ -75,9 +75,11 @@ async fn events(
         session: q.session.as_deref().map(session_id).transpose()?,
     };
     if wants_stream {
-        return Ok(sse::stream(app.engine.clone(), caller, query)
-            .await?
-            .into_response());
+        return Ok(
+            sse::stream(app.engine.clone(), caller, query, app.shutdown.clone())
+                .await?
+                .into_response(),
+        );
     }
     let events = app.engine.events(&caller, &query).await?;
     let next_after = events.last().map_or(after, |e| e.seq);

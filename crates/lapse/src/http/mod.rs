@@ -35,6 +35,9 @@ pub struct AppState {
     pub credentials: auth::Credentials,
     /// `[rate_limits]`.
     pub limiter: limits::Limiter,
+    /// Cancelled when lapse begins to shut down: event streams end, a sweep asked for over
+    /// HTTP stops after its current batch.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// The whole API.

@@ -55,6 +55,7 @@ async fn sweep(
             dry_run,
             kind: q.kind,
             progress: None,
+            stop: app.shutdown.clone(),
         })
         .await?;
     Ok(Json(json!(report)))

@@ -14,11 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use lapse_core::event::Event;
 use lapse_core::store::EventQuery;
 use lapse_engine::feed::Subscription;
 use lapse_engine::{Caller, Engine};
+use tokio_util::sync::CancellationToken;
 
 use crate::http::error::ApiError;
 
@@ -43,10 +44,12 @@ struct Cursor {
 }
 
 /// The stream for `query`, after checking `caller` may read it.
+/// It ends when `shutdown` is cancelled; the client resumes from its last `seq` elsewhere.
 pub async fn stream(
     engine: Arc<Engine>,
     caller: Caller,
     mut query: EventQuery,
+    shutdown: CancellationToken,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     engine.authorize_events(&caller, &query).await?;
     query.limit = PAGE;
@@ -93,5 +96,6 @@ pub async fn stream(
             });
         }
     });
+    let events = events.take_until(shutdown.cancelled_owned());
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive")))
 }

@@ -163,6 +163,11 @@ async fn serve(db_url: &str, config: Option<&str>) -> (String, CancellationToken
 }
 
 impl TestApp {
+    /// Begins this lapse's shutdown, as SIGTERM does.
+    pub fn shut_down(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Stops this lapse and starts a new one on the same database and configuration (its
     /// manual clock starts over at `START`).
     pub async fn restart(&mut self) {

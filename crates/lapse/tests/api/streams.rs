@@ -151,7 +151,32 @@ async fn a_browser_follows_its_own_room_with_a_token_in_the_query(backend: Backe
     assert_eq!(whole_log.status(), 403);
 }
 
+async fn open_streams_end_when_lapse_shuts_down(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.create("study", "live", "alice", json!({})).await;
+    let response = Stream::open(&app, "?session=live", None, None).await;
+    let mut stream = Stream {
+        response,
+        pending: String::new(),
+    };
+    stream.next(2).await;
+    let asked = std::time::Instant::now();
+    app.shut_down();
+    // The stream ends (its client resumes elsewhere from the last id) rather than holding
+    // the shutdown until the drain runs out.
+    let end = tokio::time::timeout(Duration::from_secs(4), stream.response.chunk())
+        .await
+        .expect("the stream ends within seconds of the shutdown");
+    assert!(matches!(end, Ok(None)), "the stream ends cleanly: {end:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+}
+
 both_stores!(
     events_stream_live_and_resume_without_gaps,
     a_browser_follows_its_own_room_with_a_token_in_the_query,
+    open_streams_end_when_lapse_shuts_down,
 );
