@@ -1,0 +1,8 @@
+//! lapse as its own process, the way a service manager runs it: stopped with SIGTERM, killed
+//! with SIGKILL, started again on the same database, and judged by what the database holds
+//! afterwards.
+
+mod crash;
+mod ledger;
+mod running;
+mod shutdown;
