@@ -13,12 +13,14 @@
 //! - [`explain`]: why each rule of a kind does or does not apply to a session.
 //! - [`event`]: events (the outbox) and end-of-session notifications.
 //! - [`store`]: the `Store` trait the engine needs from a database.
+//! - [`intercept`]: a `Store` with a hook around every call (outage watch, fault injection).
 
 pub mod agenda;
 pub mod config;
 pub mod event;
 pub mod explain;
 pub mod ids;
+pub mod intercept;
 pub mod lifecycle;
 pub mod rules;
 pub mod session;

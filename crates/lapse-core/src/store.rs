@@ -25,9 +25,21 @@ pub enum StoreError {
     /// A [`HostLimit`] was reached inside the transaction.
     #[error("the host has as many open sessions of the kind as allowed")]
     LimitReached,
+    /// The database cannot be reached or cannot write for now (connection refused or lost,
+    /// no connection free in time, server shutting down, disk full, file read-only): nothing
+    /// was changed, and the same call may succeed later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// The database failed.
     #[error("database error: {0}")]
     Backend(String),
+}
+
+impl StoreError {
+    /// Whether the database was out of reach (see [`StoreError::Unavailable`]).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
 }
 
 /// One session write inside a [`Commit`].
@@ -469,6 +481,10 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         response: &StoredResponse,
     ) -> Result<(), StoreError>;
+
+    /// Rewrites one tiny row: whether the database takes writes (after an outage, when
+    /// nothing else is writing).
+    async fn write_check(&self, at: Timestamp) -> Result<(), StoreError>;
 
     /// The figures of a health report.
     async fn health_counts(

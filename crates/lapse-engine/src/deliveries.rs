@@ -108,6 +108,7 @@ impl Engine {
         }
         while let Some(result) = sends.join_next().await {
             match result {
+                Ok(Err(e)) if e.is_unavailable() => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "could not record a webhook attempt"),
                 Err(e) => tracing::error!(error = %e, "webhook task failed"),
                 Ok(Ok(())) => {}
@@ -229,7 +230,9 @@ impl Engine {
             let sent = match self.deliver_once().await {
                 Ok(n) => n,
                 Err(e) => {
-                    tracing::warn!(error = %e, "webhook delivery step failed");
+                    if !e.is_unavailable() {
+                        tracing::warn!(error = %e, "webhook delivery step failed");
+                    }
                     0
                 }
             };

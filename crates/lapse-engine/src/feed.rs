@@ -186,7 +186,9 @@ impl Engine {
         let mut signal = self.event_signal();
         loop {
             signal.borrow_and_update();
-            if let Err(e) = self.feed_once().await {
+            if let Err(e) = self.feed_once().await
+                && !e.is_unavailable()
+            {
                 tracing::warn!(error = %e, "event feed could not read; retrying");
             }
             tokio::select! {

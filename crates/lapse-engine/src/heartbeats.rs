@@ -15,6 +15,10 @@ use lapse_core::{Session, SessionId, Span, Timestamp, UserId};
 /// How often pending heartbeats are written.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Most participants with a beat waiting while the database is out of reach (a few hundred
+/// bytes each); past it, heartbeats the database would be needed for are refused.
+pub const MAX_PENDING: usize = 100_000;
+
 /// How long an idle rule waits past its deadline: two flush intervals. A heartbeat accepted
 /// just before the deadline has then been flushed (and committed) before anyone decides
 /// without it, whether another instance holds it or this one was killed before writing it
@@ -25,30 +29,43 @@ pub const IDLE_GRACE: Span = Span::from_millis(2 * FLUSH_INTERVAL.as_millis() as
 /// Pending heartbeats, session → user → latest time seen.
 #[derive(Default)]
 pub struct Heartbeats {
-    pending: Mutex<HashMap<SessionId, HashMap<UserId, Timestamp>>>,
+    pending: Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    by_session: HashMap<SessionId, HashMap<UserId, Timestamp>>,
+    /// Participants with a beat in `by_session`.
+    participants: usize,
 }
 
 impl Heartbeats {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, HashMap<UserId, Timestamp>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
         // The map holds plain values; a panic elsewhere cannot leave it half-updated.
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records that `user` was seen in `session` at `at`.
     pub fn record(&self, session: &SessionId, user: &UserId, at: Timestamp) {
-        let mut map = self.lock();
-        let seen = map
-            .entry(session.clone())
-            .or_default()
-            .entry(user.clone())
-            .or_insert(at);
-        *seen = (*seen).max(at);
+        let mut pending = self.lock();
+        let users = pending.by_session.entry(session.clone()).or_default();
+        let new = match users.get_mut(user) {
+            Some(seen) => {
+                *seen = (*seen).max(at);
+                false
+            }
+            None => {
+                users.insert(user.clone(), at);
+                true
+            }
+        };
+        pending.participants += usize::from(new);
     }
 
     /// Applies the pending beats of `s` to it, so decisions see them before they are flushed.
     pub fn overlay(&self, s: &mut Session) {
-        let map = self.lock();
-        if let Some(users) = map.get(&s.id) {
+        let pending = self.lock();
+        if let Some(users) = pending.by_session.get(&s.id) {
             for (user, at) in users {
                 if s.is_joined(user) {
                     lapse_core::lifecycle::heartbeat(s, user, *at);
@@ -59,7 +76,7 @@ impl Heartbeats {
 
     /// Takes every pending beat, leaving the map empty.
     pub fn drain(&self) -> Vec<Beat> {
-        let map = std::mem::take(&mut *self.lock());
+        let map = std::mem::take(&mut *self.lock()).by_session;
         map.into_iter()
             .flat_map(|(session, users)| {
                 users.into_iter().map(move |(user, at)| Beat {
@@ -80,7 +97,7 @@ impl Heartbeats {
 
     /// How many participants have a pending beat.
     pub fn len(&self) -> usize {
-        self.lock().values().map(HashMap::len).sum()
+        self.lock().participants
     }
 
     /// Whether nothing is pending.

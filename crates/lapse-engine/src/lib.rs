@@ -14,6 +14,7 @@
 //! - [`deliveries`]: signed webhooks out of the event outbox, with retries; retention.
 //! - [`health`]: the health report.
 //! - [`idempotency`]: remembered responses for `Idempotency-Key`.
+//! - [`outage`]: database outages noticed from failing calls, logged once, failed fast.
 
 pub mod access;
 pub mod cache;
@@ -24,12 +25,14 @@ pub mod health;
 pub mod heartbeats;
 pub mod idempotency;
 pub mod ops;
+pub mod outage;
 pub mod sweep;
 mod write;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use lapse_core::intercept::Intercepted;
 use lapse_core::lifecycle::OpError;
 use lapse_core::store::Change;
 use lapse_core::{Config, Kind, SessionId, Status, Store, StoreError};
@@ -76,6 +79,14 @@ pub enum EngineError {
     Store(StoreError),
 }
 
+impl EngineError {
+    /// Whether the database was out of reach: the outage watch has logged it already, so the
+    /// loops that will try again say nothing more.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, EngineError::Store(e) if e.is_unavailable())
+    }
+}
+
 impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
         EngineError::Store(e)
@@ -84,7 +95,9 @@ impl From<StoreError> for EngineError {
 
 /// The session lifecycle engine.
 pub struct Engine {
+    /// The store, behind the outage watch.
     store: Arc<dyn Store>,
+    outage: Arc<outage::Outage>,
     config: Arc<Config>,
     clock: Clock,
     beats: heartbeats::Heartbeats,
@@ -133,8 +146,10 @@ impl Engine {
             }
             Arc::new(config)
         };
+        let outage = Arc::new(outage::Outage::default());
         Arc::new(Engine {
-            store,
+            store: Arc::new(Intercepted::new(store, outage.clone())),
+            outage,
             config,
             clock,
             beats: heartbeats::Heartbeats::default(),
@@ -230,7 +245,9 @@ impl Engine {
             });
             tokio::select! {
                 result = self.store.watch(seen) => {
-                    if let Err(e) = result {
+                    if let Err(e) = result
+                        && !e.is_unavailable()
+                    {
                         tracing::warn!(error = %e, "change notifications lost; listening again");
                     }
                 }

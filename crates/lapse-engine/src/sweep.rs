@@ -262,6 +262,8 @@ impl Engine {
                     decided.push(d);
                 }
                 Ok(None) => {}
+                // The rest would fail the same way: the sweep ends and is tried again.
+                Err(e) if e.is_unavailable() => return Err(e),
                 Err(e) => {
                     tracing::warn!(session = %id, error = %e, "sweep could not decide; it stays due");
                     report.errors.push(SweepError {
@@ -287,6 +289,7 @@ impl Engine {
             .unzip();
         let outcomes = match self.apply_commits(commits).await {
             Ok(outcomes) => outcomes,
+            Err(e) if e.is_unavailable() => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, "a sweep batch failed; applying its sessions one by one");
                 rest.iter().map(|_| Err(StoreError::Conflict)).collect()
@@ -300,7 +303,7 @@ impl Engine {
             }
         }
         for id in alone {
-            self.sweep_alone(&id, now, report).await;
+            self.sweep_alone(&id, now, report).await?;
         }
         Ok(())
     }
@@ -446,8 +449,13 @@ impl Engine {
 
     /// Sweeps one session by itself, from a fresh read, with its cascade: for a session whose
     /// write lost in a batch. Retries a lost compare-and-set a few times; a session that still
-    /// fails stays due and is reported.
-    async fn sweep_alone(&self, id: &SessionId, now: Timestamp, report: &mut SweepReport) {
+    /// fails stays due and is reported. An outage ends it (and the sweep) at once.
+    async fn sweep_alone(
+        &self,
+        id: &SessionId,
+        now: Timestamp,
+        report: &mut SweepReport,
+    ) -> Result<(), EngineError> {
         let mut queue = VecDeque::from([id.clone()]);
         while let Some(id) = queue.pop_front() {
             let mut last_error = None;
@@ -462,6 +470,7 @@ impl Engine {
                     Err(EngineError::Store(StoreError::Conflict)) => {
                         last_error = Some("lost a concurrent update three times".to_string());
                     }
+                    Err(e) if e.is_unavailable() => return Err(e),
                     Err(e) => {
                         last_error = Some(e.to_string());
                         break;
@@ -476,6 +485,7 @@ impl Engine {
                 });
             }
         }
+        Ok(())
     }
 
     /// One session's due rules, decided and committed on their own.
@@ -537,7 +547,9 @@ impl Engine {
                 (!report.errors.is_empty(), report.applied.len())
             }
             Err(e) => {
-                tracing::error!(error = %e, "sweep failed");
+                if !e.is_unavailable() {
+                    tracing::error!(error = %e, "sweep failed");
+                }
                 (true, 0)
             }
         };
@@ -545,17 +557,27 @@ impl Engine {
         let wall = chrono::Utc::now().timestamp_millis();
         if wall - self.last_prune.load(Ordering::Relaxed) >= 60_000 {
             self.last_prune.store(wall, Ordering::Relaxed);
-            if let Err(e) = self.prune_once().await {
+            if let Err(e) = self.prune_once().await
+                && !e.is_unavailable()
+            {
                 tracing::warn!(error = %e, "pruning old events failed; will retry");
             }
         }
         let now = self.now();
-        let next_deadline = self.store.next_deadline().await.ok().flatten();
+        // Not knowing the next deadline (the database is out of reach) is not knowing there
+        // is none: look again in a second.
+        let (next_deadline, unknown) = match self.store.next_deadline().await {
+            Ok(at) => (at, false),
+            Err(_) => (None, true),
+        };
         let mut sleep = next_deadline
             .map_or(MAX_SLEEP, |at| {
                 Duration::from_millis(at.since(now).millis() as u64)
             })
             .min(MAX_SLEEP);
+        if unknown {
+            sleep = sleep.min(Duration::from_secs(1));
+        }
         // A row that keeps failing stays due, and so does one that another instance holds
         // (it is sweeping it, or it died and its lease has yet to run out): a sweep that
         // found nothing it could apply while a deadline has passed waits a second, not none.
@@ -610,7 +632,9 @@ impl Engine {
                 _ = tokio::time::sleep(every) => {}
                 _ = shutdown.cancelled() => return,
             }
-            if let Err(e) = self.flush_heartbeats().await {
+            if let Err(e) = self.flush_heartbeats().await
+                && !e.is_unavailable()
+            {
                 tracing::warn!(error = %e, "heartbeat flush failed; beats kept for the next one");
             }
         }

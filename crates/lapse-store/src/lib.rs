@@ -26,6 +26,12 @@ use lapse_core::{Store, StoreError};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
+/// Longest a call waits for a free connection (or for a new one to open) before it fails as
+/// [`StoreError::Unavailable`]: in an outage the first request is answered within a second
+/// (the rest at once, see `lapse_engine::outage`) rather than hanging, and under a burst
+/// beyond what the pool serves a request is refused rather than queued without bound.
+pub const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(750);
+
 /// Opens the store a database URL names (`sqlite://path`, `sqlite::memory:`,
 /// `postgres://...`), without migrating it.
 pub async fn open(
@@ -62,5 +68,35 @@ pub fn redact(url: &str) -> String {
 }
 
 pub(crate) fn backend(e: sqlx::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    if unavailable(&e) {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// Whether `e` says the database is out of reach for now rather than that the statement is
+/// wrong: the same call may succeed once it is back.
+fn unavailable(e: &sqlx::Error) -> bool {
+    use sqlx::Error as E;
+    match e {
+        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => true,
+        E::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            if db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some()
+            {
+                // Class 08: connection exceptions; 57P01-57P03: the server is shutting down
+                // or starting; 53100: disk full.
+                code.starts_with("08") || code.starts_with("57P0") || code == "53100"
+            } else {
+                // SQLite's primary result code (the low byte of the extended one): BUSY past
+                // the busy timeout, READONLY, IOERR, FULL, CANTOPEN.
+                let primary = code.parse::<i32>().map_or(0, |c| c & 0xff);
+                matches!(primary, 5 | 8 | 10 | 13 | 14)
+            }
+        }
+        _ => false,
+    }
 }

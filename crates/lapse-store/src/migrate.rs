@@ -35,6 +35,11 @@ pub const SQLITE: &[Script] = &[
         name: "participants by room",
         sql: include_str!("../migrations/sqlite/0004_participants_by_room.sql"),
     },
+    Script {
+        version: 5,
+        name: "write check",
+        sql: include_str!("../migrations/sqlite/0005_write_check.sql"),
+    },
 ];
 
 /// PostgreSQL's scripts.
@@ -58,5 +63,10 @@ pub const POSTGRES: &[Script] = &[
         version: 4,
         name: "lease owners",
         sql: include_str!("../migrations/postgres/0004_lease_owners.sql"),
+    },
+    Script {
+        version: 5,
+        name: "write check",
+        sql: include_str!("../migrations/postgres/0005_write_check.sql"),
     },
 ];

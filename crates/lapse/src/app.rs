@@ -154,6 +154,7 @@ impl App {
         }
         let feed = tokio::spawn(engine.clone().run_event_feed(shutdown.clone()));
         let deliveries = tokio::spawn(engine.clone().run_deliveries(shutdown.clone()));
+        let probe = tokio::spawn(engine.clone().run_outage_probe(shutdown.clone()));
         tracing::info!(addr = %self.listener.local_addr()?, "lapse listening");
         let router = http::router(state);
         let server = tokio::spawn(http::serve::serve(self.listener, router, shutdown.clone()));
@@ -169,6 +170,7 @@ impl App {
             ("heartbeat flusher", flusher),
             ("change watch", watch),
             ("event feed", feed),
+            ("outage probe", probe),
         ] {
             if tokio::time::timeout_at(deadline, task).await.is_err() {
                 late.push(what);

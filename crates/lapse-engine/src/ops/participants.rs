@@ -71,23 +71,40 @@ impl Engine {
         // The common case from memory: open, joined, nothing due (see `cache`). The stored
         // wake-up may have passed only because heartbeats moved the truth (lazy re-arm); the
         // rules themselves, on the copy with this instance's beats, tell.
-        if let Some(crate::cache::Held {
-            session: s,
-            joined,
-            checked,
-        }) = self.sessions.get(id)
-            && checked.elapsed() < crate::cache::FRESH_FOR
-            && s.status.is_open()
-            && joined.contains(user)
-            && (s.wake_at.is_none_or(|at| at > now) || {
-                let mut probe = (*s).clone();
-                self.apply_due(&mut probe, now).is_empty()
-            })
+        let held = self.sessions.get(id);
+        let takes_beat = |h: &crate::cache::Held| {
+            let s = &h.session;
+            s.status.is_open()
+                && h.joined.contains(user)
+                && (s.wake_at.is_none_or(|at| at > now) || {
+                    let mut probe = (**s).clone();
+                    self.apply_due(&mut probe, now).is_empty()
+                })
+        };
+        if let Some(h) = &held
+            && h.checked.elapsed() < crate::cache::FRESH_FOR
+            && takes_beat(h)
         {
             self.beats.record(id, user, now);
             return Ok(());
         }
-        let s = self.settle(id).await?.ok_or_else(|| not_found(id))?;
+        let s = match self.settle(id).await {
+            Ok(s) => s.ok_or_else(|| not_found(id))?,
+            // The database is out of reach: a session this instance knows to be open, with
+            // the user in it and nothing due, takes the beat into memory as it would anyway;
+            // it is written once the database is back. Bounded: past it, the 503 stands.
+            Err(e) if e.is_unavailable() => {
+                if let Some(h) = &held
+                    && takes_beat(h)
+                    && self.beats.len() < crate::heartbeats::MAX_PENDING
+                {
+                    self.beats.record(id, user, now);
+                    return Ok(());
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         lifecycle::check_heartbeat(&s, user)?;
         self.beats.record(id, user, self.now());
         Ok(())

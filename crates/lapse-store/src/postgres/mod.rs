@@ -72,7 +72,7 @@ async fn lock_until_commit(
 pub struct PostgresStore {
     pool: PgPool,
     /// This store as a lease holder, from its first claim on.
-    holder: Arc<tokio::sync::OnceCell<Holder>>,
+    holder: Arc<tokio::sync::Mutex<Option<Holder>>>,
 }
 
 /// A connection of a store's own that holds the advisory lock `(LEASE_HOLDERS, number)` for
@@ -80,8 +80,14 @@ pub struct PostgresStore {
 /// for the lock goes with the connection, however the process ends.
 struct Holder {
     number: i32,
-    _connection: std::sync::Mutex<PgConnection>,
+    connection: PgConnection,
+    /// When the connection (and so the lock) was last seen alive.
+    checked: std::time::Instant,
 }
+
+/// How long a lease holder's connection is trusted without a look: a claim made later first
+/// checks it is still there (a database restart or a network cut ends it, and the lock with it).
+const HOLDER_CHECKED_FOR: Duration = Duration::from_secs(1);
 
 fn wall_now() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -106,7 +112,7 @@ impl PostgresStore {
         }
         let pool = PgPoolOptions::new()
             .max_connections(pool_size.unwrap_or(10).max(2))
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(crate::ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await
             .map_err(|e| {
@@ -119,33 +125,48 @@ impl PostgresStore {
     }
 
     /// This store's number as a lease holder, taken (with its lock) on first use: a number
-    /// from the clock and the process id, or the next free one.
+    /// from the clock and the process id, or the next free one. If the holder's connection
+    /// has gone since (the lock went with it, so its leases are free to others already), a new
+    /// one is taken.
     async fn holder(&self) -> Result<i32, StoreError> {
-        let holder = self
-            .holder
-            .get_or_try_init(|| async {
-                let mut connection = PgConnection::connect_with(&self.pool.connect_options())
-                    .await
-                    .map_err(backend)?;
-                let mut number = ((wall_now() as u32) ^ std::process::id()) as i32 & i32::MAX;
-                loop {
-                    let taken: bool = sqlx::query_scalar("select pg_try_advisory_lock($1, $2)")
-                        .bind(LEASE_HOLDERS)
-                        .bind(number)
-                        .fetch_one(&mut connection)
-                        .await
-                        .map_err(backend)?;
-                    if taken {
-                        return Ok::<_, StoreError>(Holder {
-                            number,
-                            _connection: std::sync::Mutex::new(connection),
-                        });
-                    }
-                    number = number.wrapping_add(1) & i32::MAX;
+        let mut holder = self.holder.lock().await;
+        if let Some(h) = holder.as_mut() {
+            if h.checked.elapsed() < HOLDER_CHECKED_FOR {
+                return Ok(h.number);
+            }
+            match h.connection.ping().await {
+                Ok(()) => {
+                    h.checked = std::time::Instant::now();
+                    return Ok(h.number);
                 }
-            })
-            .await?;
-        Ok(holder.number)
+                Err(e) => {
+                    tracing::warn!(error = %e, number = h.number, "lease holder connection lost; taking a new one");
+                    *holder = None;
+                }
+            }
+        }
+        let mut connection = PgConnection::connect_with(&self.pool.connect_options())
+            .await
+            .map_err(backend)?;
+        let mut number = ((wall_now() as u32) ^ std::process::id()) as i32 & i32::MAX;
+        loop {
+            let taken: bool = sqlx::query_scalar("select pg_try_advisory_lock($1, $2)")
+                .bind(LEASE_HOLDERS)
+                .bind(number)
+                .fetch_one(&mut connection)
+                .await
+                .map_err(backend)?;
+            if taken {
+                break;
+            }
+            number = number.wrapping_add(1) & i32::MAX;
+        }
+        *holder = Some(Holder {
+            number,
+            connection,
+            checked: std::time::Instant::now(),
+        });
+        Ok(number)
     }
 
     /// A server setting as this store's connections see it (`statement_timeout`, ...), for
@@ -718,6 +739,10 @@ impl Store for PostgresStore {
 
     async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
         outbox::prune(&self.pool, before, limit).await
+    }
+
+    async fn write_check(&self, at: Timestamp) -> Result<(), StoreError> {
+        outbox::write_check(&self.pool, at).await
     }
 
     async fn health_counts(

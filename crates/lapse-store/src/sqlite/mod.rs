@@ -37,6 +37,27 @@ pub use backup::{Backup, backup};
 
 use writes::{exec, write_commit, write_updates};
 
+/// Whether the writer connection, handed back after a write, is out of any transaction; if
+/// not, it is closed (which rolls the transaction back) and the pool opens a fresh one.
+///
+/// A COMMIT that fails with a full disk can leave SQLite's transaction open, and the ROLLBACK
+/// queued after it can fail as well; the connection then went on taking every later write into
+/// that transaction, never committed, holding the write lock, until lapse restarted. The
+/// check costs nothing after a write that committed (the transaction depth is already zero).
+async fn left_no_transaction(conn: &mut sqlx::SqliteConnection) -> bool {
+    use sqlx::Connection as _;
+    if !conn.is_in_transaction() {
+        return true;
+    }
+    // A rollback may be queued on the connection still: let it run, then look again.
+    let _ = conn.ping().await;
+    if conn.is_in_transaction() {
+        tracing::warn!("a failed write left its transaction open; reconnecting the writer");
+        return false;
+    }
+    true
+}
+
 /// Sessions in a SQLite database.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -66,7 +87,12 @@ impl SqliteStore {
             .read_only(true)
             .pragma("cache_size", format!("-{}", 16 * 1024));
         // An in-memory database lives as long as its one connection: never let it idle out.
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let writer = SqlitePoolOptions::new()
+            .acquire_timeout(crate::ACQUIRE_TIMEOUT)
+            .after_release(move |conn, _| {
+                Box::pin(async move { Ok(in_memory || left_no_transaction(conn).await) })
+            })
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
@@ -75,10 +101,11 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Backend(format!("cannot open `{url}`: {e}")))?;
         // An in-memory database exists once per connection: readers must share the writer.
-        let reader = if url.contains(":memory:") || url.contains("mode=memory") {
+        let reader = if in_memory {
             writer.clone()
         } else {
             SqlitePoolOptions::new()
+                .acquire_timeout(crate::ACQUIRE_TIMEOUT)
                 .max_connections(pool_size.unwrap_or(4).max(1))
                 .connect_with(reader_options)
                 .await
@@ -593,6 +620,10 @@ impl Store for SqliteStore {
         response: &StoredResponse,
     ) -> Result<(), StoreError> {
         outbox::save_idempotent_response(&self.writer, actor, key, response).await
+    }
+
+    async fn write_check(&self, at: Timestamp) -> Result<(), StoreError> {
+        outbox::write_check(&self.writer, at).await
     }
 
     fn is_shared(&self) -> bool {

@@ -174,6 +174,19 @@ pub(super) async fn prune(
     Ok(events.rows_affected() + deliveries.rows_affected() + keys.rows_affected())
 }
 
+/// Rewrites the one row of `write_check`.
+pub(super) async fn write_check(pool: &SqlitePool, at: Timestamp) -> Result<(), StoreError> {
+    sqlx::query(
+        "insert into write_check (id, at) values (1, ?1) \
+         on conflict (id) do update set at = excluded.at",
+    )
+    .bind(at.millis())
+    .execute(pool)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
 pub(super) async fn health_counts(
     pool: &SqlitePool,
     overdue_before: Timestamp,

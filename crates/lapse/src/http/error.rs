@@ -86,6 +86,7 @@ impl ApiError {
             "host_has_open_session" => "Host already has an open session",
             "rate_limited" => "Too many requests",
             "conflict" => "Conflict",
+            "database_unavailable" => "Database unavailable",
             _ => "Internal error",
         }
     }
@@ -117,6 +118,13 @@ impl From<EngineError> for ApiError {
                     json!({ "id": blocking.0, "status": blocking.1 }),
                 )
             }
+            // Logged once per outage by the engine, not once per request.
+            EngineError::Store(err) if err.is_unavailable() => ApiError::new(
+                S::SERVICE_UNAVAILABLE,
+                code,
+                "lapse cannot reach its database right now; nothing was changed, try again",
+            )
+            .retry_after(1),
             EngineError::Store(err) => {
                 tracing::error!(error = %err, "storage failed");
                 ApiError::new(

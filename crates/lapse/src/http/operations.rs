@@ -156,13 +156,7 @@ async fn move_clock(
 }
 
 async fn ready(State(app): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
-    app.engine.sweeper_figures().await.map_err(|_| {
-        ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "internal",
-            "database unreachable",
-        )
-    })?;
+    app.engine.ready().await?;
     Ok(Json(json!({ "status": "ready" })))
 }
 

@@ -4,5 +4,6 @@
 
 mod crash;
 mod ledger;
+mod outage;
 mod running;
 mod shutdown;

@@ -16,6 +16,15 @@ pub fn wall_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// An answer, with how long it took.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: Value,
+    pub took: Duration,
+}
+
 /// A running (or exited) `lapse serve`.
 pub struct Lapse {
     child: Child,
@@ -115,6 +124,37 @@ impl Lapse {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// A request as admin, timed; `None` if nothing answered.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Option<Answer> {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(KEY);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let sent = Instant::now();
+        let resp = request.send().await.ok()?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        let body = resp.json().await.unwrap_or(Value::Null);
+        Some(Answer {
+            status,
+            retry_after,
+            body,
+            took: sent.elapsed(),
+        })
     }
 
     /// `GET path` as admin: the status and JSON body, or `None` if nothing answered.

@@ -1,0 +1,277 @@
+//! A [`Store`] with a hook around every call. The engine watches for database outages this
+//! way (`lapse_engine::outage`), and a simulation can inject faults between any two calls
+//! the same way; neither needs to know how a call is made.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::event::{Event, Notification};
+use crate::store::{
+    Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DueRow, EventQuery,
+    HealthCounts, Moved, Rearm, SessionQuery, StatusCount, StoredResponse,
+};
+use crate::{Session, SessionId, Store, StoreError, Timestamp, UserId};
+
+/// A store call as a hook sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Call {
+    /// The [`Store`] method.
+    pub name: &'static str,
+    /// Whether it writes (a SQLite database on a full disk still reads).
+    pub writes: bool,
+}
+
+/// What runs around every call of an [`Intercepted`] store.
+pub trait Hook: Send + Sync + 'static {
+    /// Carried from [`Hook::before`] to [`Hook::after`].
+    type Ticket: Send;
+    /// Before the call: an error here is returned in its place, and the call is not made.
+    fn before(&self, call: Call) -> Result<Self::Ticket, StoreError>;
+    /// After the call, with how it went.
+    fn after(&self, call: Call, ticket: Self::Ticket, outcome: Result<(), &StoreError>);
+}
+
+/// `inner` with `hook` around every call.
+pub struct Intercepted<H> {
+    inner: Arc<dyn Store>,
+    hook: Arc<H>,
+}
+
+impl<H: Hook> Intercepted<H> {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn Store>, hook: Arc<H>) -> Self {
+        Intercepted { inner, hook }
+    }
+
+    async fn run<T>(
+        &self,
+        name: &'static str,
+        writes: bool,
+        call: impl Future<Output = Result<T, StoreError>> + Send,
+    ) -> Result<T, StoreError> {
+        let call_of = Call { name, writes };
+        let ticket = self.hook.before(call_of)?;
+        let outcome = call.await;
+        self.hook
+            .after(call_of, ticket, outcome.as_ref().map(|_| ()));
+        outcome
+    }
+}
+
+const READ: bool = false;
+const WRITE: bool = true;
+
+#[async_trait]
+impl<H: Hook> Store for Intercepted<H> {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        self.run("migrate", WRITE, self.inner.migrate()).await
+    }
+
+    async fn load(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
+        self.run("load", READ, self.inner.load(id)).await
+    }
+
+    async fn version(&self, id: &SessionId) -> Result<Option<i64>, StoreError> {
+        self.run("version", READ, self.inner.version(id)).await
+    }
+
+    async fn load_many(&self, ids: &[SessionId]) -> Result<Vec<Session>, StoreError> {
+        self.run("load_many", READ, self.inner.load_many(ids)).await
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        self.run("commit", WRITE, self.inner.commit(commit)).await
+    }
+
+    async fn commit_many(
+        &self,
+        commits: &[Commit],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        self.run("commit_many", WRITE, self.inner.commit_many(commits))
+            .await
+    }
+
+    async fn import(&self, sessions: &[Session]) -> Result<u64, StoreError> {
+        self.run("import", WRITE, self.inner.import(sessions)).await
+    }
+
+    async fn list(&self, query: &SessionQuery) -> Result<Vec<Session>, StoreError> {
+        self.run("list", READ, self.inner.list(query)).await
+    }
+
+    async fn open_children(&self, parents: &[SessionId]) -> Result<Vec<Session>, StoreError> {
+        self.run("open_children", READ, self.inner.open_children(parents))
+            .await
+    }
+
+    async fn due(
+        &self,
+        now: Timestamp,
+        kind: Option<&str>,
+        cursor: Option<&DueRow>,
+        limit: u32,
+        claim: bool,
+    ) -> Result<Vec<DueRow>, StoreError> {
+        // A claim writes leases only where instances share the database.
+        let writes = claim && self.inner.is_shared();
+        let call = self.inner.due(now, kind, cursor, limit, claim);
+        self.run("due", writes, call).await
+    }
+
+    async fn rearm(&self, rows: &[Rearm]) -> Result<u64, StoreError> {
+        self.run("rearm", WRITE, self.inner.rearm(rows)).await
+    }
+
+    async fn next_deadline(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.run("next_deadline", READ, self.inner.next_deadline())
+            .await
+    }
+
+    async fn flush_heartbeats(&self, beats: &[Beat]) -> Result<Vec<Moved>, StoreError> {
+        self.run(
+            "flush_heartbeats",
+            WRITE,
+            self.inner.flush_heartbeats(beats),
+        )
+        .await
+    }
+
+    async fn was_deleted(&self, id: &SessionId) -> Result<bool, StoreError> {
+        self.run("was_deleted", READ, self.inner.was_deleted(id))
+            .await
+    }
+
+    async fn last_event_seq(&self) -> Result<i64, StoreError> {
+        self.run("last_event_seq", READ, self.inner.last_event_seq())
+            .await
+    }
+
+    async fn events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        self.run("events", READ, self.inner.events(query)).await
+    }
+
+    async fn notifications(
+        &self,
+        user: &UserId,
+        unread_only: bool,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let call = self.inner.notifications(user, unread_only, limit);
+        self.run("notifications", READ, call).await
+    }
+
+    async fn mark_read(
+        &self,
+        user: &UserId,
+        id: &str,
+        at: Timestamp,
+    ) -> Result<Option<Notification>, StoreError> {
+        self.run("mark_read", WRITE, self.inner.mark_read(user, id, at))
+            .await
+    }
+
+    async fn counts(&self) -> Result<Vec<StatusCount>, StoreError> {
+        self.run("counts", READ, self.inner.counts()).await
+    }
+
+    async fn watch(&self, seen: ChangeCallback) -> Result<(), StoreError> {
+        self.run("watch", READ, self.inner.watch(seen)).await
+    }
+
+    async fn due_deliveries(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        claim: bool,
+    ) -> Result<Vec<(Delivery, Event)>, StoreError> {
+        let writes = claim && self.inner.is_shared();
+        let call = self.inner.due_deliveries(now, limit, claim);
+        self.run("due_deliveries", writes, call).await
+    }
+
+    async fn record_attempt(&self, id: &str, attempt: &Attempt) -> Result<(), StoreError> {
+        self.run(
+            "record_attempt",
+            WRITE,
+            self.inner.record_attempt(id, attempt),
+        )
+        .await
+    }
+
+    async fn disable_endpoint(
+        &self,
+        url: &str,
+        at: Timestamp,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let call = self.inner.disable_endpoint(url, at, reason);
+        self.run("disable_endpoint", WRITE, call).await
+    }
+
+    async fn deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.run("deliveries", READ, self.inner.deliveries(status, limit))
+            .await
+    }
+
+    async fn retry_delivery(
+        &self,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<Option<Delivery>, StoreError> {
+        self.run("retry_delivery", WRITE, self.inner.retry_delivery(id, now))
+            .await
+    }
+
+    async fn next_delivery_at(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.run("next_delivery_at", READ, self.inner.next_delivery_at())
+            .await
+    }
+
+    async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        self.run("prune", WRITE, self.inner.prune(before, limit))
+            .await
+    }
+
+    async fn idempotent_response(
+        &self,
+        actor: &str,
+        key: &str,
+        since: Timestamp,
+    ) -> Result<Option<StoredResponse>, StoreError> {
+        let call = self.inner.idempotent_response(actor, key, since);
+        self.run("idempotent_response", READ, call).await
+    }
+
+    async fn save_idempotent_response(
+        &self,
+        actor: &str,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<(), StoreError> {
+        let call = self.inner.save_idempotent_response(actor, key, response);
+        self.run("save_idempotent_response", WRITE, call).await
+    }
+
+    async fn write_check(&self, at: Timestamp) -> Result<(), StoreError> {
+        self.run("write_check", WRITE, self.inner.write_check(at))
+            .await
+    }
+
+    async fn health_counts(
+        &self,
+        overdue_before: Timestamp,
+        stale_before: Timestamp,
+    ) -> Result<HealthCounts, StoreError> {
+        let call = self.inner.health_counts(overdue_before, stale_before);
+        self.run("health_counts", READ, call).await
+    }
+
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
+    }
+}
