@@ -164,9 +164,6 @@ impl Engine {
             },
             Ok(response) if response.status() == reqwest::StatusCode::GONE => {
                 tracing::warn!(url = %d.endpoint, "webhook endpoint answered 410 Gone; disabled");
-                self.store
-                    .disable_endpoint(&d.endpoint, now, "the endpoint answered 410 Gone")
-                    .await?;
                 Attempt {
                     at: now,
                     http_status: Some(410),
@@ -215,7 +212,15 @@ impl Engine {
                 }
             }
         };
-        Ok(self.store.record_attempt(&d.id, &attempt).await?)
+        self.store.record_attempt(&d.id, &attempt).await?;
+        // This attempt is recorded first, with the answer that ended it; then the endpoint's
+        // other pending deliveries die with it.
+        if attempt.http_status == Some(410) {
+            self.store
+                .disable_endpoint(&d.endpoint, now, "the endpoint answered 410 Gone")
+                .await?;
+        }
+        Ok(())
     }
 
     /// Delivers until `shutdown`: after each batch it sleeps until the next delivery is due
