@@ -129,12 +129,30 @@ impl Engine {
 
     /// Loads `id` and applies its due rules at `now`, committing what they did. Returns the
     /// session as it stands (`None` if it is gone) and its version as read.
+    ///
+    /// A session whose rules follow its parent settles the parent first: a parent whose own
+    /// rules ended it closes for its children at that deadline, whether or not a sweep has
+    /// got to it yet, and the child's rules then count from there.
     async fn settle(&self, id: &SessionId) -> Result<Option<Session>, EngineError> {
+        let mut parent_settled = false;
         for _ in 0..ATTEMPTS {
             let now = self.now();
             let Some(mut s) = self.load_session(id).await? else {
                 return Ok(None);
             };
+            if !parent_settled
+                && s.status.is_open()
+                && s.parent_ended_at.is_none()
+                && let Some(parent) = s.parent.clone()
+                && self.follows_parent(&s.kind)
+            {
+                parent_settled = true;
+                match Box::pin(self.settle(&parent)).await? {
+                    Some(p) if p.status.is_open() => {}
+                    // Its end (or deletion) moved this session's row: read it again.
+                    _ => continue,
+                }
+            }
             let stored = s.clone();
             let fx = self.apply_due(&mut s, now);
             if fx.is_empty() {
@@ -157,6 +175,16 @@ impl Engine {
         Err(EngineError::Conflict(format!(
             "session `{id}` is changing too fast; try again"
         )))
+    }
+
+    /// Whether sessions of `kind` have rules that count from their parent's end.
+    pub(crate) fn follows_parent(&self, kind: &str) -> bool {
+        self.kind_of(kind).rules.iter().any(|r| {
+            matches!(
+                r.on,
+                lapse_core::rules::Trigger::ParentEnded | lapse_core::rules::Trigger::Orphaned
+            )
+        })
     }
 
     /// Runs `op` on the settled session `id` and commits the result. `op` checks rights, then

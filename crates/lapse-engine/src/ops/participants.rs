@@ -74,7 +74,12 @@ impl Engine {
         let held = self.sessions.get(id);
         let takes_beat = |h: &crate::cache::Held| {
             let s = &h.session;
+            // A session that follows a parent still open as far as it knows may have lapsed
+            // with its parent's end: that takes a read of the parent (see `settle`).
+            let parent_unknown =
+                s.parent.is_some() && s.parent_ended_at.is_none() && self.follows_parent(&s.kind);
             s.status.is_open()
+                && !parent_unknown
                 && h.joined.contains(user)
                 && (s.wake_at.is_none_or(|at| at > now) || {
                     let mut probe = (**s).clone();

@@ -86,6 +86,26 @@ async fn a_repair_whose_request_was_cancelled_by_hand_follows_it_on_access(backe
     assert_eq!(rep["ended_by"], "rule:cancel-with-request");
 }
 
+/// The request's own rule ended it, and no sweep has run since: reading the repair (or
+/// beating in it) meets it cancelled at its request's end, as a sweep would have left it.
+async fn a_repair_follows_its_expired_request_on_access_before_any_sweep(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.create("request", "req", "cust", json!({})).await;
+    app.advance("10m").await;
+    app.create("repair", "rep", "cust", json!({ "parent": "req" }))
+        .await;
+    app.start("rep", "cust").await;
+    app.heartbeat("rep", "cust").await.expect(204);
+    app.advance("6m").await;
+    app.heartbeat("rep", "cust")
+        .await
+        .problem(409, "invalid_transition");
+    let rep = app.session("rep").await.expect(200);
+    assert_eq!(rep["status"], "cancelled", "{rep}");
+    assert_eq!(rep["ended_by"], "rule:cancel-with-request");
+    assert_eq!(rep["ended_at"], at(START, "15m"), "at its request's end");
+}
+
 async fn an_active_repair_without_a_request_is_cancelled_as_orphaned(backend: Backend) {
     let app = spawn_app(backend).await;
     app.create("repair", "lone", "cust", json!({})).await;
@@ -224,6 +244,7 @@ async fn metrics_are_exposed_for_prometheus_without_credentials(backend: Backend
 }
 
 both_stores!(
+    a_repair_follows_its_expired_request_on_access_before_any_sweep,
     metrics_are_exposed_for_prometheus_without_credentials,
     the_health_check_finds_stuck_work_and_says_what_to_do,
     a_kind_without_a_pending_rule_reports_stale_sessions,
