@@ -54,6 +54,9 @@ pub struct Server {
     /// At shutdown, the longest lapse waits for requests in flight, the sweep's current batch
     /// and webhook deliveries under way before it flushes heartbeats and exits.
     pub drain: Span,
+    /// Most requests answered at once (0: no limit); past it a request waits a moment for a
+    /// place, then is refused with 429.
+    pub max_in_flight: u32,
 }
 
 impl Default for Server {
@@ -62,6 +65,7 @@ impl Default for Server {
             listen: "127.0.0.1:7070".into(),
             env: Env::Development,
             drain: Span::from_secs(5),
+            max_in_flight: 256,
         }
     }
 }

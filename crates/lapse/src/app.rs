@@ -13,7 +13,7 @@ use lapse_engine::{Clock, Engine, SweepOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::limits::Limiter;
+use crate::http::limits::{InFlight, Limiter};
 use crate::http::{self, AppState, auth::Credentials};
 use crate::settings::{Settings, cron_schedule};
 
@@ -123,6 +123,7 @@ impl App {
             engine: engine.clone(),
             credentials: self.credentials,
             limiter: Limiter::new(self.settings.config.rate_limits.clone()),
+            in_flight: InFlight::new(self.settings.config.server.max_in_flight),
             shutdown: shutdown.clone(),
         });
         let sweeper = {

@@ -1,6 +1,10 @@
 //! Rate limits per actor and operation (SPEC §5, `[rate_limits]`): a generic cell rate
 //! algorithm per (actor, operation), in memory. `N/min` lets a burst of N through, then one
 //! every minute/N. Checked right after credentials, before anything else.
+//!
+//! And one limit for everyone ([`in_flight`]): at most `[server] max_in_flight` requests are
+//! answered at once, so a flood beyond what lapse can serve is refused within a moment instead
+//! of queueing, every request slower than the last.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,6 +15,63 @@ use lapse_core::config::RateLimit;
 
 /// Buckets are forgotten this long after they refilled, so idle actors cost nothing.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
+
+/// How long a request waits for a place when `max_in_flight` are being answered.
+pub const QUEUE_WAIT: Duration = Duration::from_millis(100);
+
+/// Places for requests being answered, `[server] max_in_flight` of them.
+pub struct InFlight {
+    places: tokio::sync::Semaphore,
+    max: u32,
+}
+
+impl InFlight {
+    /// `max` places; `None` for no limit.
+    pub fn new(max: u32) -> Option<InFlight> {
+        (max > 0).then(|| InFlight {
+            places: tokio::sync::Semaphore::new(max as usize),
+            max,
+        })
+    }
+}
+
+/// Holds a place for the request while it is answered (the response's head: an event stream's
+/// body goes on without it). Probes never wait: a load balancer must see an overloaded
+/// instance alive. Past the limit, 429 `rate_limited` with `Retry-After: 1`.
+pub async fn in_flight(
+    axum::extract::State(app): axum::extract::State<std::sync::Arc<crate::http::AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(limit) = &app.in_flight else {
+        return next.run(request).await;
+    };
+    if matches!(request.uri().path(), "/livez" | "/readyz") {
+        return next.run(request).await;
+    }
+    let place = match limit.places.try_acquire() {
+        Ok(place) => place,
+        Err(_) => match tokio::time::timeout(QUEUE_WAIT, limit.places.acquire()).await {
+            Ok(Ok(place)) => place,
+            _ => {
+                return crate::http::error::ApiError::new(
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "lapse is answering as many requests as it takes at once ({}); try again in a moment",
+                        limit.max
+                    ),
+                )
+                .retry_after(1)
+                .into_response();
+            }
+        },
+    };
+    let response = next.run(request).await;
+    drop(place);
+    response
+}
 
 /// The operation a request is, for `[rate_limits]` (its configured names).
 pub fn operation(method: &Method, route: &str) -> &'static str {

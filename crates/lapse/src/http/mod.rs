@@ -35,6 +35,8 @@ pub struct AppState {
     pub credentials: auth::Credentials,
     /// `[rate_limits]`.
     pub limiter: limits::Limiter,
+    /// `[server] max_in_flight`.
+    pub in_flight: Option<limits::InFlight>,
     /// Cancelled when lapse begins to shut down: event streams end, a sweep asked for over
     /// HTTP stops after its current batch.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -63,6 +65,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             idempotency::idempotency,
+        ))
+        // Outermost: a request refused for want of a place costs next to nothing.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::in_flight,
         ))
         .with_state(state)
 }

@@ -35,6 +35,7 @@ mod config;
 mod errors;
 mod identity;
 mod instances;
+mod overload;
 mod races;
 mod seed_000_study;
 mod seed_001_reading;
