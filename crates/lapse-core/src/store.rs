@@ -26,19 +26,24 @@ pub enum StoreError {
     #[error("the host has as many open sessions of the kind as allowed")]
     LimitReached,
     /// The database cannot be reached or cannot write for now (connection refused or lost,
-    /// no connection free in time, server shutting down, disk full, file read-only): nothing
-    /// was changed, and the same call may succeed later.
+    /// server shutting down, disk full, file read-only): nothing was changed, and the same
+    /// call may succeed later.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// No connection was free in time: the database is saturated, or out of reach (which
+    /// other calls then tell). Nothing was changed; the same call may succeed later.
+    #[error("database busy: no connection free in time")]
+    Busy,
     /// The database failed.
     #[error("database error: {0}")]
     Backend(String),
 }
 
 impl StoreError {
-    /// Whether the database was out of reach (see [`StoreError::Unavailable`]).
+    /// Whether the database could not be used just now, out of reach or saturated
+    /// ([`StoreError::Unavailable`], [`StoreError::Busy`]): the same call may succeed later.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(self, StoreError::Unavailable(_) | StoreError::Busy)
     }
 }
 

@@ -114,6 +114,9 @@ impl Hook for Outage {
         let (gate, class) = self.gate(call);
         match outcome {
             Err(StoreError::Unavailable(e)) => gate.failed(class, e),
+            // No connection free in time says nothing either way: a saturated pool is not an
+            // outage, and in an outage the broken connections say so.
+            Err(StoreError::Busy) => {}
             // Anything else came from the database itself: it is there. A database that
             // takes writes serves reads too.
             _ => {

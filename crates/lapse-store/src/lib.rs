@@ -27,7 +27,7 @@ pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Longest a call waits for a free connection (or for a new one to open) before it fails as
-/// [`StoreError::Unavailable`]: in an outage the first request is answered within a second
+/// [`StoreError::Busy`]: in an outage the first request is answered within a second
 /// (the rest at once, see `lapse_engine::outage`) rather than hanging, and under a burst
 /// beyond what the pool serves a request is refused rather than queued without bound.
 pub const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(750);
@@ -68,7 +68,9 @@ pub fn redact(url: &str) -> String {
 }
 
 pub(crate) fn backend(e: sqlx::Error) -> StoreError {
-    if unavailable(&e) {
+    if matches!(e, sqlx::Error::PoolTimedOut) {
+        StoreError::Busy
+    } else if unavailable(&e) {
         StoreError::Unavailable(e.to_string())
     } else {
         StoreError::Backend(e.to_string())
@@ -80,7 +82,7 @@ pub(crate) fn backend(e: sqlx::Error) -> StoreError {
 fn unavailable(e: &sqlx::Error) -> bool {
     use sqlx::Error as E;
     match e {
-        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => true,
+        E::Io(_) | E::Tls(_) | E::PoolClosed | E::WorkerCrashed => true,
         E::Database(db) => {
             let code = db.code().unwrap_or_default();
             if db
