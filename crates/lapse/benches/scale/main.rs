@@ -7,7 +7,7 @@
 //! cargo bench -p lapse --bench scale -- --smoke                        # seconds; asserts nothing
 //! ```
 //! Options: `--live N` (default 1,000,000), `--small N` (10,000), `--rounds N` (5),
-//! `--skip engine,served,streams,postgres` (or parts of `engine`: `sweeps,flat,rooms,flush`),
+//! `--skip engine,served,streams,overload,postgres` (or parts of `engine`: `sweeps,flat,rooms,flush`),
 //! `--out FILE`. PostgreSQL figures run when `LAPSE_TEST_POSTGRES_URL` names a server (as
 //! `scripts/with-postgres` sets it).
 //!
@@ -20,6 +20,7 @@
 
 mod engine;
 mod measure;
+mod overload;
 mod postgres;
 mod report;
 mod served;
@@ -158,6 +159,22 @@ async fn run(o: &Options, fd_limit: u64) -> Vec<Row> {
                 .min(o.live)
                 .min(fd_limit.saturating_sub(500) as usize);
             rows.extend(streams::figures(&server, o.rounds.min(3), load.seconds, streams).await);
+        }
+        if runs("overload") {
+            let connections = if o.smoke { 50 } else { 2_000 };
+            rows.extend(
+                overload::figures(
+                    &server,
+                    &url,
+                    dir.path(),
+                    connections,
+                    load.seconds * 3.0,
+                    (sizes.burst / 2) as u64,
+                    load.burst_kind,
+                    load.burst_after,
+                )
+                .await,
+            );
         }
         server.stop();
     }

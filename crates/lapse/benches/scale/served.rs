@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lapse_core::store::EventQuery;
-use lapse_core::{EventType, Timestamp};
+use lapse_core::{EventType, Store, Timestamp};
 use lapse_store::testing::synthetic_sessions;
 
 use crate::measure::{interleave, percentile};
@@ -129,6 +129,13 @@ pub async fn burst(servers: &[&Server], url: &str, load: &Load, live: usize) -> 
         .map(|server| paced(&server.addr, rate, until.as_secs_f64(), heartbeats(live)));
     let beats: u64 = futures::future::join_all(beats).await.into_iter().sum();
 
+    let lags = expiry_lags(store.as_ref(), load.burst_kind, after, made).await;
+    (lags, beats as f64 / until.as_secs_f64())
+}
+
+/// Lags `applied_at - at` of the `session.expired` events of `kind` after `after`, once there
+/// are `count` of them (or a minute has passed).
+pub async fn expiry_lags(store: &dyn Store, kind: &str, after: i64, count: u64) -> Vec<f64> {
     let mut lags = Vec::new();
     for _ in 0..120 {
         lags.clear();
@@ -138,7 +145,7 @@ pub async fn burst(servers: &[&Server], url: &str, load: &Load, live: usize) -> 
                 .events(&EventQuery {
                     after,
                     limit: 1000,
-                    kind: Some(load.burst_kind.into()),
+                    kind: Some(kind.into()),
                     types: vec![EventType::SessionExpired],
                     session: None,
                 })
@@ -151,12 +158,12 @@ pub async fn burst(servers: &[&Server], url: &str, load: &Load, live: usize) -> 
                     .map(|e| e.applied_at.since(e.at).millis() as f64),
             );
         }
-        if lags.len() as u64 >= made {
+        if lags.len() as u64 >= count {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    (lags, beats as f64 / until.as_secs_f64())
+    lags
 }
 
 /// The row of a burst's lags.
