@@ -28,6 +28,8 @@ const PROBE: &str = "write_check";
 pub struct Outage {
     reads: Gate,
     writes: Gate,
+    /// When a call last came back from the database itself.
+    reached_at: Mutex<Option<Instant>>,
 }
 
 #[derive(Default)]
@@ -114,12 +116,21 @@ impl Hook for Outage {
         let (gate, class) = self.gate(call);
         match outcome {
             Err(StoreError::Unavailable(e)) => gate.failed(class, e),
-            // No connection free in time says nothing either way: a saturated pool is not an
-            // outage, and in an outage the broken connections say so.
-            Err(StoreError::Busy) => {}
+            // No connection came free in time. A saturated pool is not an outage: other calls
+            // reached the database while this one waited. If none did, it is out of reach.
+            Err(StoreError::Busy) => {
+                let reached = *self.reached_at.lock().unwrap_or_else(|p| p.into_inner());
+                if reached.is_none_or(|at| at <= started) {
+                    gate.failed(
+                        class,
+                        "no connection came free, and no call reached the database meanwhile",
+                    );
+                }
+            }
             // Anything else came from the database itself: it is there. A database that
             // takes writes serves reads too.
             _ => {
+                *self.reached_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
                 gate.reached(class, started);
                 if call.writes {
                     self.reads.reached("reads", started);
@@ -165,5 +176,33 @@ impl crate::Engine {
             }
             self.probe_database().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const READ: Call = Call {
+        name: "load",
+        writes: false,
+    };
+
+    #[test]
+    fn a_busy_pool_is_an_outage_only_when_nothing_reached_the_database_meanwhile() {
+        let outage = Outage::default();
+        let waiting = outage.before(READ).unwrap();
+        // Another call comes back from the database while this one waits for a connection:
+        // the pool is saturated, the database is there.
+        let other = outage.before(READ).unwrap();
+        outage.after(READ, other, Ok(()));
+        outage.after(READ, waiting, Err(&StoreError::Busy));
+        assert!(!outage.is_down());
+
+        // Nothing comes back while this one waits: out of reach.
+        let waiting = outage.before(READ).unwrap();
+        outage.after(READ, waiting, Err(&StoreError::Busy));
+        assert!(outage.is_down());
+        assert!(outage.before(READ).is_err(), "calls fail at once now");
     }
 }
