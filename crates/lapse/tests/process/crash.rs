@@ -21,7 +21,7 @@ use lapse_core::{Config, Span, Timestamp};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::ledger::{Expiry, Ledger, by_session, fresh_database, import};
+use crate::ledger::{Expiry, Ledger, by_session, fresh_database, import, kinds};
 use crate::running::{Lapse, wall_ms};
 
 /// Sessions coming due during the storm, spread evenly over it.
@@ -37,25 +37,7 @@ const BOUND_MS: i64 = 2_000;
 
 fn config(hook: &str) -> String {
     format!(
-        r#"
-[kinds.storm]
-presence_timeout = "90s"
-
-[[kinds.storm.rules]]
-name = "expire-unused"
-on = "unused"
-after = "1s"
-do = "expire"
-
-[kinds.kept]
-presence_timeout = "90s"
-
-[[kinds.kept.rules]]
-name = "expire-idle"
-on = "idle"
-after = "{KEPT_IDLE_MS}ms"
-do = "expire"
-
+        r#"{}
 [[webhooks]]
 url = "{hook}"
 secret_env = "LAPSE_PROCESS_WEBHOOK_SECRET"
@@ -64,7 +46,8 @@ events = ["session.expired"]
 [delivery]
 retry = ["0s", "1s", "1s", "1s", "1s", "1s", "1s", "1s"]
 timeout = "2s"
-"#
+"#,
+        kinds(&format!("{KEPT_IDLE_MS}ms"))
     )
 }
 

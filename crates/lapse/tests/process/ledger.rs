@@ -7,6 +7,32 @@ use std::collections::HashMap;
 use lapse_core::{Config, Session, Timestamp};
 use sqlx::{PgPool, SqlitePool};
 
+/// The kinds every process test uses: `storm`, which expires a second after creation unless
+/// used, and `kept`, which expires after `kept_idle` without activity (heartbeats keep it).
+pub fn kinds(kept_idle: &str) -> String {
+    format!(
+        r#"
+[kinds.storm]
+presence_timeout = "90s"
+
+[[kinds.storm.rules]]
+name = "expire-unused"
+on = "unused"
+after = "1s"
+do = "expire"
+
+[kinds.kept]
+presence_timeout = "90s"
+
+[[kinds.kept.rules]]
+name = "expire-idle"
+on = "idle"
+after = "{kept_idle}"
+do = "expire"
+"#
+    )
+}
+
 /// One `session.expired` event.
 #[derive(Clone, Debug)]
 pub struct Expiry {

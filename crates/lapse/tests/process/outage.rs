@@ -18,28 +18,8 @@ use reqwest::Method;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::ledger::{Ledger, by_session, fresh_database, import};
+use crate::ledger::{Ledger, by_session, fresh_database, import, kinds};
 use crate::running::{Answer, Lapse, wall_ms};
-
-const CONFIG: &str = r#"
-[kinds.kept]
-presence_timeout = "90s"
-
-[[kinds.kept.rules]]
-name = "expire-idle"
-on = "idle"
-after = "1h"
-do = "expire"
-
-[kinds.storm]
-presence_timeout = "90s"
-
-[[kinds.storm.rules]]
-name = "expire-unused"
-on = "unused"
-after = "1s"
-do = "expire"
-"#;
 
 /// Sessions kept alive by heartbeats through the outage.
 const KEPT: usize = 20;
@@ -160,8 +140,9 @@ struct Seen {
 
 async fn outage_under_load(url: &str, dir: &Path, mut outage: impl Outage, what: &str) {
     let config_path = dir.join("lapse.toml");
-    std::fs::write(&config_path, CONFIG).unwrap();
-    let config = Config::parse(CONFIG, "lapse.toml").unwrap();
+    let text = kinds("1h");
+    std::fs::write(&config_path, &text).unwrap();
+    let config = Config::parse(&text, "lapse.toml").unwrap();
     let now = Timestamp::from_millis(wall_ms());
     import(url, &config, "kept", "kept", KEPT, |_| now).await;
     // Due from 2 s to 3 s after the outage begins (about 2 s from now).

@@ -7,31 +7,12 @@ use std::time::{Duration, Instant};
 use lapse_core::{Config, Span, Timestamp};
 use serde_json::json;
 
-use crate::ledger::{Ledger, by_session, fresh_database, import};
+use crate::ledger::{Ledger, by_session, fresh_database, import, kinds};
 use crate::running::{Lapse, wall_ms};
 
-const CONFIG: &str = r#"
-[server]
-drain = "5s"
-
-[kinds.storm]
-presence_timeout = "90s"
-
-[[kinds.storm.rules]]
-name = "expire-unused"
-on = "unused"
-after = "1s"
-do = "expire"
-
-[kinds.kept]
-presence_timeout = "90s"
-
-[[kinds.kept.rules]]
-name = "expire-idle"
-on = "idle"
-after = "1h"
-do = "expire"
-"#;
+fn config() -> String {
+    format!("[server]\ndrain = \"5s\"\n{}", kinds("1h"))
+}
 
 /// Due at once when lapse starts: more than a debug build sweeps in the moments before the
 /// test sends SIGTERM.
@@ -54,8 +35,9 @@ async fn sigterm_during_a_large_sweep(postgres: bool) {
         return;
     };
     let config_path = dir.path().join("lapse.toml");
-    std::fs::write(&config_path, CONFIG).unwrap();
-    let config = Config::parse(CONFIG, "lapse.toml").unwrap();
+    let text = config();
+    std::fs::write(&config_path, &text).unwrap();
+    let config = Config::parse(&text, "lapse.toml").unwrap();
     let now = Timestamp::from_millis(wall_ms());
     let hour_ago = now - Span::from_secs(3600);
     import(&url, &config, "storm", "storm", DUE, |_| hour_ago).await;
