@@ -498,8 +498,8 @@ pub trait Store: Send + Sync + 'static {
         stale_before: Timestamp,
     ) -> Result<HealthCounts, StoreError>;
 
-    /// Whether several lapse instances may share this database (heartbeats of others are then
-    /// unseen until flushed, and idle rules allow for that).
+    /// Whether several lapse instances may share this database: due rows are then leased to
+    /// the sweeper that claims them, and changes are announced to the others.
     fn is_shared(&self) -> bool;
 }
 

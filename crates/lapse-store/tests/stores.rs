@@ -502,20 +502,26 @@ async fn a_sqlite_database_from_before_participants_were_stored_by_room_keeps_th
     assert_eq!(found, vec![s.id.clone()], "found by participant, as before");
 }
 
-/// A lease ends with the instance that held it: rows one PostgreSQL store claimed can be
-/// claimed by another as soon as the first is gone (its connections closed, as when its
-/// process is killed), not when the lease's minute runs out.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lease_ends_with_the_instance_that_held_it() {
-    let Some(url) = lapse_store::testing::fresh_postgres_database().await else {
-        return;
-    };
+/// Two stores on one fresh PostgreSQL database, as two lapse instances; `None` without a
+/// test server.
+async fn two_postgres_instances() -> Option<(PostgresStore, PostgresStore)> {
+    let url = lapse_store::testing::fresh_postgres_database().await?;
     let open = || async {
         let store = PostgresStore::open(&url, None, None).await.unwrap();
         store.migrate().await.unwrap();
         store
     };
-    let (a, b) = (open().await, open().await);
+    Some((open().await, open().await))
+}
+
+/// A lease ends with the instance that held it: rows one PostgreSQL store claimed can be
+/// claimed by another as soon as the first is gone (its connections closed, as when its
+/// process is killed), not when the lease's minute runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_ends_with_the_instance_that_held_it() {
+    let Some((a, b)) = two_postgres_instances().await else {
+        return;
+    };
     insert(&a, &session("study", "room", t0())).await;
     let now = t0() + Span::from_secs(3600);
     assert_eq!(a.due(now, None, None, 10, true).await.unwrap().len(), 1);
@@ -542,15 +548,9 @@ async fn a_lease_ends_with_the_instance_that_held_it() {
 async fn two_postgres_instances_each_deliver_the_webhooks_they_claimed() {
     use lapse_core::event::NewEvent;
     use lapse_core::store::EventRecord;
-    let Some(url) = lapse_store::testing::fresh_postgres_database().await else {
+    let Some((a, b)) = two_postgres_instances().await else {
         return;
     };
-    let open = || async {
-        let store = PostgresStore::open(&url, None, None).await.unwrap();
-        store.migrate().await.unwrap();
-        store
-    };
-    let (a, b) = (open().await, open().await);
     let s = session("study", "room", t0());
     let events = (0..4)
         .map(|n| EventRecord {
