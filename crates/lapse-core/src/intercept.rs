@@ -274,4 +274,8 @@ impl<H: Hook> Store for Intercepted<H> {
     fn is_shared(&self) -> bool {
         self.inner.is_shared()
     }
+
+    fn writes_one_at_a_time(&self) -> bool {
+        self.inner.writes_one_at_a_time()
+    }
 }

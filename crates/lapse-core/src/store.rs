@@ -14,7 +14,7 @@ use crate::session::{Session, Status};
 use crate::time::Timestamp;
 
 /// What can go wrong in a store.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// A compare-and-set lost: the row changed since it was read.
     #[error("the session changed concurrently")]
@@ -501,6 +501,13 @@ pub trait Store: Send + Sync + 'static {
     /// Whether several lapse instances may share this database: due rows are then leased to
     /// the sweeper that claims them, and changes are announced to the others.
     fn is_shared(&self) -> bool;
+
+    /// Whether this store writes one transaction at a time (one writer connection): the
+    /// engine then writes requests' changes many to a transaction (group commit) rather than
+    /// queueing them for the writer one by one.
+    fn writes_one_at_a_time(&self) -> bool {
+        false
+    }
 }
 
 /// A change announced by some instance.

@@ -19,6 +19,7 @@
 pub mod access;
 pub mod cache;
 pub mod clock;
+pub mod committer;
 pub mod deliveries;
 pub mod feed;
 pub mod health;
@@ -102,6 +103,8 @@ pub struct Engine {
     clock: Clock,
     beats: heartbeats::Heartbeats,
     sessions: cache::SessionCache,
+    /// Group commit for requests' changes, while it runs.
+    committer: committer::Committer,
     /// Wakes the sweeper when a change moves a deadline before its planned wake-up.
     wake: Notify,
     /// When the sleeping sweeper plans to wake (epoch ms); `i64::MAX` while it is busy.
@@ -154,6 +157,7 @@ impl Engine {
             clock,
             beats: heartbeats::Heartbeats::default(),
             sessions: cache::SessionCache::default(),
+            committer: committer::Committer::default(),
             wake: Notify::new(),
             planned_wake: AtomicI64::new(i64::MAX),
             wake_ups: AtomicU64::new(0),

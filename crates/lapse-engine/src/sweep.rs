@@ -287,7 +287,7 @@ impl Engine {
             .into_iter()
             .map(|d| (d.commit, (d.id, d.applied)))
             .unzip();
-        let outcomes = match self.apply_commits(commits).await {
+        let outcomes = match self.apply_commits(&commits).await {
             Ok(outcomes) => outcomes,
             Err(e) if e.is_unavailable() => return Err(e),
             Err(e) => {

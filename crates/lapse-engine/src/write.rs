@@ -91,27 +91,19 @@ impl Engine {
             .await?)
     }
 
-    /// Writes `commit` and wakes the sweeper if a deadline moved earlier.
-    pub(crate) async fn apply_commit(&self, commit: Commit) -> Result<(), EngineError> {
-        match self.apply_commits(vec![commit]).await?.pop() {
-            Some(outcome) => Ok(outcome?),
-            None => Ok(()),
-        }
-    }
-
     /// Writes independent commits in one transaction (see [`lapse_core::Store::commit_many`]),
     /// then wakes the sweeper if a written deadline is before its plan, and event streams if
     /// events went in.
     pub(crate) async fn apply_commits(
         &self,
-        commits: Vec<Commit>,
+        commits: &[Commit],
     ) -> Result<Vec<Result<(), StoreError>>, EngineError> {
         let wakes: Vec<Option<Timestamp>> = commits
             .iter()
             .map(|c| c.sessions.iter().filter_map(|w| w.session()?.wake_at).min())
             .collect();
         let with_events: Vec<bool> = commits.iter().map(|c| !c.events.is_empty()).collect();
-        let outcomes = self.store.commit_many(&commits).await?;
+        let outcomes = self.store.commit_many(commits).await?;
         let written = || outcomes.iter().enumerate().filter(|(_, o)| o.is_ok());
         for (i, _) in written() {
             self.sessions.follow(&commits[i]);

@@ -126,11 +126,23 @@ impl App {
             in_flight: InFlight::new(self.settings.config.server.max_in_flight),
             shutdown: shutdown.clone(),
         });
+        // The sweeper, the heartbeat flusher and the group committer each on a thread of its
+        // own, at a priority above the request threads' (`crate::priority`). The committer
+        // stops last, after the requests it writes for.
+        let writes = CancellationToken::new();
+        let committer = {
+            let engine = engine.clone();
+            let token = writes.clone();
+            crate::priority::spawn_housekeeping("lapse-writer", async move {
+                engine.run_committer(token).await
+            })
+            .context("starting the writer's thread")?
+        };
         let sweeper = {
             let engine = engine.clone();
             let token = shutdown.clone();
             let sweeper = self.settings.config.sweeper.clone();
-            tokio::spawn(async move {
+            crate::priority::spawn_housekeeping("lapse-sweeper", async move {
                 match (sweeper.mode, sweeper.cron) {
                     (SweeperMode::Schedule, Some(cron)) => {
                         run_scheduled(&engine, &cron, token).await
@@ -138,15 +150,17 @@ impl App {
                     _ => engine.run_sweeper(token).await,
                 }
             })
+            .context("starting the sweeper's thread")?
         };
         let flusher = {
             let engine = engine.clone();
             let token = shutdown.clone();
-            tokio::spawn(async move {
+            crate::priority::spawn_housekeeping("lapse-flusher", async move {
                 engine
                     .run_heartbeat_flusher(lapse_engine::heartbeats::FLUSH_INTERVAL, token)
                     .await
             })
+            .context("starting the heartbeat flusher's thread")?
         };
         let watch = tokio::spawn(engine.clone().run_change_watch(shutdown.clone()));
         // The event reader takes its place before any stream can connect.
@@ -184,6 +198,8 @@ impl App {
                 "stopping anyway after the drain"
             );
         }
+        writes.cancel();
+        let _ = committer.await;
         // The last flush: no request adds a beat any more (unless one outlived the drain).
         match engine.flush_heartbeats().await {
             Ok(n) => tracing::info!(heartbeats = n, "stopped"),

@@ -5,6 +5,7 @@
 //! - [`http`]: one module per resource, problem+json errors, authentication.
 //! - [`cli`]: `serve`, `sweep`, `check-config`, `migrate`, `explain`, `stats`, `health`, `export`.
 //! - [`export`]: a session as a JSON, Markdown or CSV document.
+//! - [`priority`]: the sweeper before requests when the processor is short.
 
 // The OpenAPI document is one large `json!` literal.
 #![recursion_limit = "512"]
@@ -13,6 +14,7 @@ pub mod app;
 pub mod cli;
 pub mod export;
 pub mod http;
+pub mod priority;
 pub mod settings;
 
 pub use app::App;

@@ -629,4 +629,8 @@ impl Store for SqliteStore {
     fn is_shared(&self) -> bool {
         false
     }
+
+    fn writes_one_at_a_time(&self) -> bool {
+        true
+    }
 }

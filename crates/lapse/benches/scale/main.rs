@@ -9,7 +9,8 @@
 //! Options: `--live N` (default 1,000,000), `--small N` (10,000), `--rounds N` (5),
 //! `--skip engine,served,streams,overload,postgres` (or parts of `engine`: `sweeps,flat,rooms,flush`),
 //! `--out FILE`. PostgreSQL figures run when `LAPSE_TEST_POSTGRES_URL` names a server (as
-//! `scripts/with-postgres` sets it).
+//! `scripts/with-postgres` sets it). `LAPSE_BENCH_EXE=path` serves with another build of
+//! `lapse` (an older one, to compare); `LAPSE_BENCH_SERVER_LOG=path` keeps its log there.
 //!
 //! - `measure`: interleaved pairs, medians, spreads. `report`: the table.
 //! - `world`: a filled database and an engine over it (in-process figures).

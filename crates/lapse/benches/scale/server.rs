@@ -29,13 +29,23 @@ impl Server {
             .expect("a free port")
             .port();
         let addr = format!("127.0.0.1:{port}");
-        let exe = env!("CARGO_BIN_EXE_lapse");
+        // `LAPSE_BENCH_EXE` measures another build of lapse (an older one, side by side).
+        let exe = std::env::var("LAPSE_BENCH_EXE")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_lapse").to_string());
+        // `LAPSE_BENCH_SERVER_LOG=path` keeps the server's log (info and up) there.
+        let log = std::env::var("LAPSE_BENCH_SERVER_LOG").ok().map(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("the server log opens")
+        });
         let mut cmd = if has_taskset() {
             let mut c = Command::new("taskset");
-            c.args(["-c", "0", exe]);
+            c.args(["-c", "0", &exe]);
             c
         } else {
-            Command::new(exe)
+            Command::new(&exe)
         };
         let child = cmd
             .args(["serve", "--config"])
@@ -44,9 +54,9 @@ impl Server {
             .env("DATABASE_URL", url)
             .env("LAPSE_ADMIN_KEY", KEY)
             .env("LAPSE_BENCH_WEBHOOK_SECRET", "whsec_YmVuY2gtc2VjcmV0")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", if log.is_some() { "info" } else { "warn" })
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log.map_or_else(Stdio::null, Stdio::from))
             .spawn()
             .expect("lapse serve starts");
         let server = Server { child, addr };
