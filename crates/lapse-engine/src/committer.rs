@@ -76,6 +76,12 @@ impl Engine {
         }
     }
 
+    /// Whether the store writes one transaction at a time (SQLite), so that
+    /// [`Engine::run_committer`] has work to do.
+    pub fn writes_one_at_a_time(&self) -> bool {
+        self.store.writes_one_at_a_time()
+    }
+
     /// Whether requests' changes go through the committer now.
     pub fn group_commits(&self) -> bool {
         self.committer.queue().is_some()

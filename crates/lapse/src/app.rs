@@ -126,41 +126,56 @@ impl App {
             in_flight: InFlight::new(self.settings.config.server.max_in_flight),
             shutdown: shutdown.clone(),
         });
-        // The sweeper, the heartbeat flusher and the group committer each on a thread of its
-        // own, at a priority above the request threads' (`crate::priority`). The committer
-        // stops last, after the requests it writes for.
+        // On SQLite the sweeper, the heartbeat flusher and the group committer each run on a
+        // thread of their own, at a priority above the request threads' (`crate::priority`);
+        // the committer stops last, after the requests it writes for. PostgreSQL's sockets
+        // are driven by the runtime that opened them, mostly the request threads': there
+        // the sweeper and the flusher stay on that runtime, and there is no committer.
+        let own_threads = engine.writes_one_at_a_time();
+        let housekeeping = |name: &str, work: futures_util::future::BoxFuture<'static, ()>| {
+            if own_threads {
+                crate::priority::spawn_housekeeping(name, work)
+                    .with_context(|| format!("starting the {name} thread"))
+            } else {
+                Ok(tokio::spawn(work))
+            }
+        };
         let writes = CancellationToken::new();
         let committer = {
             let engine = engine.clone();
             let token = writes.clone();
-            crate::priority::spawn_housekeeping("lapse-writer", async move {
-                engine.run_committer(token).await
-            })
-            .context("starting the writer's thread")?
+            housekeeping(
+                "lapse-writer",
+                Box::pin(async move { engine.run_committer(token).await }),
+            )?
         };
         let sweeper = {
             let engine = engine.clone();
             let token = shutdown.clone();
             let sweeper = self.settings.config.sweeper.clone();
-            crate::priority::spawn_housekeeping("lapse-sweeper", async move {
-                match (sweeper.mode, sweeper.cron) {
-                    (SweeperMode::Schedule, Some(cron)) => {
-                        run_scheduled(&engine, &cron, token).await
+            housekeeping(
+                "lapse-sweeper",
+                Box::pin(async move {
+                    match (sweeper.mode, sweeper.cron) {
+                        (SweeperMode::Schedule, Some(cron)) => {
+                            run_scheduled(&engine, &cron, token).await
+                        }
+                        _ => engine.run_sweeper(token).await,
                     }
-                    _ => engine.run_sweeper(token).await,
-                }
-            })
-            .context("starting the sweeper's thread")?
+                }),
+            )?
         };
         let flusher = {
             let engine = engine.clone();
             let token = shutdown.clone();
-            crate::priority::spawn_housekeeping("lapse-flusher", async move {
-                engine
-                    .run_heartbeat_flusher(lapse_engine::heartbeats::FLUSH_INTERVAL, token)
-                    .await
-            })
-            .context("starting the heartbeat flusher's thread")?
+            housekeeping(
+                "lapse-flusher",
+                Box::pin(async move {
+                    engine
+                        .run_heartbeat_flusher(lapse_engine::heartbeats::FLUSH_INTERVAL, token)
+                        .await
+                }),
+            )?
         };
         let watch = tokio::spawn(engine.clone().run_change_watch(shutdown.clone()));
         // The event reader takes its place before any stream can connect.

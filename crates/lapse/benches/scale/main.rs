@@ -7,7 +7,8 @@
 //! cargo bench -p lapse --bench scale -- --smoke                        # seconds; asserts nothing
 //! ```
 //! Options: `--live N` (default 1,000,000), `--small N` (10,000), `--rounds N` (5),
-//! `--skip engine,served,streams,overload,postgres` (or parts of `engine`: `sweeps,flat,rooms,flush`),
+//! `--skip engine,served,streams,overload,postgres` (or parts of `engine`: `sweeps,flat,rooms,flush`;
+//! of `postgres`: `pgsweeps`, leaving the two instances),
 //! `--out FILE`. PostgreSQL figures run when `LAPSE_TEST_POSTGRES_URL` names a server (as
 //! `scripts/with-postgres` sets it). `LAPSE_BENCH_EXE=path` serves with another build of
 //! `lapse` (an older one, to compare); `LAPSE_BENCH_SERVER_LOG=path` keeps its log there.
@@ -183,9 +184,10 @@ async fn run(o: &Options, fd_limit: u64) -> Vec<Row> {
         match lapse_store::testing::fresh_postgres_database().await {
             Some(url) => {
                 eprintln!("PostgreSQL");
-                let world = world::World::open(&url, None, "postgres", o.live, 2).await;
-                rows.extend(postgres::figures(&url, &world, o.rounds, sizes.burst).await);
-                drop(world);
+                if runs("pgsweeps") {
+                    let world = world::World::open(&url, None, "postgres", o.live, 2).await;
+                    rows.extend(postgres::figures(&url, &world, o.rounds, sizes.burst).await);
+                }
                 rows.push(postgres::two_instances(o.live, &load).await);
             }
             None => rows.push(report::not_run(
