@@ -129,7 +129,17 @@ struct ActivityBody {
     user: Option<String>,
     #[serde(rename = "type")]
     activity: String,
-    count: Option<i64>,
+    /// A JSON number: `3.0` is the integer 3 to a JSON Schema validator, so to lapse too.
+    count: Option<serde_json::Number>,
+}
+
+/// `n` as a whole number, if it is one (`3` or `3.0`, not `3.5`).
+fn whole(n: &serde_json::Number) -> Option<i64> {
+    n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+            .map(|f| f as i64)
+    })
 }
 
 async fn activity(
@@ -143,13 +153,17 @@ async fn activity(
         .as_deref()
         .map(|u| user_id("user", u))
         .transpose()?;
+    let count = match &body.count {
+        None => 1,
+        Some(n) => whole(n).ok_or_else(|| ApiError::validation("count", "a whole number"))?,
+    };
     app.engine
         .activity(
             &caller,
             &session_id(&id)?,
             user.as_ref(),
             &body.activity,
-            body.count.unwrap_or(1),
+            count,
         )
         .await?;
     Ok(StatusCode::NO_CONTENT)

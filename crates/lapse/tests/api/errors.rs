@@ -227,6 +227,39 @@ async fn a_retried_post_with_an_idempotency_key_acts_once(backend: Backend) {
     assert_ne!(later["id"], first["id"], "a key is remembered for 24 hours");
 }
 
+/// A JSON Schema validator (and so a client generated from `/openapi.json`) calls `2.0` an
+/// integer: lapse counts it as 2, and refuses `2.5` naming the field.
+async fn an_activity_count_is_any_whole_json_number(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.post(
+        As::Admin,
+        "/v1/sessions",
+        json!({ "id": "c1", "kind": "study", "host": "ann" }),
+    )
+    .await
+    .expect(201);
+    for count in [json!(2.0), json!(3)] {
+        app.post(
+            As::Admin,
+            "/v1/sessions/c1/activity",
+            json!({ "type": "notes", "count": count }),
+        )
+        .await
+        .expect(204);
+    }
+    let s = app.session("c1").await.expect(200);
+    assert_eq!(s["counters"]["notes"], 5);
+    let r = app
+        .post(
+            As::Admin,
+            "/v1/sessions/c1/activity",
+            json!({ "type": "notes", "count": 2.5 }),
+        )
+        .await
+        .problem(422, "validation_failed");
+    assert!(r["detail"].as_str().unwrap().contains("count"), "{r}");
+}
+
 both_stores!(
     a_retried_post_with_an_idempotency_key_acts_once,
     malformed_and_mistyped_bodies_are_problems,
@@ -234,4 +267,5 @@ both_stores!(
     unknown_routes_methods_and_ids_are_problems,
     a_taken_id_is_a_conflict_and_state_errors_are_409,
     a_full_session_refuses_another_member,
+    an_activity_count_is_any_whole_json_number,
 );

@@ -263,6 +263,52 @@ async fn the_open_routes_need_no_credentials_and_describe_the_api(backend: Backe
         30,
         "and nothing that is not served"
     );
+
+    // Precise enough to generate a client from: the server's own constraints.
+    let schemas = &doc["components"]["schemas"];
+    let kinds = schemas["Kind"]["enum"]
+        .as_array()
+        .expect("the kinds are listed");
+    assert!(kinds.contains(&json!("study")), "{kinds:?}");
+    assert_eq!(schemas["SessionId"]["pattern"], "^[A-Za-z0-9._:-]{1,128}$");
+    assert_eq!(
+        doc["paths"]["/v1/sessions/{id}"]["get"]["parameters"][0]["schema"]["$ref"],
+        "#/components/schemas/SessionId"
+    );
+    let codes = schemas["Problem"]["properties"]["code"]["enum"]
+        .as_array()
+        .unwrap();
+    for code in [
+        "database_unavailable",
+        "rate_limited",
+        "invalid_config",
+        "rollout_refused",
+    ] {
+        assert!(codes.contains(&json!(code)), "{code} is a problem code");
+    }
+    assert!(
+        doc["paths"]["/v1/sessions"]["post"]["responses"]["503"]["headers"]["Retry-After"]
+            .is_object()
+    );
+    // Every field the document calls required is in a session as served, and nothing else.
+    let s = app
+        .post(
+            As::Admin,
+            "/v1/sessions",
+            json!({ "kind": "study", "host": "ann" }),
+        )
+        .await
+        .expect(201);
+    let required = schemas["Session"]["required"].as_array().unwrap();
+    for field in required {
+        assert!(s.get(field.as_str().unwrap()).is_some(), "{field} in {s}");
+    }
+    for field in s.as_object().unwrap().keys() {
+        assert!(
+            schemas["Session"]["properties"].get(field).is_some(),
+            "`{field}` is served but not described"
+        );
+    }
 }
 
 async fn a_cron_key_sweeps_and_reads_stats_and_health_only(backend: Backend) {
