@@ -198,7 +198,8 @@ pub fn document(kinds: &[&str]) -> Value {
                 "Join": { "type": "object", "required": ["user"], "additionalProperties": false, "properties": { "user": schema_ref("UserId"), "role": { "enum": ["host", "member"] }, "via": { "enum": ["invite", "direct", "link"] } } },
                 "Beat": { "type": "object", "required": ["user"], "additionalProperties": false, "properties": { "user": schema_ref("UserId") } },
                 "Beats": { "type": "object", "required": ["beats"], "additionalProperties": false, "properties": { "beats": { "type": "array", "maxItems": 1000, "items": { "type": "object", "required": ["session", "user"], "additionalProperties": false, "properties": { "session": schema_ref("SessionId"), "user": schema_ref("UserId") } } } } },
-                "BeatResult": { "type": "object", "required": ["accepted", "rejected"], "properties": { "accepted": { "type": "integer" }, "rejected": { "type": "array", "items": { "type": "object" } } } },
+                "BeatResult": { "type": "object", "required": ["accepted", "rejected"], "properties": { "accepted": { "type": "integer" }, "rejected": { "type": "array", "items": { "type": "object", "required": ["index", "session", "user", "code", "detail"], "properties": {
+                    "index": { "type": "integer" }, "session": { "type": "string" }, "user": { "type": "string" }, "code": { "type": "string", "enum": PROBLEM_CODES }, "detail": { "type": "string" } } } } } },
                 "Activity": { "type": "object", "required": ["type"], "additionalProperties": false, "properties": {
                     "user": schema_ref("UserId"), "type": { "type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$" },
                     "count": { "type": "integer", "minimum": -MAX_ACTIVITY_COUNT, "maximum": MAX_ACTIVITY_COUNT } } },
