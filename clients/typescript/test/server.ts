@@ -11,6 +11,8 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
 export const ADMIN_KEY = "test-admin-key";
+/** A service key: acts for the user named in `X-Actor`, with that user's rights. */
+export const SERVICE_KEY = "test-service-key";
 export const WEBHOOK_SECRET = "whsec_dGVzdC13ZWJob29rLXNlY3JldC0xMjM0NTY3OA==";
 
 const root = resolve(import.meta.dirname, "../../..");
@@ -78,6 +80,7 @@ kinds = ["study"]
     DATABASE_URL: `sqlite://${join(dir, "lapse.db")}`,
     LAPSE_CLOCK: "manual",
     LAPSE_ADMIN_KEY: ADMIN_KEY,
+    LAPSE_SERVICE_KEY: SERVICE_KEY,
     TEST_WEBHOOK_SECRET: WEBHOOK_SECRET,
     RUST_LOG: "warn",
   };
