@@ -65,6 +65,13 @@ function query(params: object): string {
 
 const seg = encodeURIComponent;
 
+/** A fresh idempotency key: a UUID where the platform has Web Crypto (Node 19+, browsers, Deno, edge). */
+function newKey(): string {
+  const c = (globalThis as { crypto?: { randomUUID?: () => string } }).crypto;
+  if (c?.randomUUID) return c.randomUUID();
+  return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}-${Math.random().toString(36).slice(2)}`;
+}
+
 /** The lapse API (SPEC §6), a method per route. Works wherever `fetch` does. */
 export class Lapse {
   readonly baseUrl: string;
@@ -89,7 +96,7 @@ export class Lapse {
   async request<T>(method: string, path: string, body?: unknown, idempotencyKey?: string): Promise<T> {
     const headers: Record<string, string> = { ...this.headers };
     if (body !== undefined) headers["content-type"] = "application/json";
-    const key = method === "POST" ? (idempotencyKey ?? crypto.randomUUID()) : undefined;
+    const key = method === "POST" ? (idempotencyKey ?? newKey()) : undefined;
     if (key) headers["idempotency-key"] = key;
     for (let attempt = 0; ; attempt++) {
       let error: LapseError | undefined;
