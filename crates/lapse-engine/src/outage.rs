@@ -118,6 +118,10 @@ impl Hook for Outage {
             Err(StoreError::Unavailable(e)) => gate.failed(class, e),
             // No connection came free in time. A saturated pool is not an outage: other calls
             // reached the database while this one waited. If none did, it is out of reach.
+            // Known weakness: calls that hold every connection longer than the wait (several
+            // sweeps of large batches at once) have not come back yet either, and are taken
+            // for an outage that lasts until the next probe; whether connections are checked
+            // out and alive would tell the two apart.
             Err(StoreError::Busy) => {
                 let reached = *self.reached_at.lock().unwrap_or_else(|p| p.into_inner());
                 if reached.is_none_or(|at| at <= started) {
