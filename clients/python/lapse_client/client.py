@@ -77,23 +77,55 @@ def _wait(error: Optional[LapseError], attempt: int) -> float:
     return min(0.2 * 2**attempt, MAX_RETRY_WAIT)
 
 
-def _sse_events(lines: Iterable[str]) -> Iterator[Event]:
-    data: list[str] = []
-    for line in lines:
-        if line == "":
-            if data:
-                yield Event.from_json(json.loads("\n".join(data)))
-            data = []
-        elif line.startswith("data:"):
-            data.append(line[5:].lstrip(" "))
+class _Sse:
+    """Server-sent events, fed a line at a time: an event when a blank line ends one."""
+
+    def __init__(self) -> None:
+        self.data: list[str] = []
+
+    def feed(self, line: str) -> Optional[Event]:
+        if line.startswith("data:"):
+            self.data.append(line[5:].lstrip(" "))
+        elif line == "" and self.data:
+            event = Event.from_json(json.loads("\n".join(self.data)))
+            self.data = []
+            return event
         # `id:` repeats the event's seq; `:` lines keep the connection alive.
+        return None
+
+
+def _answer(call: _Call, response: httpx.Response) -> Any:
+    """The parsed answer; raises a refusal that waiting will not change."""
+    if response.status_code < 400:
+        return call.parse(response.json()) if response.content else None
+    error = _error(response)
+    if not error.retryable:
+        raise error
+    return error
+
+
+def _stream_request(last: Optional[int], **filters: Any) -> dict[str, Any]:
+    """The arguments of a `GET /v1/events` stream resuming after `last`."""
+    headers = {"Accept": "text/event-stream"}
+    if last is not None:
+        headers["Last-Event-ID"] = str(last)
+    return dict(
+        params=_params(**filters),
+        headers=headers,
+        timeout=httpx.Timeout(10.0, read=STREAM_READ_TIMEOUT),
+    )
 
 
 class _Api:
     """Every route of SPEC §6 as a method. `_run` sends (and, for `AsyncLapse`, awaits)."""
 
+    retries: int
+
     def _run(self, call: _Call) -> Any:  # pragma: no cover - defined by each client
         raise NotImplementedError
+
+    def _give_up(self, call: _Call, attempt: int) -> bool:
+        return attempt >= self.retries or not call.retryable()
 
     # Sessions
     def create_session(
@@ -275,21 +307,18 @@ class Lapse(_Api):
         headers = {"Idempotency-Key": call.idempotency_key} if call.idempotency_key else {}
         attempt = 0
         while True:
-            error: Optional[LapseError] = None
             try:
                 r = self._http.request(call.method, call.path, params=call.params, json=call.body, headers=headers)
-                if r.status_code < 400:
-                    return call.parse(r.json()) if r.content else None
-                error = _error(r)
-                if not error.retryable:
-                    raise error
+                answer = _answer(call, r)
+                if not isinstance(answer, LapseError):
+                    return answer
+                if self._give_up(call, attempt):
+                    raise answer
+                time.sleep(_wait(answer, attempt))
             except httpx.TransportError:
-                if attempt >= self.retries or not call.retryable():
+                if self._give_up(call, attempt):
                     raise
-            if attempt >= self.retries or not call.retryable():
-                assert error is not None
-                raise error
-            time.sleep(_wait(error, attempt))
+                time.sleep(_wait(None, attempt))
             attempt += 1
 
     def stream_events(
@@ -310,13 +339,9 @@ class Lapse(_Api):
         last = after
         attempt = 0
         while True:
-            headers = {"Accept": "text/event-stream"}
-            if last is not None:
-                headers["Last-Event-ID"] = str(last)
-            params = _params(kind=kind, type=type, session=session)
-            timeout = httpx.Timeout(10.0, read=STREAM_READ_TIMEOUT)
+            request = _stream_request(last, kind=kind, type=type, session=session)
             try:
-                with self._http.stream("GET", "/v1/events", params=params, headers=headers, timeout=timeout) as r:
+                with self._http.stream("GET", "/v1/events", **request) as r:
                     if r.status_code >= 400:
                         r.read()
                         error = _error(r)
@@ -324,9 +349,12 @@ class Lapse(_Api):
                             raise error
                     else:
                         attempt = 0
-                        for event in _sse_events(r.iter_lines()):
-                            last = event.seq
-                            yield event
+                        sse = _Sse()
+                        for line in r.iter_lines():
+                            event = sse.feed(line)
+                            if event is not None:
+                                last = event.seq
+                                yield event
             except httpx.TransportError:
                 if not reconnect:
                     raise
@@ -367,21 +395,18 @@ class AsyncLapse(_Api):
         headers = {"Idempotency-Key": call.idempotency_key} if call.idempotency_key else {}
         attempt = 0
         while True:
-            error: Optional[LapseError] = None
             try:
                 r = await self._http.request(call.method, call.path, params=call.params, json=call.body, headers=headers)
-                if r.status_code < 400:
-                    return call.parse(r.json()) if r.content else None
-                error = _error(r)
-                if not error.retryable:
-                    raise error
+                answer = _answer(call, r)
+                if not isinstance(answer, LapseError):
+                    return answer
+                if self._give_up(call, attempt):
+                    raise answer
+                await asyncio.sleep(_wait(answer, attempt))
             except httpx.TransportError:
-                if attempt >= self.retries or not call.retryable():
+                if self._give_up(call, attempt):
                     raise
-            if attempt >= self.retries or not call.retryable():
-                assert error is not None
-                raise error
-            await asyncio.sleep(_wait(error, attempt))
+                await asyncio.sleep(_wait(None, attempt))
             attempt += 1
 
     async def stream_events(
@@ -397,13 +422,9 @@ class AsyncLapse(_Api):
         last = after
         attempt = 0
         while True:
-            headers = {"Accept": "text/event-stream"}
-            if last is not None:
-                headers["Last-Event-ID"] = str(last)
-            params = _params(kind=kind, type=type, session=session)
-            timeout = httpx.Timeout(10.0, read=STREAM_READ_TIMEOUT)
+            request = _stream_request(last, kind=kind, type=type, session=session)
             try:
-                async with self._http.stream("GET", "/v1/events", params=params, headers=headers, timeout=timeout) as r:
+                async with self._http.stream("GET", "/v1/events", **request) as r:
                     if r.status_code >= 400:
                         await r.aread()
                         error = _error(r)
@@ -411,16 +432,12 @@ class AsyncLapse(_Api):
                             raise error
                     else:
                         attempt = 0
-                        data: list[str] = []
+                        sse = _Sse()
                         async for line in r.aiter_lines():
-                            if line == "":
-                                if data:
-                                    event = Event.from_json(json.loads("\n".join(data)))
-                                    last = event.seq
-                                    yield event
-                                data = []
-                            elif line.startswith("data:"):
-                                data.append(line[5:].lstrip(" "))
+                            event = sse.feed(line)
+                            if event is not None:
+                                last = event.seq
+                                yield event
             except httpx.TransportError:
                 if not reconnect:
                     raise
