@@ -234,7 +234,10 @@ pub fn join(
     fx: &mut Effects,
 ) -> Result<Participant, OpError> {
     if role == Some(Role::Host) && user != &s.host {
-        return Err(validation("role", "only the session's host joins as host"));
+        return Err(OpError::Conflict(format!(
+            "`{user}` cannot join `{}` as host: `{}` hosts it",
+            s.id, s.host
+        )));
     }
     if via == Via::Invite {
         if !s.status.is_open() {

@@ -91,6 +91,10 @@ pub enum OpError {
     /// The user is not a participant (404 `not_found`).
     #[error("{0}")]
     NotParticipant(String),
+    /// A well-formed request the session's own data rules out, such as joining as host when
+    /// someone else hosts it (409 `conflict`).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 fn invalid(s: &Session, what: &str) -> OpError {

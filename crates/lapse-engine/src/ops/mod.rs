@@ -238,7 +238,7 @@ pub fn error_code(e: &EngineError) -> &'static str {
         EngineError::Op(OpError::Validation { .. }) | EngineError::Clock(_) => "validation_failed",
         EngineError::Op(OpError::NotParticipant(_)) => "not_found",
         EngineError::HostHasOpenSession { .. } => "host_has_open_session",
-        EngineError::Conflict(_) => "conflict",
+        EngineError::Conflict(_) | EngineError::Op(OpError::Conflict(_)) => "conflict",
         EngineError::Store(e) if e.is_unavailable() => "database_unavailable",
         EngineError::Store(_) => "internal",
     }

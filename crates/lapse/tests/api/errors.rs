@@ -138,6 +138,30 @@ async fn a_taken_id_is_a_conflict_and_state_errors_are_409(backend: Backend) {
     )
     .await
     .problem(409, "conflict");
+    // The role a joiner asks for is the session's to give: only its host is host.
+    let problem = app
+        .post(
+            As::User("bob"),
+            "/v1/sessions/dup/participants",
+            json!({ "user": "bob", "role": "host" }),
+        )
+        .await
+        .problem(409, "conflict");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("`alice` hosts it")
+    );
+    let bob = app
+        .post(
+            As::User("bob"),
+            "/v1/sessions/dup/participants",
+            json!({ "user": "bob", "role": "member" }),
+        )
+        .await
+        .expect(201);
+    assert_eq!(bob["role"], "member");
     app.post_empty(As::User("alice"), "/v1/sessions/dup/end")
         .await
         .problem(409, "invalid_transition");
