@@ -4189,8 +4189,16 @@ export interface components {
         Inbox: {
             notifications: components["schemas"]["Notification"][];
         };
+        /**
+         * @example {
+         *       "user": "bob"
+         *     }
+         */
         Join: {
-            /** @enum {unknown} */
+            /**
+             * @description Taken from the session: its host joins as host, anyone else as member; asking for host as anyone else is a 409 conflict
+             * @enum {unknown}
+             */
             role?: "host" | "member";
             user: components["schemas"]["UserId"];
             /** @enum {unknown} */
@@ -4201,19 +4209,32 @@ export interface components {
          * @enum {string}
          */
         Kind: "coding" | "mentoring" | "reading" | "repair" | "request" | "study";
+        /**
+         * @example {
+         *       "host": "alice",
+         *       "kind": "coding",
+         *       "title": "Algebra review"
+         *     }
+         */
         NewSession: {
+            /** @description Required when the caller acts as the system (an admin or service key without X-Actor); otherwise it defaults to, and for anyone but an admin must be, the acting user */
             host?: components["schemas"]["UserId"];
             id?: components["schemas"]["SessionId"];
             kind: components["schemas"]["Kind"];
             /** @description At most 16 KiB as JSON */
             metadata?: Record<string, never>;
+            /** @description An existing session (of the kind's parent_kind, if it has one) */
             parent?: components["schemas"]["SessionId"];
             /**
              * Format: date-time
              * @description After scheduled_start
+             * @example 2030-01-07T18:00:00Z
              */
             scheduled_end?: string;
-            /** Format: date-time */
+            /**
+             * Format: date-time
+             * @example 2030-01-07T17:00:00Z
+             */
             scheduled_start?: string;
             title?: string;
         };
@@ -4295,12 +4316,26 @@ export interface components {
             next_cursor: string | null;
             sessions: components["schemas"]["Session"][];
         };
+        /**
+         * @example {
+         *       "scheduled_end": "2030-01-07T18:00:00Z",
+         *       "scheduled_start": "2030-01-07T17:00:00Z",
+         *       "title": "Algebra review, part 2"
+         *     }
+         */
         SessionPatch: {
             /** @description At most 16 KiB as JSON */
             metadata?: Record<string, never>;
-            /** Format: date-time */
+            /**
+             * Format: date-time
+             * @description After scheduled_start
+             * @example 2030-01-07T18:00:00Z
+             */
             scheduled_end?: string | null;
-            /** Format: date-time */
+            /**
+             * Format: date-time
+             * @example 2030-01-07T17:00:00Z
+             */
             scheduled_start?: string | null;
             title?: string;
         };

@@ -34,6 +34,9 @@ pub const PROBLEM_CODES: [&str; 16] = [
     "internal",
 ];
 
+/// The schedule the document shows in its examples: an hour, the end after the start.
+const SCHEDULE_EXAMPLE: (&str, &str) = ("2030-01-07T17:00:00Z", "2030-01-07T18:00:00Z");
+
 fn problem() -> Value {
     json!({ "description": "A problem", "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } })
 }
@@ -138,6 +141,17 @@ pub fn document(kinds: &[&str]) -> Value {
     let action = |s: &str| json!({ "post": op(s, vec![id()], None, vec![("200", ok("The session", "Session"))]) });
     let time = || json!({ "type": "string", "format": "date-time" });
     let maybe_time = || json!({ "type": ["string", "null"], "format": "date-time" });
+    // A schedule's two ends are examples together: an end must come after its start, which a
+    // schema cannot say, so a generator that takes examples gets a pair the server accepts.
+    let start_example = |mut schema: Value| {
+        schema["examples"] = json!([SCHEDULE_EXAMPLE.0]);
+        schema
+    };
+    let end_example = |mut schema: Value| {
+        schema["examples"] = json!([SCHEDULE_EXAMPLE.1]);
+        schema
+    };
+    let example_kind = kinds.first().copied().unwrap_or("study");
     let status = || json!({ "enum": ["pending", "active", "completed", "cancelled", "expired"] });
     let kind_filter = || query("kind", json!({ "type": "string", "minLength": 1 }));
     json!({
@@ -186,16 +200,18 @@ pub fn document(kinds: &[&str]) -> Value {
                 "NewSession": { "type": "object", "required": ["kind"], "additionalProperties": false, "properties": {
                     "id": schema_ref("SessionId"), "kind": schema_ref("Kind"), "title": { "type": "string", "maxLength": MAX_TITLE_CHARS },
                     "metadata": { "type": "object", "description": "At most 16 KiB as JSON" },
-                    "host": schema_ref("UserId"), "parent": schema_ref("SessionId"),
-                    "scheduled_start": time(), "scheduled_end": { "type": "string", "format": "date-time", "description": "After scheduled_start" }
-                } },
+                    "host": { "$ref": "#/components/schemas/UserId", "description": "Required when the caller acts as the system (an admin or service key without X-Actor); otherwise it defaults to, and for anyone but an admin must be, the acting user" },
+                    "parent": { "$ref": "#/components/schemas/SessionId", "description": "An existing session (of the kind's parent_kind, if it has one)" },
+                    "scheduled_start": start_example(time()), "scheduled_end": end_example(json!({ "type": "string", "format": "date-time", "description": "After scheduled_start" }))
+                }, "examples": [{ "kind": example_kind, "title": "Algebra review", "host": "alice" }] },
                 "SessionPatch": { "type": "object", "additionalProperties": false, "properties": {
                     "title": { "type": "string", "maxLength": MAX_TITLE_CHARS }, "metadata": { "type": "object", "description": "At most 16 KiB as JSON" },
-                    "scheduled_start": maybe_time(), "scheduled_end": maybe_time()
-                } },
+                    "scheduled_start": start_example(maybe_time()), "scheduled_end": end_example(json!({ "type": ["string", "null"], "format": "date-time", "description": "After scheduled_start" }))
+                }, "examples": [{ "title": "Algebra review, part 2", "scheduled_start": SCHEDULE_EXAMPLE.0, "scheduled_end": SCHEDULE_EXAMPLE.1 }] },
                 "SessionList": { "type": "object", "required": ["sessions", "next_cursor"], "properties": { "sessions": { "type": "array", "items": schema_ref("Session") }, "next_cursor": { "type": ["string", "null"] } } },
                 "Ended": { "type": "object", "required": ["success", "session", "summary"], "properties": { "success": { "type": "boolean" }, "session": schema_ref("Session"), "summary": schema_ref("Summary") } },
-                "Join": { "type": "object", "required": ["user"], "additionalProperties": false, "properties": { "user": schema_ref("UserId"), "role": { "enum": ["host", "member"] }, "via": { "enum": ["invite", "direct", "link"] } } },
+                "Join": { "type": "object", "required": ["user"], "additionalProperties": false, "properties": { "user": schema_ref("UserId"), "role": { "enum": ["host", "member"], "description": "Taken from the session: its host joins as host, anyone else as member; asking for host as anyone else is a 409 conflict" }, "via": { "enum": ["invite", "direct", "link"] } },
+                    "examples": [{ "user": "bob" }] },
                 "Beat": { "type": "object", "required": ["user"], "additionalProperties": false, "properties": { "user": schema_ref("UserId") } },
                 "Beats": { "type": "object", "required": ["beats"], "additionalProperties": false, "properties": { "beats": { "type": "array", "maxItems": 1000, "items": { "type": "object", "required": ["session", "user"], "additionalProperties": false, "properties": { "session": schema_ref("SessionId"), "user": schema_ref("UserId") } } } } },
                 "BeatResult": { "type": "object", "required": ["accepted", "rejected"], "properties": { "accepted": { "type": "integer" }, "rejected": { "type": "array", "items": { "type": "object", "required": ["index", "session", "user", "code", "detail"], "properties": {
