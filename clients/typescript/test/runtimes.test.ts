@@ -1,0 +1,89 @@
+/**
+ * The built package outside Node, against a real `lapse serve`: in Deno (npm's `deno`
+ * package) and in Vercel's edge runtime (`@edge-runtime/vm`, the package bundled by esbuild
+ * as an edge function is). The client uses only web-platform APIs (fetch, streams, Web
+ * Crypto); this is where that is checked.
+ */
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { EdgeVM } from "@edge-runtime/vm";
+import { build } from "esbuild";
+import { afterAll, beforeAll, expect, it } from "vitest";
+
+import { ADMIN_KEY, type Running, startLapse } from "./server.js";
+
+const root = resolve(import.meta.dirname, "..");
+let server: Running;
+let dist: string;
+
+beforeAll(async () => {
+  server = await startLapse();
+  dist = mkdtempSync(join(tmpdir(), "lapse-client-dist-"));
+  execFileSync(join(root, "node_modules/.bin/tsc"), ["-p", "tsconfig.json", "--outDir", dist], { cwd: root });
+});
+afterAll(async () => {
+  await server?.stop();
+});
+
+/** What each runtime does: create, join, be refused, read the session's first events. */
+const smoke = `async function smoke({ Lapse, LapseError }, baseUrl, apiKey) {
+  const lapse = new Lapse({ baseUrl, apiKey });
+  const room = await lapse.createSession({ kind: "study", host: "ana", title: "Elsewhere" });
+  await lapse.join(room.id, "ben");
+  let refused = null;
+  try {
+    await lapse.getSession("no-such-room");
+  } catch (e) {
+    refused = e instanceof LapseError ? e.code : String(e);
+  }
+  const seen = [];
+  for await (const event of lapse.streamEvents({ session: room.id, after: 0 })) {
+    seen.push(event.type);
+    if (seen.length === 2) break;
+  }
+  return JSON.stringify({ status: room.status, refused, seen });
+}`;
+
+const expected = { status: "pending", refused: "not_found", seen: ["session.created", "participant.joined"] };
+
+it("works in Deno", () => {
+  const file = join(dist, "smoke.mjs");
+  writeFileSync(
+    file,
+    `${smoke}\nconsole.log(await smoke(await import(Deno.args[0]), Deno.env.get("LAPSE_URL"), Deno.env.get("LAPSE_KEY")));\n`,
+  );
+  const out = execFileSync(
+    join(root, "node_modules/.bin/deno"),
+    ["run", "--quiet", "--no-prompt", "--allow-net", "--allow-env", "--allow-read", file, join(dist, "index.js")],
+    {
+      env: {
+        ...process.env,
+        LAPSE_URL: server.url,
+        LAPSE_KEY: ADMIN_KEY,
+        DENO_DIR: join(dist, ".deno"),
+        DENO_NO_UPDATE_CHECK: "1",
+      },
+      timeout: 15_000,
+    },
+  ).toString();
+  expect(JSON.parse(out)).toEqual(expected);
+});
+
+it("works in the edge runtime", async () => {
+  const bundle = join(dist, "edge.js");
+  await build({
+    entryPoints: [join(dist, "index.js")],
+    bundle: true,
+    format: "iife",
+    globalName: "LapseClient",
+    platform: "browser",
+    outfile: bundle,
+    logLevel: "silent",
+  });
+  const vm = new EdgeVM();
+  vm.evaluate(readFileSync(bundle, "utf8"));
+  const out = await vm.evaluate(`(${smoke})(LapseClient, ${JSON.stringify(server.url)}, ${JSON.stringify(ADMIN_KEY)})`);
+  expect(JSON.parse(out as string)).toEqual(expected);
+});
