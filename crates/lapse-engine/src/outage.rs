@@ -9,8 +9,15 @@
 //! database and started after the outage began ends it (a write ends a reads outage too), and
 //! that is logged once too. Nothing here retries: callers answer 503 (requests), keep what they hold (heartbeats)
 //! or try again on their next round (the sweeper, deliveries).
+//!
+//! A call that found no free connection in time ([`StoreError::Busy`]) opens an outage only
+//! when the database looks out of reach: no call came back from it while this one waited, and
+//! no call that started earlier is still running (one that is holds a connection: a pool
+//! saturated by long sweeps is busy, not down). A database that hangs every call is noticed
+//! when those calls fail.
 
-use std::sync::Mutex;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use lapse_core::StoreError;
@@ -28,8 +35,35 @@ const PROBE: &str = "write_check";
 pub struct Outage {
     reads: Gate,
     writes: Gate,
-    /// When a call last came back from the database itself.
-    reached_at: Mutex<Option<Instant>>,
+    calls: Arc<Mutex<Calls>>,
+}
+
+/// The calls under way, and when one last came back from the database.
+#[derive(Default)]
+struct Calls {
+    /// Numbers the calls in the order they start.
+    next: u64,
+    in_flight: BTreeSet<u64>,
+    reached_at: Option<Instant>,
+}
+
+fn lock(calls: &Mutex<Calls>) -> MutexGuard<'_, Calls> {
+    // Plain values: a panic elsewhere cannot leave them half-written.
+    calls.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One call under way; it stops counting as such when dropped, so a call abandoned midway (a
+/// request whose client went away) does not stay in flight forever.
+pub struct InFlight {
+    started: Instant,
+    number: u64,
+    calls: Arc<Mutex<Calls>>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock(&self.calls).in_flight.remove(&self.number);
+    }
 }
 
 #[derive(Default)]
@@ -98,12 +132,20 @@ impl Outage {
 }
 
 impl Hook for Outage {
-    type Ticket = Instant;
+    type Ticket = InFlight;
 
-    fn before(&self, call: Call) -> Result<Instant, StoreError> {
+    fn before(&self, call: Call) -> Result<InFlight, StoreError> {
         let (gate, class) = self.gate(call);
         if call.name == PROBE || gate.pass() {
-            Ok(Instant::now())
+            let mut calls = lock(&self.calls);
+            let number = calls.next;
+            calls.next += 1;
+            calls.in_flight.insert(number);
+            Ok(InFlight {
+                started: Instant::now(),
+                number,
+                calls: self.calls.clone(),
+            })
         } else {
             Err(StoreError::Unavailable(format!(
                 "the database is unavailable for {class}; lapse is checking every {} ms",
@@ -112,29 +154,34 @@ impl Hook for Outage {
         }
     }
 
-    fn after(&self, call: Call, started: Instant, outcome: Result<(), &StoreError>) {
+    fn after(&self, call: Call, ticket: InFlight, outcome: Result<(), &StoreError>) {
         let (gate, class) = self.gate(call);
+        let started = ticket.started;
         match outcome {
             Err(StoreError::Unavailable(e)) => gate.failed(class, e),
-            // No connection came free in time. A saturated pool is not an outage: other calls
-            // reached the database while this one waited. If none did, it is out of reach.
-            // Known weakness: calls that hold every connection longer than the wait (several
-            // sweeps of large batches at once) have not come back yet either, and are taken
-            // for an outage that lasts until the next probe; whether connections are checked
-            // out and alive would tell the two apart.
+            // No connection came free in time: see the module docs.
             Err(StoreError::Busy) => {
-                let reached = *self.reached_at.lock().unwrap_or_else(|p| p.into_inner());
-                if reached.is_none_or(|at| at <= started) {
+                let out_of_reach = {
+                    let calls = lock(&ticket.calls);
+                    let earlier_running = calls
+                        .in_flight
+                        .first()
+                        .is_some_and(|&first| first < ticket.number);
+                    let came_back = calls.reached_at.is_some_and(|at| at > started);
+                    !earlier_running && !came_back
+                };
+                if out_of_reach {
                     gate.failed(
                         class,
-                        "no connection came free, and no call reached the database meanwhile",
+                        "no connection came free, no call reached the database meanwhile, \
+                         and none is running",
                     );
                 }
             }
             // Anything else came from the database itself: it is there. A database that
             // takes writes serves reads too.
             _ => {
-                *self.reached_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                lock(&self.calls).reached_at = Some(Instant::now());
                 gate.reached(class, started);
                 if call.writes {
                     self.reads.reached("reads", started);
@@ -208,5 +255,28 @@ mod tests {
         outage.after(READ, waiting, Err(&StoreError::Busy));
         assert!(outage.is_down());
         assert!(outage.before(READ).is_err(), "calls fail at once now");
+    }
+
+    #[test]
+    fn a_pool_held_by_long_calls_is_busy_not_down() {
+        let outage = Outage::default();
+        // A long sweep holds a connection; nothing has come back since it started.
+        let sweep = outage.before(READ).unwrap();
+        let waiting = outage.before(READ).unwrap();
+        outage.after(READ, waiting, Err(&StoreError::Busy));
+        assert!(!outage.is_down(), "an earlier call is still running");
+
+        // Later waiters do not count as running calls: with the sweep abandoned (dropped
+        // without an answer), two waiting together is an outage.
+        drop(sweep);
+        let first = outage.before(READ).unwrap();
+        let second = outage.before(READ).unwrap();
+        outage.after(READ, second, Err(&StoreError::Busy));
+        assert!(
+            !outage.is_down(),
+            "the first waiter started earlier and is still waiting"
+        );
+        outage.after(READ, first, Err(&StoreError::Busy));
+        assert!(outage.is_down());
     }
 }
