@@ -153,6 +153,40 @@ impl Default for Clock {
     }
 }
 
+/// `[log]`
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// `text` (one line per record; colours only on a terminal) or `json` (one object per
+    /// line, for a log pipeline). `LAPSE_LOG_FORMAT` overrides it.
+    pub format: LogFormat,
+}
+
+/// How log records are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "log format must be `text` or `json`, not `{other}`"
+            )),
+        }
+    }
+}
+
 /// What an API key may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -409,6 +443,8 @@ struct RawConfig {
     delivery: Delivery,
     #[serde(default)]
     retention: Retention,
+    #[serde(default)]
+    log: Log,
     kinds: Option<BTreeMap<String, toml::Table>>,
 }
 
@@ -425,6 +461,8 @@ pub struct Config {
     pub clock: Clock,
     /// `[auth]`
     pub auth: Auth,
+    /// `[log]`
+    pub log: Log,
     /// `[rate_limits]`: operation → limit.
     pub rate_limits: BTreeMap<String, RateLimit>,
     /// `[[webhooks]]`
@@ -498,6 +536,7 @@ impl Config {
             sweeper: raw.sweeper,
             clock: raw.clock,
             auth: raw.auth,
+            log: raw.log,
             rate_limits,
             webhooks: raw.webhooks,
             delivery: raw.delivery,

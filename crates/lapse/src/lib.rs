@@ -14,6 +14,7 @@ pub mod app;
 pub mod cli;
 pub mod export;
 pub mod http;
+pub mod logs;
 pub mod priority;
 pub mod settings;
 

@@ -1,7 +1,6 @@
 //! The `lapse` executable: parse the command line, set up logs, run.
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 fn main() {
     // Request threads run below the sweeper's priority (see `lapse::priority`).
@@ -19,13 +18,14 @@ fn main() {
 }
 
 async fn run() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = lapse::cli::Cli::parse();
+    match lapse::logs::chosen_format(cli.config_file()) {
+        Ok(format) => lapse::logs::init(format),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    }
     match lapse::cli::main(cli).await {
         Ok(code) => std::process::exit(code),
         Err(e) => {

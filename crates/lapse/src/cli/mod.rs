@@ -27,6 +27,16 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// The configuration file this command reads, if any.
+    pub fn config_file(&self) -> Option<&std::path::Path> {
+        match &self.command {
+            Command::CheckConfig { file: Some(file) } => Some(file),
+            _ => self.config.as_deref(),
+        }
+    }
+}
+
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {

@@ -14,6 +14,7 @@ mod participants;
 pub mod serve;
 mod sessions;
 mod sse;
+mod trace;
 mod webhooks;
 
 use std::sync::Arc;
@@ -66,11 +67,13 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             idempotency::idempotency,
         ))
-        // Outermost: a request refused for want of a place costs next to nothing.
+        // A request refused for want of a place costs next to nothing.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limits::in_flight,
         ))
+        // Outermost: every request gets its id and its log line, refusals too.
+        .layer(axum::middleware::from_fn(trace::log_request))
         .with_state(state)
 }
 

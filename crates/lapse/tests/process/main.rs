@@ -4,6 +4,7 @@
 
 mod crash;
 mod ledger;
+mod logs;
 mod outage;
 mod running;
 mod shutdown;

@@ -44,6 +44,16 @@ impl Lapse {
     /// Starts `lapse serve` on `db_url` with the configuration file `config`, logging to
     /// `log`, and returns once it answers `/livez`.
     pub async fn start(db_url: &str, config: &Path, log: PathBuf) -> Lapse {
+        Lapse::start_with(db_url, config, log, &[("NO_COLOR", "1")]).await
+    }
+
+    /// [`Lapse::start`] with more environment variables.
+    pub async fn start_with(
+        db_url: &str,
+        config: &Path,
+        log: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Lapse {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -61,7 +71,7 @@ impl Lapse {
             .env("LAPSE_ADMIN_KEY", KEY)
             .env("LAPSE_PROCESS_WEBHOOK_SECRET", WEBHOOK_SECRET)
             .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()
