@@ -26,12 +26,10 @@ pub async fn log_request(request: Request, next: Next) -> Response {
         .cloned()
         .unwrap_or_else(new_id);
     let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "(no route)".to_string(), |p| p.as_str().to_string());
-    let id_text = String::from_utf8_lossy(id.as_bytes()).into_owned();
-    let span = tracing::info_span!("request", request_id = %id_text);
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("(no route)", MatchedPath::as_str);
+    // Visible ASCII (see `usable`), so never the empty fallback.
+    let span = tracing::info_span!("request", request_id = %id.to_str().unwrap_or_default());
     let mut response = next.run(request).instrument(span.clone()).await;
     response.headers_mut().insert(REQUEST_ID, id);
     let status = response.status().as_u16();
@@ -39,7 +37,7 @@ pub async fn log_request(request: Request, next: Next) -> Response {
     let latency_ms = started.elapsed().as_micros() as f64 / 1000.0;
     span.in_scope(|| {
         // Probes come every few seconds from load balancers: kept out of the info log.
-        if matches!(route.as_str(), "/livez" | "/readyz" | "/metrics") && status < 400 {
+        if matches!(route, "/livez" | "/readyz" | "/metrics") && status < 400 {
             tracing::debug!(%method, %route, status, latency_ms, "request");
         } else {
             tracing::info!(%method, %route, status, latency_ms, "request");
