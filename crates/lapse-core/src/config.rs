@@ -498,7 +498,8 @@ impl Config {
             place: place.to_string(),
             message,
         };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| err("", clean_toml_error(&e)))?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| err("", located_toml_error(text, &e)))?;
         let defaults = if file == DEFAULTS_NAME {
             RawConfig::default()
         } else {
@@ -738,9 +739,39 @@ fn clean_toml_error(e: &toml::de::Error) -> String {
     e.message().trim().to_string()
 }
 
+/// The error with where in `text` it is: `line 3, column 9: unclosed table, expected ]`.
+fn located_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = clean_toml_error(e);
+    let Some(start) = e.span().map(|s| s.start.min(text.len())) else {
+        return message;
+    };
+    let before = text.get(..start).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .count()
+        + 1;
+    format!("line {line}, column {column}: {message}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_syntax_error_says_where_it_is() {
+        let e = Config::parse("[server]\nlisten = \"127.0.0.1:1\"\n[kinds.a\n", "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("bad.toml: line 3, column "), "{e}");
+        let e = Config::parse("[server]\nlisten = 7\n", "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2, column 10"), "{e}");
+    }
 
     #[test]
     fn built_in_defaults_define_the_five_seed_kinds() {

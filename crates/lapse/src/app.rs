@@ -91,6 +91,13 @@ impl App {
                 "DEVELOPMENT MODE: no credentials are configured, so every request on {addr} is \
                  treated as admin. Set LAPSE_ADMIN_KEY (or any credential) before exposing lapse."
             );
+        } else if !settings.has_credentials() {
+            tracing::warn!(
+                "NO CREDENTIALS: lapse listens on {addr}, beyond this machine, and no key, cron \
+                 secret or JWT secret is configured, so every request but /livez, /readyz, \
+                 /metrics and /openapi.json is answered 401. Set LAPSE_ADMIN_KEY or \
+                 LAPSE_SERVICE_KEY (or any credential), or listen on 127.0.0.1 for development mode."
+            );
         }
         if engine.clock().is_manual() {
             tracing::warn!(now = %engine.now(), "manual clock: rules apply only on /v1/sweep and on access");

@@ -255,9 +255,22 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 .await?;
             if counts.is_empty() {
                 println!("no sessions");
-            }
-            for c in counts {
-                println!("{:<12} {:<10} {}", c.kind, c.status.as_str(), c.count);
+            } else {
+                let width = counts
+                    .iter()
+                    .map(|c| c.kind.len())
+                    .max()
+                    .unwrap_or(0)
+                    .max(4);
+                println!("{:<width$}  {:<9}  {:>8}", "KIND", "STATUS", "SESSIONS");
+                for c in counts {
+                    println!(
+                        "{:<width$}  {:<9}  {:>8}",
+                        c.kind,
+                        c.status.as_str(),
+                        c.count
+                    );
+                }
             }
             let figures = engine.sweeper_figures().await?;
             if let Some(next) = figures.next_deadline {

@@ -48,6 +48,50 @@ fn check_config_names_the_file_kind_and_rule_of_a_mistake() {
     let (code, out) = lapse(&["check-config"], dir.path());
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("6 kind(s)"), "{out}");
+
+    std::fs::write(dir.path().join("broken.toml"), "[server]\n[kinds.study\n").unwrap();
+    let (code, out) = lapse(&["check-config", "broken.toml"], dir.path());
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("broken.toml: line 2, column "), "{out}");
+}
+
+#[test]
+fn serving_beyond_this_machine_without_credentials_says_so_at_start() {
+    use std::io::{BufRead as _, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lapse"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_remove("LAPSE_CONFIG")
+        .env_remove("LAPSE_ADMIN_KEY")
+        .env_remove("LAPSE_SERVICE_KEY")
+        .env_remove("CRON_SECRET")
+        .env_remove("LAPSE_JWT_SECRET")
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("l.db").display()),
+        )
+        .env("LAPSE_LISTEN", "0.0.0.0:0")
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("lapse starts");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let mut said = String::new();
+    for line in BufReader::new(stderr).lines() {
+        let line = line.expect("a log line");
+        said.push_str(&line);
+        said.push('\n');
+        if line.contains("lapse listening") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        said.contains("NO CREDENTIALS") && said.contains("401"),
+        "{said}"
+    );
 }
 
 #[test]

@@ -143,6 +143,7 @@ async fn the_cli_sweep_previews_and_then_applies_on_the_database(backend: Backen
     assert!(out.contains("would apply 0 rule(s)"), "{out}");
     let (_, out) = run(&["stats"]);
     assert!(out.contains("coding") && out.contains("expired"), "{out}");
+    assert!(out.starts_with("KIND"), "a header names the columns: {out}");
     let (_, out) = run(&["explain", "old-room"]);
     assert!(
         out.contains("expire-inactive") && out.contains("expired"),
