@@ -25,6 +25,7 @@ pub mod feed;
 pub mod health;
 pub mod heartbeats;
 pub mod idempotency;
+pub mod metrics;
 pub mod ops;
 pub mod outage;
 pub mod sweep;

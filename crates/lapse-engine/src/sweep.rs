@@ -74,14 +74,28 @@ pub struct SweepReport {
     pub duration_ms: u64,
 }
 
-/// Running figures of the sweeper, for `/v1/stats`.
-#[derive(Default)]
+/// Running figures of the sweeper, for `/v1/stats` and `/metrics`.
 pub struct SweeperStats {
     sweeps: AtomicU64,
     applied: AtomicU64,
     errors: AtomicU64,
     rearmed: AtomicU64,
     last: Mutex<Option<(Timestamp, u64)>>,
+    /// How late each rule was applied: the sweep's instant minus its deadline.
+    lag: crate::metrics::Histogram,
+}
+
+impl Default for SweeperStats {
+    fn default() -> Self {
+        SweeperStats {
+            sweeps: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            rearmed: AtomicU64::new(0),
+            last: Mutex::new(None),
+            lag: crate::metrics::Histogram::new(crate::metrics::LAG_BUCKETS),
+        }
+    }
 }
 
 /// A snapshot of [`SweeperStats`].
@@ -221,6 +235,9 @@ impl Engine {
                 .fetch_add(report.applied.len() as u64, Ordering::Relaxed);
             s.errors
                 .fetch_add(report.errors.len() as u64, Ordering::Relaxed);
+            for a in &report.applied {
+                s.lag.observe(now.since(a.due_at).millis() as f64 / 1000.0);
+            }
             *s.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, report.duration_ms));
         }
         Ok(report)
@@ -505,6 +522,11 @@ impl Engine {
         };
         self.apply_commit(d.commit).await?;
         Ok((d.applied, cascade))
+    }
+
+    /// How late the sweeps of this instance applied their rules, in seconds.
+    pub fn expiry_lag(&self) -> &crate::metrics::Histogram {
+        &self.stats.lag
     }
 
     /// Sweeper figures for `/v1/stats`.

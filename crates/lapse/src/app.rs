@@ -132,6 +132,7 @@ impl App {
             limiter: Limiter::new(self.settings.config.rate_limits.clone()),
             in_flight: InFlight::new(self.settings.config.server.max_in_flight),
             shutdown: shutdown.clone(),
+            requests: Default::default(),
         });
         // On SQLite the sweeper, the heartbeat flusher and the group committer each run on a
         // thread of their own, at a priority above the request threads' (`crate::priority`);

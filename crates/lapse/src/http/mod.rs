@@ -14,7 +14,7 @@ mod participants;
 pub mod serve;
 mod sessions;
 mod sse;
-mod trace;
+pub mod trace;
 mod webhooks;
 
 use std::sync::Arc;
@@ -41,6 +41,8 @@ pub struct AppState {
     /// Cancelled when lapse begins to shut down: event streams end, a sweep asked for over
     /// HTTP stops after its current batch.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Request latencies for `/metrics`.
+    pub requests: trace::Requests,
 }
 
 /// The whole API.
@@ -73,7 +75,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             limits::in_flight,
         ))
         // Outermost: every request gets its id and its log line, refusals too.
-        .layer(axum::middleware::from_fn(trace::log_request))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            trace::log_request,
+        ))
         .with_state(state)
 }
 

@@ -257,6 +257,34 @@ async fn metrics(State(app): State<Arc<AppState>>) -> ApiResult<axum::response::
         "Webhook deliveries waiting or given up.",
         &webhooks,
     );
+    metric(
+        "lapse_database_up",
+        "gauge",
+        "1 while the database answers, 0 during an outage.",
+        &one(if app.engine.database_unavailable() {
+            0.0
+        } else {
+            1.0
+        }),
+    );
+    let histogram = |out: &mut String, name: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    };
+    histogram(
+        &mut out,
+        "lapse_expiry_lag_seconds",
+        "How late this instance's sweeps applied rules: the sweep's instant minus the deadline.",
+    );
+    app.engine
+        .expiry_lag()
+        .render("lapse_expiry_lag_seconds", "", &mut out);
+    histogram(
+        &mut out,
+        "lapse_http_request_duration_seconds",
+        "Time to answer a request (to its head, for event streams), by method, route and status.",
+    );
+    app.requests
+        .render("lapse_http_request_duration_seconds", &mut out);
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

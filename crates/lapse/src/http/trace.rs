@@ -6,18 +6,105 @@
 //! names the route's template (`/v1/sessions/{id}`), never the path or query: ids and
 //! `access_token`s stay out of the log, as do headers and bodies.
 
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
-use axum::http::HeaderValue;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
+use lapse_engine::metrics::{Histogram, LATENCY_BUCKETS};
 use tracing::Instrument as _;
+
+use super::AppState;
 
 const REQUEST_ID: &str = "x-request-id";
 
+/// The methods told apart in the metrics; any other counts as the last.
+const METHODS: [Method; 6] = [
+    Method::GET,
+    Method::POST,
+    Method::PATCH,
+    Method::DELETE,
+    Method::PUT,
+    Method::OPTIONS,
+];
+const METHOD_NAMES: [&str; 7] = ["GET", "POST", "PATCH", "DELETE", "PUT", "OPTIONS", "OTHER"];
+
+/// Request latencies by route, method and status, for `/metrics`.
+#[derive(Default)]
+pub struct Requests {
+    routes: RwLock<HashMap<String, Arc<Route>>>,
+}
+
+/// One route's histograms, made on first use: by method, then by status (100-599).
+#[derive(Default)]
+struct Route([OnceLock<Box<ByStatus>>; 7]);
+
+struct ByStatus([OnceLock<Histogram>; 500]);
+
+impl Requests {
+    fn observe(&self, route: &str, method: &Method, status: u16, seconds: f64) {
+        let found = self.read().get(route).cloned();
+        let stats = match found {
+            Some(stats) => stats,
+            None => {
+                let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
+                routes.entry(route.to_string()).or_default().clone()
+            }
+        };
+        let m = METHODS
+            .iter()
+            .position(|x| x == method)
+            .unwrap_or(METHODS.len());
+        let Some(slot) = (status as usize).checked_sub(100).filter(|&i| i < 500) else {
+            return;
+        };
+        let by_status =
+            stats.0[m].get_or_init(|| Box::new(ByStatus(std::array::from_fn(|_| OnceLock::new()))));
+        by_status.0[slot]
+            .get_or_init(|| Histogram::new(LATENCY_BUCKETS))
+            .observe(seconds);
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Route>>> {
+        // Plain counters: a panic elsewhere cannot leave them half-written.
+        self.routes.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `name`'s samples, labelled `method`, `route` and `status`, to `out`.
+    pub fn render(&self, name: &str, out: &mut String) {
+        let routes = self.read();
+        let mut names: Vec<&String> = routes.keys().collect();
+        names.sort();
+        for route in names {
+            for (m, by_status) in routes[route].0.iter().enumerate() {
+                let Some(by_status) = by_status.get() else {
+                    continue;
+                };
+                for (i, histogram) in by_status.0.iter().enumerate() {
+                    if let Some(h) = histogram.get() {
+                        let labels = format!(
+                            "method=\"{}\",route=\"{}\",status=\"{}\"",
+                            METHOD_NAMES[m],
+                            route.replace('\\', "\\\\").replace('"', "\\\""),
+                            i + 100
+                        );
+                        h.render(name, &labels, out);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The middleware.
-pub async fn log_request(request: Request, next: Next) -> Response {
+pub async fn log_request(
+    State(app): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let id = request
         .headers()
@@ -33,8 +120,11 @@ pub async fn log_request(request: Request, next: Next) -> Response {
     let mut response = next.run(request).instrument(span.clone()).await;
     response.headers_mut().insert(REQUEST_ID, id);
     let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    app.requests
+        .observe(route, &method, status, elapsed.as_secs_f64());
     // Whole microseconds, so the number prints short (1.971, not 1.9714300000000002).
-    let latency_ms = started.elapsed().as_micros() as f64 / 1000.0;
+    let latency_ms = elapsed.as_micros() as f64 / 1000.0;
     span.in_scope(|| {
         // Probes come every few seconds from load balancers: kept out of the info log.
         if matches!(route, "/livez" | "/readyz" | "/metrics") && status < 400 {

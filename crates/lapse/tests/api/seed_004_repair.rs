@@ -241,6 +241,27 @@ async fn metrics_are_exposed_for_prometheus_without_credentials(backend: Backend
         text.contains("lapse_webhook_deliveries{status=\"dead\"} 0"),
         "{text}"
     );
+    assert!(text.contains("lapse_database_up 1"), "{text}");
+    // The request was cancelled a minute after its deadline (the clock moved 16 minutes).
+    assert!(
+        text.contains("# TYPE lapse_expiry_lag_seconds histogram"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lapse_expiry_lag_seconds_bucket{le=\"30\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lapse_expiry_lag_seconds_bucket{le=\"60\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("lapse_expiry_lag_seconds_sum 60\n"), "{text}");
+    assert!(
+        text.contains(
+            "lapse_http_request_duration_seconds_count{method=\"POST\",route=\"/v1/sessions\",status=\"201\"} 1"
+        ),
+        "{text}"
+    );
 }
 
 both_stores!(
