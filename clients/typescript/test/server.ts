@@ -13,6 +13,8 @@ import { join, resolve } from "node:path";
 export const ADMIN_KEY = "test-admin-key";
 /** A service key: acts for the user named in `X-Actor`, with that user's rights. */
 export const SERVICE_KEY = "test-service-key";
+/** The cron secret: valid on `/v1/sweep` only. */
+export const CRON_SECRET = "test-cron-secret";
 export const WEBHOOK_SECRET = "whsec_dGVzdC13ZWJob29rLXNlY3JldC0xMjM0NTY3OA==";
 
 const root = resolve(import.meta.dirname, "../../..");
@@ -81,6 +83,7 @@ kinds = ["study"]
     LAPSE_CLOCK: "manual",
     LAPSE_ADMIN_KEY: ADMIN_KEY,
     LAPSE_SERVICE_KEY: SERVICE_KEY,
+    CRON_SECRET,
     TEST_WEBHOOK_SECRET: WEBHOOK_SECRET,
     RUST_LOG: "warn",
   };

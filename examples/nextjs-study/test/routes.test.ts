@@ -5,7 +5,8 @@
 import { Lapse } from "lapse-client";
 import { afterAll, beforeAll, expect, it } from "vitest";
 
-import { ADMIN_KEY, type Running, SERVICE_KEY, startLapse } from "../../../clients/typescript/test/server";
+import { ADMIN_KEY, CRON_SECRET, type Running, SERVICE_KEY, startLapse } from "../../../clients/typescript/test/server";
+import { GET as cronSweep } from "../../../deploy/vercel/api/cron/lapse-sweep";
 import { POST as endRoom } from "../app/api/study-sessions/[sessionId]/end/route";
 import { POST as createRoom } from "../app/api/study-sessions/route";
 
@@ -74,4 +75,21 @@ it("needs no cleanup route: unused rooms go after 30 minutes, forgotten ones end
   await admin.advanceClock("5h 30m");
   const ended = await admin.getSession(forgotten);
   expect([ended.status, ended.ended_by]).toEqual(["completed", "rule:auto-end-abandoned"]);
+});
+
+it("Vercel Cron's caller (deploy/vercel) sweeps with the cron secret and refuses anyone else", async () => {
+  process.env.CRON_SECRET = CRON_SECRET;
+  const cron = (auth?: string) =>
+    cronSweep(new Request("http://app.local/api/cron/lapse-sweep", { headers: auth ? { authorization: auth } : {} }));
+  expect((await cron()).status).toBe(401);
+  expect((await cron("Bearer not-the-secret")).status).toBe(401);
+
+  // A room nobody used: the sweep the cron asks for deletes it once 30 minutes have passed.
+  const id = await newRoom("dana");
+  await admin.advanceClock("31m");
+  const answer = await cron(`Bearer ${CRON_SECRET}`);
+  expect(answer.status).toBe(200);
+  const report = (await answer.json()) as { dry_run: boolean; applied: { session: string; rule: string }[] };
+  expect(report.dry_run).toBe(false);
+  expect(report.applied).toContainEqual(expect.objectContaining({ session: id, rule: "delete-unused" }));
 });
