@@ -1,6 +1,7 @@
 //! The command line (SPEC §8). `serve` runs the server; the others work on the database
 //! directly, for cron jobs, systemd timers and operators.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -13,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{App, open_engine, shutdown_on_signal};
 use crate::export::{Format, render};
 use crate::settings::{Environment, Settings};
+
+pub mod remote;
 
 /// lapse: the session lifecycle engine.
 #[derive(Parser, Debug)]
@@ -83,6 +86,34 @@ pub enum Command {
         /// The copy to write; it must not exist.
         path: PathBuf,
     },
+    /// Sessions on a running lapse, through its API (key from LAPSE_ADMIN_KEY).
+    Sessions {
+        /// Where lapse answers.
+        #[arg(
+            long,
+            env = "LAPSE_URL",
+            default_value = "http://127.0.0.1:7070",
+            global = true
+        )]
+        url: String,
+        /// What to do.
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+    /// Events on a running lapse, through its API (key from LAPSE_ADMIN_KEY).
+    Events {
+        /// Where lapse answers.
+        #[arg(
+            long,
+            env = "LAPSE_URL",
+            default_value = "http://127.0.0.1:7070",
+            global = true
+        )]
+        url: String,
+        /// What to do.
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
     /// A session with its participants, summary and timeline, as a document.
     Export {
         /// The session id.
@@ -90,6 +121,63 @@ pub enum Command {
         /// json, markdown or csv.
         #[arg(long, default_value = "json")]
         format: String,
+    },
+}
+
+/// `lapse sessions …`
+#[derive(Subcommand, Debug)]
+pub enum SessionsCommand {
+    /// One page of sessions, filtered by kind, status, host or participant.
+    List {
+        /// Only this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this status (pending, active, completed, cancelled, expired).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only sessions this user hosts.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only sessions this user takes part in.
+        #[arg(long)]
+        participant: Option<String>,
+        /// At most this many (1-500).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print lapse's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One session: its fields, participants, and why each rule does or does not apply.
+    Show {
+        /// The session id.
+        id: String,
+        /// Print lapse's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `lapse events …`
+#[derive(Subcommand, Debug)]
+pub enum EventsCommand {
+    /// Follow events as they happen (Ctrl-C ends it); resumes by itself after a drop.
+    Tail {
+        /// Only this session's.
+        #[arg(long)]
+        session: Option<String>,
+        /// Only this kind's.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only these types (`session.ended,participant.*`).
+        #[arg(long = "type")]
+        types: Option<String>,
+        /// Start after this sequence number (default: from now on).
+        #[arg(long)]
+        after: Option<i64>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -179,10 +267,23 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 anyhow::bail!("unknown kind `{k}`");
             }
             let engine = open_engine(&settings).await?;
-            // Progress goes to stderr, once per batch, so long sweeps show they are moving
-            // while stdout stays the report.
-            let progress = Progress(std::sync::Arc::new(|examined, applied| {
-                eprintln!("… {examined} due row(s) examined, {applied} rule(s) applied");
+            // Progress goes to stderr after each batch from the second on, so long sweeps
+            // show they are moving while stdout stays the report: on a terminal one line
+            // rewritten in place, elsewhere (a log) one line a batch.
+            let on_terminal = std::io::stderr().is_terminal();
+            let batches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let told = batches.clone();
+            let progress = Progress(std::sync::Arc::new(move |examined, applied| {
+                if told.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                    return;
+                }
+                let line =
+                    format!("sweeping: {examined} due row(s) examined, {applied} rule(s) applied");
+                if on_terminal {
+                    eprint!("\r\x1b[2K{line}");
+                } else {
+                    eprintln!("{line}");
+                }
             }));
             // Ctrl-C or SIGTERM ends the sweep after its current batch: what it applied is
             // reported, the rest stays due.
@@ -194,7 +295,11 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 progress: Some(progress),
                 stop,
             };
-            let report = engine.sweep_once(&opts).await?;
+            let report = engine.sweep_once(&opts).await;
+            if on_terminal && batches.load(std::sync::atomic::Ordering::Relaxed) > 1 {
+                eprintln!();
+            }
+            let report = report?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -316,6 +421,83 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 Health::Degraded => 1,
                 Health::Unhealthy => 2,
             })
+        }
+        Command::Sessions { url, command } => {
+            let lapse = remote::Remote::new(&url)?;
+            match command {
+                SessionsCommand::List {
+                    kind,
+                    status,
+                    host,
+                    participant,
+                    limit,
+                    json,
+                } => {
+                    let mut query = vec![("limit", limit.to_string())];
+                    for (name, value) in [
+                        ("kind", kind),
+                        ("status", status),
+                        ("host", host),
+                        ("participant", participant),
+                    ] {
+                        query.extend(value.map(|v| (name, v)));
+                    }
+                    let page = lapse.get("/v1/sessions", &query).await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&page)?);
+                    } else {
+                        let sessions = page["sessions"].as_array().cloned().unwrap_or_default();
+                        if sessions.is_empty() {
+                            println!("no sessions");
+                        } else {
+                            print!("{}", remote::sessions_table(&sessions, remote::width()));
+                        }
+                        if !page["next_cursor"].is_null() {
+                            println!("(more: raise --limit, up to 500)");
+                        }
+                    }
+                }
+                SessionsCommand::Show { id, json } => {
+                    let id = SessionId::parse(&id).context("session id")?;
+                    let explained = lapse
+                        .get(&format!("/v1/sessions/{id}/explain"), &[])
+                        .await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&explained)?);
+                    } else {
+                        print!("{}", remote::session_page(&explained, remote::width()));
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Command::Events { url, command } => {
+            let lapse = remote::Remote::new(&url)?;
+            let EventsCommand::Tail {
+                session,
+                kind,
+                types,
+                after,
+                json,
+            } = command;
+            let mut query = Vec::new();
+            for (name, value) in [("session", session), ("kind", kind), ("type", types)] {
+                query.extend(value.map(|v| (name, v)));
+            }
+            let stop = CancellationToken::new();
+            tokio::spawn(shutdown_on_signal(stop.clone()));
+            let follow = lapse.follow(&query, after, |event| {
+                if json {
+                    println!("{event}");
+                } else {
+                    println!("{}", remote::event_line(event));
+                }
+            });
+            tokio::select! {
+                done = follow => done?,
+                _ = stop.cancelled() => {}
+            }
+            Ok(0)
         }
         Command::Export { id, format } => {
             let format: Format = format.parse().map_err(anyhow::Error::msg)?;

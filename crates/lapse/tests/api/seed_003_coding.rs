@@ -106,18 +106,29 @@ async fn the_cli_sweep_previews_and_then_applies_on_the_database(backend: Backen
     assert!(out.contains("would apply newer-room"), "{out}");
     assert!(out.contains("dry run: would apply 2 rule(s)"), "{out}");
 
-    let progress = Command::new(lapse)
-        .args(["sweep", "--dry-run"])
-        .env("DATABASE_URL", &app.db_url)
-        .env_remove("LAPSE_CONFIG")
-        .env_remove("LAPSE_CLOCK")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&progress.stderr);
+    // Progress shows once a sweep has more than a batch to do: here batches of one row.
+    let small_batches = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(small_batches.path(), "[sweeper]\nbatch = 1\n").unwrap();
+    let sweep = |config: Option<&std::path::Path>| {
+        let mut command = Command::new(lapse);
+        command
+            .args(["sweep", "--dry-run"])
+            .env("DATABASE_URL", &app.db_url)
+            .env_remove("LAPSE_CONFIG")
+            .env_remove("LAPSE_CLOCK");
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let out = command.output().unwrap();
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let stderr = sweep(Some(small_batches.path()));
     assert!(
-        stderr.contains("2 due row(s) examined, 2 rule(s) applied"),
+        stderr.contains("sweeping: 2 due row(s) examined, 2 rule(s) applied"),
         "progress on stderr: {stderr}"
     );
+    let stderr = sweep(None);
+    assert!(!stderr.contains("sweeping:"), "one batch, no progress: {stderr}");
 
     let (code, out) = run(&["sweep", "--json"]);
     assert_eq!(code, Some(0), "{out}");

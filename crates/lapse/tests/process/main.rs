@@ -2,6 +2,7 @@
 //! with SIGKILL, started again on the same database, and judged by what the database holds
 //! afterwards.
 
+mod cli;
 mod crash;
 mod ledger;
 mod logs;
