@@ -128,7 +128,10 @@ async fn the_cli_sweep_previews_and_then_applies_on_the_database(backend: Backen
         "progress on stderr: {stderr}"
     );
     let stderr = sweep(None);
-    assert!(!stderr.contains("sweeping:"), "one batch, no progress: {stderr}");
+    assert!(
+        !stderr.contains("sweeping:"),
+        "one batch, no progress: {stderr}"
+    );
 
     let (code, out) = run(&["sweep", "--json"]);
     assert_eq!(code, Some(0), "{out}");
