@@ -978,6 +978,7 @@ export interface paths {
                     participant?: components["schemas"]["UserId"];
                     limit?: number;
                     cursor?: components["schemas"]["SessionId"];
+                    due_before?: string;
                 };
                 header?: never;
                 path?: never;
@@ -3319,6 +3320,7 @@ export interface paths {
                 query?: {
                     dry_run?: boolean;
                     kind?: components["schemas"]["Kind"];
+                    until?: string;
                 };
                 header?: never;
                 path?: never;
@@ -3438,6 +3440,7 @@ export interface paths {
                 query?: {
                     dry_run?: boolean;
                     kind?: components["schemas"]["Kind"];
+                    until?: string;
                 };
                 header?: never;
                 path?: never;

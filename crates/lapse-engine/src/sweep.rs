@@ -29,6 +29,9 @@ const SWEEP_ATTEMPTS: usize = 3;
 pub struct SweepOptions {
     /// Report what would be applied, change nothing.
     pub dry_run: bool,
+    /// Decide as of this earlier instant instead of now: what a dry run at that instant
+    /// listed, and nothing that came due since (a console applying what it previewed).
+    pub due_by: Option<Timestamp>,
     /// Only this kind.
     pub kind: Option<String>,
     /// Told after each batch: due rows examined and rules applied so far.
@@ -156,7 +159,9 @@ impl Engine {
     /// One sweep at the current time; see the module docs.
     pub async fn sweep_once(&self, opts: &SweepOptions) -> Result<SweepReport, EngineError> {
         let started = Instant::now();
-        let now = self.now();
+        // A sweep `due_by` an earlier instant decides as of that instant: exactly what a
+        // preview then listed (its events say they were applied then).
+        let now = opts.due_by.map_or(self.now(), |by| by.min(self.now()));
         if !opts.dry_run {
             // Heartbeats first: an idle rule must never be decided on a row older than the
             // beats this instance has already accepted.
@@ -522,6 +527,13 @@ impl Engine {
         };
         self.apply_commit(d.commit).await?;
         Ok((d.applied, cascade))
+    }
+
+    /// The sequence number of the latest event, 0 before any.
+    pub async fn last_event_seq(&self, caller: &crate::Caller) -> Result<i64, EngineError> {
+        // Who may read the stats may read this.
+        caller.require_sweep()?;
+        Ok(self.store.last_event_seq().await?)
     }
 
     /// How late the sweeps of this instance applied their rules, in seconds.

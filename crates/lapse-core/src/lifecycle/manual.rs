@@ -389,8 +389,11 @@ pub fn activity(
             s.id
         )));
     }
-    let entry = s.counters.entry(name.to_string()).or_insert(0);
-    *entry = entry.saturating_add(count);
+    // A count of 0 records activity without counting anything (the console's "extend").
+    if count != 0 {
+        let entry = s.counters.entry(name.to_string()).or_insert(0);
+        *entry = entry.saturating_add(count);
+    }
     s.used = true;
     s.touch(user, now);
     Ok(())

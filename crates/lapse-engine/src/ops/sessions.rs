@@ -55,6 +55,59 @@ impl Engine {
         Ok((out, next))
     }
 
+    /// `GET /v1/sessions?due_before=T`: up to `limit` open sessions with a rule due at or
+    /// before `before`, earliest first, read through the deadline index: O(sessions with a
+    /// stored wake-up before `before`) at most. One page: reading a session can move its
+    /// stored deadline, so no cursor into that order would stay true. Operators only: admin
+    /// or a service acting as the system.
+    pub async fn list_due(
+        &self,
+        caller: &Caller,
+        before: lapse_core::Timestamp,
+        kind: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Session>, EngineError> {
+        caller.require_backend()?;
+        if !caller.is_system() {
+            return Err(EngineError::Forbidden(
+                "listing by deadline is for operators, not for a user".into(),
+            ));
+        }
+        // Stored deadlines include earlier wake-ups (a participant's presence lapsing) that
+        // are no rule's: read on past them, a page at a time, until `limit` sessions are
+        // found or every row up to `before` has been seen. A session read moves its row
+        // later, where this walk may meet it again: each is taken once.
+        let mut out: Vec<Session> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor = None;
+        loop {
+            let rows = self
+                .store
+                .due(before, kind, cursor.as_ref(), limit, false)
+                .await?;
+            let exhausted = rows.len() < limit as usize;
+            cursor = rows.last().cloned();
+            for row in rows {
+                if out.len() == limit as usize || !seen.insert(row.id.clone()) {
+                    continue;
+                }
+                if let Some(s) = self.settle(&row.id).await?
+                    && s.next_due.as_ref().is_some_and(|d| d.at <= before)
+                {
+                    out.push(s);
+                }
+            }
+            if exhausted || out.len() == limit as usize {
+                break;
+            }
+        }
+        out.sort_by(|a, b| {
+            let at = |s: &Session| s.next_due.as_ref().map(|d| d.at);
+            at(a).cmp(&at(b)).then_with(|| a.id.cmp(&b.id))
+        });
+        Ok(out)
+    }
+
     /// `PATCH /v1/sessions/{id}`
     pub async fn update(
         &self,

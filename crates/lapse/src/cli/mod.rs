@@ -291,6 +291,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             tokio::spawn(shutdown_on_signal(stop.clone()));
             let opts = SweepOptions {
                 dry_run,
+                due_by: None,
                 kind,
                 progress: Some(progress),
                 stop,

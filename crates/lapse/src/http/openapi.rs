@@ -249,7 +249,7 @@ pub fn document(kinds: &[&str]) -> Value {
         "paths": {
             "/v1/sessions": {
                 "post": op("Create a session", vec![], Some(body("NewSession")), vec![("201", ok("Created", "Session"))]),
-                "get": op("List sessions", vec![kind_filter(), query("status", status()), query("host", schema_ref("UserId")), query("participant", schema_ref("UserId")), limit(500), query("cursor", schema_ref("SessionId"))], None, vec![("200", ok("A page", "SessionList"))])
+                "get": op("List sessions", vec![kind_filter(), query("status", status()), query("host", schema_ref("UserId")), query("participant", schema_ref("UserId")), limit(500), query("cursor", schema_ref("SessionId")), query("due_before", json!({ "type": "string", "format": "date-time", "description": "Only sessions with a rule due at or before this instant, earliest first, in one page of at most `limit` (admin, or a service acting as the system; no cursor)" }))], None, vec![("200", ok("A page", "SessionList"))])
             },
             "/v1/sessions/{id}": {
                 "get": op("Read a session (its due rules apply first)", vec![id()], None, vec![("200", session())]),
@@ -273,8 +273,8 @@ pub fn document(kinds: &[&str]) -> Value {
             "/v1/users/{user}/notifications": { "get": op("A user's inbox", vec![user(), query("unread", json!({ "type": "boolean" }))], None, vec![("200", ok("Inbox", "Inbox"))]) },
             "/v1/users/{user}/notifications/{nid}/read": { "post": op("Mark read", vec![user(), json!({ "name": "nid", "in": "path", "required": true, "schema": { "type": "string", "minLength": 1 } })], None, vec![("200", ok("Notification", "Notification"))]) },
             "/v1/sweep": {
-                "post": op("Apply due rules now", vec![query("dry_run", json!({ "type": "boolean" })), query("kind", schema_ref("Kind"))], None, vec![("200", ok("Report", "SweepReport"))]),
-                "get": op("Apply due rules now (for cron callers)", vec![query("dry_run", json!({ "type": "boolean" })), query("kind", schema_ref("Kind"))], None, vec![("200", ok("Report", "SweepReport"))])
+                "post": op("Apply due rules now", vec![query("dry_run", json!({ "type": "boolean" })), query("kind", schema_ref("Kind")), query("until", json!({ "type": "string", "format": "date-time", "description": "Only sessions due at or before this instant (a preview's `now`)" }))], None, vec![("200", ok("Report", "SweepReport"))]),
+                "get": op("Apply due rules now (for cron callers)", vec![query("dry_run", json!({ "type": "boolean" })), query("kind", schema_ref("Kind")), query("until", json!({ "type": "string", "format": "date-time", "description": "Only sessions due at or before this instant (a preview's `now`)" }))], None, vec![("200", ok("Report", "SweepReport"))])
             },
             "/v1/kinds": { "get": op("Configured kinds and rules", vec![], None, vec![("200", ok("Kinds", "Object"))]) },
             "/v1/stats": { "get": op("Totals and sweeper figures", vec![], None, vec![("200", ok("Stats", "Object"))]) },

@@ -32,6 +32,8 @@ pub fn router() -> Router<Arc<AppState>> {
 struct SweepQuery {
     dry_run: Option<String>,
     kind: Option<String>,
+    /// Only rules due at or before this instant (what a preview at that instant listed).
+    until: Option<String>,
 }
 
 async fn sweep(
@@ -49,10 +51,19 @@ async fn sweep(
             format!("unknown kind `{kind}`"),
         ));
     }
+    let due_by = q
+        .until
+        .as_deref()
+        .map(|t| {
+            t.parse::<lapse_core::Timestamp>()
+                .map_err(|_| ApiError::validation("until", "an RFC 3339 time"))
+        })
+        .transpose()?;
     let report = app
         .engine
         .sweep_once(&SweepOptions {
             dry_run,
+            due_by,
             kind: q.kind,
             progress: None,
             stop: app.shutdown.clone(),
@@ -82,10 +93,12 @@ async fn stats(State(app): State<Arc<AppState>>, Auth(caller): Auth) -> ApiResul
     }
     let total: i64 = by_status.values().sum();
     let sweeper = app.engine.sweeper_figures().await?;
+    let last_seq = app.engine.last_event_seq(&caller).await?;
     Ok(Json(json!({
         "now": app.engine.now(),
         "sessions": { "total": total, "by_status": by_status, "by_kind": by_kind },
         "sweeper": sweeper,
+        "events": { "last_seq": last_seq },
     })))
 }
 

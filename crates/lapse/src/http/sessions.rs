@@ -76,6 +76,8 @@ struct ListQuery {
     participant: Option<String>,
     limit: Option<u32>,
     cursor: Option<String>,
+    /// Only sessions with a rule due at or before this instant, earliest first.
+    due_before: Option<String>,
 }
 
 async fn list(
@@ -100,6 +102,35 @@ async fn list(
         v.map(|u| UserId::parse(&u).map_err(|e| ApiError::validation(field, e)))
             .transpose()
     };
+    if let Some(before) = &q.due_before {
+        let before: lapse_core::Timestamp = before
+            .parse()
+            .map_err(|_| ApiError::validation("due_before", "an RFC 3339 time"))?;
+        if q.cursor.is_some() {
+            return Err(ApiError::validation(
+                "cursor",
+                "a due_before listing is one page, earliest first (raise limit, up to 500)",
+            ));
+        }
+        let host = user("host", q.host)?;
+        let participant = user("participant", q.participant)?;
+        let sessions = app
+            .engine
+            .list_due(&caller, before, q.kind.as_deref(), limit)
+            .await?;
+        // The other filters thin the page.
+        let sessions: Vec<_> = sessions
+            .into_iter()
+            .filter(|s| status.is_none_or(|st| st == s.status))
+            .filter(|s| host.as_ref().is_none_or(|h| h == &s.host))
+            .filter(|s| {
+                participant
+                    .as_ref()
+                    .is_none_or(|p| s.participants.iter().any(|x| &x.user == p))
+            })
+            .collect();
+        return Ok(Json(json!({ "sessions": sessions, "next_cursor": null })));
+    }
     let query = SessionQuery {
         kind: q.kind,
         status,

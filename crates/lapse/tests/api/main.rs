@@ -32,6 +32,7 @@ mod helpers;
 
 mod backup;
 mod config;
+mod console;
 mod errors;
 mod identity;
 mod instances;
