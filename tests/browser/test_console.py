@@ -57,8 +57,10 @@ def lapse():
         LAPSE_ADMIN_KEY=KEY,
         RUST_LOG="warn",
     )
+    config = Path(work) / "lapse.toml"
+    config.write_text(f'[[webhooks]]\nurl = "http://127.0.0.1:{free_port()}/hooks"\nevents = ["session.*"]\n')
     log = open(Path(work) / "lapse.log", "w")
-    process = subprocess.Popen([binary, "serve"], env=env, stderr=log)
+    process = subprocess.Popen([binary, "serve", "--config", str(config)], env=env, stderr=log)
     base = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
@@ -153,3 +155,9 @@ def test_an_operator_finds_explains_watches_and_cleans_up(lapse, page):
     page.get_by_role("link", name="Overview").click()
     expect(feed.locator("li[data-type='session.cancelled'][data-session='pairing']")).to_have_count(1)
     shot(page, "6-live-feed")
+
+    # Webhooks: the configured endpoint and the deliveries waiting for it.
+    page.get_by_role("link", name="Webhooks").click()
+    expect(page.get_by_test_id("endpoints")).to_contain_text("/hooks")
+    expect(page.get_by_test_id("endpoints")).to_contain_text("active")
+    shot(page, "7-webhooks")

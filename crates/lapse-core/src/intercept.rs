@@ -8,8 +8,8 @@ use async_trait::async_trait;
 
 use crate::event::{Event, Notification};
 use crate::store::{
-    Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DueRow, EventQuery,
-    HealthCounts, Moved, Rearm, SessionQuery, StatusCount, StoredResponse,
+    Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DisabledEndpoint, DueRow,
+    EventQuery, HealthCounts, Moved, Rearm, SessionQuery, StatusCount, StoredResponse,
 };
 use crate::{Session, SessionId, Store, StoreError, Timestamp, UserId};
 
@@ -207,6 +207,11 @@ impl<H: Hook> Store for Intercepted<H> {
     ) -> Result<(), StoreError> {
         let call = self.inner.disable_endpoint(url, at, reason);
         self.run("disable_endpoint", WRITE, call).await
+    }
+
+    async fn disabled_endpoints(&self) -> Result<Vec<DisabledEndpoint>, StoreError> {
+        self.run("disabled_endpoints", READ, self.inner.disabled_endpoints())
+            .await
     }
 
     async fn deliveries(

@@ -94,6 +94,17 @@ pub struct EventRecord {
     pub webhooks: Vec<String>,
 }
 
+/// A webhook endpoint delivering has stopped for.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DisabledEndpoint {
+    /// The endpoint's URL.
+    pub url: String,
+    /// When it was disabled.
+    pub at: Timestamp,
+    /// Why (it answered 410 Gone).
+    pub reason: String,
+}
+
 /// Where a webhook delivery stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -448,6 +459,9 @@ pub trait Store: Send + Sync + 'static {
         at: Timestamp,
         reason: &str,
     ) -> Result<(), StoreError>;
+
+    /// The endpoints delivering has stopped for, with when and why (a handful of rows).
+    async fn disabled_endpoints(&self) -> Result<Vec<DisabledEndpoint>, StoreError>;
 
     /// Deliveries, newest first, optionally of one status.
     async fn deliveries(

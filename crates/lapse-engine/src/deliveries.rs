@@ -57,6 +57,23 @@ pub fn signature(keys: &[Vec<u8>], id: &str, timestamp: i64, body: &str) -> Stri
         .join(" ")
 }
 
+/// A configured endpoint and whether lapse delivers to it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EndpointState {
+    /// Where deliveries go.
+    pub url: String,
+    /// Event-type globs it takes.
+    pub events: Vec<String>,
+    /// Kinds it takes (all when absent).
+    pub kinds: Option<Vec<String>>,
+    /// `active`, or `disabled` once it answered 410 Gone.
+    pub state: &'static str,
+    /// When it was disabled.
+    pub disabled_at: Option<lapse_core::Timestamp>,
+    /// Why.
+    pub reason: Option<String>,
+}
+
 /// The endpoints and how to reach them.
 pub struct Webhooks {
     endpoints: Vec<Endpoint>,
@@ -266,6 +283,32 @@ impl Engine {
     ) -> Result<Vec<Delivery>, EngineError> {
         caller.require_backend()?;
         Ok(self.store.deliveries(status, limit).await?)
+    }
+
+    /// `GET /v1/webhooks/endpoints`: each configured endpoint, and whether lapse still
+    /// delivers to it (an endpoint that answered 410 Gone is disabled for good).
+    pub async fn webhook_endpoints(
+        &self,
+        caller: &Caller,
+    ) -> Result<Vec<EndpointState>, EngineError> {
+        caller.require_backend()?;
+        let disabled = self.store.disabled_endpoints().await?;
+        Ok(self
+            .webhooks
+            .endpoints
+            .iter()
+            .map(|e| {
+                let off = disabled.iter().find(|d| d.url == e.config.url);
+                EndpointState {
+                    url: e.config.url.clone(),
+                    events: e.config.events.clone(),
+                    kinds: e.config.kinds.clone(),
+                    state: if off.is_some() { "disabled" } else { "active" },
+                    disabled_at: off.map(|d| d.at),
+                    reason: off.map(|d| d.reason.clone()),
+                }
+            })
+            .collect())
     }
 
     /// `POST /v1/webhooks/deliveries/{id}/retry`: due again now.

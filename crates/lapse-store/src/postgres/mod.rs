@@ -22,8 +22,9 @@ use async_trait::async_trait;
 use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
-    Attempt, Beat, Change, ChangeCallback, Commit, Delivery, DeliveryStatus, DueRow, EventQuery,
-    HealthCounts, Moved, Rearm, SessionQuery, StatusCount, Store, StoredResponse,
+    Attempt, Beat, Change, ChangeCallback, Commit, Delivery, DeliveryStatus, DisabledEndpoint,
+    DueRow, EventQuery, HealthCounts, Moved, Rearm, SessionQuery, StatusCount, Store,
+    StoredResponse,
 };
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions};
@@ -715,6 +716,10 @@ impl Store for PostgresStore {
         reason: &str,
     ) -> Result<(), StoreError> {
         outbox::disable_endpoint(&self.pool, url, at, reason).await
+    }
+
+    async fn disabled_endpoints(&self) -> Result<Vec<DisabledEndpoint>, StoreError> {
+        outbox::disabled_endpoints(&self.pool).await
     }
 
     async fn deliveries(

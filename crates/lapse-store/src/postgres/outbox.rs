@@ -2,7 +2,9 @@
 //! figures, idempotency keys.
 
 use lapse_core::event::Event;
-use lapse_core::store::{Attempt, Delivery, DeliveryStatus, HealthCounts, StoredResponse};
+use lapse_core::store::{
+    Attempt, Delivery, DeliveryStatus, DisabledEndpoint, HealthCounts, StoredResponse,
+};
 use lapse_core::{StoreError, Timestamp};
 use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Row};
@@ -96,6 +98,24 @@ pub(super) async fn record_attempt(
     .await
     .map_err(backend)?;
     Ok(())
+}
+
+/// Every disabled endpoint (a handful of rows: endpoints come from the configuration).
+pub(super) async fn disabled_endpoints(pool: &PgPool) -> Result<Vec<DisabledEndpoint>, StoreError> {
+    let rows: Vec<(String, i64, String)> = sqlx::query_as(
+        "select url, disabled_at, reason from webhook_endpoints_disabled order by url",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(backend)?;
+    Ok(rows
+        .into_iter()
+        .map(|(url, at, reason)| DisabledEndpoint {
+            url,
+            at: Timestamp::from_millis(at),
+            reason,
+        })
+        .collect())
 }
 
 pub(super) async fn disable_endpoint(

@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
-    Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DueRow, EventQuery,
-    HealthCounts, Moved, Rearm, SessionQuery, StatusCount, Store, StoredResponse,
+    Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DisabledEndpoint, DueRow,
+    EventQuery, HealthCounts, Moved, Rearm, SessionQuery, StatusCount, Store, StoredResponse,
 };
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::sqlite::{
@@ -570,6 +570,10 @@ impl Store for SqliteStore {
         reason: &str,
     ) -> Result<(), StoreError> {
         outbox::disable_endpoint(&self.writer, url, at, reason).await
+    }
+
+    async fn disabled_endpoints(&self) -> Result<Vec<DisabledEndpoint>, StoreError> {
+        outbox::disabled_endpoints(&self.reader).await
     }
 
     async fn deliveries(

@@ -237,6 +237,9 @@ pub fn document(kinds: &[&str]) -> Value {
                     "id": { "type": "string" }, "endpoint": { "type": "string" }, "event_seq": { "type": "integer" }, "event_id": { "type": "string" }, "event_type": { "type": "string" },
                     "status": { "enum": ["pending", "delivered", "dead"] }, "attempts": { "type": "integer" }, "next_attempt_at": maybe_time(),
                     "last_attempt_at": maybe_time(), "last_status": { "type": ["integer", "null"] }, "last_error": { "type": ["string", "null"] }, "created_at": time() } },
+                "Endpoints": { "type": "object", "required": ["endpoints"], "properties": { "endpoints": { "type": "array", "items": { "type": "object", "required": ["url", "events", "kinds", "state", "disabled_at", "reason"], "properties": {
+                    "url": { "type": "string" }, "events": { "type": "array", "items": { "type": "string" } }, "kinds": { "type": ["array", "null"], "items": { "type": "string" } },
+                    "state": { "enum": ["active", "disabled"] }, "disabled_at": maybe_time(), "reason": { "type": ["string", "null"] } } } } } },
                 "Deliveries": { "type": "object", "required": ["deliveries"], "properties": { "deliveries": { "type": "array", "items": schema_ref("Delivery") } } },
                 "Clock": { "type": "object", "required": ["now"], "properties": { "now": time() } },
                 "ClockMove": { "type": "object", "additionalProperties": false, "minProperties": 1, "maxProperties": 1, "properties": {
@@ -279,6 +282,7 @@ pub fn document(kinds: &[&str]) -> Value {
             "/v1/kinds": { "get": op("Configured kinds and rules", vec![], None, vec![("200", ok("Kinds", "Object"))]) },
             "/v1/stats": { "get": op("Totals and sweeper figures", vec![], None, vec![("200", ok("Stats", "Object"))]) },
             "/v1/health": { "get": op("Health report", vec![], None, vec![("200", ok("Report", "Object")), ("503", ok("Unhealthy", "Object"))]) },
+            "/v1/webhooks/endpoints": { "get": op("Configured webhook endpoints and whether lapse delivers to them", vec![], None, vec![("200", ok("Endpoints", "Endpoints"))]) },
             "/v1/webhooks/deliveries": { "get": op("Webhook delivery log", vec![query("status", json!({ "enum": ["pending", "delivered", "dead"] })), limit(1000)], None, vec![("200", ok("Deliveries", "Deliveries"))]) },
             "/v1/webhooks/deliveries/{id}/retry": { "post": op("Send a delivery again", vec![path("id", "SessionId")], None, vec![("200", ok("Delivery", "Delivery"))]) },
             "/v1/admin/clock": {

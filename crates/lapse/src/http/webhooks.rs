@@ -16,6 +16,7 @@ use crate::http::{AppState, page_limit};
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
+        .route("/v1/webhooks/endpoints", get(endpoints))
         .route("/v1/webhooks/deliveries", get(list))
         .route("/v1/webhooks/deliveries/{id}/retry", post(retry))
 }
@@ -42,6 +43,11 @@ async fn list(
     let limit = page_limit(q.limit, 100, 1000)?;
     let deliveries = app.engine.deliveries(&caller, status, limit).await?;
     Ok(Json(json!({ "deliveries": deliveries })))
+}
+
+async fn endpoints(State(app): State<Arc<AppState>>, Auth(caller): Auth) -> ApiResult<Json<Value>> {
+    let endpoints = app.engine.webhook_endpoints(&caller).await?;
+    Ok(Json(json!({ "endpoints": endpoints })))
 }
 
 async fn retry(

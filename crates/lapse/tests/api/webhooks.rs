@@ -196,6 +196,12 @@ async fn retry_after_is_honoured_and_the_last_failure_is_dead(backend: Backend) 
 async fn an_endpoint_that_answers_gone_is_disabled(backend: Backend) {
     let (url, script) = receiver(&[(410, None)]).await;
     let app = spawn_app_with(backend, Some(&config(&url, ""))).await;
+    let endpoints = app
+        .get(As::Admin, "/v1/webhooks/endpoints")
+        .await
+        .expect(200);
+    assert_eq!(endpoints["endpoints"][0]["url"], url.as_str());
+    assert_eq!(endpoints["endpoints"][0]["state"], "active");
     app.create("study", "gone-1", "alice", json!({})).await;
     let list = deliveries_until(&app, |l| l.len() == 1 && l[0]["status"] == "dead").await;
     assert_eq!(list[0]["last_status"], 410);
@@ -211,6 +217,16 @@ async fn an_endpoint_that_answers_gone_is_disabled(backend: Backend) {
         "nothing more is queued for it"
     );
     assert_eq!(script.lock().unwrap().received.len(), 1);
+    let endpoints = app
+        .get(As::Admin, "/v1/webhooks/endpoints")
+        .await
+        .expect(200);
+    let gone = &endpoints["endpoints"][0];
+    assert_eq!(gone["state"], "disabled");
+    assert!(
+        gone["disabled_at"].is_string() && gone["reason"].is_string(),
+        "{gone}"
+    );
 }
 
 async fn a_delivery_queued_before_a_restart_is_still_delivered(backend: Backend) {
