@@ -209,6 +209,11 @@ impl<H: Hook> Store for Intercepted<H> {
         self.run("disable_endpoint", WRITE, call).await
     }
 
+    async fn count_due(&self, now: Timestamp, kind: Option<&str>) -> Result<u64, StoreError> {
+        self.run("count_due", READ, self.inner.count_due(now, kind))
+            .await
+    }
+
     async fn disabled_endpoints(&self) -> Result<Vec<DisabledEndpoint>, StoreError> {
         self.run("disabled_endpoints", READ, self.inner.disabled_endpoints())
             .await

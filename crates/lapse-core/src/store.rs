@@ -392,6 +392,10 @@ pub trait Store: Send + Sync + 'static {
         claim: bool,
     ) -> Result<Vec<DueRow>, StoreError>;
 
+    /// How many sessions have a stored deadline at or before `now` (of `kind`, if given):
+    /// what a sweep has ahead of it. Reads only due rows.
+    async fn count_due(&self, now: Timestamp, kind: Option<&str>) -> Result<u64, StoreError>;
+
     /// Moves sessions' stored wake-ups without touching anything else (lazy re-arm), all in
     /// one statement; each row is compare-and-set on its `version`. Returns how many moved.
     async fn rearm(&self, rows: &[Rearm]) -> Result<u64, StoreError>;

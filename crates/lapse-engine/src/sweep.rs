@@ -529,6 +529,12 @@ impl Engine {
         Ok((d.applied, cascade))
     }
 
+    /// How many sessions have a stored deadline due now (of `kind`): what a sweep has ahead
+    /// of it, for a progress bar. An upper bound: a stored deadline may be early.
+    pub async fn due_count(&self, kind: Option<&str>) -> Result<u64, EngineError> {
+        Ok(self.store.count_due(self.now(), kind).await?)
+    }
+
     /// The sequence number of the latest event, 0 before any.
     pub async fn last_event_seq(&self, caller: &crate::Caller) -> Result<i64, EngineError> {
         // Who may read the stats may read this.

@@ -82,6 +82,8 @@ fn assert_indexed(backend: &str, plans: &[(String, String)]) {
         ("host limit", "sessions_open_by_host"),
         ("due rows", "sessions_next_due"),
         ("due rows of a kind", "sessions_next_due"),
+        ("due rows counted", "sessions_next_due"),
+        ("due rows of a kind counted", "sessions_next_due"),
         ("events of a session", "events_session"),
         ("was deleted", "events_session"),
     ]

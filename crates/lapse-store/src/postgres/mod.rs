@@ -474,6 +474,13 @@ impl Store for PostgresStore {
         self.fetch_sessions(&st).await
     }
 
+    async fn count_due(&self, now: Timestamp, kind: Option<&str>) -> Result<u64, StoreError> {
+        let st = statements::count_due(Dialect::Postgres, now.millis(), kind);
+        let row = query(&st).fetch_one(&self.pool).await.map_err(backend)?;
+        let n: i64 = row.try_get("n").map_err(backend)?;
+        Ok(n.max(0) as u64)
+    }
+
     async fn due(
         &self,
         now: Timestamp,

@@ -407,6 +407,13 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn count_due(&self, now: Timestamp, kind: Option<&str>) -> Result<u64, StoreError> {
+        let st = statements::count_due(Dialect::Sqlite, now.millis(), kind);
+        let row = query(&st).fetch_one(&self.reader).await.map_err(backend)?;
+        let n: i64 = row.try_get("n").map_err(backend)?;
+        Ok(n.max(0) as u64)
+    }
+
     async fn rearm(&self, rows: &[Rearm]) -> Result<u64, StoreError> {
         if rows.is_empty() {
             return Ok(0);

@@ -181,6 +181,20 @@ pub enum EventsCommand {
     },
 }
 
+/// `[##########----------]  500/1000 due rows, 480 rules applied`: a sweep's progress over
+/// the due rows counted at its start (more may come due meanwhile: the bar stays full).
+fn progress_bar(examined: u64, total: u64, applied: usize) -> String {
+    const WIDTH: u64 = 30;
+    let done = (examined.min(total) * WIDTH)
+        .checked_div(total)
+        .unwrap_or(WIDTH);
+    format!(
+        "[{}{}] {examined}/{total} due rows, {applied} rule(s) applied",
+        "#".repeat(done as usize),
+        "-".repeat((WIDTH - done) as usize)
+    )
+}
+
 /// Runs the command line; returns the process exit code.
 pub async fn main(cli: Cli) -> anyhow::Result<i32> {
     let env = Environment::from_process();
@@ -267,22 +281,26 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 anyhow::bail!("unknown kind `{k}`");
             }
             let engine = open_engine(&settings).await?;
-            // Progress goes to stderr after each batch from the second on, so long sweeps
-            // show they are moving while stdout stays the report: on a terminal one line
-            // rewritten in place, elsewhere (a log) one line a batch.
+            // Progress goes to stderr while stdout stays the report. On a terminal, a sweep
+            // with more than a batch to do draws a bar over the due rows counted at its start;
+            // elsewhere (a log) one line a batch from the second on.
             let on_terminal = std::io::stderr().is_terminal();
+            let total = if on_terminal {
+                engine.due_count(kind.as_deref()).await?
+            } else {
+                0
+            };
+            let bar = on_terminal && total > u64::from(settings.config.sweeper.batch);
             let batches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let told = batches.clone();
             let progress = Progress(std::sync::Arc::new(move |examined, applied| {
-                if told.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
-                    return;
-                }
-                let line =
-                    format!("sweeping: {examined} due row(s) examined, {applied} rule(s) applied");
-                if on_terminal {
-                    eprint!("\r\x1b[2K{line}");
-                } else {
-                    eprintln!("{line}");
+                let batch = told.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if bar {
+                    eprint!("\r\x1b[2K{}", progress_bar(examined as u64, total, applied));
+                } else if batch > 0 && !on_terminal {
+                    eprintln!(
+                        "sweeping: {examined} due row(s) examined, {applied} rule(s) applied"
+                    );
                 }
             }));
             // Ctrl-C or SIGTERM ends the sweep after its current batch: what it applied is
@@ -297,7 +315,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 stop,
             };
             let report = engine.sweep_once(&opts).await;
-            if on_terminal && batches.load(std::sync::atomic::Ordering::Relaxed) > 1 {
+            if bar && batches.load(std::sync::atomic::Ordering::Relaxed) > 0 {
                 eprintln!();
             }
             let report = report?;
@@ -552,5 +570,24 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_bar;
+
+    #[test]
+    fn the_progress_bar_fills_with_the_rows_examined() {
+        assert_eq!(
+            progress_bar(500, 1000, 480),
+            format!(
+                "[{}{}] 500/1000 due rows, 480 rule(s) applied",
+                "#".repeat(15),
+                "-".repeat(15)
+            )
+        );
+        assert!(progress_bar(1200, 1000, 1).starts_with(&format!("[{}]", "#".repeat(30))));
+        assert!(progress_bar(0, 0, 0).starts_with(&format!("[{}]", "#".repeat(30))));
     }
 }
