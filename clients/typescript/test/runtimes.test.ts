@@ -1,14 +1,18 @@
 /**
  * The built package outside Node, against a real `lapse serve`: in Deno (npm's `deno`
- * package) and in Vercel's edge runtime (`@edge-runtime/vm`, the package bundled by esbuild
- * as an edge function is). The client uses only web-platform APIs (fetch, streams, Web
- * Crypto); this is where that is checked.
+ * package), in Vercel's edge runtime (`@edge-runtime/vm`, the package bundled by esbuild as
+ * an edge function is), and in a browser (Debian's Chromium through playwright-core, the
+ * page on an origin of its own, so every call crosses origins as an app's would). The client
+ * uses only web-platform APIs (fetch, streams, Web Crypto); this is where that is checked.
  */
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { EdgeVM } from "@edge-runtime/vm";
+import { chromium } from "playwright-core";
 import { build } from "esbuild";
 import { afterAll, beforeAll, expect, it } from "vitest";
 
@@ -71,8 +75,9 @@ it("works in Deno", () => {
   expect(JSON.parse(out)).toEqual(expected);
 });
 
-it("works in the edge runtime", async () => {
-  const bundle = join(dist, "edge.js");
+/** The package as one script defining `LapseClient`, as a bundler makes it for a page. */
+async function bundled(): Promise<string> {
+  const bundle = join(dist, "bundle.js");
   await build({
     entryPoints: [join(dist, "index.js")],
     bundle: true,
@@ -82,8 +87,32 @@ it("works in the edge runtime", async () => {
     outfile: bundle,
     logLevel: "silent",
   });
+  return readFileSync(bundle, "utf8");
+}
+
+it("works in the edge runtime", async () => {
   const vm = new EdgeVM();
-  vm.evaluate(readFileSync(bundle, "utf8"));
+  vm.evaluate(await bundled());
   const out = await vm.evaluate(`(${smoke})(LapseClient, ${JSON.stringify(server.url)}, ${JSON.stringify(ADMIN_KEY)})`);
   expect(JSON.parse(out as string)).toEqual(expected);
+});
+
+it("works in a browser, calling lapse from another origin", async () => {
+  const executablePath = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].find((p) => existsSync(p));
+  expect(executablePath, "Debian's chromium is needed (apt-get install chromium)").toBeDefined();
+  const script = await bundled();
+  const site = createServer((_req, res) => {
+    res.writeHead(200, { "content-type": "text/html" }).end(`<!doctype html><script>${script}</script>`);
+  });
+  await new Promise<void>((done) => site.listen(0, "127.0.0.1", done));
+  const browser = await chromium.launch({ executablePath, args: ["--no-sandbox"] });
+  try {
+    const page = await browser.newPage();
+    await page.goto(`http://127.0.0.1:${(site.address() as AddressInfo).port}/`);
+    const out = await page.evaluate(`(${smoke})(LapseClient, ${JSON.stringify(server.url)}, ${JSON.stringify(ADMIN_KEY)})`);
+    expect(JSON.parse(out as string)).toEqual(expected);
+  } finally {
+    await browser.close();
+    site.close();
+  }
 });

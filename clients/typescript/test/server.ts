@@ -65,7 +65,10 @@ export async function startLapse(): Promise<Running> {
   const config = join(dir, "lapse.toml");
   writeFileSync(
     config,
-    `[rate_limits]
+    `[server]
+cors_origins = ["*"]  # the browser test's page calls lapse from an origin of its own
+
+[rate_limits]
 default = "100000/min"
 
 [[webhooks]]

@@ -57,6 +57,9 @@ pub struct Server {
     /// Most requests answered at once (0: no limit); past it a request waits a moment for a
     /// place, then is refused with 429.
     pub max_in_flight: u32,
+    /// Web origins (`https://app.example`, or `*` for any) whose pages may call lapse from
+    /// the browser (CORS); none by default.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for Server {
@@ -66,6 +69,7 @@ impl Default for Server {
             env: Env::Development,
             drain: Span::from_secs(5),
             max_in_flight: 256,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -574,6 +578,22 @@ impl Config {
                 "[clock]",
                 "a manual clock is refused with env = \"production\"".into(),
             ));
+        }
+        for origin in &self.server.cors_origins {
+            let ok = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.ends_with('/')
+                    && origin.split("://").nth(1).is_some_and(|rest| {
+                        !rest.is_empty() && !rest.contains('/') && rest.is_ascii()
+                    }));
+            if !ok {
+                return Err(err(
+                    "[server]",
+                    format!(
+                        "cors_origins: `{origin}` is not an origin (scheme://host[:port], no path) or `*`"
+                    ),
+                ));
+            }
         }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(err(

@@ -45,8 +45,50 @@ pub struct AppState {
     pub requests: trace::Requests,
 }
 
+/// Browser pages of `[server] cors_origins` may call lapse: every method the API has, the
+/// headers its clients send, and the ones they read back.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        // Checked at load (`Config::validate`): visible ASCII, so valid header values.
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    let names = |list: &[&'static str]| {
+        list.iter()
+            .map(|h| HeaderName::from_static(h))
+            .collect::<Vec<_>>()
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers(names(&[
+                "authorization",
+                "content-type",
+                "x-api-key",
+                "x-actor",
+                "idempotency-key",
+                "last-event-id",
+                "x-request-id",
+            ]))
+            .expose_headers(names(&[
+                "retry-after",
+                "x-request-id",
+                "idempotent-replayed",
+            ]))
+            .max_age(std::time::Duration::from_secs(600)),
+    )
+}
+
 /// The whole API.
 pub fn router(state: Arc<AppState>) -> Router {
+    let cors = cors(&state.engine.config().server.cors_origins);
     Router::new()
         .merge(sessions::router())
         .merge(participants::router())
@@ -74,6 +116,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             limits::in_flight,
         ))
+        // A browser's preflight is answered before anything else is asked of it.
+        .layer(tower::util::option_layer(cors))
         // Outermost: every request gets its id and its log line, refusals too.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

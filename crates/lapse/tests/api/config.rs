@@ -49,6 +49,15 @@ fn check_config_names_the_file_kind_and_rule_of_a_mistake() {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("6 kind(s)"), "{out}");
 
+    std::fs::write(
+        dir.path().join("cors.toml"),
+        "[server]\ncors_origins = [\"https://app.example/\"]\n",
+    )
+    .unwrap();
+    let (code, out) = lapse(&["check-config", "cors.toml"], dir.path());
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("is not an origin"), "{out}");
+
     std::fs::write(dir.path().join("broken.toml"), "[server]\n[kinds.study\n").unwrap();
     let (code, out) = lapse(&["check-config", "broken.toml"], dir.path());
     assert_ne!(code, Some(0), "{out}");

@@ -342,4 +342,74 @@ both_stores!(
     a_service_key_acts_for_the_user_it_names,
     the_event_log_pages_in_order_and_filters,
     listing_pages_through_every_session_even_when_rules_thin_a_page,
+    pages_of_the_configured_origins_may_call_lapse_from_a_browser,
 );
+
+async fn pages_of_the_configured_origins_may_call_lapse_from_a_browser(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        Some("[server]\ncors_origins = [\"https://app.example\"]\n"),
+    )
+    .await;
+    // The browser asks first (a preflight) for a POST with a bearer token and a JSON body.
+    let preflight = app
+        .client
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/sessions", app.base),
+        )
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type,idempotency-key",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    let allowed = |r: &reqwest::Response, h: &str| {
+        r.headers()
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_lowercase()
+    };
+    assert_eq!(
+        allowed(&preflight, "access-control-allow-origin"),
+        "https://app.example"
+    );
+    assert!(allowed(&preflight, "access-control-allow-headers").contains("idempotency-key"));
+    assert!(allowed(&preflight, "access-control-allow-methods").contains("post"));
+
+    // The answer itself names the origin and lets the page read Retry-After and the id.
+    let answer = app
+        .client
+        .get(format!("{}/v1/kinds", app.base))
+        .header("origin", "https://app.example")
+        .header("x-api-key", crate::helpers::ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(
+        allowed(&answer, "access-control-allow-origin"),
+        "https://app.example"
+    );
+    assert!(allowed(&answer, "access-control-expose-headers").contains("retry-after"));
+
+    // Any other page is not let in.
+    let stranger = app
+        .client
+        .get(format!("{}/v1/kinds", app.base))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        stranger
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
