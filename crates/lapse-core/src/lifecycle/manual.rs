@@ -34,13 +34,10 @@ pub fn create(
     if let (Some(info), Some(wanted)) = (&parent, &kind.parent_kind)
         && &info.kind != wanted
     {
-        return Err(validation(
-            "parent",
-            format!(
-                "a `{}` session belongs to a `{wanted}`, not a `{}`",
-                kind.name, info.kind
-            ),
-        ));
+        return Err(OpError::Conflict(format!(
+            "parent: a `{}` session belongs to a `{wanted}`, not a `{}`",
+            kind.name, info.kind
+        )));
     }
     let host = Participant::joined(input.host.clone(), Role::Host, now);
     let mut s = Session {

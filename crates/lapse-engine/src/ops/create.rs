@@ -39,8 +39,10 @@ impl Engine {
         let parent = match &req.parent {
             None => None,
             Some(pid) => {
+                // SPEC §5's order: what the request names must exist (404) before the rules
+                // about it (409) are weighed.
                 let p = self.settle(pid).await?.ok_or_else(|| {
-                    validation("parent", format!("session `{pid}` does not exist"))
+                    EngineError::NotFound(format!("parent session `{pid}` not found"))
                 })?;
                 Some(ParentInfo {
                     kind: p.kind.clone(),

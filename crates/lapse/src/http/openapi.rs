@@ -201,7 +201,7 @@ pub fn document(kinds: &[&str]) -> Value {
                     "id": schema_ref("SessionId"), "kind": schema_ref("Kind"), "title": { "type": "string", "maxLength": MAX_TITLE_CHARS },
                     "metadata": { "type": "object", "description": "At most 16 KiB as JSON" },
                     "host": { "$ref": "#/components/schemas/UserId", "description": "Required when the caller acts as the system (an admin or service key without X-Actor); otherwise it defaults to, and for anyone but an admin must be, the acting user" },
-                    "parent": { "$ref": "#/components/schemas/SessionId", "description": "An existing session (of the kind's parent_kind, if it has one)" },
+                    "parent": { "$ref": "#/components/schemas/SessionId", "description": "An existing session (404 if there is none) of the kind's parent_kind, if it has one (409 if not)" },
                     "scheduled_start": start_example(time()), "scheduled_end": end_example(json!({ "type": "string", "format": "date-time", "description": "After scheduled_start" }))
                 }, "examples": [{ "kind": example_kind, "title": "Algebra review", "host": "alice" }] },
                 "SessionPatch": { "type": "object", "additionalProperties": false, "properties": {

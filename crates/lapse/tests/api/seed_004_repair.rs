@@ -130,15 +130,27 @@ async fn a_repair_must_belong_to_a_request(backend: Backend) {
             json!({ "kind": "repair", "parent": "not-a-request" }),
         )
         .await
-        .problem(422, "validation_failed");
-    assert!(p["detail"].as_str().unwrap().contains("parent"));
-    app.post(
-        As::User("cust"),
-        "/v1/sessions",
-        json!({ "kind": "repair", "parent": "nope" }),
-    )
-    .await
-    .problem(422, "validation_failed");
+        .problem(409, "conflict");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("belongs to a `request`")
+    );
+    let p = app
+        .post(
+            As::User("cust"),
+            "/v1/sessions",
+            json!({ "kind": "repair", "parent": "nope" }),
+        )
+        .await
+        .problem(404, "not_found");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("parent session `nope`")
+    );
 }
 
 async fn concurrent_creates_for_one_customer_open_one_repair(backend: Backend) {
