@@ -242,6 +242,7 @@ async fn the_open_routes_need_no_credentials_and_describe_the_api(backend: Backe
         ("get", "/v1/kinds"),
         ("get", "/v1/stats"),
         ("get", "/v1/health"),
+        ("get", "/v1/webhooks/endpoints"),
         ("get", "/v1/webhooks/deliveries"),
         ("post", "/v1/webhooks/deliveries/{id}/retry"),
         ("get", "/v1/admin/clock"),
@@ -260,7 +261,7 @@ async fn the_open_routes_need_no_credentials_and_describe_the_api(backend: Backe
     }
     assert_eq!(
         doc["paths"].as_object().unwrap().len(),
-        30,
+        31,
         "and nothing that is not served"
     );
 
