@@ -349,7 +349,7 @@ fn model_op(
                 None => None,
                 Some(p) => {
                     let Some(ps) = next.sessions.get(p) else {
-                        return Err("validation_failed");
+                        return Err("not_found");
                     };
                     Some(ParentInfo {
                         kind: ps.kind.clone(),
