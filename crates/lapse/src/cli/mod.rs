@@ -89,13 +89,8 @@ pub enum Command {
     /// Sessions on a running lapse, through its API (key from LAPSE_ADMIN_KEY).
     Sessions {
         /// Where lapse answers.
-        #[arg(
-            long,
-            env = "LAPSE_URL",
-            default_value = "http://127.0.0.1:7070",
-            global = true
-        )]
-        url: String,
+        #[command(flatten)]
+        server: RunningServer,
         /// What to do.
         #[command(subcommand)]
         command: SessionsCommand,
@@ -103,13 +98,8 @@ pub enum Command {
     /// Events on a running lapse, through its API (key from LAPSE_ADMIN_KEY).
     Events {
         /// Where lapse answers.
-        #[arg(
-            long,
-            env = "LAPSE_URL",
-            default_value = "http://127.0.0.1:7070",
-            global = true
-        )]
-        url: String,
+        #[command(flatten)]
+        server: RunningServer,
         /// What to do.
         #[command(subcommand)]
         command: EventsCommand,
@@ -122,6 +112,19 @@ pub enum Command {
         #[arg(long, default_value = "json")]
         format: String,
     },
+}
+
+/// A running lapse, for the commands that go through its API.
+#[derive(clap::Args, Debug)]
+pub struct RunningServer {
+    /// Where lapse answers.
+    #[arg(
+        long,
+        env = "LAPSE_URL",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    pub url: String,
 }
 
 /// `lapse sessions …`
@@ -441,8 +444,8 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 Health::Unhealthy => 2,
             })
         }
-        Command::Sessions { url, command } => {
-            let lapse = remote::Remote::new(&url)?;
+        Command::Sessions { server, command } => {
+            let lapse = remote::Remote::new(&server.url)?;
             match command {
                 SessionsCommand::List {
                     kind,
@@ -490,8 +493,8 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Events { url, command } => {
-            let lapse = remote::Remote::new(&url)?;
+        Command::Events { server, command } => {
+            let lapse = remote::Remote::new(&server.url)?;
             let EventsCommand::Tail {
                 session,
                 kind,

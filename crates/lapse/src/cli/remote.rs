@@ -5,7 +5,7 @@
 use std::io::IsTerminal as _;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde_json::Value;
 
 /// A running lapse.
@@ -50,12 +50,7 @@ impl Remote {
         let status = answer.status();
         let body: Value = answer.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            bail!(
-                "lapse answered {} {}: {}",
-                status.as_u16(),
-                body["code"].as_str().unwrap_or("?"),
-                body["detail"].as_str().unwrap_or("")
-            );
+            return Err(refused(status.as_u16(), &body));
         }
         Ok(body)
     }
@@ -88,11 +83,7 @@ impl Remote {
             if !answer.status().is_success() {
                 let status = answer.status().as_u16();
                 let body: Value = answer.json().await.unwrap_or(Value::Null);
-                bail!(
-                    "lapse answered {status} {}: {}",
-                    body["code"].as_str().unwrap_or("?"),
-                    body["detail"].as_str().unwrap_or("")
-                );
+                return Err(refused(status, &body));
             }
             let mut pending = String::new();
             while let Ok(Some(chunk)) = answer.chunk().await {
@@ -114,6 +105,15 @@ impl Remote {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+/// A refusal as an error naming lapse's problem code: `lapse answered 404 not_found: …`.
+fn refused(status: u16, problem: &Value) -> anyhow::Error {
+    anyhow::anyhow!(
+        "lapse answered {status} {}: {}",
+        problem["code"].as_str().unwrap_or("?"),
+        problem["detail"].as_str().unwrap_or("")
+    )
 }
 
 /// The width tables are fitted to: the terminal's, or `COLUMNS`, or none when the output is

@@ -114,25 +114,29 @@ fn assert_no_secrets(log: &str) {
     }
 }
 
-#[tokio::test]
-async fn text_logs_carry_one_line_per_request_no_colours_and_no_secrets() {
+/// A `lapse serve` with every kind of credential configured, `config_extra` in its file and
+/// `RUST_LOG` set, through [`traffic`] and a moment of failing deliveries: the request ids
+/// its answers carried, and its log.
+async fn logged_run(config_extra: &str, rust_log: &str) -> (Vec<String>, String) {
     let dir = tempfile::tempdir().expect("a temp dir");
     let db = format!("sqlite://{}", dir.path().join("lapse.db").display());
     let env = [
         ("LAPSE_SERVICE_KEY", SERVICE_KEY),
         ("CRON_SECRET", CRON_SECRET),
         ("LAPSE_JWT_SECRET", JWT_SECRET),
-        (
-            "RUST_LOG",
-            "debug,sqlx=warn,hyper=info,h2=info,reqwest=info",
-        ),
+        ("RUST_LOG", rust_log),
     ];
-    let config = config(dir.path(), "");
+    let config = config(dir.path(), config_extra);
     let lapse = Lapse::start_with(&db, &config, dir.path().join("lapse.log"), &env).await;
     let ids = traffic(&lapse).await;
     // Deliveries to the closed endpoint fail and are logged meanwhile.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let log = lapse.log_text();
+    (ids, lapse.log_text())
+}
+
+#[tokio::test]
+async fn text_logs_carry_one_line_per_request_no_colours_and_no_secrets() {
+    let (ids, log) = logged_run("", "debug,sqlx=warn,hyper=info,h2=info,reqwest=info").await;
 
     assert!(
         !log.contains('\u{1b}'),
@@ -164,19 +168,8 @@ async fn text_logs_carry_one_line_per_request_no_colours_and_no_secrets() {
 
 #[tokio::test]
 async fn json_logs_are_one_object_per_line() {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let db = format!("sqlite://{}", dir.path().join("lapse.db").display());
-    let env = [
-        ("LAPSE_SERVICE_KEY", SERVICE_KEY),
-        ("CRON_SECRET", CRON_SECRET),
-        ("LAPSE_JWT_SECRET", JWT_SECRET),
-    ];
     // Asked for in the file; the environment is not set.
-    let config = config(dir.path(), "[log]\nformat = \"json\"\n");
-    let lapse = Lapse::start_with(&db, &config, dir.path().join("lapse.log"), &env).await;
-    let ids = traffic(&lapse).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let log = lapse.log_text();
+    let (ids, log) = logged_run("[log]\nformat = \"json\"\n", "info").await;
     assert_no_secrets(&log);
 
     let records: Vec<Value> = log
