@@ -23,6 +23,25 @@ pub struct ConfigError {
     pub message: String,
 }
 
+impl ConfigError {
+    /// The kind the mistake is in, if it is in one.
+    pub fn kind(&self) -> Option<&str> {
+        quoted_after(&self.place, "kind `")
+    }
+
+    /// The rule the mistake is in, if it is in one.
+    pub fn rule(&self) -> Option<&str> {
+        quoted_after(&self.place, "rule `")
+    }
+}
+
+/// The name in backquotes after `label` in a place like "kind `study`, rule `x`".
+fn quoted_after<'p>(place: &'p str, label: &str) -> Option<&'p str> {
+    let start = place.find(label)? + label.len();
+    let len = place[start..].find('`')?;
+    Some(&place[start..start + len])
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.place.is_empty() {
@@ -372,6 +391,14 @@ impl Default for Retention {
     }
 }
 
+/// `[rollout]`: how a new configuration may come into force.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollout {
+    /// A reload that would fire more sessions than this at once is refused unless forced.
+    pub max_immediate: Option<u64>,
+}
+
 /// A session type with its policy.
 #[derive(Clone, Debug, Serialize)]
 pub struct Kind {
@@ -449,6 +476,8 @@ struct RawConfig {
     retention: Retention,
     #[serde(default)]
     log: Log,
+    #[serde(default)]
+    rollout: Rollout,
     kinds: Option<BTreeMap<String, toml::Table>>,
 }
 
@@ -475,8 +504,13 @@ pub struct Config {
     pub delivery: Delivery,
     /// `[retention]`
     pub retention: Retention,
+    /// `[rollout]`
+    pub rollout: Rollout,
     /// `[kinds.*]`, by name.
     pub kinds: BTreeMap<String, Kind>,
+    /// The `[kinds.*]` tables as TOML, written the same way whatever the file's layout: the
+    /// rules in force, as instances sharing a database hand them to each other.
+    pub kinds_toml: String,
     /// Where it was read from.
     pub source: String,
 }
@@ -512,6 +546,7 @@ impl Config {
         };
 
         let raw_kinds = raw.kinds.or(defaults.kinds).unwrap_or_default();
+        let kinds_toml = kinds_toml(&raw_kinds);
         let mut kinds = BTreeMap::new();
         for (name, table) in raw_kinds {
             let kind = parse_kind(&name, table).map_err(|(place, m)| err(&place, m))?;
@@ -546,7 +581,9 @@ impl Config {
             webhooks: raw.webhooks,
             delivery: raw.delivery,
             retention: raw.retention,
+            rollout: raw.rollout,
             kinds,
+            kinds_toml,
             source: file.to_string(),
         };
         config.validate()?;
@@ -673,6 +710,32 @@ impl Config {
     pub fn kind(&self, name: &str) -> Option<&Kind> {
         self.kinds.get(name)
     }
+
+    /// This configuration with the kinds of `other` (a candidate, or the rules another
+    /// instance put in force); every other section stays.
+    pub fn with_kinds_of(&self, other: &Config) -> Config {
+        Config {
+            kinds: other.kinds.clone(),
+            kinds_toml: other.kinds_toml.clone(),
+            ..self.clone()
+        }
+    }
+}
+
+/// The kinds' tables as one TOML document, keys in order, so equal rules are equal text.
+fn kinds_toml(kinds: &BTreeMap<String, toml::Table>) -> String {
+    let mut doc = toml::Table::new();
+    doc.insert(
+        "kinds".into(),
+        toml::Value::Table(
+            kinds
+                .iter()
+                .map(|(k, v)| (k.clone(), toml::Value::Table(v.clone())))
+                .collect(),
+        ),
+    );
+    // A table of tables always serializes; the fallback is never reached.
+    toml::to_string(&doc).unwrap_or_default()
 }
 
 fn parse_kind(name: &str, mut table: toml::Table) -> Result<Kind, (String, String)> {
@@ -882,6 +945,8 @@ url = "https://app.example/hooks/lapse"
 secret_env = "LAPSE_WEBHOOK_SECRET"
 events = ["session.*"]
 kinds = ["study"]
+[rollout]
+max_immediate = 100
 [kinds.study]
 presence_timeout = "90s"
 invite_expiry = "1h"

@@ -37,11 +37,13 @@ pub enum EventType {
     ParticipantLeft,
     /// Someone stopped sending heartbeats.
     ParticipantOffline,
+    /// New rules came into force (a reload, or an instance started with other rules).
+    ConfigReloaded,
 }
 
 impl EventType {
     /// Every type, for docs and filters.
-    pub const ALL: [EventType; 14] = [
+    pub const ALL: [EventType; 15] = [
         EventType::SessionCreated,
         EventType::SessionUpdated,
         EventType::SessionStarted,
@@ -56,6 +58,7 @@ impl EventType {
         EventType::ParticipantJoined,
         EventType::ParticipantLeft,
         EventType::ParticipantOffline,
+        EventType::ConfigReloaded,
     ];
 
     /// The dotted name, e.g. `session.created`.
@@ -75,6 +78,7 @@ impl EventType {
             EventType::ParticipantJoined => "participant.joined",
             EventType::ParticipantLeft => "participant.left",
             EventType::ParticipantOffline => "participant.offline",
+            EventType::ConfigReloaded => "config.reloaded",
         }
     }
 

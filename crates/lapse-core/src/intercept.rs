@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use crate::event::{Event, Notification};
 use crate::store::{
     Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DisabledEndpoint, DueRow,
-    EventQuery, HealthCounts, Moved, Rearm, SessionQuery, StatusCount, StoredResponse,
+    EventQuery, EventRecord, HealthCounts, Moved, Rearm, RulesInForce, SessionQuery, StatusCount,
+    StoredResponse,
 };
 use crate::{Session, SessionId, Store, StoreError, Timestamp, UserId};
 
@@ -121,6 +122,27 @@ impl<H: Hook> Store for Intercepted<H> {
 
     async fn rearm(&self, rows: &[Rearm]) -> Result<u64, StoreError> {
         self.run("rearm", WRITE, self.inner.rearm(rows)).await
+    }
+
+    async fn rearm_under(&self, rows: &[Rearm], rules_version: i64) -> Result<u64, StoreError> {
+        let call = self.inner.rearm_under(rows, rules_version);
+        self.run("rearm_under", WRITE, call).await
+    }
+
+    async fn rules_in_force(&self) -> Result<Option<RulesInForce>, StoreError> {
+        self.run("rules_in_force", READ, self.inner.rules_in_force())
+            .await
+    }
+
+    async fn publish_rules(
+        &self,
+        expected: i64,
+        kinds: &str,
+        at: Timestamp,
+        event: Option<EventRecord>,
+    ) -> Result<i64, StoreError> {
+        let call = self.inner.publish_rules(expected, kinds, at, event);
+        self.run("publish_rules", WRITE, call).await
     }
 
     async fn next_deadline(&self) -> Result<Option<Timestamp>, StoreError> {

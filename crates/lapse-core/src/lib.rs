@@ -11,6 +11,7 @@
 //! - [`agenda`]: what comes due next (rules, warnings, presence lapses), in time order.
 //! - [`lifecycle`]: every state change (manual or by a rule) and the events it causes.
 //! - [`explain`]: why each rule of a kind does or does not apply to a session.
+//! - [`policy`]: a rules change judged against sessions before it is made.
 //! - [`event`]: events (the outbox) and end-of-session notifications.
 //! - [`store`]: the `Store` trait the engine needs from a database.
 //! - [`intercept`]: a `Store` with a hook around every call (outage watch, fault injection).
@@ -22,6 +23,7 @@ pub mod explain;
 pub mod ids;
 pub mod intercept;
 pub mod lifecycle;
+pub mod policy;
 pub mod rules;
 pub mod session;
 pub mod store;

@@ -34,6 +34,10 @@ pub enum StoreError {
     /// other calls then tell). Nothing was changed; the same call may succeed later.
     #[error("database busy: no connection free in time")]
     Busy,
+    /// Other rules came into force since the change was decided (another instance reloaded):
+    /// nothing was written; decide again under the rules now in force.
+    #[error("the rules in force changed")]
+    PolicyChanged,
     /// The database failed.
     #[error("database error: {0}")]
     Backend(String),
@@ -208,6 +212,9 @@ pub struct HostLimit {
 /// Everything one change writes, committed atomically.
 #[derive(Clone, Debug, Default)]
 pub struct Commit {
+    /// The version of the rules in force the change was decided under: the commit is refused
+    /// ([`StoreError::PolicyChanged`]) if another version came into force since.
+    pub rules_version: Option<i64>,
     /// Refuse the whole commit if the host is at its limit.
     pub host_limit: Option<HostLimit>,
     /// Session rows.
@@ -283,6 +290,17 @@ pub struct Rearm {
     pub wake_at: Option<Timestamp>,
     /// The rule of its `next_due`, if any.
     pub rule: Option<String>,
+}
+
+/// The rules in force, as stored (see [`Store::publish_rules`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RulesInForce {
+    /// Bumped each time other rules come into force.
+    pub version: i64,
+    /// The `[kinds.*]` tables, as TOML.
+    pub kinds: String,
+    /// When they came into force.
+    pub updated_at: Timestamp,
 }
 
 /// A due session as the sweep sees it: its id and stored deadline.
@@ -399,6 +417,26 @@ pub trait Store: Send + Sync + 'static {
     /// Moves sessions' stored wake-ups without touching anything else (lazy re-arm), all in
     /// one statement; each row is compare-and-set on its `version`. Returns how many moved.
     async fn rearm(&self, rows: &[Rearm]) -> Result<u64, StoreError>;
+
+    /// Like [`Store::rearm`], refused with [`StoreError::PolicyChanged`] (nothing written)
+    /// unless `rules_version` is still the version in force: wake-ups worked out under rules
+    /// another instance has since replaced are not written.
+    async fn rearm_under(&self, rows: &[Rearm], rules_version: i64) -> Result<u64, StoreError>;
+
+    /// The rules in force, if any instance has put some in force yet.
+    async fn rules_in_force(&self) -> Result<Option<RulesInForce>, StoreError>;
+
+    /// Puts `kinds` in force as the version after `expected` (0: none yet), with `event`
+    /// (its `config.reloaded`) in the same transaction, waiting for commits decided under the
+    /// old version to finish. [`StoreError::PolicyChanged`] if `expected` is no longer the
+    /// version in force (another instance got there first).
+    async fn publish_rules(
+        &self,
+        expected: i64,
+        kinds: &str,
+        at: Timestamp,
+        event: Option<EventRecord>,
+    ) -> Result<i64, StoreError>;
 
     /// The earliest stored deadline of any session.
     async fn next_deadline(&self) -> Result<Option<Timestamp>, StoreError>;
@@ -535,6 +573,8 @@ pub enum Change {
     Deadline(Timestamp),
     /// Events were appended.
     Events,
+    /// Other rules came into force.
+    Rules,
 }
 
 /// What [`Store::watch`] calls.

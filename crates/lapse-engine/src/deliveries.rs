@@ -326,7 +326,7 @@ impl Engine {
     /// Prunes events and finished deliveries older than the retention period, in batches;
     /// returns how many rows went.
     pub async fn prune_once(&self) -> Result<u64, EngineError> {
-        let before = self.now() - self.config.retention.events;
+        let before = self.now() - self.config().retention.events;
         let mut total = 0;
         // A bounded number of batches per call keeps each call short; the next call goes on.
         for _ in 0..10 {

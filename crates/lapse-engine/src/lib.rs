@@ -15,6 +15,7 @@
 //! - [`health`]: the health report.
 //! - [`idempotency`]: remembered responses for `Idempotency-Key`.
 //! - [`outage`]: database outages noticed from failing calls, logged once, failed fast.
+//! - [`policy`]: the rules in force; previewing and reloading them.
 
 pub mod access;
 pub mod cache;
@@ -28,6 +29,7 @@ pub mod idempotency;
 pub mod metrics;
 pub mod ops;
 pub mod outage;
+pub mod policy;
 pub mod sweep;
 mod write;
 
@@ -100,7 +102,10 @@ pub struct Engine {
     /// The store, behind the outage watch.
     store: Arc<dyn Store>,
     outage: Arc<outage::Outage>,
-    config: Arc<Config>,
+    /// The rules this instance decides by; replaced whole when other rules come into force.
+    policy: std::sync::RwLock<Arc<policy::Policy>>,
+    /// Held while other rules are put in force, so one reload runs at a time.
+    reloading: tokio::sync::Mutex<()>,
     clock: Clock,
     beats: heartbeats::Heartbeats,
     sessions: cache::SessionCache,
@@ -119,7 +124,6 @@ pub struct Engine {
     stats: SweeperStats,
     feed: feed::Feed,
     webhooks: deliveries::Webhooks,
-    unconfigured: Kind,
 }
 
 impl Engine {
@@ -143,18 +147,12 @@ impl Engine {
             config.delivery.retry.clone(),
             config.delivery.timeout,
         );
-        let config = {
-            let mut config = (*config).clone();
-            for kind in config.kinds.values_mut() {
-                kind.idle_grace = heartbeats::IDLE_GRACE;
-            }
-            Arc::new(config)
-        };
         let outage = Arc::new(outage::Outage::default());
         Arc::new(Engine {
             store: Arc::new(Intercepted::new(store, outage.clone())),
             outage,
-            config,
+            policy: std::sync::RwLock::new(Arc::new(policy::Policy::new(&config, 0))),
+            reloading: tokio::sync::Mutex::new(()),
             clock,
             beats: heartbeats::Heartbeats::default(),
             sessions: cache::SessionCache::default(),
@@ -167,25 +165,12 @@ impl Engine {
             stats: SweeperStats::default(),
             feed: feed::Feed::default(),
             webhooks,
-            unconfigured: Kind {
-                name: String::new(),
-                presence_timeout: lapse_core::Span::from_secs(90),
-                invite_expiry: None,
-                max_participants: None,
-                max_open_per_host: None,
-                reopen_window: None,
-                notify_on_end: false,
-                summary_url: None,
-                parent_kind: None,
-                rules: Vec::new(),
-                idle_grace: lapse_core::Span::ZERO,
-            },
         })
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration, its kinds as in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.policy().config.clone()
     }
 
     /// The clock.
@@ -200,8 +185,8 @@ impl Engine {
 
     /// The policy of a session's kind. A session whose kind was removed from the config keeps
     /// living under no rules rather than failing every read.
-    fn kind_of(&self, name: &str) -> &Kind {
-        self.config.kind(name).unwrap_or(&self.unconfigured)
+    fn kind_of(&self, name: &str) -> Arc<Kind> {
+        self.policy().kind(name)
     }
 
     /// Tells the sweeper a deadline may have moved before its planned wake-up.
@@ -246,6 +231,13 @@ impl Engine {
                 match change {
                     Change::Deadline(at) => engine.deadline_moved(at),
                     Change::Events => engine.events_appended(),
+                    Change::Rules => {
+                        tokio::spawn(async move {
+                            if let Err(e) = engine.follow_rules_in_force().await {
+                                tracing::warn!(error = %e, "could not take up the new rules in force");
+                            }
+                        });
+                    }
                 }
             });
             tokio::select! {

@@ -139,6 +139,8 @@ struct Pass {
     overlay: HashMap<SessionId, Option<Session>>,
     /// Re-arms waiting to be written at the end of the batch.
     rearms: Vec<Rearm>,
+    /// The version of the rules in force read before this batch's decisions.
+    rules_version: i64,
 }
 
 /// A page of due rows and their sessions as read (a session the pass has changed since is
@@ -179,7 +181,7 @@ impl Engine {
             errors: Vec::new(),
             duration_ms: 0,
         };
-        let batch = self.config.sweeper.batch;
+        let batch = self.config().sweeper.batch;
         let page = |cursor: Option<DueRow>| self.due_page(now, opts, cursor, batch);
         let mut next = page(None).await?;
         let mut examined = 0;
@@ -209,9 +211,7 @@ impl Engine {
             // This page's re-arms, in one statement (the next page was read after this page's
             // rows by deadline, so none of them is in it).
             let rearms = std::mem::take(&mut pass.rearms);
-            let rearmed = self.store.rearm(&rearms).await?;
-            self.sessions.rearmed(&rearms);
-            self.stats.rearmed.fetch_add(rearmed, Ordering::Relaxed);
+            self.rearm(&rearms, pass.rules_version).await?;
             if let Some(Progress(tell)) = &opts.progress {
                 tell(examined, report.applied.len());
             }
@@ -262,6 +262,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         // What the pass has changed (a dry run's earlier pages) is taken from its overlay.
         loaded.retain(|id, _| !pass.overlay.contains_key(id));
+        pass.rules_version = self.rules_version();
         let mut due = self.apply_loaded(&loaded, now);
         let mut children = self.children_of_closing(&due).await?;
 
@@ -419,7 +420,7 @@ impl Engine {
         if fx.is_empty() {
             // Lazy re-arm: the row was due by its stored deadline, but activity has moved
             // since; store the true one so the index stops offering it.
-            s.observe(self.kind_of(&s.kind), now);
+            s.observe(&self.kind_of(&s.kind), now);
             if !pass.dry && s.wake_at != stored.wake_at {
                 // Written with the rest of the batch, in one statement.
                 pass.rearms.push(Rearm {
@@ -444,7 +445,7 @@ impl Engine {
             }
         };
         let (commit, due_children) = self
-            .build_commit(&mut s, Some(&stored), &fx, now, children)
+            .build_commit(&mut s, Some(&stored), &fx, now, children, pass.rules_version)
             .await?;
         for w in &commit.sessions {
             match w {
@@ -516,17 +517,44 @@ impl Engine {
         id: &SessionId,
         now: Timestamp,
     ) -> Result<(Vec<Applied>, Vec<SessionId>), EngineError> {
+        let rules_version = self.rules_version();
         let Some(s) = self.store.load(id).await? else {
             return Ok((Vec::new(), Vec::new()));
         };
-        let mut pass = Pass::default();
+        let mut pass = Pass {
+            rules_version,
+            ..Pass::default()
+        };
         let Some((d, cascade)) = self.decide(&mut pass, s, None, None, now).await? else {
-            self.store.rearm(&pass.rearms).await?;
-            self.sessions.rearmed(&pass.rearms);
+            self.rearm(&pass.rearms, rules_version).await?;
             return Ok((Vec::new(), Vec::new()));
         };
         self.apply_commit(d.commit).await?;
         Ok((d.applied, cascade))
+    }
+
+    /// Stores the wake-ups of sessions found due early (lazy re-arm), worked out under the
+    /// rules of `rules_version`: not written if other rules came into force since (the rows
+    /// stay due and are judged again under the new rules).
+    async fn rearm(&self, rearms: &[Rearm], rules_version: i64) -> Result<(), EngineError> {
+        if rearms.is_empty() {
+            return Ok(());
+        }
+        let rearmed = if rules_version > 0 {
+            match self.store.rearm_under(rearms, rules_version).await {
+                Ok(n) => n,
+                Err(StoreError::PolicyChanged) => {
+                    self.follow_rules_in_force().await?;
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            self.store.rearm(rearms).await?
+        };
+        self.sessions.rearmed(rearms);
+        self.stats.rearmed.fetch_add(rearmed, Ordering::Relaxed);
+        Ok(())
     }
 
     /// How many sessions have a stored deadline due now (of `kind`): what a sweep has ahead

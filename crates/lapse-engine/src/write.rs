@@ -13,7 +13,9 @@ pub(crate) type Cascade = Vec<Session>;
 
 impl Engine {
     /// Builds the commit for `s` after `fx`, without writing it: an update of `stored` (the
-    /// session as read, at `s.version`), or with `None` an insert.
+    /// session as read, at `s.version`), or with `None` an insert. `rules_version` is the
+    /// version of the rules in force read before the decision (see [`Engine::rules_version`]):
+    /// the store refuses the commit if other rules came into force since.
     pub(crate) async fn build_commit(
         &self,
         s: &mut Session,
@@ -21,9 +23,13 @@ impl Engine {
         fx: &Effects,
         now: Timestamp,
         children: Option<Vec<Session>>,
+        rules_version: i64,
     ) -> Result<(Commit, Cascade), EngineError> {
         let insert = stored.is_none();
-        let mut commit = Commit::default();
+        let mut commit = Commit {
+            rules_version: (rules_version > 0).then_some(rules_version),
+            ..Commit::default()
+        };
         let kind = self.kind_of(&s.kind);
         if fx.deleted_at.is_some() {
             if !insert {
@@ -35,7 +41,7 @@ impl Engine {
                     });
             }
         } else {
-            s.observe(kind, now);
+            s.observe(&kind, now);
             commit.sessions.push(match stored {
                 None => SessionWrite::Insert(s.clone()),
                 Some(stored) => SessionWrite::Update {
@@ -53,7 +59,7 @@ impl Engine {
             };
             for mut child in children {
                 if lifecycle::parent_closed(&mut child, at) {
-                    child.observe(self.kind_of(&child.kind), now);
+                    child.observe(&self.kind_of(&child.kind), now);
                     if child.wake_at.is_some_and(|at| at <= now) {
                         cascade.push(child.clone());
                     }
@@ -103,7 +109,20 @@ impl Engine {
             .map(|c| c.sessions.iter().filter_map(|w| w.session()?.wake_at).min())
             .collect();
         let with_events: Vec<bool> = commits.iter().map(|c| !c.events.is_empty()).collect();
-        let outcomes = self.store.commit_many(commits).await?;
+        let mut outcomes = self.store.commit_many(commits).await?;
+        if outcomes
+            .iter()
+            .any(|o| matches!(o, Err(StoreError::PolicyChanged)))
+        {
+            // Decided under rules another instance has replaced: take up the new ones, and
+            // have the caller decide again, as after any lost compare-and-set.
+            self.follow_rules_in_force().await?;
+            for o in &mut outcomes {
+                if matches!(o, Err(StoreError::PolicyChanged)) {
+                    *o = Err(StoreError::Conflict);
+                }
+            }
+        }
         let written = || outcomes.iter().enumerate().filter(|(_, o)| o.is_ok());
         for (i, _) in written() {
             self.sessions.follow(&commits[i]);

@@ -28,11 +28,49 @@ pub enum Step<'a> {
     One(&'a Commit),
 }
 
+/// Which of `commits` were decided under rules other than the version `in_force` (see
+/// [`Commit::rules_version`]); `None` when no commit names a version.
+pub fn stale(commits: &[Commit], in_force: Option<i64>) -> Vec<bool> {
+    commits
+        .iter()
+        .map(|c| c.rules_version.is_some_and(|v| Some(v) != in_force))
+        .collect()
+}
+
+/// The commits to write: those not `stale`.
+pub fn fresh<'a>(commits: &'a [Commit], stale: &[bool]) -> Vec<&'a Commit> {
+    commits
+        .iter()
+        .zip(stale)
+        .filter(|(_, stale)| !**stale)
+        .map(|(c, _)| c)
+        .collect()
+}
+
+/// The outcome of every commit, in order: [`StoreError::PolicyChanged`] for the stale ones,
+/// the rest as `written` (the outcomes of [`fresh`], in order).
+pub fn with_stale(
+    stale: &[bool],
+    written: Vec<Result<(), StoreError>>,
+) -> Vec<Result<(), StoreError>> {
+    let mut written = written.into_iter();
+    stale
+        .iter()
+        .map(|stale| {
+            if *stale {
+                Err(StoreError::PolicyChanged)
+            } else {
+                written.next().unwrap_or(Err(StoreError::PolicyChanged))
+            }
+        })
+        .collect()
+}
+
 /// `commits` cut into [`Step`]s.
-pub fn steps(commits: &[Commit]) -> Vec<Step<'_>> {
+pub fn steps<'a>(commits: &[&'a Commit]) -> Vec<Step<'a>> {
     let mut steps = Vec::new();
     let mut rest = commits;
-    while let Some(first) = rest.first() {
+    while let Some(&first) = rest.first() {
         let run = single_update_run(rest);
         rest = &rest[run.len().max(1)..];
         steps.push(if run.len() > 1 {
@@ -45,10 +83,11 @@ pub fn steps(commits: &[Commit]) -> Vec<Step<'_>> {
 }
 
 /// The leading commits of `commits` that are single-row updates of distinct sessions.
-fn single_update_run(commits: &[Commit]) -> Vec<&Commit> {
+fn single_update_run<'a>(commits: &[&'a Commit]) -> Vec<&'a Commit> {
     let mut seen = HashSet::new();
     commits
         .iter()
+        .copied()
         .take_while(|c| {
             is_single_update(c)
                 && c.sessions

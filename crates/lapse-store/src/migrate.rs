@@ -40,6 +40,11 @@ pub const SQLITE: &[Script] = &[
         name: "write check",
         sql: include_str!("../migrations/sqlite/0005_write_check.sql"),
     },
+    Script {
+        version: 6,
+        name: "rules in force",
+        sql: include_str!("../migrations/sqlite/0006_rules_in_force.sql"),
+    },
 ];
 
 /// PostgreSQL's scripts.
@@ -68,5 +73,10 @@ pub const POSTGRES: &[Script] = &[
         version: 5,
         name: "write check",
         sql: include_str!("../migrations/postgres/0005_write_check.sql"),
+    },
+    Script {
+        version: 6,
+        name: "rules in force",
+        sql: include_str!("../migrations/postgres/0006_rules_in_force.sql"),
     },
 ];

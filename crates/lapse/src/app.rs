@@ -25,8 +25,19 @@ pub struct App {
     settings: Settings,
 }
 
-/// Opens the database the settings name and brings its schema up to date.
-pub async fn open_engine(settings: &Settings) -> anyhow::Result<Arc<Engine>> {
+/// Whose rules a command opening the database decides by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rules {
+    /// Its own file's: put in force if the database holds others (`serve`, `sweep`: the
+    /// process started last with a file decides, as after a deploy).
+    Put,
+    /// Those in force in the database, whatever its own file says (reads, dry runs).
+    Follow,
+}
+
+/// Opens the database the settings name, brings its schema up to date and settles which
+/// rules are in force.
+pub async fn open_engine(settings: &Settings, rules: Rules) -> anyhow::Result<Arc<Engine>> {
     let db = &settings.config.database;
     let timeout = db
         .statement_timeout
@@ -40,12 +51,22 @@ pub async fn open_engine(settings: &Settings) -> anyhow::Result<Arc<Engine>> {
         ClockMode::Manual => Clock::manual(settings.clock_start()),
     };
     let endpoints = webhook_endpoints(settings)?;
-    Ok(Engine::with_webhooks(
-        store,
-        Arc::new(settings.config.clone()),
-        clock,
-        endpoints,
-    ))
+    let engine = Engine::with_webhooks(store, Arc::new(settings.config.clone()), clock, endpoints);
+    match rules {
+        Rules::Put => {
+            engine
+                .put_rules_in_force()
+                .await
+                .context("putting the configured rules in force")?;
+        }
+        Rules::Follow => {
+            engine
+                .follow_rules_in_force()
+                .await
+                .context("reading the rules in force")?;
+        }
+    }
+    Ok(engine)
 }
 
 /// The `[[webhooks]]` with their signing secrets read from the environment.
@@ -75,7 +96,7 @@ fn webhook_endpoints(settings: &Settings) -> anyhow::Result<Vec<Endpoint>> {
 impl App {
     /// Opens the store and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
-        let engine = open_engine(&settings).await?;
+        let engine = open_engine(&settings, Rules::Put).await?;
         let addr: SocketAddr = settings
             .config
             .server
@@ -133,6 +154,7 @@ impl App {
             in_flight: InFlight::new(self.settings.config.server.max_in_flight),
             shutdown: shutdown.clone(),
             requests: Default::default(),
+            config_file: self.settings.file.clone(),
         });
         // On SQLite the sweeper, the heartbeat flusher and the group committer each run on a
         // thread of their own, at a priority above the request threads' (`crate::priority`);
@@ -193,6 +215,11 @@ impl App {
         let feed = tokio::spawn(engine.clone().run_event_feed(shutdown.clone()));
         let deliveries = tokio::spawn(engine.clone().run_deliveries(shutdown.clone()));
         let probe = tokio::spawn(engine.clone().run_outage_probe(shutdown.clone()));
+        let hangup = tokio::spawn(reload_on_hangup(
+            engine.clone(),
+            self.settings.file.clone(),
+            shutdown.clone(),
+        ));
         tracing::info!(addr = %self.listener.local_addr()?, "lapse listening");
         let router = http::router(state);
         let server = tokio::spawn(http::serve::serve(self.listener, router, shutdown.clone()));
@@ -209,6 +236,7 @@ impl App {
             ("change watch", watch),
             ("event feed", feed),
             ("outage probe", probe),
+            ("reload on SIGHUP", hangup),
         ] {
             if tokio::time::timeout_at(deadline, task).await.is_err() {
                 late.push(what);
@@ -261,6 +289,54 @@ async fn run_scheduled(engine: &Engine, cron: &str, shutdown: CancellationToken)
             ),
             Err(e) => tracing::error!(error = %e, "scheduled sweep failed"),
         }
+    }
+}
+
+/// On each SIGHUP, reads the configuration file again and puts its rules in force, as
+/// `POST /v1/admin/config/reload` without `force` does; what was refused is logged.
+async fn reload_on_hangup(
+    engine: Arc<Engine>,
+    file: Option<std::path::PathBuf>,
+    shutdown: CancellationToken,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        let admin = lapse_engine::Caller::Admin {
+            name: "SIGHUP".into(),
+            actor: None,
+        };
+        loop {
+            tokio::select! {
+                _ = hangups.recv() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let config = match crate::settings::read_config(file.as_deref()) {
+                Ok(config) => config,
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: the configuration is invalid; the rules in force stay");
+                    continue;
+                }
+            };
+            match engine.reload(&admin, &config, false).await {
+                Ok(done) => tracing::info!(
+                    rules_version = done.rules_version,
+                    fire_now = done.fire_now_total,
+                    rearmed = done.rearmed,
+                    diff = %done.diff,
+                    "SIGHUP: rules reloaded"
+                ),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused; the rules in force stay"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (engine, file);
+        shutdown.cancelled().await;
     }
 }
 

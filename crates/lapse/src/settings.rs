@@ -2,10 +2,10 @@
 //! the environment's overrides applied, and the secrets the environment holds.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use lapse_core::config::{ClockMode, Env};
+use lapse_core::config::{ClockMode, ConfigError, Env};
 use lapse_core::{Config, Timestamp};
 
 /// The environment variables lapse reads, captured once (tests pass their own).
@@ -39,6 +39,22 @@ pub struct Settings {
     pub config: Config,
     /// Where secrets are read from.
     pub env: Environment,
+    /// The file read (`None`: the built-in defaults); a reload reads it again.
+    pub file: Option<PathBuf>,
+}
+
+/// Reads and validates the configuration in `file`, or the built-in defaults.
+pub fn read_config(file: Option<&Path>) -> Result<Config, ConfigError> {
+    let Some(path) = file else {
+        return Ok(Config::default());
+    };
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: name.clone(),
+        place: String::new(),
+        message: format!("cannot be read: {e}"),
+    })?;
+    Config::parse(&text, &name)
 }
 
 impl Settings {
@@ -48,15 +64,11 @@ impl Settings {
         let file = file
             .map(Path::to_path_buf)
             .or_else(|| env.get("LAPSE_CONFIG").map(Into::into));
-        let config = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("reading config file {}", path.display()))?;
-                Config::parse(&text, &path.display().to_string())?
-            }
-            None => Config::default(),
-        };
-        Settings::from_config(config, env)
+        let config = read_config(file.as_deref())?;
+        Ok(Settings {
+            file,
+            ..Settings::from_config(config, env)?
+        })
     }
 
     /// Applies the environment's overrides to `config` and validates the result.
@@ -77,7 +89,11 @@ impl Settings {
         if let Some(cron) = &config.sweeper.cron {
             cron_schedule(cron).with_context(|| format!("{}: [sweeper] cron", config.source))?;
         }
-        let settings = Settings { config, env };
+        let settings = Settings {
+            config,
+            env,
+            file: None,
+        };
         if settings.config.server.env == Env::Production && !settings.has_credentials() {
             anyhow::bail!(
                 "env = \"production\" needs credentials: set LAPSE_ADMIN_KEY, LAPSE_SERVICE_KEY, \

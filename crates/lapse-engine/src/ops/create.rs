@@ -15,8 +15,9 @@ impl Engine {
         req: CreateRequest,
     ) -> Result<Session, EngineError> {
         caller.require_sessions()?;
-        let kind = self.config.kind(&req.kind).ok_or_else(|| {
-            let known: Vec<_> = self.config.kinds.keys().map(String::as_str).collect();
+        let config = self.config();
+        let kind = config.kind(&req.kind).ok_or_else(|| {
+            let known: Vec<_> = config.kinds.keys().map(String::as_str).collect();
             validation(
                 "kind",
                 format!(
@@ -52,6 +53,12 @@ impl Engine {
         };
 
         let id = match &req.id {
+            Some(id) if id.as_str().starts_with("lapse:") => {
+                return Err(validation(
+                    "id",
+                    "ids beginning with `lapse:` are reserved for lapse's own events",
+                ));
+            }
             Some(id) => id.clone(),
             None => SessionId::parse(&uuid::Uuid::now_v7().to_string())
                 .map_err(|e| EngineError::Conflict(e.to_string()))?,
@@ -69,6 +76,13 @@ impl Engine {
                 self.check_open_per_host(kind, &host, max).await?;
             }
             let now = self.now();
+            let rules_version = self.rules_version();
+            // The kind as in force now (the rules may have been reloaded since the check).
+            let kind = self.kind_of(&kind.name);
+            if kind.name != req.kind {
+                return Err(validation("kind", format!("kind `{}` was just removed", req.kind)));
+            }
+            let kind = &*kind;
             let mut fx = Effects::default();
             let by = caller.by();
             let mut s = lifecycle::create(
@@ -82,7 +96,7 @@ impl Engine {
             )?;
             lifecycle::apply_due(kind, &mut s, now, &mut fx);
             let (mut commit, _) = self
-                .build_commit(&mut s, None, &fx, now, Some(Vec::new()))
+                .build_commit(&mut s, None, &fx, now, Some(Vec::new()), rules_version)
                 .await?;
             // The store re-counts inside the transaction, so concurrent creates (on any
             // instance) cannot both pass the check above.
@@ -100,6 +114,8 @@ impl Engine {
                 }
                 // Someone else's create got in first: check again, which explains the 409.
                 Err(EngineError::Store(StoreError::LimitReached)) => continue,
+                // Other rules came into force: decide again under them.
+                Err(EngineError::Store(StoreError::Conflict)) => continue,
                 Err(e) => return Err(e),
             }
             if fx.deleted_at.is_some() {

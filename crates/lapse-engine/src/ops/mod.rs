@@ -93,7 +93,7 @@ impl Engine {
     pub(crate) fn apply_due(&self, s: &mut Session, now: Timestamp) -> Effects {
         self.beats.overlay(s);
         let mut fx = Effects::default();
-        lifecycle::apply_due(self.kind_of(&s.kind), s, now, &mut fx);
+        lifecycle::apply_due(&self.kind_of(&s.kind), s, now, &mut fx);
         fx
     }
 
@@ -154,13 +154,14 @@ impl Engine {
                 }
             }
             let stored = s.clone();
+            let rules_version = self.rules_version();
             let fx = self.apply_due(&mut s, now);
             if fx.is_empty() {
-                s.observe(self.kind_of(&s.kind), now);
+                s.observe(&self.kind_of(&s.kind), now);
                 return Ok(Some(s));
             }
             let (commit, _) = self
-                .build_commit(&mut s, Some(&stored), &fx, now, None)
+                .build_commit(&mut s, Some(&stored), &fx, now, None, rules_version)
                 .await?;
             match self.apply_commit(commit).await {
                 Ok(()) if fx.deleted_at.is_some() => return Ok(None),
@@ -199,16 +200,17 @@ impl Engine {
                 return Err(not_found(id));
             };
             let now = self.now();
+            let rules_version = self.rules_version();
             let kind = self.kind_of(&before.kind);
             let mut s = before.clone();
             let mut fx = Effects::default();
-            let value = op(kind, &mut s, now, &mut fx)?;
-            s.observe(kind, now);
+            let value = op(&kind, &mut s, now, &mut fx)?;
+            s.observe(&kind, now);
             if fx.is_empty() && s == before {
                 return Ok((value, s));
             }
             let (commit, _) = self
-                .build_commit(&mut s, Some(&before), &fx, now, None)
+                .build_commit(&mut s, Some(&before), &fx, now, None, rules_version)
                 .await?;
             match self.apply_commit(commit).await {
                 Ok(()) => {

@@ -17,7 +17,7 @@ impl Engine {
     ) -> Result<Explanation, EngineError> {
         let session = self.get(caller, id).await?;
         let now = self.now();
-        let rules = explain::explain(self.kind_of(&session.kind), &session, now);
+        let rules = explain::explain(&self.kind_of(&session.kind), &session, now);
         Ok(Explanation {
             session,
             now,

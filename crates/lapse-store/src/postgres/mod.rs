@@ -23,8 +23,8 @@ use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
     Attempt, Beat, Change, ChangeCallback, Commit, Delivery, DeliveryStatus, DisabledEndpoint,
-    DueRow, EventQuery, HealthCounts, Moved, Rearm, SessionQuery, StatusCount, Store,
-    StoredResponse,
+    DueRow, EventQuery, EventRecord, HealthCounts, Moved, Rearm, RulesInForce, SessionQuery,
+    StatusCount, Store, StoredResponse,
 };
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions};
@@ -67,6 +67,63 @@ async fn lock_until_commit(
         .map_err(backend)?;
     Ok(())
 }
+
+/// Key of the advisory lock between commits (shared) and other rules coming into force
+/// (exclusive): rules are replaced only between commits decided under them.
+const RULES_LOCK: i64 = 0x006c_6170_7372;
+
+/// What a commit takes first. With `checked` (it names the rules it was decided under): the
+/// rules lock, shared, and then the version in force, read in a statement of its own so that
+/// its snapshot follows any reload it waited for. With `events`: the events lock, which makes
+/// sequence numbers (handed out at insert, visible at commit) follow commit order, so a
+/// reader that has seen event N never later finds an N-1 it skipped (SSE and `after=` paging
+/// rely on it). Returns the version in force, if read.
+async fn first_locks(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    checked: bool,
+    events: bool,
+) -> Result<Option<i64>, StoreError> {
+    if !checked {
+        if events {
+            lock_until_commit(tx, EVENTS_LOCK).await?;
+        }
+        return Ok(None);
+    }
+    let locks = if events {
+        "select pg_advisory_xact_lock_shared($1), pg_advisory_xact_lock($2)"
+    } else {
+        "select pg_advisory_xact_lock_shared($1), $2::int8"
+    };
+    sqlx::query(locks)
+        .bind(RULES_LOCK)
+        .bind(EVENTS_LOCK)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    rules_version_of(tx).await
+}
+
+/// The version of the rules in force, read inside `tx`.
+async fn rules_version_of(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+) -> Result<Option<i64>, StoreError> {
+    sqlx::query_scalar(RULES_VERSION)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(backend)
+}
+
+/// The version of the rules in force, by the primary key of their one row.
+const RULES_VERSION: &str = "select version from rules_in_force where id = 1";
+
+/// The rules in force.
+const RULES_IN_FORCE: &str =
+    "select version, kinds, updated_at from rules_in_force where id = 1";
+
+/// Other rules in force.
+const PUBLISH_RULES: &str = "insert into rules_in_force (id, version, kinds, updated_at) \
+     values (1, $1, $2, $3) on conflict (id) do update \
+     set version = excluded.version, kinds = excluded.kinds, updated_at = excluded.updated_at";
 
 /// Sessions in a PostgreSQL database.
 #[derive(Clone)]
@@ -407,15 +464,14 @@ impl Store for PostgresStore {
         commits: &[Commit],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        if commits.iter().any(|c| !c.events.is_empty()) {
-            // Sequence numbers are handed out at insert but become visible at commit; taking
-            // this lock until commit makes the two orders agree, so a reader that has seen
-            // event N never later finds an N-1 it skipped (SSE and `after=` paging rely on it).
-            lock_until_commit(&mut tx, EVENTS_LOCK).await?;
-        }
-        let alone = commits.len() == 1;
+        let checked = commits.iter().any(|c| c.rules_version.is_some());
+        let events = commits.iter().any(|c| !c.events.is_empty());
+        let in_force = first_locks(&mut tx, checked, events).await?;
+        let stale = crate::batch::stale(commits, in_force);
+        let fresh = crate::batch::fresh(commits, &stale);
+        let alone = fresh.len() == 1;
         let mut outcomes = Vec::with_capacity(commits.len());
-        for step in crate::batch::steps(commits) {
+        for step in crate::batch::steps(&fresh) {
             let commit = match step {
                 // A run of single-row updates (a sweep's transitions): set-based statements.
                 Step::Run(run) => {
@@ -432,7 +488,7 @@ impl Store for PostgresStore {
             match write_commit(&mut tx, commit).await {
                 Ok(()) => outcomes.push(Ok(())),
                 Err(e @ StoreError::Backend(_)) => return Err(e),
-                Err(e) if alone => return Ok(vec![Err(e)]),
+                Err(e) if alone => return Ok(crate::batch::with_stale(&stale, vec![Err(e)])),
                 Err(e) => {
                     if savepoint {
                         exec(&mut tx, "rollback to savepoint one_commit").await?;
@@ -444,6 +500,7 @@ impl Store for PostgresStore {
                 exec(&mut tx, "release savepoint one_commit").await?;
             }
         }
+        let outcomes = crate::batch::with_stale(&stale, outcomes);
         // What the written commits announce: new events, and their earliest deadline.
         let written = commits
             .iter()
@@ -562,6 +619,83 @@ impl Store for PostgresStore {
             .await
             .map_err(backend)?;
         Ok(result.rows_affected())
+    }
+
+    async fn rearm_under(&self, rows: &[Rearm], rules_version: i64) -> Result<u64, StoreError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        if first_locks(&mut tx, true, false).await? != Some(rules_version) {
+            return Err(StoreError::PolicyChanged);
+        }
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let versions: Vec<i64> = rows.iter().map(|r| r.version).collect();
+        let wakes: Vec<Option<i64>> = rows
+            .iter()
+            .map(|r| r.wake_at.map(Timestamp::millis))
+            .collect();
+        let rules: Vec<Option<&str>> = rows.iter().map(|r| r.rule.as_deref()).collect();
+        let result = sqlx::query(REARM)
+            .bind(&ids)
+            .bind(&versions)
+            .bind(&wakes)
+            .bind(&rules)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(result.rows_affected())
+    }
+
+    async fn rules_in_force(&self) -> Result<Option<RulesInForce>, StoreError> {
+        let row = sqlx::query(RULES_IN_FORCE)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.map(|r| {
+            Ok(RulesInForce {
+                version: r.try_get("version").map_err(backend)?,
+                kinds: r.try_get("kinds").map_err(backend)?,
+                updated_at: Timestamp::from_millis(r.try_get("updated_at").map_err(backend)?),
+            })
+        })
+        .transpose()
+    }
+
+    async fn publish_rules(
+        &self,
+        expected: i64,
+        kinds: &str,
+        at: Timestamp,
+        event: Option<EventRecord>,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // Waits for every commit decided under the rules in force to end; later ones read the
+        // new version and are refused.
+        lock_until_commit(&mut tx, RULES_LOCK).await?;
+        if rules_version_of(&mut tx).await?.unwrap_or(0) != expected {
+            return Err(StoreError::PolicyChanged);
+        }
+        sqlx::query(PUBLISH_RULES)
+            .bind(expected + 1)
+            .bind(kinds)
+            .bind(at.millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if let Some(event) = event {
+            lock_until_commit(&mut tx, EVENTS_LOCK).await?;
+            let commit = Commit {
+                events: vec![event],
+                ..Commit::default()
+            };
+            write_commit(&mut tx, &commit).await?;
+            announce(&mut tx, "e".into()).await?;
+        }
+        announce(&mut tx, "r".into()).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(expected + 1)
     }
 
     async fn next_deadline(&self) -> Result<Option<Timestamp>, StoreError> {
@@ -693,6 +827,8 @@ impl Store for PostgresStore {
             let payload = n.payload();
             if payload == "e" {
                 seen(Change::Events);
+            } else if payload == "r" {
+                seen(Change::Rules);
             } else if let Some(ms) = payload.strip_prefix('d').and_then(|m| m.parse().ok()) {
                 seen(Change::Deadline(Timestamp::from_millis(ms)));
             }

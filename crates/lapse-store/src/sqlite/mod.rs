@@ -15,7 +15,8 @@ use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
     Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DisabledEndpoint, DueRow,
-    EventQuery, HealthCounts, Moved, Rearm, SessionQuery, StatusCount, Store, StoredResponse,
+    EventQuery, EventRecord, HealthCounts, Moved, Rearm, RulesInForce, SessionQuery, StatusCount,
+    Store, StoredResponse,
 };
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::sqlite::{
@@ -256,6 +257,25 @@ const FLUSH_MOVED: &str = "select json_group_array(json_array(s.id, s.version)) 
              and +s.status in ('pending', 'active')";
 
 /// Lazy re-arms of a batch, compare-and-set per row.
+/// The rules in force, by the primary key of their one row.
+const RULES_IN_FORCE: &str =
+    "select version, kinds, updated_at from rules_in_force where id = 1";
+
+/// Other rules in force.
+const PUBLISH_RULES: &str = "insert into rules_in_force (id, version, kinds, updated_at) \
+     values (1, ?1, ?2, ?3) on conflict (id) do update \
+     set version = excluded.version, kinds = excluded.kinds, updated_at = excluded.updated_at";
+
+/// The version of the rules in force, read inside `tx`.
+async fn rules_version_of(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+) -> Result<Option<i64>, StoreError> {
+    sqlx::query_scalar("select version from rules_in_force where id = 1")
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(backend)
+}
+
 const REARM: &str = "update sessions set next_due_at = b.at, next_due_rule = b.rule \
              from (select value ->> 0 as id, value ->> 1 as version, value ->> 2 as at, \
                    value ->> 3 as rule from jsonb_each(?1)) as b \
@@ -337,11 +357,18 @@ impl Store for SqliteStore {
         commits: &[Commit],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         // The single writer connection already serializes this with every other commit, so
-        // host limits are checked without a lock.
+        // host limits and the rules version are checked without a lock.
         let mut tx = self.writer.begin().await.map_err(backend)?;
+        let in_force = if commits.iter().any(|c| c.rules_version.is_some()) {
+            rules_version_of(&mut tx).await?
+        } else {
+            None
+        };
+        let stale = crate::batch::stale(commits, in_force);
+        let fresh = crate::batch::fresh(commits, &stale);
         let mut outcomes = Vec::with_capacity(commits.len());
-        let alone = commits.len() == 1;
-        for step in crate::batch::steps(commits) {
+        let alone = fresh.len() == 1;
+        for step in crate::batch::steps(&fresh) {
             let commit = match step {
                 // A run of single-row updates (a sweep's transitions): set-based statements.
                 Step::Run(run) => {
@@ -359,7 +386,7 @@ impl Store for SqliteStore {
             match write_commit(&mut tx, commit).await {
                 Ok(()) => outcomes.push(Ok(())),
                 Err(e @ StoreError::Backend(_)) => return Err(e),
-                Err(e) if alone => return Ok(vec![Err(e)]),
+                Err(e) if alone => return Ok(crate::batch::with_stale(&stale, vec![Err(e)])),
                 Err(e) => {
                     if savepoint {
                         exec(&mut tx, "rollback to one_commit").await?;
@@ -372,7 +399,7 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().await.map_err(backend)?;
-        Ok(outcomes)
+        Ok(crate::batch::with_stale(&stale, outcomes))
     }
 
     async fn import(&self, sessions: &[Session]) -> Result<u64, StoreError> {
@@ -435,6 +462,79 @@ impl Store for SqliteStore {
             .await
             .map_err(backend)?;
         Ok(result.rows_affected())
+    }
+
+    async fn rearm_under(&self, rows: &[Rearm], rules_version: i64) -> Result<u64, StoreError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        // One writer: nothing can put other rules in force between these two statements.
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        if rules_version_of(&mut tx).await? != Some(rules_version) {
+            return Err(StoreError::PolicyChanged);
+        }
+        let batch: Vec<(&str, i64, Option<i64>, Option<&str>)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.id.as_str(),
+                    r.version,
+                    r.wake_at.map(Timestamp::millis),
+                    r.rule.as_deref(),
+                )
+            })
+            .collect();
+        let result = sqlx::query(REARM)
+            .bind(to_json(&batch))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(result.rows_affected())
+    }
+
+    async fn rules_in_force(&self) -> Result<Option<RulesInForce>, StoreError> {
+        let row = sqlx::query(RULES_IN_FORCE)
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(backend)?;
+        row.map(|r| {
+            Ok(RulesInForce {
+                version: r.try_get("version").map_err(backend)?,
+                kinds: r.try_get("kinds").map_err(backend)?,
+                updated_at: Timestamp::from_millis(r.try_get("updated_at").map_err(backend)?),
+            })
+        })
+        .transpose()
+    }
+
+    async fn publish_rules(
+        &self,
+        expected: i64,
+        kinds: &str,
+        at: Timestamp,
+        event: Option<EventRecord>,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(backend)?;
+        if rules_version_of(&mut tx).await?.unwrap_or(0) != expected {
+            return Err(StoreError::PolicyChanged);
+        }
+        sqlx::query(PUBLISH_RULES)
+            .bind(expected + 1)
+            .bind(kinds)
+            .bind(at.millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if let Some(event) = event {
+            let commit = Commit {
+                events: vec![event],
+                ..Commit::default()
+            };
+            write_commit(&mut tx, &commit).await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(expected + 1)
     }
 
     async fn next_deadline(&self) -> Result<Option<Timestamp>, StoreError> {

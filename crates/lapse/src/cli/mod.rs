@@ -11,7 +11,7 @@ use lapse_engine::health::Health;
 use lapse_engine::{Caller, Progress, SweepOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{App, open_engine, shutdown_on_signal};
+use crate::app::{App, Rules, open_engine, shutdown_on_signal};
 use crate::export::{Format, render};
 use crate::settings::{Environment, Settings};
 
@@ -264,7 +264,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Migrate => {
             let settings = Settings::load(cli.config.as_deref(), env)?;
-            open_engine(&settings).await?;
+            open_engine(&settings, Rules::Follow).await?;
             println!(
                 "database {} is up to date",
                 lapse_store::redact(&settings.config.database.url)
@@ -283,7 +283,8 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             {
                 anyhow::bail!("unknown kind `{k}`");
             }
-            let engine = open_engine(&settings).await?;
+            let rules = if dry_run { Rules::Follow } else { Rules::Put };
+            let engine = open_engine(&settings, rules).await?;
             // Progress goes to stderr while stdout stays the report. On a terminal, a sweep
             // with more than a batch to do draws a bar over the due rows counted at its start;
             // elsewhere (a log) one line a batch from the second on.
@@ -373,7 +374,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Stats => {
             let settings = Settings::load(cli.config.as_deref(), env)?;
-            let engine = open_engine(&settings).await?;
+            let engine = open_engine(&settings, Rules::Follow).await?;
             let counts = engine
                 .counts(&Caller::Admin {
                     name: "cli".into(),
@@ -407,7 +408,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Health { json } => {
             let settings = Settings::load(cli.config.as_deref(), env)?;
-            let engine = match open_engine(&settings).await {
+            let engine = match open_engine(&settings, Rules::Follow).await {
                 Ok(engine) => engine,
                 Err(e) => {
                     println!("unhealthy: {e:#}");
@@ -524,7 +525,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
         Command::Export { id, format } => {
             let format: Format = format.parse().map_err(anyhow::Error::msg)?;
             let settings = Settings::load(cli.config.as_deref(), env)?;
-            let engine = open_engine(&settings).await?;
+            let engine = open_engine(&settings, Rules::Follow).await?;
             let id = SessionId::parse(&id).context("session id")?;
             let admin = Caller::Admin {
                 name: "cli".into(),
@@ -537,7 +538,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Explain { id } => {
             let settings = Settings::load(cli.config.as_deref(), env)?;
-            let engine = open_engine(&settings).await?;
+            let engine = open_engine(&settings, Rules::Follow).await?;
             let id = SessionId::parse(&id).context("session id")?;
             let e = engine
                 .explain(

@@ -14,7 +14,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     detail: String,
-    extra: Option<(&'static str, Value)>,
+    extra: Vec<(&'static str, Value)>,
     retry_after: Option<u64>,
 }
 
@@ -25,7 +25,7 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
-            extra: None,
+            extra: Vec::new(),
             retry_after: None,
         }
     }
@@ -68,7 +68,7 @@ impl ApiError {
 
     /// Adds a member to the problem document.
     pub fn with(mut self, key: &'static str, value: Value) -> Self {
-        self.extra = Some((key, value));
+        self.extra.push((key, value));
         self
     }
 
@@ -87,7 +87,40 @@ impl ApiError {
             "rate_limited" => "Too many requests",
             "conflict" => "Conflict",
             "database_unavailable" => "Database unavailable",
+            "invalid_config" => "Invalid configuration",
+            "rollout_refused" => "Too much would change at once",
             _ => "Internal error",
+        }
+    }
+}
+
+impl ApiError {
+    /// 422 `invalid_config`: the message `lapse check-config` prints, with the kind and rule
+    /// it is in.
+    pub fn invalid_config(e: &lapse_core::config::ConfigError) -> Self {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", e.to_string())
+            .with("kind", json!(e.kind()))
+            .with("rule", json!(e.rule()))
+            .with("message", json!(e.message))
+    }
+}
+
+impl From<lapse_engine::policy::ReloadError> for ApiError {
+    fn from(e: lapse_engine::policy::ReloadError) -> Self {
+        use lapse_engine::policy::ReloadError;
+        match e {
+            ReloadError::Engine(e) => e.into(),
+            ReloadError::RolloutRefused {
+                fire_now,
+                max,
+                ref preview,
+            } => {
+                let preview = json!(preview);
+                ApiError::new(StatusCode::CONFLICT, "rollout_refused", e.to_string())
+                    .with("fire_now_total", json!(fire_now))
+                    .with("max_immediate", json!(max))
+                    .with("preview", preview)
+            }
         }
     }
 }
@@ -146,7 +179,7 @@ impl IntoResponse for ApiError {
             "detail": self.detail,
             "code": self.code,
         });
-        if let Some((key, value)) = self.extra {
+        for (key, value) in self.extra {
             body[key] = value;
         }
         let mut response = (self.status, Json(body)).into_response();

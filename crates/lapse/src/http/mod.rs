@@ -11,6 +11,7 @@ pub mod limits;
 pub mod openapi;
 mod operations;
 mod participants;
+pub mod policy;
 pub mod serve;
 mod sessions;
 mod sse;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Request latencies for `/metrics`.
     pub requests: trace::Requests,
+    /// The configuration file a reload reads again (`None`: the built-in defaults).
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 /// Browser pages of `[server] cors_origins` may call lapse: every method the API has, the
@@ -96,6 +99,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(export::router())
         .merge(operations::router())
         .merge(webhooks::router())
+        .merge(policy::router())
         .route("/openapi.json", axum::routing::get(openapi::serve))
         .route("/admin", axum::routing::get(admin_page))
         .fallback(|| async { ApiError::not_found("no such route") })

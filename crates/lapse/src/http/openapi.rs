@@ -300,12 +300,7 @@ pub fn document(kinds: &[&str]) -> Value {
 
 /// The handler: the document for this server's kinds.
 pub async fn serve(State(app): State<Arc<AppState>>) -> impl IntoResponse {
-    let kinds: Vec<&str> = app
-        .engine
-        .config()
-        .kinds
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let config = app.engine.config();
+    let kinds: Vec<&str> = config.kinds.keys().map(String::as_str).collect();
     Json(document(&kinds))
 }

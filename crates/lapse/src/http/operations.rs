@@ -75,7 +75,8 @@ async fn sweep(
 async fn kinds(State(app): State<Arc<AppState>>, Auth(caller): Auth) -> ApiResult<Json<Value>> {
     // A cron credential only sweeps and reads stats and health.
     caller.require_sessions()?;
-    let kinds: Vec<_> = app.engine.config().kinds.values().collect();
+    let config = app.engine.config();
+    let kinds: Vec<_> = config.kinds.values().collect();
     Ok(Json(json!({ "kinds": kinds })))
 }
 

@@ -20,6 +20,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub db_url: String,
     config: Option<String>,
+    /// The configuration file a reload reads again, when the test gave one.
+    pub config_file: Option<std::path::PathBuf>,
     pub _dir: tempfile::TempDir,
     shutdown: CancellationToken,
 }
@@ -123,20 +125,47 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 pub async fn spawn_app_with(backend: Backend, config: Option<&str>) -> TestApp {
     let (db_url, dir) = fresh_database(backend).await;
-    let (base, shutdown) = serve(&db_url, config).await;
+    let (base, shutdown) = serve(&db_url, config, None).await;
     TestApp {
         base,
         client: reqwest::Client::new(),
         db_url,
         config: config.map(str::to_string),
+        config_file: None,
+        _dir: dir,
+        shutdown,
+    }
+}
+
+/// A lapse started with `--config` naming a file that holds `config`; the test may rewrite
+/// the file ([`TestApp::rewrite_config`]) and reload.
+pub async fn spawn_app_with_file(backend: Backend, config: &str) -> TestApp {
+    let (db_url, dir) = fresh_database(backend).await;
+    let file = dir.path().join("lapse.toml");
+    std::fs::write(&file, config).expect("config file written");
+    let (base, shutdown) = serve(&db_url, Some(config), Some(file.clone())).await;
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        db_url,
+        config: Some(config.to_string()),
+        config_file: Some(file),
         _dir: dir,
         shutdown,
     }
 }
 
 /// Starts lapse on `db_url`; returns its base URL and the token that stops it.
-async fn serve(db_url: &str, config: Option<&str>) -> (String, CancellationToken) {
-    let mut config = match config {
+async fn serve(
+    db_url: &str,
+    config: Option<&str>,
+    file: Option<std::path::PathBuf>,
+) -> (String, CancellationToken) {
+    // A file, once given, is what lapse reads (as rewritten since, on a restart).
+    let from_file = file
+        .as_ref()
+        .map(|f| std::fs::read_to_string(f).expect("config file readable"));
+    let mut config = match from_file.as_deref().or(config) {
         Some(text) => Config::parse(text, "test.toml").expect("test config is valid"),
         None => Config::default(),
     };
@@ -154,7 +183,10 @@ async fn serve(db_url: &str, config: Option<&str>) -> (String, CancellationToken
         ]
         .map(|(k, v)| (k.to_string(), v.to_string())),
     );
-    let settings = Settings::from_config(config, env).expect("settings");
+    let settings = Settings {
+        file,
+        ..Settings::from_config(config, env).expect("settings")
+    };
     let app = App::build(settings).await.expect("lapse builds");
     let base = format!("http://127.0.0.1:{}", app.port());
     let shutdown = CancellationToken::new();
@@ -172,9 +204,20 @@ impl TestApp {
     /// manual clock starts over at `START`).
     pub async fn restart(&mut self) {
         self.shutdown.cancel();
-        let (base, shutdown) = serve(&self.db_url, self.config.as_deref()).await;
+        let (base, shutdown) = serve(
+            &self.db_url,
+            self.config.as_deref(),
+            self.config_file.clone(),
+        )
+        .await;
         self.base = base;
         self.shutdown = shutdown;
+    }
+
+    /// Writes `text` over the configuration file this lapse was started with.
+    pub fn rewrite_config(&self, text: &str) {
+        let file = self.config_file.as_ref().expect("started with a file");
+        std::fs::write(file, text).expect("config file rewritten");
     }
 
     pub async fn send(&self, who: As, method: Method, path: &str, body: Option<Value>) -> Resp {

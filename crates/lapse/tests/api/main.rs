@@ -37,6 +37,7 @@ mod errors;
 mod identity;
 mod instances;
 mod overload;
+mod policy;
 mod races;
 mod seed_000_study;
 mod seed_001_reading;

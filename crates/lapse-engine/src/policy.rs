@@ -1,0 +1,468 @@
+//! The rules in force, and changing them safely (SPEC §10).
+//!
+//! Each instance holds one [`Policy`]: the configuration it decides by and the version of the
+//! rules in the database it was decided under. Every commit names that version, and the store
+//! refuses it when other rules came into force since (another instance reloaded): the
+//! instance then reads the rules in force from the database and decides again. So an instance
+//! that has not heard of a reload yet cannot apply a rule the reload removed or lengthened,
+//! nor store a deadline worked out under the old rules.
+//!
+//! A start with rules other than those in force, and a reload, put the new rules in force the
+//! same way: preview (which sessions fire at once), publish (version + 1, with a
+//! `config.reloaded` event, in one transaction that waits for commits decided under the old
+//! version), swap, and then store every touched session's deadline anew.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use lapse_core::config::Config;
+use lapse_core::event::{EventData, EventType, NewEvent};
+use lapse_core::policy::{self, Preview, Touched};
+use lapse_core::store::{EventRecord, Rearm, SessionQuery};
+use lapse_core::{Kind, Session, SessionId, Status, StoreError, Timestamp};
+use serde::Serialize;
+
+use crate::{Caller, Engine, EngineError};
+
+/// Sessions read per page while judging or re-arming a kind.
+const PAGE: u32 = 500;
+/// The session id `config.reloaded` events are filed under: reserved, no session has it.
+pub const CONFIG_EVENTS: &str = "lapse:config";
+/// How often a re-arm that lost to a concurrent write is worked out again.
+const REARM_ATTEMPTS: usize = 5;
+
+/// The rules an instance decides by.
+pub struct Policy {
+    /// The version in the database they were decided under (0: none put in force yet, and
+    /// commits are not checked).
+    pub version: i64,
+    /// The whole configuration, its kinds as in force.
+    pub config: Arc<Config>,
+    kinds: HashMap<String, Arc<Kind>>,
+    /// The policy of a session whose kind the rules no longer have: no rules.
+    unconfigured: Arc<Kind>,
+}
+
+impl Policy {
+    /// `config`'s rules as the engine runs them (idle rules wait out the heartbeat grace), at
+    /// `version`.
+    pub fn new(config: &Config, version: i64) -> Policy {
+        let config = engine_kinds(config);
+        let kinds = config
+            .kinds
+            .iter()
+            .map(|(name, k)| (name.clone(), Arc::new(k.clone())))
+            .collect();
+        Policy {
+            version,
+            config: Arc::new(config),
+            kinds,
+            unconfigured: Arc::new(Kind {
+                name: String::new(),
+                presence_timeout: lapse_core::Span::from_secs(90),
+                invite_expiry: None,
+                max_participants: None,
+                max_open_per_host: None,
+                reopen_window: None,
+                notify_on_end: false,
+                summary_url: None,
+                parent_kind: None,
+                rules: Vec::new(),
+                idle_grace: lapse_core::Span::ZERO,
+            }),
+        }
+    }
+
+    /// The kind called `name`, or no rules.
+    pub fn kind(&self, name: &str) -> Arc<Kind> {
+        self.kinds
+            .get(name)
+            .unwrap_or(&self.unconfigured)
+            .clone()
+    }
+}
+
+/// `config` with every idle rule's grace set (see [`crate::heartbeats::IDLE_GRACE`]).
+fn engine_kinds(config: &Config) -> Config {
+    let mut config = config.clone();
+    for kind in config.kinds.values_mut() {
+        kind.idle_grace = crate::heartbeats::IDLE_GRACE;
+    }
+    config
+}
+
+/// What putting other rules in force did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Reloaded {
+    /// Always true: a refused reload is an error.
+    pub reloaded: bool,
+    /// The version now in force.
+    pub rules_version: i64,
+    /// Per touched kind: rules added, removed and changed.
+    pub diff: serde_json::Value,
+    /// Sessions whose stored deadline was worked out anew.
+    pub rearmed: u64,
+    /// What the new rules fire at once (the sweeper applies it next).
+    pub fire_now_total: u64,
+}
+
+/// Why a reload did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// More sessions would fire at once than `[rollout] max_immediate` allows.
+    #[error(
+        "{fire_now} sessions would fire at once, more than [rollout] max_immediate = {max}; \
+         preview it, then reload with force=true to apply anyway"
+    )]
+    RolloutRefused {
+        /// How many.
+        fire_now: u64,
+        /// The limit.
+        max: u64,
+        /// The whole preview.
+        preview: Box<Preview>,
+    },
+    /// The engine refused (rights, the database).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl Engine {
+    /// The rules this instance decides by now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The version of the rules in force this instance decides under; read before the kinds
+    /// a decision uses, so a commit never names a newer version than its decision had.
+    pub(crate) fn rules_version(&self) -> i64 {
+        self.policy().version
+    }
+
+    fn swap_policy(&self, policy: Policy) {
+        tracing::info!(rules_version = policy.version, "rules in force");
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+    }
+
+    /// Takes up the rules in force in the database if another instance put newer ones there.
+    /// Called when a commit is refused for naming an older version, and when told of a
+    /// reload.
+    pub async fn follow_rules_in_force(&self) -> Result<(), EngineError> {
+        let Some(stored) = self.store.rules_in_force().await? else {
+            return Ok(());
+        };
+        let mine = self.policy();
+        if stored.version <= mine.version {
+            return Ok(());
+        }
+        let rules = Config::parse(&stored.kinds, "rules in force (database)").map_err(|e| {
+            EngineError::Store(StoreError::Backend(format!(
+                "the rules in force cannot be read by this lapse: {e}"
+            )))
+        })?;
+        let config = mine.config.with_kinds_of(&rules);
+        self.swap_policy(Policy::new(&config, stored.version));
+        // A deadline stored under the new rules may be before this instance's plan.
+        self.deadline_moved(Timestamp::from_millis(i64::MIN));
+        Ok(())
+    }
+
+    /// At start: puts this instance's rules in force if the database holds none or others
+    /// (a deploy with a changed file), else takes up the version in force. Returns what
+    /// changed, if anything did.
+    pub async fn put_rules_in_force(&self) -> Result<Option<Reloaded>, EngineError> {
+        let mine = self.policy();
+        match self.store.rules_in_force().await? {
+            Some(stored) if stored.kinds == mine.config.kinds_toml => {
+                self.swap_policy(Policy::new(&mine.config, stored.version));
+                Ok(None)
+            }
+            None => {
+                let version = self
+                    .store
+                    .publish_rules(0, &mine.config.kinds_toml, self.now(), None)
+                    .await?;
+                self.swap_policy(Policy::new(&mine.config, version));
+                Ok(None)
+            }
+            Some(stored) => {
+                // As if this instance had run the stored rules and reloaded its own.
+                let before = match Config::parse(&stored.kinds, "rules in force (database)") {
+                    Ok(rules) => mine.config.with_kinds_of(&rules),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the rules in force cannot be read; replacing them");
+                        (*mine.config).clone()
+                    }
+                };
+                self.swap_policy(Policy::new(&before, stored.version));
+                let file = (*mine.config).clone();
+                let done = self.put_in_force(&file, true).await.map_err(|e| match e {
+                    ReloadError::Engine(e) => e,
+                    other => EngineError::Conflict(other.to_string()),
+                })?;
+                tracing::info!(
+                    rules_version = done.rules_version,
+                    fire_now = done.fire_now_total,
+                    rearmed = done.rearmed,
+                    "started with rules other than those in force: they are in force now"
+                );
+                Ok(Some(done))
+            }
+        }
+    }
+
+    /// `POST /v1/policy/preview`: what `candidate`'s kinds would do to the sessions in the
+    /// database at `at` (default now), with `session` explained under both. Changes nothing.
+    pub async fn preview(
+        &self,
+        caller: &Caller,
+        candidate: &Config,
+        at: Option<Timestamp>,
+        session: Option<&SessionId>,
+    ) -> Result<Preview, EngineError> {
+        caller.require_admin()?;
+        let now = at.unwrap_or_else(|| self.now());
+        let current = self.policy();
+        let new = Policy::new(candidate, current.version);
+        let mut preview = self.judge(&current, &new, now).await?;
+        if let Some(id) = session {
+            let Some(mut s) = self.store.load(id).await? else {
+                return Err(EngineError::NotFound(format!("session `{id}` not found")));
+            };
+            self.beats.overlay(&mut s);
+            let (cur, new) = (current.kind(&s.kind), new.kind(&s.kind));
+            preview.explain(Some(&cur), Some(&new), &s);
+        }
+        Ok(preview)
+    }
+
+    /// Streams the sessions of every kind `new` changes through a preview: open ones, and
+    /// ended ones where a rule counts from the end. Costs one read per [`PAGE`] of them, and
+    /// holds one page at a time.
+    async fn judge(
+        &self,
+        current: &Policy,
+        new: &Policy,
+        now: Timestamp,
+    ) -> Result<Preview, EngineError> {
+        let touched = policy::touched(&current.config.kinds, &new.config.kinds);
+        let mut preview = Preview::new(now, &touched);
+        for t in &touched {
+            let mut pages = Pages::of(t);
+            while let Some(page) = self.next_page(&mut pages).await? {
+                for mut s in page {
+                    // Judged as a sweep would judge it: with the heartbeats held here.
+                    self.beats.overlay(&mut s);
+                    preview.observe(t, &s);
+                }
+            }
+        }
+        Ok(preview)
+    }
+
+    /// The next page of `pages`' sessions as stored, `None` after the last.
+    async fn next_page(&self, pages: &mut Pages<'_>) -> Result<Option<Vec<Session>>, EngineError> {
+        while let Some(&status) = pages.statuses.first() {
+            let page = self
+                .store
+                .list(&SessionQuery {
+                    kind: Some(pages.kind.to_string()),
+                    status: Some(status),
+                    after: pages.after.clone(),
+                    limit: PAGE,
+                    ..SessionQuery::default()
+                })
+                .await?;
+            if page.len() < PAGE as usize {
+                pages.statuses.remove(0);
+                pages.after = None;
+            } else {
+                pages.after = page.last().map(|s| s.id.clone());
+            }
+            if !page.is_empty() {
+                return Ok(Some(page));
+            }
+        }
+        Ok(None)
+    }
+
+    /// `POST /v1/admin/config/reload`: puts `file`'s kinds in force, unless more than its
+    /// `[rollout] max_immediate` sessions would fire at once and `force` is not given.
+    pub async fn reload(
+        &self,
+        caller: &Caller,
+        file: &Config,
+        force: bool,
+    ) -> Result<Reloaded, ReloadError> {
+        caller.require_admin()?;
+        self.put_in_force(file, force).await
+    }
+
+    async fn put_in_force(&self, file: &Config, force: bool) -> Result<Reloaded, ReloadError> {
+        // One reload at a time here; instances racing are told apart by the version.
+        let _one = self.reloading.lock().await;
+        self.follow_rules_in_force().await?;
+        let current = self.policy();
+        let now = self.now();
+        let config = current.config.with_kinds_of(file);
+        let config = Config {
+            rollout: file.rollout.clone(),
+            ..config
+        };
+        let new = Policy::new(&config, current.version);
+        let preview = self.judge(&current, &new, now).await?;
+        if let Some(max) = file.rollout.max_immediate
+            && preview.fire_now_total > max
+            && !force
+        {
+            return Err(ReloadError::RolloutRefused {
+                fire_now: preview.fire_now_total,
+                max,
+                preview: Box::new(preview),
+            });
+        }
+        let touched = policy::touched(&current.config.kinds, &new.config.kinds);
+        let diff = policy::diff(&touched);
+        let event = self.reload_event(now, current.version, &diff, preview.fire_now_total);
+        let version = match self
+            .store
+            .publish_rules(current.version, &config.kinds_toml, now, Some(event))
+            .await
+        {
+            Ok(v) => v,
+            Err(StoreError::PolicyChanged) => {
+                self.follow_rules_in_force().await?;
+                return Err(EngineError::Conflict(
+                    "other rules came into force meanwhile (another instance reloaded); \
+                     preview again"
+                        .into(),
+                )
+                .into());
+            }
+            Err(e) => return Err(EngineError::from(e).into()),
+        };
+        self.swap_policy(Policy::new(&config, version));
+        self.events_appended();
+        let rearmed = self.rearm_touched(&touched, version).await?;
+        Ok(Reloaded {
+            reloaded: true,
+            rules_version: version,
+            diff,
+            rearmed,
+            fire_now_total: preview.fire_now_total,
+        })
+    }
+
+    fn reload_event(
+        &self,
+        now: Timestamp,
+        from: i64,
+        diff: &serde_json::Value,
+        fire_now: u64,
+    ) -> EventRecord {
+        let event = NewEvent {
+            event_type: EventType::ConfigReloaded,
+            at: now,
+            // A constant that parses; the reserved id is refused at create.
+            session_id: SessionId::parse(CONFIG_EVENTS).unwrap_or_else(|_| unreachable!()),
+            kind: String::new(),
+            actor: "system".into(),
+            rule: None,
+            data: EventData::of(&serde_json::json!({
+                "from_version": from,
+                "to_version": from + 1,
+                "diff": diff,
+                "fire_now_total": fire_now,
+            })),
+        };
+        EventRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            applied_at: now,
+            webhooks: self.webhooks.targets(&event),
+            event,
+        }
+    }
+
+    /// Stores anew the deadline of every session of the `touched` kinds, under the rules of
+    /// `version`. A row that changed meanwhile is read and worked out again; one written by an
+    /// instance under these rules already is right as it is.
+    async fn rearm_touched(&self, touched: &[Touched], version: i64) -> Result<u64, EngineError> {
+        let policy = self.policy();
+        let mut rearmed = 0;
+        let mut earliest: Option<Timestamp> = None;
+        for t in touched {
+            let kind = policy.kind(&t.name);
+            let mut pages = Pages::of(t);
+            while let Some(mut page) = self.next_page(&mut pages).await? {
+                for _ in 0..REARM_ATTEMPTS {
+                    let now = self.now();
+                    let rows: Vec<Rearm> = page
+                        .iter_mut()
+                        .filter_map(|s| {
+                            let before = (s.wake_at, s.next_due.as_ref().map(|d| d.rule.clone()));
+                            s.observe(&kind, now);
+                            let after = (s.wake_at, s.next_due.as_ref().map(|d| d.rule.clone()));
+                            (before != after).then(|| Rearm {
+                                id: s.id.clone(),
+                                version: s.version,
+                                wake_at: s.wake_at,
+                                rule: after.1,
+                            })
+                        })
+                        .collect();
+                    if rows.is_empty() {
+                        break;
+                    }
+                    if let Some(at) = rows.iter().filter_map(|r| r.wake_at).min() {
+                        earliest = Some(earliest.map_or(at, |e| e.min(at)));
+                    }
+                    let written = match self.store.rearm_under(&rows, version).await {
+                        Ok(n) => n,
+                        // Newer rules still: their reload stores the deadlines.
+                        Err(StoreError::PolicyChanged) => return Ok(rearmed),
+                        Err(e) => return Err(e.into()),
+                    };
+                    rearmed += written;
+                    self.sessions.rearmed(&rows);
+                    if written as usize == rows.len() {
+                        break;
+                    }
+                    // Some lost to a concurrent write (a heartbeat flush): read them again.
+                    let ids: Vec<SessionId> = rows.iter().map(|r| r.id.clone()).collect();
+                    page = self.store.load_many(&ids).await?;
+                }
+            }
+        }
+        if let Some(at) = earliest {
+            self.deadline_moved(at);
+        }
+        Ok(rearmed)
+    }
+}
+
+/// The sessions of one touched kind its rules can act on, a page at a time, by status and
+/// id (the kind-status index).
+struct Pages<'t> {
+    kind: &'t str,
+    /// Statuses still to read, the current first.
+    statuses: Vec<Status>,
+    /// The last id read of the current status.
+    after: Option<SessionId>,
+}
+
+impl<'t> Pages<'t> {
+    fn of(t: &'t Touched) -> Pages<'t> {
+        let mut statuses = vec![Status::Pending, Status::Active];
+        if t.judges_ended() {
+            statuses.extend([Status::Completed, Status::Cancelled, Status::Expired]);
+        }
+        Pages {
+            kind: &t.name,
+            statuses,
+            after: None,
+        }
+    }
+}
