@@ -174,7 +174,21 @@ impl Engine {
     /// (a deploy with a changed file), else takes up the version in force. Returns what
     /// changed, if anything did.
     pub async fn put_rules_in_force(&self) -> Result<Option<Reloaded>, EngineError> {
-        let mine = self.policy();
+        let file = self.config();
+        // Instances starting together race for the first version; the losers look again.
+        for _ in 0..5 {
+            match self.put_file_in_force(&file).await {
+                Err(EngineError::Store(StoreError::PolicyChanged)) => continue,
+                done => return done,
+            }
+        }
+        Err(EngineError::Conflict(
+            "the rules in force kept changing while this instance started".into(),
+        ))
+    }
+
+    async fn put_file_in_force(&self, file: &Config) -> Result<Option<Reloaded>, EngineError> {
+        let mine = Policy::new(file, 0);
         match self.store.rules_in_force().await? {
             Some(stored) if stored.kinds == mine.config.kinds_toml => {
                 self.swap_policy(Policy::new(&mine.config, stored.version));
@@ -198,8 +212,7 @@ impl Engine {
                     }
                 };
                 self.swap_policy(Policy::new(&before, stored.version));
-                let file = (*mine.config).clone();
-                let done = self.put_in_force(&file, true).await.map_err(|e| match e {
+                let done = self.put_in_force(file, true).await.map_err(|e| match e {
                     ReloadError::Engine(e) => e,
                     other => EngineError::Conflict(other.to_string()),
                 })?;
@@ -298,7 +311,17 @@ impl Engine {
         force: bool,
     ) -> Result<Reloaded, ReloadError> {
         caller.require_admin()?;
-        self.put_in_force(file, force).await
+        match self.put_in_force(file, force).await {
+            Err(ReloadError::Engine(EngineError::Store(StoreError::PolicyChanged))) => {
+                Err(EngineError::Conflict(
+                    "other rules came into force meanwhile (another instance reloaded); \
+                     preview again"
+                        .into(),
+                )
+                .into())
+            }
+            done => done,
+        }
     }
 
     async fn put_in_force(&self, file: &Config, force: bool) -> Result<Reloaded, ReloadError> {
@@ -335,12 +358,7 @@ impl Engine {
             Ok(v) => v,
             Err(StoreError::PolicyChanged) => {
                 self.follow_rules_in_force().await?;
-                return Err(EngineError::Conflict(
-                    "other rules came into force meanwhile (another instance reloaded); \
-                     preview again"
-                        .into(),
-                )
-                .into());
+                return Err(EngineError::Store(StoreError::PolicyChanged).into());
             }
             Err(e) => return Err(EngineError::from(e).into()),
         };

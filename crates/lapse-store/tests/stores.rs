@@ -584,3 +584,50 @@ async fn two_postgres_instances_each_deliver_the_webhooks_they_claimed() {
     assert_eq!(ids(&first), ["ev-0", "ev-1"]);
     assert_eq!(ids(&second), ["ev-2", "ev-3"], "the rows the first left");
 }
+
+/// Rules put in force are numbered; a commit or re-arm decided under an older number writes
+/// nothing, alone or among commits decided under the rules in force, and only the holder of
+/// the version in force can put the next one in force.
+#[tokio::test]
+async fn changes_decided_under_replaced_rules_are_refused() {
+    for (store, _dir) in stores().await {
+        let store = store.as_ref();
+        assert_eq!(store.rules_in_force().await.unwrap(), None);
+        assert_eq!(store.publish_rules(0, "v1", t0(), None).await.unwrap(), 1);
+        let refused = store.publish_rules(0, "again", t0(), None).await;
+        assert!(matches!(refused, Err(StoreError::PolicyChanged)), "{refused:?}");
+        assert_eq!(store.publish_rules(1, "v2", t0(), None).await.unwrap(), 2);
+        let stored = store.rules_in_force().await.unwrap().unwrap();
+        assert_eq!((stored.version, stored.kinds.as_str()), (2, "v2"));
+
+        let insert = |id: &str, rules_version| Commit {
+            rules_version,
+            sessions: vec![SessionWrite::Insert(session("study", id, t0()))],
+            ..Commit::default()
+        };
+        let outcomes = store
+            .commit_many(&[
+                insert("old", Some(1)),
+                insert("new", Some(2)),
+                insert("unchecked", None),
+            ])
+            .await
+            .unwrap();
+        assert!(matches!(outcomes[0], Err(StoreError::PolicyChanged)), "{outcomes:?}");
+        assert!(outcomes[1].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
+        assert!(store.load(&SessionId::parse("old").unwrap()).await.unwrap().is_none());
+        let alone = store.commit(insert("old", Some(1))).await;
+        assert!(matches!(alone, Err(StoreError::PolicyChanged)), "{alone:?}");
+
+        let new = store.load(&SessionId::parse("new").unwrap()).await.unwrap().unwrap();
+        let rearm = Rearm {
+            id: new.id.clone(),
+            version: new.version,
+            wake_at: None,
+            rule: None,
+        };
+        let stale = store.rearm_under(std::slice::from_ref(&rearm), 1).await;
+        assert!(matches!(stale, Err(StoreError::PolicyChanged)), "{stale:?}");
+        assert_eq!(store.rearm_under(&[rearm], 2).await.unwrap(), 1);
+    }
+}

@@ -272,6 +272,8 @@ impl PostgresStore {
                 vec![empty(), empty(), empty()],
             ),
             fixed("re-arm", REARM, vec![empty(), empty(), empty(), empty()]),
+            fixed("rules in force", RULES_IN_FORCE, vec![]),
+            fixed("rules version", RULES_VERSION, vec![]),
             fixed(
                 "batched session update",
                 writes::UPDATE_SESSIONS,

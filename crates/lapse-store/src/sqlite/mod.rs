@@ -155,6 +155,8 @@ impl SqliteStore {
                 vec![text("[]")],
             ),
             fixed("re-arm", REARM, vec![text("[]")]),
+            fixed("rules in force", RULES_IN_FORCE, vec![]),
+            fixed("rules version", RULES_VERSION, vec![]),
             fixed(
                 "batched session update",
                 writes::UPDATE_SESSIONS,
@@ -257,6 +259,9 @@ const FLUSH_MOVED: &str = "select json_group_array(json_array(s.id, s.version)) 
              and +s.status in ('pending', 'active')";
 
 /// Lazy re-arms of a batch, compare-and-set per row.
+/// The version of the rules in force, by the primary key of their one row.
+const RULES_VERSION: &str = "select version from rules_in_force where id = 1";
+
 /// The rules in force, by the primary key of their one row.
 const RULES_IN_FORCE: &str =
     "select version, kinds, updated_at from rules_in_force where id = 1";
@@ -270,7 +275,7 @@ const PUBLISH_RULES: &str = "insert into rules_in_force (id, version, kinds, upd
 async fn rules_version_of(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
 ) -> Result<Option<i64>, StoreError> {
-    sqlx::query_scalar("select version from rules_in_force where id = 1")
+    sqlx::query_scalar(RULES_VERSION)
         .fetch_optional(&mut **tx)
         .await
         .map_err(backend)

@@ -34,10 +34,19 @@ fn free_port() -> u16 {
 }
 
 async fn start_instance(db_url: &str) -> Instance {
+    start_instance_with(db_url, None).await
+}
+
+/// An instance reading `config` (`--config`), or the built-in defaults.
+async fn start_instance_with(db_url: &str, config: Option<&std::path::Path>) -> Instance {
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_lapse"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lapse"));
+    match config {
+        Some(file) => command.env("LAPSE_CONFIG", file),
+        None => command.env_remove("LAPSE_CONFIG"),
+    };
+    let child = command
         .arg("serve")
-        .env_remove("LAPSE_CONFIG")
         .env("DATABASE_URL", db_url)
         .env("LAPSE_LISTEN", format!("127.0.0.1:{port}"))
         .env("LAPSE_CLOCK", "manual")
@@ -363,3 +372,80 @@ async fn count_events_on(db: &str, event_type: &str) -> usize {
 }
 
 both_stores!(a_process_killed_mid_sweep_loses_and_doubles_nothing);
+
+/// One instance reloads a longer rule; the other, started with the old file and never told
+/// to reload, must not apply the old rule: it decides under the rules in force in the
+/// database (SPEC §10, README "Changing rules safely").
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_that_did_not_reload_does_not_apply_a_rule_another_lengthened() {
+    if postgres_skipped() {
+        return;
+    }
+    let rules = |idle: &str| {
+        format!(
+            "[kinds.coding]\n[[kinds.coding.rules]]\nname = \"expire-inactive\"\n\
+             on = \"idle\"\nafter = \"{idle}\"\ndo = \"expire\"\n"
+        )
+    };
+    let (db, dir) = fresh_database(Backend::Postgres).await;
+    let file = dir.path().join("lapse.toml");
+    std::fs::write(&file, rules("7d")).unwrap();
+    let (a, b) = tokio::join!(
+        start_instance_with(&db, Some(&file)),
+        start_instance_with(&db, Some(&file))
+    );
+    let client = reqwest::Client::new();
+    for i in [&a, &b] {
+        move_clock(&client, &i.base, json!({ "set": CLOCK })).await;
+    }
+    for n in 0..20 {
+        let body = json!({ "id": format!("room{n}"), "kind": "coding", "host": "ana" });
+        let (status, body) = call(&client, &a.base, "/v1/sessions", None, Some(body)).await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    std::fs::write(&file, rules("30d")).unwrap();
+    let (status, reloaded) = call(&client, &a.base, "/v1/admin/config/reload", None, None).await;
+    assert_eq!(status, 200, "{reloaded}");
+    assert_eq!(reloaded["rules_version"], 2);
+
+    // A week and a day later: due under the old rule, not under the one in force.
+    for i in [&a, &b] {
+        move_clock(&client, &i.base, json!({ "advance": "8d" })).await;
+    }
+    let (status, report) = call(&client, &b.base, "/v1/sweep", None, None).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["applied"], json!([]), "instance B applied the old rule");
+    let room: Value = client
+        .get(format!("{}/v1/sessions/room0", b.base))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(room["status"], "pending", "{room}");
+    assert_eq!(room["next_due"]["at"], "2030-01-31T00:00:00.000Z", "{room}");
+    let kinds: Value = client
+        .get(format!("{}/v1/kinds", b.base))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(kinds["kinds"][0]["rules"][0]["after"], "30days", "{kinds}");
+
+    // Both instances at the new deadline: the rule applies once, whichever sweeps.
+    for i in [&a, &b] {
+        move_clock(&client, &i.base, json!({ "set": "2030-01-31T00:01:00Z" })).await;
+    }
+    let (x, y) = tokio::join!(
+        call(&client, &a.base, "/v1/sweep", None, None),
+        call(&client, &b.base, "/v1/sweep", None, None)
+    );
+    let applied = x.1["applied"].as_array().unwrap().len() + y.1["applied"].as_array().unwrap().len();
+    assert_eq!(applied, 20, "{} {}", x.1, y.1);
+}
