@@ -15,6 +15,7 @@ use crate::app::{App, Rules, open_engine, shutdown_on_signal};
 use crate::export::{Format, render};
 use crate::settings::{Environment, Settings};
 
+mod policy;
 pub mod remote;
 
 /// lapse: the session lifecycle engine.
@@ -34,7 +35,9 @@ impl Cli {
     /// The configuration file this command reads, if any.
     pub fn config_file(&self) -> Option<&std::path::Path> {
         match &self.command {
-            Command::CheckConfig { file: Some(file) } => Some(file),
+            Command::CheckConfig {
+                file: Some(file), ..
+            } => Some(file),
             _ => self.config.as_deref(),
         }
     }
@@ -68,10 +71,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Validate a configuration file (or the built-in defaults) and exit.
+    /// Validate a configuration file (or the built-in defaults) and exit; with --against,
+    /// preview its rules against the sessions in the configured database (exit 3 when some
+    /// would fire at once).
     CheckConfig {
         /// The file (default: --config, LAPSE_CONFIG, or the built-in defaults).
         file: Option<PathBuf>,
+        /// Judge the file's rules against the live sessions of the configured database
+        /// (--config's, or else the file's own [database]).
+        #[arg(long)]
+        against: bool,
+        /// Print the preview as JSON.
+        #[arg(long, requires = "against")]
+        json: bool,
     },
     /// Create or upgrade the database schema.
     Migrate,
@@ -79,6 +91,9 @@ pub enum Command {
     Explain {
         /// The session id.
         id: String,
+        /// Also judge it under the rules of this configuration file.
+        #[arg(long, value_name = "NEW.toml")]
+        with: Option<PathBuf>,
     },
     /// Write a consistent copy of the database to PATH while lapse runs (SQLite; PostgreSQL
     /// is backed up with pg_dump).
@@ -202,10 +217,35 @@ fn progress_bar(examined: u64, total: u64, applied: usize) -> String {
 pub async fn main(cli: Cli) -> anyhow::Result<i32> {
     let env = Environment::from_process();
     match cli.command {
-        Command::CheckConfig { file } => {
+        Command::CheckConfig {
+            file,
+            against,
+            json,
+        } => {
+            let database = cli.config.clone();
             let file = file.or(cli.config);
-            let settings = Settings::load(file.as_deref(), env)?;
+            let settings = Settings::load(file.as_deref(), env.clone())?;
             let c = &settings.config;
+            if against {
+                let target = match database {
+                    Some(config) => Settings::load(Some(&config), env)?,
+                    None => settings.clone(),
+                };
+                let engine = open_engine(&target, Rules::Follow).await?;
+                let preview = engine.preview(&cli_admin(), c, None, None).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&preview)?);
+                } else {
+                    println!(
+                        "{} against {} (rules in force: version {}):\n",
+                        c.source,
+                        lapse_store::redact(&target.config.database.url),
+                        engine.policy().version
+                    );
+                    print!("{}", policy::preview_text(&preview, remote::width()));
+                }
+                return Ok(if preview.fire_now_total > 0 { 3 } else { 0 });
+            }
             println!(
                 "{}: ok — {} kind(s): {}",
                 c.source,
@@ -536,19 +576,15 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             print!("{}", render(format, &session, &events));
             Ok(0)
         }
-        Command::Explain { id } => {
+        Command::Explain { id, with } => {
             let settings = Settings::load(cli.config.as_deref(), env)?;
+            let candidate = match &with {
+                Some(file) => Some(crate::settings::read_config(Some(file))?),
+                None => None,
+            };
             let engine = open_engine(&settings, Rules::Follow).await?;
             let id = SessionId::parse(&id).context("session id")?;
-            let e = engine
-                .explain(
-                    &Caller::Admin {
-                        name: "cli".into(),
-                        actor: None,
-                    },
-                    &id,
-                )
-                .await?;
+            let e = engine.explain(&cli_admin(), &id).await?;
             println!(
                 "session {} [{}] is {} at {}",
                 e.session.id,
@@ -556,24 +592,28 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 e.session.status.as_str(),
                 e.now
             );
-            for r in &e.rules {
-                let mark = if r.due {
-                    "DUE "
-                } else if r.applies {
-                    "wait"
-                } else {
-                    " -  "
-                };
-                println!(
-                    "  {mark} {} (on {} → {}): {}",
-                    r.rule,
-                    r.on.as_str(),
-                    r.action,
-                    r.why
-                );
-            }
+            let Some(candidate) = candidate else {
+                print!("{}", policy::explain_lines(&e.rules));
+                return Ok(0);
+            };
+            let preview = engine
+                .preview(&cli_admin(), &candidate, Some(e.now), Some(&id))
+                .await?;
+            let both = preview.explain.context("the preview explains the session")?;
+            println!("under the rules in force (version {}):", engine.policy().version);
+            print!("{}", policy::explain_lines(&both.current));
+            println!("under {}:", candidate.source);
+            print!("{}", policy::explain_lines(&both.new));
             Ok(0)
         }
+    }
+}
+
+/// The CLI works on the database as an operator: admin rights.
+fn cli_admin() -> Caller {
+    Caller::Admin {
+        name: "cli".into(),
+        actor: None,
     }
 }
 

@@ -245,6 +245,26 @@ pub fn document(kinds: &[&str]) -> Value {
                 "ClockMove": { "type": "object", "additionalProperties": false, "minProperties": 1, "maxProperties": 1, "properties": {
                     "advance": { "type": "string", "pattern": DURATION, "description": "A duration such as 90s, 15m, 1h 30m, 2days" },
                     "set": time() } },
+                "PolicyCandidate": { "type": "object", "additionalProperties": false, "required": ["config"], "properties": {
+                    "config": { "type": "string", "maxLength": 60000, "description": "TOML: a whole configuration file, or only its [kinds.*] tables", "example": "[kinds.coding]\n[[kinds.coding.rules]]\nname = \"expire-inactive\"\non = \"idle\"\nafter = \"3d\"\ndo = \"expire\"\n" },
+                    "at": time() } },
+                "Due": { "type": "object", "required": ["rule", "at"], "properties": { "rule": { "type": "string" }, "at": time() } },
+                "Explained": { "type": "array", "items": { "type": "object", "properties": {
+                    "rule": { "type": "string" }, "on": { "type": "string" }, "do": { "type": "string" }, "applies": { "type": "boolean" },
+                    "deadline": maybe_time(), "due": { "type": "boolean" }, "why": { "type": "string" } } } },
+                "Preview": { "type": "object", "required": ["now", "fire_now_total", "changes"], "properties": {
+                    "now": time(), "fire_now_total": { "type": "integer", "minimum": 0 },
+                    "changes": { "type": "array", "items": { "type": "object", "required": ["kind", "rule", "change", "sessions", "fire_now"], "properties": {
+                        "kind": { "type": "string" }, "rule": { "type": "string" }, "change": { "enum": ["added", "removed", "changed", "unchanged"] },
+                        "sessions": { "type": "object", "required": ["earlier", "later", "unchanged", "fire_now"], "properties": {
+                            "earlier": { "type": "integer" }, "later": { "type": "integer" }, "unchanged": { "type": "integer" }, "fire_now": { "type": "integer" } } },
+                        "fire_now": { "type": "array", "maxItems": 100, "items": { "type": "object", "required": ["session", "current", "new"], "properties": {
+                            "session": schema_ref("SessionId"), "current": { "oneOf": [schema_ref("Due"), { "type": "null" }] }, "new": schema_ref("Due") } } } } } },
+                    "explain": { "type": "object", "required": ["current", "new"], "properties": { "current": schema_ref("Explained"), "new": schema_ref("Explained") } } } },
+                "Reloaded": { "type": "object", "required": ["reloaded", "rules_version", "diff"], "properties": {
+                    "reloaded": { "type": "boolean" }, "rules_version": { "type": "integer", "minimum": 1 },
+                    "diff": { "type": "object", "description": "Per touched kind: the rules added, removed and changed (before and after)" },
+                    "rearmed": { "type": "integer" }, "fire_now_total": { "type": "integer" } } },
                 "Object": { "type": "object" }
             }
         },
@@ -288,6 +308,12 @@ pub fn document(kinds: &[&str]) -> Value {
             "/v1/admin/clock": {
                 "get": op("The clock (admin)", vec![], None, vec![("200", ok("Now", "Clock"))]),
                 "post": op("Move the manual clock (admin)", vec![], Some(body("ClockMove")), vec![("200", ok("Now", "Clock"))])
+            },
+            "/v1/policy/preview": {
+                "post": op("Preview a rules change against live sessions (admin); changes nothing", vec![query("session", schema_ref("SessionId"))], Some(body("PolicyCandidate")), vec![("200", ok("What the candidate would do", "Preview"))])
+            },
+            "/v1/admin/config/reload": {
+                "post": op("Read the configuration file again and put its rules in force (admin)", vec![query("force", json!({ "type": "boolean", "description": "Apply even past [rollout] max_immediate" }))], None, vec![("200", ok("Rules in force", "Reloaded"))])
             },
             "/livez": { "get": { "summary": "Liveness", "security": [], "responses": { "200": empty("Alive") } } },
             "/readyz": { "get": { "summary": "Readiness (database reachable)", "security": [], "responses": { "200": empty("Ready"), "503": problem_retry() } } },

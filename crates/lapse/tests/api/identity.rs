@@ -247,6 +247,8 @@ async fn the_open_routes_need_no_credentials_and_describe_the_api(backend: Backe
         ("post", "/v1/webhooks/deliveries/{id}/retry"),
         ("get", "/v1/admin/clock"),
         ("post", "/v1/admin/clock"),
+        ("post", "/v1/policy/preview"),
+        ("post", "/v1/admin/config/reload"),
         ("get", "/livez"),
         ("get", "/readyz"),
         ("get", "/metrics"),
@@ -261,7 +263,7 @@ async fn the_open_routes_need_no_credentials_and_describe_the_api(backend: Backe
     }
     assert_eq!(
         doc["paths"].as_object().unwrap().len(),
-        31,
+        33,
         "and nothing that is not served"
     );
 

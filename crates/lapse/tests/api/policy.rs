@@ -227,7 +227,72 @@ async fn a_preview_explains_one_session_under_both_policies(backend: Backend) {
     .problem(404, "not_found");
 }
 
+async fn the_cli_previews_a_file_against_the_database_and_explains_under_both(backend: Backend) {
+    // The CLI reads the system clock: the room goes silent two days before now.
+    let app = spawn_app_with_file(backend, &coding("7d", "")).await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let two_days_ago = lapse_core::Timestamp::from_millis(now_ms - 2 * 86_400_000);
+    app.post(
+        As::Admin,
+        "/v1/admin/clock",
+        json!({ "set": two_days_ago.to_string() }),
+    )
+    .await
+    .expect(200);
+    app.create("coding", "quiet-room", "ana", json!({})).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let one_day = write("one-day.toml", &coding("1d", ""));
+    let a_month = write("a-month.toml", &coding("30d", ""));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lapse"))
+            .args(args)
+            .env("DATABASE_URL", &app.db_url)
+            .env_remove("LAPSE_CONFIG")
+            .env_remove("LAPSE_CLOCK")
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("lapse runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+
+    let (code, out) = run(&["check-config", &one_day, "--against"]);
+    assert_eq!(code, Some(3), "something would fire at once: {out}");
+    assert!(out.contains("FIRE NOW") && out.contains("expire-inactive"), "{out}");
+    assert!(out.contains("1 session(s) would fire at once"), "{out}");
+    assert!(out.contains("quiet-room"), "{out}");
+    let (code, out) = run(&["check-config", &one_day, "--against", "--json"]);
+    assert_eq!(code, Some(3));
+    let preview: Value = serde_json::from_str(&out).expect("--json prints JSON");
+    assert_eq!(preview["fire_now_total"], 1);
+    let (code, out) = run(&["check-config", &a_month, "--against"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("nothing would fire at once"), "{out}");
+
+    let (code, out) = run(&["explain", "quiet-room", "--with", &one_day]);
+    assert_eq!(code, Some(0), "{out}");
+    let (current, new) = out
+        .split_once(&format!("under {one_day}:"))
+        .expect("a section per policy");
+    assert!(current.contains("wait expire-inactive"), "{out}");
+    assert!(new.contains("DUE  expire-inactive"), "{out}");
+    // Nothing was changed by any of it.
+    assert_eq!(app.session("quiet-room").await.expect(200)["status"], "pending");
+}
+
 both_stores!(
+    the_cli_previews_a_file_against_the_database_and_explains_under_both,
     the_sweep_after_a_reload_applies_exactly_what_the_preview_listed,
     a_longer_rule_moves_deadlines_later_and_fires_nothing,
     a_reload_firing_more_than_max_immediate_is_refused_unless_forced,
