@@ -433,6 +433,138 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/config/reload": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Read the configuration file again and put its rules in force (admin) */
+        post: {
+            parameters: {
+                query?: {
+                    force?: boolean;
+                };
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description Rules in force */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Reloaded"];
+                    };
+                };
+                /** @description A problem */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description A problem */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description A problem */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description A problem */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description A problem */
+                409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description A problem */
+                410: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description A problem */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description A problem */
+                422: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description A problem */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description A problem */
+                503: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/events": {
         parameters: {
             query?: never;
@@ -955,6 +1087,142 @@ export interface paths {
         };
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/policy/preview": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Preview a rules change against live sessions (admin); changes nothing */
+        post: {
+            parameters: {
+                query?: {
+                    session?: components["schemas"]["SessionId"];
+                };
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": components["schemas"]["PolicyCandidate"];
+                };
+            };
+            responses: {
+                /** @description What the candidate would do */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Preview"];
+                    };
+                };
+                /** @description A problem */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description A problem */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description A problem */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description A problem */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description A problem */
+                409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description A problem */
+                410: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description A problem */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description A problem */
+                422: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description A problem */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+                /** @description A problem */
+                503: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": components["schemas"]["Problem"];
+                    };
+                };
+            };
+        };
         delete?: never;
         options?: never;
         head?: never;
@@ -4281,6 +4549,11 @@ export interface components {
             /** @enum {unknown} */
             status?: "pending" | "delivered" | "dead";
         };
+        Due: {
+            /** Format: date-time */
+            at: string;
+            rule: string;
+        };
         Ended: {
             session: components["schemas"]["Session"];
             success: boolean;
@@ -4316,6 +4589,16 @@ export interface components {
             events: components["schemas"]["Event"][];
             next_after: number;
         };
+        Explained: {
+            applies?: boolean;
+            /** Format: date-time */
+            deadline?: string | null;
+            do?: string;
+            due?: boolean;
+            on?: string;
+            rule?: string;
+            why?: string;
+        }[];
         Explanation: {
             /** Format: date-time */
             now?: string;
@@ -4411,6 +4694,46 @@ export interface components {
             state: "joined" | "left";
             user: components["schemas"]["UserId"];
         };
+        PolicyCandidate: {
+            /** Format: date-time */
+            at?: string;
+            /**
+             * @description TOML: a whole configuration file, or only its [kinds.*] tables
+             * @example [kinds.coding]
+             *     [[kinds.coding.rules]]
+             *     name = "expire-inactive"
+             *     on = "idle"
+             *     after = "3d"
+             *     do = "expire"
+             */
+            config: string;
+        };
+        Preview: {
+            changes: {
+                /** @enum {unknown} */
+                change: "added" | "removed" | "changed" | "unchanged";
+                fire_now: {
+                    current: components["schemas"]["Due"] | null;
+                    new: components["schemas"]["Due"];
+                    session: components["schemas"]["SessionId"];
+                }[];
+                kind: string;
+                rule: string;
+                sessions: {
+                    earlier: number;
+                    fire_now: number;
+                    later: number;
+                    unchanged: number;
+                };
+            }[];
+            explain?: {
+                current: components["schemas"]["Explained"];
+                new: components["schemas"]["Explained"];
+            };
+            fire_now_total: number;
+            /** Format: date-time */
+            now: string;
+        };
         Problem: {
             /** @enum {string} */
             code: "unauthorized" | "forbidden" | "not_host" | "not_self" | "not_found" | "validation_failed" | "invalid_transition" | "invite_expired" | "session_full" | "host_has_open_session" | "rate_limited" | "conflict" | "invalid_config" | "rollout_refused" | "database_unavailable" | "internal";
@@ -4418,6 +4741,14 @@ export interface components {
             status: number;
             title: string;
             type: string;
+        };
+        Reloaded: {
+            /** @description Per touched kind: the rules added, removed and changed (before and after) */
+            diff: Record<string, never>;
+            fire_now_total?: number;
+            rearmed?: number;
+            reloaded: boolean;
+            rules_version: number;
         };
         Session: {
             counters: {
