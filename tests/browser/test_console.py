@@ -31,8 +31,9 @@ def free_port():
 
 
 class Lapse:
-    def __init__(self, base):
+    def __init__(self, base, config):
         self.base = base
+        self.config = config
 
     def call(self, method, path, body=None):
         data = None if body is None else json.dumps(body).encode()
@@ -42,6 +43,9 @@ class Lapse:
             request.add_header("content-type", "application/json")
         with urllib.request.urlopen(request) as answer:
             return json.loads(answer.read() or b"{}")
+
+
+WEBHOOKS = '[[webhooks]]\nurl = "http://127.0.0.1:{port}/hooks"\nevents = ["session.*"]\n'
 
 
 @pytest.fixture()
@@ -58,7 +62,7 @@ def lapse():
         RUST_LOG="warn",
     )
     config = Path(work) / "lapse.toml"
-    config.write_text(f'[[webhooks]]\nurl = "http://127.0.0.1:{free_port()}/hooks"\nevents = ["session.*"]\n')
+    config.write_text(WEBHOOKS.format(port=free_port()))
     log = open(Path(work) / "lapse.log", "w")
     process = subprocess.Popen([binary, "serve", "--config", str(config)], env=env, stderr=log)
     base = f"http://127.0.0.1:{port}"
@@ -68,7 +72,7 @@ def lapse():
             break
         except OSError:
             time.sleep(0.1)
-    yield Lapse(base)
+    yield Lapse(base, config)
     process.terminate()
     process.wait(timeout=10)
     log.close()
@@ -161,3 +165,42 @@ def test_an_operator_finds_explains_watches_and_cleans_up(lapse, page):
     expect(page.get_by_test_id("endpoints")).to_contain_text("/hooks")
     expect(page.get_by_test_id("endpoints")).to_contain_text("active")
     shot(page, "7-webhooks")
+
+
+def test_an_operator_previews_a_rules_change_and_reloads_it(lapse, page):
+    # Seed 003's coding rooms expire after a week of silence; one has been silent five days.
+    lapse.call("POST", "/v1/sessions", {"id": "quiet", "kind": "coding", "host": "ana"})
+    lapse.call("POST", "/v1/admin/clock", {"advance": "4d"})
+    lapse.call("POST", "/v1/sessions", {"id": "busy", "kind": "coding", "host": "ben"})
+    lapse.call("POST", "/v1/admin/clock", {"advance": "1d"})
+
+    page.goto(lapse.base + "/admin")
+    page.get_by_test_id("key").fill(KEY)
+    page.get_by_test_id("key").press("Enter")
+    page.get_by_role("link", name="Policy").click()
+    rules = page.get_by_test_id("policy-text")
+    page.wait_for_function("document.getElementById('policy-text').value.includes('expire-inactive')")
+    in_force = rules.input_value()
+    assert 'after = "7days"' in in_force, in_force
+
+    # Three days instead of seven: the preview names the room that would expire at once.
+    three_days = in_force.replace('after = "7days"', 'after = "3days"')
+    rules.fill(three_days)
+    page.get_by_test_id("policy-preview").click()
+    expect(page.get_by_test_id("policy-note")).to_contain_text("1 session(s) would fire at once")
+    changes = page.get_by_test_id("policy-changes")
+    expect(changes.locator("tr", has_text="expire-inactive")).to_contain_text("changed")
+    fire = page.get_by_test_id("policy-fire")
+    expect(fire).to_contain_text("quiet")
+    expect(fire).not_to_contain_text("busy")
+    shot(page, "8-policy-preview")
+
+    # Saved to the file with a guard of none at once: refused, then forced.
+    lapse.config.write_text(WEBHOOKS.format(port=free_port()) + "[rollout]\nmax_immediate = 0\n" + three_days)
+    page.get_by_test_id("reload").click()
+    expect(page.get_by_test_id("reload-note")).to_contain_text("rollout_refused")
+    page.get_by_test_id("reload-force").click()
+    expect(page.get_by_test_id("reload-note")).to_contain_text("Rules version 2 in force")
+    shot(page, "9-policy-reloaded")
+    swept = lapse.call("POST", "/v1/sweep")
+    assert [a["session"] for a in swept["applied"]] == ["quiet"], swept
