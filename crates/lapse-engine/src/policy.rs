@@ -222,6 +222,15 @@ impl Engine {
                     rearmed = done.rearmed,
                     "started with rules other than those in force: they are in force now"
                 );
+                if let Some(max) = file.rollout.max_immediate
+                    && done.fire_now_total > max
+                {
+                    tracing::warn!(
+                        fire_now = done.fire_now_total,
+                        max_immediate = max,
+                        "a start does not refuse rules as a reload would: more sessions fire at once than [rollout] max_immediate"
+                    );
+                }
                 Ok(Some(done))
             }
         }

@@ -7,5 +7,6 @@ mod crash;
 mod ledger;
 mod logs;
 mod outage;
+mod reload;
 mod running;
 mod shutdown;
