@@ -218,8 +218,7 @@ impl Preview {
         let cur = t.current.as_ref().unwrap_or(&none_cur);
         let new = t.new.as_ref().unwrap_or(&none_new);
         for row in self.changes.iter_mut().filter(|r| r.kind == t.name) {
-            let deadline =
-                |k: &Kind| k.rules.iter().find(|r| r.name == row.rule)?.deadline(k, s);
+            let deadline = |k: &Kind| k.rules.iter().find(|r| r.name == row.rule)?.deadline(k, s);
             match (deadline(cur), deadline(new)) {
                 (None, None) => {}
                 (Some(_), None) => row.sessions.later += 1,

@@ -75,10 +75,7 @@ impl Policy {
 
     /// The kind called `name`, or no rules.
     pub fn kind(&self, name: &str) -> Arc<Kind> {
-        self.kinds
-            .get(name)
-            .unwrap_or(&self.unconfigured)
-            .clone()
+        self.kinds.get(name).unwrap_or(&self.unconfigured).clone()
     }
 }
 

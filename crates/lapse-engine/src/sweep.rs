@@ -445,7 +445,14 @@ impl Engine {
             }
         };
         let (commit, due_children) = self
-            .build_commit(&mut s, Some(&stored), &fx, now, children, pass.rules_version)
+            .build_commit(
+                &mut s,
+                Some(&stored),
+                &fx,
+                now,
+                children,
+                pass.rules_version,
+            )
             .await?;
         for w in &commit.sessions {
             match w {

@@ -595,7 +595,10 @@ async fn changes_decided_under_replaced_rules_are_refused() {
         assert_eq!(store.rules_in_force().await.unwrap(), None);
         assert_eq!(store.publish_rules(0, "v1", t0(), None).await.unwrap(), 1);
         let refused = store.publish_rules(0, "again", t0(), None).await;
-        assert!(matches!(refused, Err(StoreError::PolicyChanged)), "{refused:?}");
+        assert!(
+            matches!(refused, Err(StoreError::PolicyChanged)),
+            "{refused:?}"
+        );
         assert_eq!(store.publish_rules(1, "v2", t0(), None).await.unwrap(), 2);
         let stored = store.rules_in_force().await.unwrap().unwrap();
         assert_eq!((stored.version, stored.kinds.as_str()), (2, "v2"));
@@ -613,13 +616,26 @@ async fn changes_decided_under_replaced_rules_are_refused() {
             ])
             .await
             .unwrap();
-        assert!(matches!(outcomes[0], Err(StoreError::PolicyChanged)), "{outcomes:?}");
+        assert!(
+            matches!(outcomes[0], Err(StoreError::PolicyChanged)),
+            "{outcomes:?}"
+        );
         assert!(outcomes[1].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
-        assert!(store.load(&SessionId::parse("old").unwrap()).await.unwrap().is_none());
+        assert!(
+            store
+                .load(&SessionId::parse("old").unwrap())
+                .await
+                .unwrap()
+                .is_none()
+        );
         let alone = store.commit(insert("old", Some(1))).await;
         assert!(matches!(alone, Err(StoreError::PolicyChanged)), "{alone:?}");
 
-        let new = store.load(&SessionId::parse("new").unwrap()).await.unwrap().unwrap();
+        let new = store
+            .load(&SessionId::parse("new").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
         let rearm = Rearm {
             id: new.id.clone(),
             version: new.version,

@@ -329,7 +329,9 @@ async fn reload_on_hangup(
                     diff = %done.diff,
                     "SIGHUP: rules reloaded"
                 ),
-                Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused; the rules in force stay"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: reload refused; the rules in force stay")
+                }
             }
         }
     }

@@ -80,7 +80,10 @@ impl Engine {
             // The kind as in force now (the rules may have been reloaded since the check).
             let kind = self.kind_of(&kind.name);
             if kind.name != req.kind {
-                return Err(validation("kind", format!("kind `{}` was just removed", req.kind)));
+                return Err(validation(
+                    "kind",
+                    format!("kind `{}` was just removed", req.kind),
+                ));
             }
             let kind = &*kind;
             let mut fx = Effects::default();

@@ -117,8 +117,7 @@ async fn rules_version_of(
 const RULES_VERSION: &str = "select version from rules_in_force where id = 1";
 
 /// The rules in force.
-const RULES_IN_FORCE: &str =
-    "select version, kinds, updated_at from rules_in_force where id = 1";
+const RULES_IN_FORCE: &str = "select version, kinds, updated_at from rules_in_force where id = 1";
 
 /// Other rules in force.
 const PUBLISH_RULES: &str = "insert into rules_in_force (id, version, kinds, updated_at) \

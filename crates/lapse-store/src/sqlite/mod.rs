@@ -263,8 +263,7 @@ const FLUSH_MOVED: &str = "select json_group_array(json_array(s.id, s.version)) 
 const RULES_VERSION: &str = "select version from rules_in_force where id = 1";
 
 /// The rules in force, by the primary key of their one row.
-const RULES_IN_FORCE: &str =
-    "select version, kinds, updated_at from rules_in_force where id = 1";
+const RULES_IN_FORCE: &str = "select version, kinds, updated_at from rules_in_force where id = 1";
 
 /// Other rules in force.
 const PUBLISH_RULES: &str = "insert into rules_in_force (id, version, kinds, updated_at) \

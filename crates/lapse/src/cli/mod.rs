@@ -599,8 +599,13 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             let preview = engine
                 .preview(&cli_admin(), &candidate, Some(e.now), Some(&id))
                 .await?;
-            let both = preview.explain.context("the preview explains the session")?;
-            println!("under the rules in force (version {}):", engine.policy().version);
+            let both = preview
+                .explain
+                .context("the preview explains the session")?;
+            println!(
+                "under the rules in force (version {}):",
+                engine.policy().version
+            );
             print!("{}", policy::explain_lines(&both.current));
             println!("under {}:", candidate.source);
             print!("{}", policy::explain_lines(&both.new));

@@ -98,10 +98,14 @@ impl ApiError {
     /// 422 `invalid_config`: the message `lapse check-config` prints, with the kind and rule
     /// it is in.
     pub fn invalid_config(e: &lapse_core::config::ConfigError) -> Self {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", e.to_string())
-            .with("kind", json!(e.kind()))
-            .with("rule", json!(e.rule()))
-            .with("message", json!(e.message))
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_config",
+            e.to_string(),
+        )
+        .with("kind", json!(e.kind()))
+        .with("rule", json!(e.rule()))
+        .with("message", json!(e.message))
     }
 }
 

@@ -415,7 +415,11 @@ async fn an_instance_that_did_not_reload_does_not_apply_a_rule_another_lengthene
     }
     let (status, report) = call(&client, &b.base, "/v1/sweep", None, None).await;
     assert_eq!(status, 200, "{report}");
-    assert_eq!(report["applied"], json!([]), "instance B applied the old rule");
+    assert_eq!(
+        report["applied"],
+        json!([]),
+        "instance B applied the old rule"
+    );
     let room: Value = client
         .get(format!("{}/v1/sessions/room0", b.base))
         .bearer_auth(ADMIN_KEY)
@@ -446,6 +450,7 @@ async fn an_instance_that_did_not_reload_does_not_apply_a_rule_another_lengthene
         call(&client, &a.base, "/v1/sweep", None, None),
         call(&client, &b.base, "/v1/sweep", None, None)
     );
-    let applied = x.1["applied"].as_array().unwrap().len() + y.1["applied"].as_array().unwrap().len();
+    let applied =
+        x.1["applied"].as_array().unwrap().len() + y.1["applied"].as_array().unwrap().len();
     assert_eq!(applied, 20, "{} {}", x.1, y.1);
 }

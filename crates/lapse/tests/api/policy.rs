@@ -25,7 +25,12 @@ async fn five_rooms(app: &TestApp) {
 }
 
 /// `(session, rule, deadline)` of each entry.
-fn triples(entries: &[Value], session: &str, rule: &str, at: &str) -> BTreeSet<(String, String, String)> {
+fn triples(
+    entries: &[Value],
+    session: &str,
+    rule: &str,
+    at: &str,
+) -> BTreeSet<(String, String, String)> {
     entries
         .iter()
         .map(|e| {
@@ -47,7 +52,11 @@ async fn the_sweep_after_a_reload_applies_exactly_what_the_preview_listed(backen
     let three_days = coding("3d", "");
 
     let preview = app
-        .post(As::Admin, "/v1/policy/preview", json!({ "config": three_days }))
+        .post(
+            As::Admin,
+            "/v1/policy/preview",
+            json!({ "config": three_days }),
+        )
         .await
         .expect(200);
     assert_eq!(preview["fire_now_total"], 2, "{preview}");
@@ -70,7 +79,10 @@ async fn the_sweep_after_a_reload_applies_exactly_what_the_preview_listed(backen
         .await
         .expect(200);
     assert_eq!(reloaded["reloaded"], true);
-    assert_eq!(reloaded["rules_version"], 2, "the start put version 1 in force");
+    assert_eq!(
+        reloaded["rules_version"], 2,
+        "the start put version 1 in force"
+    );
     let report = app.sweep().await;
     let applied = report["applied"].as_array().unwrap();
     assert_eq!(
@@ -120,7 +132,11 @@ async fn a_longer_rule_moves_deadlines_later_and_fires_nothing(backend: Backend)
     five_rooms(&app).await;
     let fortnight = coding("14d", "");
     let preview = app
-        .post(As::Admin, "/v1/policy/preview", json!({ "config": fortnight }))
+        .post(
+            As::Admin,
+            "/v1/policy/preview",
+            json!({ "config": fortnight }),
+        )
         .await
         .expect(200);
     assert_eq!(preview["fire_now_total"], 0);
@@ -147,7 +163,10 @@ async fn a_reload_firing_more_than_max_immediate_is_refused_unless_forced(backen
         .problem(409, "rollout_refused");
     assert_eq!(refused["fire_now_total"], 2);
     assert_eq!(refused["max_immediate"], 1);
-    assert_eq!(refused["preview"]["changes"][0]["fire_now"][1]["session"], "r2");
+    assert_eq!(
+        refused["preview"]["changes"][0]["fire_now"][1]["session"],
+        "r2"
+    );
     // Nothing changed: the old rules are in force and no reload is recorded.
     assert!(app.sweep().await["applied"].as_array().unwrap().is_empty());
     let log = app
@@ -175,7 +194,10 @@ async fn an_invalid_candidate_is_refused_naming_its_kind_and_rule(backend: Backe
     assert_eq!(problem["kind"], "coding");
     assert_eq!(problem["rule"], "wipe");
     assert!(
-        problem["detail"].as_str().unwrap().contains("cannot follow"),
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("cannot follow"),
         "{problem}"
     );
     // The same file on disk: the reload refuses it and the rules in force stay.
@@ -269,7 +291,10 @@ async fn the_cli_previews_a_file_against_the_database_and_explains_under_both(ba
 
     let (code, out) = run(&["check-config", &one_day, "--against"]);
     assert_eq!(code, Some(3), "something would fire at once: {out}");
-    assert!(out.contains("FIRE NOW") && out.contains("expire-inactive"), "{out}");
+    assert!(
+        out.contains("FIRE NOW") && out.contains("expire-inactive"),
+        "{out}"
+    );
     assert!(out.contains("1 session(s) would fire at once"), "{out}");
     assert!(out.contains("quiet-room"), "{out}");
     let (code, out) = run(&["check-config", &one_day, "--against", "--json"]);
@@ -288,7 +313,10 @@ async fn the_cli_previews_a_file_against_the_database_and_explains_under_both(ba
     assert!(current.contains("wait expire-inactive"), "{out}");
     assert!(new.contains("DUE  expire-inactive"), "{out}");
     // Nothing was changed by any of it.
-    assert_eq!(app.session("quiet-room").await.expect(200)["status"], "pending");
+    assert_eq!(
+        app.session("quiet-room").await.expect(200)["status"],
+        "pending"
+    );
 }
 
 both_stores!(

@@ -58,7 +58,10 @@ async fn sighup_reloads_the_file_and_refuses_what_is_invalid_or_too_much_at_once
     )
     .await;
     let (status, _) = lapse
-        .post("/v1/sessions", &json!({ "id": "quiet", "kind": "coding", "host": "ana" }))
+        .post(
+            "/v1/sessions",
+            &json!({ "id": "quiet", "kind": "coding", "host": "ana" }),
+        )
         .await
         .expect("lapse answers");
     assert_eq!(status, 201);
@@ -81,7 +84,10 @@ async fn sighup_reloads_the_file_and_refuses_what_is_invalid_or_too_much_at_once
     std::fs::write(&config, coding("3d", "[rollout]\nmax_immediate = 1")).unwrap();
     lapse.signal("HUP");
     assert_eq!(coding_after(&lapse, "3days").await, "3days");
-    let (_, report) = lapse.post("/v1/sweep", &json!({})).await.expect("lapse answers");
+    let (_, report) = lapse
+        .post("/v1/sweep", &json!({}))
+        .await
+        .expect("lapse answers");
     assert_eq!(report["applied"][0]["session"], "quiet", "{report}");
 
     // An invalid file changes nothing, and lapse goes on.
