@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use crate::event::{Event, Notification};
 use crate::store::{
     Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DisabledEndpoint, DueRow,
-    EventQuery, EventRecord, HealthCounts, Moved, Rearm, RulesInForce, SessionQuery, StatusCount,
-    StoredResponse,
+    EventQuery, EventRecord, HealthCounts, Moved, Rearm, RearmOnly, RulesInForce, SessionQuery,
+    StatusCount, StoredResponse,
 };
 use crate::{Session, SessionId, Store, StoreError, Timestamp, UserId};
 
@@ -124,9 +124,19 @@ impl<H: Hook> Store for Intercepted<H> {
         self.run("rearm", WRITE, self.inner.rearm(rows)).await
     }
 
-    async fn rearm_under(&self, rows: &[Rearm], rules_version: i64) -> Result<u64, StoreError> {
-        let call = self.inner.rearm_under(rows, rules_version);
+    async fn rearm_under(
+        &self,
+        rows: &[Rearm],
+        rules_version: i64,
+        only: RearmOnly,
+    ) -> Result<u64, StoreError> {
+        let call = self.inner.rearm_under(rows, rules_version, only);
         self.run("rearm_under", WRITE, call).await
+    }
+
+    async fn mark_rearmed(&self, version: i64) -> Result<(), StoreError> {
+        self.run("mark_rearmed", WRITE, self.inner.mark_rearmed(version))
+            .await
     }
 
     async fn rules_in_force(&self) -> Result<Option<RulesInForce>, StoreError> {

@@ -292,6 +292,17 @@ pub struct Rearm {
     pub rule: Option<String>,
 }
 
+/// Which rows a re-arm writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RearmOnly {
+    /// Rows still at the version they were read at.
+    Unchanged,
+    /// Rows whose stored wake-up is later than the new one, whatever changed since they were
+    /// read: a wake-up stored early is only looked at again (lazy re-arm), never applied
+    /// early, so moving one earlier is always safe.
+    Earlier,
+}
+
 /// The rules in force, as stored (see [`Store::publish_rules`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RulesInForce {
@@ -301,6 +312,9 @@ pub struct RulesInForce {
     pub kinds: String,
     /// When they came into force.
     pub updated_at: Timestamp,
+    /// Whether every stored deadline has been worked out under them (see
+    /// [`Store::mark_rearmed`]).
+    pub rearmed: bool,
 }
 
 /// A due session as the sweep sees it: its id and stored deadline.
@@ -420,8 +434,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Like [`Store::rearm`], refused with [`StoreError::PolicyChanged`] (nothing written)
     /// unless `rules_version` is still the version in force: wake-ups worked out under rules
-    /// another instance has since replaced are not written.
-    async fn rearm_under(&self, rows: &[Rearm], rules_version: i64) -> Result<u64, StoreError>;
+    /// another instance has since replaced are not written. `only` says which rows are.
+    async fn rearm_under(
+        &self,
+        rows: &[Rearm],
+        rules_version: i64,
+        only: RearmOnly,
+    ) -> Result<u64, StoreError>;
+
+    /// Records that every stored deadline has been worked out under the rules of `version`
+    /// (nothing if other rules are in force by now).
+    async fn mark_rearmed(&self, version: i64) -> Result<(), StoreError>;
 
     /// The rules in force, if any instance has put some in force yet.
     async fn rules_in_force(&self) -> Result<Option<RulesInForce>, StoreError>;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use lapse_core::config::Config;
 use lapse_core::event::{EventData, EventType, NewEvent};
 use lapse_core::policy::{self, Preview, Touched};
-use lapse_core::store::{EventRecord, Rearm, SessionQuery};
+use lapse_core::store::{EventRecord, Rearm, RearmOnly, SessionQuery};
 use lapse_core::{Kind, Session, SessionId, Status, StoreError, Timestamp};
 use serde::Serialize;
 
@@ -26,10 +26,10 @@ use crate::{Caller, Engine, EngineError};
 
 /// Sessions read per page while judging or re-arming a kind.
 const PAGE: u32 = 500;
+/// How often one statement storing deadlines under new rules is tried.
+const REARM_TRIES: usize = 5;
 /// The session id `config.reloaded` events are filed under: reserved, no session has it.
 pub const CONFIG_EVENTS: &str = "lapse:config";
-/// How often a re-arm that lost to a concurrent write is worked out again.
-const REARM_ATTEMPTS: usize = 5;
 
 /// The rules an instance decides by.
 pub struct Policy {
@@ -189,13 +189,25 @@ impl Engine {
         match self.store.rules_in_force().await? {
             Some(stored) if stored.kinds == mine.config.kinds_toml => {
                 self.swap_policy(Policy::new(&mine.config, stored.version));
+                if !stored.rearmed {
+                    // The instance that put them in force stopped before it had stored
+                    // every deadline under them: finish the work, for every kind.
+                    let rearmed = self.rearm_all(&self.policy(), stored.version).await?;
+                    tracing::info!(
+                        rules_version = stored.version,
+                        rearmed,
+                        "stored deadlines worked out under the rules in force (a reload was interrupted)"
+                    );
+                }
                 Ok(None)
             }
             None => {
+                // The first rules: the deadlines stored so far were worked out under them.
                 let version = self
                     .store
                     .publish_rules(0, &mine.config.kinds_toml, self.now(), None)
                     .await?;
+                self.store.mark_rearmed(version).await?;
                 self.swap_policy(Policy::new(&mine.config, version));
                 Ok(None)
             }
@@ -356,6 +368,14 @@ impl Engine {
         let touched = policy::touched(&current.config.kinds, &new.config.kinds);
         let diff = policy::diff(&touched);
         let event = self.reload_event(now, current.version, &diff, preview.fire_now_total);
+        // Whether the deadlines stored so far follow the rules in force; if a reload was
+        // interrupted, every kind's are worked out again, not only the touched ones.
+        let behind = self
+            .store
+            .rules_in_force()
+            .await
+            .map_err(EngineError::from)?
+            .is_some_and(|stored| !stored.rearmed);
         let version = match self
             .store
             .publish_rules(current.version, &config.kinds_toml, now, Some(event))
@@ -370,7 +390,11 @@ impl Engine {
         };
         self.swap_policy(Policy::new(&config, version));
         self.events_appended();
-        let rearmed = self.rearm_touched(&touched, version).await?;
+        let rearmed = if behind {
+            self.rearm_all(&self.policy(), version).await?
+        } else {
+            self.rearm_touched(&touched, version).await?
+        };
         Ok(Reloaded {
             reloaded: true,
             rules_version: version,
@@ -378,6 +402,46 @@ impl Engine {
             rearmed,
             fire_now_total: preview.fire_now_total,
         })
+    }
+
+    /// Stores anew the deadline of every session of every kind of `policy` (after an
+    /// interrupted reload, when which kinds it touched is no longer known). Sessions of kinds
+    /// no longer configured keep theirs: early at worst, and a sweep re-arms them.
+    async fn rearm_all(&self, policy: &Policy, version: i64) -> Result<u64, EngineError> {
+        let every: Vec<Touched> = policy
+            .config
+            .kinds
+            .values()
+            .map(|k| Touched {
+                name: k.name.clone(),
+                current: None,
+                new: Some(k.clone()),
+            })
+            .collect();
+        self.rearm_touched(&every, version).await
+    }
+
+    /// One re-arm of stored deadlines under `version`; `None` if newer rules are in force
+    /// already (their reload stores the deadlines). A statement the database gave up on (a
+    /// deadlock with a heartbeat flush writing the same rows) is tried again.
+    async fn rearm_as(
+        &self,
+        rows: &[Rearm],
+        version: i64,
+        only: RearmOnly,
+    ) -> Result<Option<u64>, EngineError> {
+        let mut tries = 0;
+        loop {
+            match self.store.rearm_under(rows, version, only).await {
+                Ok(n) => return Ok(Some(n)),
+                Err(StoreError::PolicyChanged) => return Ok(None),
+                Err(StoreError::Backend(e)) if tries < REARM_TRIES => {
+                    tries += 1;
+                    tracing::warn!(error = %e, "storing deadlines under new rules failed; trying again");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     fn reload_event(
@@ -411,8 +475,9 @@ impl Engine {
     }
 
     /// Stores anew the deadline of every session of the `touched` kinds, under the rules of
-    /// `version`. A row that changed meanwhile is read and worked out again; one written by an
-    /// instance under these rules already is right as it is.
+    /// `version`, and records that it is done. A row that changed since its page was read
+    /// gets the new deadline only where that is earlier than the stored one (see
+    /// [`RearmOnly::Earlier`]).
     async fn rearm_touched(&self, touched: &[Touched], version: i64) -> Result<u64, EngineError> {
         let policy = self.policy();
         let mut rearmed = 0;
@@ -421,48 +486,49 @@ impl Engine {
             let kind = policy.kind(&t.name);
             let mut pages = Pages::of(t);
             while let Some(mut page) = self.next_page(&mut pages).await? {
-                for _ in 0..REARM_ATTEMPTS {
-                    let now = self.now();
-                    let rows: Vec<Rearm> = page
-                        .iter_mut()
-                        .filter_map(|s| {
-                            let before = (s.wake_at, s.next_due.as_ref().map(|d| d.rule.clone()));
-                            s.observe(&kind, now);
-                            let after = (s.wake_at, s.next_due.as_ref().map(|d| d.rule.clone()));
-                            (before != after).then(|| Rearm {
-                                id: s.id.clone(),
-                                version: s.version,
-                                wake_at: s.wake_at,
-                                rule: after.1,
-                            })
+                let now = self.now();
+                let rows: Vec<Rearm> = page
+                    .iter_mut()
+                    .filter_map(|s| {
+                        let before = (s.wake_at, s.next_due.as_ref().map(|d| d.rule.clone()));
+                        s.observe(&kind, now);
+                        let after = (s.wake_at, s.next_due.as_ref().map(|d| d.rule.clone()));
+                        (before != after).then(|| Rearm {
+                            id: s.id.clone(),
+                            version: s.version,
+                            wake_at: s.wake_at,
+                            rule: after.1,
                         })
-                        .collect();
-                    if rows.is_empty() {
-                        break;
-                    }
-                    if let Some(at) = rows.iter().filter_map(|r| r.wake_at).min() {
-                        earliest = Some(earliest.map_or(at, |e| e.min(at)));
-                    }
-                    let written = match self.store.rearm_under(&rows, version).await {
-                        Ok(n) => n,
-                        // Newer rules still: their reload stores the deadlines.
-                        Err(StoreError::PolicyChanged) => return Ok(rearmed),
-                        Err(e) => return Err(e.into()),
-                    };
-                    rearmed += written;
-                    self.sessions.rearmed(&rows);
-                    if written as usize == rows.len() {
-                        break;
-                    }
-                    // Some lost to a concurrent write (a heartbeat flush): read them again.
-                    let ids: Vec<SessionId> = rows.iter().map(|r| r.id.clone()).collect();
-                    page = self.store.load_many(&ids).await?;
+                    })
+                    .collect();
+                if rows.is_empty() {
+                    continue;
                 }
+                if let Some(at) = rows.iter().filter_map(|r| r.wake_at).min() {
+                    earliest = Some(earliest.map_or(at, |e| e.min(at)));
+                }
+                let mut written = match self.rearm_as(&rows, version, RearmOnly::Unchanged).await? {
+                    Some(n) => n,
+                    None => return Ok(rearmed),
+                };
+                if (written as usize) < rows.len() {
+                    // Rows that changed since the page was read: a commit stored its own
+                    // deadline under these rules, a heartbeat flush only moved activity later.
+                    // Either way a deadline worked out from the older read is never too
+                    // early to store where the stored one is later: the sweep looks again.
+                    written += match self.rearm_as(&rows, version, RearmOnly::Earlier).await? {
+                        Some(n) => n,
+                        None => return Ok(rearmed),
+                    };
+                }
+                rearmed += written;
+                self.sessions.rearmed(&rows);
             }
         }
         if let Some(at) = earliest {
             self.deadline_moved(at);
         }
+        self.store.mark_rearmed(version).await?;
         Ok(rearmed)
     }
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use lapse_core::lifecycle::{Applied, Effects};
-use lapse_core::store::{Commit, DueRow, Rearm, SessionWrite};
+use lapse_core::store::{Commit, DueRow, Rearm, RearmOnly, SessionWrite};
 use lapse_core::{Session, SessionId, StoreError, Timestamp};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -548,7 +548,11 @@ impl Engine {
             return Ok(());
         }
         let rearmed = if rules_version > 0 {
-            match self.store.rearm_under(rearms, rules_version).await {
+            match self
+                .store
+                .rearm_under(rearms, rules_version, RearmOnly::Unchanged)
+                .await
+            {
                 Ok(n) => n,
                 Err(StoreError::PolicyChanged) => {
                     self.follow_rules_in_force().await?;

@@ -3,7 +3,7 @@
 //! in deadline order behind a cursor.
 
 use lapse_core::lifecycle::{self, By, Effects, NewSession};
-use lapse_core::store::{Beat, Commit, DueRow, Rearm, SessionQuery, SessionWrite};
+use lapse_core::store::{Beat, Commit, DueRow, Rearm, RearmOnly, SessionQuery, SessionWrite};
 use lapse_core::{Config, Session, SessionId, Span, Store, StoreError, Timestamp, UserId};
 use lapse_store::{PostgresStore, SqliteStore};
 
@@ -642,8 +642,56 @@ async fn changes_decided_under_replaced_rules_are_refused() {
             wake_at: None,
             rule: None,
         };
-        let stale = store.rearm_under(std::slice::from_ref(&rearm), 1).await;
+        let stale = store
+            .rearm_under(std::slice::from_ref(&rearm), 1, RearmOnly::Unchanged)
+            .await;
         assert!(matches!(stale, Err(StoreError::PolicyChanged)), "{stale:?}");
-        assert_eq!(store.rearm_under(&[rearm], 2).await.unwrap(), 1);
+        assert_eq!(
+            store
+                .rearm_under(std::slice::from_ref(&rearm), 2, RearmOnly::Unchanged)
+                .await
+                .unwrap(),
+            1
+        );
+
+        // Moving a stored wake-up earlier ignores the row's version; moving it later does not
+        // happen that way.
+        let at = |secs| Some(t0() + Span::from_secs(secs));
+        let mut moved = Rearm {
+            version: 0,
+            wake_at: at(600),
+            rule: Some("r".into()),
+            ..rearm
+        };
+        store
+            .rearm_under(std::slice::from_ref(&moved), 2, RearmOnly::Unchanged)
+            .await
+            .unwrap();
+        let stored = |s: Option<Session>| s.unwrap().wake_at;
+        let id = SessionId::parse("new").unwrap();
+        assert_eq!(
+            stored(store.load(&id).await.unwrap()),
+            None,
+            "a stale version"
+        );
+        let earlier = |m: &Rearm| store.rearm_under(std::slice::from_ref(m), 2, RearmOnly::Earlier);
+        assert_eq!(
+            earlier(&moved).await.unwrap(),
+            0,
+            "none stored: nothing to move"
+        );
+        let fresh = store.load(&id).await.unwrap().unwrap();
+        moved.version = fresh.version;
+        moved.wake_at = at(900);
+        store
+            .rearm_under(std::slice::from_ref(&moved), 2, RearmOnly::Unchanged)
+            .await
+            .unwrap();
+        moved.version = 0;
+        moved.wake_at = at(1200);
+        assert_eq!(earlier(&moved).await.unwrap(), 0, "later: left alone");
+        moved.wake_at = at(300);
+        assert_eq!(earlier(&moved).await.unwrap(), 1);
+        assert_eq!(stored(store.load(&id).await.unwrap()), at(300));
     }
 }

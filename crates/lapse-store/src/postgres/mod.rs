@@ -23,8 +23,8 @@ use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
     Attempt, Beat, Change, ChangeCallback, Commit, Delivery, DeliveryStatus, DisabledEndpoint,
-    DueRow, EventQuery, EventRecord, HealthCounts, Moved, Rearm, RulesInForce, SessionQuery,
-    StatusCount, Store, StoredResponse,
+    DueRow, EventQuery, EventRecord, HealthCounts, Moved, Rearm, RearmOnly, RulesInForce,
+    SessionQuery, StatusCount, Store, StoredResponse,
 };
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions};
@@ -117,7 +117,12 @@ async fn rules_version_of(
 const RULES_VERSION: &str = "select version from rules_in_force where id = 1";
 
 /// The rules in force.
-const RULES_IN_FORCE: &str = "select version, kinds, updated_at from rules_in_force where id = 1";
+const RULES_IN_FORCE: &str = "select version, kinds, updated_at, \
+     rearmed_version = version as rearmed from rules_in_force where id = 1";
+
+/// Every deadline stored under the rules of a version, if still in force.
+const MARK_REARMED: &str =
+    "update rules_in_force set rearmed_version = version where id = 1 and version = $1";
 
 /// Other rules in force.
 const PUBLISH_RULES: &str = "insert into rules_in_force (id, version, kinds, updated_at) \
@@ -271,8 +276,14 @@ impl PostgresStore {
                 vec![empty(), empty(), empty()],
             ),
             fixed("re-arm", REARM, vec![empty(), empty(), empty(), empty()]),
+            fixed(
+                "re-arm earlier",
+                REARM_EARLIER,
+                vec![empty(), empty(), empty(), empty()],
+            ),
             fixed("rules in force", RULES_IN_FORCE, vec![]),
             fixed("rules version", RULES_VERSION, vec![]),
+            fixed("rules rearmed", MARK_REARMED, vec![Arg::Int(1)]),
             fixed(
                 "batched session update",
                 writes::UPDATE_SESSIONS,
@@ -384,6 +395,11 @@ const FLUSH_HEARTBEATS: &str = "with b as (select * from unnest($1::text[], $2::
 const REARM: &str = "update sessions set next_due_at = b.at, next_due_rule = b.rule, claimed_until = null \
              from unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[]) as b(id, version, at, rule) \
              where sessions.id = b.id and sessions.version = b.version";
+
+/// Stored wake-ups moved earlier, whatever else changed (see `RearmOnly::Earlier`).
+const REARM_EARLIER: &str = "update sessions set next_due_at = b.at, next_due_rule = b.rule, claimed_until = null \
+             from unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[]) as b(id, version, at, rule) \
+             where sessions.id = b.id and b.at is not null and sessions.next_due_at > b.at";
 
 /// A session's version, through the primary key.
 const SESSION_VERSION: &str = "select version from sessions where id = $1";
@@ -622,7 +638,12 @@ impl Store for PostgresStore {
         Ok(result.rows_affected())
     }
 
-    async fn rearm_under(&self, rows: &[Rearm], rules_version: i64) -> Result<u64, StoreError> {
+    async fn rearm_under(
+        &self,
+        rows: &[Rearm],
+        rules_version: i64,
+        only: RearmOnly,
+    ) -> Result<u64, StoreError> {
         if rows.is_empty() {
             return Ok(0);
         }
@@ -637,7 +658,11 @@ impl Store for PostgresStore {
             .map(|r| r.wake_at.map(Timestamp::millis))
             .collect();
         let rules: Vec<Option<&str>> = rows.iter().map(|r| r.rule.as_deref()).collect();
-        let result = sqlx::query(REARM)
+        let statement = match only {
+            RearmOnly::Unchanged => REARM,
+            RearmOnly::Earlier => REARM_EARLIER,
+        };
+        let result = sqlx::query(statement)
             .bind(&ids)
             .bind(&versions)
             .bind(&wakes)
@@ -647,6 +672,15 @@ impl Store for PostgresStore {
             .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         Ok(result.rows_affected())
+    }
+
+    async fn mark_rearmed(&self, version: i64) -> Result<(), StoreError> {
+        sqlx::query(MARK_REARMED)
+            .bind(version)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
     }
 
     async fn rules_in_force(&self) -> Result<Option<RulesInForce>, StoreError> {
@@ -659,6 +693,7 @@ impl Store for PostgresStore {
                 version: r.try_get("version").map_err(backend)?,
                 kinds: r.try_get("kinds").map_err(backend)?,
                 updated_at: Timestamp::from_millis(r.try_get("updated_at").map_err(backend)?),
+                rearmed: r.try_get("rearmed").map_err(backend)?,
             })
         })
         .transpose()

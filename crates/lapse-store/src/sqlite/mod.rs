@@ -15,8 +15,8 @@ use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
     Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DisabledEndpoint, DueRow,
-    EventQuery, EventRecord, HealthCounts, Moved, Rearm, RulesInForce, SessionQuery, StatusCount,
-    Store, StoredResponse,
+    EventQuery, EventRecord, HealthCounts, Moved, Rearm, RearmOnly, RulesInForce, SessionQuery,
+    StatusCount, Store, StoredResponse,
 };
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::sqlite::{
@@ -155,8 +155,10 @@ impl SqliteStore {
                 vec![text("[]")],
             ),
             fixed("re-arm", REARM, vec![text("[]")]),
+            fixed("re-arm earlier", REARM_EARLIER, vec![text("[]")]),
             fixed("rules in force", RULES_IN_FORCE, vec![]),
             fixed("rules version", RULES_VERSION, vec![]),
+            fixed("rules rearmed", MARK_REARMED, vec![Arg::Int(1)]),
             fixed(
                 "batched session update",
                 writes::UPDATE_SESSIONS,
@@ -263,7 +265,12 @@ const FLUSH_MOVED: &str = "select json_group_array(json_array(s.id, s.version)) 
 const RULES_VERSION: &str = "select version from rules_in_force where id = 1";
 
 /// The rules in force, by the primary key of their one row.
-const RULES_IN_FORCE: &str = "select version, kinds, updated_at from rules_in_force where id = 1";
+const RULES_IN_FORCE: &str = "select version, kinds, updated_at, \
+     rearmed_version = version as rearmed from rules_in_force where id = 1";
+
+/// Every deadline stored under the rules of a version, if still in force.
+const MARK_REARMED: &str =
+    "update rules_in_force set rearmed_version = version where id = 1 and version = ?1";
 
 /// Other rules in force.
 const PUBLISH_RULES: &str = "insert into rules_in_force (id, version, kinds, updated_at) \
@@ -284,6 +291,12 @@ const REARM: &str = "update sessions set next_due_at = b.at, next_due_rule = b.r
              from (select value ->> 0 as id, value ->> 1 as version, value ->> 2 as at, \
                    value ->> 3 as rule from jsonb_each(?1)) as b \
              where sessions.id = b.id and sessions.version = b.version";
+
+/// Stored wake-ups moved earlier, whatever else changed (see `RearmOnly::Earlier`).
+const REARM_EARLIER: &str = "update sessions set next_due_at = b.at, next_due_rule = b.rule \
+             from (select value ->> 0 as id, value ->> 2 as at, value ->> 3 as rule \
+                   from jsonb_each(?1)) as b \
+             where sessions.id = b.id and b.at is not null and sessions.next_due_at > b.at";
 
 /// A session's version, through the primary key.
 const SESSION_VERSION: &str = "select version from sessions where id = ?1";
@@ -468,7 +481,12 @@ impl Store for SqliteStore {
         Ok(result.rows_affected())
     }
 
-    async fn rearm_under(&self, rows: &[Rearm], rules_version: i64) -> Result<u64, StoreError> {
+    async fn rearm_under(
+        &self,
+        rows: &[Rearm],
+        rules_version: i64,
+        only: RearmOnly,
+    ) -> Result<u64, StoreError> {
         if rows.is_empty() {
             return Ok(0);
         }
@@ -488,13 +506,26 @@ impl Store for SqliteStore {
                 )
             })
             .collect();
-        let result = sqlx::query(REARM)
+        let statement = match only {
+            RearmOnly::Unchanged => REARM,
+            RearmOnly::Earlier => REARM_EARLIER,
+        };
+        let result = sqlx::query(statement)
             .bind(to_json(&batch))
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         Ok(result.rows_affected())
+    }
+
+    async fn mark_rearmed(&self, version: i64) -> Result<(), StoreError> {
+        sqlx::query(MARK_REARMED)
+            .bind(version)
+            .execute(&self.writer)
+            .await
+            .map_err(backend)?;
+        Ok(())
     }
 
     async fn rules_in_force(&self) -> Result<Option<RulesInForce>, StoreError> {
@@ -507,6 +538,7 @@ impl Store for SqliteStore {
                 version: r.try_get("version").map_err(backend)?,
                 kinds: r.try_get("kinds").map_err(backend)?,
                 updated_at: Timestamp::from_millis(r.try_get("updated_at").map_err(backend)?),
+                rearmed: r.try_get("rearmed").map_err(backend)?,
             })
         })
         .transpose()

@@ -1,0 +1,202 @@
+//! Rules reloaded while sessions are busy (heartbeats, activity, flushes, sweeps): once the
+//! reloads are over, no session's stored deadline is later than the one the rules in force
+//! give it (the sweep would find it late), and a session nobody touched has exactly that
+//! deadline. On SQLite, and on PostgreSQL when a test server is set.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use lapse_core::store::SessionQuery;
+use lapse_core::{Config, SessionId, Span, Store, Timestamp, UserId};
+use lapse_engine::ops::CreateRequest;
+use lapse_engine::{Caller, Clock, Engine, SweepOptions};
+use lapse_store::{PostgresStore, SqliteStore};
+
+const ROOMS: usize = 300;
+
+fn t0() -> Timestamp {
+    "2026-03-02T08:00:00Z".parse().unwrap()
+}
+
+fn admin() -> Caller {
+    Caller::Admin {
+        name: "test".into(),
+        actor: None,
+    }
+}
+
+fn rules(idle: &str) -> Config {
+    let text = format!(
+        "[kinds.coding]\npresence_timeout = \"10d\"\n[[kinds.coding.rules]]\n\
+         name = \"expire-inactive\"\non = \"idle\"\nafter = \"{idle}\"\ndo = \"expire\"\n\
+         warn_before = \"1h\"\n"
+    );
+    Config::parse(&text, "test.toml").unwrap()
+}
+
+async fn stores() -> Vec<(Arc<dyn Store>, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("lapse.db").display());
+    let mut out: Vec<(Arc<dyn Store>, tempfile::TempDir)> =
+        vec![(Arc::new(SqliteStore::open(&url, None).await.unwrap()), dir)];
+    if let Some(url) = lapse_store::testing::fresh_postgres_database().await {
+        let pg = PostgresStore::open(&url, None, None).await.unwrap();
+        out.push((Arc::new(pg), tempfile::tempdir().unwrap()));
+    }
+    for (s, _) in &out {
+        s.migrate().await.unwrap();
+    }
+    out
+}
+
+fn room(n: usize) -> SessionId {
+    SessionId::parse(&format!("room{n}")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_deadlines_follow_rules_reloaded_under_load() {
+    for (store, _dir) in stores().await {
+        let engine = Engine::new(store.clone(), Arc::new(rules("7d")), Clock::manual(t0()));
+        engine.put_rules_in_force().await.unwrap();
+        let host = UserId::parse("host").unwrap();
+        for n in 0..ROOMS {
+            let req = CreateRequest {
+                id: Some(room(n)),
+                kind: "coding".into(),
+                title: None,
+                metadata: None,
+                host: Some(host.clone()),
+                parent: None,
+                scheduled_start: None,
+                scheduled_end: None,
+            };
+            engine.create(&admin(), req).await.unwrap();
+        }
+        engine.clock().advance(Span::from_secs(3600)).unwrap();
+
+        // Busy: heartbeats on the even rooms (flushed all the time: they move a row's activity
+        // and version but not its stored deadline, so a re-arm read before a flush loses),
+        // activity on every fourth, and sweeps.
+        let done = Arc::new(AtomicBool::new(false));
+        let mut busy = Vec::new();
+        for worker in 0..2 {
+            let (engine, done, host) = (engine.clone(), done.clone(), host.clone());
+            busy.push(tokio::spawn(async move {
+                let mut n = worker * 2;
+                while !done.load(Ordering::Relaxed) {
+                    let id = room(n % ROOMS);
+                    engine.heartbeat(&admin(), &id, &host).await.unwrap();
+                    if n % 4 == 0 {
+                        engine
+                            .activity(&admin(), &id, None, "edits", 1)
+                            .await
+                            .unwrap();
+                    }
+                    n += 4;
+                }
+            }));
+        }
+        {
+            let (engine, done) = (engine.clone(), done.clone());
+            busy.push(tokio::spawn(async move {
+                let mut rounds = 0u64;
+                while !done.load(Ordering::Relaxed) {
+                    // A flush the database picks as a deadlock's victim (it and a re-arm
+                    // write the same rows) keeps its beats for the next one.
+                    if let Err(e) = engine.flush_heartbeats().await {
+                        assert!(e.to_string().contains("deadlock"), "{e}");
+                    }
+                    rounds += 1;
+                    if rounds % 20 == 0 {
+                        let report = engine.sweep_once(&SweepOptions::default()).await.unwrap();
+                        assert!(report.applied.is_empty(), "nothing is due: {report:?}");
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }));
+        }
+        // Ending on a shorter rule: a deadline left from the one before would be late.
+        for idle in ["10d", "3d", "14d", "2d"] {
+            let reloaded = engine.reload(&admin(), &rules(idle), false).await.unwrap();
+            assert!(reloaded.rearmed > 0, "{idle}: {reloaded:?}");
+        }
+        done.store(true, Ordering::Relaxed);
+        for task in busy {
+            task.await.unwrap();
+        }
+        engine.flush_heartbeats().await.unwrap();
+
+        let now = engine.now();
+        let mut kind = rules("2d").kinds["coding"].clone();
+        kind.idle_grace = lapse_engine::heartbeats::IDLE_GRACE;
+        let sessions = store
+            .list(&SessionQuery {
+                kind: Some("coding".into()),
+                limit: 1000,
+                ..SessionQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(sessions.len(), ROOMS);
+        for stored in sessions {
+            assert!(
+                stored.status.is_open(),
+                "{}: {:?}",
+                stored.id,
+                stored.status
+            );
+            let mut truth = stored.clone();
+            truth.observe(&kind, now);
+            let (have, want) = (stored.wake_at.unwrap(), truth.wake_at.unwrap());
+            assert!(
+                have <= want,
+                "{}: stored {have}, later than {want} under the rules in force",
+                stored.id
+            );
+            let touched = stored.participants.iter().any(|p| p.last_seen_at > t0());
+            if !touched {
+                assert_eq!(have, want, "{}: untouched, so exactly", stored.id);
+            }
+        }
+    }
+}
+
+/// A reload that stopped after putting its rules in force but before storing every deadline
+/// under them (the process was killed) is finished by the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_reload_is_finished_by_the_next_start() {
+    for (store, _dir) in stores().await {
+        let first = Engine::new(store.clone(), Arc::new(rules("7d")), Clock::manual(t0()));
+        first.put_rules_in_force().await.unwrap();
+        let req = CreateRequest {
+            id: Some(room(1)),
+            kind: "coding".into(),
+            title: None,
+            metadata: None,
+            host: Some(UserId::parse("host").unwrap()),
+            parent: None,
+            scheduled_start: None,
+            scheduled_end: None,
+        };
+        first.create(&admin(), req).await.unwrap();
+        // What the killed reload left: the new rules in force, the deadlines of the old.
+        let three_days = rules("3d");
+        store
+            .publish_rules(1, &three_days.kinds_toml, t0(), None)
+            .await
+            .unwrap();
+        assert!(!store.rules_in_force().await.unwrap().unwrap().rearmed);
+        drop(first);
+
+        let clock = Clock::manual(t0());
+        let next = Engine::new(store.clone(), Arc::new(three_days), clock);
+        next.put_rules_in_force().await.unwrap();
+        assert!(store.rules_in_force().await.unwrap().unwrap().rearmed);
+        next.clock()
+            .advance(Span::from_secs(3 * 86_400 + 60))
+            .unwrap();
+        let report = next.sweep_once(&SweepOptions::default()).await.unwrap();
+        let applied: Vec<&str> = report.applied.iter().map(|a| a.rule.as_str()).collect();
+        assert_eq!(applied, ["expire-inactive"], "{report:?}");
+    }
+}
