@@ -100,6 +100,7 @@ async fn stats(State(app): State<Arc<AppState>>, Auth(caller): Auth) -> ApiResul
         "sessions": { "total": total, "by_status": by_status, "by_kind": by_kind },
         "sweeper": sweeper,
         "events": { "last_seq": last_seq },
+        "rules_version": app.engine.policy().version,
     })))
 }
 
@@ -270,6 +271,12 @@ async fn metrics(State(app): State<Arc<AppState>>) -> ApiResult<axum::response::
         "gauge",
         "Webhook deliveries waiting or given up.",
         &webhooks,
+    );
+    metric(
+        "lapse_rules_version",
+        "gauge",
+        "The version of the rules in force this instance decides under (instances differ only briefly after a reload).",
+        &one(app.engine.policy().version as f64),
     );
     metric(
         "lapse_database_up",
