@@ -674,9 +674,11 @@ async fn changes_decided_under_replaced_rules_are_refused() {
             None,
             "a stale version"
         );
-        let earlier = |m: &Rearm| store.rearm_under(std::slice::from_ref(m), 2, RearmOnly::Earlier);
         assert_eq!(
-            earlier(&moved).await.unwrap(),
+            store
+                .rearm_under(std::slice::from_ref(&moved), 2, RearmOnly::Earlier)
+                .await
+                .unwrap(),
             0,
             "none stored: nothing to move"
         );
@@ -689,9 +691,22 @@ async fn changes_decided_under_replaced_rules_are_refused() {
             .unwrap();
         moved.version = 0;
         moved.wake_at = at(1200);
-        assert_eq!(earlier(&moved).await.unwrap(), 0, "later: left alone");
+        assert_eq!(
+            store
+                .rearm_under(std::slice::from_ref(&moved), 2, RearmOnly::Earlier)
+                .await
+                .unwrap(),
+            0,
+            "later: left alone"
+        );
         moved.wake_at = at(300);
-        assert_eq!(earlier(&moved).await.unwrap(), 1);
+        assert_eq!(
+            store
+                .rearm_under(std::slice::from_ref(&moved), 2, RearmOnly::Earlier)
+                .await
+                .unwrap(),
+            1
+        );
         assert_eq!(stored(store.load(&id).await.unwrap()), at(300));
     }
 }
