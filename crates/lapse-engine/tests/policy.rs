@@ -86,7 +86,7 @@ async fn stored_deadlines_follow_rules_reloaded_under_load() {
                 while !done.load(Ordering::Relaxed) {
                     let id = room(n % ROOMS);
                     engine.heartbeat(&admin(), &id, &host).await.unwrap();
-                    if n % 4 == 0 {
+                    if n.is_multiple_of(4) {
                         engine
                             .activity(&admin(), &id, None, "edits", 1)
                             .await
@@ -107,7 +107,7 @@ async fn stored_deadlines_follow_rules_reloaded_under_load() {
                         assert!(e.to_string().contains("deadlock"), "{e}");
                     }
                     rounds += 1;
-                    if rounds % 20 == 0 {
+                    if rounds.is_multiple_of(20) {
                         let report = engine.sweep_once(&SweepOptions::default()).await.unwrap();
                         assert!(report.applied.is_empty(), "nothing is due: {report:?}");
                     }
