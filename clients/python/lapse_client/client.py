@@ -255,6 +255,21 @@ class _Api:
     def kinds(self) -> Any:
         return self._run(_Call("GET", "/v1/kinds"))
 
+    def preview_policy(self, config: str, *, at: Optional[str] = None, session: Optional[str] = None) -> Any:
+        """What new rules (TOML: a whole configuration file, or only its `[kinds.*]` tables) would
+        do to the live sessions: whose deadline moves, which fire at once (admin). Changes
+        nothing; an invalid candidate raises `LapseError` with code `invalid_config`, its
+        `problem` naming the `kind` and `rule`."""
+        body: dict[str, Any] = {"config": config}
+        if at is not None:
+            body["at"] = at
+        return self._run(_Call("POST", "/v1/policy/preview", params=_params(session=session), body=body, idempotency_key=str(uuid.uuid4())))
+
+    def reload_config(self, *, force: bool = False) -> Any:
+        """Has lapse read its configuration file again and put its rules in force (admin);
+        refused with code `rollout_refused` past `[rollout] max_immediate` unless `force`."""
+        return self._run(_Call("POST", "/v1/admin/config/reload", params=_params(force=force or None), idempotency_key=str(uuid.uuid4())))
+
     def advance_clock(self, by: str) -> Any:
         """Moves a manual clock (`LAPSE_CLOCK=manual`) forward by a duration such as `"30m"`."""
         return self._run(_Call("POST", "/v1/admin/clock", body={"advance": by}, parse=lambda d: d["now"], idempotency_key=str(uuid.uuid4())))

@@ -147,3 +147,26 @@ def test_webhooks_verify_with_the_endpoint_secret(lapse: Lapse, receiver) -> Non
         verify_webhook(headers, body.replace(b"jo", b"mo"), WEBHOOK_SECRET)
     with pytest.raises(WebhookVerificationError):
         verify_webhook(headers, body, "whsec_" + "b3RoZXItc2VjcmV0LTEyMzQ1Njc4OTAxMjM0NTY=")
+
+
+def test_new_rules_are_previewed_against_live_sessions_and_the_file_reloaded(lapse: Lapse) -> None:
+    rid = room()
+    lapse.create_session("coding", id=rid, host="pol")
+    lapse.advance_clock("20m")
+    ten_minutes = '[kinds.coding]\n[[kinds.coding.rules]]\nname = "expire-idle"\non = "idle"\nafter = "10m"\ndo = "expire"\n'
+    preview = lapse.preview_policy(ten_minutes)
+    change = next(c for c in preview["changes"] if c["rule"] == "expire-idle")
+    assert change["change"] == "changed"
+    assert rid in [f["session"] for f in change["fire_now"]]
+    both = lapse.preview_policy(ten_minutes, session=rid)["explain"]
+    assert (both["current"][0]["due"], both["new"][0]["due"]) == (False, True)
+
+    with pytest.raises(LapseError) as refused:
+        lapse.preview_policy('[kinds.coding]\n[[kinds.coding.rules]]\nname = "bad"\non = "idle"\nafter = "soon"\ndo = "expire"\n')
+    assert refused.value.code == "invalid_config"
+    assert (refused.value.problem["kind"], refused.value.problem["rule"]) == ("coding", "bad")
+
+    # The server's file is unchanged: its rules are in force again and nothing fires.
+    reloaded = lapse.reload_config()
+    assert reloaded["reloaded"] is True and reloaded["rules_version"] > 1
+    assert lapse.get_session(rid).status == "pending"

@@ -12,6 +12,8 @@ export type SessionList = Schemas["SessionList"];
 export type Explanation = Schemas["Explanation"];
 export type SweepReport = Schemas["SweepReport"];
 export type BeatResult = Schemas["BeatResult"];
+export type PolicyPreview = Schemas["Preview"];
+export type Reloaded = Schemas["Reloaded"];
 /** A session as created: `kind` is any kind the server is configured with. */
 export type NewSession = Omit<Schemas["NewSession"], "kind"> & { kind: string };
 export type SessionPatch = Schemas["SessionPatch"];
@@ -222,6 +224,24 @@ export class Lapse {
   }
   health(): Promise<Record<string, unknown>> {
     return this.request("GET", "/v1/health");
+  }
+  /**
+   * What new rules (TOML: a whole configuration file, or only its `[kinds.*]` tables) would do
+   * to the live sessions: whose deadline moves, and which would fire at once (admin). Changes
+   * nothing. An invalid candidate is a `LapseError` with code `invalid_config`, its `problem`
+   * naming the `kind` and `rule`.
+   */
+  previewPolicy(config: string, options: { at?: string; session?: string } = {}): Promise<PolicyPreview> {
+    const body = options.at === undefined ? { config } : { config, at: options.at };
+    return this.request("POST", `/v1/policy/preview${query({ session: options.session })}`, body);
+  }
+  /**
+   * Has lapse read its configuration file again and put its rules in force (admin). Refused
+   * with code `rollout_refused` when more than `[rollout] max_immediate` sessions would fire
+   * at once, unless `force`.
+   */
+  reloadConfig(options: { force?: boolean } = {}): Promise<Reloaded> {
+    return this.request("POST", `/v1/admin/config/reload${query({ force: options.force })}`);
   }
   stats(): Promise<Record<string, unknown>> {
     return this.request("GET", "/v1/stats");

@@ -22,6 +22,8 @@ export type {
   LapseOptions,
   NewSession,
   Participant,
+  PolicyPreview,
+  Reloaded,
   Session,
   SessionList,
   SessionPatch,

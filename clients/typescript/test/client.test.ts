@@ -195,3 +195,31 @@ describe("webhooks", () => {
     );
   });
 });
+
+describe("policy", () => {
+  it("previews new rules against live sessions, explains one under both, and reloads the file", async () => {
+    const id = room();
+    await lapse.createSession({ kind: "coding", id, host: "pol" });
+    await lapse.advanceClock("2h");
+    const hour = '[kinds.coding]\n[[kinds.coding.rules]]\nname = "expire-inactive"\non = "idle"\nafter = "1h"\ndo = "expire"\n';
+    const preview = await lapse.previewPolicy(hour);
+    const change = preview.changes.find((c) => c.kind === "coding" && c.rule === "expire-inactive");
+    expect(change?.change).toBe("changed");
+    expect(change?.fire_now.map((f) => f.session)).toContain(id);
+    const one = await lapse.previewPolicy(hour, { session: id });
+    expect([one.explain?.current[0]?.due, one.explain?.new[0]?.due]).toEqual([false, true]);
+
+    const bad = await lapse
+      .previewPolicy('[kinds.coding]\n[[kinds.coding.rules]]\nname = "bad"\non = "idle"\nafter = "soon"\ndo = "expire"\n')
+      .catch((e: unknown) => e);
+    expect(bad).toBeInstanceOf(LapseError);
+    const problem = (bad as LapseError).problem;
+    expect([(bad as LapseError).code, problem.kind, problem.rule]).toEqual(["invalid_config", "coding", "bad"]);
+
+    // The test server's file still holds the built-in rules: in force again, nothing fires.
+    const reloaded = await lapse.reloadConfig();
+    expect(reloaded.reloaded).toBe(true);
+    expect(reloaded.rules_version).toBeGreaterThan(1);
+    expect((await lapse.getSession(id)).status).toBe("pending");
+  });
+});
