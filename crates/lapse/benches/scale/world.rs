@@ -119,6 +119,12 @@ impl World {
         };
         let engine =
             Engine::with_webhooks(store.clone(), config, Clock::manual(t0()), vec![endpoint]);
+        // As `lapse serve` does: every commit then names the rules version it was decided
+        // under, and the store checks it.
+        engine
+            .put_rules_in_force()
+            .await
+            .expect("the rules are put in force");
         let log = match url.starts_with("sqlite:") {
             true => Some(tokio::sync::Mutex::new(
                 sqlx::SqliteConnection::connect(url)
