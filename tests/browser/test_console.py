@@ -202,5 +202,10 @@ def test_an_operator_previews_a_rules_change_and_reloads_it(lapse, page):
     page.get_by_test_id("reload-force").click()
     expect(page.get_by_test_id("reload-note")).to_contain_text("Rules version 2 in force")
     shot(page, "9-policy-reloaded")
+    # The live feed shows the reload, pointing at the rules rather than at a session.
+    page.get_by_role("link", name="Overview").click()
+    reload_line = page.get_by_test_id("feed").locator("li[data-type='config.reloaded']")
+    expect(reload_line).to_contain_text("rules version 2")
+    expect(reload_line.get_by_role("link")).to_have_attribute("href", "#/policy")
     swept = lapse.call("POST", "/v1/sweep")
     assert [a["session"] for a in swept["applied"]] == ["quiet"], swept
