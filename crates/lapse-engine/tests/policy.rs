@@ -101,11 +101,7 @@ async fn stored_deadlines_follow_rules_reloaded_under_load() {
             busy.push(tokio::spawn(async move {
                 let mut rounds = 0u64;
                 while !done.load(Ordering::Relaxed) {
-                    // A flush the database picks as a deadlock's victim (it and a re-arm
-                    // write the same rows) keeps its beats for the next one.
-                    if let Err(e) = engine.flush_heartbeats().await {
-                        assert!(e.to_string().contains("deadlock"), "{e}");
-                    }
+                    engine.flush_heartbeats().await.unwrap();
                     rounds += 1;
                     if rounds.is_multiple_of(20) {
                         let report = engine.sweep_once(&SweepOptions::default()).await.unwrap();

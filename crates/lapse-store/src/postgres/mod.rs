@@ -651,6 +651,9 @@ impl Store for PostgresStore {
         if first_locks(&mut tx, true, false).await? != Some(rules_version) {
             return Err(StoreError::PolicyChanged);
         }
+        // Heartbeat flushes write many of the same rows in an order of their own: taken one at
+        // a time with them, a re-arm never deadlocks with one.
+        lock_until_commit(&mut tx, FLUSH_LOCK).await?;
         let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
         let versions: Vec<i64> = rows.iter().map(|r| r.version).collect();
         let wakes: Vec<Option<i64>> = rows
