@@ -429,6 +429,29 @@ pub struct Kind {
     pub idle_grace: Span,
 }
 
+/// How long a participant stays online without being seen, unless the kind says otherwise.
+const DEFAULT_PRESENCE_TIMEOUT: Span = Span::from_secs(90);
+
+impl Kind {
+    /// A kind called `name` with no rules and every setting at its default: the policy of a
+    /// session whose kind the configuration does not have.
+    pub fn ruleless(name: &str) -> Kind {
+        Kind {
+            name: name.to_string(),
+            presence_timeout: DEFAULT_PRESENCE_TIMEOUT,
+            invite_expiry: None,
+            max_participants: None,
+            max_open_per_host: None,
+            reopen_window: None,
+            notify_on_end: false,
+            summary_url: None,
+            parent_kind: None,
+            rules: Vec::new(),
+            idle_grace: Span::ZERO,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawKind {
@@ -803,7 +826,7 @@ fn parse_kind(name: &str, mut table: toml::Table) -> Result<Kind, (String, Strin
 
     Ok(Kind {
         name: name.to_string(),
-        presence_timeout: raw.presence_timeout.unwrap_or(Span::from_secs(90)),
+        presence_timeout: raw.presence_timeout.unwrap_or(DEFAULT_PRESENCE_TIMEOUT),
         invite_expiry: raw.invite_expiry,
         max_participants: raw.max_participants,
         max_open_per_host: raw.max_open_per_host,

@@ -146,23 +146,9 @@ pub struct Preview {
     /// One session under both policies, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub explain: Option<BothExplained>,
-}
-
-/// A kind with no rules: the policy of a kind one side does not have.
-fn ruleless(name: &str) -> Kind {
-    Kind {
-        name: name.to_string(),
-        presence_timeout: Span::from_secs(90),
-        invite_expiry: None,
-        max_participants: None,
-        max_open_per_host: None,
-        reopen_window: None,
-        notify_on_end: false,
-        summary_url: None,
-        parent_kind: None,
-        rules: Vec::new(),
-        idle_grace: Span::ZERO,
-    }
+    /// The policy of the side of a touched kind that does not have it: no rules.
+    #[serde(skip)]
+    no_rules: Kind,
 }
 
 /// The rule that fires first for `s` at `now`, if one is ready: the earliest deadline, once
@@ -208,15 +194,14 @@ impl Preview {
             fire_now_total: 0,
             changes,
             explain: None,
+            no_rules: Kind::ruleless(""),
         }
     }
 
     /// Counts one session of the touched kind `t` (as stored, before any rule applies).
     pub fn observe(&mut self, t: &Touched, s: &Session) {
-        let none_cur = ruleless(&t.name);
-        let none_new = ruleless(&t.name);
-        let cur = t.current.as_ref().unwrap_or(&none_cur);
-        let new = t.new.as_ref().unwrap_or(&none_new);
+        let cur = t.current.as_ref().unwrap_or(&self.no_rules);
+        let new = t.new.as_ref().unwrap_or(&self.no_rules);
         for row in self.changes.iter_mut().filter(|r| r.kind == t.name) {
             let deadline = |k: &Kind| k.rules.iter().find(|r| r.name == row.rule)?.deadline(k, s);
             match (deadline(cur), deadline(new)) {
@@ -260,7 +245,7 @@ impl Preview {
 
     /// Adds `s` explained under both policies (`current`, `new`: its kind on each side).
     pub fn explain(&mut self, current: Option<&Kind>, new: Option<&Kind>, s: &Session) {
-        let none = ruleless(&s.kind);
+        let none = Kind::ruleless(&s.kind);
         self.explain = Some(BothExplained {
             current: explain::explain(current.unwrap_or(&none), s, self.now),
             new: explain::explain(new.unwrap_or(&none), s, self.now),

@@ -57,19 +57,7 @@ impl Policy {
             version,
             config: Arc::new(config),
             kinds,
-            unconfigured: Arc::new(Kind {
-                name: String::new(),
-                presence_timeout: lapse_core::Span::from_secs(90),
-                invite_expiry: None,
-                max_participants: None,
-                max_open_per_host: None,
-                reopen_window: None,
-                notify_on_end: false,
-                summary_url: None,
-                parent_kind: None,
-                rules: Vec::new(),
-                idle_grace: lapse_core::Span::ZERO,
-            }),
+            unconfigured: Arc::new(Kind::ruleless("")),
         }
     }
 
@@ -258,7 +246,8 @@ impl Engine {
         let now = at.unwrap_or_else(|| self.now());
         let current = self.policy();
         let new = Policy::new(candidate, current.version);
-        let mut preview = self.judge(&current, &new, now).await?;
+        let touched = policy::touched(&current.config.kinds, &new.config.kinds);
+        let mut preview = self.judge(&touched, now).await?;
         if let Some(id) = session {
             let Some(mut s) = self.store.load(id).await? else {
                 return Err(EngineError::NotFound(format!("session `{id}` not found")));
@@ -270,18 +259,12 @@ impl Engine {
         Ok(preview)
     }
 
-    /// Streams the sessions of every kind `new` changes through a preview: open ones, and
-    /// ended ones where a rule counts from the end. Costs one read per [`PAGE`] of them, and
+    /// Streams the sessions of every `touched` kind through a preview: open ones, and ended
+    /// ones where a rule counts from the end. Costs one read per [`PAGE`] of them, and
     /// holds one page at a time.
-    async fn judge(
-        &self,
-        current: &Policy,
-        new: &Policy,
-        now: Timestamp,
-    ) -> Result<Preview, EngineError> {
-        let touched = policy::touched(&current.config.kinds, &new.config.kinds);
-        let mut preview = Preview::new(now, &touched);
-        for t in &touched {
+    async fn judge(&self, touched: &[Touched], now: Timestamp) -> Result<Preview, EngineError> {
+        let mut preview = Preview::new(now, touched);
+        for t in touched {
             let mut pages = Pages::of(t);
             while let Some(page) = self.next_page(&mut pages).await? {
                 for mut s in page {
@@ -354,7 +337,8 @@ impl Engine {
             ..config
         };
         let new = Policy::new(&config, current.version);
-        let preview = self.judge(&current, &new, now).await?;
+        let touched = policy::touched(&current.config.kinds, &new.config.kinds);
+        let preview = self.judge(&touched, now).await?;
         if let Some(max) = file.rollout.max_immediate
             && preview.fire_now_total > max
             && !force
@@ -365,7 +349,6 @@ impl Engine {
                 preview: Box::new(preview),
             });
         }
-        let touched = policy::touched(&current.config.kinds, &new.config.kinds);
         let diff = policy::diff(&touched);
         let event = self.reload_event(now, current.version, &diff, preview.fire_now_total);
         // Whether the deadlines stored so far follow the rules in force; if a reload was
