@@ -120,18 +120,14 @@ impl<H: Hook> Store for Intercepted<H> {
         self.run("due", writes, call).await
     }
 
-    async fn rearm(&self, rows: &[Rearm]) -> Result<u64, StoreError> {
-        self.run("rearm", WRITE, self.inner.rearm(rows)).await
-    }
-
-    async fn rearm_under(
+    async fn rearm(
         &self,
         rows: &[Rearm],
-        rules_version: i64,
+        rules_version: Option<i64>,
         only: RearmOnly,
     ) -> Result<u64, StoreError> {
-        let call = self.inner.rearm_under(rows, rules_version, only);
-        self.run("rearm_under", WRITE, call).await
+        let call = self.inner.rearm(rows, rules_version, only);
+        self.run("rearm", WRITE, call).await
     }
 
     async fn mark_rearmed(&self, version: i64) -> Result<(), StoreError> {

@@ -428,17 +428,15 @@ pub trait Store: Send + Sync + 'static {
     /// what a sweep has ahead of it. Reads only due rows.
     async fn count_due(&self, now: Timestamp, kind: Option<&str>) -> Result<u64, StoreError>;
 
-    /// Moves sessions' stored wake-ups without touching anything else (lazy re-arm), all in
-    /// one statement; each row is compare-and-set on its `version`. Returns how many moved.
-    async fn rearm(&self, rows: &[Rearm]) -> Result<u64, StoreError>;
-
-    /// Like [`Store::rearm`], refused with [`StoreError::PolicyChanged`] (nothing written)
-    /// unless `rules_version` is still the version in force: wake-ups worked out under rules
-    /// another instance has since replaced are not written. `only` says which rows are.
-    async fn rearm_under(
+    /// Moves sessions' stored wake-ups without touching anything else (lazy re-arm, and a
+    /// reload's new deadlines), all in one statement; `only` says which rows are written.
+    /// With `rules_version`, refused with [`StoreError::PolicyChanged`] (nothing written)
+    /// unless that is still the version in force: wake-ups worked out under rules another
+    /// instance has since replaced are not written. Returns how many moved.
+    async fn rearm(
         &self,
         rows: &[Rearm],
-        rules_version: i64,
+        rules_version: Option<i64>,
         only: RearmOnly,
     ) -> Result<u64, StoreError>;
 

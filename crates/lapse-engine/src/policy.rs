@@ -121,10 +121,12 @@ impl Engine {
             .clone()
     }
 
-    /// The version of the rules in force this instance decides under; read before the kinds
-    /// a decision uses, so a commit never names a newer version than its decision had.
-    pub(crate) fn rules_version(&self) -> i64 {
-        self.policy().version
+    /// The version of the rules in force this instance decides under (`None` before any are
+    /// put in force: nothing is checked); read before the kinds a decision uses, so a commit
+    /// never names a newer version than its decision had.
+    pub(crate) fn rules_version(&self) -> Option<i64> {
+        let version = self.policy().version;
+        (version > 0).then_some(version)
     }
 
     fn swap_policy(&self, policy: Policy) {
@@ -415,7 +417,7 @@ impl Engine {
     ) -> Result<Option<u64>, EngineError> {
         let mut tries = 0;
         loop {
-            match self.store.rearm_under(rows, version, only).await {
+            match self.store.rearm(rows, Some(version), only).await {
                 Ok(n) => return Ok(Some(n)),
                 Err(StoreError::PolicyChanged) => return Ok(None),
                 Err(StoreError::Backend(e)) if tries < REARM_TRIES => {

@@ -140,7 +140,7 @@ struct Pass {
     /// Re-arms waiting to be written at the end of the batch.
     rearms: Vec<Rearm>,
     /// The version of the rules in force read before this batch's decisions.
-    rules_version: i64,
+    rules_version: Option<i64>,
 }
 
 /// A page of due rows and their sessions as read (a session the pass has changed since is
@@ -543,25 +543,21 @@ impl Engine {
     /// Stores the wake-ups of sessions found due early (lazy re-arm), worked out under the
     /// rules of `rules_version`: not written if other rules came into force since (the rows
     /// stay due and are judged again under the new rules).
-    async fn rearm(&self, rearms: &[Rearm], rules_version: i64) -> Result<(), EngineError> {
+    async fn rearm(&self, rearms: &[Rearm], rules_version: Option<i64>) -> Result<(), EngineError> {
         if rearms.is_empty() {
             return Ok(());
         }
-        let rearmed = if rules_version > 0 {
-            match self
-                .store
-                .rearm_under(rearms, rules_version, RearmOnly::Unchanged)
-                .await
-            {
-                Ok(n) => n,
-                Err(StoreError::PolicyChanged) => {
-                    self.follow_rules_in_force().await?;
-                    return Ok(());
-                }
-                Err(e) => return Err(e.into()),
+        let rearmed = match self
+            .store
+            .rearm(rearms, rules_version, RearmOnly::Unchanged)
+            .await
+        {
+            Ok(n) => n,
+            Err(StoreError::PolicyChanged) => {
+                self.follow_rules_in_force().await?;
+                return Ok(());
             }
-        } else {
-            self.store.rearm(rearms).await?
+            Err(e) => return Err(e.into()),
         };
         self.sessions.rearmed(rearms);
         self.stats.rearmed.fetch_add(rearmed, Ordering::Relaxed);

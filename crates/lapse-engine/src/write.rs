@@ -23,11 +23,11 @@ impl Engine {
         fx: &Effects,
         now: Timestamp,
         children: Option<Vec<Session>>,
-        rules_version: i64,
+        rules_version: Option<i64>,
     ) -> Result<(Commit, Cascade), EngineError> {
         let insert = stored.is_none();
         let mut commit = Commit {
-            rules_version: (rules_version > 0).then_some(rules_version),
+            rules_version,
             ..Commit::default()
         };
         let kind = self.kind_of(&s.kind);

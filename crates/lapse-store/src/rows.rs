@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use lapse_core::event::{Event, EventType, Notification};
 use lapse_core::session::{NextDue, Participant, ParticipantState, Role, Session, Status, Summary};
-use lapse_core::store::{Delivery, DeliveryStatus};
+use lapse_core::store::{Delivery, DeliveryStatus, RulesInForce};
 use lapse_core::{SessionId, StoreError, Timestamp, UserId};
 use sqlx::Row;
 
@@ -187,6 +187,25 @@ where
         read_at: ts(row
             .try_get::<Option<i64>, _>("read_at")
             .map_err(|e| corrupt("read_at", e))?),
+    })
+}
+
+/// The `rules_in_force` row.
+pub fn rules_in_force<R: Row>(row: &R) -> Result<RulesInForce, StoreError>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let get_i = |c: &str| row.try_get::<i64, _>(c).map_err(|e| corrupt(c, e));
+    let version = get_i("version")?;
+    Ok(RulesInForce {
+        version,
+        kinds: row
+            .try_get::<String, _>("kinds")
+            .map_err(|e| corrupt("kinds", e))?,
+        updated_at: Timestamp::from_millis(get_i("updated_at")?),
+        rearmed: get_i("rearmed_version")? == version,
     })
 }
 

@@ -129,11 +129,20 @@ async fn a_heartbeat_flush_beats_a_decision_taken_on_the_older_row() {
             rule: None,
         };
         assert_eq!(
-            store.rearm(&[rearm(stale.version)]).await.unwrap(),
+            store
+                .rearm(&[rearm(stale.version)], None, RearmOnly::Unchanged)
+                .await
+                .unwrap(),
             0,
             "a stale re-arm loses too"
         );
-        assert_eq!(store.rearm(&[rearm(fresh.version)]).await.unwrap(), 1);
+        assert_eq!(
+            store
+                .rearm(&[rearm(fresh.version)], None, RearmOnly::Unchanged)
+                .await
+                .unwrap(),
+            1
+        );
     }
 }
 
@@ -227,7 +236,13 @@ async fn concurrent_sweepers_of_a_shared_database_claim_disjoint_rows() {
             wake_at: Some(row.at),
             rule: Some("delete-unused".into()),
         };
-        assert_eq!(store.rearm(&[rearm]).await.unwrap(), 1);
+        assert_eq!(
+            store
+                .rearm(&[rearm], None, RearmOnly::Unchanged)
+                .await
+                .unwrap(),
+            1
+        );
         let again = store.due(now, None, None, 25, true).await.unwrap();
         assert_eq!(again, vec![row.clone()]);
     }
@@ -643,12 +658,12 @@ async fn changes_decided_under_replaced_rules_are_refused() {
             rule: None,
         };
         let stale = store
-            .rearm_under(std::slice::from_ref(&rearm), 1, RearmOnly::Unchanged)
+            .rearm(std::slice::from_ref(&rearm), Some(1), RearmOnly::Unchanged)
             .await;
         assert!(matches!(stale, Err(StoreError::PolicyChanged)), "{stale:?}");
         assert_eq!(
             store
-                .rearm_under(std::slice::from_ref(&rearm), 2, RearmOnly::Unchanged)
+                .rearm(std::slice::from_ref(&rearm), Some(2), RearmOnly::Unchanged)
                 .await
                 .unwrap(),
             1
@@ -664,7 +679,7 @@ async fn changes_decided_under_replaced_rules_are_refused() {
             ..rearm
         };
         store
-            .rearm_under(std::slice::from_ref(&moved), 2, RearmOnly::Unchanged)
+            .rearm(std::slice::from_ref(&moved), Some(2), RearmOnly::Unchanged)
             .await
             .unwrap();
         let stored = |s: Option<Session>| s.unwrap().wake_at;
@@ -676,7 +691,7 @@ async fn changes_decided_under_replaced_rules_are_refused() {
         );
         assert_eq!(
             store
-                .rearm_under(std::slice::from_ref(&moved), 2, RearmOnly::Earlier)
+                .rearm(std::slice::from_ref(&moved), Some(2), RearmOnly::Earlier)
                 .await
                 .unwrap(),
             0,
@@ -686,14 +701,14 @@ async fn changes_decided_under_replaced_rules_are_refused() {
         moved.version = fresh.version;
         moved.wake_at = at(900);
         store
-            .rearm_under(std::slice::from_ref(&moved), 2, RearmOnly::Unchanged)
+            .rearm(std::slice::from_ref(&moved), Some(2), RearmOnly::Unchanged)
             .await
             .unwrap();
         moved.version = 0;
         moved.wake_at = at(1200);
         assert_eq!(
             store
-                .rearm_under(std::slice::from_ref(&moved), 2, RearmOnly::Earlier)
+                .rearm(std::slice::from_ref(&moved), Some(2), RearmOnly::Earlier)
                 .await
                 .unwrap(),
             0,
@@ -702,7 +717,7 @@ async fn changes_decided_under_replaced_rules_are_refused() {
         moved.wake_at = at(300);
         assert_eq!(
             store
-                .rearm_under(std::slice::from_ref(&moved), 2, RearmOnly::Earlier)
+                .rearm(std::slice::from_ref(&moved), Some(2), RearmOnly::Earlier)
                 .await
                 .unwrap(),
             1

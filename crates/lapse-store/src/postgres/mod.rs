@@ -117,8 +117,8 @@ async fn rules_version_of(
 const RULES_VERSION: &str = "select version from rules_in_force where id = 1";
 
 /// The rules in force.
-const RULES_IN_FORCE: &str = "select version, kinds, updated_at, \
-     rearmed_version = version as rearmed from rules_in_force where id = 1";
+const RULES_IN_FORCE: &str =
+    "select version, kinds, updated_at, rearmed_version from rules_in_force where id = 1";
 
 /// Every deadline stored under the rules of a version, if still in force.
 const MARK_REARMED: &str =
@@ -616,39 +616,18 @@ impl Store for PostgresStore {
         Ok(due)
     }
 
-    async fn rearm(&self, rows: &[Rearm]) -> Result<u64, StoreError> {
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-        let versions: Vec<i64> = rows.iter().map(|r| r.version).collect();
-        let wakes: Vec<Option<i64>> = rows
-            .iter()
-            .map(|r| r.wake_at.map(Timestamp::millis))
-            .collect();
-        let rules: Vec<Option<&str>> = rows.iter().map(|r| r.rule.as_deref()).collect();
-        let result = sqlx::query(REARM)
-            .bind(&ids)
-            .bind(&versions)
-            .bind(&wakes)
-            .bind(&rules)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(result.rows_affected())
-    }
-
-    async fn rearm_under(
+    async fn rearm(
         &self,
         rows: &[Rearm],
-        rules_version: i64,
+        rules_version: Option<i64>,
         only: RearmOnly,
     ) -> Result<u64, StoreError> {
         if rows.is_empty() {
             return Ok(0);
         }
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        if first_locks(&mut tx, true, false).await? != Some(rules_version) {
+        let checked = rules_version.is_some();
+        if first_locks(&mut tx, checked, false).await? != rules_version {
             return Err(StoreError::PolicyChanged);
         }
         // Heartbeat flushes write many of the same rows in an order of their own: taken one at
@@ -691,15 +670,7 @@ impl Store for PostgresStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?;
-        row.map(|r| {
-            Ok(RulesInForce {
-                version: r.try_get("version").map_err(backend)?,
-                kinds: r.try_get("kinds").map_err(backend)?,
-                updated_at: Timestamp::from_millis(r.try_get("updated_at").map_err(backend)?),
-                rearmed: r.try_get("rearmed").map_err(backend)?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(rows::rules_in_force).transpose()
     }
 
     async fn publish_rules(

@@ -265,8 +265,8 @@ const FLUSH_MOVED: &str = "select json_group_array(json_array(s.id, s.version)) 
 const RULES_VERSION: &str = "select version from rules_in_force where id = 1";
 
 /// The rules in force, by the primary key of their one row.
-const RULES_IN_FORCE: &str = "select version, kinds, updated_at, \
-     rearmed_version = version as rearmed from rules_in_force where id = 1";
+const RULES_IN_FORCE: &str =
+    "select version, kinds, updated_at, rearmed_version from rules_in_force where id = 1";
 
 /// Every deadline stored under the rules of a version, if still in force.
 const MARK_REARMED: &str =
@@ -458,33 +458,10 @@ impl Store for SqliteStore {
         Ok(n.max(0) as u64)
     }
 
-    async fn rearm(&self, rows: &[Rearm]) -> Result<u64, StoreError> {
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let batch: Vec<(&str, i64, Option<i64>, Option<&str>)> = rows
-            .iter()
-            .map(|r| {
-                (
-                    r.id.as_str(),
-                    r.version,
-                    r.wake_at.map(Timestamp::millis),
-                    r.rule.as_deref(),
-                )
-            })
-            .collect();
-        let result = sqlx::query(REARM)
-            .bind(to_json(&batch))
-            .execute(&self.writer)
-            .await
-            .map_err(backend)?;
-        Ok(result.rows_affected())
-    }
-
-    async fn rearm_under(
+    async fn rearm(
         &self,
         rows: &[Rearm],
-        rules_version: i64,
+        rules_version: Option<i64>,
         only: RearmOnly,
     ) -> Result<u64, StoreError> {
         if rows.is_empty() {
@@ -492,7 +469,7 @@ impl Store for SqliteStore {
         }
         // One writer: nothing can put other rules in force between these two statements.
         let mut tx = self.writer.begin().await.map_err(backend)?;
-        if rules_version_of(&mut tx).await? != Some(rules_version) {
+        if rules_version.is_some() && rules_version_of(&mut tx).await? != rules_version {
             return Err(StoreError::PolicyChanged);
         }
         let batch: Vec<(&str, i64, Option<i64>, Option<&str>)> = rows
@@ -533,15 +510,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.writer)
             .await
             .map_err(backend)?;
-        row.map(|r| {
-            Ok(RulesInForce {
-                version: r.try_get("version").map_err(backend)?,
-                kinds: r.try_get("kinds").map_err(backend)?,
-                updated_at: Timestamp::from_millis(r.try_get("updated_at").map_err(backend)?),
-                rearmed: r.try_get("rearmed").map_err(backend)?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(rows::rules_in_force).transpose()
     }
 
     async fn publish_rules(
