@@ -35,6 +35,9 @@ use lapse_engine::ops::{CreateRequest, error_code};
 use lapse_engine::{Caller, Clock, Engine, EngineError, SweepOptions};
 use lapse_store::SqliteStore;
 
+mod common;
+use common::Rng;
+
 const CONFIG: &str = r#"
 [kinds.booking]
 presence_timeout = "90s"
@@ -86,28 +89,6 @@ const USERS: [&str; 5] = ["ana", "ben", "cy", "dee", "eli"];
 
 fn t0() -> Timestamp {
     "2026-05-04T08:00:00Z".parse().unwrap()
-}
-
-/// SplitMix64: small, fast, and the same everywhere.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
-        (!items.is_empty()).then(|| &items[self.below(items.len() as u64) as usize])
-    }
 }
 
 /// Crashes the engine before or after a store call, at random (one call in `rate` each);

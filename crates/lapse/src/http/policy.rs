@@ -37,7 +37,7 @@ struct PreviewQuery {
 
 /// Reads a candidate: a whole file or only its kinds (every other section takes its default,
 /// and only the kinds are compared).
-pub fn candidate(text: &str) -> Result<Config, ApiError> {
+fn candidate(text: &str) -> Result<Config, ApiError> {
     Config::parse(text, "candidate").map_err(|e| ApiError::invalid_config(&e))
 }
 

@@ -94,6 +94,17 @@ async fn call(
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// A GET as admin, its JSON body.
+async fn read(client: &reqwest::Client, base: &str, path: &str) -> Value {
+    let r = client
+        .get(format!("{base}{path}"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("request sent");
+    r.json().await.expect("a JSON body")
+}
+
 /// A request sent again while lapse answers 503, as a client honouring `Retry-After` does.
 /// Four sweeps on two instances at once can hold every connection of a pool long enough for
 /// lapse to take the wait for an outage (a known weakness of the outage watch, see
@@ -128,16 +139,8 @@ async fn count_events(
     let mut counts = HashMap::new();
     let mut after = 0;
     loop {
-        let url = format!("{base}/v1/events?type={event_type}&limit=1000&after={after}");
-        let page: Value = client
-            .get(url)
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let path = format!("/v1/events?type={event_type}&limit=1000&after={after}");
+        let page = read(client, base, &path).await;
         let events = page["events"].as_array().unwrap();
         if events.is_empty() {
             return counts;
@@ -339,18 +342,12 @@ async fn a_process_killed_mid_sweep_loses_and_doubles_nothing(backend: Backend) 
         "every room deleted ({done_before} before the kill)"
     );
     assert!(deleted.values().all(|n| *n == 1), "none twice");
-    let page: Value = client
-        .get(format!(
-            "{}/v1/events?type=session.deleted&limit=1000",
-            second.base
-        ))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = read(
+        &client,
+        &second.base,
+        "/v1/events?type=session.deleted&limit=1000",
+    )
+    .await;
     let stamp = at(CLOCK, "30m");
     let stamp = stamp.as_str();
     assert!(
@@ -420,26 +417,10 @@ async fn an_instance_that_did_not_reload_does_not_apply_a_rule_another_lengthene
         json!([]),
         "instance B applied the old rule"
     );
-    let room: Value = client
-        .get(format!("{}/v1/sessions/room0", b.base))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let room = read(&client, &b.base, "/v1/sessions/room0").await;
     assert_eq!(room["status"], "pending", "{room}");
     assert_eq!(room["next_due"]["at"], "2030-01-31T00:00:00.000Z", "{room}");
-    let kinds: Value = client
-        .get(format!("{}/v1/kinds", b.base))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let kinds = read(&client, &b.base, "/v1/kinds").await;
     assert_eq!(kinds["kinds"][0]["rules"][0]["after"], "30days", "{kinds}");
 
     // Both instances at the new deadline: the rule applies once, whichever sweeps.
