@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use lapse_core::intercept::Intercepted;
 use lapse_core::lifecycle::OpError;
-use lapse_core::store::Change;
+use lapse_core::store::{Beat, Change};
 use lapse_core::{Config, Kind, SessionId, Status, Store, StoreError};
 use tokio::sync::Notify;
 
@@ -197,19 +197,34 @@ impl Engine {
         }
     }
 
-    /// Writes pending heartbeats in one batch. On failure they are kept for the next flush.
+    /// Writes every pending heartbeat, in transactions of at most
+    /// [`heartbeats::FLUSH_CHUNK`]. On failure the beats not written are kept for the next
+    /// flush.
     pub async fn flush_heartbeats(&self) -> Result<usize, EngineError> {
-        let beats = self.beats.drain();
+        self.write_beats(self.beats.drain()).await
+    }
+
+    /// Writes the pending heartbeats of `sessions` only (a sweep's, before it reads them).
+    pub(crate) async fn flush_heartbeats_of(
+        &self,
+        sessions: &[SessionId],
+    ) -> Result<usize, EngineError> {
+        self.write_beats(self.beats.take(sessions)).await
+    }
+
+    async fn write_beats(&self, mut beats: Vec<Beat>) -> Result<usize, EngineError> {
         let n = beats.len();
-        if n == 0 {
-            return Ok(0);
-        }
-        match self.store.flush_heartbeats(&beats).await {
-            Ok(moved) => self.sessions.flushed(&beats, &moved),
-            Err(e) => {
-                self.beats.restore(beats);
-                return Err(e.into());
+        while !beats.is_empty() {
+            let rest = beats.split_off(beats.len().min(heartbeats::FLUSH_CHUNK));
+            match self.store.flush_heartbeats(&beats).await {
+                Ok(moved) => self.sessions.flushed(&beats, &moved),
+                Err(e) => {
+                    self.beats.restore(beats);
+                    self.beats.restore(rest);
+                    return Err(e.into());
+                }
             }
+            beats = rest;
         }
         Ok(n)
     }

@@ -164,11 +164,6 @@ impl Engine {
         // A sweep `due_by` an earlier instant decides as of that instant: exactly what a
         // preview then listed (its events say they were applied then).
         let now = opts.due_by.map_or(self.now(), |by| by.min(self.now()));
-        if !opts.dry_run {
-            // Heartbeats first: an idle rule must never be decided on a row older than the
-            // beats this instance has already accepted.
-            self.flush_heartbeats().await?;
-        }
         let mut pass = Pass {
             dry: opts.dry_run,
             ..Pass::default()
@@ -350,6 +345,12 @@ impl Engine {
             )
             .await?;
         let ids: Vec<SessionId> = rows.iter().map(|r| r.id.clone()).collect();
+        if !opts.dry_run {
+            // An idle rule must never be decided on a row older than the beats this instance
+            // has already accepted: those of these sessions are written before they are read.
+            // Only theirs, so a sweep does not wait for every room's beats to be written.
+            self.flush_heartbeats_of(&ids).await?;
+        }
         let loaded = self
             .store
             .load_many(&ids)

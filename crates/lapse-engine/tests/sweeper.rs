@@ -306,3 +306,116 @@ async fn a_sweep_over_many_pages_changes_each_session_once() {
         assert_eq!(repair.status, lapse_core::Status::Cancelled);
     }
 }
+
+#[tokio::test]
+async fn a_sweep_writes_the_beats_of_the_sessions_it_decides_and_leaves_the_rest_to_the_flusher() {
+    let store = Arc::new(SqliteStore::open("sqlite::memory:", None).await.unwrap());
+    lapse_core::Store::migrate(store.as_ref()).await.unwrap();
+    let engine = Engine::new(
+        store.clone(),
+        Arc::new(Config::default()),
+        Clock::manual(t0()),
+    );
+    let admin = Caller::Admin {
+        name: "test".into(),
+        actor: None,
+    };
+    let id = |s: &str| SessionId::parse(s).unwrap();
+    let host = UserId::parse("host").unwrap();
+    engine
+        .create(&admin, request("study", "early", None))
+        .await
+        .unwrap();
+    engine.clock().advance(Span::from_secs(50)).unwrap();
+    engine
+        .create(&admin, request("study", "later", None))
+        .await
+        .unwrap();
+    engine.clock().advance(Span::from_secs(30)).unwrap();
+    for room in ["early", "later"] {
+        engine.heartbeat(&admin, &id(room), &host).await.unwrap();
+    }
+    assert_eq!(engine.pending_heartbeats(), 2);
+
+    // The host of `early` would lapse at +90 s without the beat of +80 s; `later`'s host at
+    // +140 s.
+    engine.clock().advance(Span::from_secs(15)).unwrap();
+    let report = engine
+        .sweep_once(&lapse_engine::SweepOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        report.applied.is_empty(),
+        "the beat counted: {:?}",
+        report.applied
+    );
+    let seen = |s: lapse_core::Session| s.participants[0].last_seen_at;
+    let stored = |room: &'static str| {
+        let store = store.clone();
+        async move {
+            seen(
+                lapse_core::Store::load(store.as_ref(), &id(room))
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            )
+        }
+    };
+    assert_eq!(stored("early").await, t0() + Span::from_secs(80));
+    assert_eq!(
+        engine.pending_heartbeats(),
+        1,
+        "the sweep did not wait to write beats of sessions it does not decide"
+    );
+    assert_eq!(stored("later").await, t0() + Span::from_secs(50));
+
+    assert_eq!(engine.flush_heartbeats().await.unwrap(), 1);
+    assert_eq!(stored("later").await, t0() + Span::from_secs(80));
+}
+
+#[tokio::test]
+async fn a_flush_of_more_beats_than_one_transaction_takes_writes_every_one() {
+    let store = Arc::new(SqliteStore::open("sqlite::memory:", None).await.unwrap());
+    lapse_core::Store::migrate(store.as_ref()).await.unwrap();
+    let engine = Engine::new(
+        store.clone(),
+        Arc::new(Config::default()),
+        Clock::manual(t0()),
+    );
+    let admin = Caller::Admin {
+        name: "test".into(),
+        actor: None,
+    };
+    let hall = SessionId::parse("hall").unwrap();
+    engine
+        .create(&admin, request("study", "hall", None))
+        .await
+        .unwrap();
+    let many = lapse_engine::heartbeats::FLUSH_CHUNK * 2 + 1;
+    let users: Vec<UserId> = (0..many)
+        .map(|n| UserId::parse(&format!("u{n}")).unwrap())
+        .collect();
+    for u in &users {
+        engine
+            .join(&admin, &hall, u, None, lapse_core::lifecycle::Via::Direct)
+            .await
+            .unwrap();
+    }
+    engine.clock().advance(Span::from_secs(20)).unwrap();
+    for u in &users {
+        engine.heartbeat(&admin, &hall, u).await.unwrap();
+    }
+
+    assert_eq!(engine.flush_heartbeats().await.unwrap(), many);
+    assert_eq!(engine.pending_heartbeats(), 0);
+    let stored = lapse_core::Store::load(store.as_ref(), &hall)
+        .await
+        .unwrap()
+        .unwrap();
+    let beaten = stored
+        .participants
+        .iter()
+        .filter(|p| p.last_seen_at == t0() + Span::from_secs(20))
+        .count();
+    assert_eq!(beaten, many, "every beat written, in every transaction");
+}

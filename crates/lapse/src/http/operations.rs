@@ -59,6 +59,13 @@ async fn sweep(
                 .map_err(|_| ApiError::validation("until", "an RFC 3339 time"))
         })
         .transpose()?;
+    if !dry_run {
+        // Asked for by hand (a cron credential, an operator): every heartbeat accepted so far
+        // is written first, so the database holds them once the answer comes, for `lapse
+        // sweep` and reports beside it. The continuous sweeper writes only the beats of what
+        // it decides.
+        app.engine.flush_heartbeats().await?;
+    }
     let report = app
         .engine
         .sweep_once(&SweepOptions {
