@@ -15,13 +15,26 @@ fn t0() -> Timestamp {
 }
 
 async fn engine() -> Arc<Engine> {
-    let store = SqliteStore::open("sqlite::memory:", None).await.unwrap();
-    lapse_core::Store::migrate(&store).await.unwrap();
-    Engine::new(
-        Arc::new(store),
+    engine_and_store().await.0
+}
+
+/// An engine over an in-memory database, and that database, to read what was written.
+async fn engine_and_store() -> (Arc<Engine>, Arc<SqliteStore>) {
+    let store = Arc::new(SqliteStore::open("sqlite::memory:", None).await.unwrap());
+    lapse_core::Store::migrate(store.as_ref()).await.unwrap();
+    let engine = Engine::new(
+        store.clone(),
         Arc::new(Config::default()),
         Clock::manual(t0()),
-    )
+    );
+    (engine, store)
+}
+
+fn admin() -> Caller {
+    Caller::Admin {
+        name: "test".into(),
+        actor: None,
+    }
 }
 
 fn request(kind: &str, id: &str, start: Option<Span>) -> CreateRequest {
@@ -309,17 +322,8 @@ async fn a_sweep_over_many_pages_changes_each_session_once() {
 
 #[tokio::test]
 async fn a_sweep_writes_the_beats_of_the_sessions_it_decides_and_leaves_the_rest_to_the_flusher() {
-    let store = Arc::new(SqliteStore::open("sqlite::memory:", None).await.unwrap());
-    lapse_core::Store::migrate(store.as_ref()).await.unwrap();
-    let engine = Engine::new(
-        store.clone(),
-        Arc::new(Config::default()),
-        Clock::manual(t0()),
-    );
-    let admin = Caller::Admin {
-        name: "test".into(),
-        actor: None,
-    };
+    let (engine, store) = engine_and_store().await;
+    let admin = admin();
     let id = |s: &str| SessionId::parse(s).unwrap();
     let host = UserId::parse("host").unwrap();
     engine
@@ -375,17 +379,8 @@ async fn a_sweep_writes_the_beats_of_the_sessions_it_decides_and_leaves_the_rest
 
 #[tokio::test]
 async fn a_flush_of_more_beats_than_one_transaction_takes_writes_every_one() {
-    let store = Arc::new(SqliteStore::open("sqlite::memory:", None).await.unwrap());
-    lapse_core::Store::migrate(store.as_ref()).await.unwrap();
-    let engine = Engine::new(
-        store.clone(),
-        Arc::new(Config::default()),
-        Clock::manual(t0()),
-    );
-    let admin = Caller::Admin {
-        name: "test".into(),
-        actor: None,
-    };
+    let (engine, store) = engine_and_store().await;
+    let admin = admin();
     let hall = SessionId::parse("hall").unwrap();
     engine
         .create(&admin, request("study", "hall", None))
