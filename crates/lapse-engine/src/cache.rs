@@ -6,17 +6,23 @@
 //!   index probe shows the stored version is still the cached one; every write is
 //!   compare-and-set on that version anyway, so a stale copy can cost a retry, never a wrong
 //!   commit.
-//! - **Heartbeats** are answered from a copy checked against the database within the last
-//!   [`FRESH_FOR`] (or written by this instance since): open, user joined, nothing due. Another
-//!   instance (or `lapse sweep`) may have ended the session in that window; the beat is then
-//!   accepted here, and dropped when flushed, because a flush moves only joined participants
-//!   of open sessions.
+//! - **Heartbeats** are answered from a copy that is *current* (open, user joined, nothing
+//!   due). Every change to a session writes an event, and the event feed reads every event in
+//!   commit order, so a copy no event has touched since it was checked is still as stored as
+//!   of the feed's last read. A copy is current when no event of it has been read since it
+//!   was checked (or written by this instance), and either that check or the feed's last
+//!   complete read is less than [`FRESH_FOR`] old. Either way another instance (or
+//!   `lapse sweep`) may have ended the session less than [`FRESH_FOR`] ago without this
+//!   instance knowing; the beat is then accepted here, and dropped when flushed, because a
+//!   flush moves only joined participants of open sessions.
 //!
 //! Bounded: past [`CAPACITY`] sessions, the oldest half is dropped.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use lapse_core::store::{Beat, Commit, Moved, SessionWrite};
 use lapse_core::{Session, SessionId, Timestamp, UserId};
@@ -26,11 +32,18 @@ pub const FRESH_FOR: Duration = Duration::from_secs(5);
 /// Most sessions held.
 pub const CAPACITY: usize = 50_000;
 
+/// How long the feed remembers which sessions its events touched. A check that took longer
+/// than this (start to finish) vouches for nothing.
+const TOUCHED_FOR: Duration = Duration::from_secs(2 * FRESH_FOR.as_secs());
+
 struct Entry {
     session: Arc<Session>,
     /// Its joined participants, so a heartbeat in a big room checks one of them, not all.
     joined: Arc<HashSet<UserId>>,
     checked: Instant,
+    /// No event of this session has been read by the feed since the copy was checked (and
+    /// the check began after any the feed had read).
+    vouched: bool,
     used: u64,
 }
 
@@ -40,8 +53,31 @@ pub struct Held {
     pub session: Arc<Session>,
     /// Its joined participants.
     pub joined: Arc<HashSet<UserId>>,
-    /// When it was last known to match the store.
-    pub checked: Instant,
+    /// Whether it is known to match the store as of less than [`FRESH_FOR`] ago: checked
+    /// since, or vouched for by the event feed (see the module docs).
+    pub current: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    map: HashMap<SessionId, Entry>,
+    /// Use counter, for dropping the least recently used.
+    clock: u64,
+    /// Sessions the feed read events of, and when that read began (the latest), for the
+    /// last [`TOUCHED_FOR`].
+    touched: HashMap<SessionId, Instant>,
+    touched_pruned: Option<Instant>,
+    /// When the feed's last complete read began: every event committed before then has been
+    /// read. `None` while no feed runs, or since it started over.
+    fed: Option<Instant>,
+}
+
+impl Inner {
+    /// Whether a copy checked by a database read that began at `since` may be vouched for
+    /// by the feed: no event of it read since then.
+    fn vouches(&self, id: &SessionId, since: Instant) -> bool {
+        since.elapsed() < TOUCHED_FOR && self.touched.get(id).is_none_or(|at| *at < since)
+    }
 }
 
 fn joined(s: &Session) -> Arc<HashSet<UserId>> {
@@ -57,33 +93,38 @@ fn joined(s: &Session) -> Arc<HashSet<UserId>> {
 /// The cache; see the module docs.
 #[derive(Default)]
 pub struct SessionCache {
-    entries: Mutex<(HashMap<SessionId, Entry>, u64)>,
+    inner: Mutex<Inner>,
 }
 
 impl SessionCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<SessionId, Entry>, u64)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // Entries are replaced whole; a panic elsewhere cannot leave one half-written.
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The cached copy of `id`.
     pub fn get(&self, id: &SessionId) -> Option<Held> {
         let mut guard = self.lock();
-        let (map, clock) = &mut *guard;
+        let Inner {
+            map, clock, fed, ..
+        } = &mut *guard;
         *clock += 1;
         let e = map.get_mut(id)?;
         e.used = *clock;
+        let fed_lately = fed.is_some_and(|at| at.elapsed() < FRESH_FOR);
         Some(Held {
             session: e.session.clone(),
             joined: e.joined.clone(),
-            checked: e.checked,
+            current: e.vouched && (e.checked.elapsed() < FRESH_FOR || fed_lately),
         })
     }
 
-    /// Holds `s`, exactly as stored at `s.version`, as checked now.
-    pub fn put(&self, s: Session) {
+    /// Holds `s`, exactly as stored at `s.version`, as read by a database read that began at
+    /// `since`.
+    pub fn put(&self, s: Session, since: Instant) {
         let mut guard = self.lock();
-        let (map, clock) = &mut *guard;
+        let vouched = guard.vouches(&s.id, since);
+        let Inner { map, clock, .. } = &mut *guard;
         *clock += 1;
         if map.len() >= CAPACITY && !map.contains_key(&s.id) {
             // Drop the least recently used half: O(n) once per CAPACITY/2 insertions.
@@ -96,31 +137,75 @@ impl SessionCache {
             joined: joined(&s),
             session: Arc::new(s),
             checked: Instant::now(),
+            vouched,
             used: *clock,
         };
         map.insert(entry.session.id.clone(), entry);
     }
 
-    /// Marks the copy of `id` as checked now.
-    pub fn checked(&self, id: &SessionId) {
-        if let Some(e) = self.lock().0.get_mut(id) {
+    /// Marks the copy of `id` as checked by a database read that began at `since`.
+    pub fn checked(&self, id: &SessionId, since: Instant) {
+        let mut guard = self.lock();
+        let vouched = guard.vouches(id, since);
+        if let Some(e) = guard.map.get_mut(id) {
             e.checked = Instant::now();
+            e.vouched = vouched;
         }
     }
 
     /// Forgets `id`.
     pub fn remove(&self, id: &SessionId) {
-        self.lock().0.remove(id);
+        self.lock().map.remove(id);
     }
 
-    /// Follows a commit that was written: held sessions it updated take their new state and
-    /// version, deleted ones go. Sessions not held are not added (a sweep touches many).
-    pub fn follow(&self, commit: &Commit) {
+    /// The event feed read events of `sessions` in a read that began at `read_at`: their
+    /// copies are no longer current until checked again.
+    pub fn touched<'a>(&self, sessions: impl IntoIterator<Item = &'a SessionId>, read_at: Instant) {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        if inner
+            .touched_pruned
+            .is_none_or(|at| at.elapsed() >= TOUCHED_FOR)
+        {
+            inner.touched.retain(|_, at| at.elapsed() < TOUCHED_FOR);
+            inner.touched_pruned = Some(Instant::now());
+        }
+        for id in sessions {
+            if let Some(e) = inner.map.get_mut(id) {
+                e.vouched = false;
+            }
+            let at = inner.touched.entry(id.clone()).or_insert(read_at);
+            *at = (*at).max(read_at);
+        }
+    }
+
+    /// The event feed finished a read that began at `read_at`, having read every event
+    /// committed before then.
+    pub fn fed(&self, read_at: Instant) {
+        let mut guard = self.lock();
+        guard.fed = Some(guard.fed.map_or(read_at, |at| at.max(read_at)));
+    }
+
+    /// The event feed starts over from the table's end, skipping what was committed before:
+    /// no copy held now is vouched for until it is checked again.
+    pub fn feed_restarted(&self) {
+        let mut guard = self.lock();
+        guard.fed = None;
+        for e in guard.map.values_mut() {
+            e.vouched = false;
+        }
+    }
+
+    /// Follows a commit that was written, by a transaction that began at `since`: held
+    /// sessions it updated take their new state and version, deleted ones go. Sessions not
+    /// held are not added (a sweep touches many).
+    pub fn follow(&self, commit: &Commit, since: Instant) {
         for write in &commit.sessions {
             match write {
                 SessionWrite::Update { session, changed } => {
                     let mut guard = self.lock();
-                    let (map, clock) = &mut *guard;
+                    let vouched = guard.vouches(&session.id, since);
+                    let Inner { map, clock, .. } = &mut *guard;
                     *clock += 1;
                     let Some(e) = map.get_mut(&session.id) else {
                         continue;
@@ -144,12 +229,13 @@ impl SessionCache {
                     }
                     e.session = Arc::new(s);
                     e.checked = Instant::now();
+                    e.vouched = vouched;
                     e.used = *clock;
                 }
                 SessionWrite::Insert(s) => {
                     let mut s = s.clone();
                     s.version = 1;
-                    self.put(s);
+                    self.put(s, since);
                 }
                 SessionWrite::Delete { id, .. } => self.remove(id),
             }
@@ -161,7 +247,7 @@ impl SessionCache {
     pub fn rearmed(&self, rows: &[lapse_core::store::Rearm]) {
         let mut guard = self.lock();
         for r in rows {
-            if let Some(e) = guard.0.get_mut(&r.id)
+            if let Some(e) = guard.map.get_mut(&r.id)
                 && e.session.version == r.version
             {
                 let s = Arc::make_mut(&mut e.session);
@@ -181,8 +267,9 @@ impl SessionCache {
     /// flush's takes its beats (as the store applied them: joined participants' `last_seen_at`
     /// and the session's activity move forward, the session is marked used) and the new
     /// version, and counts as checked now, for the flush has just shown nothing else changed
-    /// the row. A copy at any other version is dropped (read again when next needed).
-    pub fn flushed(&self, beats: &[Beat], moved: &[Moved]) {
+    /// the row. A copy at any other version is dropped (read again when next needed). The
+    /// flush's transaction began at `since`.
+    pub fn flushed(&self, beats: &[Beat], moved: &[Moved], since: Instant) {
         let mut by_session: HashMap<&SessionId, Vec<&Beat>> = HashMap::new();
         for b in beats {
             by_session.entry(&b.session).or_default().push(b);
@@ -190,11 +277,12 @@ impl SessionCache {
         let now = Instant::now();
         let mut guard = self.lock();
         for m in moved {
-            let Some(e) = guard.0.get_mut(&m.id) else {
+            let vouched = guard.vouches(&m.id, since);
+            let Some(e) = guard.map.get_mut(&m.id) else {
                 continue;
             };
             if e.session.version + 1 != m.version {
-                guard.0.remove(&m.id);
+                guard.map.remove(&m.id);
                 continue;
             }
             let s = Arc::make_mut(&mut e.session);
@@ -216,16 +304,77 @@ impl SessionCache {
             s.used = true;
             s.version = m.version;
             e.checked = now;
+            e.vouched = vouched;
         }
     }
 
     /// How many sessions are held.
     pub fn len(&self) -> usize {
-        self.lock().0.len()
+        self.lock().map.len()
     }
 
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lapse_core::Config;
+
+    use super::*;
+
+    fn session(id: &str) -> Session {
+        let config = Config::default();
+        let now: Timestamp = "2026-03-02T08:00:00Z".parse().unwrap();
+        let mut s =
+            lapse_store::testing::synthetic_sessions(&config.kinds["study"], id, 1, 1, 0, now)
+                .remove(0);
+        s.id = SessionId::parse(id).unwrap();
+        s
+    }
+
+    async fn later() {
+        tokio::time::advance(Duration::from_millis(1)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_copy_read_before_an_event_the_feed_has_already_read_is_not_current() {
+        let cache = SessionCache::default();
+        let s = session("room");
+        // (Time stands still in these tests: `later` moves it on.)
+        // A read begins; meanwhile another instance changes the room and the feed reads that
+        // event; then the read's (older) copy arrives.
+        let read_began = Instant::now();
+        later().await;
+        cache.touched([&s.id], Instant::now());
+        later().await;
+        cache.put(s.clone(), read_began);
+        assert!(
+            !cache.get(&s.id).unwrap().current,
+            "the copy may predate the event"
+        );
+        // A check that begins after the event counts.
+        later().await;
+        cache.checked(&s.id, Instant::now());
+        assert!(cache.get(&s.id).unwrap().current);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_event_read_by_the_feed_makes_a_held_copy_not_current_until_it_is_checked() {
+        let cache = SessionCache::default();
+        let s = session("room");
+        cache.put(s.clone(), Instant::now());
+        assert!(cache.get(&s.id).unwrap().current, "checked just now");
+        later().await;
+        cache.touched([&s.id], Instant::now());
+        assert!(!cache.get(&s.id).unwrap().current);
+        later().await;
+        cache.checked(&s.id, Instant::now());
+        assert!(cache.get(&s.id).unwrap().current);
+        // A restarted feed skipped events: nothing held is current until checked again.
+        cache.feed_restarted();
+        assert!(!cache.get(&s.id).unwrap().current);
     }
 }

@@ -9,6 +9,11 @@
 //! that falls [`QUEUE`] events behind is dropped from the fan-out and catches up from the
 //! table again, as does one resuming from an old `Last-Event-ID`; resume semantics are the
 //! table's.
+//!
+//! The reader also tells the session cache which sessions its events touched, and when it
+//! last read everything committed: a held copy no event has touched since it was checked is
+//! still as stored (every change writes an event), which lets heartbeats be answered from
+//! memory however long ago the copy was read (see `cache`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,8 +31,10 @@ use crate::Engine;
 pub const QUEUE: usize = 512;
 /// Events the reader takes from the table per query.
 const PAGE: u32 = 1000;
-/// The reader also looks by itself this often, in case a change notification was lost.
-const POLL: Duration = Duration::from_secs(5);
+/// The reader also looks by itself this often: for a change notification that was lost, for
+/// changes no notification announces (`lapse sweep` next to a server on SQLite), and so that
+/// its last read is recent enough to vouch for held copies (`cache::FRESH_FOR`).
+const POLL: Duration = Duration::from_secs(1);
 
 struct Subscriber {
     query: EventQuery,
@@ -206,6 +213,9 @@ impl Engine {
         let mut after = match position {
             Some(p) => p,
             None => {
+                // What was committed before the end is never read: no held copy is vouched
+                // for until it is checked again.
+                self.sessions.feed_restarted();
                 let end = self.store.last_event_seq().await?;
                 *self.feed.position.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
                 // A stream that caught up before this position was taken may have missed an
@@ -216,6 +226,7 @@ impl Engine {
         };
         let mut handed = 0;
         loop {
+            let read_at = tokio::time::Instant::now();
             let page = self
                 .store
                 .events(&EventQuery {
@@ -224,12 +235,18 @@ impl Engine {
                     ..EventQuery::default()
                 })
                 .await?;
-            let Some(last) = page.last() else { break };
+            let Some(last) = page.last() else {
+                self.sessions.fed(read_at);
+                break;
+            };
             after = last.seq;
             handed += page.len();
+            self.sessions
+                .touched(page.iter().map(|e| &e.session_id), read_at);
             self.feed.dispatch(&page);
             *self.feed.position.lock().unwrap_or_else(|p| p.into_inner()) = Some(after);
             if page.len() < PAGE as usize {
+                self.sessions.fed(read_at);
                 break;
             }
         }

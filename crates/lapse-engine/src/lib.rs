@@ -216,8 +216,9 @@ impl Engine {
         let n = beats.len();
         while !beats.is_empty() {
             let rest = beats.split_off(beats.len().min(heartbeats::FLUSH_CHUNK));
+            let since = tokio::time::Instant::now();
             match self.store.flush_heartbeats(&beats).await {
-                Ok(moved) => self.sessions.flushed(&beats, &moved),
+                Ok(moved) => self.sessions.flushed(&beats, &moved, since),
                 Err(e) => {
                     self.beats.restore(beats);
                     self.beats.restore(rest);

@@ -109,6 +109,7 @@ impl Engine {
             .map(|c| c.sessions.iter().filter_map(|w| w.session()?.wake_at).min())
             .collect();
         let with_events: Vec<bool> = commits.iter().map(|c| !c.events.is_empty()).collect();
+        let since = tokio::time::Instant::now();
         let mut outcomes = self.store.commit_many(commits).await?;
         if outcomes
             .iter()
@@ -125,7 +126,7 @@ impl Engine {
         }
         let written = || outcomes.iter().enumerate().filter(|(_, o)| o.is_ok());
         for (i, _) in written() {
-            self.sessions.follow(&commits[i]);
+            self.sessions.follow(&commits[i], since);
         }
         if let Some(at) = written().filter_map(|(i, _)| wakes[i]).min() {
             self.deadline_moved(at);

@@ -202,3 +202,60 @@ async fn a_flush_that_finds_the_row_changed_elsewhere_drops_the_held_copy() {
     assert!(beat.is_err(), "she has left: {beat:?}");
     assert_eq!(a.pending_heartbeats(), 0);
 }
+
+/// Moves the engines' monotonic time (how old a held copy is) on by `secs`, without waiting.
+async fn age(secs: u64) {
+    tokio::time::pause();
+    tokio::time::advance(std::time::Duration::from_secs(secs)).await;
+    tokio::time::resume();
+}
+
+#[tokio::test]
+async fn once_the_event_feed_reads_another_instances_end_no_heartbeat_is_taken_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, _store) = two_instances(&dir).await;
+    let id = SessionId::parse("room").unwrap();
+    a.feed_once().await.unwrap();
+    a.create(&admin(), room_request("room")).await.unwrap();
+    a.start(&admin(), &id).await.unwrap();
+    a.heartbeat(&admin(), &id, &user("host")).await.unwrap();
+
+    // Instance B ends it; A's copy was checked a moment ago. Once A's event reader has read
+    // the end, A no longer answers from that copy: the beat is checked and refused.
+    b.end(&admin(), &id).await.unwrap();
+    a.feed_once().await.unwrap();
+    let beat = a.heartbeat(&admin(), &id, &user("host")).await;
+    assert!(beat.is_err(), "the session has ended: {beat:?}");
+    assert_eq!(a.pending_heartbeats(), 1, "only the first beat is pending");
+}
+
+#[tokio::test]
+async fn a_copy_the_event_feed_vouches_for_answers_heartbeats_from_memory_however_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, _store) = two_instances(&dir).await;
+    let id = SessionId::parse("room").unwrap();
+    a.feed_once().await.unwrap();
+    a.create(&admin(), room_request("room")).await.unwrap();
+    a.start(&admin(), &id).await.unwrap();
+    // The reader reads A's own events (the copy is checked again at the next beat), then
+    // the beat holds a copy no later event has touched.
+    a.feed_once().await.unwrap();
+    a.heartbeat(&admin(), &id, &user("host")).await.unwrap();
+
+    // Long past the time a checked copy is trusted on its own, the reader has just read the
+    // table again: nothing happened to the room, so the copy still answers.
+    age(60).await;
+    a.feed_once().await.unwrap();
+    // B ends the room after that read: the beat is answered from memory (the documented
+    // window, bounded by the reader's next read), so it is accepted without a look at the
+    // database, which would have refused it.
+    b.end(&admin(), &id).await.unwrap();
+    a.heartbeat(&admin(), &id, &user("host")).await.unwrap();
+    assert_eq!(a.pending_heartbeats(), 1, "accepted from memory");
+
+    // Once the reader's last read is old too, nothing vouches for the copy: the next beat
+    // is checked against the database and refused.
+    age(60).await;
+    let beat = a.heartbeat(&admin(), &id, &user("host")).await;
+    assert!(beat.is_err(), "the session has ended: {beat:?}");
+}

@@ -103,13 +103,14 @@ impl Engine {
         &self,
         id: &SessionId,
     ) -> Result<Option<Session>, EngineError> {
+        let since = tokio::time::Instant::now();
         if let Some(crate::cache::Held {
             session: cached, ..
         }) = self.sessions.get(id)
         {
             match self.store.version(id).await? {
                 Some(v) if v == cached.version => {
-                    self.sessions.checked(id);
+                    self.sessions.checked(id, since);
                     return Ok(Some((*cached).clone()));
                 }
                 None => {
@@ -119,9 +120,10 @@ impl Engine {
                 Some(_) => {}
             }
         }
+        let since = tokio::time::Instant::now();
         let loaded = self.store.load(id).await?;
         match &loaded {
-            Some(s) => self.sessions.put(s.clone()),
+            Some(s) => self.sessions.put(s.clone(), since),
             None => self.sessions.remove(id),
         }
         Ok(loaded)

@@ -87,7 +87,7 @@ impl Engine {
                 })
         };
         if let Some(h) = &held
-            && h.checked.elapsed() < crate::cache::FRESH_FOR
+            && h.current
             && takes_beat(h)
         {
             self.beats.record(id, user, now);

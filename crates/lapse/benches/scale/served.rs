@@ -101,7 +101,9 @@ pub async fn heartbeat_vs_noop(server: &Server, load: &Load, live: usize) -> Row
 
 /// Lags `applied_at - at` of a burst of sessions that expire unused soon after they are created,
 /// created through `servers` in turn as fast as they take them, with heartbeats at a steady
-/// rate meanwhile; and the heartbeats' rate.
+/// rate meanwhile; and the heartbeats' rate. With several servers, each takes the beats of
+/// its own share of the rooms, as behind a load balancer that routes by session (the README
+/// says why: an instance drops its copy of a room another instance's flush wrote).
 pub async fn burst(servers: &[&Server], url: &str, load: &Load, live: usize) -> (Vec<f64>, f64) {
     let store = lapse_store::open(url, None, None)
         .await
@@ -129,13 +131,13 @@ pub async fn burst(servers: &[&Server], url: &str, load: &Load, live: usize) -> 
     let until = (load.burst_after + Duration::from_secs(2)).saturating_sub(started.elapsed())
         + Duration::from_secs(3);
     let rate = BEATS_PER_SEC / servers.len() as u64;
-    let beats = servers.iter().map(|server| {
-        paced(
-            &server.addr,
-            rate,
-            until.as_secs_f64(),
-            heartbeats(live, true),
-        )
+    let of = servers.len() as u64;
+    let beats = servers.iter().enumerate().map(|(i, server)| {
+        let all = heartbeats(live, true);
+        // Server `i` of `of` beats rooms `i`, `i + of`, ...
+        let mine: Arc<dyn Fn(u64) -> Request + Send + Sync> =
+            Arc::new(move |n| all(n * of + i as u64));
+        paced(&server.addr, rate, until.as_secs_f64(), mine)
     });
     let beats: u64 = futures::future::join_all(beats).await.into_iter().sum();
 
