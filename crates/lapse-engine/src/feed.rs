@@ -33,8 +33,9 @@ pub const QUEUE: usize = 512;
 const PAGE: u32 = 1000;
 /// The reader also looks by itself this often: for a change notification that was lost, for
 /// changes no notification announces (`lapse sweep` next to a server on SQLite), and so that
-/// its last read is recent enough to vouch for held copies (`cache::FRESH_FOR`).
-const POLL: Duration = Duration::from_secs(1);
+/// on a quiet instance its last read stays recent enough to vouch for held copies (under
+/// `cache::FRESH_FOR`). While commits come it reads on each of them anyway.
+const POLL: Duration = Duration::from_secs(4);
 
 struct Subscriber {
     query: EventQuery,
