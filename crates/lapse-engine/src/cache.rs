@@ -53,8 +53,9 @@ pub struct Held {
     pub session: Arc<Session>,
     /// Its joined participants.
     pub joined: Arc<HashSet<UserId>>,
-    /// Whether it is known to match the store as of less than [`FRESH_FOR`] ago: checked
-    /// since, or vouched for by the event feed (see the module docs).
+    /// Whether it may answer a heartbeat: no event of it read since it was checked, and that
+    /// check or the feed's last complete read less than [`FRESH_FOR`] ago (see the module
+    /// docs).
     pub current: bool,
 }
 
