@@ -73,12 +73,10 @@ struct Inner {
     fed: Option<Instant>,
 }
 
-impl Inner {
-    /// Whether a copy checked by a database read that began at `since` may be vouched for
-    /// by the feed: no event of it read since then.
-    fn vouches(&self, id: &SessionId, since: Instant) -> bool {
-        since.elapsed() < TOUCHED_FOR && self.touched.get(id).is_none_or(|at| *at < since)
-    }
+/// Whether a copy checked by a database read that began at `since` may be vouched for by the
+/// feed: no event of it read since then (`touched`, the feed's record).
+fn vouches(touched: &HashMap<SessionId, Instant>, id: &SessionId, since: Instant) -> bool {
+    since.elapsed() < TOUCHED_FOR && touched.get(id).is_none_or(|at| *at < since)
 }
 
 fn joined(s: &Session) -> Arc<HashSet<UserId>> {
@@ -112,11 +110,11 @@ impl SessionCache {
         *clock += 1;
         let e = map.get_mut(id)?;
         e.used = *clock;
-        let fed_lately = fed.is_some_and(|at| at.elapsed() < FRESH_FOR);
+        let fed_lately = || fed.is_some_and(|at| at.elapsed() < FRESH_FOR);
         Some(Held {
             session: e.session.clone(),
             joined: e.joined.clone(),
-            current: e.vouched && (e.checked.elapsed() < FRESH_FOR || fed_lately),
+            current: e.vouched && (e.checked.elapsed() < FRESH_FOR || fed_lately()),
         })
     }
 
@@ -124,8 +122,13 @@ impl SessionCache {
     /// `since`.
     pub fn put(&self, s: Session, since: Instant) {
         let mut guard = self.lock();
-        let vouched = guard.vouches(&s.id, since);
-        let Inner { map, clock, .. } = &mut *guard;
+        let Inner {
+            map,
+            clock,
+            touched,
+            ..
+        } = &mut *guard;
+        let vouched = vouches(touched, &s.id, since);
         *clock += 1;
         if map.len() >= CAPACITY && !map.contains_key(&s.id) {
             // Drop the least recently used half: O(n) once per CAPACITY/2 insertions.
@@ -147,10 +150,10 @@ impl SessionCache {
     /// Marks the copy of `id` as checked by a database read that began at `since`.
     pub fn checked(&self, id: &SessionId, since: Instant) {
         let mut guard = self.lock();
-        let vouched = guard.vouches(id, since);
-        if let Some(e) = guard.map.get_mut(id) {
+        let Inner { map, touched, .. } = &mut *guard;
+        if let Some(e) = map.get_mut(id) {
             e.checked = Instant::now();
-            e.vouched = vouched;
+            e.vouched = vouches(touched, id, since);
         }
     }
 
@@ -205,8 +208,12 @@ impl SessionCache {
             match write {
                 SessionWrite::Update { session, changed } => {
                     let mut guard = self.lock();
-                    let vouched = guard.vouches(&session.id, since);
-                    let Inner { map, clock, .. } = &mut *guard;
+                    let Inner {
+                        map,
+                        clock,
+                        touched,
+                        ..
+                    } = &mut *guard;
                     *clock += 1;
                     let Some(e) = map.get_mut(&session.id) else {
                         continue;
@@ -230,7 +237,7 @@ impl SessionCache {
                     }
                     e.session = Arc::new(s);
                     e.checked = Instant::now();
-                    e.vouched = vouched;
+                    e.vouched = vouches(touched, &session.id, since);
                     e.used = *clock;
                 }
                 SessionWrite::Insert(s) => {
@@ -277,13 +284,13 @@ impl SessionCache {
         }
         let now = Instant::now();
         let mut guard = self.lock();
+        let Inner { map, touched, .. } = &mut *guard;
         for m in moved {
-            let vouched = guard.vouches(&m.id, since);
-            let Some(e) = guard.map.get_mut(&m.id) else {
+            let Some(e) = map.get_mut(&m.id) else {
                 continue;
             };
             if e.session.version + 1 != m.version {
-                guard.map.remove(&m.id);
+                map.remove(&m.id);
                 continue;
             }
             let s = Arc::make_mut(&mut e.session);
@@ -305,7 +312,7 @@ impl SessionCache {
             s.used = true;
             s.version = m.version;
             e.checked = now;
-            e.vouched = vouched;
+            e.vouched = vouches(touched, &m.id, since);
         }
     }
 

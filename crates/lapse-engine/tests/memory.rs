@@ -210,14 +210,20 @@ async fn age(secs: u64) {
     tokio::time::resume();
 }
 
-#[tokio::test]
-async fn once_the_event_feed_reads_another_instances_end_no_heartbeat_is_taken_from_memory() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b, _store) = two_instances(&dir).await;
+/// Instance `a`'s event reader started, then the room `room` created and started through it.
+async fn started_room_with_reader(a: &Engine) -> SessionId {
     let id = SessionId::parse("room").unwrap();
     a.feed_once().await.unwrap();
     a.create(&admin(), room_request("room")).await.unwrap();
     a.start(&admin(), &id).await.unwrap();
+    id
+}
+
+#[tokio::test]
+async fn once_the_event_feed_reads_another_instances_end_no_heartbeat_is_taken_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, _store) = two_instances(&dir).await;
+    let id = started_room_with_reader(&a).await;
     a.heartbeat(&admin(), &id, &user("host")).await.unwrap();
 
     // Instance B ends it; A's copy was checked a moment ago. Once A's event reader has read
@@ -233,10 +239,7 @@ async fn once_the_event_feed_reads_another_instances_end_no_heartbeat_is_taken_f
 async fn a_copy_the_event_feed_vouches_for_answers_heartbeats_from_memory_however_old() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b, _store) = two_instances(&dir).await;
-    let id = SessionId::parse("room").unwrap();
-    a.feed_once().await.unwrap();
-    a.create(&admin(), room_request("room")).await.unwrap();
-    a.start(&admin(), &id).await.unwrap();
+    let id = started_room_with_reader(&a).await;
     // The reader reads A's own events (the copy is checked again at the next beat), then
     // the beat holds a copy no later event has touched.
     a.feed_once().await.unwrap();
