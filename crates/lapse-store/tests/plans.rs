@@ -123,7 +123,12 @@ fn batch_paths(backend: &str) -> Vec<(&'static str, &'static str)> {
     } else {
         vec![
             ("batched session update", "sessions_pkey"),
-            ("heartbeat flush", "sessions_pkey"),
+            ("heartbeat flush, sessions", "sessions_pkey"),
+            // Its key, or the same two columns the other way round.
+            (
+                "heartbeat flush, participants",
+                "Index Scan using participants_",
+            ),
         ]
     }
 }

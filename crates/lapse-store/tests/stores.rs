@@ -557,6 +557,159 @@ async fn a_lease_ends_with_the_instance_that_held_it() {
     }
 }
 
+/// A PostgreSQL store on a fresh database, and a plain connection pool to the same database
+/// for a test's own transactions; `None` without a test server.
+async fn postgres_and_raw() -> Option<(PostgresStore, sqlx::PgPool)> {
+    let url = lapse_store::testing::fresh_postgres_database().await?;
+    let store = PostgresStore::open(&url, None, None).await.unwrap();
+    store.migrate().await.unwrap();
+    Some((store, sqlx::PgPool::connect(&url).await.unwrap()))
+}
+
+/// Waits until `n` lock requests wait on the server (a transaction blocked on another's
+/// row or advisory lock), checking `meanwhile` on each look.
+async fn until_waiting(raw: &sqlx::PgPool, n: i64, meanwhile: impl Fn()) {
+    let started = std::time::Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar("select count(*) from pg_locks where not granted")
+            .fetch_one(raw)
+            .await
+            .unwrap();
+        if waiting >= n {
+            return;
+        }
+        meanwhile();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{waiting} of {n} lock requests waiting after 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// A room ended while its people beat: the end's transaction holds the session row and goes
+/// on to write its participants, and a heartbeat flush of one of them comes in between. The
+/// flush waits for the session before it touches the participant; had it taken the
+/// participant first, each would wait for the other until PostgreSQL's deadlock check failed
+/// one of them a second later (the end answered with an error, or the flush failed and was
+/// tried again a second late).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_never_holds_a_participant_a_commit_of_its_room_is_about_to_write() {
+    let Some((store, raw)) = postgres_and_raw().await else {
+        return;
+    };
+    let s = session("reading", "room", t0());
+    insert(&store, &s).await;
+    let host = UserId::parse("host").unwrap();
+
+    // The commit, halfway: its session row written, its participants next.
+    let mut ending = raw.begin().await.unwrap();
+    sqlx::query("set local lock_timeout = '10s'")
+        .execute(&mut *ending)
+        .await
+        .unwrap();
+    sqlx::query("update sessions set title = 'ending' where id = 'room'")
+        .execute(&mut *ending)
+        .await
+        .unwrap();
+
+    let beat_at = t0() + Span::from_secs(60);
+    let beat = Beat {
+        session: s.id.clone(),
+        user: host.clone(),
+        at: beat_at,
+    };
+    let flushing = {
+        let store = store.clone();
+        tokio::spawn(async move { store.flush_heartbeats(&[beat]).await })
+    };
+    // Until the flush waits for the session row.
+    until_waiting(&raw, 1, || {}).await;
+
+    sqlx::query("update participants set state = 'left' where session_id = 'room'")
+        .execute(&mut *ending)
+        .await
+        .expect("the commit writes the room's participants without waiting for the flush");
+    ending.commit().await.unwrap();
+
+    let moved = flushing
+        .await
+        .unwrap()
+        .expect("the flush succeeds after it");
+    assert_eq!(moved.len(), 1, "the session was open: its activity moved");
+    let room = store.load(&s.id).await.unwrap().unwrap();
+    assert_eq!(room.title, "ending");
+    assert_eq!(room.last_activity_at, beat_at);
+    assert_eq!(
+        room.participants[0].last_seen_at, s.participants[0].last_seen_at,
+        "the beat of a participant who left by then is not written"
+    );
+}
+
+/// A flush and a commit of several sessions (a sweep's batch, a cascade) each lock their rows
+/// in an order of their own: overlapping, each could wait for a row the other holds until
+/// PostgreSQL's deadlock check failed one of them a second later. They take turns: a commit of
+/// several sessions waits for a flush under way, here one held up by a row it needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_of_several_sessions_waits_for_a_flush_under_way() {
+    let Some((store, raw)) = postgres_and_raw().await else {
+        return;
+    };
+    for id in ["beaten", "a", "b"] {
+        insert(&store, &session("reading", id, t0())).await;
+    }
+    let mut holding = raw.begin().await.unwrap();
+    sqlx::query("update sessions set title = 'held' where id = 'beaten'")
+        .execute(&mut *holding)
+        .await
+        .unwrap();
+
+    let flushing = {
+        let store = store.clone();
+        let beat = Beat {
+            session: SessionId::parse("beaten").unwrap(),
+            user: UserId::parse("host").unwrap(),
+            at: t0() + Span::from_secs(60),
+        };
+        tokio::spawn(async move { store.flush_heartbeats(&[beat]).await })
+    };
+    until_waiting(&raw, 1, || {}).await;
+
+    let mut commits = Vec::new();
+    for id in ["a", "b"] {
+        let mut s = store
+            .load(&SessionId::parse(id).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        s.title = "ended".into();
+        commits.push(Commit {
+            sessions: vec![SessionWrite::Update {
+                session: s,
+                changed: None,
+            }],
+            ..Commit::default()
+        });
+    }
+    let committing = {
+        let store = store.clone();
+        tokio::spawn(async move { store.commit_many(&commits).await })
+    };
+    // Until the commit waits too (for its turn): it must not go ahead of the flush.
+    until_waiting(&raw, 2, || {
+        assert!(
+            !committing.is_finished(),
+            "a commit of several sessions went ahead of a flush under way"
+        );
+    })
+    .await;
+
+    holding.commit().await.unwrap();
+    assert_eq!(flushing.await.unwrap().unwrap().len(), 1);
+    let outcomes = committing.await.unwrap().unwrap();
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+}
+
 /// Two instances delivering webhooks take disjoint deliveries, and each gets back the ones it
 /// claimed: the second is handed the rows the first left, not an empty batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

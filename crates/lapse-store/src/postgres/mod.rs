@@ -7,8 +7,10 @@
 //!   died is taken at once;
 //! - a commit that stores a deadline sends `pg_notify` in its transaction, so every instance's
 //!   sleeping sweeper learns of it; heartbeat flushes never notify;
-//! - a heartbeat flush is one statement (two data-modifying CTEs), touching no indexed
-//!   column, so its row updates stay HOT.
+//! - a heartbeat flush is two statements, touching no indexed column, so its row updates stay
+//!   HOT; it takes sessions before participants, as commits do, and it and every commit that
+//!   writes more than one session take turns (an advisory lock), so no two writers ever wait
+//!   for each other's rows in a circle.
 //!
 //! Here: opening, migrating, reading sessions and events, due rows and heartbeats;
 //! `writes.rs` holds a commit's statements, `outbox.rs` deliveries, retention, health figures
@@ -271,8 +273,13 @@ impl PostgresStore {
         let empty = || Arg::Texts(Vec::new());
         hot.extend([
             fixed(
-                "heartbeat flush",
-                FLUSH_HEARTBEATS,
+                "heartbeat flush, sessions",
+                FLUSH_SESSIONS,
+                vec![empty(), empty(), empty()],
+            ),
+            fixed(
+                "heartbeat flush, participants",
+                FLUSH_PARTICIPANTS,
                 vec![empty(), empty(), empty()],
             ),
             fixed("re-arm", REARM, vec![empty(), empty(), empty(), empty()]),
@@ -377,19 +384,28 @@ async fn announce(tx: &mut Transaction<'_, Postgres>, payload: String) -> Result
     Ok(())
 }
 
-/// One heartbeat flush (one beat per participant): participants, then their sessions, in one
-/// statement.
-const FLUSH_HEARTBEATS: &str = "with b as (select * from unnest($1::text[], $2::text[], $3::bigint[]) as b(s, u, at)), \
-             p as (update participants set beat_at = b.at, \
-                       last_seen_at = greatest(participants.last_seen_at, b.at) \
-                   from b where participants.session_id = b.s and participants.user_id = b.u \
-                   and participants.state = 'joined' \
-                   returning participants.session_id, b.at) \
-             update sessions set last_activity_at = greatest(last_activity_at, m.at), \
+/// One heartbeat flush (one beat per participant), first statement: the sessions of the joined
+/// participants beating take their latest beat as activity and a new version (so a sweep
+/// decided on the older row loses its compare-and-set). Sessions before participants, the
+/// order every commit takes them in: a flush that held a participant while it waited for its
+/// session could deadlock with a commit holding the session and writing that participant
+/// (ending a room whose people beat).
+const FLUSH_SESSIONS: &str = "update sessions set last_activity_at = greatest(last_activity_at, m.at), \
                  used = true, version = version + 1 \
-             from (select session_id, max(at) as at from p group by session_id) m \
-             where sessions.id = m.session_id and sessions.status in ('pending', 'active') \
+             from (select b.s, max(b.at) as at \
+                   from unnest($1::text[], $2::text[], $3::bigint[]) as b(s, u, at) \
+                   join participants p on p.session_id = b.s and p.user_id = b.u \
+                   and p.state = 'joined' group by b.s) m \
+             where sessions.id = m.s and sessions.status in ('pending', 'active') \
              returning sessions.id, sessions.version";
+
+/// Second statement: the joined participants beating move to their latest beat. Their open
+/// sessions are held by this transaction already, so no commit is halfway through them.
+const FLUSH_PARTICIPANTS: &str = "update participants set beat_at = b.at, \
+                 last_seen_at = greatest(participants.last_seen_at, b.at) \
+             from unnest($1::text[], $2::text[], $3::bigint[]) as b(s, u, at) \
+             where participants.session_id = b.s and participants.user_id = b.u \
+             and participants.state = 'joined'";
 
 /// Lazy re-arms of a batch, compare-and-set per row.
 const REARM: &str = "update sessions set next_due_at = b.at, next_due_rule = b.rule, claimed_until = null \
@@ -486,6 +502,12 @@ impl Store for PostgresStore {
         let in_force = first_locks(&mut tx, checked, events).await?;
         let stale = crate::batch::stale(commits, in_force);
         let fresh = crate::batch::fresh(commits, &stale);
+        // A flush writes many sessions in an order of its own, and so does a sweep's batch or
+        // a cascade: taken one at a time with flushes, they never deadlock with one. A commit
+        // of one session needs no turn: a flush waits for it before touching its participants.
+        if fresh.iter().map(|c| c.sessions.len()).sum::<usize>() > 1 {
+            lock_until_commit(&mut tx, FLUSH_LOCK).await?;
+        }
         let alone = fresh.len() == 1;
         let mut outcomes = Vec::with_capacity(commits.len());
         for step in crate::batch::steps(&fresh) {
@@ -724,20 +746,25 @@ impl Store for PostgresStore {
         let sessions: Vec<&str> = latest.iter().map(|b| b.0).collect();
         let users: Vec<&str> = latest.iter().map(|b| b.1).collect();
         let ats: Vec<i64> = latest.iter().map(|b| b.2).collect();
-        // Instances beating the same rooms flush the same rows each second. One statement
-        // cannot choose the order it locks its sessions in, so two at once could each wait
-        // on the other until PostgreSQL's deadlock check (a second) untangled them, and a
-        // sweep waiting on its flush waited as long; one flush at a time waits only for the
-        // other's statement.
+        // Instances beating the same rooms flush the same rows each second. A statement
+        // cannot choose the order it locks its sessions in, so two flushes at once (or a flush
+        // and a sweep's batch) could each wait on the other until PostgreSQL's deadlock check
+        // (a second) untangled them; taking turns, one waits only for the other's statements.
         let mut tx = self.pool.begin().await.map_err(backend)?;
         lock_until_commit(&mut tx, FLUSH_LOCK).await?;
-        // The participants, then their sessions' activity and version (so a sweep decided on
-        // the older row loses its compare-and-set). No NOTIFY, no index.
-        let moved: Vec<(String, i64)> = sqlx::query_as(FLUSH_HEARTBEATS)
+        // Sessions, then participants; no NOTIFY, no index.
+        let moved: Vec<(String, i64)> = sqlx::query_as(FLUSH_SESSIONS)
             .bind(&sessions)
             .bind(&users)
             .bind(&ats)
             .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query(FLUSH_PARTICIPANTS)
+            .bind(&sessions)
+            .bind(&users)
+            .bind(&ats)
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
