@@ -566,15 +566,19 @@ async fn postgres_and_raw() -> Option<(PostgresStore, sqlx::PgPool)> {
     Some((store, sqlx::PgPool::connect(&url).await.unwrap()))
 }
 
-/// Waits until `n` lock requests wait on the server (a transaction blocked on another's
-/// row or advisory lock), checking `meanwhile` on each look.
+/// Waits until `n` connections to this test's database wait for a lock (a transaction
+/// blocked on another's row or advisory lock), checking `meanwhile` on each look. Other
+/// tests' databases on the same server are not counted.
 async fn until_waiting(raw: &sqlx::PgPool, n: i64, meanwhile: impl Fn()) {
     let started = std::time::Instant::now();
     loop {
-        let waiting: i64 = sqlx::query_scalar("select count(*) from pg_locks where not granted")
-            .fetch_one(raw)
-            .await
-            .unwrap();
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity \
+             where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(raw)
+        .await
+        .unwrap();
         if waiting >= n {
             return;
         }
