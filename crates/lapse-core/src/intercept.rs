@@ -120,6 +120,12 @@ impl<H: Hook> Store for Intercepted<H> {
         self.run("due", writes, call).await
     }
 
+    async fn release(&self, ids: &[SessionId]) -> Result<(), StoreError> {
+        // Leases are written only where instances share the database.
+        let writes = self.inner.is_shared();
+        self.run("release", writes, self.inner.release(ids)).await
+    }
+
     async fn rearm(
         &self,
         rows: &[Rearm],

@@ -413,8 +413,9 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// With `claim`, where several instances share the database, the rows returned are leased
     /// to this caller for a while (skipping rows another sweeper holds), so concurrent sweeps
-    /// take disjoint batches; a write to the row ends the lease. Exactly-once never rests on
-    /// the lease: every write is compare-and-set.
+    /// take disjoint batches; a write to the row ends the lease, and so does [`Store::release`]
+    /// (a sweep that failed). Exactly-once never rests on the lease: every write is
+    /// compare-and-set.
     async fn due(
         &self,
         now: Timestamp,
@@ -423,6 +424,11 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
         claim: bool,
     ) -> Result<Vec<DueRow>, StoreError>;
+
+    /// Gives back this caller's leases on `ids`: rows it claimed with `due` and will not write
+    /// after all (its sweep failed), so they are due to every sweeper at once rather than when
+    /// the lease runs out. Leases others hold are left alone; a row written since holds none.
+    async fn release(&self, ids: &[SessionId]) -> Result<(), StoreError>;
 
     /// How many sessions have a stored deadline at or before `now` (of `kind`, if given):
     /// what a sweep has ahead of it. Reads only due rows.

@@ -202,11 +202,21 @@ impl Engine {
                 );
                 (done, Some(read))
             };
-            done?;
             // This page's re-arms, in one statement (the next page was read after this page's
             // rows by deadline, so none of them is in it).
             let rearms = std::mem::take(&mut pass.rearms);
-            self.rearm(&rearms, pass.rules_version).await?;
+            let written = match done {
+                Ok(()) => self.rearm(&rearms, pass.rules_version).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                let mut claimed: Vec<SessionId> = rows.iter().map(|r| r.id.clone()).collect();
+                if let Some(Ok(ahead)) = &read {
+                    claimed.extend(ahead.rows.iter().map(|r| r.id.clone()));
+                }
+                self.give_back(opts, &claimed).await;
+                return Err(e);
+            }
             if let Some(Progress(tell)) = &opts.progress {
                 tell(examined, report.applied.len());
             }
@@ -345,20 +355,37 @@ impl Engine {
             )
             .await?;
         let ids: Vec<SessionId> = rows.iter().map(|r| r.id.clone()).collect();
-        if !opts.dry_run {
-            // An idle rule must never be decided on a row older than the beats this instance
-            // has already accepted: those of these sessions are written before they are read.
-            // Only theirs, so a sweep does not wait for every room's beats to be written.
-            self.flush_heartbeats_of(&ids).await?;
+        let read = async {
+            if !opts.dry_run {
+                // An idle rule must never be decided on a row older than the beats this
+                // instance has already accepted: those of these sessions are written before
+                // they are read. Only theirs, so a sweep does not wait for every room's beats.
+                self.flush_heartbeats_of(&ids).await?;
+            }
+            self.store.load_many(&ids).await.map_err(EngineError::from)
+        };
+        match read.await {
+            Ok(sessions) => {
+                let loaded = sessions.into_iter().map(|s| (s.id.clone(), s)).collect();
+                Ok(Page { rows, loaded })
+            }
+            Err(e) => {
+                self.give_back(opts, &ids).await;
+                Err(e)
+            }
         }
-        let loaded = self
-            .store
-            .load_many(&ids)
-            .await?
-            .into_iter()
-            .map(|s| (s.id.clone(), s))
-            .collect();
-        Ok(Page { rows, loaded })
+    }
+
+    /// Gives back the leases of rows this sweep claimed and will not write (it failed), so the
+    /// next sweep, this instance's or another's, takes them at once rather than when the lease
+    /// runs out. If the database is out of reach for that too, the lease runs out by itself.
+    async fn give_back(&self, opts: &SweepOptions, ids: &[SessionId]) {
+        if opts.dry_run || ids.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.release(ids).await {
+            tracing::warn!(error = %e, rows = ids.len(), "a failed sweep's leases were not given back; they run out by themselves");
+        }
     }
 
     /// Every loaded session with its due rules applied at `now`, and what they did: worked

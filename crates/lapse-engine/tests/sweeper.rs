@@ -414,3 +414,83 @@ async fn a_flush_of_more_beats_than_one_transaction_takes_writes_every_one() {
         .count();
     assert_eq!(beaten, many, "every beat written, in every transaction");
 }
+
+/// Fails the next read of sessions by id, once: the read a sweep makes of the rows it has
+/// just leased, as when the pool has no connection free in time.
+#[derive(Default)]
+struct FailNextLoad(std::sync::atomic::AtomicBool);
+
+impl lapse_core::intercept::Hook for FailNextLoad {
+    type Ticket = ();
+
+    fn before(&self, call: lapse_core::intercept::Call) -> Result<(), lapse_core::StoreError> {
+        if call.name == "load_many" && self.0.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(lapse_core::StoreError::Busy);
+        }
+        Ok(())
+    }
+
+    fn after(
+        &self,
+        _call: lapse_core::intercept::Call,
+        _ticket: (),
+        _outcome: Result<(), &lapse_core::StoreError>,
+    ) {
+    }
+}
+
+/// A sweep that fails after leasing its rows gives them back: this instance's next sweep and
+/// every other instance take them at once, not when the lease's minute runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_that_fails_gives_back_the_rows_it_leased() {
+    let Some(url) = lapse_store::testing::fresh_postgres_database().await else {
+        return;
+    };
+    let open = || async {
+        let store = lapse_store::PostgresStore::open(&url, None, None)
+            .await
+            .unwrap();
+        lapse_core::Store::migrate(&store).await.unwrap();
+        Arc::new(store)
+    };
+    let (store, other) = (open().await, open().await);
+    let faults = Arc::new(FailNextLoad::default());
+    let engine = Engine::new(
+        Arc::new(lapse_core::intercept::Intercepted::new(
+            store.clone(),
+            faults.clone(),
+        )),
+        Arc::new(Config::default()),
+        Clock::manual(t0()),
+    );
+    for i in 0..3 {
+        engine
+            .create(&admin(), request("request", &format!("p{i}"), None))
+            .await
+            .unwrap();
+    }
+    // Requests no one takes up are cancelled after 15 minutes.
+    engine.clock().advance(Span::from_secs(16 * 60)).unwrap();
+    let sweep = lapse_engine::SweepOptions::default;
+
+    faults.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(engine.sweep_once(&sweep()).await.is_err());
+    let free = lapse_core::Store::due(other.as_ref(), engine.now(), None, None, 100, false)
+        .await
+        .unwrap();
+    assert_eq!(free.len(), 3, "the rows are still due");
+    let claimed = lapse_core::Store::due(other.as_ref(), engine.now(), None, None, 100, true)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3, "and no lease keeps another instance away");
+
+    // What the other instance leased it gives back the same way; then this one sweeps them.
+    lapse_core::Store::release(
+        other.as_ref(),
+        &claimed.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let report = engine.sweep_once(&sweep()).await.unwrap();
+    assert_eq!(report.applied.len(), 3, "{report:?}");
+}

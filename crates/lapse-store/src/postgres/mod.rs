@@ -4,7 +4,7 @@
 //! - concurrent sweepers lease due rows with `for update skip locked`, so they take disjoint
 //!   batches (exactly-once itself rests on compare-and-set, as in SQLite); a lease names its
 //!   holder, whose own connection holds an advisory lock, so the lease of an instance that
-//!   died is taken at once;
+//!   died is taken at once, and a sweep that fails gives its leases back;
 //! - a commit that stores a deadline sends `pg_notify` in its transaction, so every instance's
 //!   sleeping sweeper learns of it; heartbeat flushes never notify;
 //! - a heartbeat flush is two statements, touching no indexed column, so its row updates stay
@@ -47,8 +47,12 @@ use writes::{exec, write_commit, write_updates};
 const CHANNEL: &str = "lapse_changes";
 /// Key of the advisory lock that makes event numbers follow commit order (see `commit`).
 const EVENTS_LOCK: i64 = 0x006c_6170_7366;
-/// How long a sweeper's lease on a due row lasts if it never writes the row (it crashed).
+/// How long a sweeper's lease on a due row lasts if it neither writes the row nor gives it
+/// back (it crashed, or lost the database as its sweep failed).
 const LEASE: Duration = Duration::from_secs(60);
+/// Gives back this holder's leases on some rows, by primary key.
+const RELEASE: &str =
+    "update sessions set claimed_until = null where id = any($1) and claimed_by = $2";
 /// Key of the advisory lock that serializes migrations of instances starting together.
 const MIGRATION_LOCK: i64 = 0x006c_6170_7365; // "lapse"
 /// Key of the advisory lock that takes instances' heartbeat flushes one at a time.
@@ -296,6 +300,7 @@ impl PostgresStore {
                 writes::UPDATE_SESSIONS,
                 vec![text("[]")],
             ),
+            fixed("lease release", RELEASE, vec![empty(), Arg::Int(1)]),
             fixed("next deadline", NEXT_DEADLINE, vec![]),
             fixed("session version", SESSION_VERSION, vec![text("s1")]),
             fixed("was deleted", WAS_DELETED, vec![text("s1")]),
@@ -870,6 +875,21 @@ impl Store for PostgresStore {
                 seen(Change::Deadline(Timestamp::from_millis(ms)));
             }
         }
+    }
+
+    async fn release(&self, ids: &[SessionId]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let holder = self.holder().await?;
+        let ids: Vec<&str> = ids.iter().map(SessionId::as_str).collect();
+        sqlx::query(RELEASE)
+            .bind(ids)
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
     }
 
     async fn due_deliveries(

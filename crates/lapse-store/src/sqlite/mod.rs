@@ -459,6 +459,11 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn release(&self, _ids: &[SessionId]) -> Result<(), StoreError> {
+        // `due` leases nothing here.
+        Ok(())
+    }
+
     async fn count_due(&self, now: Timestamp, kind: Option<&str>) -> Result<u64, StoreError> {
         let st = statements::count_due(Dialect::Sqlite, now.millis(), kind);
         let row = query(&st).fetch_one(&self.reader).await.map_err(backend)?;
