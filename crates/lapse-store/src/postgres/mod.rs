@@ -878,15 +878,22 @@ impl Store for PostgresStore {
     }
 
     async fn release(&self, ids: &[SessionId]) -> Result<(), StoreError> {
+        let mut holder = self.holder.lock().await;
+        // Never a holder, nothing leased.
+        let Some(h) = holder.as_mut() else {
+            return Ok(());
+        };
         if ids.is_empty() {
             return Ok(());
         }
-        let holder = self.holder().await?;
+        // On the holder's own connection: a sweep fails most often for want of a free
+        // connection in the pool, and giving its rows back must not wait for one. If that
+        // connection is gone, so is the lock, and the leases are free already.
         let ids: Vec<&str> = ids.iter().map(SessionId::as_str).collect();
         sqlx::query(RELEASE)
             .bind(ids)
-            .bind(holder)
-            .execute(&self.pool)
+            .bind(h.number)
+            .execute(&mut h.connection)
             .await
             .map_err(backend)?;
         Ok(())
