@@ -22,12 +22,21 @@ async fn engine() -> Arc<Engine> {
 async fn engine_and_store() -> (Arc<Engine>, Arc<SqliteStore>) {
     let store = Arc::new(SqliteStore::open("sqlite::memory:", None).await.unwrap());
     lapse_core::Store::migrate(store.as_ref()).await.unwrap();
-    let engine = Engine::new(
-        store.clone(),
-        Arc::new(Config::default()),
-        Clock::manual(t0()),
-    );
-    (engine, store)
+    (engine_over(store.clone()), store)
+}
+
+/// An engine over `store`, with the built-in config and a manual clock at [`t0`].
+fn engine_over(store: Arc<dyn lapse_core::Store>) -> Arc<Engine> {
+    Engine::new(store, Arc::new(Config::default()), Clock::manual(t0()))
+}
+
+/// One instance's store on the shared PostgreSQL database at `url`, migrated.
+async fn postgres_instance(url: &str) -> Arc<lapse_store::PostgresStore> {
+    let store = lapse_store::PostgresStore::open(url, None, None)
+        .await
+        .unwrap();
+    lapse_core::Store::migrate(&store).await.unwrap();
+    Arc::new(store)
 }
 
 fn admin() -> Caller {
@@ -121,17 +130,7 @@ async fn a_deadline_stored_by_one_instance_wakes_the_others() {
     let Some(url) = lapse_store::testing::fresh_postgres_database().await else {
         return;
     };
-    let open = || async {
-        let store = lapse_store::PostgresStore::open(&url, None, None)
-            .await
-            .unwrap();
-        lapse_core::Store::migrate(&store).await.unwrap();
-        Engine::new(
-            Arc::new(store),
-            Arc::new(Config::default()),
-            Clock::manual(t0()),
-        )
-    };
+    let open = || async { engine_over(postgres_instance(&url).await) };
     let (a, b) = (open().await, open().await);
     let shutdown = tokio_util::sync::CancellationToken::new();
     tokio::spawn(b.clone().run_change_watch(shutdown.clone()));
@@ -175,18 +174,8 @@ async fn a_sweeper_waits_a_second_while_another_instance_holds_what_is_due() {
         return;
     };
     let open = || async {
-        let store = Arc::new(
-            lapse_store::PostgresStore::open(&url, None, None)
-                .await
-                .unwrap(),
-        );
-        lapse_core::Store::migrate(store.as_ref()).await.unwrap();
-        let engine = Engine::new(
-            store.clone(),
-            Arc::new(Config::default()),
-            Clock::manual(t0()),
-        );
-        (store, engine)
+        let store = postgres_instance(&url).await;
+        (store.clone(), engine_over(store))
     };
     let ((a_store, a), (_, b)) = (open().await, open().await);
     let admin = Caller::Admin {
@@ -446,23 +435,12 @@ async fn a_sweep_that_fails_gives_back_the_rows_it_leased() {
     let Some(url) = lapse_store::testing::fresh_postgres_database().await else {
         return;
     };
-    let open = || async {
-        let store = lapse_store::PostgresStore::open(&url, None, None)
-            .await
-            .unwrap();
-        lapse_core::Store::migrate(&store).await.unwrap();
-        Arc::new(store)
-    };
-    let (store, other) = (open().await, open().await);
+    let (store, other) = (postgres_instance(&url).await, postgres_instance(&url).await);
     let faults = Arc::new(FailNextLoad::default());
-    let engine = Engine::new(
-        Arc::new(lapse_core::intercept::Intercepted::new(
-            store.clone(),
-            faults.clone(),
-        )),
-        Arc::new(Config::default()),
-        Clock::manual(t0()),
-    );
+    let engine = engine_over(Arc::new(lapse_core::intercept::Intercepted::new(
+        store,
+        faults.clone(),
+    )));
     for i in 0..3 {
         engine
             .create(&admin(), request("request", &format!("p{i}"), None))

@@ -878,14 +878,14 @@ impl Store for PostgresStore {
     }
 
     async fn release(&self, ids: &[SessionId]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         let mut holder = self.holder.lock().await;
         // Never a holder, nothing leased.
         let Some(h) = holder.as_mut() else {
             return Ok(());
         };
-        if ids.is_empty() {
-            return Ok(());
-        }
         // On the holder's own connection: a sweep fails most often for want of a free
         // connection in the pool, and giving its rows back must not wait for one. If that
         // connection is gone, so is the lock, and the leases are free already.
