@@ -882,3 +882,62 @@ async fn changes_decided_under_replaced_rules_are_refused() {
         assert_eq!(stored(store.load(&id).await.unwrap()), at(300));
     }
 }
+
+/// A SQLite database another process holds for a moment (a backup, a second `lapse` at its
+/// migrations) still opens: the store waits for its first connection as long as SQLite waits
+/// for a lock, not the fraction of a second a call waits for a free connection.
+#[tokio::test]
+async fn a_sqlite_database_locked_for_a_moment_still_opens() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("held.db").display());
+    let options: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
+    let mut holder = sqlx::SqliteConnection::connect_with(&options.create_if_missing(true))
+        .await
+        .unwrap();
+    // A database in rollback mode under an exclusive lock: no one may even read its header.
+    sqlx::raw_sql("begin exclusive; create table held (x integer)")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let held_for = std::time::Duration::from_millis(1500);
+    assert!(
+        held_for > lapse_store::ACQUIRE_TIMEOUT,
+        "longer than a call's wait"
+    );
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(held_for).await;
+        sqlx::raw_sql("commit").execute(&mut holder).await.unwrap();
+        holder.close().await.unwrap();
+    });
+
+    let store = SqliteStore::open(&url, None)
+        .await
+        .expect("opens once the lock is gone");
+    release.await.unwrap();
+    store.migrate().await.unwrap();
+    insert(&store, &session("study", "after", t0())).await;
+    let id = SessionId::parse("after").unwrap();
+    assert!(
+        store.load(&id).await.unwrap().is_some(),
+        "and works as usual"
+    );
+}
+
+/// A SQLite path that cannot be opened fails at once, with the path in the message: waiting
+/// out a lock is for databases that exist and are merely busy.
+#[tokio::test]
+async fn a_sqlite_path_that_cannot_be_opened_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("missing/dir/x.db").display());
+    let started = std::time::Instant::now();
+    let Err(StoreError::Backend(message)) = SqliteStore::open(&url, None).await else {
+        panic!("a database in a missing directory opened");
+    };
+    assert!(message.contains("missing/dir/x.db"), "{message}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "failed only after {:?}",
+        started.elapsed()
+    );
+}

@@ -59,6 +59,32 @@ async fn left_no_transaction(conn: &mut sqlx::SqliteConnection) -> bool {
     true
 }
 
+/// How long a connection waits for another's lock before its statement fails as busy.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens a pool and its first connection. A call waits [`crate::ACQUIRE_TIMEOUT`] for a
+/// connection; at open the store waits as long as SQLite waits for a lock, trying again while
+/// a first connection is merely slow: another process may hold the database for a moment (a
+/// backup, a second `lapse` at its migrations), or the machine be loaded, and failing `lapse
+/// serve` at start for that helps no one. Any other error (a bad path, no permission) fails
+/// at once.
+async fn open_pool(
+    pool: SqlitePoolOptions,
+    options: &SqliteConnectOptions,
+    url: &str,
+) -> Result<SqlitePool, StoreError> {
+    let give_up = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match pool.clone().connect_with(options.clone()).await {
+            Ok(pool) => return Ok(pool),
+            Err(sqlx::Error::PoolTimedOut) if std::time::Instant::now() < give_up => {
+                tracing::info!(url, "the database is slow to open; still trying");
+            }
+            Err(e) => return Err(StoreError::Backend(format!("cannot open `{url}`: {e}"))),
+        }
+    }
+}
+
 /// Sessions in a SQLite database.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -75,7 +101,7 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         // SQLite's default page cache is 2 MB a connection: at a million sessions every write
         // then reads its index pages back from the OS. The writer keeps the hot pages of every
@@ -105,20 +131,16 @@ impl SqliteStore {
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(writer_options)
-            .await
-            .map_err(|e| StoreError::Backend(format!("cannot open `{url}`: {e}")))?;
+            .max_lifetime(None);
+        let writer = open_pool(writer, &writer_options, url).await?;
         // An in-memory database exists once per connection: readers must share the writer.
         let reader = if in_memory {
             writer.clone()
         } else {
-            SqlitePoolOptions::new()
+            let reader = SqlitePoolOptions::new()
                 .acquire_timeout(crate::ACQUIRE_TIMEOUT)
-                .max_connections(pool_size.unwrap_or(4).max(1))
-                .connect_with(reader_options)
-                .await
-                .map_err(|e| StoreError::Backend(format!("cannot open `{url}`: {e}")))?
+                .max_connections(pool_size.unwrap_or(4).max(1));
+            open_pool(reader, &reader_options, url).await?
         };
         Ok(SqliteStore { writer, reader })
     }
