@@ -59,23 +59,34 @@ async fn sweep(
                 .map_err(|_| ApiError::validation("until", "an RFC 3339 time"))
         })
         .transpose()?;
-    if !dry_run {
-        // Asked for by hand (a cron credential, an operator): every heartbeat accepted so far
-        // is written first, so the database holds them once the answer comes, for `lapse
-        // sweep` and reports beside it. The continuous sweeper writes only the beats of what
-        // it decides.
-        app.engine.flush_heartbeats().await?;
-    }
-    let report = app
-        .engine
-        .sweep_once(&SweepOptions {
-            dry_run,
-            due_by,
-            kind: q.kind,
-            progress: None,
-            stop: app.shutdown.clone(),
-        })
-        .await?;
+    let opts = SweepOptions {
+        dry_run,
+        due_by,
+        kind: q.kind,
+        progress: None,
+        stop: app.shutdown.clone(),
+    };
+    let engine = app.engine.clone();
+    // The sweep runs to its end even if the client stops waiting (a cron job's time limit):
+    // dropped halfway, it would leave its claimed rows to wait out their lease.
+    let sweep = tokio::spawn(async move {
+        if !opts.dry_run {
+            // Asked for by hand (a cron credential, an operator): every heartbeat accepted so
+            // far is written first, so the database holds them once the answer comes, for
+            // `lapse sweep` and reports beside it. The continuous sweeper writes only the
+            // beats of what it decides.
+            engine.flush_heartbeats().await?;
+        }
+        engine.sweep_once(&opts).await
+    });
+    let report = sweep.await.map_err(|e| {
+        tracing::error!(error = %e, "a sweep asked for by hand did not finish");
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "internal",
+            "the sweep stopped early; what it applied stays applied, the rest stays due",
+        )
+    })??;
     Ok(Json(json!(report)))
 }
 

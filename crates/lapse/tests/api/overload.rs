@@ -70,4 +70,57 @@ async fn past_the_limit_requests_are_refused_quickly_and_probes_still_answer(bac
     app.get(As::Admin, "/v1/stats").await.expect(200);
 }
 
-both_stores!(past_the_limit_requests_are_refused_quickly_and_probes_still_answer);
+/// A sweep asked for runs to its end even when the client stops waiting for the answer (a
+/// cron job's `curl --max-time`): what it claimed is applied, not left half done and, on
+/// PostgreSQL, leased to no one for a minute.
+async fn a_sweep_whose_client_stops_waiting_still_applies_everything(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let store = lapse_store::open(&app.db_url, None, None).await.unwrap();
+    let start: Timestamp = START.parse().unwrap();
+    let config = Config::default();
+    let rooms = lapse_store::testing::synthetic_sessions(
+        &config.kinds["study"],
+        "r-",
+        3_000,
+        1_000,
+        0,
+        start,
+    );
+    store.import(&rooms).await.unwrap();
+    app.advance("1h").await;
+
+    let gave_up = app
+        .client
+        .post(format!("{}/v1/sweep", app.base))
+        .bearer_auth(CRON_SECRET)
+        .timeout(Duration::from_millis(20))
+        .send()
+        .await;
+    assert!(
+        gave_up.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "the client gave up before the answer: {gave_up:?}"
+    );
+    // Unused study rooms are deleted. A manual clock runs no sweeper of its own: only the
+    // abandoned sweep can delete them.
+    let left = || async {
+        let stats = app.get(As::Admin, "/v1/stats").await.expect(200);
+        stats["sessions"]["total"].as_i64().unwrap()
+    };
+    let waited = Instant::now();
+    loop {
+        let left = left().await;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "{left} of 3000 rooms left due"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+both_stores!(
+    past_the_limit_requests_are_refused_quickly_and_probes_still_answer,
+    a_sweep_whose_client_stops_waiting_still_applies_everything
+);
