@@ -38,6 +38,11 @@ pub enum StoreError {
     /// nothing was written; decide again under the rules now in force.
     #[error("the rules in force changed")]
     PolicyChanged,
+    /// The database rolled the transaction back to break a deadlock (or a serialization
+    /// failure) with another client: nothing was written. Like a lost compare-and-set, the
+    /// change is decided again from a fresh read.
+    #[error("the database rolled the change back to break a deadlock")]
+    RolledBack,
     /// The database failed.
     #[error("database error: {0}")]
     Backend(String),
@@ -48,6 +53,13 @@ impl StoreError {
     /// ([`StoreError::Unavailable`], [`StoreError::Busy`]): the same call may succeed later.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_) | StoreError::Busy)
+    }
+
+    /// Whether nothing was written because another writer got in the way
+    /// ([`StoreError::Conflict`], [`StoreError::RolledBack`]): the change is decided again
+    /// from a fresh read.
+    pub fn decide_again(&self) -> bool {
+        matches!(self, StoreError::Conflict | StoreError::RolledBack)
     }
 }
 

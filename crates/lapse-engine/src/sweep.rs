@@ -525,7 +525,7 @@ impl Engine {
                         last_error = None;
                         break;
                     }
-                    Err(EngineError::Store(StoreError::Conflict)) => {
+                    Err(EngineError::Store(e)) if e.decide_again() => {
                         last_error = Some("lost a concurrent update three times".to_string());
                     }
                     Err(e) if e.is_unavailable() => return Err(e),

@@ -72,9 +72,21 @@ pub(crate) fn backend(e: sqlx::Error) -> StoreError {
         StoreError::Busy
     } else if unavailable(&e) {
         StoreError::Unavailable(e.to_string())
+    } else if rolled_back(&e) {
+        StoreError::RolledBack
     } else {
         StoreError::Backend(e.to_string())
     }
+}
+
+/// Whether PostgreSQL rolled the transaction back to break a deadlock (40P01) or a
+/// serialization failure (40001).
+fn rolled_back(e: &sqlx::Error) -> bool {
+    e.as_database_error().is_some_and(|db| {
+        db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .is_some()
+            && matches!(db.code().as_deref(), Some("40P01" | "40001"))
+    })
 }
 
 /// Whether `e` says the database is out of reach for now rather than that the statement is

@@ -115,3 +115,31 @@ pub fn synthetic_sessions(
         })
         .collect()
 }
+
+/// Waits until `n` connections to this test's database wait for a lock (a transaction
+/// blocked on another's row or advisory lock), checking `meanwhile` on each look. Other
+/// tests' databases on the same server are not counted.
+///
+/// # Panics
+/// When they are not waiting after 10 s, or the server does not answer.
+pub async fn until_waiting(raw: &sqlx::PgPool, n: i64, meanwhile: impl Fn()) {
+    let started = std::time::Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity \
+             where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(raw)
+        .await
+        .expect("the test server answers");
+        if waiting >= n {
+            return;
+        }
+        meanwhile();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{waiting} of {n} lock requests waiting after 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -566,31 +566,6 @@ async fn postgres_and_raw() -> Option<(PostgresStore, sqlx::PgPool)> {
     Some((store, sqlx::PgPool::connect(&url).await.unwrap()))
 }
 
-/// Waits until `n` connections to this test's database wait for a lock (a transaction
-/// blocked on another's row or advisory lock), checking `meanwhile` on each look. Other
-/// tests' databases on the same server are not counted.
-async fn until_waiting(raw: &sqlx::PgPool, n: i64, meanwhile: impl Fn()) {
-    let started = std::time::Instant::now();
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "select count(*) from pg_stat_activity \
-             where datname = current_database() and wait_event_type = 'Lock'",
-        )
-        .fetch_one(raw)
-        .await
-        .unwrap();
-        if waiting >= n {
-            return;
-        }
-        meanwhile();
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(10),
-            "{waiting} of {n} lock requests waiting after 10 s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-}
-
 /// A room ended while its people beat: the end's transaction holds the session row and goes
 /// on to write its participants, and a heartbeat flush of one of them comes in between. The
 /// flush waits for the session before it touches the participant; had it taken the
@@ -628,7 +603,7 @@ async fn a_flush_never_holds_a_participant_a_commit_of_its_room_is_about_to_writ
         tokio::spawn(async move { store.flush_heartbeats(&[beat]).await })
     };
     // Until the flush waits for the session row.
-    until_waiting(&raw, 1, || {}).await;
+    lapse_store::testing::until_waiting(&raw, 1, || {}).await;
 
     sqlx::query("update participants set state = 'left' where session_id = 'room'")
         .execute(&mut *ending)
@@ -677,7 +652,7 @@ async fn a_commit_of_several_sessions_waits_for_a_flush_under_way() {
         };
         tokio::spawn(async move { store.flush_heartbeats(&[beat]).await })
     };
-    until_waiting(&raw, 1, || {}).await;
+    lapse_store::testing::until_waiting(&raw, 1, || {}).await;
 
     let mut commits = Vec::new();
     for id in ["a", "b"] {
@@ -700,7 +675,7 @@ async fn a_commit_of_several_sessions_waits_for_a_flush_under_way() {
         tokio::spawn(async move { store.commit_many(&commits).await })
     };
     // Until the commit waits too (for its turn): it must not go ahead of the flush.
-    until_waiting(&raw, 2, || {
+    lapse_store::testing::until_waiting(&raw, 2, || {
         assert!(
             !committing.is_finished(),
             "a commit of several sessions went ahead of a flush under way"

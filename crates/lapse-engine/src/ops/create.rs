@@ -117,8 +117,9 @@ impl Engine {
                 }
                 // Someone else's create got in first: check again, which explains the 409.
                 Err(EngineError::Store(StoreError::LimitReached)) => continue,
-                // Other rules came into force: decide again under them.
-                Err(EngineError::Store(StoreError::Conflict)) => continue,
+                // Other rules came into force, or a deadlock with another writer rolled it
+                // back: decide again.
+                Err(EngineError::Store(e)) if e.decide_again() => continue,
                 Err(e) => return Err(e),
             }
             if fx.deleted_at.is_some() {

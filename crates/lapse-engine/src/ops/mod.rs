@@ -15,7 +15,7 @@ mod sessions;
 
 use lapse_core::explain::RuleExplanation;
 use lapse_core::lifecycle::{self, Effects, OpError};
-use lapse_core::{Kind, Session, SessionId, StoreError, Timestamp, UserId};
+use lapse_core::{Kind, Session, SessionId, Timestamp, UserId};
 
 use crate::{Engine, EngineError};
 
@@ -171,7 +171,7 @@ impl Engine {
                     s.version += 1;
                     return Ok(Some(s));
                 }
-                Err(EngineError::Store(StoreError::Conflict)) => continue,
+                Err(EngineError::Store(e)) if e.decide_again() => continue,
                 Err(e) => return Err(e),
             }
         }
@@ -219,7 +219,7 @@ impl Engine {
                     s.version += 1;
                     return Ok((value, s));
                 }
-                Err(EngineError::Store(StoreError::Conflict)) => continue,
+                Err(EngineError::Store(e)) if e.decide_again() => continue,
                 Err(e) => return Err(e),
             }
         }

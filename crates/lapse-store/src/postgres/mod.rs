@@ -531,7 +531,8 @@ impl Store for PostgresStore {
             }
             match write_commit(&mut tx, commit).await {
                 Ok(()) => outcomes.push(Ok(())),
-                Err(e @ StoreError::Backend(_)) => return Err(e),
+                // The transaction is aborted: nothing of it can commit.
+                Err(e @ (StoreError::Backend(_) | StoreError::RolledBack)) => return Err(e),
                 Err(e) if alone => return Ok(crate::batch::with_stale(&stale, vec![Err(e)])),
                 Err(e) => {
                     if savepoint {

@@ -432,7 +432,7 @@ impl Store for SqliteStore {
             }
             match write_commit(&mut tx, commit).await {
                 Ok(()) => outcomes.push(Ok(())),
-                Err(e @ StoreError::Backend(_)) => return Err(e),
+                Err(e @ (StoreError::Backend(_) | StoreError::RolledBack)) => return Err(e),
                 Err(e) if alone => return Ok(crate::batch::with_stale(&stale, vec![Err(e)])),
                 Err(e) => {
                     if savepoint {
