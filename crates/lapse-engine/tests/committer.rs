@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use lapse_core::intercept::{Call, Hook, Intercepted};
-use lapse_core::{Config, SessionId, Store, StoreError, Timestamp, UserId};
-use lapse_engine::ops::CreateRequest;
-use lapse_engine::{Caller, Clock, Engine, EngineError};
+use lapse_core::{Config, SessionId, Store, StoreError};
+use lapse_engine::{Clock, Engine, EngineError};
 use lapse_store::SqliteStore;
 use tokio_util::sync::CancellationToken;
+
+mod common;
+use common::{admin, create, t0};
 
 /// Counts the store's write transactions.
 #[derive(Default)]
@@ -34,30 +36,6 @@ const CONFIG: &str = r#"
 max_open_per_host = 1
 [kinds.room]
 "#;
-
-fn t0() -> Timestamp {
-    "2026-03-02T08:00:00Z".parse().unwrap()
-}
-
-fn admin() -> Caller {
-    Caller::Admin {
-        name: "test".into(),
-        actor: None,
-    }
-}
-
-fn create(kind: &str, id: &str, host: &str) -> CreateRequest {
-    CreateRequest {
-        id: Some(SessionId::parse(id).unwrap()),
-        kind: kind.into(),
-        title: None,
-        metadata: None,
-        host: Some(UserId::parse(host).unwrap()),
-        parent: None,
-        scheduled_start: None,
-        scheduled_end: None,
-    }
-}
 
 async fn engine(dir: &tempfile::TempDir) -> (Arc<Engine>, Arc<dyn Store>, Arc<Transactions>) {
     let url = format!("sqlite://{}", dir.path().join("lapse.db").display());

@@ -2,33 +2,12 @@
 
 use std::sync::Arc;
 
-use lapse_core::{Config, SessionId, Timestamp, UserId};
+use lapse_core::{Config, SessionId};
 use lapse_engine::ops::CreateRequest;
-use lapse_engine::{Caller, Clock, Engine};
+use lapse_engine::{Clock, Engine};
 
-fn t0() -> Timestamp {
-    "2026-01-05T09:00:00Z".parse().unwrap()
-}
-
-fn admin() -> Caller {
-    Caller::Admin {
-        name: "test".into(),
-        actor: None,
-    }
-}
-
-fn create(kind: &str, id: &str, parent: Option<&str>) -> CreateRequest {
-    CreateRequest {
-        id: Some(SessionId::parse(id).unwrap()),
-        kind: kind.into(),
-        title: None,
-        metadata: None,
-        host: Some(UserId::parse("host").unwrap()),
-        parent: parent.map(|p| SessionId::parse(p).unwrap()),
-        scheduled_start: None,
-        scheduled_end: None,
-    }
-}
+mod common;
+use common::{admin, create, t0};
 
 /// A change PostgreSQL rolls back to break a deadlock is decided again and written, not
 /// answered with an error: the rollback wrote nothing, as after a lost compare-and-set. Here
@@ -49,11 +28,17 @@ async fn a_change_picked_as_a_deadlocks_victim_is_decided_again() {
         Clock::manual(t0()),
     );
     engine
-        .create(&admin(), create("request", "job", None))
+        .create(&admin(), create("request", "job", "host"))
         .await
         .unwrap();
     engine
-        .create(&admin(), create("repair", "fix", Some("job")))
+        .create(
+            &admin(),
+            CreateRequest {
+                parent: Some(SessionId::parse("job").unwrap()),
+                ..create("repair", "fix", "host")
+            },
+        )
         .await
         .unwrap();
 

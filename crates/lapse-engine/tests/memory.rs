@@ -5,21 +5,13 @@
 use std::sync::Arc;
 
 use lapse_core::lifecycle::Via;
-use lapse_core::{Config, ParticipantState, SessionId, Status, Store, Timestamp, UserId};
+use lapse_core::{Config, ParticipantState, SessionId, Status, Store, UserId};
 use lapse_engine::ops::CreateRequest;
-use lapse_engine::{Caller, Clock, Engine};
+use lapse_engine::{Clock, Engine};
 use lapse_store::SqliteStore;
 
-fn t0() -> Timestamp {
-    "2026-03-02T08:00:00Z".parse().unwrap()
-}
-
-fn admin() -> Caller {
-    Caller::Admin {
-        name: "test".into(),
-        actor: None,
-    }
-}
+mod common;
+use common::{admin, create, t0};
 
 /// Two engines (two instances) over one SQLite file.
 async fn two_instances(dir: &tempfile::TempDir) -> (Arc<Engine>, Arc<Engine>, Arc<dyn Store>) {
@@ -40,16 +32,7 @@ fn user(name: &str) -> UserId {
 
 /// A study session hosted by `host`.
 fn room_request(id: &str) -> CreateRequest {
-    CreateRequest {
-        id: Some(SessionId::parse(id).unwrap()),
-        kind: "study".into(),
-        title: None,
-        metadata: None,
-        host: Some(user("host")),
-        parent: None,
-        scheduled_start: None,
-        scheduled_end: None,
-    }
+    create("study", id, "host")
 }
 
 #[tokio::test]

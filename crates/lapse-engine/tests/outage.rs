@@ -8,10 +8,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use lapse_core::intercept::{Call, Hook, Intercepted};
-use lapse_core::{Config, SessionId, Store, StoreError, Timestamp, UserId};
+use lapse_core::{Config, SessionId, Store, StoreError, UserId};
 use lapse_engine::ops::CreateRequest;
-use lapse_engine::{Caller, Clock, Engine};
+use lapse_engine::{Clock, Engine};
 use lapse_store::SqliteStore;
+
+mod common;
+use common::{admin, create, t0};
 
 /// A database that can be switched off: every call fails as an unreachable server's would
 /// while it is off. Counts the calls that reached it while off.
@@ -35,28 +38,8 @@ impl Hook for Switch {
     fn after(&self, _call: Call, _ticket: (), _outcome: Result<(), &StoreError>) {}
 }
 
-fn t0() -> Timestamp {
-    "2026-03-02T08:00:00Z".parse().unwrap()
-}
-
-fn admin() -> Caller {
-    Caller::Admin {
-        name: "test".into(),
-        actor: None,
-    }
-}
-
 fn room(id: &str) -> CreateRequest {
-    CreateRequest {
-        id: Some(SessionId::parse(id).unwrap()),
-        kind: "reading".into(),
-        title: None,
-        metadata: None,
-        host: Some(UserId::parse("mira").unwrap()),
-        parent: None,
-        scheduled_start: None,
-        scheduled_end: None,
-    }
+    create("reading", id, "mira")
 }
 
 #[tokio::test]

@@ -7,23 +7,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use lapse_core::store::SessionQuery;
-use lapse_core::{Config, SessionId, Span, Store, Timestamp, UserId};
+use lapse_core::{Config, SessionId, Span, Store, UserId};
 use lapse_engine::ops::CreateRequest;
-use lapse_engine::{Caller, Clock, Engine, SweepOptions};
+use lapse_engine::{Clock, Engine, SweepOptions};
 use lapse_store::{PostgresStore, SqliteStore};
 
+mod common;
+use common::{admin, t0};
+
 const ROOMS: usize = 300;
-
-fn t0() -> Timestamp {
-    "2026-03-02T08:00:00Z".parse().unwrap()
-}
-
-fn admin() -> Caller {
-    Caller::Admin {
-        name: "test".into(),
-        actor: None,
-    }
-}
 
 fn rules(idle: &str) -> Config {
     let text = format!(

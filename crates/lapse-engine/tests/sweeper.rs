@@ -4,15 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapse_core::{Config, SessionId, Span, Timestamp, UserId};
+use lapse_core::{Config, SessionId, Span, UserId};
 use lapse_engine::ops::CreateRequest;
 use lapse_engine::{Caller, Clock, Engine};
 use lapse_store::SqliteStore;
 use tokio_util::sync::CancellationToken;
 
-fn t0() -> Timestamp {
-    "2026-03-02T08:00:00Z".parse().unwrap()
-}
+mod common;
+use common::{admin, create, t0};
 
 async fn engine() -> Arc<Engine> {
     engine_and_store().await.0
@@ -39,23 +38,10 @@ async fn postgres_instance(url: &str) -> Arc<lapse_store::PostgresStore> {
     Arc::new(store)
 }
 
-fn admin() -> Caller {
-    Caller::Admin {
-        name: "test".into(),
-        actor: None,
-    }
-}
-
 fn request(kind: &str, id: &str, start: Option<Span>) -> CreateRequest {
     CreateRequest {
-        id: Some(SessionId::parse(id).unwrap()),
-        kind: kind.into(),
-        title: None,
-        metadata: None,
-        host: Some(UserId::parse("host").unwrap()),
-        parent: None,
         scheduled_start: start.map(|s| t0() + s),
-        scheduled_end: None,
+        ..create(kind, id, "host")
     }
 }
 

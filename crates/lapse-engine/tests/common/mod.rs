@@ -1,8 +1,41 @@
-//! Shared by the seeded tests (`simulation.rs`, `promise.rs`): a small random generator, so
-//! that a seed gives the same history everywhere and a failing one can be run again.
+//! Shared by the engine's tests: where their manual clocks start, the admin caller, a plain
+//! create request, and, for the seeded tests (`simulation.rs`, `promise.rs`), a small random
+//! generator, so that a seed gives the same history everywhere and a failing one can be run
+//! again.
 
 // Each test binary compiles this module and uses its own part of it.
 #![allow(dead_code)]
+
+use lapse_core::{SessionId, Timestamp, UserId};
+use lapse_engine::Caller;
+use lapse_engine::ops::CreateRequest;
+
+/// Where the manual clocks start.
+pub fn t0() -> Timestamp {
+    "2026-03-02T08:00:00Z".parse().unwrap()
+}
+
+/// An operator with every right.
+pub fn admin() -> Caller {
+    Caller::Admin {
+        name: "test".into(),
+        actor: None,
+    }
+}
+
+/// A create of a `kind` session named `id`, hosted by `host`, with nothing else set.
+pub fn create(kind: &str, id: &str, host: &str) -> CreateRequest {
+    CreateRequest {
+        id: Some(SessionId::parse(id).unwrap()),
+        kind: kind.into(),
+        title: None,
+        metadata: None,
+        host: Some(UserId::parse(host).unwrap()),
+        parent: None,
+        scheduled_start: None,
+        scheduled_end: None,
+    }
+}
 
 /// SplitMix64: small, fast, and the same everywhere.
 #[derive(Clone)]
