@@ -15,6 +15,7 @@ pub mod policy;
 pub mod serve;
 mod sessions;
 mod sse;
+mod stream_conn;
 pub mod trace;
 mod webhooks;
 

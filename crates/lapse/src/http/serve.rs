@@ -5,7 +5,8 @@
 //! of every connection to tell HTTP/2 from HTTP/1 and hands them back to HTTP/1 as a read of
 //! their own, which grows the connection's read buffer from 8 to 16 KB for the rest of its
 //! life: for an idle event stream, most of what it costs. lapse speaks HTTP/1.1, which is
-//! what a proxy in front of it speaks to it.
+//! what a proxy in front of it speaks to it. A connection that opens with an event stream is
+//! answered without hyper's buffers at all (`stream_conn`).
 
 use std::io;
 use std::time::Duration;
@@ -17,6 +18,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::http::stream_conn;
 
 /// Serves `router` on `listener` until `shutdown`, then waits for the connections open at
 /// that moment to finish their requests.
@@ -34,12 +37,27 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
             },
             () = shutdown.cancelled() => break,
         };
-        // Event streams write small frames one at a time: each goes out as it is written,
-        // rather than waiting for the previous one's acknowledgement.
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let connection = open.watch(http.serve_connection(TokioIo::new(stream), service));
+        let watcher = open.watcher();
+        let (http, router, shutdown) = (http.clone(), router.clone(), shutdown.clone());
         tokio::spawn(async move {
+            let mut stream = stream;
+            // Event streams write small frames one at a time: each goes out as it is
+            // written, rather than waiting for the previous one's acknowledgement.
+            let _ = stream.set_nodelay(true);
+            // Until it ends, this task holds `watcher`: shutdown waits for the answer, but
+            // not for a client that has asked nothing yet (as hyper closes an idle one).
+            let first = tokio::select! {
+                first = stream_conn::stream_request(&mut stream) => first,
+                () = shutdown.cancelled() => return,
+            };
+            if let Some(request) = first
+                && stream_conn::answer(&mut stream, request, router.clone()).await
+                    == stream_conn::After::Close
+            {
+                return;
+            }
+            let service = TowerToHyperService::new(router);
+            let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }

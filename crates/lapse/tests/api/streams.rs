@@ -175,8 +175,150 @@ async fn open_streams_end_when_lapse_shuts_down(backend: Backend) {
     );
 }
 
+/// A connection of the test's own, written to and read from as bytes.
+struct Raw {
+    socket: tokio::net::TcpStream,
+    read: Vec<u8>,
+}
+
+impl Raw {
+    async fn connect(app: &TestApp) -> Raw {
+        let addr = app.base.trim_start_matches("http://");
+        Raw {
+            socket: tokio::net::TcpStream::connect(addr).await.unwrap(),
+            read: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &str) {
+        use tokio::io::AsyncWriteExt;
+        self.socket.write_all(bytes.as_bytes()).await.unwrap();
+    }
+
+    /// Reads until what has arrived contains `text`; fails the test if it does not within
+    /// seconds. Everything read so far, as text.
+    async fn until(&mut self, text: &str) -> String {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !String::from_utf8_lossy(&self.read).contains(text) {
+            let mut buf = [0; 4096];
+            let n = tokio::time::timeout_at(deadline, self.socket.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "`{text}` within seconds; got {:?}",
+                        String::from_utf8_lossy(&self.read)
+                    )
+                })
+                .unwrap();
+            assert!(
+                n > 0,
+                "connection closed before `{text}`: {:?}",
+                String::from_utf8_lossy(&self.read)
+            );
+            self.read.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&self.read).into_owned()
+    }
+}
+
+fn stream_head(query: &str) -> String {
+    format!(
+        "GET /v1/events{query} HTTP/1.1\r\nHost: lapse\r\nAuthorization: Bearer {ADMIN_KEY}\r\n\
+         Accept: text/event-stream\r\n\r\n"
+    )
+}
+
+/// A client whose request reaches lapse a piece at a time (a slow link, a proxy that writes
+/// headers line by line) gets the same stream as one that sends it at once.
+async fn a_stream_asked_for_a_piece_at_a_time_streams_the_same(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.create("study", "live", "alice", json!({})).await;
+    let head = stream_head("?session=live");
+    for (what, pieces) in [
+        ("at once", vec![head.as_str()]),
+        ("a line at a time", head.split_inclusive("\r\n").collect()),
+        ("a few bytes first", vec![&head[..5], &head[5..]]),
+    ] {
+        let mut raw = Raw::connect(&app).await;
+        for piece in pieces {
+            raw.send(piece).await;
+            // Each piece on the wire alone, as a slow client sends it.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let got = raw.until("participant.joined").await;
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{what}: {got}");
+        assert!(
+            got.contains("content-type: text/event-stream"),
+            "{what}: {got}"
+        );
+        assert!(got.contains("session.created"), "{what}: {got}");
+        // Events committed while it is open arrive on it too.
+        app.send(
+            As::Admin,
+            reqwest::Method::PATCH,
+            "/v1/sessions/live",
+            Some(json!({"title": what})),
+        )
+        .await
+        .expect(200);
+        raw.until(what).await;
+    }
+}
+
+/// A stream refused (no key) is answered like any request, and the same connection then
+/// serves the client's next request.
+async fn a_refused_stream_leaves_its_connection_serving(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut raw = Raw::connect(&app).await;
+    raw.send("GET /v1/events HTTP/1.1\r\nHost: lapse\r\nAccept: text/event-stream\r\n\r\n")
+        .await;
+    let refused = raw.until("\"status\":401").await;
+    assert!(
+        refused.starts_with("HTTP/1.1 401 Unauthorized\r\n"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("content-type: application/problem+json"),
+        "{refused}"
+    );
+    let body = &refused[refused.find("\r\n\r\n").unwrap() + 4..];
+    assert!(
+        refused.contains(&format!("content-length: {}\r\n", body.len())),
+        "the answer says where it ends: {refused}"
+    );
+    raw.read.clear();
+    raw.send("GET /livez HTTP/1.1\r\nHost: lapse\r\n\r\n").await;
+    let next = raw.until("\"ok\"").await;
+    assert!(next.starts_with("HTTP/1.1 200 OK\r\n"), "{next}");
+}
+
+/// A client connected but silent (a pool's spare connection) does not hold lapse's shutdown:
+/// its connection is closed at once, as one that has just been answered is.
+async fn a_silent_connection_is_closed_when_lapse_shuts_down(backend: Backend) {
+    use tokio::io::AsyncReadExt;
+    let app = spawn_app(backend).await;
+    let mut silent = Raw::connect(&app).await;
+    let mut answered = Raw::connect(&app).await;
+    answered
+        .send("GET /livez HTTP/1.1\r\nHost: lapse\r\n\r\n")
+        .await;
+    answered.until("\"ok\"").await;
+    app.shut_down();
+    for raw in [&mut silent, &mut answered] {
+        let mut buf = [0; 64];
+        let read = tokio::time::timeout(Duration::from_secs(1), raw.socket.read(&mut buf))
+            .await
+            .expect("the connection is closed within a second of the shutdown");
+        assert!(matches!(read, Ok(0)), "closed, not answered: {read:?}");
+    }
+}
+
 both_stores!(
     events_stream_live_and_resume_without_gaps,
     a_browser_follows_its_own_room_with_a_token_in_the_query,
     open_streams_end_when_lapse_shuts_down,
+    a_stream_asked_for_a_piece_at_a_time_streams_the_same,
+    a_refused_stream_leaves_its_connection_serving,
+    a_silent_connection_is_closed_when_lapse_shuts_down,
 );
