@@ -11,7 +11,9 @@
 //! text/event-stream`, no body, no upgrade, and the whole head in the first bytes that
 //! arrived (as clients send it). Anything else goes to hyper with the socket untouched. A
 //! refused stream (a bad key, a bad filter) is answered here and the connection then goes to
-//! hyper for whatever the client asks next; a stream that ends closes its connection.
+//! hyper for whatever the client asks next; a stream that ends closes its connection. A stream
+//! asked for later on a connection hyper already serves (a client reusing a pooled one) stays
+//! with hyper and costs what it did before.
 
 use axum::Router;
 use axum::body::{Body, HttpBody};
@@ -39,7 +41,7 @@ pub enum After {
 }
 
 /// The connection's first request, read off the socket, if it is an event stream asked for
-/// plainly; otherwise `None`, and nothing has been read.
+/// plainly; otherwise `None`, and nothing has been read (unless the client left meanwhile).
 pub async fn stream_request(socket: &mut TcpStream) -> Option<Request<Body>> {
     let mut start = [0; PREFIX.len()];
     let seen = socket.peek(&mut start).await.ok()?;
