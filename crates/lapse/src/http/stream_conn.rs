@@ -143,7 +143,7 @@ pub async fn answer(socket: &mut TcpStream, request: Request<Body>, router: Rout
             continue;
         }
         let written = match framing {
-            Framing::Length => to_client.write_all(&bytes).await,
+            Framing::Length(_) => to_client.write_all(&bytes).await,
             Framing::Chunked => {
                 let mut chunk = Vec::with_capacity(bytes.len() + 12);
                 chunk.extend_from_slice(format!("{:x}\r\n", bytes.len()).as_bytes());
@@ -170,7 +170,7 @@ pub async fn answer(socket: &mut TcpStream, request: Request<Body>, router: Rout
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Framing {
     /// `content-length`: the body's size is known.
-    Length,
+    Length(u64),
     /// `transfer-encoding: chunked`: it is not (an event stream).
     Chunked,
 }
@@ -188,9 +188,15 @@ fn response_head(response: &Response<Body>, is_stream: bool) -> (Vec<u8>, Framin
         )
         .as_bytes(),
     );
-    let headers = response.headers();
-    for (name, value) in headers {
-        if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
+    // The framing written below is the one the body is sent with, whatever a handler said.
+    for (name, value) in response.headers() {
+        if [
+            header::CONNECTION,
+            header::TRANSFER_ENCODING,
+            header::CONTENT_LENGTH,
+        ]
+        .contains(name)
+        {
             continue;
         }
         head.extend_from_slice(name.as_str().as_bytes());
@@ -198,17 +204,15 @@ fn response_head(response: &Response<Body>, is_stream: bool) -> (Vec<u8>, Framin
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
-    let exact = response.body().size_hint().exact();
-    let framing = match exact {
-        Some(_) if !is_stream => Framing::Length,
+    let framing = match response.body().size_hint().exact() {
+        Some(n) if !is_stream => Framing::Length(n),
         _ => Framing::Chunked,
     };
-    match (framing, exact) {
-        (Framing::Length, Some(n)) if !headers.contains_key(header::CONTENT_LENGTH) => {
+    match framing {
+        Framing::Length(n) => {
             head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
         }
-        (Framing::Chunked, _) => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        _ => {}
+        Framing::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     if is_stream {
         head.extend_from_slice(b"connection: close\r\n");
