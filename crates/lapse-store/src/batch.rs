@@ -114,6 +114,15 @@ pub fn session_rows(run: &[&Commit]) -> String {
     to_json(&rows)
 }
 
+/// The ids of a run's session rows, but for the `stale` ones: the rows that win their
+/// compare-and-set when nothing else writes between the check and the update.
+pub fn won_unless(run: &[&Commit], stale: &HashSet<String>) -> HashSet<String> {
+    run.iter()
+        .filter_map(|c| updated(c).map(|(s, _)| s.id.to_string()))
+        .filter(|id| !stale.contains(id))
+        .collect()
+}
+
 /// What the commits whose session row won write next, each kind as one JSON array.
 #[derive(Default)]
 pub struct Followers<'a> {

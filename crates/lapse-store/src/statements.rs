@@ -170,7 +170,8 @@ pub(crate) fn unleased(wall: &str) -> String {
 
 /// Due rows (`next_due_at <= now`) after `cursor` in (deadline, id) order, through the
 /// partial deadline index. With `unleased_at`, only rows no sweeper holds a lease on at that
-/// wall-clock instant (PostgreSQL's claim wraps this statement).
+/// wall-clock instant (PostgreSQL's claim wraps this statement). On SQLite, one JSON array of
+/// `[id, next_due_at]` (see [`participants_of`]).
 pub(crate) fn due_sessions(
     dialect: Dialect,
     now: i64,
@@ -203,6 +204,13 @@ pub(crate) fn due_sessions(
         kind = kind.unwrap_or_default(),
         lease = lease.unwrap_or_default(),
     );
+    if dialect == Dialect::Sqlite {
+        st.sql = format!(
+            "select json_group_array(json_array(id, next_due_at) order by next_due_at, id) \
+             from ({})",
+            st.sql
+        );
+    }
     st
 }
 
@@ -275,14 +283,24 @@ pub(crate) fn sessions_by_id(dialect: Dialect, columns: &str, ids: Vec<String>) 
     st
 }
 
-/// Participants of sessions, through the primary key's leading column.
+/// Participants of sessions, through the primary key's leading column. On SQLite, one JSON
+/// array of rows as arrays: each row that crosses from SQLite's thread to ours costs a
+/// message and a wake-up of its own (≈ 2.5 µs a row measured, three times what reading it
+/// inside one value costs), and a sweep reads a few of these for every session it moves.
 pub(crate) fn participants_of(dialect: Dialect, ids: Vec<String>) -> Statement {
     let mut st = Statement::new(dialect, "");
     let id_in = st.in_texts("session_id", ids);
-    st.sql = format!(
-        "select session_id, user_id, role, state, joined_at, left_at, last_seen_at, \
-         offline_for from participants where {id_in} order by joined_at, user_id"
-    );
+    let columns = "session_id, user_id, role, state, joined_at, left_at, last_seen_at, \
+                   offline_for";
+    st.sql = match dialect {
+        Dialect::Sqlite => format!(
+            "select json_group_array(json_array({columns}) order by joined_at, user_id) \
+             from participants where {id_in}"
+        ),
+        Dialect::Postgres => {
+            format!("select {columns} from participants where {id_in} order by joined_at, user_id")
+        }
+    };
     st
 }
 

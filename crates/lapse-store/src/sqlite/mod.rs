@@ -151,11 +151,8 @@ impl SqliteStore {
             return Ok(Vec::new());
         }
         let ids: Vec<String> = ids.iter().map(SessionId::to_string).collect();
-        let st = statements::sessions_by_id(Dialect::Sqlite, SESSION_COLUMNS, ids);
-        let rows = query(&st).fetch_all(&self.reader).await.map_err(backend)?;
-        let mut sessions = sessions_from(&rows)?;
-        self.attach_participants(&mut sessions).await?;
-        Ok(sessions)
+        let st = statements::sessions_by_id(Dialect::Sqlite, rows::SESSIONS_AS_JSON, ids);
+        self.fetch_sessions_json(&st).await
     }
 
     /// The plan SQLite picks for every hot statement, as `(what, plan)`: the plan tests fail
@@ -168,6 +165,18 @@ impl SqliteStore {
             (name, st)
         };
         let text = |t: &str| Arg::Text(t.to_string());
+        // The sweep's reads of sessions, as this store sends them (one JSON value).
+        let json = rows::SESSIONS_AS_JSON;
+        hot.extend([
+            (
+                "sessions by id, as one value",
+                statements::sessions_by_id(Dialect::Sqlite, json, vec!["s1".into()]),
+            ),
+            (
+                "open children, as one value",
+                statements::open_children(Dialect::Sqlite, json, vec!["s1".into()]),
+            ),
+        ]);
         hot.extend([
             fixed(
                 "heartbeat flush, participants",
@@ -192,6 +201,11 @@ impl SqliteStore {
             fixed(
                 "batched session update",
                 writes::UPDATE_SESSIONS,
+                vec![text("[]")],
+            ),
+            fixed(
+                "batched session update, stale rows",
+                writes::STALE_SESSIONS,
                 vec![text("[]")],
             ),
             fixed(
@@ -229,28 +243,56 @@ impl SqliteStore {
         Ok(sessions)
     }
 
+    /// Sessions selected as one JSON array ([`rows::SESSIONS_AS_JSON`]), with their
+    /// participants.
+    async fn fetch_sessions_json(&self, st: &Statement) -> Result<Vec<Session>, StoreError> {
+        let rows: String = query_scalar(st)
+            .fetch_one(&self.reader)
+            .await
+            .map_err(backend)?;
+        let mut sessions = rows::sessions_json(&rows)?;
+        self.attach_participants(&mut sessions).await?;
+        Ok(sessions)
+    }
+
     async fn attach_participants(&self, sessions: &mut [Session]) -> Result<(), StoreError> {
         if sessions.is_empty() {
             return Ok(());
         }
         let ids: Vec<String> = sessions.iter().map(|s| s.id.to_string()).collect();
         let st = statements::participants_of(Dialect::Sqlite, ids);
-        let rows = query(&st).fetch_all(&self.reader).await.map_err(backend)?;
-        rows::attach_participants(sessions, &rows)
+        let rows: String = query_scalar(&st)
+            .fetch_one(&self.reader)
+            .await
+            .map_err(backend)?;
+        rows::attach_participants_json(sessions, &rows)
     }
 }
 
 /// Binds a built statement's values.
 fn query(st: &Statement) -> sqlx::query::Query<'static, Sqlite, SqliteArguments> {
-    let mut q = sqlx::query(AssertSqlSafe(st.sql.clone()));
+    sqlx::query_with(AssertSqlSafe(st.sql.clone()), arguments(st))
+}
+
+/// Binds a built statement's values, for the one text value it selects.
+fn query_scalar(
+    st: &Statement,
+) -> sqlx::query::QueryScalar<'static, Sqlite, String, SqliteArguments> {
+    sqlx::query_scalar_with(AssertSqlSafe(st.sql.clone()), arguments(st))
+}
+
+fn arguments(st: &Statement) -> SqliteArguments {
+    use sqlx::Arguments as _;
+    let mut args = SqliteArguments::default();
     for arg in &st.args {
-        q = match arg {
-            Arg::Text(t) => q.bind(t.clone()),
-            Arg::Int(i) => q.bind(*i),
-            Arg::Texts(list) => q.bind(to_json(list)),
+        // Texts and integers always encode.
+        let _ = match arg {
+            Arg::Text(t) => args.add(t.clone()),
+            Arg::Int(i) => args.add(*i),
+            Arg::Texts(list) => args.add(to_json(list)),
         };
     }
-    q
+    args
 }
 
 fn sessions_from(rows: &[SqliteRow]) -> Result<Vec<Session>, StoreError> {
@@ -395,8 +437,8 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let parents = parents.iter().map(SessionId::to_string).collect();
-        let st = statements::open_children(Dialect::Sqlite, SESSION_COLUMNS, parents);
-        self.fetch_sessions(&st).await
+        let st = statements::open_children(Dialect::Sqlite, rows::SESSIONS_AS_JSON, parents);
+        self.fetch_sessions_json(&st).await
     }
 
     async fn commit_many(
@@ -468,17 +510,11 @@ impl Store for SqliteStore {
         _claim: bool,
     ) -> Result<Vec<DueRow>, StoreError> {
         let st = statements::due_sessions(Dialect::Sqlite, now.millis(), kind, cursor, limit, None);
-        let rows = query(&st).fetch_all(&self.reader).await.map_err(backend)?;
-        rows.iter()
-            .map(|r| {
-                let id: String = r.try_get("id").map_err(backend)?;
-                let at: i64 = r.try_get("next_due_at").map_err(backend)?;
-                Ok(DueRow {
-                    id: SessionId::parse(&id).map_err(|e| StoreError::Backend(e.to_string()))?,
-                    at: Timestamp::from_millis(at),
-                })
-            })
-            .collect()
+        let rows: String = query_scalar(&st)
+            .fetch_one(&self.reader)
+            .await
+            .map_err(backend)?;
+        rows::due_rows(&rows)
     }
 
     async fn release(&self, _ids: &[SessionId]) -> Result<(), StoreError> {

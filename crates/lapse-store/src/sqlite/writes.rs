@@ -345,13 +345,23 @@ pub(super) async fn write_updates(
     tx: &mut Transaction<'_, Sqlite>,
     run: &[&Commit],
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-    let won: std::collections::HashSet<String> = sqlx::query_scalar(UPDATE_SESSIONS)
-        .bind(batch::session_rows(run))
-        .fetch_all(&mut **tx)
+    // Which rows will lose their compare-and-set, read first as one value: this connection is
+    // the only writer, so nothing moves between the two statements, and the update then
+    // returns no rows (each would cross from SQLite's thread on its own).
+    let rows = batch::session_rows(run);
+    let stale: String = sqlx::query_scalar(STALE_SESSIONS)
+        .bind(&rows)
+        .fetch_one(&mut **tx)
         .await
-        .map_err(backend)?
-        .into_iter()
-        .collect();
+        .map_err(backend)?;
+    let stale: std::collections::HashSet<String> = serde_json::from_str(&stale)
+        .map_err(|e| StoreError::Backend(format!("stale sessions unreadable: {e}")))?;
+    sqlx::query(UPDATE_SESSIONS)
+        .bind(rows)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    let won = batch::won_unless(run, &stale);
 
     let (outcomes, rows) = batch::followers(run, &won);
     let statements: [(Option<String>, &str); 4] = [
@@ -413,7 +423,7 @@ fn array<T: serde::Serialize>(rows: &[T]) -> Option<String> {
     (!rows.is_empty()).then(|| to_json(&rows))
 }
 
-/// A batch of session rows, compare-and-set each on its version; the ids that won.
+/// A batch of session rows, compare-and-set each on its version.
 pub(super) const UPDATE_SESSIONS: &str = "with b as materialized (select value from jsonb_each(?1)) \
     update sessions set title = b.value ->> 'title', metadata = b.value ->> 'metadata', \
     scheduled_start = b.value ->> 'scheduled_start', \
@@ -427,5 +437,10 @@ pub(super) const UPDATE_SESSIONS: &str = "with b as materialized (select value f
     next_due_at = b.value ->> 'next_due_at', next_due_rule = b.value ->> 'next_due_rule', \
     warnings = b.value ->> 'warnings', version = version + 1 \
     from b \
-    where sessions.id = b.value ->> 'id' and sessions.version = b.value ->> 'version' \
-    returning sessions.id";
+    where sessions.id = b.value ->> 'id' and sessions.version = b.value ->> 'version'";
+
+/// The sessions of a batch of rows (as [`UPDATE_SESSIONS`] takes them) whose version has
+/// moved since they were read, or that are gone: one JSON array of ids.
+pub(super) const STALE_SESSIONS: &str = "select json_group_array(b.value ->> 'id') \
+    from jsonb_each(?1) as b where not exists (select 1 from sessions s \
+    where s.id = b.value ->> 'id' and s.version = b.value ->> 'version')";
