@@ -138,9 +138,10 @@ impl Engine {
     }
 }
 
-/// The participants of `now` whose stored columns differ from `stored`'s (or are new). Linear
-/// in the room: participants keep their order and new ones come last, so they pair up by
-/// position (by name if they ever do not).
+/// The participants of `now` whose stored columns differ from `stored`'s (or are new), in
+/// `now`'s order. Linear in the room, and cheap per participant: the two lists pair up by
+/// position from each end (participants keep their order, and a join or rejoin moves one
+/// of them), and only what lies between those runs is paired by name.
 fn changed_participants(stored: &Session, now: &Session) -> Vec<UserId> {
     let same = |a: &Participant, b: &Participant| {
         (
@@ -164,26 +165,124 @@ fn changed_participants(stored: &Session, now: &Session) -> Vec<UserId> {
     if lapse_core::Participants::same(&stored.participants, &now.participants) {
         return Vec::new();
     }
-    let in_order = now.participants.len() >= stored.participants.len()
-        && stored
-            .participants
-            .iter()
-            .zip(&now.participants)
-            .all(|(a, b)| a.user == b.user);
-    if in_order {
-        return now
-            .participants
-            .iter()
-            .enumerate()
-            .filter(|(i, p)| stored.participants.get(*i).is_none_or(|q| !same(p, q)))
-            .map(|(_, p)| p.user.clone())
-            .collect();
-    }
-    let before: std::collections::HashMap<&UserId, &Participant> =
-        stored.participants.iter().map(|p| (&p.user, p)).collect();
-    now.participants
+    let (before, after) = (&stored.participants[..], &now.participants[..]);
+    let front = before
         .iter()
-        .filter(|p| before.get(&p.user).is_none_or(|q| !same(p, q)))
-        .map(|p| p.user.clone())
-        .collect()
+        .zip(after)
+        .take_while(|(a, b)| a.user == b.user)
+        .count();
+    let back = before[front..]
+        .iter()
+        .rev()
+        .zip(after[front..].iter().rev())
+        .take_while(|(a, b)| a.user == b.user)
+        .count();
+    let (before_mid, after_mid) = (
+        &before[front..before.len() - back],
+        &after[front..after.len() - back],
+    );
+    let by_name: std::collections::HashMap<&UserId, &Participant> =
+        before_mid.iter().map(|p| (&p.user, p)).collect();
+    let paired = |run: &[Participant], was: &[Participant]| {
+        run.iter()
+            .zip(was)
+            .filter(|(p, q)| !same(p, q))
+            .map(|(p, _)| p.user.clone())
+            .collect::<Vec<_>>()
+    };
+    let mut changed = paired(&after[..front], &before[..front]);
+    changed.extend(
+        after_mid
+            .iter()
+            .filter(|p| by_name.get(&p.user).is_none_or(|q| !same(p, q)))
+            .map(|p| p.user.clone()),
+    );
+    changed.extend(paired(
+        &after[after.len() - back..],
+        &before[before.len() - back..],
+    ));
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use lapse_core::{Config, ParticipantState, Role, Timestamp};
+
+    use super::*;
+
+    /// A room of `members` (m0, m1, ...) besides its host, joined in that order.
+    fn room(members: usize) -> Session {
+        let now: Timestamp = "2026-03-02T08:00:00Z".parse().unwrap();
+        let config = Config::default();
+        lapse_store::testing::synthetic_sessions(&config.kinds["study"], "r", 1, 1, members, now)
+            .remove(0)
+    }
+
+    fn user(name: &str) -> UserId {
+        UserId::parse(name).unwrap()
+    }
+
+    /// What every participant compared by name says changed: the answer in any order.
+    fn by_name(stored: &Session, now: &Session) -> Vec<UserId> {
+        now.participants
+            .iter()
+            .filter(|p| !stored.participants.iter().any(|q| q == *p))
+            .map(|p| p.user.clone())
+            .collect()
+    }
+
+    #[test]
+    fn the_participants_a_write_changed_are_found_wherever_they_moved() {
+        let stored = room(6);
+        let later = |s: &Session| s.participants[0].joined_at + lapse_core::Span::from_secs(1);
+        let mut cases: Vec<(&str, Session)> = Vec::new();
+
+        let mut s = stored.clone();
+        let at = later(&stored);
+        s.participants
+            .push(Participant::joined(user("new"), Role::Member, at));
+        cases.push(("a join, placed last", s));
+
+        // Joined at the same instant as the last ones but sorting before them by name.
+        let mut s = stored.clone();
+        let at = s.participants.last().unwrap().joined_at;
+        s.participants
+            .push(Participant::joined(user("a-first"), Role::Member, at));
+        let i = s.participants.len() - 1;
+        s.place(i);
+        cases.push(("a join, placed in the middle", s));
+
+        let mut s = stored.clone();
+        let i = 2;
+        let p = &mut s.participants[i];
+        p.state = ParticipantState::Joined;
+        p.joined_at = later(&stored);
+        s.place(i);
+        cases.push(("a rejoin, moved from the middle to the end", s));
+
+        let mut s = stored.clone();
+        s.participants[3].last_seen_at = later(&stored);
+        cases.push(("one seen again in place", s));
+
+        let mut s = stored.clone();
+        s.participants[0].offline_for = Some(later(&stored));
+        let last = s.participants.len() - 1;
+        s.participants[last].state = ParticipantState::Left;
+        cases.push(("the first and the last changed", s));
+
+        cases.push(("nothing", stored.clone()));
+
+        for (what, now) in cases {
+            let mut found = changed_participants(&stored, &now);
+            let mut expected = by_name(&stored, &now);
+            found.sort();
+            expected.sort();
+            assert_eq!(found, expected, "{what}");
+            assert_eq!(
+                found.is_empty(),
+                what == "nothing",
+                "{what}: something changed"
+            );
+        }
+    }
 }
