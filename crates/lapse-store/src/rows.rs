@@ -15,11 +15,27 @@ pub const PG_SESSION_COLUMNS: &str = "id, kind, title, metadata, host, parent, s
     started_at, ended_at, last_activity_at, end_reason, ended_by, counters, summary, \
     parent_ended_at, warnings, next_due_at, next_due_rule, version";
 
+/// The columns of `sessions` in [`SessionColumns`]' field order, written once for
+/// [`SESSION_COLUMNS`] and [`SESSIONS_AS_JSON`].
+macro_rules! session_columns {
+    () => {
+        "id, kind, title, metadata, host, parent, scheduled_start, scheduled_end, status, \
+         delayed, used, created_at, started_at, ended_at, last_activity_at, end_reason, \
+         ended_by, counters, summary, parent_ended_at, warnings, next_due_at, next_due_rule, \
+         version"
+    };
+}
+
 /// Columns of `sessions`, in the order [`session`] reads them.
-pub const SESSION_COLUMNS: &str = "id, kind, title, metadata, host, parent, scheduled_start, \
-    scheduled_end, status, delayed, used, created_at, started_at, ended_at, last_activity_at, \
-    end_reason, ended_by, counters, summary, parent_ended_at, warnings, next_due_at, \
-    next_due_rule, version";
+pub const SESSION_COLUMNS: &str = session_columns!();
+
+/// `sessions` rows selected as one JSON array of arrays ([`SESSION_COLUMNS`] each), ordered
+/// by id: see [`crate::statements::participants_of`] for why.
+pub const SESSIONS_AS_JSON: &str = concat!(
+    "json_group_array(json_array(",
+    session_columns!(),
+    ") order by id)"
+);
 
 fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("stored {what} is unreadable: {detail}"))
@@ -33,7 +49,8 @@ fn json<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T, Sto
     serde_json::from_str(text).map_err(|e| corrupt(what, e))
 }
 
-/// A `sessions` row's columns, in [`SESSION_COLUMNS`] order; from a JSON array too.
+/// A `sessions` row's columns, in [`SESSION_COLUMNS`] order: read by name from a row, or by
+/// position from a JSON array, so the fields keep that order.
 #[derive(serde::Deserialize)]
 pub struct SessionColumns {
     id: String,
@@ -61,13 +78,6 @@ pub struct SessionColumns {
     next_due_rule: Option<String>,
     version: i64,
 }
-
-/// `sessions` rows selected as one JSON array of arrays ([`SESSION_COLUMNS`] each), ordered
-/// by id: see [`crate::statements::participants_of`] for why.
-pub const SESSIONS_AS_JSON: &str = "json_group_array(json_array(id, kind, title, metadata, \
-    host, parent, scheduled_start, scheduled_end, status, delayed, used, created_at, \
-    started_at, ended_at, last_activity_at, end_reason, ended_by, counters, summary, \
-    parent_ended_at, warnings, next_due_at, next_due_rule, version) order by id)";
 
 impl SessionColumns {
     /// The session, without participants.

@@ -346,8 +346,10 @@ pub(super) async fn write_updates(
     run: &[&Commit],
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     // Which rows will lose their compare-and-set, read first as one value: this connection is
-    // the only writer, so nothing moves between the two statements, and the update then
-    // returns no rows (each would cross from SQLite's thread on its own).
+    // the only writer, so nothing moves between the two statements (and were another process
+    // to write in between, SQLite refuses a write on the older snapshot rather than commit
+    // it), and the update then returns no rows (each would cross from SQLite's thread on its
+    // own).
     let rows = batch::session_rows(run);
     let stale: String = sqlx::query_scalar(STALE_SESSIONS)
         .bind(&rows)
