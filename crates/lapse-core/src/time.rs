@@ -44,13 +44,61 @@ impl Timestamp {
     }
 }
 
+impl Timestamp {
+    /// The RFC 3339 text of an instant in years 0 to 9999 (`2026-03-02T09:00:00.000Z`),
+    /// written without allocating: every event and answer carries several, and a sweep writes
+    /// thousands of events a second.
+    fn rfc3339(self) -> Option<[u8; 24]> {
+        const DAY: i64 = 86_400_000;
+        let (days, ms) = (self.0.div_euclid(DAY), self.0.rem_euclid(DAY));
+        // Days since 1970-01-01 to a civil date (H. Hinnant's `civil_from_days`), counted in
+        // 400-year eras that start on March 1st so leap days fall at the end of a year.
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        if !(0..=9999).contains(&year) {
+            return None;
+        }
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut n: i64| {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, month);
+        put(8, 2, day);
+        put(11, 2, ms / 3_600_000);
+        put(14, 2, ms / 60_000 % 60);
+        put(17, 2, ms / 1000 % 60);
+        put(20, 3, ms % 1000);
+        Some(out)
+    }
+}
+
+impl Timestamp {
+    /// Calls `f` with the RFC 3339 text of the instant.
+    fn with_text<R>(self, f: impl FnOnce(&str) -> R) -> R {
+        match self.rfc3339() {
+            // Only ASCII digits and separators are written: always UTF-8.
+            Some(text) => f(std::str::from_utf8(&text).unwrap_or_default()),
+            None => f(&self
+                .to_datetime()
+                .to_rfc3339_opts(SecondsFormat::Millis, true)),
+        }
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(
-            &self
-                .to_datetime()
-                .to_rfc3339_opts(SecondsFormat::Millis, true),
-        )
+        self.with_text(|text| f.write_str(text))
     }
 }
 
@@ -70,7 +118,7 @@ impl FromStr for Timestamp {
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        self.with_text(|text| s.serialize_str(text))
     }
 }
 
@@ -186,6 +234,18 @@ mod tests {
         assert_eq!(Span::from_secs(5400).to_string(), "1h 30m");
     }
 
+    proptest::proptest! {
+        /// The text written by hand is chrono's, at every instant of years 0 to 9999 and
+        /// beyond them (where chrono writes it).
+        #[test]
+        fn timestamps_print_as_chrono_prints_them(ms in -70_000_000_000_000i64..300_000_000_000_000) {
+            let t = Timestamp::from_millis(ms);
+            let chrono = t.to_datetime().to_rfc3339_opts(SecondsFormat::Millis, true);
+            proptest::prop_assert_eq!(t.to_string(), chrono.clone());
+            proptest::prop_assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{chrono}\""));
+        }
+    }
+
     #[test]
     fn timestamps_print_as_rfc3339_utc_with_milliseconds() {
         let t: Timestamp = "2026-01-01T10:00:00+01:00".parse().unwrap();
@@ -194,5 +254,24 @@ mod tests {
             (t + Span::from_millis(1)).to_string(),
             "2026-01-01T09:00:00.001Z"
         );
+        // Where the text written by hand hands over to chrono's, and leap days.
+        for text in [
+            "0000-01-01T00:00:00.000Z",
+            "9999-12-31T23:59:59.999Z",
+            "2024-02-29T23:59:59.999Z",
+            "2000-02-29T00:00:00.000Z",
+            "1969-12-31T23:59:59.999Z",
+        ] {
+            let t: Timestamp = text.parse().unwrap();
+            assert_eq!(t.to_string(), text);
+            let beyond = [
+                t + Span::from_millis(1),
+                Timestamp::from_millis(t.millis() - 1),
+            ];
+            for t in beyond {
+                let chrono = t.to_datetime().to_rfc3339_opts(SecondsFormat::Millis, true);
+                assert_eq!(t.to_string(), chrono);
+            }
+        }
     }
 }
