@@ -13,7 +13,7 @@ use lapse_core::store::{Commit, SessionWrite};
 use lapse_core::{Session, StoreError, UserId};
 use serde::Serialize;
 
-use crate::rows::{ParticipantRow, SessionRow, participant_row, session_row, to_json};
+use crate::rows::{ParticipantRow, SessionRow, participant_row, session_row};
 
 /// Whether a commit can join a bulk write: one session update and what it causes; its one
 /// compare-and-set decides all of it.
@@ -105,13 +105,30 @@ fn updated(c: &Commit) -> Option<(&Session, &Option<Vec<UserId>>)> {
     }
 }
 
-/// The session rows of a run, as one JSON array (each with the version it was decided on).
-pub fn session_rows(run: &[&Commit]) -> String {
-    let rows: Vec<SessionRow> = run
-        .iter()
+/// The session rows of a run (each with the version it was decided on).
+pub fn session_rows<'a>(run: &[&'a Commit]) -> Vec<SessionRow<'a>> {
+    run.iter()
         .filter_map(|c| updated(c).map(|(s, _)| session_row(s)))
-        .collect();
-    to_json(&rows)
+        .collect()
+}
+
+/// A session row's key and the version a write of it was decided on.
+#[derive(Default, Serialize)]
+pub struct SessionKey<'a> {
+    id: &'a str,
+    version: i64,
+}
+
+/// The keys of a run's session rows, in order.
+pub fn session_keys<'a>(run: &[&'a Commit]) -> Vec<SessionKey<'a>> {
+    run.iter()
+        .filter_map(|c| {
+            updated(c).map(|(s, _)| SessionKey {
+                id: s.id.as_str(),
+                version: s.version,
+            })
+        })
+        .collect()
 }
 
 /// The ids of a run's session rows, but for the `stale` ones: the rows that win their
@@ -135,7 +152,7 @@ pub struct Followers<'a> {
 }
 
 /// An `events` row.
-#[derive(Serialize)]
+#[derive(Default, Serialize)]
 pub struct EventRow<'a> {
     id: &'a str,
     #[serde(rename = "type")]
@@ -150,7 +167,7 @@ pub struct EventRow<'a> {
 }
 
 /// A `webhook_deliveries` row, naming its event by id.
-#[derive(Serialize)]
+#[derive(Default, Serialize)]
 pub struct DeliveryRow<'a> {
     id: String,
     url: &'a str,
@@ -159,7 +176,7 @@ pub struct DeliveryRow<'a> {
 }
 
 /// A `notifications` row.
-#[derive(Serialize)]
+#[derive(Default, Serialize)]
 pub struct NotificationRow<'a> {
     id: &'a str,
     user_id: &'a str,

@@ -406,7 +406,7 @@ where
 /// A `sessions` row as the bulk statements read it (`jsonb_each` on SQLite,
 /// `jsonb_to_recordset` on PostgreSQL): keyed by column, times as epoch milliseconds, written
 /// straight from the session (no JSON tree is built on the way).
-#[derive(serde::Serialize)]
+#[derive(Default, serde::Serialize)]
 pub struct SessionRow<'a> {
     id: &'a str,
     kind: &'a str,
@@ -505,7 +505,7 @@ pub fn moved(rows: Vec<(String, i64)>) -> Result<Vec<lapse_core::store::Moved>, 
 }
 
 /// A `participants` row as the bulk statements read it.
-#[derive(serde::Serialize)]
+#[derive(Default, serde::Serialize)]
 pub struct ParticipantRow<'a> {
     session_id: &'a str,
     user_id: &'a str,

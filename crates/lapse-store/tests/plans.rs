@@ -102,12 +102,18 @@ fn assert_indexed(backend: &str, plans: &[(String, String)]) {
     }
 }
 
-/// Batch writes join a JSON batch to a big table: the batch must drive, each row found by
-/// its key (a batch probed once per row of the table costs rows × batch).
+/// Batch writes join a batch (a JSON text, or on SQLite a sweep's `values` lists) to a big
+/// table: the batch must drive, each row found by its key (a batch probed once per row of the
+/// table costs rows × batch).
 fn batch_paths(backend: &str) -> Vec<(&'static str, &'static str)> {
     if backend == "sqlite" {
         vec![
             ("batched session update", "sqlite_autoindex_sessions_1"),
+            (
+                "batched session update, stale rows",
+                "sqlite_autoindex_sessions_1",
+            ),
+            ("batched webhook deliveries", "sqlite_autoindex_events_1"),
             ("heartbeat flush, sessions", "sqlite_autoindex_sessions_1"),
             (
                 "heartbeat flush, sessions moved",

@@ -330,7 +330,7 @@ pub(super) async fn write_updates(
     run: &[&Commit],
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     let won: std::collections::HashSet<String> = sqlx::query_scalar(UPDATE_SESSIONS)
-        .bind(batch::session_rows(run))
+        .bind(to_json(&batch::session_rows(run)))
         .fetch_all(&mut **tx)
         .await
         .map_err(backend)?

@@ -32,6 +32,7 @@ use crate::{backend, migrate};
 
 mod backup;
 mod outbox;
+mod values;
 mod writes;
 
 pub use backup::{Backup, backup};
@@ -199,16 +200,6 @@ impl SqliteStore {
             fixed("rules version", RULES_VERSION, vec![]),
             fixed("rules rearmed", MARK_REARMED, vec![Arg::Int(1)]),
             fixed(
-                "batched session update",
-                writes::UPDATE_SESSIONS,
-                vec![text("[]")],
-            ),
-            fixed(
-                "batched session update, stale rows",
-                writes::STALE_SESSIONS,
-                vec![text("[]")],
-            ),
-            fixed(
                 "session update, status kept",
                 writes::UPDATE_KEEPING_STATUS,
                 vec![text("s1")],
@@ -223,6 +214,9 @@ impl SqliteStore {
                 vec![text("u1"), text("study")],
             ),
         ]);
+        for (name, sql) in writes::batch_statements()? {
+            hot.push((name, Statement::fixed(Dialect::Sqlite, &sql)));
+        }
         let mut plans = Vec::new();
         for (name, mut st) in hot {
             st.sql = format!("explain query plan {}", st.sql);

@@ -5,6 +5,7 @@ use lapse_core::store::{Commit, HostLimit, SessionWrite};
 use lapse_core::{Session, SessionId, StoreError, Timestamp, UserId};
 use sqlx::{AssertSqlSafe, Sqlite, SqlitePool, Transaction};
 
+use super::values::{self, Values};
 use crate::rows::{IMPORT_PARTICIPANT_COLUMNS, IMPORT_SESSION_COLUMNS, import_rows, to_json};
 use crate::{backend, batch};
 
@@ -338,111 +339,132 @@ pub(super) async fn import(pool: &SqlitePool, sessions: &[Session]) -> Result<u6
 /// Sessions per import transaction.
 const IMPORT_CHUNK: usize = 5_000;
 
-/// A run of single-update commits (see `batch`) in five statements. Rows travel as one JSON
-/// array per statement, read with `jsonb_each`, which hands each row over as JSONB: parsed
-/// once, never turned back into text.
+/// A run of single-update commits (see `batch`) in five statements, each over the run's rows
+/// bound as `values` lists (see `values`; a statement per chunk of up to 64 rows).
 pub(super) async fn write_updates(
     tx: &mut Transaction<'_, Sqlite>,
     run: &[&Commit],
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-    // Which rows will lose their compare-and-set, read first as one value: this connection is
-    // the only writer, so nothing moves between the two statements (and were another process
-    // to write in between, SQLite refuses a write on the older snapshot rather than commit
-    // it), and the update then returns no rows (each would cross from SQLite's thread on its
-    // own).
     let rows = batch::session_rows(run);
-    let stale: String = sqlx::query_scalar(STALE_SESSIONS)
-        .bind(&rows)
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(backend)?;
-    let stale: std::collections::HashSet<String> = serde_json::from_str(&stale)
-        .map_err(|e| StoreError::Backend(format!("stale sessions unreadable: {e}")))?;
-    sqlx::query(UPDATE_SESSIONS)
-        .bind(rows)
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?;
+    // Which rows will lose their compare-and-set, read first: this connection is the only
+    // writer, so nothing moves between the two statements (and were another process to write
+    // in between, SQLite refuses a write on the older snapshot rather than commit it), and
+    // the update then returns no rows (each would cross from SQLite's thread on its own).
+    let mut stale = std::collections::HashSet::new();
+    let keys = batch::session_keys(run);
+    for ids in values::select_text(tx, &keys, stale_sessions).await? {
+        let ids: Vec<String> = serde_json::from_str(&ids)
+            .map_err(|e| StoreError::Backend(format!("stale sessions unreadable: {e}")))?;
+        stale.extend(ids);
+    }
+    values::execute(tx, &rows, update_sessions).await?;
     let won = batch::won_unless(run, &stale);
 
     let (outcomes, rows) = batch::followers(run, &won);
-    let statements: [(Option<String>, &str); 4] = [
-        (
-            array(&rows.participants),
-            "with b as materialized (select value from jsonb_each(?1)) \
-             insert into participants (session_id, user_id, role, state, joined_at, left_at, \
-             last_seen_at, offline_for) \
-             select value ->> 'session_id', value ->> 'user_id', value ->> 'role', \
-             value ->> 'state', value ->> 'joined_at', value ->> 'left_at', \
-             value ->> 'last_seen_at', value ->> 'offline_for' \
-             from b where true \
-             on conflict (session_id, user_id) do update set role = excluded.role, \
-             state = excluded.state, joined_at = excluded.joined_at, \
-             left_at = excluded.left_at, offline_for = excluded.offline_for, \
-             last_seen_at = max(participants.last_seen_at, excluded.last_seen_at)",
-        ),
-        (
-            // In array order, so `seq` follows the order the events were decided in.
-            array(&rows.events),
-            "with b as materialized (select key, value from jsonb_each(?1)) \
-             insert into events (id, type, at, applied_at, session_id, kind, actor, rule, data) \
-             select value ->> 'id', value ->> 'type', value ->> 'at', value ->> 'applied_at', \
-             value ->> 'session_id', value ->> 'kind', value ->> 'actor', value ->> 'rule', \
-             value ->> 'data' from b order by key",
-        ),
-        (
-            array(&rows.deliveries),
-            "insert into webhook_deliveries (id, endpoint, event_seq, status, attempts, \
-             next_attempt_at, created_at) \
-             select d.value ->> 'id', d.value ->> 'url', e.seq, 'pending', 0, \
-             d.value ->> 'at', d.value ->> 'at' \
-             from jsonb_each(?1) as d join events e on e.id = d.value ->> 'event' \
-             where not exists (select 1 from webhook_endpoints_disabled w \
-                               where w.url = d.value ->> 'url')",
-        ),
-        (
-            array(&rows.notifications),
-            "insert into notifications (id, user_id, type, title, message, session_id, link, \
-             created_at) select value ->> 'id', value ->> 'user_id', value ->> 'type', \
-             value ->> 'title', value ->> 'message', value ->> 'session_id', value ->> 'link', \
-             value ->> 'created_at' from jsonb_each(?1)",
-        ),
-    ];
-    for (rows, sql) in statements {
-        if let Some(rows) = rows {
-            sqlx::query(sql)
-                .bind(rows)
-                .execute(&mut **tx)
-                .await
-                .map_err(backend)?;
-        }
-    }
+    values::execute(tx, &rows.participants, upsert_participants_sql).await?;
+    values::execute(tx, &rows.events, insert_events).await?;
+    values::execute(tx, &rows.deliveries, insert_deliveries).await?;
+    values::execute(tx, &rows.notifications, insert_notifications).await?;
     Ok(outcomes)
 }
 
-/// Rows as one JSON array, or `None` when there are none (their statement is skipped).
-fn array<T: serde::Serialize>(rows: &[T]) -> Option<String> {
-    (!rows.is_empty()).then(|| to_json(&rows))
+/// The batch statements as sent for a chunk of two rows, named, for the plan tests.
+pub(super) fn batch_statements() -> Result<Vec<(&'static str, String)>, StoreError> {
+    fn two<T: Default + serde::Serialize>(
+        sql: fn(&Values) -> String,
+    ) -> Result<String, StoreError> {
+        let rows = values::chunks(&[T::default(), T::default()])?;
+        Ok(rows.first().map(sql).unwrap_or_default())
+    }
+    Ok(vec![
+        (
+            "batched session update, stale rows",
+            two::<batch::SessionKey>(stale_sessions)?,
+        ),
+        (
+            "batched session update",
+            two::<crate::rows::SessionRow>(update_sessions)?,
+        ),
+        (
+            "batched participants",
+            two::<crate::rows::ParticipantRow>(upsert_participants_sql)?,
+        ),
+        ("batched events", two::<batch::EventRow>(insert_events)?),
+        (
+            "batched webhook deliveries",
+            two::<batch::DeliveryRow>(insert_deliveries)?,
+        ),
+        (
+            "batched notifications",
+            two::<batch::NotificationRow>(insert_notifications)?,
+        ),
+    ])
 }
 
-/// A batch of session rows, compare-and-set each on its version.
-pub(super) const UPDATE_SESSIONS: &str = "with b as materialized (select value from jsonb_each(?1)) \
-    update sessions set title = b.value ->> 'title', metadata = b.value ->> 'metadata', \
-    scheduled_start = b.value ->> 'scheduled_start', \
-    scheduled_end = b.value ->> 'scheduled_end', status = b.value ->> 'status', \
-    delayed = b.value ->> 'delayed', used = b.value ->> 'used', \
-    started_at = b.value ->> 'started_at', ended_at = b.value ->> 'ended_at', \
-    last_activity_at = max(last_activity_at, b.value ->> 'last_activity_at'), \
-    end_reason = b.value ->> 'end_reason', ended_by = b.value ->> 'ended_by', \
-    counters = b.value ->> 'counters', summary = b.value ->> 'summary', \
-    parent_ended_at = b.value ->> 'parent_ended_at', \
-    next_due_at = b.value ->> 'next_due_at', next_due_rule = b.value ->> 'next_due_rule', \
-    warnings = b.value ->> 'warnings', version = version + 1 \
-    from b \
-    where sessions.id = b.value ->> 'id' and sessions.version = b.value ->> 'version'";
+/// Participants (`ParticipantRow`s), inserted or updated in place.
+fn upsert_participants_sql(b: &Values) -> String {
+    format!(
+        "insert into participants ({}) values {} \
+         on conflict (session_id, user_id) do update set role = excluded.role, \
+         state = excluded.state, joined_at = excluded.joined_at, \
+         left_at = excluded.left_at, offline_for = excluded.offline_for, \
+         last_seen_at = max(participants.last_seen_at, excluded.last_seen_at)",
+        b.columns(),
+        b.list()
+    )
+}
 
-/// The sessions of a batch of rows (as [`UPDATE_SESSIONS`] takes them) whose version has
-/// moved since they were read, or that are gone: one JSON array of ids.
-pub(super) const STALE_SESSIONS: &str = "select json_group_array(b.value ->> 'id') \
-    from jsonb_each(?1) as b where not exists (select 1 from sessions s \
-    where s.id = b.value ->> 'id' and s.version = b.value ->> 'version')";
+/// Events (`EventRow`s). A `values` list is inserted in its order, so `seq` follows the
+/// order the events were decided in.
+fn insert_events(b: &Values) -> String {
+    format!("insert into events ({}) values {}", b.columns(), b.list())
+}
+
+/// Webhook deliveries (`DeliveryRow`s), each naming its event by id, but for endpoints that
+/// were disabled.
+fn insert_deliveries(b: &Values) -> String {
+    format!(
+        "with {} insert into webhook_deliveries (id, endpoint, event_seq, status, attempts, \
+         next_attempt_at, created_at) \
+         select b.id, b.url, e.seq, 'pending', 0, b.at, b.at \
+         from b join events e on e.id = b.event \
+         where not exists (select 1 from webhook_endpoints_disabled w where w.url = b.url)",
+        b.table()
+    )
+}
+
+/// Notifications (`NotificationRow`s).
+fn insert_notifications(b: &Values) -> String {
+    format!(
+        "insert into notifications ({}) values {}",
+        b.columns(),
+        b.list()
+    )
+}
+
+/// A batch of session rows (`SessionRow`s as table `b`), compare-and-set each on its version.
+fn update_sessions(b: &Values) -> String {
+    format!(
+        "with {} update sessions set title = b.title, metadata = b.metadata, \
+         scheduled_start = b.scheduled_start, scheduled_end = b.scheduled_end, \
+         status = b.status, delayed = b.delayed, used = b.used, started_at = b.started_at, \
+         ended_at = b.ended_at, \
+         last_activity_at = max(sessions.last_activity_at, b.last_activity_at), \
+         end_reason = b.end_reason, ended_by = b.ended_by, counters = b.counters, \
+         summary = b.summary, parent_ended_at = b.parent_ended_at, \
+         next_due_at = b.next_due_at, next_due_rule = b.next_due_rule, \
+         warnings = b.warnings, version = sessions.version + 1 \
+         from b where sessions.id = b.id and sessions.version = b.version",
+        b.table()
+    )
+}
+
+/// The sessions of a batch of keys (`SessionKey`s as table `b`) whose version has moved
+/// since they were read, or that are gone: one JSON array of ids.
+fn stale_sessions(b: &Values) -> String {
+    format!(
+        "with {} select json_group_array(b.id) from b where not exists \
+         (select 1 from sessions s where s.id = b.id and s.version = b.version)",
+        b.table()
+    )
+}
