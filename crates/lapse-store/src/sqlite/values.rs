@@ -7,10 +7,13 @@
 //! the statement's parameters, so the struct stays the one description of a row for both
 //! backends (PostgreSQL still reads the JSON).
 //!
-//! A statement takes its rows as a common table `b` whose columns are the struct's fields:
-//! `with b(id, title, ...) as (values (?, ?, ...), ...) update sessions ... from b`. Rows go
-//! in chunks whose sizes are powers of two up to [`CHUNK`], so each statement has a handful
-//! of texts, each prepared once and kept in the connection's statement cache.
+//! A statement takes its rows as a common table `b` whose columns are a row number `pos`
+//! and then the struct's fields (none of which may be named `pos`):
+//! `with b(pos, id, title, ...) as (values (?, ?, ?, ...), ...) update sessions ... from b`.
+//! Rows go in chunks of [`LARGE`] rows, or [`SMALL`] for the last few, and a chunk's unused
+//! rows are all nulls (`pos is null`, which every statement skips): so each statement has
+//! two texts, each prepared once and kept in the connection's statement cache, and a sweep's
+//! page of 1,000 rows takes four statements of each kind.
 
 use serde::Serialize;
 use serde::ser::{self, Impossible};
@@ -20,15 +23,19 @@ use sqlx::{Arguments as _, AssertSqlSafe, Sqlite, Transaction};
 use crate::backend;
 use lapse_core::StoreError;
 
-/// Most rows one statement takes (and so at most 7 texts per statement: 64, 32, ... 1).
-/// A session row has 24 fields: 1,536 parameters, well under SQLite's 32,766.
-const CHUNK: usize = 64;
+/// Rows of a full chunk. A session row has 24 fields: 6,400 parameters, well under
+/// SQLite's 32,766.
+const LARGE: usize = 256;
+/// Rows of a chunk for what is left when that is no more than 64 rows (a group commit's few
+/// changes; a page's last rows): at most four of these, each padded by at most 15 null rows.
+const SMALL: usize = 16;
 
-/// Up to [`CHUNK`] rows of one shape, bound in order.
+/// A chunk of rows of one shape, bound in order and padded with null rows to its size.
 pub(super) struct Values {
     columns: Vec<&'static str>,
     args: SqliteArguments,
     rows: usize,
+    size: usize,
 }
 
 impl Values {
@@ -37,38 +44,55 @@ impl Values {
         self.columns.join(", ")
     }
 
-    /// The rows as a `values` list, in order: `(?, ?, ...), (?, ?, ...)`.
-    pub(super) fn list(&self) -> String {
-        let row = format!("({})", vec!["?"; self.columns.len()].join(", "));
-        vec![row.as_str(); self.rows].join(", ")
+    /// The common table `b` the rows make, each numbered `pos` from 0 in order:
+    /// `b(pos, id, title, ...) as (values (?, ?, ?, ...), ...)`.
+    pub(super) fn table(&self) -> String {
+        let row = format!("({})", vec!["?"; self.columns.len() + 1].join(", "));
+        format!(
+            "b(pos, {}) as (values {})",
+            self.columns(),
+            vec![row.as_str(); self.size].join(", ")
+        )
     }
 
-    /// The common table `b` the rows make: `b(id, title, ...) as (values (?, ...), ...)`.
-    pub(super) fn table(&self) -> String {
-        format!("b({}) as (values {})", self.columns(), self.list())
+    /// The chunk's real rows, in order: `select ... from b` (after the common table),
+    /// skipping the null rows that pad it.
+    pub(super) fn select_in_order(&self) -> String {
+        format!(
+            "select {} from b where b.pos is not null order by b.pos",
+            self.columns()
+        )
     }
 }
 
-/// `rows` cut into chunks of powers of two (1,000 rows: fifteen of 64, one of 32, one of 8).
+/// `rows` cut into chunks (1,000 rows: three of 256 and one of 256 padded with 24 null rows;
+/// 40 rows: three of 16, the last padded with 8).
 pub(super) fn chunks<T: Serialize>(rows: &[T]) -> Result<Vec<Values>, StoreError> {
     let mut out = Vec::new();
     let mut rest = rows;
     while !rest.is_empty() {
-        let size = if rest.len() >= CHUNK {
-            CHUNK
-        } else {
-            1 << rest.len().ilog2()
-        };
-        let (chunk, tail) = rest.split_at(size);
+        let size = if rest.len() > 64 { LARGE } else { SMALL };
+        let (chunk, tail) = rest.split_at(size.min(rest.len()));
         let mut values = Values {
             columns: Vec::new(),
             args: SqliteArguments::default(),
             rows: 0,
+            size,
         };
+        let refused =
+            |e: Unbindable| StoreError::Backend(format!("a batch row cannot be bound: {e}"));
         for row in chunk {
-            row.serialize(RowSink(&mut values))
-                .map_err(|e| StoreError::Backend(format!("a batch row cannot be bound: {e}")))?;
+            FieldSink(&mut values.args)
+                .add(values.rows as i64)
+                .map_err(refused)?;
+            row.serialize(RowSink(&mut values)).map_err(refused)?;
             values.rows += 1;
+        }
+        // The padding, bound as nulls.
+        for _ in 0..(size - values.rows) * (values.columns.len() + 1) {
+            FieldSink(&mut values.args)
+                .add(Option::<i64>::None)
+                .map_err(refused)?;
         }
         out.push(values);
         rest = tail;
@@ -344,31 +368,48 @@ mod tests {
     #[derive(Serialize)]
     struct Row<'a> {
         id: &'a str,
-        n: i64,
+        count: i64,
         flag: bool,
         gone: Option<&'a str>,
     }
 
     #[test]
-    fn rows_become_chunks_of_powers_of_two_named_by_their_fields() {
-        let rows: Vec<Row> = (0..100)
-            .map(|n| Row {
-                id: "s",
-                n,
-                flag: n % 2 == 0,
-                gone: None,
-            })
-            .collect();
-        let chunks = chunks(&rows).unwrap();
-        let sizes: Vec<usize> = chunks.iter().map(|c| c.rows).collect();
-        assert_eq!(sizes, [64, 32, 4]);
+    fn rows_become_numbered_chunks_of_two_sizes_padded_with_nulls() {
+        let rows = |n: i64| -> Vec<Row> {
+            (0..n)
+                .map(|n| Row {
+                    id: "s",
+                    count: n,
+                    flag: n % 2 == 0,
+                    gone: None,
+                })
+                .collect()
+        };
+        let shape = |n| {
+            chunks(&rows(n))
+                .unwrap()
+                .iter()
+                .map(|c| (c.rows, c.size))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
-            chunks[2].table(),
-            "b(id, n, flag, gone) as (values (?, ?, ?, ?), (?, ?, ?, ?), (?, ?, ?, ?), \
-             (?, ?, ?, ?))"
+            shape(1000),
+            [(256, 256), (256, 256), (256, 256), (232, 256)]
         );
+        assert_eq!(shape(65), [(65, 256)]);
+        assert_eq!(shape(40), [(16, 16), (16, 16), (8, 16)]);
+        assert_eq!(shape(1), [(1, 16)]);
+
+        let two = chunks(&rows(2)).unwrap();
+        let table = two[0].table();
+        assert!(
+            table.starts_with("b(pos, id, count, flag, gone) as (values (?, ?, ?, ?, ?), "),
+            "{table}"
+        );
+        assert_eq!(table.matches("(?, ?, ?, ?, ?)").count(), 16);
         use sqlx::Arguments as _;
-        assert_eq!(chunks[0].args.len(), 64 * 4);
+        // Every row is bound, the padding as nulls.
+        assert_eq!(two[0].args.len(), 16 * 5);
     }
 
     #[test]

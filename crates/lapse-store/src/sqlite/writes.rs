@@ -340,7 +340,7 @@ pub(super) async fn import(pool: &SqlitePool, sessions: &[Session]) -> Result<u6
 const IMPORT_CHUNK: usize = 5_000;
 
 /// A run of single-update commits (see `batch`) in five statements, each over the run's rows
-/// bound as `values` lists (see `values`; a statement per chunk of up to 64 rows).
+/// bound as `values` lists (see `values`; a statement per chunk of up to 256 rows).
 pub(super) async fn write_updates(
     tx: &mut Transaction<'_, Sqlite>,
     run: &[&Commit],
@@ -404,20 +404,25 @@ pub(super) fn batch_statements() -> Result<Vec<(&'static str, String)>, StoreErr
 /// Participants (`ParticipantRow`s), inserted or updated in place.
 fn upsert_participants_sql(b: &Values) -> String {
     format!(
-        "insert into participants ({}) values {} \
+        "with {} insert into participants ({}) {} \
          on conflict (session_id, user_id) do update set role = excluded.role, \
          state = excluded.state, joined_at = excluded.joined_at, \
          left_at = excluded.left_at, offline_for = excluded.offline_for, \
          last_seen_at = max(participants.last_seen_at, excluded.last_seen_at)",
+        b.table(),
         b.columns(),
-        b.list()
+        b.select_in_order()
     )
 }
 
-/// Events (`EventRow`s). A `values` list is inserted in its order, so `seq` follows the
-/// order the events were decided in.
+/// Events (`EventRow`s), in order, so `seq` follows the order they were decided in.
 fn insert_events(b: &Values) -> String {
-    format!("insert into events ({}) values {}", b.columns(), b.list())
+    format!(
+        "with {} insert into events ({}) {}",
+        b.table(),
+        b.columns(),
+        b.select_in_order()
+    )
 }
 
 /// Webhook deliveries (`DeliveryRow`s), each naming its event by id, but for endpoints that
@@ -428,7 +433,8 @@ fn insert_deliveries(b: &Values) -> String {
          next_attempt_at, created_at) \
          select b.id, b.url, e.seq, 'pending', 0, b.at, b.at \
          from b join events e on e.id = b.event \
-         where not exists (select 1 from webhook_endpoints_disabled w where w.url = b.url)",
+         where b.pos is not null \
+         and not exists (select 1 from webhook_endpoints_disabled w where w.url = b.url)",
         b.table()
     )
 }
@@ -436,9 +442,10 @@ fn insert_deliveries(b: &Values) -> String {
 /// Notifications (`NotificationRow`s).
 fn insert_notifications(b: &Values) -> String {
     format!(
-        "insert into notifications ({}) values {}",
+        "with {} insert into notifications ({}) {}",
+        b.table(),
         b.columns(),
-        b.list()
+        b.select_in_order()
     )
 }
 
@@ -454,7 +461,8 @@ fn update_sessions(b: &Values) -> String {
          summary = b.summary, parent_ended_at = b.parent_ended_at, \
          next_due_at = b.next_due_at, next_due_rule = b.next_due_rule, \
          warnings = b.warnings, version = sessions.version + 1 \
-         from b where sessions.id = b.id and sessions.version = b.version",
+         from b where sessions.id = b.id and sessions.version = b.version \
+         and b.pos is not null",
         b.table()
     )
 }
@@ -463,7 +471,7 @@ fn update_sessions(b: &Values) -> String {
 /// since they were read, or that are gone: one JSON array of ids.
 fn stale_sessions(b: &Values) -> String {
     format!(
-        "with {} select json_group_array(b.id) from b where not exists \
+        "with {} select json_group_array(b.id) from b where b.pos is not null and not exists \
          (select 1 from sessions s where s.id = b.id and s.version = b.version)",
         b.table()
     )
