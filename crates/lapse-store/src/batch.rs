@@ -4,8 +4,9 @@
 //! each session row decides its commit: a commit whose row lost writes nothing and gets
 //! `Conflict`.
 //!
-//! Here: finding such a run, and gathering its rows as JSON for the statements; the SQL is
-//! each backend's own (`sqlite/writes.rs`, `postgres/writes.rs`).
+//! Here: finding such a run, and gathering its rows for the statements (PostgreSQL takes
+//! them as JSON, SQLite as bound values, `sqlite/values.rs`); the SQL is each backend's own
+//! (`sqlite/writes.rs`, `postgres/writes.rs`).
 
 use std::collections::HashSet;
 

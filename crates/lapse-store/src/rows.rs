@@ -403,7 +403,7 @@ where
     })
 }
 
-/// A `sessions` row as the bulk statements read it (`jsonb_each` on SQLite,
+/// A `sessions` row as the bulk statements read it (bound values on SQLite, `sqlite/values.rs`;
 /// `jsonb_to_recordset` on PostgreSQL): keyed by column, times as epoch milliseconds, written
 /// straight from the session (no JSON tree is built on the way).
 #[derive(Default, serde::Serialize)]

@@ -209,6 +209,47 @@ macro_rules! unbindable {
     };
 }
 
+/// The shapes neither a row nor a column value takes, refused alike by both sinks.
+macro_rules! refuse_other_shapes {
+    () => {
+        unbindable!(
+            serialize_f32(f32) -> (): "fraction",
+            serialize_f64(f64) -> (): "fraction",
+            serialize_char(char) -> (): "character",
+            serialize_bytes(&[u8]) -> (): "byte string",
+            serialize_unit_struct(&'static str) -> (): "unit struct",
+            serialize_unit_variant(&'static str, u32, &'static str) -> (): "enum variant",
+            serialize_seq(Option<usize>) -> Self::SerializeSeq: "list",
+            serialize_tuple(usize) -> Self::SerializeTuple: "tuple",
+            serialize_tuple_struct(&'static str, usize) -> Self::SerializeTupleStruct: "tuple",
+            serialize_tuple_variant(&'static str, u32, &'static str, usize)
+                -> Self::SerializeTupleVariant: "enum variant",
+            serialize_map(Option<usize>) -> Self::SerializeMap: "map",
+            serialize_struct_variant(&'static str, u32, &'static str, usize)
+                -> Self::SerializeStructVariant: "enum variant"
+        );
+
+        fn serialize_newtype_variant<T: Serialize + ?Sized>(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: &T,
+        ) -> Result<(), Unbindable> {
+            unbindable("enum variant")
+        }
+
+        fn serialize_newtype_struct<T: Serialize + ?Sized>(
+            self,
+            _: &'static str,
+            v: &T,
+        ) -> Result<(), Unbindable> {
+            v.serialize(self)
+        }
+    };
+}
+
+/// A row is a struct; a bare value is not a row.
 impl<'a> ser::Serializer for RowSink<'a> {
     type Ok = ();
     type Error = Unbindable;
@@ -224,58 +265,29 @@ impl<'a> ser::Serializer for RowSink<'a> {
         Ok(self)
     }
 
+    refuse_other_shapes!();
+
     unbindable!(
-        serialize_bool(bool) -> (): "boolean row",
-        serialize_i8(i8) -> (): "number row",
-        serialize_i16(i16) -> (): "number row",
-        serialize_i32(i32) -> (): "number row",
-        serialize_i64(i64) -> (): "number row",
-        serialize_u8(u8) -> (): "number row",
-        serialize_u16(u16) -> (): "number row",
-        serialize_u32(u32) -> (): "number row",
-        serialize_u64(u64) -> (): "number row",
-        serialize_f32(f32) -> (): "number row",
-        serialize_f64(f64) -> (): "number row",
-        serialize_char(char) -> (): "character row",
-        serialize_str(&str) -> (): "text row",
-        serialize_bytes(&[u8]) -> (): "bytes row",
-        serialize_none() -> (): "missing row",
-        serialize_unit() -> (): "unit row",
-        serialize_unit_struct(&'static str) -> (): "unit row",
-        serialize_unit_variant(&'static str, u32, &'static str) -> (): "variant row",
-        serialize_seq(Option<usize>) -> Self::SerializeSeq: "list row",
-        serialize_tuple(usize) -> Self::SerializeTuple: "tuple row",
-        serialize_tuple_struct(&'static str, usize) -> Self::SerializeTupleStruct: "tuple row",
-        serialize_tuple_variant(&'static str, u32, &'static str, usize)
-            -> Self::SerializeTupleVariant: "variant row",
-        serialize_map(Option<usize>) -> Self::SerializeMap: "map row",
-        serialize_struct_variant(&'static str, u32, &'static str, usize)
-            -> Self::SerializeStructVariant: "variant row"
+        serialize_bool(bool) -> (): "bare value",
+        serialize_i8(i8) -> (): "bare value",
+        serialize_i16(i16) -> (): "bare value",
+        serialize_i32(i32) -> (): "bare value",
+        serialize_i64(i64) -> (): "bare value",
+        serialize_u8(u8) -> (): "bare value",
+        serialize_u16(u16) -> (): "bare value",
+        serialize_u32(u32) -> (): "bare value",
+        serialize_u64(u64) -> (): "bare value",
+        serialize_str(&str) -> (): "bare value",
+        serialize_none() -> (): "bare value",
+        serialize_unit() -> (): "bare value"
     );
 
     fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> Result<(), Unbindable> {
-        unbindable("optional row")
-    }
-
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(
-        self,
-        _: &'static str,
-        v: &T,
-    ) -> Result<(), Unbindable> {
-        v.serialize(self)
-    }
-
-    fn serialize_newtype_variant<T: Serialize + ?Sized>(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: &T,
-    ) -> Result<(), Unbindable> {
-        unbindable("variant row")
+        unbindable("bare value")
     }
 }
 
+/// A column value is a text, an integer, a boolean or a null.
 impl ser::Serializer for FieldSink<'_> {
     type Ok = ();
     type Error = Unbindable;
@@ -286,6 +298,10 @@ impl ser::Serializer for FieldSink<'_> {
     type SerializeMap = Impossible<(), Unbindable>;
     type SerializeStruct = Impossible<(), Unbindable>;
     type SerializeStructVariant = Impossible<(), Unbindable>;
+
+    refuse_other_shapes!();
+
+    unbindable!(serialize_struct(&'static str, usize) -> Self::SerializeStruct: "struct");
 
     bind_as_i64!(
         serialize_i8: i8,
@@ -322,42 +338,6 @@ impl ser::Serializer for FieldSink<'_> {
 
     fn serialize_some<T: Serialize + ?Sized>(self, v: &T) -> Result<(), Unbindable> {
         v.serialize(self)
-    }
-
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(
-        self,
-        _: &'static str,
-        v: &T,
-    ) -> Result<(), Unbindable> {
-        v.serialize(self)
-    }
-
-    unbindable!(
-        serialize_f32(f32) -> (): "fraction",
-        serialize_f64(f64) -> (): "fraction",
-        serialize_char(char) -> (): "character",
-        serialize_bytes(&[u8]) -> (): "byte string",
-        serialize_unit_struct(&'static str) -> (): "unit struct",
-        serialize_unit_variant(&'static str, u32, &'static str) -> (): "enum variant",
-        serialize_seq(Option<usize>) -> Self::SerializeSeq: "list",
-        serialize_tuple(usize) -> Self::SerializeTuple: "tuple",
-        serialize_tuple_struct(&'static str, usize) -> Self::SerializeTupleStruct: "tuple",
-        serialize_tuple_variant(&'static str, u32, &'static str, usize)
-            -> Self::SerializeTupleVariant: "enum variant",
-        serialize_map(Option<usize>) -> Self::SerializeMap: "map",
-        serialize_struct(&'static str, usize) -> Self::SerializeStruct: "struct",
-        serialize_struct_variant(&'static str, u32, &'static str, usize)
-            -> Self::SerializeStructVariant: "enum variant"
-    );
-
-    fn serialize_newtype_variant<T: Serialize + ?Sized>(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: &T,
-    ) -> Result<(), Unbindable> {
-        unbindable("enum variant")
     }
 }
 
