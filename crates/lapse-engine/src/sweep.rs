@@ -638,7 +638,7 @@ impl Engine {
             stop: stop.clone(),
             ..SweepOptions::default()
         };
-        let (failing, applied) = match self.sweep_once(&opts).await {
+        let (failing, applied, swept_at) = match self.sweep_once(&opts).await {
             Ok(report) => {
                 if !report.applied.is_empty() {
                     tracing::info!(
@@ -647,13 +647,13 @@ impl Engine {
                         "sweep"
                     );
                 }
-                (!report.errors.is_empty(), report.applied.len())
+                (!report.errors.is_empty(), report.applied.len(), report.now)
             }
             Err(e) => {
                 if !e.is_unavailable() {
                     tracing::error!(error = %e, "sweep failed");
                 }
-                (true, 0)
+                (true, 0, self.now())
             }
         };
         // Retention rides along, once a minute of wall time.
@@ -673,21 +673,12 @@ impl Engine {
             Ok(at) => (at, false),
             Err(_) => (None, true),
         };
-        let mut sleep = next_deadline
-            .map_or(MAX_SLEEP, |at| {
-                Duration::from_millis(at.since(now).millis() as u64)
-            })
-            .min(MAX_SLEEP);
-        if unknown {
-            sleep = sleep.min(Duration::from_secs(1));
-        }
-        // A row that keeps failing stays due, and so does one that another instance holds
-        // (it is sweeping it, or it died and its lease has yet to run out): a sweep that
-        // found nothing it could apply while a deadline has passed waits a second, not none.
-        let held_elsewhere = applied == 0 && next_deadline.is_some_and(|at| at <= now);
-        if failing || held_elsewhere {
-            sleep = sleep.max(Duration::from_secs(1));
-        }
+        let swept = SweepOutcome {
+            swept_at,
+            applied,
+            failing,
+        };
+        let sleep = plan_sleep(swept, next_deadline, unknown, now);
         self.planned_wake.store(
             now.millis().saturating_add(sleep.as_millis() as i64),
             Ordering::Release,
@@ -744,6 +735,47 @@ impl Engine {
     }
 }
 
+/// What a sweep did, as the sweeper plans its sleep after it.
+#[derive(Debug, Clone, Copy)]
+struct SweepOutcome {
+    /// The instant the sweep decided as of: what was due then, it looked at.
+    swept_at: Timestamp,
+    /// How many rules it applied.
+    applied: usize,
+    /// Whether a session failed, or the sweep as a whole.
+    failing: bool,
+}
+
+/// How long the sweeper sleeps after `swept`, at `now`, with `next` the earliest stored
+/// deadline (`unknown` when it could not be read).
+///
+/// Until that deadline, at most [`MAX_SLEEP`]; a second at most when the deadline is
+/// unknown. A row that keeps failing stays due, and so does one another instance holds (it
+/// is sweeping it, or it died and its lease has yet to run out): a sweep that applied
+/// nothing while a deadline it looked at had passed waits at least a second, not none. A
+/// deadline that came due only while the sweep ran (a sweep slowed by a flood of writes) was
+/// never looked at, so it is swept at once.
+fn plan_sleep(
+    swept: SweepOutcome,
+    next: Option<Timestamp>,
+    unknown: bool,
+    now: Timestamp,
+) -> Duration {
+    let mut sleep = next
+        .map_or(MAX_SLEEP, |at| {
+            Duration::from_millis(at.since(now).millis() as u64)
+        })
+        .min(MAX_SLEEP);
+    if unknown {
+        sleep = sleep.min(Duration::from_secs(1));
+    }
+    let held_elsewhere = swept.applied == 0 && next.is_some_and(|at| at <= swept.swept_at);
+    if swept.failing || held_elsewhere {
+        sleep = sleep.max(Duration::from_secs(1));
+    }
+    sleep
+}
+
 /// Replaces children the pass has already changed by their changed state, dropping those it
 /// deleted or ended.
 fn overlay_children(pass: &Pass, kids: &mut Vec<Session>) {
@@ -755,4 +787,57 @@ fn overlay_children(pass: &Pass, kids: &mut Vec<Session>) {
         Some(_) => false,
         None => true,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    fn swept(swept_at: i64, applied: usize, failing: bool) -> SweepOutcome {
+        SweepOutcome {
+            swept_at: at(swept_at),
+            applied,
+            failing,
+        }
+    }
+
+    #[test]
+    fn the_sweeper_sleeps_until_the_next_deadline_at_most_a_minute() {
+        let plan = plan_sleep(swept(1_000, 3, false), Some(at(1_500)), false, at(1_100));
+        assert_eq!(plan, Duration::from_millis(400));
+        assert_eq!(plan_sleep(swept(1_000, 0, false), None, false, at(1_100)), MAX_SLEEP);
+        let far = Some(at(10_000_000));
+        assert_eq!(plan_sleep(swept(1_000, 0, false), far, false, at(1_100)), MAX_SLEEP);
+    }
+
+    #[test]
+    fn a_deadline_that_came_due_while_a_slow_sweep_ran_is_swept_at_once() {
+        // The sweep looked at 1,000 and found nothing due; a burst came due at 1,200, while
+        // it waited on a busy database until 1,900.
+        let plan = plan_sleep(swept(1_000, 0, false), Some(at(1_200)), false, at(1_900));
+        assert_eq!(plan, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_due_row_the_sweep_could_not_apply_is_looked_at_again_in_a_second() {
+        // Held by another instance: due when the sweep looked, and nothing applied.
+        let held = plan_sleep(swept(1_000, 0, false), Some(at(900)), false, at(1_050));
+        assert_eq!(held, Duration::from_secs(1));
+        // A row that failed.
+        let failing = plan_sleep(swept(1_000, 5, true), Some(at(900)), false, at(1_050));
+        assert_eq!(failing, Duration::from_secs(1));
+        // Applied some: what is left is swept at once.
+        let more = plan_sleep(swept(1_000, 5, false), Some(at(900)), false, at(1_050));
+        assert_eq!(more, Duration::ZERO);
+    }
+
+    #[test]
+    fn an_unknown_next_deadline_is_looked_for_again_in_a_second() {
+        let plan = plan_sleep(swept(1_000, 0, true), None, true, at(1_050));
+        assert_eq!(plan, Duration::from_secs(1));
+    }
 }
