@@ -437,7 +437,7 @@ impl Engine {
         children: Option<Vec<Session>>,
         now: Timestamp,
     ) -> Result<Option<(Decided, Vec<SessionId>)>, EngineError> {
-        let (mut s, fx) = match applied {
+        let (mut s, mut fx) = match applied {
             Some(done) => done,
             None => {
                 let mut s = stored.clone();
@@ -476,7 +476,7 @@ impl Engine {
             .build_commit(
                 &mut s,
                 Some(&stored),
-                &fx,
+                &mut fx,
                 now,
                 children,
                 pass.rules_version,
@@ -484,11 +484,16 @@ impl Engine {
             .await?;
         for w in &commit.sessions {
             match w {
-                SessionWrite::Update { session: c, .. } | SessionWrite::Insert(c) => {
+                // Only a child can come up again in this batch (its parent's cascade, or a
+                // later page of a dry run): a session without a parent is decided once.
+                SessionWrite::Update { session: c, .. } | SessionWrite::Insert(c)
+                    if c.parent.is_some() =>
+                {
                     let mut c = c.clone();
                     c.version += 1;
                     pass.overlay.insert(c.id.clone(), Some(c));
                 }
+                SessionWrite::Update { .. } | SessionWrite::Insert(_) => {}
                 SessionWrite::Delete { id, .. } => {
                     pass.overlay.insert(id.clone(), None);
                 }

@@ -15,12 +15,13 @@ impl Engine {
     /// Builds the commit for `s` after `fx`, without writing it: an update of `stored` (the
     /// session as read, at `s.version`), or with `None` an insert. `rules_version` is the
     /// version of the rules in force read before the decision (see [`Engine::rules_version`]):
-    /// the store refuses the commit if other rules came into force since.
+    /// the store refuses the commit if other rules came into force since. `fx`'s events and
+    /// notifications move into the commit.
     pub(crate) async fn build_commit(
         &self,
         s: &mut Session,
         stored: Option<&Session>,
-        fx: &Effects,
+        fx: &mut Effects,
         now: Timestamp,
         children: Option<Vec<Session>>,
         rules_version: Option<i64>,
@@ -72,18 +73,20 @@ impl Engine {
             }
         }
 
-        for e in &fx.events {
+        // The events and notifications move into the commit: what the caller keeps of `fx`
+        // is what it did (`applied`, `deleted_at`, `closed_at`).
+        for e in std::mem::take(&mut fx.events) {
             commit.events.push(EventRecord {
                 id: uuid::Uuid::now_v7().to_string(),
                 applied_at: now,
-                event: e.clone(),
-                webhooks: self.webhooks.targets(e),
+                webhooks: self.webhooks.targets(&e),
+                event: e,
             });
         }
-        for n in &fx.notifications {
+        for n in std::mem::take(&mut fx.notifications) {
             commit.notifications.push(NotificationRecord {
                 id: uuid::Uuid::now_v7().to_string(),
-                notification: n.clone(),
+                notification: n,
             });
         }
         Ok((commit, cascade))

@@ -99,7 +99,7 @@ impl Engine {
             )?;
             lifecycle::apply_due(kind, &mut s, now, &mut fx);
             let (mut commit, _) = self
-                .build_commit(&mut s, None, &fx, now, Some(Vec::new()), rules_version)
+                .build_commit(&mut s, None, &mut fx, now, Some(Vec::new()), rules_version)
                 .await?;
             // The store re-counts inside the transaction, so concurrent creates (on any
             // instance) cannot both pass the check above.

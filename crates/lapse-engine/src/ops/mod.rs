@@ -157,13 +157,13 @@ impl Engine {
             }
             let stored = s.clone();
             let rules_version = self.rules_version();
-            let fx = self.apply_due(&mut s, now);
+            let mut fx = self.apply_due(&mut s, now);
             if fx.is_empty() {
                 s.observe(&self.kind_of(&s.kind), now);
                 return Ok(Some(s));
             }
             let (commit, _) = self
-                .build_commit(&mut s, Some(&stored), &fx, now, None, rules_version)
+                .build_commit(&mut s, Some(&stored), &mut fx, now, None, rules_version)
                 .await?;
             match self.apply_commit(commit).await {
                 Ok(()) if fx.deleted_at.is_some() => return Ok(None),
@@ -212,7 +212,7 @@ impl Engine {
                 return Ok((value, s));
             }
             let (commit, _) = self
-                .build_commit(&mut s, Some(&before), &fx, now, None, rules_version)
+                .build_commit(&mut s, Some(&before), &mut fx, now, None, rules_version)
                 .await?;
             match self.apply_commit(commit).await {
                 Ok(()) => {
