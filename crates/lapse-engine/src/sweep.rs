@@ -814,9 +814,15 @@ mod tests {
     fn the_sweeper_sleeps_until_the_next_deadline_at_most_a_minute() {
         let plan = plan_sleep(swept(1_000, 3, false), Some(at(1_500)), false, at(1_100));
         assert_eq!(plan, Duration::from_millis(400));
-        assert_eq!(plan_sleep(swept(1_000, 0, false), None, false, at(1_100)), MAX_SLEEP);
+        assert_eq!(
+            plan_sleep(swept(1_000, 0, false), None, false, at(1_100)),
+            MAX_SLEEP
+        );
         let far = Some(at(10_000_000));
-        assert_eq!(plan_sleep(swept(1_000, 0, false), far, false, at(1_100)), MAX_SLEEP);
+        assert_eq!(
+            plan_sleep(swept(1_000, 0, false), far, false, at(1_100)),
+            MAX_SLEEP
+        );
     }
 
     #[test]
