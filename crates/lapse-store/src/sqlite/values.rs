@@ -26,9 +26,12 @@ use lapse_core::StoreError;
 /// Rows of a full chunk. A session row has 24 fields: 6,400 parameters, well under
 /// SQLite's 32,766.
 const LARGE: usize = 256;
-/// Rows of a chunk for what is left when that is no more than 64 rows (a group commit's few
-/// changes; a page's last rows): at most four of these, each padded by at most 15 null rows.
+/// Rows of a chunk for what is left when that is no more than [`SMALL_UP_TO`] rows (a group
+/// commit's few changes; a page's last rows), each padded by at most 15 null rows.
 const SMALL: usize = 16;
+/// The most rows left that go in [`SMALL`] chunks (at most four of them); more take a
+/// [`LARGE`] one.
+const SMALL_UP_TO: usize = 4 * SMALL;
 
 /// A chunk of rows of one shape, bound in order and padded with null rows to its size.
 pub(super) struct Values {
@@ -71,7 +74,11 @@ pub(super) fn chunks<T: Serialize>(rows: &[T]) -> Result<Vec<Values>, StoreError
     let mut out = Vec::new();
     let mut rest = rows;
     while !rest.is_empty() {
-        let size = if rest.len() > 64 { LARGE } else { SMALL };
+        let size = if rest.len() > SMALL_UP_TO {
+            LARGE
+        } else {
+            SMALL
+        };
         let (chunk, tail) = rest.split_at(size.min(rest.len()));
         let mut values = Values {
             columns: Vec::new(),
