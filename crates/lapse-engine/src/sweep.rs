@@ -315,7 +315,12 @@ impl Engine {
             .into_iter()
             .map(|d| (d.commit, (d.id, d.applied)))
             .unzip();
-        let outcomes = match self.apply_commits(&commits).await {
+        // A page with nothing to apply (every row re-armed, or none due) costs no transaction.
+        let written = match commits.is_empty() {
+            true => Ok(Vec::new()),
+            false => self.apply_commits(&commits).await,
+        };
+        let outcomes = match written {
             Ok(outcomes) => outcomes,
             Err(e) if e.is_unavailable() => return Err(e),
             Err(e) => {

@@ -295,6 +295,40 @@ async fn a_sweep_over_many_pages_changes_each_session_once() {
     }
 }
 
+/// A sweep asked to stop (lapse shutting down) commits the page it has decided, though the
+/// next one is already read, and leaves the rest due for the next sweep.
+#[tokio::test]
+async fn a_stopped_sweep_commits_the_page_in_hand_and_leaves_the_rest_due() {
+    let store = Arc::new(SqliteStore::open("sqlite::memory:", None).await.unwrap());
+    lapse_core::Store::migrate(store.as_ref()).await.unwrap();
+    let config = Config::parse("[sweeper]\nbatch = 3\n", "test.toml").unwrap();
+    let engine = Engine::new(store, Arc::new(config), Clock::manual(t0()));
+    for n in 0..10 {
+        engine
+            .create(&admin(), request("request", &format!("r{n}"), None))
+            .await
+            .unwrap();
+    }
+    engine.clock().advance(Span::from_secs(16 * 60)).unwrap();
+
+    let stop = CancellationToken::new();
+    stop.cancel();
+    let stopped = lapse_engine::SweepOptions {
+        stop,
+        ..Default::default()
+    };
+    let report = engine.sweep_once(&stopped).await.unwrap();
+    assert_eq!(report.applied.len(), 3, "one page: {:?}", report.applied);
+    assert_eq!(engine.due_count(None).await.unwrap(), 7);
+
+    let rest = engine
+        .sweep_once(&lapse_engine::SweepOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(rest.applied.len(), 7, "{:?}", rest.applied);
+    assert_eq!(engine.due_count(None).await.unwrap(), 0);
+}
+
 #[tokio::test]
 async fn a_sweep_writes_the_beats_of_the_sessions_it_decides_and_leaves_the_rest_to_the_flusher() {
     let (engine, store) = engine_and_store().await;
