@@ -79,4 +79,9 @@ pub const POSTGRES: &[Script] = &[
         name: "rules in force",
         sql: include_str!("../migrations/postgres/0006_rules_in_force.sql"),
     },
+    Script {
+        version: 7,
+        name: "keys in byte order",
+        sql: include_str!("../migrations/postgres/0007_keys_in_byte_order.sql"),
+    },
 ];

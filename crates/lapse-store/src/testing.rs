@@ -21,6 +21,16 @@ static SKIP_NOTICE: Once = Once::new();
 /// # Panics
 /// When no server is configured but one is required, or the server refuses.
 pub async fn fresh_postgres_database() -> Option<String> {
+    fresh_postgres_database_with("").await
+}
+
+/// As [`fresh_postgres_database`], created with `options` after `create database <name>`
+/// (`template template0 locale_provider icu icu_locale 'en-US'`: a database whose default
+/// collation is a language's).
+///
+/// # Panics
+/// As [`fresh_postgres_database`].
+pub async fn fresh_postgres_database_with(options: &str) -> Option<String> {
     let Some(admin) = std::env::var(POSTGRES_URL_ENV)
         .ok()
         .filter(|v| !v.is_empty())
@@ -42,7 +52,7 @@ pub async fn fresh_postgres_database() -> Option<String> {
     let mut conn = PgConnection::connect(&admin)
         .await
         .unwrap_or_else(|e| panic!("cannot reach the test server {admin}: {e}"));
-    sqlx::query(AssertSqlSafe(format!("create database {name}")))
+    sqlx::query(AssertSqlSafe(format!("create database {name} {options}")))
         .execute(&mut conn)
         .await
         .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));

@@ -192,6 +192,52 @@ async fn due_rows_come_in_deadline_order_behind_a_cursor_and_only_when_due() {
     }
 }
 
+/// A PostgreSQL database whose default collation is a language's orders text its own way
+/// (`a`, `B`, `c`); session ids compare byte by byte on both backends (`B`, `a`, `c`), so a
+/// list pages through sessions in one order everywhere, and no index probe pays for the
+/// locale's comparison.
+#[tokio::test]
+async fn sessions_list_in_byte_order_of_their_ids_whatever_the_database_locale() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let mut stores: Vec<Box<dyn Store>> =
+        vec![Box::new(SqliteStore::open(&url, None).await.unwrap())];
+    let icu = "template template0 locale_provider icu icu_locale 'en-US'";
+    if let Some(url) = lapse_store::testing::fresh_postgres_database_with(icu).await {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        let by_locale: Vec<String> =
+            sqlx::query_scalar("select x from unnest(array['c', 'B', 'a']) x order by x")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(
+            by_locale,
+            ["a", "B", "c"],
+            "the database orders text by its locale"
+        );
+        stores.push(Box::new(
+            PostgresStore::open(&url, None, None).await.unwrap(),
+        ));
+    }
+    for store in stores {
+        let store = store.as_ref();
+        store.migrate().await.unwrap();
+        for id in ["c", "a", "B"] {
+            insert(store, &session("study", id, t0())).await;
+        }
+        let page = |after: Option<&str>| SessionQuery {
+            after: after.map(|a| SessionId::parse(a).unwrap()),
+            limit: 2,
+            ..SessionQuery::default()
+        };
+        let ids =
+            |list: Vec<Session>| -> Vec<String> { list.iter().map(|s| s.id.to_string()).collect() };
+        assert_eq!(ids(store.list(&page(None)).await.unwrap()), ["B", "a"]);
+        assert_eq!(ids(store.list(&page(Some("a"))).await.unwrap()), ["c"]);
+    }
+}
+
 #[tokio::test]
 async fn concurrent_sweepers_of_a_shared_database_claim_disjoint_rows() {
     for (store, _dir) in stores().await {
