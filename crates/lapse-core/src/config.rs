@@ -17,7 +17,7 @@ use crate::time::{Span, Timestamp};
 pub struct ConfigError {
     /// The file's name (or `built-in defaults`).
     pub file: String,
-    /// Where in it: `kind \`study\`, rule \`delete-unused\``, `[server]`, ...
+    /// Where in it: ``kind `study`, rule `delete-unused` ``, `[server]`, ...
     pub place: String,
     /// What is wrong.
     pub message: String,

@@ -1,6 +1,6 @@
 //! Rules: a trigger (`on`), a delay (`after`) and an action (`do`). Each trigger gives a
-//! deadline while its condition holds; [`next_due`] finds the earliest, and [`due_now`] the
-//! one that fires at `now` (earliest deadline first, ties in config order).
+//! deadline while its condition holds; [`next_due`] finds the earliest ([`earliest`]:
+//! ties in config order), which fires once `now` reaches it.
 
 use serde::{Deserialize, Serialize};
 

@@ -216,7 +216,7 @@ impl crate::Engine {
         self.store.write_check(self.now()).await.is_ok()
     }
 
-    /// [`Engine::probe_database`] every [`PROBE_EVERY`], so the end of an outage is noticed
+    /// [`Self::probe_database`] every [`PROBE_EVERY`], so the end of an outage is noticed
     /// even when nothing else calls (a load balancer that stopped sending requests on
     /// `/readyz`'s 503 would otherwise never see it end). Returns when `shutdown` is cancelled.
     pub async fn run_outage_probe(self: std::sync::Arc<Self>, shutdown: CancellationToken) {

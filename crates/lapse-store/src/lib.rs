@@ -4,7 +4,7 @@
 //! - [`postgres`]: one database shared by several stateless instances.
 //! - `batch`: a sweep's page of transitions gathered for set-based writes, both backends.
 //! - [`migrate`]: the small versioned-script runner both backends use.
-//! - [`rows`]: turning stored columns back into sessions and events.
+//! - `rows`: turning stored columns back into sessions and events.
 //! - `statements`: the reads whose shape follows the filters given, for both dialects.
 //! - [`testing`]: throwaway databases for tests.
 //!

@@ -5,8 +5,8 @@
 //! The functions check state and business rules only (409/410); who may call them is the
 //! engine's concern.
 //!
-//! - [`due`]: what time does: rules firing, warnings, presence lapses (`apply_due`).
-//! - [`manual`]: what people do: create, start, end, join, leave, update, ...
+//! - `due`: what time does: rules firing, warnings, presence lapses (`apply_due`).
+//! - `manual`: what people do: create, start, end, join, leave, update, ...
 
 use serde::{Deserialize, Serialize};
 

@@ -78,7 +78,7 @@ pub enum Command {
         /// The file (default: --config, LAPSE_CONFIG, or the built-in defaults).
         file: Option<PathBuf>,
         /// Judge the file's rules against the live sessions of the configured database
-        /// (--config's, or else the file's own [database]).
+        /// (--config's, or else the database the file itself names).
         #[arg(long)]
         against: bool,
         /// Print the preview as JSON.
