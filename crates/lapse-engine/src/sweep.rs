@@ -315,12 +315,7 @@ impl Engine {
             .into_iter()
             .map(|d| (d.commit, (d.id, d.applied)))
             .unzip();
-        // A page with nothing to apply (every row re-armed, or none due) costs no transaction.
-        let written = match commits.is_empty() {
-            true => Ok(Vec::new()),
-            false => self.apply_commits(&commits).await,
-        };
-        let outcomes = match written {
+        let outcomes = match self.apply_commits(&commits).await {
             Ok(outcomes) => outcomes,
             Err(e) if e.is_unavailable() => return Err(e),
             Err(e) => {

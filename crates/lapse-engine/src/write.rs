@@ -102,11 +102,15 @@ impl Engine {
 
     /// Writes independent commits in one transaction (see [`lapse_core::Store::commit_many`]),
     /// then wakes the sweeper if a written deadline is before its plan, and event streams if
-    /// events went in.
+    /// events went in. None (a sweep's page with every row re-armed, or none due) opens no
+    /// transaction.
     pub(crate) async fn apply_commits(
         &self,
         commits: &[Commit],
     ) -> Result<Vec<Result<(), StoreError>>, EngineError> {
+        if commits.is_empty() {
+            return Ok(Vec::new());
+        }
         let wakes: Vec<Option<Timestamp>> = commits
             .iter()
             .map(|c| c.sessions.iter().filter_map(|w| w.session()?.wake_at).min())

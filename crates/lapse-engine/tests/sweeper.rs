@@ -38,6 +38,15 @@ async fn postgres_instance(url: &str) -> Arc<lapse_store::PostgresStore> {
     Arc::new(store)
 }
 
+/// An engine whose sweeps read `batch` due rows a page, over a database file in `dir`.
+async fn paged_engine(batch: u32, dir: &std::path::Path) -> Arc<Engine> {
+    let url = format!("sqlite://{}", dir.join("pages.db").display());
+    let store = Arc::new(SqliteStore::open(&url, None).await.unwrap());
+    lapse_core::Store::migrate(store.as_ref()).await.unwrap();
+    let config = Config::parse(&format!("[sweeper]\nbatch = {batch}\n"), "test.toml").unwrap();
+    Engine::new(store, Arc::new(config), Clock::manual(t0()))
+}
+
 fn request(kind: &str, id: &str, start: Option<Span>) -> CreateRequest {
     CreateRequest {
         scheduled_start: start.map(|s| t0() + s),
@@ -243,11 +252,7 @@ async fn history_past_the_retention_period_is_pruned_in_batches() {
 #[tokio::test]
 async fn a_sweep_over_many_pages_changes_each_session_once() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("pages.db").display());
-    let store = Arc::new(SqliteStore::open(&url, None).await.unwrap());
-    lapse_core::Store::migrate(store.as_ref()).await.unwrap();
-    let config = Config::parse("[sweeper]\nbatch = 3\n", "test.toml").unwrap();
-    let engine = Engine::new(store, Arc::new(config), Clock::manual(t0()));
+    let engine = paged_engine(3, dir.path()).await;
     let admin = Caller::Admin {
         name: "test".into(),
         actor: None,
@@ -299,10 +304,8 @@ async fn a_sweep_over_many_pages_changes_each_session_once() {
 /// next one is already read, and leaves the rest due for the next sweep.
 #[tokio::test]
 async fn a_stopped_sweep_commits_the_page_in_hand_and_leaves_the_rest_due() {
-    let store = Arc::new(SqliteStore::open("sqlite::memory:", None).await.unwrap());
-    lapse_core::Store::migrate(store.as_ref()).await.unwrap();
-    let config = Config::parse("[sweeper]\nbatch = 3\n", "test.toml").unwrap();
-    let engine = Engine::new(store, Arc::new(config), Clock::manual(t0()));
+    let dir = tempfile::tempdir().unwrap();
+    let engine = paged_engine(3, dir.path()).await;
     for n in 0..10 {
         engine
             .create(&admin(), request("request", &format!("r{n}"), None))
