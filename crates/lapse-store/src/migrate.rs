@@ -45,6 +45,11 @@ pub const SQLITE: &[Script] = &[
         name: "rules in force",
         sql: include_str!("../migrations/sqlite/0006_rules_in_force.sql"),
     },
+    Script {
+        version: 7,
+        name: "deliveries in order",
+        sql: include_str!("../migrations/sqlite/0007_deliveries_in_order.sql"),
+    },
 ];
 
 /// PostgreSQL's scripts.
@@ -83,5 +88,10 @@ pub const POSTGRES: &[Script] = &[
         version: 7,
         name: "keys in byte order",
         sql: include_str!("../migrations/postgres/0007_keys_in_byte_order.sql"),
+    },
+    Script {
+        version: 8,
+        name: "deliveries in order",
+        sql: include_str!("../migrations/postgres/0008_deliveries_in_order.sql"),
     },
 ];

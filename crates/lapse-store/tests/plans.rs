@@ -1,6 +1,7 @@
 //! Every hot statement uses an index: on a populated database, neither SQLite's plan nor
 //! PostgreSQL's generic plan (the one a prepared statement keeps, fitted to no value) may scan
-//! `sessions`, `participants` or `events` whole.
+//! `sessions`, `participants`, `events` or `webhook_deliveries` whole, and no page may be
+//! sorted where an index holds it in order.
 
 use lapse_core::event::NewEvent;
 use lapse_core::store::{Commit, EventRecord};
@@ -12,14 +13,15 @@ fn t0() -> Timestamp {
     "2026-02-01T12:00:00Z".parse().unwrap()
 }
 
-/// Many sessions of two kinds over many hosts, three participants each, and many events.
+/// Many sessions of two kinds over many hosts, three participants each, and many events, each
+/// with a webhook delivery.
 async fn populate(store: &dyn Store) {
     let config = Config::default();
     for kind in ["study", "reading"] {
         let sessions = synthetic_sessions(&config.kinds[kind], kind, 10_000, 2_000, 2, t0());
         assert_eq!(store.import(&sessions).await.unwrap(), 10_000);
     }
-    let events = (0..5_000)
+    let events = (0..20_000)
         .map(|n| EventRecord {
             id: format!("e{n}"),
             applied_at: t0(),
@@ -32,7 +34,8 @@ async fn populate(store: &dyn Store) {
                 rule: None,
                 data: serde_json::json!({}).into(),
             },
-            webhooks: Vec::new(),
+            // Their deliveries, all due at one instant, as a sweep's batch leaves them.
+            webhooks: vec!["http://hooks.example/lapse".into()],
         })
         .collect();
     store
@@ -49,13 +52,51 @@ fn full_scans(plan: &str) -> Vec<&str> {
     plan.lines()
         .filter(|line| {
             let line = line.trim_start_matches([' ', '-', '>']);
-            ["sessions", "participants", "events"].iter().any(|table| {
-                // SQLite: `SCAN sessions` (with or without an index walked end to end);
-                // PostgreSQL: `Seq Scan on sessions`.
-                line.starts_with(&format!("SCAN {table}"))
-                    || line.starts_with(&format!("Seq Scan on {table}"))
+            ["sessions", "participants", "events", "webhook_deliveries"]
+                .iter()
+                .any(|table| {
+                    // SQLite: `SCAN sessions` (with or without an index walked end to end);
+                    // PostgreSQL: `Seq Scan on sessions`.
+                    line.starts_with(&format!("SCAN {table}"))
+                        || line.starts_with(&format!("Seq Scan on {table}"))
+                })
+        })
+        .collect()
+}
+
+/// The plan lines that sort a page before it is cut: SQLite's `USE TEMP B-TREE FOR ... ORDER
+/// BY` (not an aggregate's `json_group_array(ORDER BY)`, which orders the page's own rows),
+/// PostgreSQL's `Sort` and `Incremental Sort` under a `Limit` (one above it orders the page
+/// once cut).
+fn sorts(plan: &str) -> Vec<&str> {
+    fn node(line: &str) -> &str {
+        line.trim_start_matches([' ', '-', '>'])
+    }
+    let lines: Vec<&str> = plan.lines().collect();
+    let indent = |line: &str| line.len() - node(line).len();
+    (0..lines.len())
+        .filter(|&i| {
+            let line = node(lines[i]);
+            if line.starts_with("USE TEMP B-TREE FOR") {
+                return line.contains(" ORDER BY");
+            }
+            // A node, not its `Sort Key:` detail.
+            let sort = line.starts_with("Sort ") || line.starts_with("Incremental Sort ");
+            if !sort || !line.contains("(cost=") {
+                return false;
+            }
+            // The nodes above it: each line above that is less indented than the last.
+            let mut level = indent(lines[i]);
+            lines[..i].iter().rev().any(|above| {
+                let above_level = indent(above);
+                let is_ancestor = above_level < level;
+                if is_ancestor {
+                    level = above_level;
+                }
+                is_ancestor && node(above).starts_with("Limit ")
             })
         })
+        .map(|i| lines[i])
         .collect()
 }
 
@@ -86,6 +127,8 @@ fn assert_indexed(backend: &str, plans: &[(String, String)]) {
         ("due rows of a kind counted", "sessions_next_due"),
         ("events of a session", "events_session"),
         ("was deleted", "events_session"),
+        ("due deliveries", "webhook_deliveries_due"),
+        ("deliveries by status", "webhook_deliveries_status"),
     ]
     .into_iter()
     .chain(batch_paths(backend))
@@ -98,6 +141,27 @@ fn assert_indexed(backend: &str, plans: &[(String, String)]) {
         assert!(
             plan.contains(index),
             "{backend}: {name} should read {index}:\n{plan}"
+        );
+    }
+    // A page read in its index's order ends where the page does. One that sorts reads every
+    // row tied with the page's last first: deliveries due at one instant come in thousands.
+    for name in [
+        "due deliveries",
+        "deliveries by status",
+        "due rows",
+        "due rows of a kind",
+        "list, first page",
+        "list, next page",
+        "list by kind and status",
+    ] {
+        let plan = plans
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, plan)| plan)
+            .unwrap_or_else(|| panic!("{backend}: no plan for {name}"));
+        assert!(
+            sorts(plan).is_empty(),
+            "{backend}: {name} sorts its page instead of reading it in order:\n{plan}"
         );
     }
 }
@@ -172,4 +236,17 @@ fn the_check_itself_spots_a_full_scan() {
     );
     assert!(full_scans("SEARCH sessions USING INDEX sessions_parent (parent=?)").is_empty());
     assert!(full_scans("SCAN json_each VIRTUAL TABLE INDEX 1:").is_empty());
+    assert_eq!(sorts("USE TEMP B-TREE FOR RIGHT PART OF ORDER BY").len(), 1);
+    assert!(sorts("USE TEMP B-TREE FOR json_group_array(ORDER BY)").is_empty());
+    assert!(sorts("USE TEMP B-TREE FOR GROUP BY").is_empty());
+    let cut_after_sorting = "Limit  (cost=1.00..2.00)\n  \
+        ->  LockRows  (cost=1.00..2.00)\n        \
+        ->  Incremental Sort  (cost=1.00..2.00)\n              \
+        Sort Key: next_attempt_at, id";
+    assert_eq!(sorts(cut_after_sorting).len(), 1);
+    let sorted_once_cut = "Sort  (cost=1.00..2.00)\n  Sort Key: d.next_attempt_at\n  \
+        CTE picked\n    ->  Limit  (cost=1.00..2.00)\n          \
+        ->  Index Scan using webhook_deliveries_due on webhook_deliveries";
+    assert!(sorts(sorted_once_cut).is_empty());
+    assert!(sorts("SEARCH d USING INDEX webhook_deliveries_due (next_attempt_at<?)").is_empty());
 }

@@ -309,6 +309,16 @@ impl PostgresStore {
                 writes::HOST_OPEN_COUNT,
                 vec![text("u1"), text("study")],
             ),
+            fixed(
+                "due deliveries",
+                &outbox::claim_deliveries_sql(32),
+                vec![Arg::Int(0), Arg::Int(0), Arg::Int(0), Arg::Int(1)],
+            ),
+            fixed(
+                "deliveries by status",
+                &outbox::deliveries_sql(true),
+                vec![text("pending"), Arg::Int(50)],
+            ),
         ]);
         let mut conn = self.pool.acquire().await.map_err(backend)?;
         for sql in ["analyze", "set plan_cache_mode = force_generic_plan"] {

@@ -37,6 +37,31 @@ async fn pending_deliveries(
         .collect()
 }
 
+/// Claims for holder `$4` until `$3` the pending deliveries due at `$1` that no live holder
+/// has leased at `$2`, oldest first, at most `limit`, and returns them with their events.
+/// The rows claimed, and only those, come back: the claim skips rows other instances hold, so
+/// the first due rows are not necessarily this instance's. `webhook_deliveries_due` is in
+/// the claim's order, so a claim reads the index's first entries. The limit is written into
+/// the statement: a generic plan guesses a limit given as a parameter at a tenth of the due
+/// rows, and for that many joins the claimed rows to whole tables.
+pub(super) fn claim_deliveries_sql(limit: u32) -> String {
+    format!(
+        "with picked as ( \
+             select id from webhook_deliveries \
+             where status = 'pending' and next_attempt_at <= $1 and {} \
+             order by next_attempt_at, id limit {limit} \
+             for update skip locked), \
+         claimed as ( \
+             update webhook_deliveries d set claimed_until = $3, claimed_by = $4 from picked \
+             where d.id = picked.id returning d.*) \
+         select {DELIVERY_COLUMNS}, e.seq, e.id, e.type, e.at, e.applied_at, e.session_id, \
+         e.kind, e.actor, e.rule, e.data \
+         from claimed d join events e on e.seq = d.event_seq \
+         order by d.next_attempt_at, d.id",
+        statements::unleased("$2")
+    )
+}
+
 pub(super) async fn due_deliveries(
     pool: &PgPool,
     now: Timestamp,
@@ -47,26 +72,8 @@ pub(super) async fn due_deliveries(
         return pending_deliveries(pool, now, limit).await;
     };
     let wall = wall_now();
-    // The rows claimed, and only those, come back with their events: the claim skips rows
-    // other instances hold, so the first due rows are not necessarily this instance's.
-    let sql = format!(
-        "with picked as ( \
-             select id from webhook_deliveries \
-             where status = 'pending' and next_attempt_at <= $1 and {} \
-             order by next_attempt_at, id limit $2 \
-             for update skip locked), \
-         claimed as ( \
-             update webhook_deliveries d set claimed_until = $4, claimed_by = $5 from picked \
-             where d.id = picked.id returning d.*) \
-         select {DELIVERY_COLUMNS}, e.seq, e.id, e.type, e.at, e.applied_at, e.session_id, \
-         e.kind, e.actor, e.rule, e.data \
-         from claimed d join events e on e.seq = d.event_seq \
-         order by d.next_attempt_at, d.id",
-        statements::unleased("$3")
-    );
-    let rows = sqlx::query(AssertSqlSafe(sql))
+    let rows = sqlx::query(AssertSqlSafe(claim_deliveries_sql(limit)))
         .bind(now.millis())
-        .bind(limit as i64)
         .bind(wall)
         .bind(wall + LEASE.as_millis() as i64)
         .bind(holder)
@@ -147,18 +154,27 @@ pub(super) async fn disable_endpoint(
     tx.commit().await.map_err(backend)
 }
 
+/// Deliveries newest first, at most `$2`: of status `$1` through `webhook_deliveries_status`
+/// when `by_status`, else of every status (`$1` unused).
+pub(super) fn deliveries_sql(by_status: bool) -> String {
+    let status = if by_status {
+        "d.status = $1"
+    } else {
+        "$1::text is null"
+    };
+    format!(
+        "select {DELIVERY_COLUMNS} from webhook_deliveries d \
+         join events e on e.seq = d.event_seq where {status} \
+         order by d.created_at desc, d.id desc limit $2"
+    )
+}
+
 pub(super) async fn deliveries(
     pool: &PgPool,
     status: Option<DeliveryStatus>,
     limit: u32,
 ) -> Result<Vec<Delivery>, StoreError> {
-    let sql = format!(
-        "select {DELIVERY_COLUMNS} from webhook_deliveries d \
-         join events e on e.seq = d.event_seq \
-         where ($1::text is null or d.status = $1) \
-         order by d.created_at desc, d.id desc limit $2"
-    );
-    let rows = sqlx::query(AssertSqlSafe(sql))
+    let rows = sqlx::query(AssertSqlSafe(deliveries_sql(status.is_some())))
         .bind(status.map(DeliveryStatus::as_str))
         .bind(limit as i64)
         .fetch_all(pool)

@@ -213,6 +213,16 @@ impl SqliteStore {
                 writes::HOST_OPEN_COUNT,
                 vec![text("u1"), text("study")],
             ),
+            fixed(
+                "due deliveries",
+                &outbox::due_deliveries_sql(),
+                vec![Arg::Int(0), Arg::Int(32)],
+            ),
+            fixed(
+                "deliveries by status",
+                &outbox::deliveries_sql(true),
+                vec![text("pending"), Arg::Int(50)],
+            ),
         ]);
         for (name, sql) in writes::batch_statements()? {
             hot.push((name, Statement::fixed(Dialect::Sqlite, &sql)));

@@ -11,20 +11,28 @@ use sqlx::{AssertSqlSafe, Row};
 use crate::backend;
 use crate::rows::{self, DELIVERY_COLUMNS};
 
+/// Pending deliveries due at `?1`, oldest first, at most `?2`, with their events: the first
+/// entries of `webhook_deliveries_due`, which is in this order. Named, because without
+/// statistics SQLite prefers the status index's equality to this index's range, and then
+/// reads and sorts every pending delivery for each page.
+pub(super) fn due_deliveries_sql() -> String {
+    format!(
+        "select {DELIVERY_COLUMNS}, e.seq, e.id, e.type, e.at, e.applied_at, e.session_id, \
+         e.kind, e.actor, e.rule, e.data \
+         from webhook_deliveries d indexed by webhook_deliveries_due \
+         join events e on e.seq = d.event_seq \
+         where d.status = 'pending' and d.next_attempt_at <= ?1 \
+         order by d.next_attempt_at, d.id limit ?2"
+    )
+}
+
 pub(super) async fn due_deliveries(
     pool: &SqlitePool,
     now: Timestamp,
     limit: u32,
     _claim: bool,
 ) -> Result<Vec<(Delivery, Event)>, StoreError> {
-    let sql = format!(
-        "select {DELIVERY_COLUMNS}, e.seq, e.id, e.type, e.at, e.applied_at, e.session_id, \
-         e.kind, e.actor, e.rule, e.data \
-         from webhook_deliveries d join events e on e.seq = d.event_seq \
-         where d.status = 'pending' and d.next_attempt_at <= ?1 \
-         order by d.next_attempt_at, d.id limit ?2"
-    );
-    let rows = sqlx::query(AssertSqlSafe(sql))
+    let rows = sqlx::query(AssertSqlSafe(due_deliveries_sql()))
         .bind(now.millis())
         .bind(limit as i64)
         .fetch_all(pool)
@@ -106,18 +114,27 @@ pub(super) async fn disable_endpoint(
     tx.commit().await.map_err(backend)
 }
 
+/// Deliveries newest first, at most `?2`: of status `?1` through `webhook_deliveries_status`
+/// when `by_status`, else of every status (`?1` unused).
+pub(super) fn deliveries_sql(by_status: bool) -> String {
+    let status = if by_status {
+        "d.status = ?1"
+    } else {
+        "?1 is null"
+    };
+    format!(
+        "select {DELIVERY_COLUMNS} from webhook_deliveries d \
+         join events e on e.seq = d.event_seq where {status} \
+         order by d.created_at desc, d.id desc limit ?2"
+    )
+}
+
 pub(super) async fn deliveries(
     pool: &SqlitePool,
     status: Option<DeliveryStatus>,
     limit: u32,
 ) -> Result<Vec<Delivery>, StoreError> {
-    let sql = format!(
-        "select {DELIVERY_COLUMNS} from webhook_deliveries d \
-         join events e on e.seq = d.event_seq \
-         where (?1 is null or d.status = ?1) \
-         order by d.created_at desc, d.id desc limit ?2"
-    );
-    let rows = sqlx::query(AssertSqlSafe(sql))
+    let rows = sqlx::query(AssertSqlSafe(deliveries_sql(status.is_some())))
         .bind(status.map(DeliveryStatus::as_str))
         .bind(limit as i64)
         .fetch_all(pool)
