@@ -319,6 +319,7 @@ impl PostgresStore {
                 &outbox::deliveries_sql(true),
                 vec![text("pending"), Arg::Int(50)],
             ),
+            fixed("next delivery", outbox::NEXT_DELIVERY, vec![]),
         ]);
         let mut conn = self.pool.acquire().await.map_err(backend)?;
         for sql in ["analyze", "set plan_cache_mode = force_generic_plan"] {

@@ -209,13 +209,15 @@ pub(super) async fn retry_delivery(
     row.as_ref().map(rows::delivery).transpose()
 }
 
+/// When the next pending delivery is due: the first entry of `webhook_deliveries_due`.
+pub(super) const NEXT_DELIVERY: &str =
+    "select min(next_attempt_at) from webhook_deliveries where status = 'pending'";
+
 pub(super) async fn next_delivery_at(pool: &PgPool) -> Result<Option<Timestamp>, StoreError> {
-    let at: Option<i64> = sqlx::query_scalar(
-        "select min(next_attempt_at) from webhook_deliveries where status = 'pending'",
-    )
-    .fetch_one(pool)
-    .await
-    .map_err(backend)?;
+    let at: Option<i64> = sqlx::query_scalar(NEXT_DELIVERY)
+        .fetch_one(pool)
+        .await
+        .map_err(backend)?;
     Ok(at.map(Timestamp::from_millis))
 }
 

@@ -223,6 +223,7 @@ impl SqliteStore {
                 &outbox::deliveries_sql(true),
                 vec![text("pending"), Arg::Int(50)],
             ),
+            fixed("next delivery", outbox::NEXT_DELIVERY, vec![]),
         ]);
         for (name, sql) in writes::batch_statements()? {
             hot.push((name, Statement::fixed(Dialect::Sqlite, &sql)));
