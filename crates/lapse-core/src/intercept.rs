@@ -224,11 +224,11 @@ impl<H: Hook> Store for Intercepted<H> {
         self.run("due_deliveries", writes, call).await
     }
 
-    async fn record_attempt(&self, id: &str, attempt: &Attempt) -> Result<(), StoreError> {
+    async fn record_attempts(&self, attempts: &[(String, Attempt)]) -> Result<(), StoreError> {
         self.run(
-            "record_attempt",
+            "record_attempts",
             WRITE,
-            self.inner.record_attempt(id, attempt),
+            self.inner.record_attempts(attempts),
         )
         .await
     }

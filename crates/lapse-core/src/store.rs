@@ -529,8 +529,9 @@ pub trait Store: Send + Sync + 'static {
         claim: bool,
     ) -> Result<Vec<(Delivery, Event)>, StoreError>;
 
-    /// Records an attempt (and ends its lease).
-    async fn record_attempt(&self, id: &str, attempt: &Attempt) -> Result<(), StoreError>;
+    /// Records attempts, each by its delivery's id (and ends their leases), in one
+    /// transaction.
+    async fn record_attempts(&self, attempts: &[(String, Attempt)]) -> Result<(), StoreError>;
 
     /// Stops delivering to `url` (it answered 410 Gone): its pending deliveries die and no new
     /// ones are queued.

@@ -113,7 +113,8 @@ fn wall_seconds() -> i64 {
 
 impl Engine {
     /// Sends every delivery due now (one batch) and records the outcomes; returns how many
-    /// were attempted.
+    /// were attempted. Outcomes are recorded as they come, those that come together in one
+    /// transaction: a batch sent to an endpoint that is down, all at once.
     pub async fn deliver_once(self: &Arc<Self>) -> Result<usize, EngineError> {
         let now = self.now();
         let due = self.store.due_deliveries(now, BATCH, true).await?;
@@ -121,20 +122,55 @@ impl Engine {
         let mut sends = tokio::task::JoinSet::new();
         for (delivery, event) in due {
             let engine = self.clone();
-            sends.spawn(async move { engine.deliver(delivery, event, now).await });
+            sends.spawn(async move {
+                let (id, url) = (delivery.id.clone(), delivery.endpoint.clone());
+                let attempt = engine.attempt(delivery, event, now).await;
+                (id, url, attempt)
+            });
         }
-        while let Some(result) = sends.join_next().await {
-            match result {
-                Ok(Err(e)) if e.is_unavailable() => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "could not record a webhook attempt"),
-                Err(e) => tracing::error!(error = %e, "webhook task failed"),
-                Ok(Ok(())) => {}
+        while let Some(first) = sends.join_next().await {
+            let mut done = vec![first];
+            while let Some(more) = sends.try_join_next() {
+                done.push(more);
+            }
+            let mut attempts = Vec::with_capacity(done.len());
+            for result in done {
+                match result {
+                    Ok(attempt) => attempts.push(attempt),
+                    Err(e) => tracing::error!(error = %e, "webhook task failed"),
+                }
+            }
+            match self.record(&attempts).await {
+                Err(e) if e.is_unavailable() => {}
+                Err(e) => tracing::warn!(error = %e, "could not record webhook attempts"),
+                Ok(()) => {}
             }
         }
         Ok(n)
     }
 
-    async fn deliver(&self, d: Delivery, event: Event, now: Timestamp) -> Result<(), EngineError> {
+    /// Records `attempts`; then the endpoints that answered 410 Gone are disabled (each
+    /// attempt is recorded first, with the answer that ended it, and then the endpoint's
+    /// other pending deliveries die with it).
+    /// `attempts` are `(delivery, endpoint, attempt)`.
+    async fn record(&self, attempts: &[(String, String, Attempt)]) -> Result<(), EngineError> {
+        let rows: Vec<(String, Attempt)> = attempts
+            .iter()
+            .map(|(id, _, attempt)| (id.clone(), attempt.clone()))
+            .collect();
+        self.store.record_attempts(&rows).await?;
+        for (_, url, attempt) in attempts {
+            if attempt.http_status == Some(410) {
+                self.store
+                    .disable_endpoint(url, attempt.at, "the endpoint answered 410 Gone")
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `d` and tells how it went.
+    async fn attempt(&self, d: Delivery, event: Event, now: Timestamp) -> Attempt {
         let attempt_no = d.attempts + 1;
         let Some(endpoint) = self
             .webhooks
@@ -142,14 +178,13 @@ impl Engine {
             .iter()
             .find(|e| e.config.url == d.endpoint)
         else {
-            let attempt = Attempt {
+            return Attempt {
                 at: now,
                 http_status: None,
                 error: Some("the endpoint is no longer configured".into()),
                 status: DeliveryStatus::Dead,
                 next_attempt_at: None,
             };
-            return Ok(self.store.record_attempt(&d.id, &attempt).await?);
         };
         // Serializing a stored event cannot fail; the body is the event as the API shows it.
         let body = serde_json::to_string(&event).unwrap_or_default();
@@ -171,7 +206,7 @@ impl Engine {
             let planned = self.webhooks.retry.get(attempt_no as usize).copied();
             planned.map(|p| now + p.max(after.unwrap_or(Span::ZERO)))
         };
-        let attempt = match request.body(body).send().await {
+        match request.body(body).send().await {
             Ok(response) if response.status().is_success() => Attempt {
                 at: now,
                 http_status: Some(response.status().as_u16()),
@@ -228,16 +263,7 @@ impl Engine {
                     next_attempt_at: next,
                 }
             }
-        };
-        self.store.record_attempt(&d.id, &attempt).await?;
-        // This attempt is recorded first, with the answer that ended it; then the endpoint's
-        // other pending deliveries die with it.
-        if attempt.http_status == Some(410) {
-            self.store
-                .disable_endpoint(&d.endpoint, now, "the endpoint answered 410 Gone")
-                .await?;
         }
-        Ok(())
     }
 
     /// Delivers until `shutdown`: after each batch it sleeps until the next delivery is due

@@ -924,8 +924,8 @@ impl Store for PostgresStore {
         outbox::due_deliveries(&self.pool, now, limit, holder).await
     }
 
-    async fn record_attempt(&self, id: &str, attempt: &Attempt) -> Result<(), StoreError> {
-        outbox::record_attempt(&self.pool, id, attempt).await
+    async fn record_attempts(&self, attempts: &[(String, Attempt)]) -> Result<(), StoreError> {
+        outbox::record_attempts(&self.pool, attempts).await
     }
 
     async fn disable_endpoint(

@@ -747,8 +747,8 @@ impl Store for SqliteStore {
         outbox::due_deliveries(&self.reader, now, limit, _claim).await
     }
 
-    async fn record_attempt(&self, id: &str, attempt: &Attempt) -> Result<(), StoreError> {
-        outbox::record_attempt(&self.writer, id, attempt).await
+    async fn record_attempts(&self, attempts: &[(String, Attempt)]) -> Result<(), StoreError> {
+        outbox::record_attempts(&self.writer, attempts).await
     }
 
     async fn disable_endpoint(

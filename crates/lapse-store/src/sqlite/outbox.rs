@@ -43,26 +43,31 @@ pub(super) async fn due_deliveries(
         .collect()
 }
 
-pub(super) async fn record_attempt(
+pub(super) async fn record_attempts(
     pool: &SqlitePool,
-    id: &str,
-    attempt: &Attempt,
+    attempts: &[(String, Attempt)],
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "update webhook_deliveries set status = ?2, attempts = attempts + 1, \
-         next_attempt_at = ?3, last_attempt_at = ?4, last_status = ?5, \
-         last_error = ?6, claimed_until = null where id = ?1",
-    )
-    .bind(id)
-    .bind(attempt.status.as_str())
-    .bind(attempt.next_attempt_at.map(Timestamp::millis))
-    .bind(attempt.at.millis())
-    .bind(attempt.http_status.map(i64::from))
-    .bind(attempt.error.as_deref())
-    .execute(pool)
-    .await
-    .map_err(backend)?;
-    Ok(())
+    if attempts.is_empty() {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await.map_err(backend)?;
+    for (id, attempt) in attempts {
+        sqlx::query(
+            "update webhook_deliveries set status = ?2, attempts = attempts + 1, \
+             next_attempt_at = ?3, last_attempt_at = ?4, last_status = ?5, \
+             last_error = ?6, claimed_until = null where id = ?1",
+        )
+        .bind(id)
+        .bind(attempt.status.as_str())
+        .bind(attempt.next_attempt_at.map(Timestamp::millis))
+        .bind(attempt.at.millis())
+        .bind(attempt.http_status.map(i64::from))
+        .bind(attempt.error.as_deref())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    }
+    tx.commit().await.map_err(backend)
 }
 
 /// Every disabled endpoint (a handful of rows: endpoints come from the configuration).
