@@ -45,11 +45,6 @@ pub const SQLITE: &[Script] = &[
         name: "rules in force",
         sql: include_str!("../migrations/sqlite/0006_rules_in_force.sql"),
     },
-    Script {
-        version: 7,
-        name: "deliveries in order",
-        sql: include_str!("../migrations/sqlite/0007_deliveries_in_order.sql"),
-    },
 ];
 
 /// PostgreSQL's scripts.

@@ -24,7 +24,7 @@ async fn pending_deliveries(
          e.kind, e.actor, e.rule, e.data \
          from webhook_deliveries d join events e on e.seq = d.event_seq \
          where d.status = 'pending' and d.next_attempt_at <= $1 \
-         order by d.next_attempt_at, d.id limit $2"
+         order by d.next_attempt_at, d.event_seq limit $2"
     );
     let rows = sqlx::query(AssertSqlSafe(sql))
         .bind(now.millis())
@@ -49,7 +49,7 @@ pub(super) fn claim_deliveries_sql(limit: u32) -> String {
         "with picked as ( \
              select id from webhook_deliveries \
              where status = 'pending' and next_attempt_at <= $1 and {} \
-             order by next_attempt_at, id limit {limit} \
+             order by next_attempt_at, event_seq limit {limit} \
              for update skip locked), \
          claimed as ( \
              update webhook_deliveries d set claimed_until = $3, claimed_by = $4 from picked \
@@ -57,7 +57,7 @@ pub(super) fn claim_deliveries_sql(limit: u32) -> String {
          select {DELIVERY_COLUMNS}, e.seq, e.id, e.type, e.at, e.applied_at, e.session_id, \
          e.kind, e.actor, e.rule, e.data \
          from claimed d join events e on e.seq = d.event_seq \
-         order by d.next_attempt_at, d.id",
+         order by d.next_attempt_at, d.event_seq",
         statements::unleased("$2")
     )
 }

@@ -12,9 +12,9 @@ use crate::backend;
 use crate::rows::{self, DELIVERY_COLUMNS};
 
 /// Pending deliveries due at `?1`, oldest first, at most `?2`, with their events: the first
-/// entries of `webhook_deliveries_due`, which is in this order. Named, because without
-/// statistics SQLite prefers the status index's equality to this index's range, and then
-/// reads and sorts every pending delivery for each page.
+/// entries of `webhook_deliveries_due`, which is in this order (an index ends with the row's
+/// number). Named, because without statistics SQLite prefers the status index's equality to
+/// this index's range, and then reads and sorts every pending delivery for each page.
 pub(super) fn due_deliveries_sql() -> String {
     format!(
         "select {DELIVERY_COLUMNS}, e.seq, e.id, e.type, e.at, e.applied_at, e.session_id, \
@@ -22,7 +22,7 @@ pub(super) fn due_deliveries_sql() -> String {
          from webhook_deliveries d indexed by webhook_deliveries_due \
          join events e on e.seq = d.event_seq \
          where d.status = 'pending' and d.next_attempt_at <= ?1 \
-         order by d.next_attempt_at, d.id limit ?2"
+         order by d.next_attempt_at, d.rowid limit ?2"
     )
 }
 
