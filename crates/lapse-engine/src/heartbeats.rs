@@ -55,14 +55,18 @@ impl Heartbeats {
     /// Records that `user` was seen in `session` at `at`.
     pub fn record(&self, session: &SessionId, user: &UserId, at: Timestamp) {
         let mut pending = self.lock();
-        let users = pending.by_session.entry(session.clone()).or_default();
-        let new = match users.get_mut(user) {
-            Some(seen) => {
-                *seen = (*seen).max(at);
-                false
-            }
+        // Looked up before anything is copied: a room beats many times between flushes.
+        let new = match pending.by_session.get_mut(session) {
+            Some(users) => match users.get_mut(user) {
+                Some(seen) => {
+                    *seen = (*seen).max(at);
+                    false
+                }
+                None => users.insert(user.clone(), at).is_none(),
+            },
             None => {
-                users.insert(user.clone(), at);
+                let users = HashMap::from([(user.clone(), at)]);
+                pending.by_session.insert(session.clone(), users);
                 true
             }
         };
@@ -127,4 +131,42 @@ fn beats_of(
         user,
         at,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_participant_beating_again_is_pending_once_at_its_latest_time() {
+        let beats = Heartbeats::default();
+        let (room, other) = (
+            SessionId::parse("room").unwrap(),
+            SessionId::parse("other").unwrap(),
+        );
+        let (ann, bob) = (UserId::parse("ann").unwrap(), UserId::parse("bob").unwrap());
+        let at = Timestamp::from_millis;
+        beats.record(&room, &ann, at(2_000));
+        beats.record(&room, &ann, at(1_000)); // late, out of order: the latest stays
+        beats.record(&room, &bob, at(1_500));
+        beats.record(&other, &ann, at(3_000));
+        assert_eq!(beats.len(), 3);
+        let mut drained: Vec<(String, String, i64)> = beats
+            .drain()
+            .into_iter()
+            .map(|b| (b.session.to_string(), b.user.to_string(), b.at.millis()))
+            .collect();
+        drained.sort();
+        let expected = [
+            ("other", "ann", 3_000),
+            ("room", "ann", 2_000),
+            ("room", "bob", 1_500),
+        ];
+        let expected: Vec<(String, String, i64)> = expected
+            .iter()
+            .map(|(s, u, t)| (s.to_string(), u.to_string(), *t))
+            .collect();
+        assert_eq!(drained, expected);
+        assert!(beats.is_empty());
+    }
 }
