@@ -50,15 +50,17 @@ pub async fn fill(url: &str, live: usize) {
         store.import(&sessions).await.expect("import");
     }
     drop(store);
-    // The filling's write-ahead log is copied into the database now, as part of the setup:
-    // otherwise the server's first write copies it, inside the first figure.
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(url)
-        .await
-        .expect("the database opens");
-    sqlx::raw_sql("pragma wal_checkpoint(truncate)")
-        .execute(&mut conn)
-        .await
-        .expect("the log is copied");
+    // SQLite's write-ahead log of the filling is copied into the database now, as part of
+    // the setup: otherwise the server's first write copies it, inside the first figure.
+    if url.starts_with("sqlite:") {
+        let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(url)
+            .await
+            .expect("the database opens");
+        sqlx::raw_sql("pragma wal_checkpoint(truncate)")
+            .execute(&mut conn)
+            .await
+            .expect("the log is copied");
+    }
     eprintln!(
         "  served database: {live} live sessions in {:.1} s",
         started.elapsed().as_secs_f64()
