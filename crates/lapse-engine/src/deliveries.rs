@@ -149,10 +149,9 @@ impl Engine {
         Ok(n)
     }
 
-    /// Records `attempts`; then the endpoints that answered 410 Gone are disabled (each
-    /// attempt is recorded first, with the answer that ended it, and then the endpoint's
-    /// other pending deliveries die with it).
-    /// `attempts` are `(delivery, endpoint, attempt)`.
+    /// Records `attempts`, each `(delivery, endpoint, attempt)`; then the endpoints that
+    /// answered 410 Gone are disabled (each attempt is recorded first, with the answer that
+    /// ended it, and then the endpoint's other pending deliveries die with it).
     async fn record(&self, attempts: &[(String, String, Attempt)]) -> Result<(), EngineError> {
         let rows: Vec<(String, Attempt)> = attempts
             .iter()
