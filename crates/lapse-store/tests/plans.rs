@@ -100,6 +100,15 @@ fn sorts(plan: &str) -> Vec<&str> {
         .collect()
 }
 
+/// The plan of the statement called `name`.
+fn plan_of<'a>(backend: &str, plans: &'a [(String, String)], name: &str) -> &'a str {
+    plans
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, plan)| plan.as_str())
+        .unwrap_or_else(|| panic!("{backend}: no plan for {name}"))
+}
+
 fn assert_indexed(backend: &str, plans: &[(String, String)]) {
     assert!(
         plans.len() >= 20,
@@ -134,11 +143,7 @@ fn assert_indexed(backend: &str, plans: &[(String, String)]) {
     .into_iter()
     .chain(batch_paths(backend))
     {
-        let plan = plans
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, plan)| plan)
-            .unwrap_or_else(|| panic!("{backend}: no plan for {name}"));
+        let plan = plan_of(backend, plans, name);
         assert!(
             plan.contains(index),
             "{backend}: {name} should read {index}:\n{plan}"
@@ -146,8 +151,8 @@ fn assert_indexed(backend: &str, plans: &[(String, String)]) {
     }
     // A page read in its index's order ends where the page does. One that sorts reads every
     // row tied with the page's last first: deliveries due at one instant come in thousands.
-    // (The list by status sorts the deliveries of one commit, tied on their time: at most a
-    // sweep's batch.)
+    // (On SQLite the list by status sorts the deliveries of one commit, tied on their time: at
+    // most a sweep's batch.)
     for name in [
         "due deliveries",
         "due rows",
@@ -156,11 +161,7 @@ fn assert_indexed(backend: &str, plans: &[(String, String)]) {
         "list, next page",
         "list by kind and status",
     ] {
-        let plan = plans
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, plan)| plan)
-            .unwrap_or_else(|| panic!("{backend}: no plan for {name}"));
+        let plan = plan_of(backend, plans, name);
         assert!(
             sorts(plan).is_empty(),
             "{backend}: {name} sorts its page instead of reading it in order:\n{plan}"
