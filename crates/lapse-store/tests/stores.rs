@@ -147,6 +147,69 @@ async fn a_heartbeat_flush_beats_a_decision_taken_on_the_older_row() {
 }
 
 #[tokio::test]
+async fn each_flush_writes_its_own_beats_and_moves_no_closed_session() {
+    for (store, _dir) in stores().await {
+        let store = store.as_ref();
+        for id in ["a", "b", "closed"] {
+            insert(store, &session("reading", id, t0())).await;
+        }
+        let mut closed = store
+            .load(&SessionId::parse("closed").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        closed.status = lapse_core::Status::Expired;
+        store
+            .commit(Commit {
+                sessions: vec![SessionWrite::Update {
+                    session: closed,
+                    changed: None,
+                }],
+                ..Commit::default()
+            })
+            .await
+            .unwrap();
+        let load = |id: &str| {
+            let id = SessionId::parse(id).unwrap();
+            async move { store.load(&id).await.unwrap().unwrap() }
+        };
+        let before = [load("a").await, load("b").await, load("closed").await];
+        let beat = |id: &str, secs| Beat {
+            session: SessionId::parse(id).unwrap(),
+            user: UserId::parse("host").unwrap(),
+            at: t0() + Span::from_secs(secs),
+        };
+
+        let first = store
+            .flush_heartbeats(&[beat("a", 60), beat("closed", 60)])
+            .await
+            .unwrap();
+        let ids = |moved: &[lapse_core::store::Moved]| {
+            moved.iter().map(|m| m.id.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&first), ["a"], "a closed session is not moved");
+        let second = store.flush_heartbeats(&[beat("b", 120)]).await.unwrap();
+        assert_eq!(
+            ids(&second),
+            ["b"],
+            "the second flush writes its beats only"
+        );
+
+        let [a, b, closed] = [load("a").await, load("b").await, load("closed").await];
+        assert_eq!(
+            a.version,
+            before[0].version + 1,
+            "moved once, by its own flush"
+        );
+        assert_eq!(a.last_activity_at, t0() + Span::from_secs(60));
+        assert_eq!(b.version, before[1].version + 1);
+        assert_eq!(b.participants[0].last_seen_at, t0() + Span::from_secs(120));
+        assert_eq!(closed.version, before[2].version);
+        assert_eq!(closed.last_activity_at, before[2].last_activity_at);
+    }
+}
+
+#[tokio::test]
 async fn due_rows_come_in_deadline_order_behind_a_cursor_and_only_when_due() {
     for (store, _dir) in stores().await {
         let store = store.as_ref();
