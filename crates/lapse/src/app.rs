@@ -155,6 +155,7 @@ impl App {
             shutdown: shutdown.clone(),
             requests: Default::default(),
             config_file: self.settings.file.clone(),
+            hand_sweep: Default::default(),
         });
         // On SQLite the sweeper, the heartbeat flusher and the group committer each run on a
         // thread of their own, at a priority above the request threads' (`crate::priority`);

@@ -47,6 +47,8 @@ pub struct AppState {
     pub requests: trace::Requests,
     /// The configuration file a reload reads again (`None`: the built-in defaults).
     pub config_file: Option<std::path::PathBuf>,
+    /// Held by the sweep asked for over HTTP that is under way (see `operations::sweep`).
+    pub hand_sweep: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Browser pages of `[server] cors_origins` may call lapse: every method the API has, the

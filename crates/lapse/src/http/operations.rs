@@ -66,17 +66,24 @@ async fn sweep(
         progress: None,
         stop: app.shutdown.clone(),
     };
+    if opts.dry_run {
+        // It writes nothing: a client that stops waiting may take it down with it.
+        return Ok(Json(json!(app.engine.sweep_once(&opts).await?)));
+    }
+    // One at a time: a sweep asked for while another runs waits for it, so its answer comes
+    // once everything due by then is swept, and a cron job retrying a slow sweep cannot pile
+    // sweeps up on the database. A request that gives up while waiting starts none.
+    let turn = app.hand_sweep.clone().lock_owned().await;
     let engine = app.engine.clone();
     // The sweep runs to its end even if the client stops waiting (a cron job's time limit):
     // dropped halfway, it would leave its claimed rows to wait out their lease.
     let sweep = tokio::spawn(async move {
-        if !opts.dry_run {
-            // Asked for by hand (a cron credential, an operator): every heartbeat accepted so
-            // far is written first, so the database holds them once the answer comes, for
-            // `lapse sweep` and reports beside it. The continuous sweeper writes only the
-            // beats of what it decides.
-            engine.flush_heartbeats().await?;
-        }
+        let _turn = turn;
+        // Asked for by hand (a cron credential, an operator): every heartbeat accepted so far
+        // is written first, so the database holds them once the answer comes, for `lapse
+        // sweep` and reports beside it. The continuous sweeper writes only the beats of what
+        // it decides.
+        engine.flush_heartbeats().await?;
         engine.sweep_once(&opts).await
     });
     let report = sweep.await.map_err(|e| {

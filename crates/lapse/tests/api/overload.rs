@@ -120,7 +120,52 @@ async fn a_sweep_whose_client_stops_waiting_still_applies_everything(backend: Ba
     }
 }
 
+/// A sweep asked for while another is under way (a cron job trying again after its time
+/// limit) waits for it: its answer comes once everything due is swept, and the two never
+/// load the database at once.
+async fn a_sweep_asked_for_while_another_runs_answers_once_that_one_is_done(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let store = lapse_store::open(&app.db_url, None, None).await.unwrap();
+    let start: Timestamp = START.parse().unwrap();
+    let config = Config::default();
+    let rooms = lapse_store::testing::synthetic_sessions(
+        &config.kinds["study"],
+        "r-",
+        3_000,
+        1_000,
+        0,
+        start,
+    );
+    store.import(&rooms).await.unwrap();
+    app.advance("1h").await;
+
+    let gave_up = app
+        .client
+        .post(format!("{}/v1/sweep", app.base))
+        .bearer_auth(CRON_SECRET)
+        .timeout(Duration::from_millis(20))
+        .send()
+        .await;
+    assert!(
+        gave_up.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "the client gave up before the answer: {gave_up:?}"
+    );
+    let again = app.post_empty(As::Cron, "/v1/sweep").await.expect(200);
+    let stats = app.get(As::Admin, "/v1/stats").await.expect(200);
+    assert_eq!(
+        stats["sessions"]["total"], 0,
+        "every due room was swept when the second answer came"
+    );
+    assert_eq!(
+        again["applied"].as_array().map(Vec::len),
+        Some(0),
+        "the first sweep applied them all, the second found nothing left: {}",
+        again["counts"]
+    );
+}
+
 both_stores!(
     past_the_limit_requests_are_refused_quickly_and_probes_still_answer,
-    a_sweep_whose_client_stops_waiting_still_applies_everything
+    a_sweep_whose_client_stops_waiting_still_applies_everything,
+    a_sweep_asked_for_while_another_runs_answers_once_that_one_is_done
 );
