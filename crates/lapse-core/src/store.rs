@@ -134,6 +134,13 @@ pub enum DeliveryStatus {
 }
 
 impl DeliveryStatus {
+    /// Every status.
+    pub const ALL: [DeliveryStatus; 3] = [
+        DeliveryStatus::Pending,
+        DeliveryStatus::Delivered,
+        DeliveryStatus::Dead,
+    ];
+
     /// The name used in the API and the database.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -145,13 +152,7 @@ impl DeliveryStatus {
 
     /// Reads a status name.
     pub fn parse(text: &str) -> Option<DeliveryStatus> {
-        [
-            DeliveryStatus::Pending,
-            DeliveryStatus::Delivered,
-            DeliveryStatus::Dead,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
+        DeliveryStatus::ALL.into_iter().find(|s| s.as_str() == text)
     }
 }
 

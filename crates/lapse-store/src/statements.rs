@@ -6,10 +6,10 @@
 //!
 //! Both backends share the builders; only placeholders and list parameters differ.
 
-use lapse_core::store::{DueRow, EventQuery, SessionQuery};
+use lapse_core::store::{DeliveryStatus, DueRow, EventQuery, SessionQuery};
 
 use crate::postgres::LEASE_HOLDERS;
-use crate::rows::to_json;
+use crate::rows::{DELIVERY_COLUMNS, to_json};
 
 /// Which SQL dialect a statement is written in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -261,6 +261,51 @@ pub(crate) fn events_page(dialect: Dialect, q: &EventQuery) -> Statement {
     st
 }
 
+/// The newest webhook deliveries with their events, at most `limit`: of one status, a page of
+/// `webhook_deliveries_status` read newest first; of every status, the newest page of each
+/// status merged. One read of the whole table ordered by time would take every delivery ever
+/// made (one per event and endpoint) to keep the last few.
+pub(crate) fn deliveries_page(
+    dialect: Dialect,
+    status: Option<DeliveryStatus>,
+    limit: u32,
+) -> Statement {
+    let mut st = Statement::new(dialect, "");
+    let page = |status: &str, limit: &str| {
+        format!(
+            "select {DELIVERY_COLUMNS} from webhook_deliveries d \
+             join events e on e.seq = d.event_seq where d.status = {status} \
+             order by d.created_at desc, d.id desc limit {limit}"
+        )
+    };
+    st.sql = match status {
+        Some(status) => {
+            let status = st.arg(Arg::Text(status.as_str().to_string()));
+            let limit = st.arg(Arg::Int(i64::from(limit)));
+            page(&status, &limit)
+        }
+        None => {
+            let limit = st.arg(Arg::Int(i64::from(limit)));
+            // The statuses are the enum's own names, written in.
+            let pages: Vec<String> = DeliveryStatus::ALL
+                .iter()
+                .map(|s| {
+                    let name = s.as_str();
+                    format!(
+                        "select * from ({}) as {name}",
+                        page(&format!("'{name}'"), &limit)
+                    )
+                })
+                .collect();
+            format!(
+                "select * from ({}) as newest order by d_created_at desc, d_id desc limit {limit}",
+                pages.join(" union all ")
+            )
+        }
+    };
+    st
+}
+
 /// Open sessions whose parent is one of `parents` (the cascade of an ending parent), through
 /// `sessions_parent` (a partial index: `parent is not null` lets SQLite see it applies).
 pub(crate) fn open_children(dialect: Dialect, columns: &str, parents: Vec<String>) -> Statement {
@@ -465,6 +510,14 @@ pub(crate) fn hot_reads(dialect: Dialect, columns: &str) -> Vec<(&'static str, S
                     ..EventQuery::default()
                 }),
             ),
+        ),
+        (
+            "deliveries by status",
+            deliveries_page(dialect, Some(DeliveryStatus::Pending), 50),
+        ),
+        (
+            "deliveries of every status",
+            deliveries_page(dialect, None, 50),
         ),
     ];
     if dialect == Dialect::Postgres {

@@ -138,6 +138,7 @@ fn assert_indexed(backend: &str, plans: &[(String, String)]) {
         ("was deleted", "events_session"),
         ("due deliveries", "webhook_deliveries_due"),
         ("deliveries by status", "webhook_deliveries_status"),
+        ("deliveries of every status", "webhook_deliveries_status"),
         ("next delivery", "webhook_deliveries_due"),
     ]
     .into_iter()

@@ -543,6 +543,85 @@ async fn in_a_batch_a_lost_compare_and_set_writes_nothing_for_its_change_and_the
     }
 }
 
+#[tokio::test]
+async fn the_delivery_log_lists_the_newest_first_of_one_status_or_of_all() {
+    use lapse_core::event::NewEvent;
+    use lapse_core::store::{Attempt, DeliveryStatus, EventRecord};
+    for (store, _dir) in stores().await {
+        let store = store.as_ref();
+        let s = session("study", "a", t0());
+        insert(store, &s).await;
+        // Five events a minute apart, each with a delivery.
+        let at = |i: i64| t0() + Span::from_secs(60 * i);
+        for i in 0..5 {
+            store
+                .commit(Commit {
+                    events: vec![EventRecord {
+                        id: format!("ev-{i}"),
+                        applied_at: at(i),
+                        event: NewEvent {
+                            event_type: lapse_core::EventType::SessionUpdated,
+                            at: at(i),
+                            session_id: s.id.clone(),
+                            kind: "study".into(),
+                            actor: "user:host".into(),
+                            rule: None,
+                            data: serde_json::json!({}).into(),
+                        },
+                        webhooks: vec!["http://127.0.0.1:9/hook".into()],
+                    }],
+                    ..Commit::default()
+                })
+                .await
+                .unwrap();
+        }
+        let queued = store.deliveries(None, 10).await.unwrap();
+        let id_of = |event: &str| {
+            queued
+                .iter()
+                .find(|d| d.event_id == event)
+                .map(|d| d.id.clone())
+                .unwrap()
+        };
+        let ended = |status| Attempt {
+            at: at(9),
+            http_status: None,
+            error: None,
+            status,
+            next_attempt_at: None,
+        };
+        store
+            .record_attempts(&[
+                (id_of("ev-0"), ended(DeliveryStatus::Delivered)),
+                (id_of("ev-1"), ended(DeliveryStatus::Dead)),
+                (id_of("ev-2"), ended(DeliveryStatus::Delivered)),
+            ])
+            .await
+            .unwrap();
+
+        let events = |status, limit| async move {
+            let listed = store.deliveries(status, limit).await.unwrap();
+            listed.into_iter().map(|d| d.event_id).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            events(None, 4).await,
+            ["ev-4", "ev-3", "ev-2", "ev-1"],
+            "every status, newest first, at most the limit"
+        );
+        assert_eq!(events(None, 10).await.len(), 5);
+        assert_eq!(
+            events(Some(DeliveryStatus::Delivered), 10).await,
+            ["ev-2", "ev-0"]
+        );
+        assert_eq!(events(Some(DeliveryStatus::Dead), 10).await, ["ev-1"]);
+        assert_eq!(
+            events(Some(DeliveryStatus::Pending), 1).await,
+            ["ev-4"],
+            "one status, newest first, at most the limit"
+        );
+    }
+}
+
 /// A SQLite database made before participants were stored by room (schema version 3) keeps
 /// every participant when it is migrated.
 #[tokio::test]

@@ -314,11 +314,6 @@ impl PostgresStore {
                 &outbox::claim_deliveries_sql(32),
                 vec![Arg::Int(0), Arg::Int(0), Arg::Int(0), Arg::Int(1)],
             ),
-            fixed(
-                "deliveries by status",
-                &outbox::deliveries_sql(true),
-                vec![text("pending"), Arg::Int(50)],
-            ),
             fixed("next delivery", outbox::NEXT_DELIVERY, vec![]),
         ]);
         let mut conn = self.pool.acquire().await.map_err(backend)?;
@@ -946,7 +941,9 @@ impl Store for PostgresStore {
         status: Option<DeliveryStatus>,
         limit: u32,
     ) -> Result<Vec<Delivery>, StoreError> {
-        outbox::deliveries(&self.pool, status, limit).await
+        let st = statements::deliveries_page(Dialect::Postgres, status, limit);
+        let rows = query(&st).fetch_all(&self.pool).await.map_err(backend)?;
+        rows.iter().map(rows::delivery).collect()
     }
 
     async fn retry_delivery(

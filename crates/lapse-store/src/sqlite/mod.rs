@@ -218,11 +218,6 @@ impl SqliteStore {
                 &outbox::due_deliveries_sql(),
                 vec![Arg::Int(0), Arg::Int(32)],
             ),
-            fixed(
-                "deliveries by status",
-                &outbox::deliveries_sql(true),
-                vec![text("pending"), Arg::Int(50)],
-            ),
             fixed("next delivery", outbox::NEXT_DELIVERY, vec![]),
         ]);
         for (name, sql) in writes::batch_statements()? {
@@ -769,7 +764,9 @@ impl Store for SqliteStore {
         status: Option<DeliveryStatus>,
         limit: u32,
     ) -> Result<Vec<Delivery>, StoreError> {
-        outbox::deliveries(&self.reader, status, limit).await
+        let st = statements::deliveries_page(Dialect::Sqlite, status, limit);
+        let rows = query(&st).fetch_all(&self.reader).await.map_err(backend)?;
+        rows.iter().map(rows::delivery).collect()
     }
 
     async fn retry_delivery(

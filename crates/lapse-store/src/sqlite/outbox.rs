@@ -1,9 +1,7 @@
 //! The outbox side: webhook deliveries, retention, health figures, idempotency keys.
 
 use lapse_core::event::Event;
-use lapse_core::store::{
-    Attempt, Delivery, DeliveryStatus, DisabledEndpoint, HealthCounts, StoredResponse,
-};
+use lapse_core::store::{Attempt, Delivery, DisabledEndpoint, HealthCounts, StoredResponse};
 use lapse_core::{StoreError, Timestamp};
 use sqlx::sqlite::SqlitePool;
 use sqlx::{AssertSqlSafe, Row};
@@ -117,35 +115,6 @@ pub(super) async fn disable_endpoint(
     .await
     .map_err(backend)?;
     tx.commit().await.map_err(backend)
-}
-
-/// Deliveries newest first, at most `?2`: of status `?1` through `webhook_deliveries_status`
-/// when `by_status`, else of every status (`?1` unused).
-pub(super) fn deliveries_sql(by_status: bool) -> String {
-    let status = if by_status {
-        "d.status = ?1"
-    } else {
-        "?1 is null"
-    };
-    format!(
-        "select {DELIVERY_COLUMNS} from webhook_deliveries d \
-         join events e on e.seq = d.event_seq where {status} \
-         order by d.created_at desc, d.id desc limit ?2"
-    )
-}
-
-pub(super) async fn deliveries(
-    pool: &SqlitePool,
-    status: Option<DeliveryStatus>,
-    limit: u32,
-) -> Result<Vec<Delivery>, StoreError> {
-    let rows = sqlx::query(AssertSqlSafe(deliveries_sql(status.is_some())))
-        .bind(status.map(DeliveryStatus::as_str))
-        .bind(limit as i64)
-        .fetch_all(pool)
-        .await
-        .map_err(backend)?;
-    rows.iter().map(rows::delivery).collect()
 }
 
 pub(super) async fn retry_delivery(
