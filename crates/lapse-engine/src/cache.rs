@@ -275,8 +275,15 @@ impl SessionCache {
     /// flush's takes its beats (as the store applied them: joined participants' `last_seen_at`
     /// and the session's activity move forward, the session is marked used) and the new
     /// version, and counts as checked now, for the flush has just shown nothing else changed
-    /// the row. A copy at any other version is dropped (read again when next needed). The
-    /// flush's transaction began at `since`.
+    /// the row. The flush's transaction began at `since`.
+    ///
+    /// A copy at an older version missed another write. Every change writes an event, so
+    /// while the event feed vouches for the copy (it read no event of the session since the
+    /// copy was checked, and it read lately) that write was another instance's flush: a room
+    /// beaten through both instances, which is every room behind a load balancer. Such a copy
+    /// takes the beats and keeps answering heartbeats; it keeps its version, behind the stored
+    /// one, so whatever would change the session reads it again first. Without the feed's
+    /// word the copy is dropped (read again when next needed).
     pub fn flushed(&self, beats: &[Beat], moved: &[Moved], since: Instant) {
         let mut by_session: HashMap<&SessionId, Vec<&Beat>> = HashMap::new();
         for b in beats {
@@ -284,12 +291,16 @@ impl SessionCache {
         }
         let now = Instant::now();
         let mut guard = self.lock();
-        let Inner { map, touched, .. } = &mut *guard;
+        let Inner {
+            map, touched, fed, ..
+        } = &mut *guard;
+        let fed_lately = fed.is_some_and(|at| at.elapsed() < FRESH_FOR);
         for m in moved {
             let Some(e) = map.get_mut(&m.id) else {
                 continue;
             };
-            if e.session.version + 1 != m.version {
+            let caught_up = e.session.version + 1 == m.version;
+            if !caught_up && !(fed_lately && e.vouched) {
                 map.remove(&m.id);
                 continue;
             }
@@ -310,9 +321,11 @@ impl SessionCache {
                 }
             }
             s.used = true;
-            s.version = m.version;
-            e.checked = now;
-            e.vouched = vouches(touched, &m.id, since);
+            if caught_up {
+                s.version = m.version;
+                e.checked = now;
+                e.vouched = vouches(touched, &m.id, since);
+            }
         }
     }
 

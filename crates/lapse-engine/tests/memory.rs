@@ -186,6 +186,37 @@ async fn a_flush_that_finds_the_row_changed_elsewhere_drops_the_held_copy() {
     assert_eq!(a.pending_heartbeats(), 0);
 }
 
+#[tokio::test]
+async fn a_room_beaten_through_both_instances_keeps_answering_heartbeats_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, store) = two_instances(&dir).await;
+    let id = started_room_with_reader(&a).await;
+    a.feed_once().await.unwrap();
+    a.heartbeat(&admin(), &id, &user("host")).await.unwrap();
+    // The host's beats reach both instances (a load balancer between them): B's flush moves
+    // the row past A's copy, then A's moves it again.
+    b.heartbeat(&admin(), &id, &user("host")).await.unwrap();
+    b.flush_heartbeats().await.unwrap();
+    a.flush_heartbeats().await.unwrap();
+    let flushed = store.load(&id).await.unwrap().unwrap();
+    a.feed_once().await.unwrap();
+
+    // A still answers from its copy: after B ends the room (an event A's reader has not read
+    // yet, the documented window), A accepts the beat without a look at the database.
+    b.end(&admin(), &id).await.unwrap();
+    a.heartbeat(&admin(), &id, &user("host")).await.unwrap();
+    assert_eq!(a.pending_heartbeats(), 1, "accepted from memory");
+    // A change reads the row again first: A's copy is behind it.
+    let ended = a.get(&admin(), &id).await.unwrap();
+    assert_eq!(ended.status, Status::Completed);
+    assert!(ended.version > flushed.version);
+
+    // Once A's reader has read the end, the beat is checked and refused.
+    a.feed_once().await.unwrap();
+    let beat = a.heartbeat(&admin(), &id, &user("host")).await;
+    assert!(beat.is_err(), "the session has ended: {beat:?}");
+}
+
 /// Moves the engines' monotonic time (how old a held copy is) on by `secs`, without waiting.
 async fn age(secs: u64) {
     tokio::time::pause();
