@@ -122,7 +122,8 @@ pub async fn heartbeat_vs_noop(server: &Server, load: &Load, live: usize) -> Row
 /// created through `servers` in turn as fast as they take them, with heartbeats at a steady
 /// rate meanwhile; and the heartbeats' rate. With several servers, each takes the beats of
 /// its own share of the rooms, as behind a load balancer that routes by session (the README
-/// says why: an instance drops its copy of a room another instance's flush wrote).
+/// says why: each instance writes the beats it took, so a room beaten through both is
+/// written twice as often).
 pub async fn burst(servers: &[&Server], url: &str, load: &Load, live: usize) -> (Vec<f64>, f64) {
     let store = lapse_store::open(url, None, None)
         .await
