@@ -300,7 +300,8 @@ impl SessionCache {
                 continue;
             };
             let caught_up = e.session.version + 1 == m.version;
-            if !caught_up && !(fed_lately && e.vouched) {
+            let vouched_for = fed_lately && e.vouched;
+            if !(caught_up || vouched_for) {
                 map.remove(&m.id);
                 continue;
             }
