@@ -2,6 +2,7 @@
 //! lag of a burst of expiries under heartbeat load, and resident memory after it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use lapse_core::store::EventQuery;
@@ -10,7 +11,7 @@ use lapse_store::testing::synthetic_sessions;
 
 use crate::measure::{interleave, percentile};
 use crate::report::{self, Row};
-use crate::server::{Request, Server, paced, send_all, throughput};
+use crate::server::{Request, Server, paced_until, send_all, throughput};
 
 /// Heartbeats a second while a burst comes due (SPEC §7: 20k heartbeats/s).
 const BEATS_PER_SEC: u64 = 20_000;
@@ -120,49 +121,84 @@ pub async fn heartbeat_vs_noop(server: &Server, load: &Load, live: usize) -> Row
 
 /// Lags `applied_at - at` of a burst of sessions that expire unused soon after they are created,
 /// created through `servers` in turn as fast as they take them, with heartbeats at a steady
-/// rate meanwhile; and the heartbeats' rate. With several servers, each takes the beats of
-/// its own share of the rooms, as behind a load balancer that routes by session (the README
-/// says why: each instance writes the beats it took, so a room beaten through both is
-/// written twice as often).
+/// rate while they come due; and the heartbeats' rate. The heartbeats start once the burst is
+/// created, or when its first sessions come due if creating it takes longer, and go on until
+/// its last has been due for a second. With several servers, each takes the beats of its own
+/// share of the rooms, as behind a load balancer that routes by session (the README says
+/// why: each instance writes the beats it took, so a room beaten through both is written
+/// twice as often).
 pub async fn burst(servers: &[&Server], url: &str, load: &Load, live: usize) -> (Vec<f64>, f64) {
     let store = lapse_store::open(url, None, None)
         .await
         .expect("the database opens");
+    let of = servers.len() as u64;
+    let beats: Vec<_> = (0..of)
+        .map(|i| {
+            let all = heartbeats(live, true);
+            // Server `i` of `of` beats rooms `i`, `i + of`, ...
+            let mine: Arc<dyn Fn(u64) -> Request + Send + Sync> =
+                Arc::new(move |n| all(n * of + i));
+            mine
+        })
+        .collect();
+    // Each server takes one beat of each of its rooms first, unmeasured: a room beaten every
+    // second is held in memory, and the figure's load is the heartbeats of held rooms.
+    let rooms = live.clamp(1, 10_000) as u64 / of;
+    let warm = servers
+        .iter()
+        .zip(&beats)
+        .map(|(server, mine)| send_all(&server.addr, 32, rooms, mine.clone()));
+    futures::future::join_all(warm).await;
+
     let after = store.last_event_seq().await.expect("the events' end");
     let started = Instant::now();
     let share = (load.burst / servers.len()) as u64;
-    let creates = servers.iter().enumerate().map(|(i, server)| {
-        let kind = load.burst_kind;
-        let create: Arc<dyn Fn(u64) -> Request + Send + Sync> = Arc::new(move |n| {
-            Request::post(
-                "/v1/sessions",
-                &format!(r#"{{"kind":"{kind}","host":"bh{i}-{n}","id":"burst{i}-{n}"}}"#),
-            )
+    let created = tokio::sync::Notify::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let creating = async {
+        let creates = servers.iter().enumerate().map(|(i, server)| {
+            let kind = load.burst_kind;
+            let create: Arc<dyn Fn(u64) -> Request + Send + Sync> = Arc::new(move |n| {
+                Request::post(
+                    "/v1/sessions",
+                    &format!(r#"{{"kind":"{kind}","host":"bh{i}-{n}","id":"burst{i}-{n}"}}"#),
+                )
+            });
+            send_all(&server.addr, 16, share, create)
         });
-        send_all(&server.addr, 16, share, create)
-    });
-    let sent = futures::future::join_all(creates).await;
-    let refused: u64 = sent.iter().map(|(_, r)| r).sum();
+        let sent = futures::future::join_all(creates).await;
+        created.notify_one();
+        let refused: u64 = sent.iter().map(|(_, r)| r).sum();
+        eprintln!(
+            "  burst of {} created in {:.1} s ({refused} refused)",
+            share * servers.len() as u64 - refused,
+            started.elapsed().as_secs_f64()
+        );
+        // The last session created comes due `burst_after` from now.
+        tokio::time::sleep(load.burst_after + Duration::from_secs(1)).await;
+        stop.store(true, Ordering::Relaxed);
+        refused
+    };
+    let beating = async {
+        tokio::select! {
+            _ = created.notified() => {}
+            _ = tokio::time::sleep(load.burst_after) => {}
+        }
+        let from = Instant::now();
+        let rate = BEATS_PER_SEC / of;
+        let sent = servers
+            .iter()
+            .zip(&beats)
+            .map(|(server, mine)| paced_until(&server.addr, rate, &stop, mine.clone()));
+        let sent: u64 = futures::future::join_all(sent).await.into_iter().sum();
+        let secs = from.elapsed().as_secs_f64();
+        eprintln!("  heartbeats for {secs:.1} s while the burst came due");
+        sent as f64 / secs
+    };
+    let (refused, beat_rate) = tokio::join!(creating, beating);
     let made = share * servers.len() as u64 - refused;
-    eprintln!(
-        "  burst of {made} created in {:.1} s ({refused} refused); heartbeats until they expire",
-        started.elapsed().as_secs_f64()
-    );
-    let until = (load.burst_after + Duration::from_secs(2)).saturating_sub(started.elapsed())
-        + Duration::from_secs(3);
-    let rate = BEATS_PER_SEC / servers.len() as u64;
-    let of = servers.len() as u64;
-    let beats = servers.iter().enumerate().map(|(i, server)| {
-        let all = heartbeats(live, true);
-        // Server `i` of `of` beats rooms `i`, `i + of`, ...
-        let mine: Arc<dyn Fn(u64) -> Request + Send + Sync> =
-            Arc::new(move |n| all(n * of + i as u64));
-        paced(&server.addr, rate, until.as_secs_f64(), mine)
-    });
-    let beats: u64 = futures::future::join_all(beats).await.into_iter().sum();
-
     let lags = expiry_lags(store.as_ref(), load.burst_kind, after, made).await;
-    (lags, beats as f64 / until.as_secs_f64())
+    (lags, beat_rate)
 }
 
 /// Lags `applied_at - at` of the `session.expired` events of `kind` after `after`, once there

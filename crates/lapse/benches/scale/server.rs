@@ -288,27 +288,45 @@ pub async fn paced(
     secs: f64,
     make: Arc<dyn Fn(u64) -> Request + Send + Sync>,
 ) -> u64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let timer = {
+        let stop = stop.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            stop.store(true, Ordering::Relaxed);
+        }
+    };
+    tokio::join!(timer, paced_until(addr, rate, &stop, make)).1
+}
+
+/// Sends `rate` requests a second over 20 connections until `stop` is set, whatever their
+/// answers; how many were sent (fewer than asked if the server fell behind).
+pub async fn paced_until(
+    addr: &str,
+    rate: u64,
+    stop: &Arc<AtomicBool>,
+    make: Arc<dyn Fn(u64) -> Request + Send + Sync>,
+) -> u64 {
     const CONNECTIONS: u64 = 20;
-    let total = (rate as f64 * secs) as u64;
     let counter = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
     for _ in 0..CONNECTIONS {
-        let (counter, make) = (counter.clone(), make.clone());
+        let (counter, make, stop) = (counter.clone(), make.clone(), stop.clone());
         let addr = addr.to_string();
         tasks.push(tokio::spawn(async move {
             let Some(mut conn) = Conn::open(&addr).await else {
                 return;
             };
+            // A connection that fell behind catches up to its schedule, never beyond it.
             let mut tick =
                 tokio::time::interval(Duration::from_micros(1_000_000 * CONNECTIONS / rate));
             loop {
                 tick.tick().await;
-                if Instant::now() >= deadline {
+                if stop.load(Ordering::Relaxed) {
                     return;
                 }
                 let n = counter.fetch_add(1, Ordering::Relaxed);
-                if n >= total || conn.send(&make(n)).await.is_none() {
+                if conn.send(&make(n)).await.is_none() {
                     return;
                 }
             }
@@ -317,7 +335,7 @@ pub async fn paced(
     for t in tasks {
         let _ = t.await;
     }
-    counter.load(Ordering::Relaxed).min(total)
+    counter.load(Ordering::Relaxed)
 }
 
 /// Sends `make(0..count)` once each over `connections` connections; returns the seconds it
