@@ -20,6 +20,11 @@
 //! - `streams`: thousands of event streams open on it: delivery, throughput, memory.
 //! - `postgres`: sweeps on PostgreSQL, seed 001's cleanup next to lapse, two instances.
 
+// The allocator `lapse serve` runs with (src/main.rs), so the in-process figures measure the
+// engine as it runs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod engine;
 mod measure;
 mod overload;
