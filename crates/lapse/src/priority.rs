@@ -108,4 +108,58 @@ mod tests {
             (Some("test-housekeeping".to_string()), Some(process))
         );
     }
+
+    /// The threads SQLite's connections run their statements on, with their `nice` values.
+    fn database_threads() -> Vec<(String, Option<i32>)> {
+        let tasks = std::fs::read_dir("/proc/self/task").expect("Linux lists a process's threads");
+        tasks
+            .filter_map(|task| {
+                let task = task.ok()?;
+                let name = std::fs::read_to_string(task.path().join("comm")).ok()?;
+                let tid = task.file_name().to_str()?.parse().ok()?;
+                let thread = rustix::process::Pid::from_raw(tid);
+                let nice = rustix::process::getpriority_process(thread).ok();
+                name.starts_with("sqlx-sqlite")
+                    .then(|| (format!("{tid}"), nice))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reads_asked_for_by_request_threads_run_at_the_process_priority() {
+        let process = this_thread_niceness().expect("Linux reports a thread's priority");
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let url = format!("sqlite://{}", dir.path().join("lapse.db").display());
+        // As `lapse serve` runs: the store opened at start, reads asked for by request threads
+        // at once, more of them than the store has readers.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .on_thread_start(lower_this_thread)
+            .build()
+            .expect("a runtime");
+        let threads = runtime.block_on(async {
+            let store = lapse_store::open(&url, Some(4), None)
+                .await
+                .expect("the store opens");
+            store.migrate().await.expect("migrate");
+            let reads = (0..32).map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    assert!(this_thread_niceness() > Some(process));
+                    for _ in 0..20 {
+                        store.last_event_seq().await.expect("a read");
+                    }
+                })
+            });
+            for read in futures_util::future::join_all(reads).await {
+                read.expect("the reads end");
+            }
+            database_threads()
+        });
+        assert!(threads.len() >= 5, "a writer and four readers: {threads:?}");
+        for (tid, nice) in threads {
+            assert_eq!(nice, Some(process), "database thread {tid}");
+        }
+    }
 }

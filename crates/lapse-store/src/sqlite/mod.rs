@@ -86,6 +86,24 @@ async fn open_pool(
     }
 }
 
+/// Opens the `n` connections `pool` holds at most, now, from the calling thread, and keeps
+/// them (the pools let no connection idle out).
+///
+/// Each connection runs its statements on a thread of its own, which takes the scheduling
+/// priority of the thread that opened it. `lapse serve` opens its store at start and runs its
+/// request threads at a lower priority so that the sweeper goes first (`lapse::priority`):
+/// opened on demand by a request, a connection would run the sweeper's reads behind the
+/// requests. (A pool's `min_connections` would not do: the pool opens them from a task of the
+/// runtime, which may run on a request thread.) A connection that fails later is opened again
+/// by whoever needs it next.
+async fn open_all(pool: &SqlitePool, n: u32) -> Result<(), StoreError> {
+    let mut held = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        held.push(pool.acquire().await.map_err(backend)?);
+    }
+    Ok(())
+}
+
 /// Sessions in a SQLite database.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -130,7 +148,6 @@ impl SqliteStore {
                 Box::pin(async move { Ok(in_memory || left_no_transaction(conn).await) })
             })
             .max_connections(1)
-            .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None);
         let writer = open_pool(writer, &writer_options, url).await?;
@@ -138,10 +155,15 @@ impl SqliteStore {
         let reader = if in_memory {
             writer.clone()
         } else {
+            let readers = pool_size.unwrap_or(4).max(1);
             let reader = SqlitePoolOptions::new()
                 .acquire_timeout(crate::ACQUIRE_TIMEOUT)
-                .max_connections(pool_size.unwrap_or(4).max(1));
-            open_pool(reader, &reader_options, url).await?
+                .max_connections(readers)
+                .idle_timeout(None)
+                .max_lifetime(None);
+            let reader = open_pool(reader, &reader_options, url).await?;
+            open_all(&reader, readers).await?;
+            reader
         };
         Ok(SqliteStore { writer, reader })
     }
