@@ -32,6 +32,33 @@ pub use sqlite::SqliteStore;
 /// beyond what the pool serves a request is refused rather than queued without bound.
 pub const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(750);
 
+/// Opens a pool and its first connection, waiting up to `wait` for that connection where a
+/// call waits [`ACQUIRE_TIMEOUT`]: a database merely slow to answer the first time (a SQLite
+/// file another process holds for a moment, a PostgreSQL server starting beside lapse or under
+/// load) is tried again until then, with a line in the log, since failing `lapse serve` at
+/// start for that helps no one. Any other error (a bad path, no permission, a wrong password)
+/// fails at once. `shown` names the database in messages, without its password.
+pub(crate) async fn open_pool<DB: sqlx::Database>(
+    pool: sqlx::pool::PoolOptions<DB>,
+    options: &<DB::Connection as sqlx::Connection>::Options,
+    wait: std::time::Duration,
+    shown: &str,
+) -> Result<sqlx::Pool<DB>, StoreError> {
+    let give_up = std::time::Instant::now() + wait;
+    loop {
+        match pool.clone().connect_with(options.clone()).await {
+            Ok(pool) => return Ok(pool),
+            Err(sqlx::Error::PoolTimedOut) if std::time::Instant::now() < give_up => {
+                tracing::info!(
+                    database = shown,
+                    "the database is slow to answer; still trying"
+                );
+            }
+            Err(e) => return Err(StoreError::Backend(format!("cannot open {shown}: {e}"))),
+        }
+    }
+}
+
 /// Opens the store a database URL names (`sqlite://path`, `sqlite::memory:`,
 /// `postgres://...`), without migrating it.
 pub async fn open(

@@ -1087,6 +1087,61 @@ async fn a_sqlite_database_locked_for_a_moment_still_opens() {
     );
 }
 
+/// A PostgreSQL server slow to answer its first connection (starting beside lapse, or loaded)
+/// still opens: the store waits for that connection longer than a call waits for a free one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_server_slow_to_answer_at_first_still_opens() {
+    let Some(url) = lapse_store::testing::fresh_postgres_database().await else {
+        return;
+    };
+    // A proxy in front of the server that holds the first connection a while before passing
+    // it on, and passes on the others at once.
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (authority, database) = rest.split_once('/').expect("naming a database");
+    let (user, server) = match authority.rsplit_once('@') {
+        Some((user, server)) => (format!("{user}@"), server.to_string()),
+        None => (String::new(), authority.to_string()),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxied = format!(
+        "{scheme}://{user}{}/{database}",
+        listener.local_addr().unwrap()
+    );
+    let held_for = std::time::Duration::from_millis(1500);
+    assert!(
+        held_for > lapse_store::ACQUIRE_TIMEOUT,
+        "longer than a call's wait"
+    );
+    tokio::spawn(async move {
+        let mut hold = Some(held_for);
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let (hold, server) = (hold.take(), server.clone());
+            tokio::spawn(async move {
+                if let Some(hold) = hold {
+                    tokio::time::sleep(hold).await;
+                }
+                if let Ok(mut upstream) = tokio::net::TcpStream::connect(&server).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+        }
+    });
+
+    let store = PostgresStore::open(&proxied, None, None)
+        .await
+        .expect("opens once the server answers");
+    store.migrate().await.unwrap();
+    insert(&store, &session("study", "after", t0())).await;
+    let id = SessionId::parse("after").unwrap();
+    assert!(
+        store.load(&id).await.unwrap().is_some(),
+        "and works as usual"
+    );
+}
+
 /// A SQLite path that cannot be opened fails at once, with the path in the message: waiting
 /// out a lock is for databases that exist and are merely busy.
 #[tokio::test]

@@ -45,6 +45,10 @@ use writes::{exec, write_commit, write_updates};
 /// The channel changes are announced on: a payload `d<ms>` for a stored deadline, `e` for
 /// new events.
 const CHANNEL: &str = "lapse_changes";
+/// How long opening the store waits for the server's first connection (a call waits
+/// [`crate::ACQUIRE_TIMEOUT`]): a server starting beside lapse, or loaded, may be slow to
+/// answer the first time.
+const FIRST_CONNECTION: Duration = Duration::from_secs(10);
 /// Key of the advisory lock that makes event numbers follow commit order (see `commit`).
 const EVENTS_LOCK: i64 = 0x006c_6170_7366;
 /// How long a sweeper's lease on a due row lasts if it neither writes the row nor gives it
@@ -180,12 +184,8 @@ impl PostgresStore {
         }
         let pool = PgPoolOptions::new()
             .max_connections(pool_size.unwrap_or(10).max(2))
-            .acquire_timeout(crate::ACQUIRE_TIMEOUT)
-            .connect_with(options)
-            .await
-            .map_err(|e| {
-                StoreError::Backend(format!("cannot connect to {}: {e}", crate::redact(url)))
-            })?;
+            .acquire_timeout(crate::ACQUIRE_TIMEOUT);
+        let pool = crate::open_pool(pool, &options, FIRST_CONNECTION, &crate::redact(url)).await?;
         Ok(PostgresStore {
             pool,
             holder: Arc::default(),

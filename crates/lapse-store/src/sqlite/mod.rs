@@ -63,29 +63,6 @@ async fn left_no_transaction(conn: &mut sqlx::SqliteConnection) -> bool {
 /// How long a connection waits for another's lock before its statement fails as busy.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Opens a pool and its first connection. A call waits [`crate::ACQUIRE_TIMEOUT`] for a
-/// connection; at open the store waits as long as SQLite waits for a lock, trying again while
-/// a first connection is merely slow: another process may hold the database for a moment (a
-/// backup, a second `lapse` at its migrations), or the machine be loaded, and failing `lapse
-/// serve` at start for that helps no one. Any other error (a bad path, no permission) fails
-/// at once.
-async fn open_pool(
-    pool: SqlitePoolOptions,
-    options: &SqliteConnectOptions,
-    url: &str,
-) -> Result<SqlitePool, StoreError> {
-    let give_up = std::time::Instant::now() + BUSY_TIMEOUT;
-    loop {
-        match pool.clone().connect_with(options.clone()).await {
-            Ok(pool) => return Ok(pool),
-            Err(sqlx::Error::PoolTimedOut) if std::time::Instant::now() < give_up => {
-                tracing::info!(url, "the database is slow to open; still trying");
-            }
-            Err(e) => return Err(StoreError::Backend(format!("cannot open `{url}`: {e}"))),
-        }
-    }
-}
-
 /// Opens the `n` connections `pool` holds at most, now, from the calling thread, and keeps
 /// them (the pools let no connection idle out).
 ///
@@ -140,6 +117,8 @@ impl SqliteStore {
             .clone()
             .read_only(true)
             .pragma("cache_size", format!("-{}", 16 * 1024));
+        // At open the store waits for its first connection as long as SQLite waits for a lock.
+        let shown = format!("`{url}`");
         // An in-memory database lives as long as its one connection: never let it idle out.
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let writer = SqlitePoolOptions::new()
@@ -150,7 +129,7 @@ impl SqliteStore {
             .max_connections(1)
             .idle_timeout(None)
             .max_lifetime(None);
-        let writer = open_pool(writer, &writer_options, url).await?;
+        let writer = crate::open_pool(writer, &writer_options, BUSY_TIMEOUT, &shown).await?;
         // An in-memory database exists once per connection: readers must share the writer.
         let reader = if in_memory {
             writer.clone()
@@ -161,7 +140,7 @@ impl SqliteStore {
                 .max_connections(readers)
                 .idle_timeout(None)
                 .max_lifetime(None);
-            let reader = open_pool(reader, &reader_options, url).await?;
+            let reader = crate::open_pool(reader, &reader_options, BUSY_TIMEOUT, &shown).await?;
             open_all(&reader, readers).await?;
             reader
         };
