@@ -1046,6 +1046,17 @@ async fn changes_decided_under_replaced_rules_are_refused() {
     }
 }
 
+/// A store just opened migrates, and keeps and finds a session.
+async fn works_as_usual(store: &dyn Store) {
+    store.migrate().await.unwrap();
+    insert(store, &session("study", "after", t0())).await;
+    let id = SessionId::parse("after").unwrap();
+    assert!(
+        store.load(&id).await.unwrap().is_some(),
+        "and works as usual"
+    );
+}
+
 /// A SQLite database another process holds for a moment (a backup, a second `lapse` at its
 /// migrations) still opens: the store waits for its first connection as long as SQLite waits
 /// for a lock, not the fraction of a second a call waits for a free connection.
@@ -1078,13 +1089,7 @@ async fn a_sqlite_database_locked_for_a_moment_still_opens() {
         .await
         .expect("opens once the lock is gone");
     release.await.unwrap();
-    store.migrate().await.unwrap();
-    insert(&store, &session("study", "after", t0())).await;
-    let id = SessionId::parse("after").unwrap();
-    assert!(
-        store.load(&id).await.unwrap().is_some(),
-        "and works as usual"
-    );
+    works_as_usual(&store).await;
 }
 
 /// A PostgreSQL server slow to answer its first connection (starting beside lapse, or loaded)
@@ -1133,13 +1138,7 @@ async fn a_postgres_server_slow_to_answer_at_first_still_opens() {
     let store = PostgresStore::open(&proxied, None, None)
         .await
         .expect("opens once the server answers");
-    store.migrate().await.unwrap();
-    insert(&store, &session("study", "after", t0())).await;
-    let id = SessionId::parse("after").unwrap();
-    assert!(
-        store.load(&id).await.unwrap().is_some(),
-        "and works as usual"
-    );
+    works_as_usual(&store).await;
 }
 
 /// A SQLite path that cannot be opened fails at once, with the path in the message: waiting
