@@ -150,10 +150,13 @@ impl<H: Hook> Store for Intercepted<H> {
         &self,
         expected: i64,
         kinds: &str,
+        limited: &[String],
         at: Timestamp,
         event: Option<EventRecord>,
     ) -> Result<i64, StoreError> {
-        let call = self.inner.publish_rules(expected, kinds, at, event);
+        let call = self
+            .inner
+            .publish_rules(expected, kinds, limited, at, event);
         self.run("publish_rules", WRITE, call).await
     }
 

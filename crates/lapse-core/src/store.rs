@@ -267,6 +267,9 @@ pub struct SessionQuery {
     pub status: Option<Status>,
     /// Only open sessions (pending or active).
     pub open_only: bool,
+    /// Only sessions that count against their host's limit: those created while their kind
+    /// had one, or open when rules giving it one were put in force ([`Store::publish_rules`]).
+    pub host_limited: bool,
     /// Only this host.
     pub host: Option<UserId>,
     /// Only sessions this user ever joined.
@@ -413,6 +416,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Inserts many new sessions with their participants in bulk, without events or host
     /// limits (restores, benchmarks). Ids already taken are skipped; returns how many went in.
+    /// Imported sessions count against no host limit until rules giving their kind one are
+    /// next put in force ([`Store::publish_rules`]).
     async fn import(&self, sessions: &[Session]) -> Result<u64, StoreError>;
 
     /// Sessions matching `query`, ordered by id.
@@ -470,10 +475,16 @@ pub trait Store: Send + Sync + 'static {
     /// (its `config.reloaded`) in the same transaction, waiting for commits decided under the
     /// old version to finish. [`StoreError::PolicyChanged`] if `expected` is no longer the
     /// version in force (another instance got there first).
+    ///
+    /// `limited` names the kinds with a host limit under these rules: from this commit on,
+    /// every open session of theirs counts against it, those created while their kind had
+    /// none included. (A create checks a limit only when its kind has one, and then marks
+    /// its session as counted; the count reads only marked sessions.)
     async fn publish_rules(
         &self,
         expected: i64,
         kinds: &str,
+        limited: &[String],
         at: Timestamp,
         event: Option<EventRecord>,
     ) -> Result<i64, StoreError>;

@@ -43,6 +43,18 @@ pub struct Policy {
     unconfigured: Arc<Kind>,
 }
 
+/// The kinds `config` gives a host limit (`max_open_per_host`).
+fn host_limited(config: &Config) -> Vec<String> {
+    let mut kinds: Vec<String> = config
+        .kinds
+        .values()
+        .filter(|k| k.max_open_per_host.is_some())
+        .map(|k| k.name.clone())
+        .collect();
+    kinds.sort();
+    kinds
+}
+
 impl Policy {
     /// `config`'s rules as the engine runs them (idle rules wait out the heartbeat grace), at
     /// `version`.
@@ -195,7 +207,13 @@ impl Engine {
                 // The first rules: the deadlines stored so far were worked out under them.
                 let version = self
                     .store
-                    .publish_rules(0, &mine.config.kinds_toml, self.now(), None)
+                    .publish_rules(
+                        0,
+                        &mine.config.kinds_toml,
+                        &host_limited(&mine.config),
+                        self.now(),
+                        None,
+                    )
                     .await?;
                 self.store.mark_rearmed(version).await?;
                 self.swap_policy(Policy::new(&mine.config, version));
@@ -363,7 +381,13 @@ impl Engine {
             .is_some_and(|stored| !stored.rearmed);
         let version = match self
             .store
-            .publish_rules(current.version, &config.kinds_toml, now, Some(event))
+            .publish_rules(
+                current.version,
+                &config.kinds_toml,
+                &host_limited(&config),
+                now,
+                Some(event),
+            )
             .await
         {
             Ok(v) => v,

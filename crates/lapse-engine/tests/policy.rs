@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use lapse_core::store::SessionQuery;
 use lapse_core::{Config, SessionId, Span, Store, UserId};
 use lapse_engine::ops::CreateRequest;
-use lapse_engine::{Clock, Engine, SweepOptions};
+use lapse_engine::{Clock, Engine, EngineError, SweepOptions};
 use lapse_store::{PostgresStore, SqliteStore};
 
 mod common;
@@ -170,7 +170,7 @@ async fn an_interrupted_reload_is_finished_by_the_next_start() {
         // What the killed reload left: the new rules in force, the deadlines of the old.
         let three_days = rules("3d");
         store
-            .publish_rules(1, &three_days.kinds_toml, t0(), None)
+            .publish_rules(1, &three_days.kinds_toml, &[], t0(), None)
             .await
             .unwrap();
         assert!(!store.rules_in_force().await.unwrap().unwrap().rearmed);
@@ -186,5 +186,70 @@ async fn an_interrupted_reload_is_finished_by_the_next_start() {
         let report = next.sweep_once(&SweepOptions::default()).await.unwrap();
         let applied: Vec<&str> = report.applied.iter().map(|a| a.rule.as_str()).collect();
         assert_eq!(applied, ["expire-inactive"], "{report:?}");
+    }
+}
+
+/// `kind = "repair"`, with `max_open_per_host` when given.
+fn repairs(max_open_per_host: Option<u32>) -> Config {
+    let limit = max_open_per_host.map_or(String::new(), |n| format!("max_open_per_host = {n}\n"));
+    Config::parse(&format!("[kinds.repair]\n{limit}"), "test.toml").unwrap()
+}
+
+fn repair(n: usize, host: &UserId) -> CreateRequest {
+    CreateRequest {
+        id: Some(SessionId::parse(&format!("repair{n}")).unwrap()),
+        kind: "repair".into(),
+        title: None,
+        metadata: None,
+        host: Some(host.clone()),
+        parent: None,
+        scheduled_start: None,
+        scheduled_end: None,
+    }
+}
+
+/// A kind given a host limit counts the sessions already open, those created while it had
+/// none: when a start puts the new rules in force, and when a reload does.
+#[tokio::test]
+async fn a_host_limit_put_in_force_counts_the_sessions_already_open() {
+    for (store, _dir) in stores().await {
+        let ana = UserId::parse("ana").unwrap();
+        let bo = UserId::parse("bo").unwrap();
+        let unlimited = Engine::new(store.clone(), Arc::new(repairs(None)), Clock::manual(t0()));
+        unlimited.put_rules_in_force().await.unwrap();
+        unlimited.create(&admin(), repair(1, &ana)).await.unwrap();
+        unlimited.create(&admin(), repair(2, &bo)).await.unwrap();
+        drop(unlimited);
+
+        // Started with the limit.
+        let limited = Engine::new(
+            store.clone(),
+            Arc::new(repairs(Some(1))),
+            Clock::manual(t0()),
+        );
+        limited.put_rules_in_force().await.unwrap();
+        let refused = limited.create(&admin(), repair(3, &ana)).await;
+        assert!(
+            matches!(refused, Err(EngineError::HostHasOpenSession { .. })),
+            "{refused:?}"
+        );
+
+        // Reloaded without it, a session more, then with it again.
+        limited
+            .reload(&admin(), &repairs(None), false)
+            .await
+            .unwrap();
+        limited.create(&admin(), repair(4, &bo)).await.unwrap();
+        limited
+            .reload(&admin(), &repairs(Some(2)), false)
+            .await
+            .unwrap();
+        let refused = limited.create(&admin(), repair(5, &bo)).await;
+        assert!(
+            matches!(refused, Err(EngineError::HostHasOpenSession { .. })),
+            "{refused:?}"
+        );
+        // Ana has one open: a second is within two.
+        limited.create(&admin(), repair(6, &ana)).await.unwrap();
     }
 }

@@ -45,6 +45,11 @@ pub const SQLITE: &[Script] = &[
         name: "rules in force",
         sql: include_str!("../migrations/sqlite/0006_rules_in_force.sql"),
     },
+    Script {
+        version: 7,
+        name: "host limited",
+        sql: include_str!("../migrations/sqlite/0007_host_limited.sql"),
+    },
 ];
 
 /// PostgreSQL's scripts.
@@ -88,5 +93,10 @@ pub const POSTGRES: &[Script] = &[
         version: 8,
         name: "deliveries in order",
         sql: include_str!("../migrations/postgres/0008_deliveries_in_order.sql"),
+    },
+    Script {
+        version: 9,
+        name: "host limited",
+        sql: include_str!("../migrations/postgres/0009_host_limited.sql"),
     },
 ];

@@ -135,6 +135,12 @@ pub(crate) fn list_sessions(dialect: Dialect, columns: &str, q: &SessionQuery) -
         (None, true) => filters.push("status in ('pending', 'active')".to_string()),
         (None, false) => {}
     }
+    if q.host_limited {
+        filters.push(match dialect {
+            Dialect::Sqlite => "host_limited = 1".to_string(),
+            Dialect::Postgres => "host_limited".to_string(),
+        });
+    }
     let after = q
         .after
         .as_ref()
@@ -417,7 +423,7 @@ pub(crate) fn hot_reads(dialect: Dialect, columns: &str) -> Vec<(&'static str, S
             ),
         ),
         (
-            "host's open sessions of a kind",
+            "host's open sessions of a kind, as its limit counts them",
             list_sessions(
                 dialect,
                 columns,
@@ -425,6 +431,7 @@ pub(crate) fn hot_reads(dialect: Dialect, columns: &str) -> Vec<(&'static str, S
                     host: user(),
                     kind: Some("study".into()),
                     open_only: true,
+                    host_limited: true,
                     ..Q::default()
                 }),
             ),

@@ -3,7 +3,9 @@
 //! in deadline order behind a cursor.
 
 use lapse_core::lifecycle::{self, By, Effects, NewSession};
-use lapse_core::store::{Beat, Commit, DueRow, Rearm, RearmOnly, SessionQuery, SessionWrite};
+use lapse_core::store::{
+    Beat, Commit, DueRow, HostLimit, Rearm, RearmOnly, SessionQuery, SessionWrite,
+};
 use lapse_core::{Config, Session, SessionId, Span, Store, StoreError, Timestamp, UserId};
 use lapse_store::{PostgresStore, SqliteStore};
 
@@ -673,9 +675,14 @@ async fn a_sqlite_database_from_before_participants_were_stored_by_room_keeps_th
                 .await
                 .unwrap();
         }
+        // Version 3's columns of `sessions` (later versions add some).
         let copy = format!(
             "attach database '{}' as current; \
-             insert into sessions select * from current.sessions; \
+             insert into sessions select id, kind, title, metadata, host, parent, \
+             scheduled_start, scheduled_end, status, delayed, used, created_at, started_at, \
+             ended_at, last_activity_at, end_reason, ended_by, counters, summary, \
+             parent_ended_at, warnings, next_due_at, next_due_rule, version \
+             from current.sessions; \
              insert into participants select * from current.participants;",
             dir.path().join("current.db").display()
         );
@@ -703,6 +710,21 @@ async fn a_sqlite_database_from_before_participants_were_stored_by_room_keeps_th
         .map(|s| s.id)
         .collect();
     assert_eq!(found, vec![s.id.clone()], "found by participant, as before");
+    // Open before a host limit counted only the sessions of kinds with one, it still counts
+    // against a limit of its kind.
+    let another = Commit {
+        host_limit: Some(HostLimit {
+            kind: s.kind.clone(),
+            host: s.host.clone(),
+            max: 1,
+        }),
+        ..Commit::default()
+    };
+    let refused = store.commit(another).await;
+    assert!(
+        matches!(refused, Err(StoreError::LimitReached)),
+        "{refused:?}"
+    );
 }
 
 /// Two stores on one fresh PostgreSQL database, as two lapse instances; `None` without a
@@ -928,13 +950,19 @@ async fn changes_decided_under_replaced_rules_are_refused() {
     for (store, _dir) in stores().await {
         let store = store.as_ref();
         assert_eq!(store.rules_in_force().await.unwrap(), None);
-        assert_eq!(store.publish_rules(0, "v1", t0(), None).await.unwrap(), 1);
-        let refused = store.publish_rules(0, "again", t0(), None).await;
+        assert_eq!(
+            store.publish_rules(0, "v1", &[], t0(), None).await.unwrap(),
+            1
+        );
+        let refused = store.publish_rules(0, "again", &[], t0(), None).await;
         assert!(
             matches!(refused, Err(StoreError::PolicyChanged)),
             "{refused:?}"
         );
-        assert_eq!(store.publish_rules(1, "v2", t0(), None).await.unwrap(), 2);
+        assert_eq!(
+            store.publish_rules(1, "v2", &[], t0(), None).await.unwrap(),
+            2
+        );
         let stored = store.rules_in_force().await.unwrap().unwrap();
         assert_eq!((stored.version, stored.kinds.as_str()), (2, "v2"));
 

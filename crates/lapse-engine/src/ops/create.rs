@@ -147,6 +147,7 @@ impl Engine {
                 kind: Some(kind.name.clone()),
                 host: Some(host.clone()),
                 open_only: true,
+                host_limited: true,
                 limit: max.saturating_add(64),
                 ..SessionQuery::default()
             })

@@ -215,6 +215,11 @@ impl SqliteStore {
                 vec![text("u1"), text("study")],
             ),
             fixed(
+                "host limits put in force",
+                MARK_HOST_LIMITED,
+                vec![text(r#"["study"]"#)],
+            ),
+            fixed(
                 "due deliveries",
                 &outbox::due_deliveries_sql(),
                 vec![Arg::Int(0), Arg::Int(32)],
@@ -349,6 +354,12 @@ const MARK_REARMED: &str =
 const PUBLISH_RULES: &str = "insert into rules_in_force (id, version, kinds, updated_at) \
      values (1, ?1, ?2, ?3) on conflict (id) do update \
      set version = excluded.version, kinds = excluded.kinds, updated_at = excluded.updated_at";
+
+/// The open sessions of the kinds named (a JSON array) counted against their host's limit
+/// from now on (`sessions_kind_status`).
+const MARK_HOST_LIMITED: &str = "update sessions set host_limited = 1 \
+     where kind in (select value from json_each(?1)) and status in ('pending', 'active') \
+     and host_limited = 0";
 
 /// The version of the rules in force, read inside `tx`.
 async fn rules_version_of(
@@ -589,6 +600,7 @@ impl Store for SqliteStore {
         &self,
         expected: i64,
         kinds: &str,
+        limited: &[String],
         at: Timestamp,
         event: Option<EventRecord>,
     ) -> Result<i64, StoreError> {
@@ -600,6 +612,11 @@ impl Store for SqliteStore {
             .bind(expected + 1)
             .bind(kinds)
             .bind(at.millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query(MARK_HOST_LIMITED)
+            .bind(rows::to_json(&limited))
             .execute(&mut *tx)
             .await
             .map_err(backend)?;

@@ -30,7 +30,7 @@ pub(super) async fn write_commit(
     for write in &commit.sessions {
         match write {
             SessionWrite::Insert(s) => {
-                insert_session(tx, s).await?;
+                insert_session(tx, s, counted_by(commit, s)).await?;
                 upsert_participants(tx, s, None).await?;
             }
             SessionWrite::Update { session, changed } => {
@@ -44,14 +44,27 @@ pub(super) async fn write_commit(
     deliver_notifications(tx, commit).await
 }
 
-async fn insert_session(tx: &mut Transaction<'_, Sqlite>, s: &Session) -> Result<(), StoreError> {
+/// Whether `s`, inserted by `commit`, counts against its host's limit: the commit checked
+/// one for its kind and host, because the kind has one under the rules it was decided by.
+fn counted_by(commit: &Commit, s: &Session) -> bool {
+    commit
+        .host_limit
+        .as_ref()
+        .is_some_and(|l| l.kind == s.kind && l.host == s.host)
+}
+
+async fn insert_session(
+    tx: &mut Transaction<'_, Sqlite>,
+    s: &Session,
+    host_limited: bool,
+) -> Result<(), StoreError> {
     let result = sqlx::query(
         "insert into sessions (id, kind, title, metadata, host, parent, scheduled_start, \
          scheduled_end, status, delayed, used, created_at, started_at, ended_at, \
          last_activity_at, end_reason, ended_by, counters, summary, parent_ended_at, \
-         next_due_at, next_due_rule, warnings, version) \
+         next_due_at, next_due_rule, warnings, host_limited, version) \
          values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
-         ?18, ?19, ?20, ?21, ?22, ?23, 1) on conflict (id) do nothing",
+         ?18, ?19, ?20, ?21, ?22, ?23, ?24, 1) on conflict (id) do nothing",
     )
     .bind(s.id.as_str())
     .bind(&s.kind)
@@ -76,6 +89,7 @@ async fn insert_session(tx: &mut Transaction<'_, Sqlite>, s: &Session) -> Result
     .bind(s.wake_at.map(Timestamp::millis))
     .bind(s.next_due.as_ref().map(|n| n.rule.as_str()))
     .bind(to_json(&s.warnings))
+    .bind(host_limited)
     .execute(&mut **tx)
     .await
     .map_err(backend)?;
@@ -202,7 +216,7 @@ async fn delete_session(
 
 /// How many open sessions of a kind a host has (`sessions_open_by_host`).
 pub(super) const HOST_OPEN_COUNT: &str = "select count(*) from sessions where host = ?1 and kind = ?2 \
-         and status in ('pending', 'active')";
+         and host_limited = 1 and status in ('pending', 'active')";
 
 async fn check_host_limit(
     tx: &mut Transaction<'_, Sqlite>,
