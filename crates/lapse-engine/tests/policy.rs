@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use lapse_core::store::SessionQuery;
 use lapse_core::{Config, SessionId, Span, Store, UserId};
 use lapse_engine::ops::CreateRequest;
-use lapse_engine::{Clock, Engine, EngineError, SweepOptions};
+use lapse_engine::{Caller, Clock, Engine, EngineError, SweepOptions};
 use lapse_store::{PostgresStore, SqliteStore};
 
 mod common;
@@ -189,10 +189,11 @@ async fn an_interrupted_reload_is_finished_by_the_next_start() {
     }
 }
 
-/// `kind = "repair"`, with `max_open_per_host` when given.
+/// `kind = "repair"`, with `max_open_per_host` when given; its host may reopen within 5 min.
 fn repairs(max_open_per_host: Option<u32>) -> Config {
     let limit = max_open_per_host.map_or(String::new(), |n| format!("max_open_per_host = {n}\n"));
-    Config::parse(&format!("[kinds.repair]\n{limit}"), "test.toml").unwrap()
+    let text = format!("[kinds.repair]\nreopen_window = \"5m\"\n{limit}");
+    Config::parse(&text, "test.toml").unwrap()
 }
 
 fn repair(n: usize, host: &UserId) -> CreateRequest {
@@ -251,5 +252,34 @@ async fn a_host_limit_put_in_force_counts_the_sessions_already_open() {
         );
         // Ana has one open: a second is within two.
         limited.create(&admin(), repair(6, &ana)).await.unwrap();
+    }
+}
+
+/// A session ended before its kind was given a host limit, and reopened after, counts
+/// against it again.
+#[tokio::test]
+async fn a_session_reopened_after_its_kind_was_given_a_host_limit_counts_against_it() {
+    for (store, _dir) in stores().await {
+        let ana = UserId::parse("ana").unwrap();
+        let as_ana = Caller::Admin {
+            name: "test".into(),
+            actor: Some(ana.clone()),
+        };
+        let engine = Engine::new(store.clone(), Arc::new(repairs(None)), Clock::manual(t0()));
+        engine.put_rules_in_force().await.unwrap();
+        let first = engine.create(&admin(), repair(1, &ana)).await.unwrap();
+        engine.start(&as_ana, &first.id).await.unwrap();
+        engine.end(&as_ana, &first.id).await.unwrap();
+
+        engine
+            .reload(&admin(), &repairs(Some(1)), false)
+            .await
+            .unwrap();
+        engine.reopen(&as_ana, &first.id).await.unwrap();
+        let refused = engine.create(&admin(), repair(2, &ana)).await;
+        assert!(
+            matches!(refused, Err(EngineError::HostHasOpenSession { .. })),
+            "{refused:?}"
+        );
     }
 }

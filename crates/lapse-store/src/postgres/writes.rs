@@ -101,7 +101,9 @@ async fn insert_session(
 async fn update_session(tx: &mut Transaction<'_, Postgres>, s: &Session) -> Result<(), StoreError> {
     let result = sqlx::query(
         "update sessions set title = $2, metadata = $3, scheduled_start = $4, \
-         scheduled_end = $5, status = $6, delayed = $7, used = $8, started_at = $9, \
+         scheduled_end = $5, status = $6, host_limited = host_limited or \
+         (status not in ('pending', 'active') and $6 in ('pending', 'active')), \
+         delayed = $7, used = $8, started_at = $9, \
          ended_at = $10, last_activity_at = greatest(last_activity_at, $11), end_reason = $12, \
          ended_by = $13, counters = $14, summary = $15, parent_ended_at = $16, \
          next_due_at = $17, next_due_rule = $18, warnings = $20, claimed_until = null, version = version + 1 \
@@ -370,10 +372,14 @@ pub(super) async fn write_updates(
     Ok(outcomes)
 }
 
-/// A batch of session rows, compare-and-set each on its version; the ids that won.
+/// A batch of session rows, compare-and-set each on its version; the ids that won. A session
+/// reopened counts against its host's limit again, as in the single-row update (see
+/// SQLite's `REOPENED_COUNTS`).
 pub(super) const UPDATE_SESSIONS: &str = "update sessions set title = b.title, \
     metadata = b.metadata, scheduled_start = b.scheduled_start, \
-    scheduled_end = b.scheduled_end, status = b.status, delayed = b.delayed, used = b.used, \
+    scheduled_end = b.scheduled_end, status = b.status, \
+    host_limited = sessions.host_limited or (sessions.status not in ('pending', 'active') \
+    and b.status in ('pending', 'active')), delayed = b.delayed, used = b.used, \
     started_at = b.started_at, ended_at = b.ended_at, \
     last_activity_at = greatest(sessions.last_activity_at, b.last_activity_at), \
     end_reason = b.end_reason, ended_by = b.ended_by, counters = b.counters, \

@@ -117,13 +117,21 @@ macro_rules! update_session_sql {
     };
 }
 
+/// A session reopened counts against its host's limit again, marked whatever its kind (see
+/// `REOPENED_COUNTS` in the batched form): reopens are rare, and a mark on a kind without a
+/// limit is counted by nothing.
+///
 /// SQLite moves a row's entries in every index whose columns an update names, changed or
 /// not, and three of `sessions`' indexes hold its status. Most writes of one session (a join,
 /// a leave, activity, a patch) keep it, so the row is first written without it, guarded by
 /// the stored status being the new one already; only when that finds no row is it written
 /// whole (a status that changes, or a version that no longer matches).
 pub(super) const UPDATE_KEEPING_STATUS: &str = update_session_sql!("", " and status = ?6");
-pub(super) const UPDATE_WHOLE: &str = update_session_sql!("status = ?6, ", "");
+pub(super) const UPDATE_WHOLE: &str = update_session_sql!(
+    "status = ?6, host_limited = host_limited or (status not in ('pending', 'active') \
+     and ?6 in ('pending', 'active')), ",
+    ""
+);
 
 async fn update_session(tx: &mut Transaction<'_, Sqlite>, s: &Session) -> Result<(), StoreError> {
     let metadata = to_json(&s.metadata);
@@ -464,12 +472,19 @@ fn insert_notifications(b: &Values) -> String {
 }
 
 /// A batch of session rows (`SessionRow`s as table `b`), compare-and-set each on its version.
+/// A session going from ended back to open (a reopen) counts against its host's limit
+/// again: it may have ended before its kind was given one (`Store::publish_rules` marks only
+/// the sessions open then). Marked whatever its kind: reopens are rare, and a mark on a kind
+/// without a limit is counted by nothing.
+const REOPENED_COUNTS: &str = "host_limited = host_limited or (sessions.status not in \
+     ('pending', 'active') and b.status in ('pending', 'active'))";
+
 fn update_sessions(b: &Values) -> String {
     format!(
         "with {} update sessions set title = b.title, metadata = b.metadata, \
          scheduled_start = b.scheduled_start, scheduled_end = b.scheduled_end, \
-         status = b.status, delayed = b.delayed, used = b.used, started_at = b.started_at, \
-         ended_at = b.ended_at, \
+         status = b.status, {REOPENED_COUNTS}, delayed = b.delayed, used = b.used, \
+         started_at = b.started_at, ended_at = b.ended_at, \
          last_activity_at = max(sessions.last_activity_at, b.last_activity_at), \
          end_reason = b.end_reason, ended_by = b.ended_by, counters = b.counters, \
          summary = b.summary, parent_ended_at = b.parent_ended_at, \
