@@ -303,8 +303,8 @@ pub(super) async fn import(pool: &PgPool, sessions: &[Session]) -> Result<u64, S
         let (rows, participants) = import_rows(chunk);
         let mut tx = pool.begin().await.map_err(backend)?;
         let sql = format!(
-            "insert into sessions ({IMPORT_SESSION_COLUMNS}, version) \
-             select {IMPORT_SESSION_COLUMNS}, 1 from jsonb_to_recordset($1::jsonb) as r(\
+            "insert into sessions ({IMPORT_SESSION_COLUMNS}, host_limited, version) \
+             select {IMPORT_SESSION_COLUMNS}, false, 1 from jsonb_to_recordset($1::jsonb) as r(\
              id text, kind text, title text, metadata text, host text, parent text, \
              scheduled_start bigint, scheduled_end bigint, status text, delayed boolean, \
              used boolean, created_at bigint, started_at bigint, ended_at bigint, \

@@ -333,8 +333,8 @@ pub(super) async fn import(pool: &SqlitePool, sessions: &[Session]) -> Result<u6
                 .join(", ")
         };
         let sql = format!(
-            "insert into sessions ({IMPORT_SESSION_COLUMNS}, version) \
-             select {}, 1 from jsonb_each(?1) where true on conflict (id) do nothing",
+            "insert into sessions ({IMPORT_SESSION_COLUMNS}, host_limited, version) \
+             select {}, 0, 1 from jsonb_each(?1) where true on conflict (id) do nothing",
             select(IMPORT_SESSION_COLUMNS)
         );
         let result = sqlx::query(AssertSqlSafe(sql))
