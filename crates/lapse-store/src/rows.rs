@@ -320,6 +320,15 @@ where
     })
 }
 
+/// Whether `s`, inserted by `commit`, counts against its host's limit: the commit checked
+/// one for its kind and host, because the kind has one under the rules it was decided by.
+pub(crate) fn counted_by(commit: &lapse_core::store::Commit, s: &lapse_core::Session) -> bool {
+    commit
+        .host_limit
+        .as_ref()
+        .is_some_and(|l| l.kind == s.kind && l.host == s.host)
+}
+
 /// Counters and metadata as stored text.
 pub fn to_json<T: serde::Serialize>(value: &T) -> String {
     // Serializing maps of strings and integers cannot fail.

@@ -5,7 +5,9 @@ use lapse_core::store::{Commit, HostLimit, SessionWrite};
 use lapse_core::{Session, SessionId, StoreError, Timestamp, UserId};
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
 
-use crate::rows::{IMPORT_PARTICIPANT_COLUMNS, IMPORT_SESSION_COLUMNS, import_rows, to_json};
+use crate::rows::{
+    IMPORT_PARTICIPANT_COLUMNS, IMPORT_SESSION_COLUMNS, counted_by, import_rows, to_json,
+};
 use crate::{backend, batch};
 
 /// Runs a statement without values (savepoints).
@@ -41,15 +43,6 @@ pub(super) async fn write_commit(
     }
     append_events(tx, commit).await?;
     deliver_notifications(tx, commit).await
-}
-
-/// Whether `s`, inserted by `commit`, counts against its host's limit: the commit checked
-/// one for its kind and host, because the kind has one under the rules it was decided by.
-fn counted_by(commit: &Commit, s: &Session) -> bool {
-    commit
-        .host_limit
-        .as_ref()
-        .is_some_and(|l| l.kind == s.kind && l.host == s.host)
 }
 
 async fn insert_session(
@@ -190,12 +183,13 @@ async fn delete_session(
     Ok(())
 }
 
-/// Counts the host's open sessions of the kind under a transaction-scoped lock on that pair,
-/// so creates on different instances take turns.
-/// How many open sessions of a kind a host has (`sessions_open_by_host`).
+/// How many open sessions of a kind a host has that count against its limit (marked
+/// `host_limited`; `sessions_open_by_host`).
 pub(super) const HOST_OPEN_COUNT: &str = "select count(*) from sessions where host = $1 and kind = $2 \
          and host_limited and status in ('pending', 'active')";
 
+/// Counts the host's open sessions of the kind under a transaction-scoped lock on that pair,
+/// so creates on different instances take turns.
 async fn check_host_limit(
     tx: &mut Transaction<'_, Postgres>,
     limit: &HostLimit,

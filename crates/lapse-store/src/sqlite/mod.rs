@@ -356,7 +356,7 @@ const PUBLISH_RULES: &str = "insert into rules_in_force (id, version, kinds, upd
      set version = excluded.version, kinds = excluded.kinds, updated_at = excluded.updated_at";
 
 /// The open sessions of the kinds named (a JSON array) counted against their host's limit
-/// from now on (`sessions_kind_status`).
+/// from now on (`sessions_kind_status`; run once per rules put in force).
 const MARK_HOST_LIMITED: &str = "update sessions set host_limited = 1 \
      where kind in (select value from json_each(?1)) and status in ('pending', 'active') \
      and host_limited = 0";

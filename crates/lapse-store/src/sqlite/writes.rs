@@ -6,7 +6,9 @@ use lapse_core::{Session, SessionId, StoreError, Timestamp, UserId};
 use sqlx::{AssertSqlSafe, Sqlite, SqlitePool, Transaction};
 
 use super::values::{self, Values};
-use crate::rows::{IMPORT_PARTICIPANT_COLUMNS, IMPORT_SESSION_COLUMNS, import_rows, to_json};
+use crate::rows::{
+    IMPORT_PARTICIPANT_COLUMNS, IMPORT_SESSION_COLUMNS, counted_by, import_rows, to_json,
+};
 use crate::{backend, batch};
 
 /// Runs a statement without values (savepoints).
@@ -42,15 +44,6 @@ pub(super) async fn write_commit(
     }
     append_events(tx, commit).await?;
     deliver_notifications(tx, commit).await
-}
-
-/// Whether `s`, inserted by `commit`, counts against its host's limit: the commit checked
-/// one for its kind and host, because the kind has one under the rules it was decided by.
-fn counted_by(commit: &Commit, s: &Session) -> bool {
-    commit
-        .host_limit
-        .as_ref()
-        .is_some_and(|l| l.kind == s.kind && l.host == s.host)
 }
 
 async fn insert_session(
@@ -222,7 +215,8 @@ async fn delete_session(
     Ok(())
 }
 
-/// How many open sessions of a kind a host has (`sessions_open_by_host`).
+/// How many open sessions of a kind a host has that count against its limit (marked
+/// `host_limited`; `sessions_open_by_host`).
 pub(super) const HOST_OPEN_COUNT: &str = "select count(*) from sessions where host = ?1 and kind = ?2 \
          and host_limited = 1 and status in ('pending', 'active')";
 
@@ -471,7 +465,6 @@ fn insert_notifications(b: &Values) -> String {
     )
 }
 
-/// A batch of session rows (`SessionRow`s as table `b`), compare-and-set each on its version.
 /// A session going from ended back to open (a reopen) counts against its host's limit
 /// again: it may have ended before its kind was given one (`Store::publish_rules` marks only
 /// the sessions open then). Marked whatever its kind: reopens are rare, and a mark on a kind
@@ -479,6 +472,7 @@ fn insert_notifications(b: &Values) -> String {
 const REOPENED_COUNTS: &str = "host_limited = host_limited or (sessions.status not in \
      ('pending', 'active') and b.status in ('pending', 'active'))";
 
+/// A batch of session rows (`SessionRow`s as table `b`), compare-and-set each on its version.
 fn update_sessions(b: &Values) -> String {
     format!(
         "with {} update sessions set title = b.title, metadata = b.metadata, \
