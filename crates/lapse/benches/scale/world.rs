@@ -144,11 +144,11 @@ impl World {
     }
 
     /// How long `work` takes, counted as its writes cost in service. SQLite copies its
-    /// write-ahead log into the database file every 10,000 log pages, a cost of every write
-    /// since the last copy that lands on whichever write crosses the line. So a timed piece
-    /// of work starts with the log copied (it does not pay for the setup before it) and ends
-    /// by copying it, on the clock (it pays for its own writes, whether or not a copy fell
-    /// inside it).
+    /// write-ahead log into the database file every 1,000 log pages (its default), a cost of
+    /// every write since the last copy that lands on whichever write crosses the line. So a
+    /// timed piece of work starts with the log copied (it does not pay for the setup before
+    /// it) and ends by copying it, on the clock (it pays for its own writes, whether or not a
+    /// copy fell inside it).
     pub async fn timed(&self, work: impl Future<Output = ()>) -> Duration {
         self.copy_log().await;
         let started = Instant::now();
