@@ -13,7 +13,7 @@ use lapse_engine::{Caller, Clock, Engine, EngineError, SweepOptions};
 use lapse_store::{PostgresStore, SqliteStore};
 
 mod common;
-use common::{admin, t0};
+use common::{admin, create, t0};
 
 const ROOMS: usize = 300;
 
@@ -52,16 +52,7 @@ async fn stored_deadlines_follow_rules_reloaded_under_load() {
         engine.put_rules_in_force().await.unwrap();
         let host = UserId::parse("host").unwrap();
         for n in 0..ROOMS {
-            let req = CreateRequest {
-                id: Some(room(n)),
-                kind: "coding".into(),
-                title: None,
-                metadata: None,
-                host: Some(host.clone()),
-                parent: None,
-                scheduled_start: None,
-                scheduled_end: None,
-            };
+            let req = create("coding", room(n).as_str(), host.as_str());
             engine.create(&admin(), req).await.unwrap();
         }
         engine.clock().advance(Span::from_secs(3600)).unwrap();
@@ -156,16 +147,7 @@ async fn an_interrupted_reload_is_finished_by_the_next_start() {
     for (store, _dir) in stores().await {
         let first = Engine::new(store.clone(), Arc::new(rules("7d")), Clock::manual(t0()));
         first.put_rules_in_force().await.unwrap();
-        let req = CreateRequest {
-            id: Some(room(1)),
-            kind: "coding".into(),
-            title: None,
-            metadata: None,
-            host: Some(UserId::parse("host").unwrap()),
-            parent: None,
-            scheduled_start: None,
-            scheduled_end: None,
-        };
+        let req = create("coding", room(1).as_str(), "host");
         first.create(&admin(), req).await.unwrap();
         // What the killed reload left: the new rules in force, the deadlines of the old.
         let three_days = rules("3d");
@@ -197,16 +179,7 @@ fn repairs(max_open_per_host: Option<u32>) -> Config {
 }
 
 fn repair(n: usize, host: &UserId) -> CreateRequest {
-    CreateRequest {
-        id: Some(SessionId::parse(&format!("repair{n}")).unwrap()),
-        kind: "repair".into(),
-        title: None,
-        metadata: None,
-        host: Some(host.clone()),
-        parent: None,
-        scheduled_start: None,
-        scheduled_end: None,
-    }
+    create("repair", &format!("repair{n}"), host.as_str())
 }
 
 /// A kind given a host limit counts the sessions already open, those created while it had
