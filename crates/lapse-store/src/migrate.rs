@@ -50,6 +50,11 @@ pub const SQLITE: &[Script] = &[
         name: "host limited",
         sql: include_str!("../migrations/sqlite/0007_host_limited.sql"),
     },
+    Script {
+        version: 8,
+        name: "host limit in id order",
+        sql: include_str!("../migrations/sqlite/0008_host_limit_in_id_order.sql"),
+    },
 ];
 
 /// PostgreSQL's scripts.
@@ -98,5 +103,10 @@ pub const POSTGRES: &[Script] = &[
         version: 9,
         name: "host limited",
         sql: include_str!("../migrations/postgres/0009_host_limited.sql"),
+    },
+    Script {
+        version: 10,
+        name: "host limit in id order",
+        sql: include_str!("../migrations/postgres/0010_host_limit_in_id_order.sql"),
     },
 ];

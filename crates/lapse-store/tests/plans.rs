@@ -130,6 +130,10 @@ fn assert_indexed(backend: &str, plans: &[(String, String)]) {
         ("list by participant", "participants_user"),
         ("list by host", "sessions_host"),
         ("host limit", "sessions_open_by_host"),
+        (
+            "host's open sessions of a kind, as its limit counts them",
+            "sessions_open_by_host",
+        ),
         ("due rows", "sessions_next_due"),
         ("due rows of a kind", "sessions_next_due"),
         ("due rows counted", "sessions_next_due"),
@@ -161,6 +165,7 @@ fn assert_indexed(backend: &str, plans: &[(String, String)]) {
         "list, first page",
         "list, next page",
         "list by kind and status",
+        "host's open sessions of a kind, as its limit counts them",
     ] {
         let plan = plan_of(backend, plans, name);
         assert!(
