@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use lapse_core::event::{Event, EventType, Notification};
 use lapse_core::session::{NextDue, Participant, ParticipantState, Role, Session, Status, Summary};
-use lapse_core::store::{Delivery, DeliveryStatus, RulesInForce};
+use lapse_core::store::{Commit, Delivery, DeliveryStatus, RulesInForce};
 use lapse_core::{SessionId, StoreError, Timestamp, UserId};
 use sqlx::Row;
 
@@ -322,7 +322,7 @@ where
 
 /// Whether `s`, inserted by `commit`, counts against its host's limit: the commit checked
 /// one for its kind and host, because the kind has one under the rules it was decided by.
-pub(crate) fn counted_by(commit: &lapse_core::store::Commit, s: &lapse_core::Session) -> bool {
+pub(crate) fn counted_by(commit: &Commit, s: &Session) -> bool {
     commit
         .host_limit
         .as_ref()
