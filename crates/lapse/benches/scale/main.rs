@@ -12,6 +12,8 @@
 //! `--out FILE`. PostgreSQL figures run when `LAPSE_TEST_POSTGRES_URL` names a server (as
 //! `scripts/with-postgres` sets it). `LAPSE_BENCH_EXE=path` serves with another build of
 //! `lapse` (an older one, to compare); `LAPSE_BENCH_SERVER_LOG=path` keeps its log there.
+//! `LAPSE_BENCH_PERF_CTL=fifo` and `LAPSE_BENCH_PERF_ACK=fifo` turn a `perf record -D -1
+//! --control fifo:ctl,ack` on only while an in-process figure's work is timed.
 //!
 //! - `measure`: interleaved pairs, medians, spreads. `report`: the table.
 //! - `world`: a filled database and an engine over it (in-process figures).

@@ -151,10 +151,13 @@ impl World {
     /// copy fell inside it).
     pub async fn timed(&self, work: impl Future<Output = ()>) -> Duration {
         self.copy_log().await;
+        perf_ctl("enable");
         let started = Instant::now();
         work.await;
         self.copy_log().await;
-        started.elapsed()
+        let took = started.elapsed();
+        perf_ctl("disable");
+        took
     }
 
     /// Operations per second of `n` runs of `op`, one after another, timed as [`World::timed`].
@@ -239,5 +242,28 @@ pub fn admin() -> Caller {
     Caller::Admin {
         name: "bench".into(),
         actor: None,
+    }
+}
+
+/// Turns `perf record` on or off around timed work, when the run asks for it: with
+/// `LAPSE_BENCH_PERF_CTL=fifo` (and `LAPSE_BENCH_PERF_ACK=fifo`, perf's answer) a profile
+/// started disabled (`perf record -D -1 --control fifo:ctl,ack`) samples only what the
+/// figures time, not the imports and setup between them.
+fn perf_ctl(command: &str) {
+    use std::io::{Read, Write};
+    let Ok(control) = std::env::var("LAPSE_BENCH_PERF_CTL") else {
+        return;
+    };
+    let told = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&control)
+        .and_then(|mut f| writeln!(f, "{command}"));
+    if let Err(e) = told {
+        panic!("LAPSE_BENCH_PERF_CTL={control}: {e}");
+    }
+    if let Ok(ack) = std::env::var("LAPSE_BENCH_PERF_ACK") {
+        // perf answers `ack` once the command has taken effect.
+        let mut answer = [0u8; 4];
+        let _ = std::fs::File::open(ack).and_then(|mut f| f.read(&mut answer));
     }
 }
