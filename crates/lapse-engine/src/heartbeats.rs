@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use std::time::Duration;
 
@@ -21,6 +22,25 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// million live sessions a beat dirties two pages no other beat shares, and ten thousand of
 /// them hold SQLite's one writer for a good part of a second.
 pub const FLUSH_CHUNK: usize = 1_000;
+
+/// About how long one flush transaction may hold the writer: the most a sweep's batch waits
+/// behind a flush. Where beats are slow to write (a million live sessions, their pages cold:
+/// 100–170 µs a beat), a transaction takes fewer than [`FLUSH_CHUNK`] (see [`next_chunk`]).
+pub const FLUSH_HOLD: Duration = Duration::from_millis(25);
+
+/// Fewest beats in one flush transaction, however slow the last one was.
+pub const FLUSH_CHUNK_MIN: usize = 128;
+
+/// How many beats the next flush transaction takes, from the last one: `beats` written in
+/// `took`. As many as fit in [`FLUSH_HOLD`] at that pace, between [`FLUSH_CHUNK_MIN`] and
+/// [`FLUSH_CHUNK`].
+pub fn next_chunk(beats: usize, took: Duration) -> usize {
+    let per_beat = took.as_nanos() / beats.max(1) as u128;
+    let fit = FLUSH_HOLD.as_nanos() / per_beat.max(1);
+    usize::try_from(fit)
+        .unwrap_or(FLUSH_CHUNK)
+        .clamp(FLUSH_CHUNK_MIN, FLUSH_CHUNK)
+}
 
 /// Most participants with a beat waiting while the database is out of reach (a few hundred
 /// bytes each); past it, heartbeats the database would be needed for are refused.
@@ -37,6 +57,8 @@ pub const IDLE_GRACE: Span = Span::from_millis(2 * FLUSH_INTERVAL.as_millis() as
 #[derive(Default)]
 pub struct Heartbeats {
     pending: Mutex<Pending>,
+    /// Beats in the next flush transaction ([`next_chunk`] of the last); 0 before the first.
+    chunk: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -111,6 +133,19 @@ impl Heartbeats {
         }
     }
 
+    /// How many beats the next flush transaction takes.
+    pub fn chunk(&self) -> usize {
+        match self.chunk.load(Ordering::Relaxed) {
+            0 => FLUSH_CHUNK,
+            n => n,
+        }
+    }
+
+    /// Notes that a flush transaction wrote `beats` in `took`, to size the next.
+    pub fn written(&self, beats: usize, took: Duration) {
+        self.chunk.store(next_chunk(beats, took), Ordering::Relaxed);
+    }
+
     /// How many participants have a pending beat.
     pub fn len(&self) -> usize {
         self.lock().participants
@@ -136,6 +171,27 @@ fn beats_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flush_transaction_holds_the_writer_about_its_hold_time() {
+        let ms = Duration::from_millis;
+        // Hot pages (about 20 µs a beat): the largest transaction fits.
+        assert_eq!(next_chunk(1_000, ms(20)), FLUSH_CHUNK);
+        // Cold pages at a million live (about 125 µs a beat): what fits in 25 ms.
+        assert_eq!(next_chunk(1_000, ms(125)), 200);
+        // Slower still, or a beat that waited long for the writer: never fewer than the least.
+        assert_eq!(next_chunk(1_000, ms(2_000)), FLUSH_CHUNK_MIN);
+        assert_eq!(next_chunk(200, ms(5)), FLUSH_CHUNK);
+        // Nothing measured, or nothing written: no division by zero, the largest.
+        assert_eq!(next_chunk(0, ms(0)), FLUSH_CHUNK);
+        assert_eq!(next_chunk(300, Duration::ZERO), FLUSH_CHUNK);
+        let beats = Heartbeats::default();
+        assert_eq!(beats.chunk(), FLUSH_CHUNK);
+        beats.written(1_000, ms(125));
+        assert_eq!(beats.chunk(), 200);
+        beats.written(200, ms(4));
+        assert_eq!(beats.chunk(), FLUSH_CHUNK);
+    }
 
     #[test]
     fn a_participant_beating_again_is_pending_once_at_its_latest_time() {

@@ -198,8 +198,9 @@ impl Engine {
     }
 
     /// Writes every pending heartbeat, in transactions of at most
-    /// [`heartbeats::FLUSH_CHUNK`]. On failure the beats not written are kept for the next
-    /// flush.
+    /// [`heartbeats::FLUSH_CHUNK`], fewer where beats are slow to write (each holds the writer
+    /// about [`heartbeats::FLUSH_HOLD`]). On failure the beats not written are kept for the
+    /// next flush.
     pub async fn flush_heartbeats(&self) -> Result<usize, EngineError> {
         self.write_beats(self.beats.drain()).await
     }
@@ -215,10 +216,13 @@ impl Engine {
     async fn write_beats(&self, mut beats: Vec<Beat>) -> Result<usize, EngineError> {
         let n = beats.len();
         while !beats.is_empty() {
-            let rest = beats.split_off(beats.len().min(heartbeats::FLUSH_CHUNK));
+            let rest = beats.split_off(beats.len().min(self.beats.chunk()));
             let since = tokio::time::Instant::now();
             match self.store.flush_heartbeats(&beats).await {
-                Ok(moved) => self.sessions.flushed(&beats, &moved, since),
+                Ok(moved) => {
+                    self.beats.written(beats.len(), since.elapsed());
+                    self.sessions.flushed(&beats, &moved, since);
+                }
                 Err(e) => {
                     self.beats.restore(beats);
                     self.beats.restore(rest);
