@@ -31,17 +31,6 @@ pub const FLUSH_HOLD: Duration = Duration::from_millis(25);
 /// Fewest beats in one flush transaction, however slow the last one was.
 pub const FLUSH_CHUNK_MIN: usize = 128;
 
-/// How many beats the next flush transaction takes, from the last one: `beats` written in
-/// `took`. As many as fit in [`FLUSH_HOLD`] at that pace, between [`FLUSH_CHUNK_MIN`] and
-/// [`FLUSH_CHUNK`].
-pub fn next_chunk(beats: usize, took: Duration) -> usize {
-    let per_beat = took.as_nanos() / beats.max(1) as u128;
-    let fit = FLUSH_HOLD.as_nanos() / per_beat.max(1);
-    usize::try_from(fit)
-        .unwrap_or(FLUSH_CHUNK)
-        .clamp(FLUSH_CHUNK_MIN, FLUSH_CHUNK)
-}
-
 /// Most participants with a beat waiting while the database is out of reach (a few hundred
 /// bytes each); past it, heartbeats the database would be needed for are refused.
 pub const MAX_PENDING: usize = 100_000;
@@ -52,6 +41,17 @@ pub const MAX_PENDING: usize = 100_000;
 /// (its last acknowledged second of beats is lost, and the rule still fires no earlier than
 /// the idle time after the last of them).
 pub const IDLE_GRACE: Span = Span::from_millis(2 * FLUSH_INTERVAL.as_millis() as i64);
+
+/// How many beats the next flush transaction takes, from the last one: `beats` written in
+/// `took`. As many as fit in [`FLUSH_HOLD`] at that pace, between [`FLUSH_CHUNK_MIN`] and
+/// [`FLUSH_CHUNK`].
+pub fn next_chunk(beats: usize, took: Duration) -> usize {
+    let per_beat = took.as_nanos() / beats.max(1) as u128;
+    let fit = FLUSH_HOLD.as_nanos() / per_beat.max(1);
+    usize::try_from(fit)
+        .unwrap_or(FLUSH_CHUNK)
+        .clamp(FLUSH_CHUNK_MIN, FLUSH_CHUNK)
+}
 
 /// Pending heartbeats, session → user → latest time seen.
 #[derive(Default)]
