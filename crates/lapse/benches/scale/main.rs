@@ -167,7 +167,7 @@ async fn run(o: &Options, fd_limit: u64) -> Vec<Row> {
                 .streams
                 .min(o.live)
                 .min(fd_limit.saturating_sub(500) as usize);
-            rows.extend(streams::figures(&server, o.rounds.min(3), load.seconds, streams).await);
+            rows.extend(streams::figures(&server, o.rounds, load.seconds, streams).await);
         }
         if runs("overload") {
             let connections = if o.smoke { 50 } else { 2_000 };

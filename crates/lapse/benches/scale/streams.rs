@@ -148,19 +148,23 @@ fn timed_update(rooms: u64, epoch: Instant) -> Arc<dyn Fn(u64) -> Request + Send
     })
 }
 
-/// The three stream figures, `rounds` rounds of: updates at full speed with no stream open;
-/// `n` streams opened (memory before and after); paced updates timed to their streams;
-/// updates at full speed with the streams open.
+/// The three stream figures, `rounds` rounds of: `n` streams opened (memory before and
+/// after); paced updates timed to their streams; updates at full speed with the streams open;
+/// and updates at full speed with no stream open, before the streams open in even rounds and
+/// after they close in odd ones, so neither side always follows the same work.
 pub async fn figures(server: &Server, rounds: usize, secs: f64, n: usize) -> Vec<Row> {
     let epoch = Instant::now();
     let run = Duration::from_secs_f64(secs);
     let update = timed_update(n as u64, epoch);
     let (mut writes, mut per_stream, mut delays) = (Pair::default(), Vec::new(), Vec::new());
     let (mut sent, mut received) = (0, 0);
-    for _ in 0..rounds {
-        writes
-            .b
-            .push(throughput(&server.addr, 16, run, update.clone()).await.0);
+    // Updates at full speed for one run.
+    let full_speed = || throughput(&server.addr, 16, run, update.clone());
+    for round in 0..rounds {
+        let quiet_first = round % 2 == 0;
+        if quiet_first {
+            writes.b.push(full_speed().await.0);
+        }
 
         let before = server.rss_mb();
         let streams = Streams::open(&server.addr, n, epoch).await;
@@ -172,13 +176,21 @@ pub async fn figures(server: &Server, rounds: usize, secs: f64, n: usize) -> Vec
         received += streams.received.swap(0, Ordering::Relaxed);
         delays.append(&mut streams.delays.lock().unwrap_or_else(|p| p.into_inner()));
 
-        writes
-            .a
-            .push(throughput(&server.addr, 16, run, update.clone()).await.0);
+        writes.a.push(full_speed().await.0);
         streams.close();
-        // Let the server notice the closed streams before the next round's quiet run.
+        // Let the server notice the closed streams before a quiet run.
         tokio::time::sleep(Duration::from_secs(1)).await;
+        if !quiet_first {
+            writes.b.push(full_speed().await.0);
+        }
     }
+    let by_round: Vec<String> = (writes.a.iter().zip(&writes.b))
+        .map(|(a, b)| format!("{a:.0}/{b:.0}"))
+        .collect();
+    eprintln!(
+        "  updates/s, streams open / none, by round: {}",
+        by_round.join(" ")
+    );
     let human = crate::engine::human;
     let p99 = percentile(&delays, 0.99);
     vec![
