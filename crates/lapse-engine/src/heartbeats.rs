@@ -141,9 +141,14 @@ impl Heartbeats {
         }
     }
 
-    /// Notes that a flush transaction wrote `beats` in `took`, to size the next.
+    /// Notes that a flush transaction wrote `beats` in `took`, to size the next. A
+    /// transaction of fewer than [`FLUSH_CHUNK_MIN`] (a sweep writing the beats of the few
+    /// sessions it decides) says little of the pace: its wait for the writer, spread over a
+    /// few beats, would shrink the next flush's transactions for nothing. It leaves the size.
     pub fn written(&self, beats: usize, took: Duration) {
-        self.chunk.store(next_chunk(beats, took), Ordering::Relaxed);
+        if beats >= FLUSH_CHUNK_MIN {
+            self.chunk.store(next_chunk(beats, took), Ordering::Relaxed);
+        }
     }
 
     /// How many participants have a pending beat.
@@ -191,6 +196,11 @@ mod tests {
         assert_eq!(beats.chunk(), 200);
         beats.written(200, ms(4));
         assert_eq!(beats.chunk(), FLUSH_CHUNK);
+        // Three beats that waited 20 ms for the writer behind a sweep: the size stays.
+        beats.written(3, ms(20));
+        assert_eq!(beats.chunk(), FLUSH_CHUNK);
+        beats.written(FLUSH_CHUNK_MIN, ms(50));
+        assert_eq!(beats.chunk(), FLUSH_CHUNK_MIN);
     }
 
     #[test]
