@@ -723,14 +723,22 @@ impl Engine {
         self.wake_ups.load(Ordering::Relaxed)
     }
 
-    /// Flushes heartbeats every `every` until `shutdown`. The last flush is the caller's,
-    /// once no request can add a beat any more ([`Engine::flush_heartbeats`]).
+    /// Flushes heartbeats every `every` until `shutdown`, each flush starting `every` after
+    /// the last one started, or as soon as it ends when it took longer. A beat then waits
+    /// for the next flush at most an interval, or the length of a slow flush, and is
+    /// committed within that flush: [`crate::heartbeats::IDLE_GRACE`] covers it while a flush
+    /// takes less than an interval. (Sleeping an interval after each flush instead, a beat
+    /// taken just after a flush began would wait for that flush, the interval, and its own
+    /// flush.) The last flush is the caller's, once no request can add a beat any more
+    /// ([`Engine::flush_heartbeats`]).
     pub async fn run_heartbeat_flusher(&self, every: Duration, shutdown: CancellationToken) {
+        let mut next = tokio::time::Instant::now() + every;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep_until(next) => {}
                 _ = shutdown.cancelled() => return,
             }
+            next = tokio::time::Instant::now() + every;
             if let Err(e) = self.flush_heartbeats().await
                 && !e.is_unavailable()
             {
