@@ -84,6 +84,8 @@ pub struct SweeperStats {
     errors: AtomicU64,
     rearmed: AtomicU64,
     last: Mutex<Option<(Timestamp, u64)>>,
+    /// How long the heartbeat flusher's last flush took, in ms; `u64::MAX` before the first.
+    last_flush_ms: AtomicU64,
     /// How late each rule was applied: the sweep's instant minus its deadline.
     lag: crate::metrics::Histogram,
 }
@@ -96,6 +98,7 @@ impl Default for SweeperStats {
             errors: AtomicU64::new(0),
             rearmed: AtomicU64::new(0),
             last: Mutex::new(None),
+            last_flush_ms: AtomicU64::new(u64::MAX),
             lag: crate::metrics::Histogram::new(crate::metrics::LAG_BUCKETS),
         }
     }
@@ -118,6 +121,10 @@ pub struct SweeperFigures {
     pub last_duration_ms: Option<u64>,
     /// Heartbeats waiting to be flushed.
     pub pending_heartbeats: usize,
+    /// How long the heartbeat flusher's last flush took. Past the flush interval (a second),
+    /// a beat can be written after the idle grace, and with several instances another one
+    /// could decide an idle rule without it.
+    pub last_flush_duration_ms: Option<u64>,
     /// The earliest stored deadline.
     pub next_deadline: Option<Timestamp>,
 }
@@ -627,6 +634,8 @@ impl Engine {
             last_sweep_at: last.map(|(at, _)| at),
             last_duration_ms: last.map(|(_, d)| d),
             pending_heartbeats: self.beats.len(),
+            last_flush_duration_ms: Some(s.last_flush_ms.load(Ordering::Relaxed))
+                .filter(|&ms| ms != u64::MAX),
             next_deadline: self.store.next_deadline().await?,
         })
     }
@@ -733,16 +742,34 @@ impl Engine {
     /// ([`Engine::flush_heartbeats`]).
     pub async fn run_heartbeat_flusher(&self, every: Duration, shutdown: CancellationToken) {
         let mut next = tokio::time::Instant::now() + every;
+        // Whether the last flush ran over the interval: said once when it starts to.
+        let mut over = false;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
                 _ = shutdown.cancelled() => return,
             }
-            next = tokio::time::Instant::now() + every;
-            if let Err(e) = self.flush_heartbeats().await
-                && !e.is_unavailable()
-            {
-                tracing::warn!(error = %e, "heartbeat flush failed; beats kept for the next one");
+            let started = tokio::time::Instant::now();
+            next = started + every;
+            match self.flush_heartbeats().await {
+                Ok(beats) => {
+                    let took = started.elapsed();
+                    let ms = took.as_millis() as u64;
+                    self.stats.last_flush_ms.store(ms, Ordering::Relaxed);
+                    if took > every && !over {
+                        tracing::warn!(
+                            beats,
+                            ms,
+                            "a heartbeat flush took longer than the flush interval: beats may be \
+                             written after their idle grace"
+                        );
+                    }
+                    over = took > every;
+                }
+                Err(e) if e.is_unavailable() => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "heartbeat flush failed; beats kept for the next one")
+                }
             }
         }
     }

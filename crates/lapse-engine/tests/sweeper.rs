@@ -1,5 +1,6 @@
 //! The continuous sweeper's plan: it sleeps until the next deadline, and a change that moves
-//! a deadline earlier wakes it. Driven step by step with a manual clock; nothing sleeps.
+//! a deadline earlier wakes it. Driven step by step with a manual clock; nothing sleeps to
+//! wait for a rule (one test watches the heartbeat flusher's loop run, in real time).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -425,6 +426,50 @@ async fn a_flush_of_more_beats_than_one_transaction_takes_writes_every_one() {
         .filter(|p| p.last_seen_at == t0() + Span::from_secs(20))
         .count();
     assert_eq!(beaten, many, "every beat written, in every transaction");
+}
+
+#[tokio::test]
+async fn the_flusher_reports_how_long_its_last_flush_took() {
+    let engine = engine().await;
+    let admin = admin();
+    let hall = SessionId::parse("hall").unwrap();
+    engine
+        .create(&admin, request("study", "hall", None))
+        .await
+        .unwrap();
+    engine
+        .heartbeat(&admin, &hall, &UserId::parse("host").unwrap())
+        .await
+        .unwrap();
+    let figures = engine.sweeper_figures().await.unwrap();
+    assert_eq!(figures.last_flush_duration_ms, None, "no flush yet");
+    assert_eq!(figures.pending_heartbeats, 1);
+
+    // The flusher at a short interval, in real time: it is the flusher's loop under test.
+    let stop = CancellationToken::new();
+    let flusher = {
+        let (engine, stop) = (engine.clone(), stop.clone());
+        tokio::spawn(async move {
+            engine
+                .run_heartbeat_flusher(Duration::from_millis(10), stop)
+                .await
+        })
+    };
+    let figures = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let f = engine.sweeper_figures().await.unwrap();
+            if f.last_flush_duration_ms.is_some() {
+                return f;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the flusher flushes within its interval");
+    stop.cancel();
+    flusher.await.unwrap();
+    assert_eq!(figures.pending_heartbeats, 0, "the beat was written");
+    assert!(figures.last_flush_duration_ms.unwrap() < 10_000);
 }
 
 /// Fails the next read of sessions by id, once: the read a sweep makes of the rows it has

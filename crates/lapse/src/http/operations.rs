@@ -271,6 +271,12 @@ async fn metrics(State(app): State<Arc<AppState>>) -> ApiResult<axum::response::
         "Heartbeats waiting for the next flush.",
         &one(sweeper.pending_heartbeats as f64),
     );
+    metric(
+        "lapse_last_heartbeat_flush_duration_seconds",
+        "gauge",
+        "How long the heartbeat flusher's last flush took (over 1 s: beats may be written after their idle grace).",
+        &one(sweeper.last_flush_duration_ms.unwrap_or(0) as f64 / 1000.0),
+    );
     let until = sweeper.next_deadline.map_or(0.0, |at| {
         (at.millis() - app.engine.now().millis()) as f64 / 1000.0
     });
