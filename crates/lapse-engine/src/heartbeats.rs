@@ -53,7 +53,7 @@ pub fn next_chunk(beats: usize, took: Duration) -> usize {
         .clamp(FLUSH_CHUNK_MIN, FLUSH_CHUNK)
 }
 
-/// Pending heartbeats, session → user → latest time seen.
+/// Pending heartbeats, session → user → latest time seen, with each session's stored wake-up.
 #[derive(Default)]
 pub struct Heartbeats {
     pending: Mutex<Pending>,
@@ -63,9 +63,25 @@ pub struct Heartbeats {
 
 #[derive(Default)]
 struct Pending {
-    by_session: HashMap<SessionId, HashMap<UserId, Timestamp>>,
+    by_session: HashMap<SessionId, Room>,
     /// Participants with a beat in `by_session`.
     participants: usize,
+}
+
+/// One session's pending beats.
+struct Room {
+    /// The session's stored wake-up, as its beats found it: when a sweep, of this instance or
+    /// another, next looks at the row. A flush writes the rooms looked at soonest first.
+    wake_at: Option<Timestamp>,
+    users: HashMap<UserId, Timestamp>,
+}
+
+/// The earlier of two wake-ups, where `None` is none.
+fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 impl Heartbeats {
@@ -74,21 +90,34 @@ impl Heartbeats {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records that `user` was seen in `session` at `at`.
-    pub fn record(&self, session: &SessionId, user: &UserId, at: Timestamp) {
+    /// Records that `user` was seen in `session` at `at`; `wake_at` is the session's stored
+    /// wake-up (`Session::wake_at` of a copy as stored), which orders the flush.
+    pub fn record(
+        &self,
+        session: &SessionId,
+        user: &UserId,
+        at: Timestamp,
+        wake_at: Option<Timestamp>,
+    ) {
         let mut pending = self.lock();
         // Looked up before anything is copied: a room beats many times between flushes.
         let new = match pending.by_session.get_mut(session) {
-            Some(users) => match users.get_mut(user) {
-                Some(seen) => {
-                    *seen = (*seen).max(at);
-                    false
+            Some(room) => {
+                room.wake_at = earliest(room.wake_at, wake_at);
+                match room.users.get_mut(user) {
+                    Some(seen) => {
+                        *seen = (*seen).max(at);
+                        false
+                    }
+                    None => room.users.insert(user.clone(), at).is_none(),
                 }
-                None => users.insert(user.clone(), at).is_none(),
-            },
+            }
             None => {
-                let users = HashMap::from([(user.clone(), at)]);
-                pending.by_session.insert(session.clone(), users);
+                let room = Room {
+                    wake_at,
+                    users: HashMap::from([(user.clone(), at)]),
+                };
+                pending.by_session.insert(session.clone(), room);
                 true
             }
         };
@@ -98,8 +127,8 @@ impl Heartbeats {
     /// Applies the pending beats of `s` to it, so decisions see them before they are flushed.
     pub fn overlay(&self, s: &mut Session) {
         let pending = self.lock();
-        if let Some(users) = pending.by_session.get(&s.id) {
-            for (user, at) in users {
+        if let Some(room) = pending.by_session.get(&s.id) {
+            for (user, at) in &room.users {
                 if s.is_joined(user) {
                     lapse_core::lifecycle::heartbeat(s, user, *at);
                 }
@@ -107,10 +136,16 @@ impl Heartbeats {
         }
     }
 
-    /// Takes every pending beat, leaving the map empty.
+    /// Takes every pending beat, leaving the map empty: the beats of the sessions whose
+    /// stored wake-up comes soonest first, those with none last. A flush writes them in this
+    /// order, a transaction at a time, so where a flush runs long, the rooms a sweep looks at
+    /// next (an idle rule about to be decided on the stored row, perhaps by another instance)
+    /// are written in its first transaction, not its last.
     pub fn drain(&self) -> Vec<Beat> {
         let map = std::mem::take(&mut *self.lock()).by_session;
-        map.into_iter().flat_map(beats_of).collect()
+        let mut rooms: Vec<(SessionId, Room)> = map.into_iter().collect();
+        rooms.sort_unstable_by_key(|(_, room)| (room.wake_at.is_none(), room.wake_at));
+        rooms.into_iter().flat_map(beats_of).collect()
     }
 
     /// Takes the pending beats of `sessions` only, leaving the rest.
@@ -118,18 +153,24 @@ impl Heartbeats {
         let mut pending = self.lock();
         let mut taken = Vec::new();
         for id in sessions {
-            if let Some(users) = pending.by_session.remove_entry(id) {
-                pending.participants -= users.1.len();
-                taken.extend(beats_of(users));
+            if let Some(room) = pending.by_session.remove_entry(id) {
+                pending.participants -= room.1.users.len();
+                taken.extend(beats_of(room));
             }
         }
         taken
     }
 
-    /// Puts back beats whose flush failed, so none is lost.
+    /// Puts back beats whose flush failed, so none is lost. They have waited longest: the
+    /// next flush writes them first.
     pub fn restore(&self, beats: Vec<Beat>) {
         for b in beats {
-            self.record(&b.session, &b.user, b.at);
+            self.record(
+                &b.session,
+                &b.user,
+                b.at,
+                Some(Timestamp::from_millis(i64::MIN)),
+            );
         }
     }
 
@@ -163,10 +204,8 @@ impl Heartbeats {
 }
 
 /// One session's pending beats as flushable rows.
-fn beats_of(
-    (session, users): (SessionId, HashMap<UserId, Timestamp>),
-) -> impl Iterator<Item = Beat> {
-    users.into_iter().map(move |(user, at)| Beat {
+fn beats_of((session, room): (SessionId, Room)) -> impl Iterator<Item = Beat> {
+    room.users.into_iter().map(move |(user, at)| Beat {
         session: session.clone(),
         user,
         at,
@@ -204,6 +243,30 @@ mod tests {
     }
 
     #[test]
+    fn a_flush_writes_first_the_rooms_a_sweep_looks_at_soonest() {
+        let beats = Heartbeats::default();
+        let id = |s: &str| SessionId::parse(s).unwrap();
+        let ann = UserId::parse("ann").unwrap();
+        let at = Timestamp::from_millis;
+        beats.record(&id("later"), &ann, at(1_000), Some(at(90_000)));
+        beats.record(&id("never"), &ann, at(1_000), None);
+        beats.record(&id("soon"), &ann, at(1_000), Some(at(60_000)));
+        beats.record(&id("sooner"), &ann, at(1_000), Some(at(70_000)));
+        // A later beat of the same room, read where its stored wake-up was earlier still.
+        beats.record(&id("sooner"), &ann, at(1_200), Some(at(30_000)));
+        let order = |drained: Vec<Beat>| -> Vec<String> {
+            drained.iter().map(|b| b.session.to_string()).collect()
+        };
+        let drained = beats.drain();
+        assert_eq!(order(drained.clone()), ["sooner", "soon", "later", "never"]);
+
+        // Beats whose flush failed come back, and go first next time.
+        beats.record(&id("fresh"), &ann, at(2_000), Some(at(10_000)));
+        beats.restore(drained[3..].to_vec());
+        assert_eq!(order(beats.drain()), ["never", "fresh"]);
+    }
+
+    #[test]
     fn a_participant_beating_again_is_pending_once_at_its_latest_time() {
         let beats = Heartbeats::default();
         let (room, other) = (
@@ -212,10 +275,10 @@ mod tests {
         );
         let (ann, bob) = (UserId::parse("ann").unwrap(), UserId::parse("bob").unwrap());
         let at = Timestamp::from_millis;
-        beats.record(&room, &ann, at(2_000));
-        beats.record(&room, &ann, at(1_000)); // late, out of order: the latest stays
-        beats.record(&room, &bob, at(1_500));
-        beats.record(&other, &ann, at(3_000));
+        beats.record(&room, &ann, at(2_000), None);
+        beats.record(&room, &ann, at(1_000), None); // late, out of order: the latest stays
+        beats.record(&room, &bob, at(1_500), None);
+        beats.record(&other, &ann, at(3_000), None);
         assert_eq!(beats.len(), 3);
         let mut drained: Vec<(String, String, i64)> = beats
             .drain()

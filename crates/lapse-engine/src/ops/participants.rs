@@ -90,7 +90,7 @@ impl Engine {
             && h.current
             && takes_beat(h)
         {
-            self.beats.record(id, user, now);
+            self.beats.record(id, user, now, h.session.wake_at);
             return Ok(());
         }
         let s = match self.settle(id).await {
@@ -103,7 +103,7 @@ impl Engine {
                     && takes_beat(h)
                     && self.beats.len() < crate::heartbeats::MAX_PENDING
                 {
-                    self.beats.record(id, user, now);
+                    self.beats.record(id, user, now, h.session.wake_at);
                     return Ok(());
                 }
                 return Err(e);
@@ -111,7 +111,7 @@ impl Engine {
             Err(e) => return Err(e),
         };
         lifecycle::check_heartbeat(&s, user)?;
-        self.beats.record(id, user, self.now());
+        self.beats.record(id, user, self.now(), s.wake_at);
         Ok(())
     }
 
