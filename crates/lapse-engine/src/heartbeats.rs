@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use std::time::Duration;
 
@@ -54,11 +54,12 @@ pub fn next_chunk(beats: usize, took: Duration) -> usize {
 }
 
 /// Pending heartbeats, session → user → latest time seen, with each session's stored wake-up.
-#[derive(Default)]
 pub struct Heartbeats {
     pending: Mutex<Pending>,
     /// Beats in the next flush transaction ([`next_chunk`] of the last); 0 before the first.
     chunk: AtomicUsize,
+    /// How long the flusher's last flush took, in ms; `u64::MAX` before the first.
+    last_flush_ms: AtomicU64,
 }
 
 #[derive(Default)]
@@ -81,6 +82,16 @@ fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
+    }
+}
+
+impl Default for Heartbeats {
+    fn default() -> Self {
+        Heartbeats {
+            pending: Mutex::default(),
+            chunk: AtomicUsize::new(0),
+            last_flush_ms: AtomicU64::new(u64::MAX),
+        }
     }
 }
 
@@ -189,6 +200,22 @@ impl Heartbeats {
     pub fn written(&self, beats: usize, took: Duration) {
         if beats >= FLUSH_CHUNK_MIN {
             self.chunk.store(next_chunk(beats, took), Ordering::Relaxed);
+        }
+    }
+
+    /// Notes how long a whole flush of the flusher took.
+    pub fn flush_took(&self, took: Duration) {
+        let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX - 1);
+        self.last_flush_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long the flusher's last flush took, if it has flushed. Past the flush interval, a
+    /// beat can be written after the idle grace, and with several instances another one
+    /// could decide an idle rule without it.
+    pub fn last_flush(&self) -> Option<Duration> {
+        match self.last_flush_ms.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            ms => Some(Duration::from_millis(ms)),
         }
     }
 

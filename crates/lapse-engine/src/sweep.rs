@@ -84,8 +84,6 @@ pub struct SweeperStats {
     errors: AtomicU64,
     rearmed: AtomicU64,
     last: Mutex<Option<(Timestamp, u64)>>,
-    /// How long the heartbeat flusher's last flush took, in ms; `u64::MAX` before the first.
-    last_flush_ms: AtomicU64,
     /// How late each rule was applied: the sweep's instant minus its deadline.
     lag: crate::metrics::Histogram,
 }
@@ -98,7 +96,6 @@ impl Default for SweeperStats {
             errors: AtomicU64::new(0),
             rearmed: AtomicU64::new(0),
             last: Mutex::new(None),
-            last_flush_ms: AtomicU64::new(u64::MAX),
             lag: crate::metrics::Histogram::new(crate::metrics::LAG_BUCKETS),
         }
     }
@@ -121,9 +118,8 @@ pub struct SweeperFigures {
     pub last_duration_ms: Option<u64>,
     /// Heartbeats waiting to be flushed.
     pub pending_heartbeats: usize,
-    /// How long the heartbeat flusher's last flush took. Past the flush interval (a second),
-    /// a beat can be written after the idle grace, and with several instances another one
-    /// could decide an idle rule without it.
+    /// How long the heartbeat flusher's last flush took (see
+    /// [`crate::heartbeats::Heartbeats::last_flush`]).
     pub last_flush_duration_ms: Option<u64>,
     /// The earliest stored deadline.
     pub next_deadline: Option<Timestamp>,
@@ -634,8 +630,7 @@ impl Engine {
             last_sweep_at: last.map(|(at, _)| at),
             last_duration_ms: last.map(|(_, d)| d),
             pending_heartbeats: self.beats.len(),
-            last_flush_duration_ms: Some(s.last_flush_ms.load(Ordering::Relaxed))
-                .filter(|&ms| ms != u64::MAX),
+            last_flush_duration_ms: self.beats.last_flush().map(|d| d.as_millis() as u64),
             next_deadline: self.store.next_deadline().await?,
         })
     }
@@ -754,12 +749,11 @@ impl Engine {
             match self.flush_heartbeats().await {
                 Ok(beats) => {
                     let took = started.elapsed();
-                    let ms = took.as_millis() as u64;
-                    self.stats.last_flush_ms.store(ms, Ordering::Relaxed);
+                    self.beats.flush_took(took);
                     if took > every && !over {
                         tracing::warn!(
                             beats,
-                            ms,
+                            ms = took.as_millis() as u64,
                             "a heartbeat flush took longer than the flush interval: beats may be \
                              written after their idle grace"
                         );

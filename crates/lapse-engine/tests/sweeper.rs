@@ -48,6 +48,15 @@ async fn paged_engine(batch: u32, dir: &std::path::Path) -> Arc<Engine> {
     Engine::new(store, Arc::new(config), Clock::manual(t0()))
 }
 
+/// Opens study room `id` (hosted by `host`), now.
+async fn open_study(engine: &Engine, id: &str) -> SessionId {
+    engine
+        .create(&admin(), request("study", id, None))
+        .await
+        .unwrap();
+    SessionId::parse(id).unwrap()
+}
+
 fn request(kind: &str, id: &str, start: Option<Span>) -> CreateRequest {
     CreateRequest {
         scheduled_start: start.map(|s| t0() + s),
@@ -394,11 +403,7 @@ async fn a_sweep_writes_the_beats_of_the_sessions_it_decides_and_leaves_the_rest
 async fn a_flush_of_more_beats_than_one_transaction_takes_writes_every_one() {
     let (engine, store) = engine_and_store().await;
     let admin = admin();
-    let hall = SessionId::parse("hall").unwrap();
-    engine
-        .create(&admin, request("study", "hall", None))
-        .await
-        .unwrap();
+    let hall = open_study(&engine, "hall").await;
     let many = lapse_engine::heartbeats::FLUSH_CHUNK * 2 + 1;
     let users: Vec<UserId> = (0..many)
         .map(|n| UserId::parse(&format!("u{n}")).unwrap())
@@ -432,11 +437,7 @@ async fn a_flush_of_more_beats_than_one_transaction_takes_writes_every_one() {
 async fn the_flusher_reports_how_long_its_last_flush_took() {
     let engine = engine().await;
     let admin = admin();
-    let hall = SessionId::parse("hall").unwrap();
-    engine
-        .create(&admin, request("study", "hall", None))
-        .await
-        .unwrap();
+    let hall = open_study(&engine, "hall").await;
     engine
         .heartbeat(&admin, &hall, &UserId::parse("host").unwrap())
         .await
