@@ -5,7 +5,7 @@
 //! beats of its session before applying rules, and a sweep writes the pending beats of the
 //! sessions it is about to decide before it reads them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -67,6 +67,9 @@ struct Pending {
     by_session: HashMap<SessionId, Room>,
     /// Participants with a beat in `by_session`.
     participants: usize,
+    /// Rooms marked `urgent`, in the order they were: see [`Heartbeats::take_urgent`]. May
+    /// name a room since taken; the room's own mark is what counts.
+    urgent: Vec<SessionId>,
 }
 
 /// One session's pending beats.
@@ -75,6 +78,9 @@ struct Room {
     /// another, next looks at the row. A flush writes the rooms looked at soonest first.
     wake_at: Option<Timestamp>,
     users: HashMap<UserId, Timestamp>,
+    /// Whether a beat came so close to the stored wake-up that waiting for the next flush
+    /// could write it after a sweep has looked (see [`Heartbeats::urgent_within`]).
+    urgent: bool,
 }
 
 /// The earlier of two wake-ups, where `None` is none.
@@ -110,11 +116,17 @@ impl Heartbeats {
         at: Timestamp,
         wake_at: Option<Timestamp>,
     ) {
+        let near = wake_at.is_some_and(|w| w <= at + self.urgent_within());
         let mut pending = self.lock();
+        let pending = &mut *pending;
         // Looked up before anything is copied: a room beats many times between flushes.
         let new = match pending.by_session.get_mut(session) {
             Some(room) => {
                 room.wake_at = earliest(room.wake_at, wake_at);
+                if near && !room.urgent {
+                    room.urgent = true;
+                    pending.urgent.push(session.clone());
+                }
                 match room.users.get_mut(user) {
                     Some(seen) => {
                         *seen = (*seen).max(at);
@@ -127,7 +139,11 @@ impl Heartbeats {
                 let room = Room {
                     wake_at,
                     users: HashMap::from([(user.clone(), at)]),
+                    urgent: near,
                 };
+                if near {
+                    pending.urgent.push(session.clone());
+                }
                 pending.by_session.insert(session.clone(), room);
                 true
             }
@@ -157,6 +173,38 @@ impl Heartbeats {
         let mut rooms: Vec<(SessionId, Room)> = map.into_iter().collect();
         rooms.sort_unstable_by_key(|(_, room)| (room.wake_at.is_none(), room.wake_at));
         rooms.into_iter().flat_map(beats_of).collect()
+    }
+
+    /// How close to its session's stored wake-up a beat is urgent: the idle grace and two
+    /// flushes as long as the last. A beat further off is written in time by the flush after
+    /// the one running when it came (it waits at most the longer of the interval and a flush,
+    /// then its own flush). One closer could be written only after a sweep, perhaps another
+    /// instance's, has decided the room without it, so a running flush takes it between two
+    /// of its transactions (see [`Heartbeats::take_urgent`]).
+    pub fn urgent_within(&self) -> Span {
+        let flush = self.last_flush().map_or(0, |f| f.as_millis());
+        let flush = i64::try_from(flush).unwrap_or(i64::MAX);
+        Span::from_millis(IDLE_GRACE.millis().saturating_add(flush.saturating_mul(2)))
+    }
+
+    /// Takes the pending beats of the rooms marked urgent since the last drain or take, but
+    /// not of those in `taken` (a flush takes a room's urgent beats once: those that follow
+    /// wait for the next flush, the room's row being written by then). Adds the rooms taken
+    /// to `taken`.
+    pub fn take_urgent(&self, taken: &mut HashSet<SessionId>) -> Vec<Beat> {
+        let mut pending = self.lock();
+        let mut beats = Vec::new();
+        for id in std::mem::take(&mut pending.urgent) {
+            if taken.contains(&id) || !pending.by_session.get(&id).is_some_and(|r| r.urgent) {
+                continue;
+            }
+            if let Some(room) = pending.by_session.remove_entry(&id) {
+                pending.participants -= room.1.users.len();
+                beats.extend(beats_of(room));
+                taken.insert(id);
+            }
+        }
+        beats
     }
 
     /// Takes the pending beats of `sessions` only, leaving the rest.
@@ -291,6 +339,39 @@ mod tests {
         beats.record(&id("fresh"), &ann, at(2_000), Some(at(10_000)));
         beats.restore(drained[3..].to_vec());
         assert_eq!(order(beats.drain()), ["never", "fresh"]);
+    }
+
+    #[test]
+    fn a_beat_near_its_rooms_wake_up_is_urgent_once_a_flush() {
+        let beats = Heartbeats::default();
+        let id = |s: &str| SessionId::parse(s).unwrap();
+        let ann = UserId::parse("ann").unwrap();
+        let at = Timestamp::from_millis;
+        // Before any flush, urgent within the idle grace of the stored wake-up.
+        assert_eq!(beats.urgent_within(), IDLE_GRACE);
+        beats.record(&id("near"), &ann, at(10_000), Some(at(11_500)));
+        beats.record(&id("far"), &ann, at(10_000), Some(at(15_000)));
+        beats.record(&id("never"), &ann, at(10_000), None);
+        let mut taken = HashSet::new();
+        let urgent = beats.take_urgent(&mut taken);
+        assert_eq!(urgent.len(), 1);
+        assert_eq!(urgent[0].session, id("near"));
+        assert_eq!(beats.len(), 2, "the others wait for the flush");
+        // Once a flush: near's next beat waits with the rest.
+        beats.record(&id("near"), &ann, at(10_100), Some(at(11_500)));
+        assert!(beats.take_urgent(&mut taken).is_empty());
+        assert_eq!(beats.len(), 3);
+
+        // After a flush of 2 s, a beat may wait two of them: far is urgent now.
+        beats.flush_took(Duration::from_secs(2));
+        assert_eq!(beats.urgent_within(), Span::from_millis(6_000));
+        beats.record(&id("far"), &ann, at(10_200), Some(at(15_000)));
+        let urgent = beats.take_urgent(&mut taken);
+        assert_eq!(urgent.len(), 1);
+        assert_eq!(urgent[0].session, id("far"));
+        // A drain takes the rest, and the marks with them.
+        assert_eq!(beats.drain().len(), 2);
+        assert!(beats.take_urgent(&mut HashSet::new()).is_empty());
     }
 
     #[test]

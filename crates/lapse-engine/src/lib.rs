@@ -33,6 +33,7 @@ pub mod policy;
 pub mod sweep;
 mod write;
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -199,10 +200,30 @@ impl Engine {
 
     /// Writes every pending heartbeat, in transactions of at most
     /// [`heartbeats::FLUSH_CHUNK`], fewer where beats are slow to write (each holds the writer
-    /// about [`heartbeats::FLUSH_HOLD`]). On failure the beats not written are kept for the
-    /// next flush.
+    /// about [`heartbeats::FLUSH_HOLD`]). Beats that come while it runs wait for the next
+    /// flush, but those of a room near its stored wake-up go in the next transaction (see
+    /// [`heartbeats::Heartbeats::urgent_within`]). On failure the beats not written are kept
+    /// for the next flush.
     pub async fn flush_heartbeats(&self) -> Result<usize, EngineError> {
-        self.write_beats(self.beats.drain()).await
+        let mut urgent = HashSet::new();
+        let mut queue = VecDeque::from(self.beats.drain());
+        let mut written = 0;
+        loop {
+            // Taken since the last transaction, and written before the rest of the drain.
+            for beat in self.beats.take_urgent(&mut urgent).into_iter().rev() {
+                queue.push_front(beat);
+            }
+            if queue.is_empty() {
+                return Ok(written);
+            }
+            let chunk: Vec<Beat> = queue.drain(..queue.len().min(self.beats.chunk())).collect();
+            let n = chunk.len();
+            if let Err(e) = self.write_beats(chunk).await {
+                self.beats.restore(queue.into());
+                return Err(e);
+            }
+            written += n;
+        }
     }
 
     /// Writes the pending heartbeats of `sessions` only (a sweep's, before it reads them).
@@ -210,28 +231,33 @@ impl Engine {
         &self,
         sessions: &[SessionId],
     ) -> Result<usize, EngineError> {
-        self.write_beats(self.beats.take(sessions)).await
-    }
-
-    async fn write_beats(&self, mut beats: Vec<Beat>) -> Result<usize, EngineError> {
+        let mut beats = self.beats.take(sessions);
         let n = beats.len();
         while !beats.is_empty() {
             let rest = beats.split_off(beats.len().min(self.beats.chunk()));
-            let since = tokio::time::Instant::now();
-            match self.store.flush_heartbeats(&beats).await {
-                Ok(moved) => {
-                    self.beats.written(beats.len(), since.elapsed());
-                    self.sessions.flushed(&beats, &moved, since);
-                }
-                Err(e) => {
-                    self.beats.restore(beats);
-                    self.beats.restore(rest);
-                    return Err(e.into());
-                }
+            if let Err(e) = self.write_beats(beats).await {
+                self.beats.restore(rest);
+                return Err(e);
             }
             beats = rest;
         }
         Ok(n)
+    }
+
+    /// Writes `beats` in one transaction; on failure they are kept for the next flush.
+    async fn write_beats(&self, beats: Vec<Beat>) -> Result<(), EngineError> {
+        let since = tokio::time::Instant::now();
+        match self.store.flush_heartbeats(&beats).await {
+            Ok(moved) => {
+                self.beats.written(beats.len(), since.elapsed());
+                self.sessions.flushed(&beats, &moved, since);
+                Ok(())
+            }
+            Err(e) => {
+                self.beats.restore(beats);
+                Err(e.into())
+            }
+        }
     }
 
     /// Listens for changes committed by other instances (PostgreSQL's NOTIFY): wakes this

@@ -541,3 +541,105 @@ async fn a_sweep_that_fails_gives_back_the_rows_it_leased() {
     let report = engine.sweep_once(&sweep()).await.unwrap();
     assert_eq!(report.applied.len(), 3, "{report:?}");
 }
+
+/// Holds the first heartbeat flush transaction until the test lets it go, so that beats can
+/// come while a flush runs.
+struct HoldFirstFlush {
+    entered: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    go: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl lapse_core::intercept::Hook for HoldFirstFlush {
+    type Ticket = ();
+
+    fn before(&self, call: lapse_core::intercept::Call) -> Result<(), lapse_core::StoreError> {
+        if call.name == "flush_heartbeats"
+            && let Some(entered) = self.entered.lock().unwrap().take()
+        {
+            entered.send(()).unwrap();
+            // Blocks this worker thread only; the test runs on the other one.
+            let go = self
+                .go
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(10));
+            go.expect("the test lets the flush go");
+        }
+        Ok(())
+    }
+
+    fn after(
+        &self,
+        _call: lapse_core::intercept::Call,
+        _ticket: (),
+        _outcome: Result<(), &lapse_core::StoreError>,
+    ) {
+    }
+}
+
+/// A beat that comes while a flush is writing waits for the next flush, a second later,
+/// unless its room's stored wake-up is too near for that: then the running flush writes it
+/// in its next transaction, before a sweep (perhaps another instance's) reads the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_flush_takes_the_beats_of_rooms_about_to_be_looked_at() {
+    let store = Arc::new(SqliteStore::open("sqlite::memory:", None).await.unwrap());
+    lapse_core::Store::migrate(store.as_ref()).await.unwrap();
+    let (entered, entered_rx) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let hold = Arc::new(HoldFirstFlush {
+        entered: std::sync::Mutex::new(Some(entered)),
+        go: std::sync::Mutex::new(go_rx),
+    });
+    let engine = engine_over(Arc::new(lapse_core::intercept::Intercepted::new(
+        store.clone(),
+        hold,
+    )));
+    let (admin, host) = (admin(), UserId::parse("host").unwrap());
+    // The host's presence in `near` is looked at 90 s after it opened; `far` and `later`
+    // opened 89 s after it, so theirs is 90 s away.
+    let near = open_study(&engine, "near").await;
+    engine.clock().advance(Span::from_secs(89)).unwrap();
+    let far = open_study(&engine, "far").await;
+    let later = open_study(&engine, "later").await;
+    engine.heartbeat(&admin, &far, &host).await.unwrap();
+
+    let flush = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.flush_heartbeats().await })
+    };
+    tokio::task::spawn_blocking(move || entered_rx.recv_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("the flush starts writing");
+    // While it writes `far`: a beat half a second before `near` is looked at, and one in
+    // `later`.
+    engine.clock().advance(Span::from_millis(500)).unwrap();
+    engine.heartbeat(&admin, &near, &host).await.unwrap();
+    engine.heartbeat(&admin, &later, &host).await.unwrap();
+    go.send(()).unwrap();
+
+    assert_eq!(flush.await.unwrap().unwrap(), 2, "far's beat and near's");
+    let figures = engine.sweeper_figures().await.unwrap();
+    assert_eq!(
+        figures.pending_heartbeats, 1,
+        "later's waits for the next flush"
+    );
+    let seen = |s: lapse_core::Session| s.participants[0].last_seen_at;
+    let stored = |id: SessionId| {
+        let store = store.clone();
+        async move {
+            seen(
+                lapse_core::Store::load(store.as_ref(), &id)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            )
+        }
+    };
+    assert_eq!(stored(near).await, t0() + Span::from_millis(89_500));
+    assert_eq!(
+        stored(later).await,
+        t0() + Span::from_secs(89),
+        "as it joined"
+    );
+}
