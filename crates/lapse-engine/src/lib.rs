@@ -9,7 +9,8 @@
 //! - [`ops`]: the session operations (create, join, end, ...).
 //! - [`write`]: turning a changed session and its effects into one atomic commit.
 //! - [`sweep`]: `sweep_once(now)` and the loop that sleeps until the next deadline.
-//! - [`heartbeats`]: in-memory coalescing and batched flushes.
+//! - [`heartbeats`]: in-memory coalescing of heartbeats.
+//! - [`flusher`]: writing them in batches, and the loop that does it every second.
 //! - [`feed`]: one reader of new events per instance, fanning out to event streams.
 //! - [`deliveries`]: signed webhooks out of the event outbox, with retries; retention.
 //! - [`health`]: the health report.
@@ -23,6 +24,7 @@ pub mod clock;
 pub mod committer;
 pub mod deliveries;
 pub mod feed;
+pub mod flusher;
 pub mod health;
 pub mod heartbeats;
 pub mod idempotency;
@@ -33,13 +35,12 @@ pub mod policy;
 pub mod sweep;
 mod write;
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use lapse_core::intercept::Intercepted;
 use lapse_core::lifecycle::OpError;
-use lapse_core::store::{Beat, Change};
+use lapse_core::store::Change;
 use lapse_core::{Config, Kind, SessionId, Status, Store, StoreError};
 use tokio::sync::Notify;
 
@@ -195,68 +196,6 @@ impl Engine {
         if at.millis() < self.planned_wake.load(Ordering::Acquire) {
             self.wake_ups.fetch_add(1, Ordering::Relaxed);
             self.wake.notify_one();
-        }
-    }
-
-    /// Writes every pending heartbeat, in transactions of at most
-    /// [`heartbeats::FLUSH_CHUNK`], fewer where beats are slow to write (each holds the writer
-    /// about [`heartbeats::FLUSH_HOLD`]). Beats that come while it runs wait for the next
-    /// flush, but those of a room near its stored wake-up go in the next transaction (see
-    /// [`heartbeats::Heartbeats::urgent_within`]). On failure the beats not written are kept
-    /// for the next flush.
-    pub async fn flush_heartbeats(&self) -> Result<usize, EngineError> {
-        let mut urgent = HashSet::new();
-        let mut queue = VecDeque::from(self.beats.drain());
-        let mut written = 0;
-        loop {
-            // Taken since the last transaction, and written before the rest of the drain.
-            for beat in self.beats.take_urgent(&mut urgent).into_iter().rev() {
-                queue.push_front(beat);
-            }
-            if queue.is_empty() {
-                return Ok(written);
-            }
-            let chunk: Vec<Beat> = queue.drain(..queue.len().min(self.beats.chunk())).collect();
-            let n = chunk.len();
-            if let Err(e) = self.write_beats(chunk).await {
-                self.beats.restore(queue.into());
-                return Err(e);
-            }
-            written += n;
-        }
-    }
-
-    /// Writes the pending heartbeats of `sessions` only (a sweep's, before it reads them).
-    pub(crate) async fn flush_heartbeats_of(
-        &self,
-        sessions: &[SessionId],
-    ) -> Result<usize, EngineError> {
-        let mut beats = self.beats.take(sessions);
-        let n = beats.len();
-        while !beats.is_empty() {
-            let rest = beats.split_off(beats.len().min(self.beats.chunk()));
-            if let Err(e) = self.write_beats(beats).await {
-                self.beats.restore(rest);
-                return Err(e);
-            }
-            beats = rest;
-        }
-        Ok(n)
-    }
-
-    /// Writes `beats` in one transaction; on failure they are kept for the next flush.
-    async fn write_beats(&self, beats: Vec<Beat>) -> Result<(), EngineError> {
-        let since = tokio::time::Instant::now();
-        match self.store.flush_heartbeats(&beats).await {
-            Ok(moved) => {
-                self.beats.written(beats.len(), since.elapsed());
-                self.sessions.flushed(&beats, &moved, since);
-                Ok(())
-            }
-            Err(e) => {
-                self.beats.restore(beats);
-                Err(e.into())
-            }
         }
     }
 

@@ -726,47 +726,6 @@ impl Engine {
     pub fn wake_ups(&self) -> u64 {
         self.wake_ups.load(Ordering::Relaxed)
     }
-
-    /// Flushes heartbeats every `every` until `shutdown`, each flush starting `every` after
-    /// the last one started, or as soon as it ends when it took longer. A beat then waits
-    /// for the next flush at most an interval, or the length of a slow flush, and is
-    /// committed within that flush: [`crate::heartbeats::IDLE_GRACE`] covers it while a flush
-    /// takes less than an interval. (Sleeping an interval after each flush instead, a beat
-    /// taken just after a flush began would wait for that flush, the interval, and its own
-    /// flush.) The last flush is the caller's, once no request can add a beat any more
-    /// ([`Engine::flush_heartbeats`]).
-    pub async fn run_heartbeat_flusher(&self, every: Duration, shutdown: CancellationToken) {
-        let mut next = tokio::time::Instant::now() + every;
-        // Whether the last flush ran over the interval: said once when it starts to.
-        let mut over = false;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(next) => {}
-                _ = shutdown.cancelled() => return,
-            }
-            let started = tokio::time::Instant::now();
-            next = started + every;
-            match self.flush_heartbeats().await {
-                Ok(beats) => {
-                    let took = started.elapsed();
-                    self.beats.flush_took(took);
-                    if took > every && !over {
-                        tracing::warn!(
-                            beats,
-                            ms = took.as_millis() as u64,
-                            "a heartbeat flush took longer than the flush interval: beats may be \
-                             written after their idle grace"
-                        );
-                    }
-                    over = took > every;
-                }
-                Err(e) if e.is_unavailable() => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "heartbeat flush failed; beats kept for the next one")
-                }
-            }
-        }
-    }
 }
 
 /// What a sweep did, as the sweeper plans its sleep after it.
