@@ -29,8 +29,10 @@ pub trait Hook: Send + Sync + 'static {
     type Ticket: Send;
     /// Before the call: an error here is returned in its place, and the call is not made.
     fn before(&self, call: Call) -> Result<Self::Ticket, StoreError>;
-    /// After the call, with how it went.
-    fn after(&self, call: Call, ticket: Self::Ticket, outcome: Result<(), &StoreError>);
+    /// After the call, with how it went. Nothing, unless the hook needs to know.
+    fn after(&self, call: Call, ticket: Self::Ticket, outcome: Result<(), &StoreError>) {
+        let _ = (call, ticket, outcome);
+    }
 }
 
 /// `inner` with `hook` around every call.

@@ -27,8 +27,6 @@ impl Hook for Transactions {
         }
         Ok(())
     }
-
-    fn after(&self, _call: Call, _ticket: (), _outcome: Result<(), &StoreError>) {}
 }
 
 const CONFIG: &str = r#"

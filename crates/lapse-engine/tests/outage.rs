@@ -34,8 +34,6 @@ impl Hook for Switch {
         }
         Ok(())
     }
-
-    fn after(&self, _call: Call, _ticket: (), _outcome: Result<(), &StoreError>) {}
 }
 
 fn room(id: &str) -> CreateRequest {

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapse_core::{Config, SessionId, Span, UserId};
+use lapse_core::intercept::{Call, Hook, Intercepted};
+use lapse_core::{Config, SessionId, Span, StoreError, UserId};
 use lapse_engine::ops::CreateRequest;
 use lapse_engine::{Caller, Clock, Engine};
 use lapse_store::SqliteStore;
@@ -478,22 +479,14 @@ async fn the_flusher_reports_how_long_its_last_flush_took() {
 #[derive(Default)]
 struct FailNextLoad(std::sync::atomic::AtomicBool);
 
-impl lapse_core::intercept::Hook for FailNextLoad {
+impl Hook for FailNextLoad {
     type Ticket = ();
 
-    fn before(&self, call: lapse_core::intercept::Call) -> Result<(), lapse_core::StoreError> {
+    fn before(&self, call: Call) -> Result<(), StoreError> {
         if call.name == "load_many" && self.0.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            return Err(lapse_core::StoreError::Busy);
+            return Err(StoreError::Busy);
         }
         Ok(())
-    }
-
-    fn after(
-        &self,
-        _call: lapse_core::intercept::Call,
-        _ticket: (),
-        _outcome: Result<(), &lapse_core::StoreError>,
-    ) {
     }
 }
 
@@ -506,10 +499,7 @@ async fn a_sweep_that_fails_gives_back_the_rows_it_leased() {
     };
     let (store, other) = (postgres_instance(&url).await, postgres_instance(&url).await);
     let faults = Arc::new(FailNextLoad::default());
-    let engine = engine_over(Arc::new(lapse_core::intercept::Intercepted::new(
-        store,
-        faults.clone(),
-    )));
+    let engine = engine_over(Arc::new(Intercepted::new(store, faults.clone())));
     for i in 0..3 {
         engine
             .create(&admin(), request("request", &format!("p{i}"), None))
@@ -549,10 +539,10 @@ struct HoldFirstFlush {
     go: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
 }
 
-impl lapse_core::intercept::Hook for HoldFirstFlush {
+impl Hook for HoldFirstFlush {
     type Ticket = ();
 
-    fn before(&self, call: lapse_core::intercept::Call) -> Result<(), lapse_core::StoreError> {
+    fn before(&self, call: Call) -> Result<(), StoreError> {
         if call.name == "flush_heartbeats"
             && let Some(entered) = self.entered.lock().unwrap().take()
         {
@@ -566,14 +556,6 @@ impl lapse_core::intercept::Hook for HoldFirstFlush {
             go.expect("the test lets the flush go");
         }
         Ok(())
-    }
-
-    fn after(
-        &self,
-        _call: lapse_core::intercept::Call,
-        _ticket: (),
-        _outcome: Result<(), &lapse_core::StoreError>,
-    ) {
     }
 }
 
@@ -590,10 +572,7 @@ async fn a_running_flush_takes_the_beats_of_rooms_about_to_be_looked_at() {
         entered: std::sync::Mutex::new(Some(entered)),
         go: std::sync::Mutex::new(go_rx),
     });
-    let engine = engine_over(Arc::new(lapse_core::intercept::Intercepted::new(
-        store.clone(),
-        hold,
-    )));
+    let engine = engine_over(Arc::new(Intercepted::new(store.clone(), hold)));
     let (admin, host) = (admin(), UserId::parse("host").unwrap());
     // The host's presence in `near` is looked at 90 s after it opened; `far` and `later`
     // opened 89 s after it, so theirs is 90 s away.
