@@ -43,6 +43,9 @@ impl Engine {
             }
         } else {
             s.observe(&kind, now);
+            if let Some(stored) = stored {
+                s.wake_at = lazy_wake(stored, s, now);
+            }
             commit.sessions.push(match stored {
                 None => SessionWrite::Insert(s.clone()),
                 Some(stored) => SessionWrite::Update {
@@ -142,6 +145,24 @@ impl Engine {
             self.events_appended();
         }
         Ok(outcomes)
+    }
+}
+
+/// The wake-up to store for `after`, a change of `stored` at `now` that kept its status: the
+/// stored one where the change only put the session's next look off (a join, activity or a
+/// patch that moves an idle or presence deadline later), else `after`'s own. A wake-up stored
+/// early is looked at and re-armed by the sweep, never applied early (the lazy re-arm that
+/// heartbeats rely on); left in place, its entry in the deadline index stays where it is,
+/// on a page that at a million sessions no other write of the moment touches. One already
+/// past is not kept: the sweep would only come straight back to it.
+pub(crate) fn lazy_wake(stored: &Session, after: &Session, now: Timestamp) -> Option<Timestamp> {
+    match (stored.wake_at, after.wake_at) {
+        (Some(before), Some(later))
+            if now < before && before <= later && stored.status == after.status =>
+        {
+            Some(before)
+        }
+        _ => after.wake_at,
     }
 }
 

@@ -622,3 +622,66 @@ async fn a_running_flush_takes_the_beats_of_rooms_about_to_be_looked_at() {
         "as it joined"
     );
 }
+
+#[tokio::test]
+async fn a_change_that_only_puts_a_deadline_off_leaves_the_stored_one_for_the_sweep_to_re_arm() {
+    let store = Arc::new(SqliteStore::open("sqlite::memory:", None).await.unwrap());
+    lapse_core::Store::migrate(store.as_ref()).await.unwrap();
+    let config = Config::parse(
+        "[kinds.room]\npresence_timeout = \"12h\"\n\
+         [[kinds.room.rules]]\nname = \"expire-idle\"\non = \"idle\"\nafter = \"1h\"\ndo = \"expire\"\n",
+        "test.toml",
+    )
+    .unwrap();
+    let engine = Engine::new(store.clone(), Arc::new(config), Clock::manual(t0()));
+    let admin = admin();
+    let room = SessionId::parse("room").unwrap();
+    engine
+        .create(&admin, request("room", "room", None))
+        .await
+        .unwrap();
+    let stored = || async {
+        lapse_core::Store::next_deadline(store.as_ref())
+            .await
+            .unwrap()
+    };
+    // An idle rule is looked at once its grace for late heartbeats has passed too.
+    let grace = lapse_engine::heartbeats::IDLE_GRACE;
+    let looked_at = |deadline: lapse_core::Timestamp| Some(deadline + grace);
+    let first = t0() + Span::from_secs(3600);
+    assert_eq!(stored().await, looked_at(first));
+
+    // A join ten minutes in puts the idle deadline off by ten minutes: the session shows the
+    // new one, the stored wake-up stays where it was.
+    engine.clock().advance(Span::from_secs(600)).unwrap();
+    let guest = UserId::parse("guest").unwrap();
+    engine
+        .join(
+            &admin,
+            &room,
+            &guest,
+            None,
+            lapse_core::lifecycle::Via::Direct,
+        )
+        .await
+        .unwrap();
+    let deadline = t0() + Span::from_secs(4200);
+    let shown = engine.get(&admin, &room).await.unwrap();
+    assert_eq!(shown.next_due.map(|d| d.at), Some(deadline));
+    assert_eq!(stored().await, looked_at(first));
+
+    // At the old wake-up the sweep looks, applies nothing and re-arms it to the true one.
+    engine.clock().set(first + grace).unwrap();
+    let options = lapse_engine::SweepOptions::default();
+    let sweep = || engine.sweep_once(&options);
+    let report = sweep().await.unwrap();
+    assert!(report.applied.is_empty(), "{:?}", report.applied);
+    assert_eq!(stored().await, looked_at(deadline));
+
+    // And the rule fires at the deadline the join set, stamped with it.
+    engine.clock().set(deadline + grace).unwrap();
+    let report = sweep().await.unwrap();
+    assert_eq!(report.applied.len(), 1);
+    assert_eq!(report.applied[0].due_at, deadline);
+    assert_eq!(stored().await, None);
+}

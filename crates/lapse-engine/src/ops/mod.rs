@@ -160,6 +160,8 @@ impl Engine {
             let mut fx = self.apply_due(&mut s, now);
             if fx.is_empty() {
                 s.observe(&self.kind_of(&s.kind), now);
+                // The wake-up as stored while it stands: what a change of it keeps.
+                s.wake_at = crate::write::lazy_wake(&stored, &s, now);
                 return Ok(Some(s));
             }
             let (commit, _) = self
@@ -208,6 +210,7 @@ impl Engine {
             let mut fx = Effects::default();
             let value = op(&kind, &mut s, now, &mut fx)?;
             s.observe(&kind, now);
+            s.wake_at = crate::write::lazy_wake(&before, &s, now);
             if fx.is_empty() && s == before {
                 return Ok((value, s));
             }

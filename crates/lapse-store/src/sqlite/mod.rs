@@ -201,6 +201,11 @@ impl SqliteStore {
             fixed("rules version", RULES_VERSION, vec![]),
             fixed("rules rearmed", MARK_REARMED, vec![Arg::Int(1)]),
             fixed(
+                "session update, status and wake-up kept",
+                writes::UPDATE_KEEPING_WAKE,
+                vec![text("s1")],
+            ),
+            fixed(
                 "session update, status kept",
                 writes::UPDATE_KEEPING_STATUS,
                 vec![text("s1")],

@@ -93,17 +93,19 @@ async fn insert_session(
 }
 
 /// A session row rewritten under compare-and-set, with `status = ?6` set where the first
-/// placeholder stands and the guard after the key and version where the second does.
+/// placeholder stands, `next_due_at = ?17` where the second does, and the guard after the key
+/// and version where the third does.
 macro_rules! update_session_sql {
-    ($status:literal, $guard:literal) => {
+    ($status:literal, $wake:literal, $guard:literal) => {
         concat!(
             "update sessions set title = ?2, metadata = ?3, scheduled_start = ?4, \
              scheduled_end = ?5, ",
             $status,
             "delayed = ?7, used = ?8, started_at = ?9, ended_at = ?10, \
              last_activity_at = max(last_activity_at, ?11), end_reason = ?12, ended_by = ?13, \
-             counters = ?14, summary = ?15, parent_ended_at = ?16, next_due_at = ?17, \
-             next_due_rule = ?18, warnings = ?20, version = version + 1 \
+             counters = ?14, summary = ?15, parent_ended_at = ?16, ",
+            $wake,
+            "next_due_rule = ?18, warnings = ?20, version = version + 1 \
              where id = ?1 and version = ?19",
             $guard
         )
@@ -116,13 +118,19 @@ macro_rules! update_session_sql {
 ///
 /// SQLite moves a row's entries in every index whose columns an update names, changed or
 /// not, and three of `sessions`' indexes hold its status. Most writes of one session (a join,
-/// a leave, activity, a patch) keep it, so the row is first written without it, guarded by
-/// the stored status being the new one already; only when that finds no row is it written
-/// whole (a status that changes, or a version that no longer matches).
-pub(super) const UPDATE_KEEPING_STATUS: &str = update_session_sql!("", " and status = ?6");
+/// a leave, activity, a patch) keep it, and most of those keep its stored wake-up too (the
+/// engine leaves one that is only put off in place: lazy re-arm). So the row is first written
+/// naming neither, guarded by the stored status and wake-up being the new ones already; then
+/// naming the wake-up; only when that finds no row either is it written whole (a status that
+/// changes, or a version that no longer matches).
+pub(super) const UPDATE_KEEPING_WAKE: &str =
+    update_session_sql!("", "", " and status = ?6 and next_due_at is ?17");
+pub(super) const UPDATE_KEEPING_STATUS: &str =
+    update_session_sql!("", "next_due_at = ?17, ", " and status = ?6");
 pub(super) const UPDATE_WHOLE: &str = update_session_sql!(
     "status = ?6, host_limited = host_limited or (status not in ('pending', 'active') \
      and ?6 in ('pending', 'active')), ",
+    "next_due_at = ?17, ",
     ""
 );
 
@@ -131,7 +139,7 @@ async fn update_session(tx: &mut Transaction<'_, Sqlite>, s: &Session) -> Result
     let counters = to_json(&s.counters);
     let summary = s.summary.as_ref().map(to_json);
     let warnings = to_json(&s.warnings);
-    for sql in [UPDATE_KEEPING_STATUS, UPDATE_WHOLE] {
+    for sql in [UPDATE_KEEPING_WAKE, UPDATE_KEEPING_STATUS, UPDATE_WHOLE] {
         let result = sqlx::query(sql)
             .bind(s.id.as_str())
             .bind(&s.title)
