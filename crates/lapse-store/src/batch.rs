@@ -113,11 +113,14 @@ pub fn session_rows<'a>(run: &[&'a Commit]) -> Vec<SessionRow<'a>> {
         .collect()
 }
 
-/// A session row's key and the version a write of it was decided on.
+/// A session row's key, the version a write of it was decided on, and the status and
+/// wake-up it writes.
 #[derive(Default, Serialize)]
 pub struct SessionKey<'a> {
     id: &'a str,
     version: i64,
+    status: &'static str,
+    next_due_at: Option<i64>,
 }
 
 /// The keys of a run's session rows, in order.
@@ -127,9 +130,17 @@ pub fn session_keys<'a>(run: &[&'a Commit]) -> Vec<SessionKey<'a>> {
             updated(c).map(|(s, _)| SessionKey {
                 id: s.id.as_str(),
                 version: s.version,
+                status: s.status.as_str(),
+                next_due_at: s.wake_at.map(lapse_core::Timestamp::millis),
             })
         })
         .collect()
+}
+
+/// The commits of a run whose session is one of `ids`, and the rest, each in order.
+pub fn split<'a>(run: &[&'a Commit], ids: &HashSet<String>) -> (Vec<&'a Commit>, Vec<&'a Commit>) {
+    run.iter()
+        .partition(|c| updated(c).is_some_and(|(s, _)| ids.contains(s.id.as_str())))
 }
 
 /// The ids of a run's session rows, but for the `stale` ones: the rows that win their

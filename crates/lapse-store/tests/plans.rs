@@ -183,7 +183,11 @@ fn batch_paths(backend: &str) -> Vec<(&'static str, &'static str)> {
         vec![
             ("batched session update", "sqlite_autoindex_sessions_1"),
             (
-                "batched session update, stale rows",
+                "batched session update, keeping status and wake-up",
+                "sqlite_autoindex_sessions_1",
+            ),
+            (
+                "batched session update, stored states",
                 "sqlite_autoindex_sessions_1",
             ),
             ("batched webhook deliveries", "sqlite_autoindex_events_1"),

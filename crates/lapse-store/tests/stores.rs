@@ -545,6 +545,74 @@ async fn in_a_batch_a_lost_compare_and_set_writes_nothing_for_its_change_and_the
     }
 }
 
+/// A batch mixes changes that keep a session's status and stored wake-up (a join, a title),
+/// one that moves the wake-up and one that ends the session: each row stores all it wrote, and
+/// the sweep finds what is due by the wake-ups as written.
+#[tokio::test]
+async fn in_a_batch_each_change_stores_its_status_and_wake_up_whether_or_not_it_moves_them() {
+    let wake = |mins: i64| Some(t0() + Span::from_secs(60 * mins));
+    for (store, _dir) in stores().await {
+        let store = store.as_ref();
+        let ids = ["kept", "moved", "ended"];
+        for id in ids {
+            let mut s = session("study", id, t0());
+            s.wake_at = wake(60);
+            insert(store, &s).await;
+        }
+        let mut commits = Vec::new();
+        for id in ids {
+            let mut s = store
+                .load(&SessionId::parse(id).unwrap())
+                .await
+                .unwrap()
+                .unwrap();
+            s.title = format!("{id}, renamed");
+            match id {
+                "moved" => s.wake_at = wake(10),
+                "ended" => {
+                    s.status = lapse_core::Status::Expired;
+                    s.wake_at = None;
+                }
+                _ => {}
+            }
+            commits.push(Commit {
+                sessions: vec![SessionWrite::Update {
+                    session: s,
+                    changed: None,
+                }],
+                ..Commit::default()
+            });
+        }
+        let outcomes = store.commit_many(&commits).await.unwrap();
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        let open = session("study", "x", t0()).status;
+        for (id, status, wake_at) in [
+            ("kept", open, wake(60)),
+            ("moved", open, wake(10)),
+            ("ended", lapse_core::Status::Expired, None),
+        ] {
+            let s = store
+                .load(&SessionId::parse(id).unwrap())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(s.title, format!("{id}, renamed"));
+            assert_eq!((s.status, s.wake_at), (status, wake_at), "{id}");
+        }
+        let due = |mins: i64| async move {
+            let rows = store
+                .due(wake(mins).unwrap(), None, None, 10, false)
+                .await
+                .unwrap();
+            rows.into_iter()
+                .map(|r| r.id.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(due(10).await, ["moved"]);
+        assert_eq!(due(60).await, ["moved", "kept"]);
+    }
+}
+
 #[tokio::test]
 async fn the_delivery_log_lists_the_newest_first_of_one_status_or_of_all() {
     use lapse_core::event::NewEvent;

@@ -107,19 +107,22 @@ pub(super) fn chunks<T: Serialize>(rows: &[T]) -> Result<Vec<Values>, StoreError
     Ok(out)
 }
 
-/// Runs the statement `sql` writes for each chunk of `rows` (see [`Values`]).
+/// Runs the statement `sql` writes for each chunk of `rows` (see [`Values`]); the rows it
+/// wrote.
 pub(super) async fn execute<T: Serialize>(
     tx: &mut Transaction<'_, Sqlite>,
     rows: &[T],
     sql: impl Fn(&Values) -> String,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
+    let mut written = 0;
     for values in chunks(rows)? {
-        sqlx::query_with(AssertSqlSafe(sql(&values)), values.args)
+        written += sqlx::query_with(AssertSqlSafe(sql(&values)), values.args)
             .execute(&mut **tx)
             .await
-            .map_err(backend)?;
+            .map_err(backend)?
+            .rows_affected();
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Runs the statement `sql` writes for each chunk of `rows` (as [`execute`]), for the one

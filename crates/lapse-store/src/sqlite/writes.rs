@@ -369,20 +369,34 @@ pub(super) async fn write_updates(
     tx: &mut Transaction<'_, Sqlite>,
     run: &[&Commit],
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-    let rows = batch::session_rows(run);
-    // Which rows will lose their compare-and-set, read first: this connection is the only
-    // writer, so nothing moves between the two statements (and were another process to write
-    // in between, SQLite refuses a write on the older snapshot rather than commit it), and
-    // the update then returns no rows (each would cross from SQLite's thread on its own).
+    // Which rows will lose their compare-and-set, and which keep their stored status and
+    // wake-up, read first: this connection is the only writer, so nothing moves between the
+    // two statements (and were another process to write in between, SQLite refuses a write
+    // on the older snapshot rather than commit it), and the updates then return no rows
+    // (each would cross from SQLite's thread on its own).
     let mut stale = std::collections::HashSet::new();
+    let mut keeping = std::collections::HashSet::new();
     let keys = batch::session_keys(run);
-    for ids in values::select_text(tx, &keys, stale_sessions).await? {
-        let ids: Vec<String> = serde_json::from_str(&ids)
-            .map_err(|e| StoreError::Backend(format!("stale sessions unreadable: {e}")))?;
-        stale.extend(ids);
+    for found in values::select_text(tx, &keys, stored_states).await? {
+        let found: StoredStates = serde_json::from_str(&found)
+            .map_err(|e| StoreError::Backend(format!("stored sessions unreadable: {e}")))?;
+        stale.extend(found.stale);
+        keeping.extend(found.keeping);
     }
-    values::execute(tx, &rows, update_sessions).await?;
+    // As for one row (`UPDATE_KEEPING_WAKE`): rows that keep both are written naming neither,
+    // so their index entries stay where they are.
+    let (kept, rest) = batch::split(run, &keeping);
+    let written = values::execute(tx, &batch::session_rows(&kept), update_sessions_keeping).await?
+        + values::execute(tx, &batch::session_rows(&rest), update_sessions).await?;
     let won = batch::won_unless(run, &stale);
+    // What was read above held (see there); were it ever not to, the batch fails whole rather
+    // than answer for a row it did not write.
+    if written != won.len() as u64 {
+        return Err(StoreError::Backend(format!(
+            "a batch wrote {written} of the {} session rows it checked",
+            won.len()
+        )));
+    }
 
     let (outcomes, rows) = batch::followers(run, &won);
     values::execute(tx, &rows.participants, upsert_participants_sql).await?;
@@ -402,12 +416,16 @@ pub(super) fn batch_statements() -> Result<Vec<(&'static str, String)>, StoreErr
     }
     Ok(vec![
         (
-            "batched session update, stale rows",
-            two::<batch::SessionKey>(stale_sessions)?,
+            "batched session update, stored states",
+            two::<batch::SessionKey>(stored_states)?,
         ),
         (
             "batched session update",
             two::<crate::rows::SessionRow>(update_sessions)?,
+        ),
+        (
+            "batched session update, keeping status and wake-up",
+            two::<crate::rows::SessionRow>(update_sessions_keeping)?,
         ),
         (
             "batched participants",
@@ -482,28 +500,63 @@ const REOPENED_COUNTS: &str = "host_limited = host_limited or (sessions.status n
 
 /// A batch of session rows (`SessionRow`s as table `b`), compare-and-set each on its version.
 fn update_sessions(b: &Values) -> String {
+    batched_update(
+        b,
+        &format!("status = b.status, {REOPENED_COUNTS}, "),
+        "next_due_at = b.next_due_at, ",
+        "",
+    )
+}
+
+/// The same, for rows whose stored status and wake-up are already the ones written: neither
+/// column is named (see `UPDATE_KEEPING_WAKE`).
+fn update_sessions_keeping(b: &Values) -> String {
+    batched_update(
+        b,
+        "",
+        "",
+        // `+`: found by its key, not through an index of its status.
+        " and +sessions.status = b.status and +sessions.next_due_at is b.next_due_at",
+    )
+}
+
+/// The batched session update with `status` set as the first text says, `next_due_at` as
+/// the second, and the guard after the key and version as the third.
+fn batched_update(b: &Values, status: &str, wake: &str, guard: &str) -> String {
     format!(
         "with {} update sessions set title = b.title, metadata = b.metadata, \
          scheduled_start = b.scheduled_start, scheduled_end = b.scheduled_end, \
-         status = b.status, {REOPENED_COUNTS}, delayed = b.delayed, used = b.used, \
+         {status}delayed = b.delayed, used = b.used, \
          started_at = b.started_at, ended_at = b.ended_at, \
          last_activity_at = max(sessions.last_activity_at, b.last_activity_at), \
          end_reason = b.end_reason, ended_by = b.ended_by, counters = b.counters, \
          summary = b.summary, parent_ended_at = b.parent_ended_at, \
-         next_due_at = b.next_due_at, next_due_rule = b.next_due_rule, \
+         {wake}next_due_rule = b.next_due_rule, \
          warnings = b.warnings, version = sessions.version + 1 \
          from b where sessions.id = b.id and sessions.version = b.version \
-         and b.pos is not null",
+         and b.pos is not null{guard}",
         b.table()
     )
 }
 
-/// The sessions of a batch of keys (`SessionKey`s as table `b`) whose version has moved
-/// since they were read, or that are gone: one JSON array of ids.
-fn stale_sessions(b: &Values) -> String {
+/// Of a batch of keys (`SessionKey`s as table `b`): the sessions whose version has moved
+/// since they were read, or that are gone (`stale`), and those whose stored status and
+/// wake-up are the ones about to be written (`keeping`), as one JSON object of two arrays.
+fn stored_states(b: &Values) -> String {
     format!(
-        "with {} select json_group_array(b.id) from b where b.pos is not null and not exists \
-         (select 1 from sessions s where s.id = b.id and s.version = b.version)",
+        "with {} select json_object(\
+         'stale', json_group_array(b.id) filter (where s.id is null), \
+         'keeping', json_group_array(b.id) filter (where s.status = b.status \
+         and s.next_due_at is b.next_due_at)) \
+         from b left join sessions s on s.id = b.id and s.version = b.version \
+         where b.pos is not null",
         b.table()
     )
+}
+
+/// What [`stored_states`] reads.
+#[derive(serde::Deserialize)]
+struct StoredStates {
+    stale: Vec<String>,
+    keeping: Vec<String>,
 }
