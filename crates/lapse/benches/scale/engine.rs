@@ -64,6 +64,35 @@ async fn joins(w: &World, n: usize) -> f64 {
     .await
 }
 
+/// Requests in flight at once in the group-commit figure.
+const IN_FLIGHT: usize = 32;
+
+/// As [`joins`], but [`IN_FLIGHT`] at a time through the group committer, as `lapse serve`
+/// writes concurrent requests' changes on SQLite: many to a transaction.
+async fn concurrent_joins(w: &World, n: usize) -> f64 {
+    use futures::StreamExt as _;
+    let salt = w.fresh("cj");
+    let took = w
+        .timed(async {
+            futures::stream::iter((0..n).map(|i| {
+                let salt = &salt;
+                async move {
+                    let room = w.room(i * 7919 + salt.len());
+                    let u = user(format!("{salt}-{i}"));
+                    w.engine
+                        .join(&admin(), &room, &u, None, Via::Direct)
+                        .await
+                        .expect("join");
+                }
+            }))
+            .buffer_unordered(IN_FLIGHT)
+            .collect::<()>()
+            .await;
+        })
+        .await;
+    n as f64 / took.as_secs_f64()
+}
+
 /// Heartbeats answered from memory are so cheap that a round of them is timed over many
 /// more (`HEARTBEATS_PER_OP` to each other operation), so it lasts long enough to measure.
 const HEARTBEATS_PER_OP: usize = 20;
@@ -186,6 +215,18 @@ pub async fn flat_costs(big: &World, small: &World, s: &Sizes) -> Vec<Row> {
             interleave(s.rounds, || joins(big, s.writes), || joins(small, s.writes)).await,
         ),
         (
+            "join, 32 requests at a time,",
+            group_committed(&[big, small], async {
+                interleave(
+                    s.rounds,
+                    || concurrent_joins(big, s.writes),
+                    || concurrent_joins(small, s.writes),
+                )
+                .await
+            })
+            .await,
+        ),
+        (
             "end",
             interleave(s.rounds, || ends(big, s.writes), || ends(small, s.writes)).await,
         ),
@@ -209,6 +250,27 @@ pub async fn flat_costs(big: &World, small: &World, s: &Sizes) -> Vec<Row> {
         ));
     }
     rows
+}
+
+/// `work`, with the group committer of each world running (it is not otherwise: the other
+/// figures write one change at a time).
+async fn group_committed<T>(worlds: &[&World], work: impl Future<Output = T>) -> T {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let committers: Vec<_> = worlds
+        .iter()
+        .map(|w| {
+            let (engine, stop) = (w.engine.clone(), stop.clone());
+            tokio::spawn(async move { engine.run_committer(stop).await })
+        })
+        .collect();
+    // Each committer takes its place before the first change is sent.
+    tokio::task::yield_now().await;
+    let out = work.await;
+    stop.cancel();
+    for c in committers {
+        c.await.expect("the committer stops");
+    }
+    out
 }
 
 /// Big rooms a join round spreads its joins over, so each stays near 1,000 participants.
