@@ -50,18 +50,17 @@ async fn creates(w: &World, kind: &str, n: usize) -> f64 {
 
 async fn joins(w: &World, n: usize) -> f64 {
     let salt = w.fresh("j");
-    w.write_rate(n, |i| {
-        let salt = &salt;
-        async move {
-            let room = w.room(i * 7919 + salt.len());
-            let u = user(format!("{salt}-{i}"));
-            w.engine
-                .join(&admin(), &room, &u, None, Via::Direct)
-                .await
-                .expect("join");
-        }
-    })
-    .await
+    w.write_rate(n, |i| join_fresh(w, &salt, i)).await
+}
+
+/// The `i`th join of a round named `salt`: a new user into a room spread over the population.
+async fn join_fresh(w: &World, salt: &str, i: usize) {
+    let room = w.room(i * 7919 + salt.len());
+    let u = user(format!("{salt}-{i}"));
+    w.engine
+        .join(&admin(), &room, &u, None, Via::Direct)
+        .await
+        .expect("join");
 }
 
 /// Requests in flight at once in the group-commit figure.
@@ -74,20 +73,10 @@ async fn concurrent_joins(w: &World, n: usize) -> f64 {
     let salt = w.fresh("cj");
     let took = w
         .timed(async {
-            futures::stream::iter((0..n).map(|i| {
-                let salt = &salt;
-                async move {
-                    let room = w.room(i * 7919 + salt.len());
-                    let u = user(format!("{salt}-{i}"));
-                    w.engine
-                        .join(&admin(), &room, &u, None, Via::Direct)
-                        .await
-                        .expect("join");
-                }
-            }))
-            .buffer_unordered(IN_FLIGHT)
-            .collect::<()>()
-            .await;
+            futures::stream::iter((0..n).map(|i| join_fresh(w, &salt, i)))
+                .buffer_unordered(IN_FLIGHT)
+                .collect::<()>()
+                .await;
         })
         .await;
     n as f64 / took.as_secs_f64()
@@ -215,7 +204,7 @@ pub async fn flat_costs(big: &World, small: &World, s: &Sizes) -> Vec<Row> {
             interleave(s.rounds, || joins(big, s.writes), || joins(small, s.writes)).await,
         ),
         (
-            "join, 32 requests at a time,",
+            &*format!("join, {IN_FLIGHT} requests at a time,"),
             group_committed(&[big, small], async {
                 interleave(
                     s.rounds,
