@@ -200,6 +200,10 @@ fn batch_paths(backend: &str) -> Vec<(&'static str, &'static str)> {
                 "heartbeat flush, participants",
                 "participants USING PRIMARY KEY",
             ),
+            (
+                "session update, status and wake-up kept",
+                "sqlite_autoindex_sessions_1",
+            ),
             ("session update, status kept", "sqlite_autoindex_sessions_1"),
             ("session update", "sqlite_autoindex_sessions_1"),
         ]

@@ -56,6 +56,15 @@ fn session(kind: &str, id: &str, at: Timestamp) -> Session {
     s
 }
 
+/// The stored session `id`, which must exist.
+async fn loaded(store: &dyn Store, id: &str) -> Session {
+    store
+        .load(&SessionId::parse(id).unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 async fn insert(store: &dyn Store, s: &Session) {
     store
         .commit(Commit {
@@ -155,11 +164,7 @@ async fn each_flush_writes_its_own_beats_and_moves_no_closed_session() {
         for id in ["a", "b", "closed"] {
             insert(store, &session("reading", id, t0())).await;
         }
-        let mut closed = store
-            .load(&SessionId::parse("closed").unwrap())
-            .await
-            .unwrap()
-            .unwrap();
+        let mut closed = loaded(store, "closed").await;
         closed.status = lapse_core::Status::Expired;
         store
             .commit(Commit {
@@ -486,11 +491,7 @@ async fn in_a_batch_a_lost_compare_and_set_writes_nothing_for_its_change_and_the
         }
         let mut commits = Vec::new();
         for id in ids {
-            let mut s = store
-                .load(&SessionId::parse(id).unwrap())
-                .await
-                .unwrap()
-                .unwrap();
+            let mut s = loaded(store, id).await;
             if id == "b" {
                 s.version -= 1; // decided on a row that has changed since
             }
@@ -524,11 +525,7 @@ async fn in_a_batch_a_lost_compare_and_set_writes_nothing_for_its_change_and_the
             "{outcomes:?}"
         );
         for (id, expired) in [("a", true), ("b", false), ("c", true)] {
-            let s = store
-                .load(&SessionId::parse(id).unwrap())
-                .await
-                .unwrap()
-                .unwrap();
+            let s = loaded(store, id).await;
             assert_eq!(s.status == lapse_core::Status::Expired, expired, "{id}");
         }
         let events = store
@@ -561,11 +558,7 @@ async fn in_a_batch_each_change_stores_its_status_and_wake_up_whether_or_not_it_
         }
         let mut commits = Vec::new();
         for id in ids {
-            let mut s = store
-                .load(&SessionId::parse(id).unwrap())
-                .await
-                .unwrap()
-                .unwrap();
+            let mut s = loaded(store, id).await;
             s.title = format!("{id}, renamed");
             match id {
                 "moved" => s.wake_at = wake(10),
@@ -591,11 +584,7 @@ async fn in_a_batch_each_change_stores_its_status_and_wake_up_whether_or_not_it_
             ("moved", open, wake(10)),
             ("ended", lapse_core::Status::Expired, None),
         ] {
-            let s = store
-                .load(&SessionId::parse(id).unwrap())
-                .await
-                .unwrap()
-                .unwrap();
+            let s = loaded(store, id).await;
             assert_eq!(s.title, format!("{id}, renamed"));
             assert_eq!((s.status, s.wake_at), (status, wake_at), "{id}");
         }
@@ -934,11 +923,7 @@ async fn a_commit_of_several_sessions_waits_for_a_flush_under_way() {
 
     let mut commits = Vec::new();
     for id in ["a", "b"] {
-        let mut s = store
-            .load(&SessionId::parse(id).unwrap())
-            .await
-            .unwrap()
-            .unwrap();
+        let mut s = loaded(&store, id).await;
         s.title = "ended".into();
         commits.push(Commit {
             sessions: vec![SessionWrite::Update {
@@ -1062,11 +1047,7 @@ async fn changes_decided_under_replaced_rules_are_refused() {
         let alone = store.commit(insert("old", Some(1))).await;
         assert!(matches!(alone, Err(StoreError::PolicyChanged)), "{alone:?}");
 
-        let new = store
-            .load(&SessionId::parse("new").unwrap())
-            .await
-            .unwrap()
-            .unwrap();
+        let new = loaded(store, "new").await;
         let rearm = Rearm {
             id: new.id.clone(),
             version: new.version,
