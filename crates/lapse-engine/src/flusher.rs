@@ -75,43 +75,142 @@ impl Engine {
     }
 
     /// Flushes heartbeats every `every` until `shutdown`, each flush starting `every` after
-    /// the last one started, or as soon as it ends when it took longer. A beat then waits
-    /// for the next flush at most an interval, or the length of a slow flush, and is
-    /// committed within that flush: [`crate::heartbeats::IDLE_GRACE`] covers it while a
-    /// flush takes less than an interval. (Sleeping an interval after each flush instead, a beat
-    /// taken just after a flush began would wait for that flush, the interval, and its own
-    /// flush.) The last flush is the caller's, once no request can add a beat any more
+    /// the last one started, or as soon as it ends when it took longer ([`on_schedule`]). A
+    /// beat then waits for the next flush at most an interval, or the length of a slow flush,
+    /// and is committed within that flush: [`crate::heartbeats::IDLE_GRACE`] covers it while a
+    /// flush takes less than an interval. (Sleeping an interval after each flush instead, a
+    /// beat taken just after a flush began would wait for that flush, the interval, and its
+    /// own flush.) The last flush is the caller's, once no request can add a beat any more
     /// ([`Engine::flush_heartbeats`]).
     pub async fn run_heartbeat_flusher(&self, every: Duration, shutdown: CancellationToken) {
-        let mut next = tokio::time::Instant::now() + every;
         // Whether the last flush ran over the interval: said once when it starts to.
         let mut over = false;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(next) => {}
-                _ = shutdown.cancelled() => return,
-            }
-            let started = tokio::time::Instant::now();
-            next = started + every;
-            match self.flush_heartbeats().await {
-                Ok(beats) => {
-                    let took = started.elapsed();
-                    self.beats.flush_took(took);
-                    if took > every && !over {
-                        tracing::warn!(
-                            beats,
-                            ms = took.as_millis() as u64,
-                            "a heartbeat flush took longer than the flush interval: beats may be \
-                             written after their idle grace"
-                        );
-                    }
-                    over = took > every;
+        let flushed = |outcome: Result<usize, EngineError>, took: Duration| match outcome {
+            Ok(beats) => {
+                self.beats.flush_took(took);
+                if took > every && !over {
+                    tracing::warn!(
+                        beats,
+                        ms = took.as_millis() as u64,
+                        "a heartbeat flush took longer than the flush interval: beats may be \
+                         written after their idle grace"
+                    );
                 }
-                Err(e) if e.is_unavailable() => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "heartbeat flush failed; beats kept for the next one")
-                }
+                over = took > every;
             }
+            Err(e) if e.is_unavailable() => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat flush failed; beats kept for the next one")
+            }
+        };
+        on_schedule(every, &shutdown, || self.flush_heartbeats(), flushed).await;
+    }
+}
+
+/// Runs `work` every `every` until `shutdown`, the first run `every` from now and each next
+/// one `every` after the last one started, or as soon as that one ends when it took longer;
+/// `done` is told each run's outcome and length. A run under way is not cut short.
+async fn on_schedule<T, F: Future<Output = T>>(
+    every: Duration,
+    shutdown: &CancellationToken,
+    mut work: impl FnMut() -> F,
+    mut done: impl FnMut(T, Duration),
+) {
+    let mut next = tokio::time::Instant::now() + every;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = shutdown.cancelled() => return,
         }
+        let started = tokio::time::Instant::now();
+        next = started + every;
+        let outcome = work().await;
+        done(outcome, started.elapsed());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+    use tokio_util::sync::CancellationToken;
+
+    use super::on_schedule;
+
+    /// Runs the schedule, every `every` ms, over work whose runs take `lengths` ms in turn
+    /// (tokio's paused clock). Returns when each run started, from the schedule's start, and
+    /// the length each run was reported with.
+    async fn schedule(every: u64, lengths: &[u64]) -> (Vec<u64>, Vec<u64>) {
+        let t0 = Instant::now();
+        let shutdown = CancellationToken::new();
+        let starts = RefCell::new(Vec::new());
+        let mut reported = Vec::new();
+        let mut lengths = lengths.iter().copied();
+        let work = || {
+            // Past the script, the schedule is told to stop (and a run it still starts does
+            // nothing and is not counted).
+            let length = lengths.next();
+            match length {
+                Some(_) => starts.borrow_mut().push(t0.elapsed().as_millis() as u64),
+                None => shutdown.cancel(),
+            }
+            async move {
+                if let Some(ms) = length {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                length.is_some()
+            }
+        };
+        let done = |counted: bool, took: Duration| {
+            if counted {
+                reported.push(took.as_millis() as u64);
+            }
+        };
+        on_schedule(Duration::from_millis(every), &shutdown, work, done).await;
+        (starts.into_inner(), reported)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn runs_start_an_interval_apart_however_long_each_took_within_it() {
+        let (starts, reported) = schedule(1_000, &[100, 999, 1_000, 0]).await;
+        assert_eq!(starts, [1_000, 2_000, 3_000, 4_000]);
+        assert_eq!(reported, [100, 999, 1_000, 0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_longer_than_the_interval_is_followed_at_once_then_the_interval_resumes() {
+        let (starts, reported) = schedule(1_000, &[2_500, 100, 1_200, 100]).await;
+        // 1.0 s + 2.5 s: the next was due at 2.0 s and starts as the long one ends; the one
+        // after a second from there; after 1.2 s at once again.
+        assert_eq!(starts, [1_000, 3_500, 4_500, 5_700]);
+        assert_eq!(reported, [2_500, 100, 1_200, 100]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_while_waiting_ends_the_schedule_before_its_next_run() {
+        let shutdown = CancellationToken::new();
+        let runs = RefCell::new(0);
+        let stop = {
+            let shutdown = shutdown.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(1_500)).await;
+                shutdown.cancel();
+            }
+        };
+        let schedule = on_schedule(
+            Duration::from_millis(1_000),
+            &shutdown,
+            || {
+                *runs.borrow_mut() += 1;
+                async {}
+            },
+            |(), _| {},
+        );
+        let started = Instant::now();
+        tokio::join!(schedule, stop);
+        assert_eq!(*runs.borrow(), 1, "the run at 1 s, none at 2 s");
+        assert_eq!(started.elapsed(), Duration::from_millis(1_500));
     }
 }
