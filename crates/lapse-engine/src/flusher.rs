@@ -75,7 +75,7 @@ impl Engine {
     }
 
     /// Flushes heartbeats every `every` until `shutdown`, each flush starting `every` after
-    /// the last one started, or as soon as it ends when it took longer ([`on_schedule`]). A
+    /// the last one started, or as soon as it ends when it took longer (`on_schedule`). A
     /// beat then waits for the next flush at most an interval, or the length of a slow flush,
     /// and is committed within that flush: [`crate::heartbeats::IDLE_GRACE`] covers it while a
     /// flush takes less than an interval. (Sleeping an interval after each flush instead, a
