@@ -109,11 +109,14 @@ fn main() {
         write_report(out, &o, &table, pinned);
         println!("written to {}", out.display());
     }
-    let missed = rows.iter().filter(|r| r.verdict == Verdict::Missed).count();
+    let count = |v: Verdict| rows.iter().filter(|r| r.verdict == v).count();
     println!(
-        "{} figures: {} met, {missed} missed",
+        "{} figures: {} met, {} missed, {} not run; {} shown without a target",
         rows.len(),
-        rows.len() - missed
+        count(Verdict::Met),
+        count(Verdict::Missed),
+        count(Verdict::NotRun),
+        count(Verdict::Shown),
     );
 }
 
@@ -159,7 +162,7 @@ async fn run(o: &Options, fd_limit: u64) -> Vec<Row> {
         let url = format!("sqlite://{}", db.display());
         served::fill(&url, o.live).await;
         let server = server::Server::start(&url, &config).await;
-        rows.push(served::heartbeat_vs_noop(&server, &load, o.live).await);
+        rows.extend(served::heartbeat_vs_noop(&server, &load, o.live).await);
         rows.extend(served::burst_lag(&server, &url, &load, o.live).await);
         if runs("streams") {
             // One socket per stream on each side, and room for everything else.

@@ -11,6 +11,8 @@ pub enum Verdict {
     Met,
     Missed,
     NotRun,
+    /// A figure with no target of its own, shown for what it says of another.
+    Shown,
 }
 
 /// One line of the table.
@@ -116,6 +118,7 @@ pub fn table(rows: &[Row]) -> String {
             Verdict::Met => "met",
             Verdict::Missed => "**missed**",
             Verdict::NotRun => "not run",
+            Verdict::Shown => "shown",
         };
         let _ = writeln!(
             out,
