@@ -88,7 +88,8 @@ fn heartbeats(live: usize, spread: bool) -> Arc<dyn Fn(u64) -> Request + Send + 
     Arc::new(move |n| requests[(n % rooms as u64) as usize].clone())
 }
 
-/// Heartbeat endpoint vs `GET /livez`, side by side.
+/// Heartbeat endpoint vs `GET /livez`, side by side; then vs an empty heartbeat batch, whose
+/// HTTP is a heartbeat's without the beat, shown to tell lapse's part of the ratio from HTTP's.
 pub async fn heartbeat_vs_noop(server: &Server, load: &Load, live: usize) -> Vec<Row> {
     let run = Duration::from_secs_f64(load.seconds);
     let fixed = |req: Request| -> Arc<dyn Fn(u64) -> Request + Send + Sync> {
