@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::measure::percentile;
 use crate::report::{Row, Verdict};
-use crate::server::{Conn, Request, Server, send_all};
+use crate::server::{Conn, Request, Requests, Server, send_all};
 
 /// What a flood saw: each answer's status and how long it took.
 #[derive(Default)]
@@ -91,7 +91,7 @@ pub async fn figures(
 
     // A burst that comes due `due_after` after it is created, in the middle of the flood.
     let started = Instant::now();
-    let create: Arc<dyn Fn(u64) -> Request + Send + Sync> = {
+    let create: Requests = {
         let kind = kind.to_string();
         Arc::new(move |n| {
             Request::post(

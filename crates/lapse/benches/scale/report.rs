@@ -38,6 +38,14 @@ pub fn ratio(
     ratio_row(figure, target, pair.ratios(), pair, sides, unit, ok)
 }
 
+/// A ratio row with no target of its own, shown for what it says of another row (`why`).
+pub fn shown_ratio(figure: &str, why: &str, pair: &Pair, sides: [&str; 2], unit: &str) -> Row {
+    Row {
+        verdict: Verdict::Shown,
+        ..ratio_row(figure, why, pair.ratios(), pair, sides, unit, |_| true)
+    }
+}
+
 /// A time ratio from rates: how much longer one operation takes on side a than on side b
 /// (`b / a` of the rates, per round), so 1.0× is flat.
 pub fn time_ratio(

@@ -11,7 +11,7 @@ use lapse_store::testing::synthetic_sessions;
 
 use crate::measure::{interleave, percentile};
 use crate::report::{self, Row};
-use crate::server::{Request, Server, paced_until, send_all, throughput};
+use crate::server::{Request, Requests, Server, paced_until, send_all, throughput};
 
 /// Heartbeats a second while a burst comes due (SPEC §7: 20k heartbeats/s).
 const BEATS_PER_SEC: u64 = 20_000;
@@ -72,7 +72,7 @@ pub async fn fill(url: &str, live: usize) {
 /// them while it measures: the first 10k (one import chunk, neighbours in the tables), or, with
 /// `spread`, every `live / 10k`th, so that at a million each room beaten lies on pages of its
 /// own, as rooms that happen to be busy at once do.
-fn heartbeats(live: usize, spread: bool) -> Arc<dyn Fn(u64) -> Request + Send + Sync> {
+fn heartbeats(live: usize, spread: bool) -> Requests {
     let rooms = live.clamp(1, 10_000);
     let step = if spread { live / rooms } else { 1 };
     let requests: Vec<Request> = (0..rooms)
@@ -92,9 +92,7 @@ fn heartbeats(live: usize, spread: bool) -> Arc<dyn Fn(u64) -> Request + Send + 
 /// HTTP is a heartbeat's without the beat, shown to tell lapse's part of the ratio from HTTP's.
 pub async fn heartbeat_vs_noop(server: &Server, load: &Load, live: usize) -> Vec<Row> {
     let run = Duration::from_secs_f64(load.seconds);
-    let fixed = |req: Request| -> Arc<dyn Fn(u64) -> Request + Send + Sync> {
-        Arc::new(move |_| req.clone())
-    };
+    let fixed = |req: Request| -> Requests { Arc::new(move |_| req.clone()) };
     let livez = fixed(Request::get("/livez"));
     // HTTP's part of a heartbeat without lapse's: a request with a JSON body and
     // credentials, through the same routes and limits, that takes no beat.
@@ -106,25 +104,18 @@ pub async fn heartbeat_vs_noop(server: &Server, load: &Load, live: usize) -> Vec
     send_all(&server.addr, 32, rooms, beats.clone()).await;
     send_all(&server.addr, 32, rooms, livez.clone()).await;
     send_all(&server.addr, 32, rooms, empty.clone()).await;
-    let rate = |make: &Arc<dyn Fn(u64) -> Request + Send + Sync>| {
+    let rate = |make: &Requests| {
         let make = make.clone();
         async move { throughput(&server.addr, 32, run, make).await.0 }
     };
+    let by_round = |what: &str, pair: &crate::measure::Pair| {
+        let rounds: Vec<String> = pair.ratios().iter().map(|r| format!("{r:.2}")).collect();
+        eprintln!("  heartbeat / {what} by round: {}", rounds.join(" "));
+    };
     let pair = interleave(load.rounds, || rate(&beats), || rate(&livez)).await;
-    let rounds: Vec<String> = pair.ratios().iter().map(|r| format!("{r:.2}")).collect();
-    eprintln!("  heartbeat / livez by round: {}", rounds.join(" "));
+    by_round("livez", &pair);
     let bound = interleave(load.rounds, || rate(&beats), || rate(&empty)).await;
-    let rounds: Vec<String> = bound.ratios().iter().map(|r| format!("{r:.2}")).collect();
-    eprintln!("  heartbeat / empty batch by round: {}", rounds.join(" "));
-    let mut shown = report::ratio(
-        "heartbeat endpoint vs an empty batch (`POST /v1/heartbeats`, no beat: the same HTTP, body and credentials), over 10k sessions",
-        "none: what of the row above is lapse's",
-        &bound,
-        ["heartbeat", "empty batch"],
-        "req/s",
-        |_| true,
-    );
-    shown.verdict = report::Verdict::Shown;
+    by_round("empty batch", &bound);
     vec![
         report::ratio(
             "heartbeat endpoint vs no-op endpoint (`/livez`), HTTP, over 10k sessions",
@@ -134,7 +125,13 @@ pub async fn heartbeat_vs_noop(server: &Server, load: &Load, live: usize) -> Vec
             "req/s",
             |x| x >= 0.8,
         ),
-        shown,
+        report::shown_ratio(
+            "heartbeat endpoint vs an empty batch (`POST /v1/heartbeats`, no beat: the same HTTP, body and credentials), over 10k sessions",
+            "none: what of the row above is lapse's",
+            &bound,
+            ["heartbeat", "empty batch"],
+            "req/s",
+        ),
     ]
 }
 
@@ -155,8 +152,7 @@ pub async fn burst(servers: &[&Server], url: &str, load: &Load, live: usize) -> 
         .map(|i| {
             let all = heartbeats(live, true);
             // Server `i` of `of` beats rooms `i`, `i + of`, ...
-            let mine: Arc<dyn Fn(u64) -> Request + Send + Sync> =
-                Arc::new(move |n| all(n * of + i));
+            let mine: Requests = Arc::new(move |n| all(n * of + i));
             mine
         })
         .collect();
@@ -177,7 +173,7 @@ pub async fn burst(servers: &[&Server], url: &str, load: &Load, live: usize) -> 
     let creating = async {
         let creates = servers.iter().enumerate().map(|(i, server)| {
             let kind = load.burst_kind;
-            let create: Arc<dyn Fn(u64) -> Request + Send + Sync> = Arc::new(move |n| {
+            let create: Requests = Arc::new(move |n| {
                 Request::post(
                     "/v1/sessions",
                     &format!(r#"{{"kind":"{kind}","host":"bh{i}-{n}","id":"burst{i}-{n}"}}"#),

@@ -117,6 +117,9 @@ pub async fn get(addr: &str, path: &str) -> Option<u16> {
 #[derive(Clone)]
 pub struct Request(Arc<Vec<u8>>);
 
+/// What a load sends: its `n`th request.
+pub type Requests = Arc<dyn Fn(u64) -> Request + Send + Sync>;
+
 impl Request {
     pub fn get(path: &str) -> Request {
         Request(Arc::new(
@@ -237,7 +240,7 @@ pub async fn throughput(
     addr: &str,
     connections: usize,
     duration: Duration,
-    make: Arc<dyn Fn(u64) -> Request + Send + Sync>,
+    make: Requests,
 ) -> (f64, u64) {
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -282,12 +285,7 @@ pub async fn throughput(
 
 /// Sends `rate` requests a second for `secs` over 20 connections, whatever their answers;
 /// how many were sent (fewer if the server fell behind).
-pub async fn paced(
-    addr: &str,
-    rate: u64,
-    secs: f64,
-    make: Arc<dyn Fn(u64) -> Request + Send + Sync>,
-) -> u64 {
+pub async fn paced(addr: &str, rate: u64, secs: f64, make: Requests) -> u64 {
     let stop = Arc::new(AtomicBool::new(false));
     let timer = {
         let stop = stop.clone();
@@ -301,12 +299,7 @@ pub async fn paced(
 
 /// Sends `rate` requests a second over 20 connections until `stop` is set, whatever their
 /// answers; how many were sent (fewer than asked if the server fell behind).
-pub async fn paced_until(
-    addr: &str,
-    rate: u64,
-    stop: &Arc<AtomicBool>,
-    make: Arc<dyn Fn(u64) -> Request + Send + Sync>,
-) -> u64 {
+pub async fn paced_until(addr: &str, rate: u64, stop: &Arc<AtomicBool>, make: Requests) -> u64 {
     const CONNECTIONS: u64 = 20;
     let counter = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -340,12 +333,7 @@ pub async fn paced_until(
 
 /// Sends `make(0..count)` once each over `connections` connections; returns the seconds it
 /// took and how many were refused.
-pub async fn send_all(
-    addr: &str,
-    connections: usize,
-    count: u64,
-    make: Arc<dyn Fn(u64) -> Request + Send + Sync>,
-) -> (f64, u64) {
+pub async fn send_all(addr: &str, connections: usize, count: u64, make: Requests) -> (f64, u64) {
     let failed = Arc::new(AtomicU64::new(0));
     let counter = Arc::new(AtomicU64::new(0));
     let started = Instant::now();

@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::measure::{Pair, percentile};
 use crate::report::{self, Row};
-use crate::server::{Conn, Request, Server, paced, throughput};
+use crate::server::{Conn, Request, Requests, Server, paced, throughput};
 
 /// Updates per second while delivery is timed.
 const PACED_RATE: u64 = 1_000;
@@ -139,7 +139,7 @@ async fn read_stream(mut stream: tokio::net::TcpStream, t: Timed<'_>) {
 }
 
 /// An update of room `live0-(n % rooms)` whose title is the moment it is sent.
-fn timed_update(rooms: u64, epoch: Instant) -> Arc<dyn Fn(u64) -> Request + Send + Sync> {
+fn timed_update(rooms: u64, epoch: Instant) -> Requests {
     Arc::new(move |n| {
         Request::patch(
             &format!("/v1/sessions/live0-{}", n % rooms),
