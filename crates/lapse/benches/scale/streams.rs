@@ -156,11 +156,15 @@ fn timed_update(rooms: u64, epoch: Instant) -> Requests {
 pub async fn figures(server: &Server, rounds: usize, secs: f64, n: usize) -> Vec<Row> {
     let epoch = Instant::now();
     let run = Duration::from_secs_f64(secs);
+    // Each side of the throughput pair runs twice as long as the other loads: at about 2k
+    // updates a second, runs of `secs` (3 s) swung by a fifth from round to round, and the
+    // figure's median by as much as its margin.
+    let throughput_run = 2 * run;
     let update = timed_update(n as u64, epoch);
     let (mut writes, mut per_stream, mut delays) = (Pair::default(), Vec::new(), Vec::new());
     let (mut sent, mut received) = (0, 0);
     // Updates at full speed for one run.
-    let full_speed = || throughput(&server.addr, 16, run, update.clone());
+    let full_speed = || throughput(&server.addr, 16, throughput_run, update.clone());
     // Not counted: the first run after the figure before pays for what that one left behind
     // (the burst's ten thousand webhook attempts, among others). Counted, it was the lowest
     // of its figure in the last two full runs (1,065 updates/s against 1,574-2,224).
