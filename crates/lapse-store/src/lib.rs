@@ -26,18 +26,19 @@ use lapse_core::{Store, StoreError};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
-/// Longest a call waits for a free connection (or for a new one to open) before it fails as
-/// [`StoreError::Busy`]: in an outage the first request is answered within a second
-/// (the rest at once, see `lapse_engine::outage`) rather than hanging, and under a burst
-/// beyond what the pool serves a request is refused rather than queued without bound.
+/// Longest a call waits for a free connection (on PostgreSQL, or for a new one to open)
+/// before it fails as [`StoreError::Busy`]: in an outage the first request is answered within
+/// a second (the rest at once, see `lapse_engine::outage`) rather than hanging, and under a
+/// burst beyond what the connections serve a request is refused rather than queued without
+/// bound.
 pub const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(750);
 
 /// Opens a pool and its first connection, waiting up to `wait` for that connection where a
-/// call waits [`ACQUIRE_TIMEOUT`]: a database merely slow to answer the first time (a SQLite
-/// file another process holds for a moment, a PostgreSQL server starting beside lapse or under
-/// load) is tried again until then, with a line in the log, since failing `lapse serve` at
-/// start for that helps no one. Any other error (a bad path, no permission, a wrong password)
-/// fails at once. `shown` names the database in messages, without its password.
+/// call waits [`ACQUIRE_TIMEOUT`]: a server merely slow to answer the first time (starting
+/// beside lapse, or under load) is tried again until then, with a line in the log, since
+/// failing `lapse serve` at start for that helps no one. Any other error (a bad path, no
+/// permission, a wrong password) fails at once. `shown` names the database in messages,
+/// without its password.
 pub(crate) async fn open_pool<DB: sqlx::Database>(
     pool: sqlx::pool::PoolOptions<DB>,
     options: &<DB::Connection as sqlx::Connection>::Options,

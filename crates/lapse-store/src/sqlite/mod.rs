@@ -1,13 +1,15 @@
 //! The embedded store: one SQLite file in WAL mode.
 //!
-//! Writes go through a pool of one connection, so they queue in-process instead of meeting
-//! `SQLITE_BUSY`; reads use their own pool and run beside the writer (WAL lets them).
+//! Writes go through one connection, so they queue in-process instead of meeting
+//! `SQLITE_BUSY`; reads use connections of their own and run beside the writer (WAL lets
+//! them). The store holds them itself (`conns.rs`).
 //!
 //! Here: opening, migrating, reading sessions and events, due rows and heartbeats;
 //! `writes.rs` holds a commit's statements, `outbox.rs` deliveries, retention, health figures
 //! and idempotency keys.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,17 +22,18 @@ use lapse_core::store::{
 };
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row, Sqlite};
+use sqlx::{AssertSqlSafe, Connection as _, Row, Sqlite};
 
 use crate::batch::Step;
 use crate::rows::{self, SESSION_COLUMNS, to_json};
 use crate::statements::{self, Arg, Dialect, Statement};
 use crate::{backend, migrate};
+use conns::Conns;
 
 mod backup;
+mod conns;
 mod outbox;
 mod values;
 mod writes;
@@ -39,53 +42,14 @@ pub use backup::{Backup, backup};
 
 use writes::{exec, write_commit, write_updates};
 
-/// Whether the writer connection, handed back after a write, is out of any transaction; if
-/// not, it is closed (which rolls the transaction back) and the pool opens a fresh one.
-///
-/// A COMMIT that fails with a full disk can leave SQLite's transaction open, and the ROLLBACK
-/// queued after it can fail as well; the connection then went on taking every later write into
-/// that transaction, never committed, holding the write lock, until lapse restarted. The
-/// check costs nothing after a write that committed (the transaction depth is already zero).
-async fn left_no_transaction(conn: &mut sqlx::SqliteConnection) -> bool {
-    use sqlx::Connection as _;
-    if !conn.is_in_transaction() {
-        return true;
-    }
-    // A rollback may be queued on the connection still: let it run, then look again.
-    let _ = conn.ping().await;
-    if conn.is_in_transaction() {
-        tracing::warn!("a failed write left its transaction open; reconnecting the writer");
-        return false;
-    }
-    true
-}
-
 /// How long a connection waits for another's lock before its statement fails as busy.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Opens the `n` connections `pool` holds at most, now, from the calling thread, and keeps
-/// them (the pools let no connection idle out).
-///
-/// Each connection runs its statements on a thread of its own, which takes the scheduling
-/// priority of the thread that opened it. `lapse serve` opens its store at start and runs its
-/// request threads at a lower priority so that the sweeper goes first (`lapse::priority`):
-/// opened on demand by a request, a connection would run the sweeper's reads behind the
-/// requests. (A pool's `min_connections` would not do: the pool opens them from a task of the
-/// runtime, which may run on a request thread.) A connection that fails later is opened again
-/// by whoever needs it next.
-async fn open_all(pool: &SqlitePool, n: u32) -> Result<(), StoreError> {
-    let mut held = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        held.push(pool.acquire().await.map_err(backend)?);
-    }
-    Ok(())
-}
 
 /// Sessions in a SQLite database.
 #[derive(Clone)]
 pub struct SqliteStore {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    writer: Arc<Conns>,
+    reader: Arc<Conns>,
 }
 
 impl SqliteStore {
@@ -117,39 +81,24 @@ impl SqliteStore {
             .clone()
             .read_only(true)
             .pragma("cache_size", format!("-{}", 16 * 1024));
-        // A connection here is a library handle in this process, not a socket: it cannot
-        // drop. So the pools hand one out without pinging it first, a round trip to its
-        // thread that cost joins and ends a tenth of their pace. (The pool still pings each
-        // on its way back, which also lets a dropped transaction's rollback run.)
-        //
-        // At open the store waits for its first connection as long as SQLite waits for a lock.
-        let shown = format!("`{url}`");
-        // An in-memory database lives as long as its one connection: never let it idle out.
+        // An in-memory database exists once per connection, and lives as long as it:
+        // readers share the writer, which is never opened afresh.
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let writer = SqlitePoolOptions::new()
-            .acquire_timeout(crate::ACQUIRE_TIMEOUT)
-            .after_release(move |conn, _| {
-                Box::pin(async move { Ok(in_memory || left_no_transaction(conn).await) })
-            })
-            .max_connections(1)
-            .test_before_acquire(false)
-            .idle_timeout(None)
-            .max_lifetime(None);
-        let writer = crate::open_pool(writer, &writer_options, BUSY_TIMEOUT, &shown).await?;
-        // An in-memory database exists once per connection: readers must share the writer.
+        let opened = |e: sqlx::Error| StoreError::Backend(format!("cannot open `{url}`: {e}"));
+        let writer = Arc::new(
+            Conns::open(&writer_options, 1, !in_memory)
+                .await
+                .map_err(opened)?,
+        );
         let reader = if in_memory {
             writer.clone()
         } else {
-            let readers = pool_size.unwrap_or(4).max(1);
-            let reader = SqlitePoolOptions::new()
-                .acquire_timeout(crate::ACQUIRE_TIMEOUT)
-                .max_connections(readers)
-                .test_before_acquire(false)
-                .idle_timeout(None)
-                .max_lifetime(None);
-            let reader = crate::open_pool(reader, &reader_options, BUSY_TIMEOUT, &shown).await?;
-            open_all(&reader, readers).await?;
-            reader
+            let readers = pool_size.unwrap_or(4).max(1) as usize;
+            Arc::new(
+                Conns::open(&reader_options, readers, true)
+                    .await
+                    .map_err(opened)?,
+            )
         };
         Ok(SqliteStore { writer, reader })
     }
@@ -244,7 +193,10 @@ impl SqliteStore {
         let mut plans = Vec::new();
         for (name, mut st) in hot {
             st.sql = format!("explain query plan {}", st.sql);
-            let rows = query(&st).fetch_all(&self.reader).await.map_err(backend)?;
+            let rows = query(&st)
+                .fetch_all(&mut *self.reader.get().await?)
+                .await
+                .map_err(backend)?;
             let lines: Vec<String> = rows
                 .iter()
                 .map(|r| r.try_get::<String, _>("detail").map_err(backend))
@@ -255,7 +207,10 @@ impl SqliteStore {
     }
 
     async fn fetch_sessions(&self, st: &Statement) -> Result<Vec<Session>, StoreError> {
-        let rows = query(st).fetch_all(&self.reader).await.map_err(backend)?;
+        let rows = query(st)
+            .fetch_all(&mut *self.reader.get().await?)
+            .await
+            .map_err(backend)?;
         let mut sessions = sessions_from(&rows)?;
         self.attach_participants(&mut sessions).await?;
         Ok(sessions)
@@ -265,7 +220,7 @@ impl SqliteStore {
     /// participants.
     async fn fetch_sessions_json(&self, st: &Statement) -> Result<Vec<Session>, StoreError> {
         let rows: String = query_scalar(st)
-            .fetch_one(&self.reader)
+            .fetch_one(&mut *self.reader.get().await?)
             .await
             .map_err(backend)?;
         let mut sessions = rows::sessions_json(&rows)?;
@@ -280,7 +235,7 @@ impl SqliteStore {
         let ids: Vec<String> = sessions.iter().map(|s| s.id.to_string()).collect();
         let st = statements::participants_of(Dialect::Sqlite, ids);
         let rows: String = query_scalar(&st)
-            .fetch_one(&self.reader)
+            .fetch_one(&mut *self.reader.get().await?)
             .await
             .map_err(backend)?;
         rows::attach_participants_json(sessions, &rows)
@@ -411,18 +366,19 @@ impl Store for SqliteStore {
             "create table if not exists lapse_migrations (version integer primary key, \
              name text not null, applied_at integer not null)",
         )
-        .execute(&self.writer)
+        .execute(&mut *self.writer.get().await?)
         .await
         .map_err(backend)?;
         let done: Vec<i64> = sqlx::query_scalar("select version from lapse_migrations")
-            .fetch_all(&self.writer)
+            .fetch_all(&mut *self.writer.get().await?)
             .await
             .map_err(backend)?;
         for script in migrate::SQLITE
             .iter()
             .filter(|s| !done.contains(&s.version))
         {
-            let mut tx = self.writer.begin().await.map_err(backend)?;
+            let mut writer = self.writer.get().await?;
+            let mut tx = writer.begin().await.map_err(backend)?;
             sqlx::raw_sql(script.sql)
                 .execute(&mut *tx)
                 .await
@@ -447,7 +403,7 @@ impl Store for SqliteStore {
     async fn version(&self, id: &SessionId) -> Result<Option<i64>, StoreError> {
         sqlx::query_scalar(SESSION_VERSION)
             .bind(id.as_str())
-            .fetch_optional(&self.reader)
+            .fetch_optional(&mut *self.reader.get().await?)
             .await
             .map_err(backend)
     }
@@ -471,7 +427,8 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         // The single writer connection already serializes this with every other commit, so
         // host limits and the rules version are checked without a lock.
-        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let mut writer = self.writer.get().await?;
+        let mut tx = writer.begin().await.map_err(backend)?;
         let in_force = if commits.iter().any(|c| c.rules_version.is_some()) {
             rules_version_of(&mut tx).await?
         } else {
@@ -535,7 +492,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<DueRow>, StoreError> {
         let st = statements::due_sessions(Dialect::Sqlite, now.millis(), kind, cursor, limit, None);
         let rows: String = query_scalar(&st)
-            .fetch_one(&self.reader)
+            .fetch_one(&mut *self.reader.get().await?)
             .await
             .map_err(backend)?;
         rows::due_rows(&rows)
@@ -548,7 +505,10 @@ impl Store for SqliteStore {
 
     async fn count_due(&self, now: Timestamp, kind: Option<&str>) -> Result<u64, StoreError> {
         let st = statements::count_due(Dialect::Sqlite, now.millis(), kind);
-        let row = query(&st).fetch_one(&self.reader).await.map_err(backend)?;
+        let row = query(&st)
+            .fetch_one(&mut *self.reader.get().await?)
+            .await
+            .map_err(backend)?;
         let n: i64 = row.try_get("n").map_err(backend)?;
         Ok(n.max(0) as u64)
     }
@@ -563,7 +523,8 @@ impl Store for SqliteStore {
             return Ok(0);
         }
         // One writer: nothing can put other rules in force between these two statements.
-        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let mut writer = self.writer.get().await?;
+        let mut tx = writer.begin().await.map_err(backend)?;
         if rules_version.is_some() && rules_version_of(&mut tx).await? != rules_version {
             return Err(StoreError::PolicyChanged);
         }
@@ -594,7 +555,7 @@ impl Store for SqliteStore {
     async fn mark_rearmed(&self, version: i64) -> Result<(), StoreError> {
         sqlx::query(MARK_REARMED)
             .bind(version)
-            .execute(&self.writer)
+            .execute(&mut *self.writer.get().await?)
             .await
             .map_err(backend)?;
         Ok(())
@@ -602,7 +563,7 @@ impl Store for SqliteStore {
 
     async fn rules_in_force(&self) -> Result<Option<RulesInForce>, StoreError> {
         let row = sqlx::query(RULES_IN_FORCE)
-            .fetch_optional(&self.writer)
+            .fetch_optional(&mut *self.writer.get().await?)
             .await
             .map_err(backend)?;
         row.as_ref().map(rows::rules_in_force).transpose()
@@ -616,7 +577,8 @@ impl Store for SqliteStore {
         at: Timestamp,
         event: Option<EventRecord>,
     ) -> Result<i64, StoreError> {
-        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let mut writer = self.writer.get().await?;
+        let mut tx = writer.begin().await.map_err(backend)?;
         if rules_version_of(&mut tx).await?.unwrap_or(0) != expected {
             return Err(StoreError::PolicyChanged);
         }
@@ -645,7 +607,7 @@ impl Store for SqliteStore {
 
     async fn next_deadline(&self) -> Result<Option<Timestamp>, StoreError> {
         let at: Option<i64> = sqlx::query_scalar(NEXT_DEADLINE)
-            .fetch_one(&self.reader)
+            .fetch_one(&mut *self.reader.get().await?)
             .await
             .map_err(backend)?;
         Ok(at.map(Timestamp::from_millis))
@@ -656,7 +618,8 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let batch = to_json(&rows::latest_beats(beats));
-        let mut tx = self.writer.begin().await.map_err(backend)?;
+        let mut writer = self.writer.get().await?;
+        let mut tx = writer.begin().await.map_err(backend)?;
         // The participants, then their sessions, each once.
         sqlx::query(FLUSH_PARTICIPANTS)
             .bind(&batch)
@@ -682,7 +645,7 @@ impl Store for SqliteStore {
     async fn was_deleted(&self, id: &SessionId) -> Result<bool, StoreError> {
         let found: Option<i64> = sqlx::query_scalar(WAS_DELETED)
             .bind(id.as_str())
-            .fetch_optional(&self.reader)
+            .fetch_optional(&mut *self.reader.get().await?)
             .await
             .map_err(backend)?;
         Ok(found.is_some())
@@ -690,14 +653,17 @@ impl Store for SqliteStore {
 
     async fn last_event_seq(&self) -> Result<i64, StoreError> {
         sqlx::query_scalar("select coalesce(max(seq), 0) from events")
-            .fetch_one(&self.reader)
+            .fetch_one(&mut *self.reader.get().await?)
             .await
             .map_err(backend)
     }
 
     async fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
         let st = statements::events_page(Dialect::Sqlite, q);
-        let rows = query(&st).fetch_all(&self.reader).await.map_err(backend)?;
+        let rows = query(&st)
+            .fetch_all(&mut *self.reader.get().await?)
+            .await
+            .map_err(backend)?;
         rows.iter().map(rows::event).collect()
     }
 
@@ -715,7 +681,7 @@ impl Store for SqliteStore {
         .bind(user.as_str())
         .bind(unread_only as i64)
         .bind(limit as i64)
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *self.reader.get().await?)
         .await
         .map_err(backend)?;
         rows.iter().map(rows::notification).collect()
@@ -735,7 +701,7 @@ impl Store for SqliteStore {
         .bind(id)
         .bind(user.as_str())
         .bind(at.millis())
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut *self.writer.get().await?)
         .await
         .map_err(backend)?;
         row.as_ref().map(rows::notification).transpose()
@@ -743,7 +709,7 @@ impl Store for SqliteStore {
 
     async fn counts(&self) -> Result<Vec<StatusCount>, StoreError> {
         let rows = sqlx::query("select kind, status, count(*) as n from sessions group by kind, status order by kind, status")
-            .fetch_all(&self.reader)
+            .fetch_all(&mut *self.reader.get().await?)
             .await
             .map_err(backend)?;
         rows.iter()
@@ -795,7 +761,10 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<Delivery>, StoreError> {
         let st = statements::deliveries_page(Dialect::Sqlite, status, limit);
-        let rows = query(&st).fetch_all(&self.reader).await.map_err(backend)?;
+        let rows = query(&st)
+            .fetch_all(&mut *self.reader.get().await?)
+            .await
+            .map_err(backend)?;
         rows.iter().map(rows::delivery).collect()
     }
 

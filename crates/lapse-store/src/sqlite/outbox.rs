@@ -3,9 +3,9 @@
 use lapse_core::event::Event;
 use lapse_core::store::{Attempt, Delivery, DisabledEndpoint, HealthCounts, StoredResponse};
 use lapse_core::{StoreError, Timestamp};
-use sqlx::sqlite::SqlitePool;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, Connection as _, Row};
 
+use super::conns::Conns;
 use crate::backend;
 use crate::rows::{self, DELIVERY_COLUMNS};
 
@@ -25,7 +25,7 @@ pub(super) fn due_deliveries_sql() -> String {
 }
 
 pub(super) async fn due_deliveries(
-    pool: &SqlitePool,
+    conns: &Conns,
     now: Timestamp,
     limit: u32,
     _claim: bool,
@@ -33,7 +33,7 @@ pub(super) async fn due_deliveries(
     let rows = sqlx::query(AssertSqlSafe(due_deliveries_sql()))
         .bind(now.millis())
         .bind(limit as i64)
-        .fetch_all(pool)
+        .fetch_all(&mut *conns.get().await?)
         .await
         .map_err(backend)?;
     rows.iter()
@@ -42,13 +42,14 @@ pub(super) async fn due_deliveries(
 }
 
 pub(super) async fn record_attempts(
-    pool: &SqlitePool,
+    conns: &Conns,
     attempts: &[(String, Attempt)],
 ) -> Result<(), StoreError> {
     if attempts.is_empty() {
         return Ok(());
     }
-    let mut tx = pool.begin().await.map_err(backend)?;
+    let mut conn = conns.get().await?;
+    let mut tx = conn.begin().await.map_err(backend)?;
     for (id, attempt) in attempts {
         sqlx::query(
             "update webhook_deliveries set status = ?2, attempts = attempts + 1, \
@@ -69,13 +70,11 @@ pub(super) async fn record_attempts(
 }
 
 /// Every disabled endpoint (a handful of rows: endpoints come from the configuration).
-pub(super) async fn disabled_endpoints(
-    pool: &SqlitePool,
-) -> Result<Vec<DisabledEndpoint>, StoreError> {
+pub(super) async fn disabled_endpoints(conns: &Conns) -> Result<Vec<DisabledEndpoint>, StoreError> {
     let rows: Vec<(String, i64, String)> = sqlx::query_as(
         "select url, disabled_at, reason from webhook_endpoints_disabled order by url",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conns.get().await?)
     .await
     .map_err(backend)?;
     Ok(rows
@@ -89,12 +88,13 @@ pub(super) async fn disabled_endpoints(
 }
 
 pub(super) async fn disable_endpoint(
-    pool: &SqlitePool,
+    conns: &Conns,
     url: &str,
     at: Timestamp,
     reason: &str,
 ) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await.map_err(backend)?;
+    let mut conn = conns.get().await?;
+    let mut tx = conn.begin().await.map_err(backend)?;
     sqlx::query(
         "insert into webhook_endpoints_disabled (url, disabled_at, reason) \
          values (?1, ?2, ?3) on conflict (url) do nothing",
@@ -118,7 +118,7 @@ pub(super) async fn disable_endpoint(
 }
 
 pub(super) async fn retry_delivery(
-    pool: &SqlitePool,
+    conns: &Conns,
     id: &str,
     now: Timestamp,
 ) -> Result<Option<Delivery>, StoreError> {
@@ -128,7 +128,7 @@ pub(super) async fn retry_delivery(
     )
     .bind(id)
     .bind(now.millis())
-    .execute(pool)
+    .execute(&mut *conns.get().await?)
     .await
     .map_err(backend)?;
     let sql = format!(
@@ -137,7 +137,7 @@ pub(super) async fn retry_delivery(
     );
     let row = sqlx::query(AssertSqlSafe(sql))
         .bind(id)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *conns.get().await?)
         .await
         .map_err(backend)?;
     row.as_ref().map(rows::delivery).transpose()
@@ -148,19 +148,15 @@ pub(super) async fn retry_delivery(
 pub(super) const NEXT_DELIVERY: &str = "select min(next_attempt_at) \
      from webhook_deliveries indexed by webhook_deliveries_due where status = 'pending'";
 
-pub(super) async fn next_delivery_at(pool: &SqlitePool) -> Result<Option<Timestamp>, StoreError> {
+pub(super) async fn next_delivery_at(conns: &Conns) -> Result<Option<Timestamp>, StoreError> {
     let at: Option<i64> = sqlx::query_scalar(NEXT_DELIVERY)
-        .fetch_one(pool)
+        .fetch_one(&mut *conns.get().await?)
         .await
         .map_err(backend)?;
     Ok(at.map(Timestamp::from_millis))
 }
 
-pub(super) async fn prune(
-    pool: &SqlitePool,
-    before: Timestamp,
-    limit: u32,
-) -> Result<u64, StoreError> {
+pub(super) async fn prune(conns: &Conns, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
     // Events a pending delivery still needs stay until it is done with them.
     let events = sqlx::query(
         "delete from events where seq in (select seq from events \
@@ -170,7 +166,7 @@ pub(super) async fn prune(
     )
     .bind(before.millis())
     .bind(limit as i64)
-    .execute(pool)
+    .execute(&mut *conns.get().await?)
     .await
     .map_err(backend)?;
     let deliveries = sqlx::query(
@@ -179,32 +175,32 @@ pub(super) async fn prune(
     )
     .bind(before.millis())
     .bind(limit as i64)
-    .execute(pool)
+    .execute(&mut *conns.get().await?)
     .await
     .map_err(backend)?;
     let keys = sqlx::query("delete from idempotency_keys where created_at < ?1 - 86400000")
         .bind(before.millis())
-        .execute(pool)
+        .execute(&mut *conns.get().await?)
         .await
         .map_err(backend)?;
     Ok(events.rows_affected() + deliveries.rows_affected() + keys.rows_affected())
 }
 
 /// Rewrites the one row of `write_check`.
-pub(super) async fn write_check(pool: &SqlitePool, at: Timestamp) -> Result<(), StoreError> {
+pub(super) async fn write_check(conns: &Conns, at: Timestamp) -> Result<(), StoreError> {
     sqlx::query(
         "insert into write_check (id, at) values (1, ?1) \
          on conflict (id) do update set at = excluded.at",
     )
     .bind(at.millis())
-    .execute(pool)
+    .execute(&mut *conns.get().await?)
     .await
     .map_err(backend)?;
     Ok(())
 }
 
 pub(super) async fn health_counts(
-    pool: &SqlitePool,
+    conns: &Conns,
     overdue_before: Timestamp,
     stale_before: Timestamp,
 ) -> Result<HealthCounts, StoreError> {
@@ -219,7 +215,7 @@ pub(super) async fn health_counts(
     )
     .bind(overdue_before.millis())
     .bind(stale_before.millis())
-    .fetch_one(pool)
+    .fetch_one(&mut *conns.get().await?)
     .await
     .map_err(backend)?;
     let get = |c: &str| row.try_get::<i64, _>(c).map_err(backend);
@@ -232,7 +228,7 @@ pub(super) async fn health_counts(
 }
 
 pub(super) async fn idempotent_response(
-    pool: &SqlitePool,
+    conns: &Conns,
     actor: &str,
     key: &str,
     since: Timestamp,
@@ -244,7 +240,7 @@ pub(super) async fn idempotent_response(
     .bind(actor)
     .bind(key)
     .bind(since.millis())
-    .fetch_optional(pool)
+    .fetch_optional(&mut *conns.get().await?)
     .await
     .map_err(backend)?;
     row.map(|r| {
@@ -260,7 +256,7 @@ pub(super) async fn idempotent_response(
 }
 
 pub(super) async fn save_idempotent_response(
-    pool: &SqlitePool,
+    conns: &Conns,
     actor: &str,
     key: &str,
     response: &StoredResponse,
@@ -282,7 +278,7 @@ pub(super) async fn save_idempotent_response(
     .bind(&response.body)
     .bind(response.created_at.millis())
     .bind(response.created_at.millis() - 24 * 3_600_000)
-    .execute(pool)
+    .execute(&mut *conns.get().await?)
     .await
     .map_err(backend)?;
     Ok(())

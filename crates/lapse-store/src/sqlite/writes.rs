@@ -3,7 +3,9 @@
 
 use lapse_core::store::{Commit, HostLimit, SessionWrite};
 use lapse_core::{Session, SessionId, StoreError, Timestamp, UserId};
-use sqlx::{AssertSqlSafe, Sqlite, SqlitePool, Transaction};
+use sqlx::{AssertSqlSafe, Connection as _, Sqlite, Transaction};
+
+use super::conns::Conns;
 
 use super::values::{self, Values};
 use crate::rows::{
@@ -323,11 +325,12 @@ async fn deliver_notifications(
 }
 
 /// Sessions in bulk (see `Store::import`): two statements per chunk.
-pub(super) async fn import(pool: &SqlitePool, sessions: &[Session]) -> Result<u64, StoreError> {
+pub(super) async fn import(conns: &Conns, sessions: &[Session]) -> Result<u64, StoreError> {
     let mut inserted = 0;
     for chunk in sessions.chunks(IMPORT_CHUNK) {
         let (rows, participants) = import_rows(chunk);
-        let mut tx = pool.begin().await.map_err(backend)?;
+        let mut conn = conns.get().await?;
+        let mut tx = conn.begin().await.map_err(backend)?;
         let select = |cols: &str| {
             cols.split(", ")
                 .map(|c| format!("value ->> '{c}'"))
