@@ -325,6 +325,11 @@ impl PostgresStore {
                 vec![Arg::Int(0), Arg::Int(0), Arg::Int(0), Arg::Int(1)],
             ),
             fixed("next delivery", outbox::NEXT_DELIVERY, vec![]),
+            fixed(
+                "batched webhook attempts",
+                outbox::RECORD_ATTEMPTS,
+                vec![empty(), empty(), empty(), empty(), empty(), empty()],
+            ),
         ]);
         let mut conn = self.pool.acquire().await.map_err(backend)?;
         for sql in ["analyze", "set plan_cache_mode = force_generic_plan"] {

@@ -83,6 +83,15 @@ pub(super) async fn due_deliveries(
         .collect()
 }
 
+/// Attempts recorded on their deliveries, found by primary key: one statement for a step's
+/// attempts, each column an array.
+pub(super) const RECORD_ATTEMPTS: &str = "update webhook_deliveries d set status = b.status, \
+     attempts = d.attempts + 1, next_attempt_at = b.next_at, last_attempt_at = b.at, \
+     last_status = b.http_status, last_error = b.error, claimed_until = null \
+     from unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[]) \
+     as b(id, status, next_at, at, http_status, error) \
+     where d.id = b.id";
+
 pub(super) async fn record_attempts(
     pool: &PgPool,
     attempts: &[(String, Attempt)],
@@ -90,24 +99,24 @@ pub(super) async fn record_attempts(
     if attempts.is_empty() {
         return Ok(());
     }
-    let mut tx = pool.begin().await.map_err(backend)?;
-    for (id, attempt) in attempts {
-        sqlx::query(
-            "update webhook_deliveries set status = $2, attempts = attempts + 1, \
-             next_attempt_at = $3, last_attempt_at = $4, last_status = $5, \
-             last_error = $6, claimed_until = null where id = $1",
-        )
-        .bind(id)
-        .bind(attempt.status.as_str())
-        .bind(attempt.next_attempt_at.map(Timestamp::millis))
-        .bind(attempt.at.millis())
-        .bind(attempt.http_status.map(i64::from))
-        .bind(attempt.error.as_deref())
-        .execute(&mut *tx)
+    let column = |f: fn(&Attempt) -> Option<i64>| attempts.iter().map(|(_, a)| f(a)).collect();
+    let ids: Vec<&str> = attempts.iter().map(|(id, _)| id.as_str()).collect();
+    let statuses: Vec<&str> = attempts.iter().map(|(_, a)| a.status.as_str()).collect();
+    let next: Vec<Option<i64>> = column(|a| a.next_attempt_at.map(Timestamp::millis));
+    let at: Vec<Option<i64>> = column(|a| Some(a.at.millis()));
+    let http: Vec<Option<i64>> = column(|a| a.http_status.map(i64::from));
+    let errors: Vec<Option<&str>> = attempts.iter().map(|(_, a)| a.error.as_deref()).collect();
+    sqlx::query(RECORD_ATTEMPTS)
+        .bind(ids)
+        .bind(statuses)
+        .bind(next)
+        .bind(at)
+        .bind(http)
+        .bind(errors)
+        .execute(pool)
         .await
         .map_err(backend)?;
-    }
-    tx.commit().await.map_err(backend)
+    Ok(())
 }
 
 /// Every disabled endpoint (a handful of rows: endpoints come from the configuration).

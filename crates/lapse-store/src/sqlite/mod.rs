@@ -190,6 +190,10 @@ impl SqliteStore {
         for (name, sql) in writes::batch_statements()? {
             hot.push((name, Statement::fixed(Dialect::Sqlite, &sql)));
         }
+        hot.push((
+            "batched webhook attempts",
+            Statement::fixed(Dialect::Sqlite, &outbox::record_attempts_statement()?),
+        ));
         let mut plans = Vec::new();
         for (name, mut st) in hot {
             st.sql = format!("explain query plan {}", st.sql);

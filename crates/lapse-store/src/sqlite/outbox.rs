@@ -5,7 +5,10 @@ use lapse_core::store::{Attempt, Delivery, DisabledEndpoint, HealthCounts, Store
 use lapse_core::{StoreError, Timestamp};
 use sqlx::{AssertSqlSafe, Connection as _, Row};
 
+use serde::Serialize;
+
 use super::conns::Conns;
+use super::values::{self, Values};
 use crate::backend;
 use crate::rows::{self, DELIVERY_COLUMNS};
 
@@ -41,6 +44,36 @@ pub(super) async fn due_deliveries(
         .collect()
 }
 
+/// A delivery attempt's outcome as a row of [`record_attempts_sql`].
+#[derive(Default, Serialize)]
+struct AttemptRow<'a> {
+    id: &'a str,
+    status: &'a str,
+    next_attempt_at: Option<i64>,
+    at: i64,
+    http_status: Option<i64>,
+    error: Option<&'a str>,
+}
+
+/// Attempts (`AttemptRow`s) recorded on their deliveries, found by primary key.
+pub(super) fn record_attempts_sql(b: &Values) -> String {
+    format!(
+        "with {} update webhook_deliveries set status = b.status, attempts = attempts + 1, \
+         next_attempt_at = b.next_attempt_at, last_attempt_at = b.at, \
+         last_status = b.http_status, last_error = b.error, claimed_until = null \
+         from b where b.pos is not null and webhook_deliveries.id = b.id",
+        b.table()
+    )
+}
+
+/// The statement of [`record_attempts`] for a chunk of two rows, for the plan tests.
+pub(super) fn record_attempts_statement() -> Result<String, StoreError> {
+    let rows = values::chunks(&[AttemptRow::default(), AttemptRow::default()])?;
+    Ok(rows.first().map(record_attempts_sql).unwrap_or_default())
+}
+
+/// Records attempts in one statement (a chunk of rows at a time): a step's deliveries cost
+/// one round trip to the writer's thread, not one each.
 pub(super) async fn record_attempts(
     conns: &Conns,
     attempts: &[(String, Attempt)],
@@ -48,24 +81,20 @@ pub(super) async fn record_attempts(
     if attempts.is_empty() {
         return Ok(());
     }
+    let rows: Vec<AttemptRow> = attempts
+        .iter()
+        .map(|(id, a)| AttemptRow {
+            id,
+            status: a.status.as_str(),
+            next_attempt_at: a.next_attempt_at.map(Timestamp::millis),
+            at: a.at.millis(),
+            http_status: a.http_status.map(i64::from),
+            error: a.error.as_deref(),
+        })
+        .collect();
     let mut conn = conns.get().await?;
     let mut tx = conn.begin().await.map_err(backend)?;
-    for (id, attempt) in attempts {
-        sqlx::query(
-            "update webhook_deliveries set status = ?2, attempts = attempts + 1, \
-             next_attempt_at = ?3, last_attempt_at = ?4, last_status = ?5, \
-             last_error = ?6, claimed_until = null where id = ?1",
-        )
-        .bind(id)
-        .bind(attempt.status.as_str())
-        .bind(attempt.next_attempt_at.map(Timestamp::millis))
-        .bind(attempt.at.millis())
-        .bind(attempt.http_status.map(i64::from))
-        .bind(attempt.error.as_deref())
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-    }
+    values::execute(&mut tx, &rows, record_attempts_sql).await?;
     tx.commit().await.map_err(backend)
 }
 
