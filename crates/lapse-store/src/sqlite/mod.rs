@@ -109,8 +109,15 @@ impl SqliteStore {
             return Ok(Vec::new());
         }
         let ids: Vec<String> = ids.iter().map(SessionId::to_string).collect();
-        let st = statements::sessions_by_id(Dialect::Sqlite, rows::SESSIONS_AS_JSON, ids);
-        self.fetch_sessions_json(&st).await
+        let st = statements::sessions_with_participants(rows::SESSIONS_AS_JSON, ids);
+        let (sessions, participants): (String, String) =
+            sqlx::query_as_with(AssertSqlSafe(st.sql.clone()), arguments(&st))
+                .fetch_one(&mut *self.reader.get().await?)
+                .await
+                .map_err(backend)?;
+        let mut sessions = rows::sessions_json(&sessions)?;
+        rows::attach_participants_json(&mut sessions, &participants)?;
+        Ok(sessions)
     }
 
     /// The plan SQLite picks for every hot statement, as `(what, plan)`: the plan tests fail
@@ -127,8 +134,8 @@ impl SqliteStore {
         let json = rows::SESSIONS_AS_JSON;
         hot.extend([
             (
-                "sessions by id, as one value",
-                statements::sessions_by_id(Dialect::Sqlite, json, vec!["s1".into()]),
+                "sessions by id with their participants, as two values",
+                statements::sessions_with_participants(json, vec!["s1".into()]),
             ),
             (
                 "open children, as one value",
