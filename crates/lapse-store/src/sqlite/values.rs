@@ -17,7 +17,7 @@
 
 use serde::Serialize;
 use serde::ser::{self, Impossible};
-use sqlx::sqlite::SqliteArguments;
+use sqlx::sqlite::{SqliteArguments, SqliteConnection};
 use sqlx::{Arguments as _, AssertSqlSafe, Sqlite, Transaction};
 
 use crate::backend;
@@ -110,14 +110,14 @@ pub(super) fn chunks<T: Serialize>(rows: &[T]) -> Result<Vec<Values>, StoreError
 /// Runs the statement `sql` writes for each chunk of `rows` (see [`Values`]); the rows it
 /// wrote.
 pub(super) async fn execute<T: Serialize>(
-    tx: &mut Transaction<'_, Sqlite>,
+    conn: &mut SqliteConnection,
     rows: &[T],
     sql: impl Fn(&Values) -> String,
 ) -> Result<u64, StoreError> {
     let mut written = 0;
     for values in chunks(rows)? {
         written += sqlx::query_with(AssertSqlSafe(sql(&values)), values.args)
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await
             .map_err(backend)?
             .rows_affected();
