@@ -114,7 +114,7 @@ fn wall_seconds() -> i64 {
 impl Engine {
     /// Sends every delivery due now (one batch) and records the outcomes; returns how many
     /// were attempted. Outcomes are recorded as they come, those that come together in one
-    /// transaction: a batch sent to an endpoint that is down, all at once.
+    /// statement: a batch sent to an endpoint that is down, all at once.
     pub async fn deliver_once(self: &Arc<Self>) -> Result<usize, EngineError> {
         let now = self.now();
         let due = self.store.due_deliveries(now, BATCH, true).await?;
