@@ -149,15 +149,11 @@ impl Engine {
         Ok(n)
     }
 
-    /// Records `attempts`, each `(delivery, endpoint, attempt)`; then the endpoints that
-    /// answered 410 Gone are disabled (each attempt is recorded first, with the answer that
-    /// ended it, and then the endpoint's other pending deliveries die with it).
+    /// Records `attempts`, each `(delivery, endpoint, attempt)`. The endpoints that answered
+    /// 410 Gone are disabled first, which ends their pending deliveries, and then each
+    /// attempt is recorded with the answer that ended it. In that order a delivery never
+    /// shows its 410 while its endpoint still takes new events.
     async fn record(&self, attempts: &[(String, String, Attempt)]) -> Result<(), EngineError> {
-        let rows: Vec<(String, Attempt)> = attempts
-            .iter()
-            .map(|(id, _, attempt)| (id.clone(), attempt.clone()))
-            .collect();
-        self.store.record_attempts(&rows).await?;
         for (_, url, attempt) in attempts {
             if attempt.http_status == Some(410) {
                 self.store
@@ -165,6 +161,11 @@ impl Engine {
                     .await?;
             }
         }
+        let rows: Vec<(String, Attempt)> = attempts
+            .iter()
+            .map(|(id, _, attempt)| (id.clone(), attempt.clone()))
+            .collect();
+        self.store.record_attempts(&rows).await?;
         Ok(())
     }
 
