@@ -341,17 +341,22 @@ pub(crate) fn sessions_by_id(dialect: Dialect, columns: &str, ids: Vec<String>) 
 pub(crate) fn participants_of(dialect: Dialect, ids: Vec<String>) -> Statement {
     let mut st = Statement::new(dialect, "");
     let id_in = st.in_texts("session_id", ids);
-    let columns = PARTICIPANT_COLUMNS;
     st.sql = match dialect {
-        Dialect::Sqlite => format!(
-            "select json_group_array(json_array({columns}) order by joined_at, user_id) \
-             from participants where {id_in}"
+        Dialect::Sqlite => participants_as_json(&id_in),
+        Dialect::Postgres => format!(
+            "select {PARTICIPANT_COLUMNS} from participants where {id_in} \
+             order by joined_at, user_id"
         ),
-        Dialect::Postgres => {
-            format!("select {columns} from participants where {id_in} order by joined_at, user_id")
-        }
     };
     st
+}
+
+/// SQLite: the participants `id_in` picks, as one JSON array of rows as arrays.
+fn participants_as_json(id_in: &str) -> String {
+    format!(
+        "select json_group_array(json_array({PARTICIPANT_COLUMNS}) order by joined_at, user_id) \
+         from participants where {id_in}"
+    )
 }
 
 /// Columns of `participants`, as [`participants_of`] selects them.
@@ -367,9 +372,8 @@ pub(crate) fn sessions_with_participants(columns: &str, ids: Vec<String>) -> Sta
     let session_in = st.in_texts("id", ids.clone());
     let participant_in = st.in_texts("session_id", ids);
     st.sql = format!(
-        "select (select {columns} from sessions where {session_in}), \
-         (select json_group_array(json_array({PARTICIPANT_COLUMNS}) order by joined_at, user_id) \
-         from participants where {participant_in})"
+        "select (select {columns} from sessions where {session_in}), ({})",
+        participants_as_json(&participant_in)
     );
     st
 }

@@ -103,7 +103,7 @@ pub(super) async fn record_attempts(
     let ids: Vec<&str> = attempts.iter().map(|(id, _)| id.as_str()).collect();
     let statuses: Vec<&str> = attempts.iter().map(|(_, a)| a.status.as_str()).collect();
     let next: Vec<Option<i64>> = column(|a| a.next_attempt_at.map(Timestamp::millis));
-    let at: Vec<Option<i64>> = column(|a| Some(a.at.millis()));
+    let at: Vec<i64> = attempts.iter().map(|(_, a)| a.at.millis()).collect();
     let http: Vec<Option<i64>> = column(|a| a.http_status.map(i64::from));
     let errors: Vec<Option<&str>> = attempts.iter().map(|(_, a)| a.error.as_deref()).collect();
     sqlx::query(RECORD_ATTEMPTS)

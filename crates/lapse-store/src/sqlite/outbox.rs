@@ -68,8 +68,7 @@ pub(super) fn record_attempts_sql(b: &Values) -> String {
 
 /// The statement of [`record_attempts`] for a chunk of two rows, for the plan tests.
 pub(super) fn record_attempts_statement() -> Result<String, StoreError> {
-    let rows = values::chunks(&[AttemptRow::default(), AttemptRow::default()])?;
-    Ok(rows.first().map(record_attempts_sql).unwrap_or_default())
+    values::for_two_rows::<AttemptRow>(record_attempts_sql)
 }
 
 /// Records attempts in one statement (a chunk of rows at a time): a step's deliveries cost

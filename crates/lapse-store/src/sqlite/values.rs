@@ -107,6 +107,15 @@ pub(super) fn chunks<T: Serialize>(rows: &[T]) -> Result<Vec<Values>, StoreError
     Ok(out)
 }
 
+/// The statement `sql` writes for a chunk of two default rows of `T`: how a batch statement
+/// is sent, for the plan tests.
+pub(super) fn for_two_rows<T: Default + Serialize>(
+    sql: fn(&Values) -> String,
+) -> Result<String, StoreError> {
+    let rows = chunks(&[T::default(), T::default()])?;
+    Ok(rows.first().map(sql).unwrap_or_default())
+}
+
 /// Runs the statement `sql` writes for each chunk of `rows` (see [`Values`]); the rows it
 /// wrote.
 pub(super) async fn execute<T: Serialize>(

@@ -6,7 +6,6 @@ use lapse_core::{Session, SessionId, StoreError, Timestamp, UserId};
 use sqlx::{AssertSqlSafe, Connection as _, Sqlite, Transaction};
 
 use super::conns::Conns;
-
 use super::values::{self, Values};
 use crate::rows::{
     IMPORT_PARTICIPANT_COLUMNS, IMPORT_SESSION_COLUMNS, counted_by, import_rows, to_json,
@@ -411,12 +410,7 @@ pub(super) async fn write_updates(
 
 /// The batch statements as sent for a chunk of two rows, named, for the plan tests.
 pub(super) fn batch_statements() -> Result<Vec<(&'static str, String)>, StoreError> {
-    fn two<T: Default + serde::Serialize>(
-        sql: fn(&Values) -> String,
-    ) -> Result<String, StoreError> {
-        let rows = values::chunks(&[T::default(), T::default()])?;
-        Ok(rows.first().map(sql).unwrap_or_default())
-    }
+    use values::for_two_rows as two;
     Ok(vec![
         (
             "batched session update, stored states",
