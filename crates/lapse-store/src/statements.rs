@@ -83,7 +83,7 @@ impl Statement {
         match self.dialect {
             Dialect::Sqlite => {
                 let p = self.arg(Arg::Text(to_json(&values)));
-                format!("{column} in (select value from json_each({p}))")
+                sqlite_in(column, &p)
             }
             Dialect::Postgres => {
                 let p = self.arg(Arg::Texts(values));
@@ -91,6 +91,11 @@ impl Statement {
             }
         }
     }
+}
+
+/// SQLite: `column in` the texts of the JSON array bound as `p`.
+fn sqlite_in(column: &str, p: &str) -> String {
+    format!("{column} in (select value from json_each({p}))")
 }
 
 /// A column the planner must only filter on, not look up by: SQLite takes `+column` as
@@ -366,11 +371,12 @@ const PARTICIPANT_COLUMNS: &str =
 /// Sessions by id and their participants in one SQLite statement of two values: the
 /// sessions as [`sessions_by_id`] selects them with `columns` (one JSON value), and their
 /// participants as [`participants_of`] does. One round trip to a connection's thread instead
-/// of two, and both read from one snapshot.
+/// of two, and both read from one snapshot. Both halves read the ids from one value.
 pub(crate) fn sessions_with_participants(columns: &str, ids: Vec<String>) -> Statement {
     let mut st = Statement::new(Dialect::Sqlite, "");
-    let session_in = st.in_texts("id", ids.clone());
-    let participant_in = st.in_texts("session_id", ids);
+    let p = st.arg(Arg::Text(to_json(&ids)));
+    let session_in = sqlite_in("id", &p);
+    let participant_in = sqlite_in("session_id", &p);
     st.sql = format!(
         "select (select {columns} from sessions where {session_in}), ({})",
         participants_as_json(&participant_in)
