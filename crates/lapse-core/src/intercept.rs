@@ -243,8 +243,9 @@ impl<H: Hook> Store for Intercepted<H> {
         url: &str,
         at: Timestamp,
         reason: &str,
+        attempted: &[String],
     ) -> Result<(), StoreError> {
-        let call = self.inner.disable_endpoint(url, at, reason);
+        let call = self.inner.disable_endpoint(url, at, reason, attempted);
         self.run("disable_endpoint", WRITE, call).await
     }
 

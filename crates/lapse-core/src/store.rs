@@ -546,12 +546,14 @@ pub trait Store: Send + Sync + 'static {
     async fn record_attempts(&self, attempts: &[(String, Attempt)]) -> Result<(), StoreError>;
 
     /// Stops delivering to `url` (it answered 410 Gone): its pending deliveries die and no new
-    /// ones are queued.
+    /// ones are queued. The deliveries `attempted` are left pending: their attempts are about
+    /// to be recorded with the answers that ended them.
     async fn disable_endpoint(
         &self,
         url: &str,
         at: Timestamp,
         reason: &str,
+        attempted: &[String],
     ) -> Result<(), StoreError>;
 
     /// The endpoints delivering has stopped for, with when and why (a handful of rows).

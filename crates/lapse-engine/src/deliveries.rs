@@ -150,20 +150,24 @@ impl Engine {
     }
 
     /// Records `attempts`, each `(delivery, endpoint, attempt)`. The endpoints that answered
-    /// 410 Gone are disabled first, which ends their pending deliveries, and then each
+    /// 410 Gone are disabled first, which ends their other pending deliveries, and then each
     /// attempt is recorded with the answer that ended it. In that order a delivery never
-    /// shows its 410 while its endpoint still takes new events.
+    /// shows its 410 while its endpoint still takes new events, and never shows as dead
+    /// before its answer is on it.
     async fn record(&self, attempts: &[(String, String, Attempt)]) -> Result<(), EngineError> {
+        let attempted: Vec<String> = attempts.iter().map(|(id, ..)| id.clone()).collect();
         for (_, url, attempt) in attempts {
             if attempt.http_status == Some(410) {
+                let reason = "the endpoint answered 410 Gone";
                 self.store
-                    .disable_endpoint(url, attempt.at, "the endpoint answered 410 Gone")
+                    .disable_endpoint(url, attempt.at, reason, &attempted)
                     .await?;
             }
         }
-        let rows: Vec<(String, Attempt)> = attempts
-            .iter()
-            .map(|(id, _, attempt)| (id.clone(), attempt.clone()))
+        let rows: Vec<(String, Attempt)> = attempted
+            .into_iter()
+            .zip(attempts)
+            .map(|(id, (_, _, attempt))| (id, attempt.clone()))
             .collect();
         self.store.record_attempts(&rows).await?;
         Ok(())

@@ -602,46 +602,61 @@ async fn in_a_batch_each_change_stores_its_status_and_wake_up_whether_or_not_it_
     }
 }
 
+const HOOK: &str = "http://127.0.0.1:9/hook";
+
+/// Commits `n` events on `s` a minute apart from `t0()`, `ev-0` to `ev-{n-1}`, each queueing
+/// a delivery to `url`; answers a lookup from an event's id to its delivery's id.
+async fn queue_deliveries(
+    store: &dyn Store,
+    s: &Session,
+    n: i64,
+    url: &str,
+) -> impl Fn(&str) -> String {
+    use lapse_core::event::NewEvent;
+    use lapse_core::store::EventRecord;
+    for i in 0..n {
+        let at = t0() + Span::from_secs(60 * i);
+        store
+            .commit(Commit {
+                events: vec![EventRecord {
+                    id: format!("ev-{i}"),
+                    applied_at: at,
+                    event: NewEvent {
+                        event_type: lapse_core::EventType::SessionUpdated,
+                        at,
+                        session_id: s.id.clone(),
+                        kind: "study".into(),
+                        actor: "user:host".into(),
+                        rule: None,
+                        data: serde_json::json!({}).into(),
+                    },
+                    webhooks: vec![url.into()],
+                }],
+                ..Commit::default()
+            })
+            .await
+            .unwrap();
+    }
+    let queued = store.deliveries(None, 100).await.unwrap();
+    move |event: &str| {
+        queued
+            .iter()
+            .find(|d| d.event_id == event)
+            .map(|d| d.id.clone())
+            .unwrap() // the event was committed with a delivery just above
+    }
+}
+
 #[tokio::test]
 async fn the_delivery_log_lists_the_newest_first_of_one_status_or_of_all() {
-    use lapse_core::event::NewEvent;
-    use lapse_core::store::{Attempt, DeliveryStatus, EventRecord};
+    use lapse_core::store::{Attempt, DeliveryStatus};
     for (store, _dir) in stores().await {
         let store = store.as_ref();
         let s = session("study", "a", t0());
         insert(store, &s).await;
         // Five events a minute apart, each with a delivery.
         let at = |i: i64| t0() + Span::from_secs(60 * i);
-        for i in 0..5 {
-            store
-                .commit(Commit {
-                    events: vec![EventRecord {
-                        id: format!("ev-{i}"),
-                        applied_at: at(i),
-                        event: NewEvent {
-                            event_type: lapse_core::EventType::SessionUpdated,
-                            at: at(i),
-                            session_id: s.id.clone(),
-                            kind: "study".into(),
-                            actor: "user:host".into(),
-                            rule: None,
-                            data: serde_json::json!({}).into(),
-                        },
-                        webhooks: vec!["http://127.0.0.1:9/hook".into()],
-                    }],
-                    ..Commit::default()
-                })
-                .await
-                .unwrap();
-        }
-        let queued = store.deliveries(None, 10).await.unwrap();
-        let id_of = |event: &str| {
-            queued
-                .iter()
-                .find(|d| d.event_id == event)
-                .map(|d| d.id.clone())
-                .unwrap()
-        };
+        let id_of = queue_deliveries(store, &s, 5, HOOK).await;
         let ended = |status| Attempt {
             at: at(9),
             http_status: None,
@@ -678,6 +693,47 @@ async fn the_delivery_log_lists_the_newest_first_of_one_status_or_of_all() {
             ["ev-4"],
             "one status, newest first, at most the limit"
         );
+    }
+}
+
+/// An endpoint disabled for answering 410 ends its pending deliveries, but not those whose
+/// attempts are about to be recorded: they never show as dead without the answer that
+/// ended them.
+#[tokio::test]
+async fn disabling_an_endpoint_ends_its_pending_deliveries_but_the_attempted_ones() {
+    use lapse_core::store::{Attempt, DeliveryStatus};
+    for (store, _dir) in stores().await {
+        let store = store.as_ref();
+        let s = session("study", "a", t0());
+        insert(store, &s).await;
+        let id_of = queue_deliveries(store, &s, 3, HOOK).await;
+        let (attempted, other) = (id_of("ev-0"), id_of("ev-1"));
+        store
+            .disable_endpoint(HOOK, t0(), "gone", std::slice::from_ref(&attempted))
+            .await
+            .unwrap();
+        let status = |id: String| async move {
+            let all = store.deliveries(None, 10).await.unwrap();
+            let d = all.into_iter().find(|d| d.id == id).unwrap(); // queued above
+            (d.status, d.last_status)
+        };
+        assert_eq!(status(other).await, (DeliveryStatus::Dead, None));
+        assert_eq!(status(attempted.clone()).await.0, DeliveryStatus::Pending);
+        let gone = Attempt {
+            at: t0(),
+            http_status: Some(410),
+            error: Some("gone".into()),
+            status: DeliveryStatus::Dead,
+            next_attempt_at: None,
+        };
+        store
+            .record_attempts(&[(attempted.clone(), gone)])
+            .await
+            .unwrap();
+        assert_eq!(status(attempted).await, (DeliveryStatus::Dead, Some(410)));
+        let disabled = store.disabled_endpoints().await.unwrap();
+        assert_eq!(disabled.len(), 1);
+        assert_eq!(disabled[0].url, HOOK);
     }
 }
 

@@ -949,8 +949,9 @@ impl Store for PostgresStore {
         url: &str,
         at: Timestamp,
         reason: &str,
+        attempted: &[String],
     ) -> Result<(), StoreError> {
-        outbox::disable_endpoint(&self.pool, url, at, reason).await
+        outbox::disable_endpoint(&self.pool, url, at, reason, attempted).await
     }
 
     async fn disabled_endpoints(&self) -> Result<Vec<DisabledEndpoint>, StoreError> {

@@ -142,6 +142,7 @@ pub(super) async fn disable_endpoint(
     url: &str,
     at: Timestamp,
     reason: &str,
+    attempted: &[String],
 ) -> Result<(), StoreError> {
     let mut tx = pool.begin().await.map_err(backend)?;
     sqlx::query(
@@ -156,10 +157,12 @@ pub(super) async fn disable_endpoint(
     .map_err(backend)?;
     sqlx::query(
         "update webhook_deliveries set status = 'dead', next_attempt_at = null, \
-         last_error = $2, claimed_until = null where endpoint = $1 and status = 'pending'",
+         last_error = $2, claimed_until = null \
+         where endpoint = $1 and status = 'pending' and not (id = any($3::text[]))",
     )
     .bind(url)
     .bind(reason)
+    .bind(attempted)
     .execute(&mut *tx)
     .await
     .map_err(backend)?;

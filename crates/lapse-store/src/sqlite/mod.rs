@@ -758,8 +758,9 @@ impl Store for SqliteStore {
         url: &str,
         at: Timestamp,
         reason: &str,
+        attempted: &[String],
     ) -> Result<(), StoreError> {
-        outbox::disable_endpoint(&self.writer, url, at, reason).await
+        outbox::disable_endpoint(&self.writer, url, at, reason, attempted).await
     }
 
     async fn disabled_endpoints(&self) -> Result<Vec<DisabledEndpoint>, StoreError> {

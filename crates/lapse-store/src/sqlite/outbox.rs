@@ -120,7 +120,9 @@ pub(super) async fn disable_endpoint(
     url: &str,
     at: Timestamp,
     reason: &str,
+    attempted: &[String],
 ) -> Result<(), StoreError> {
+    let attempted = crate::rows::to_json(&attempted);
     let mut conn = conns.get().await?;
     let mut tx = conn.begin().await.map_err(backend)?;
     sqlx::query(
@@ -135,10 +137,12 @@ pub(super) async fn disable_endpoint(
     .map_err(backend)?;
     sqlx::query(
         "update webhook_deliveries set status = 'dead', next_attempt_at = null, \
-         last_error = ?2, claimed_until = null where endpoint = ?1 and status = 'pending'",
+         last_error = ?2, claimed_until = null where endpoint = ?1 and status = 'pending' \
+         and id not in (select value from json_each(?3))",
     )
     .bind(url)
     .bind(reason)
+    .bind(attempted)
     .execute(&mut *tx)
     .await
     .map_err(backend)?;
