@@ -140,7 +140,8 @@ impl Feed {
         let mut subs = self.lock();
         let mut dropped = Vec::new();
         for e in events {
-            let event = Arc::new(e.clone());
+            // Made once an event has a stream that wants it, and shared by all that do.
+            let mut event: Option<Arc<Event>> = None;
             let targets = subs
                 .by_session
                 .get(&e.session_id)
@@ -154,6 +155,7 @@ impl Feed {
                 if !wants(&sub.query, e) {
                     continue;
                 }
+                let event = event.get_or_insert_with(|| Arc::new(e.clone()));
                 if sub.tx.try_send(event.clone()).is_err() {
                     dropped.push(*id);
                 }

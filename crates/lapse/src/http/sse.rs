@@ -39,7 +39,7 @@ enum Source {
 struct Cursor {
     engine: Arc<Engine>,
     query: EventQuery,
-    ready: VecDeque<Event>,
+    ready: VecDeque<Arc<Event>>,
     source: Option<Source>,
 }
 
@@ -62,7 +62,7 @@ pub async fn stream(
     let events = futures_util::stream::unfold(cursor, |mut c| async move {
         loop {
             if let Some(e) = c.ready.pop_front() {
-                let data = serde_json::to_string(&e).unwrap_or_default();
+                let data = serde_json::to_string(&*e).unwrap_or_default();
                 let item = SseEvent::default().id(e.seq.to_string()).data(data);
                 return Some((Ok(item), c));
             }
@@ -72,7 +72,7 @@ pub async fn stream(
                 Some(Source::Table(sub)) => match c.engine.events_page(&c.query).await {
                     Ok(page) if !page.is_empty() => {
                         c.query.after = page.last().map_or(c.query.after, |e| e.seq);
-                        c.ready.extend(page);
+                        c.ready.extend(page.into_iter().map(Arc::new));
                         Source::Table(sub)
                     }
                     Ok(_) => Source::Live(sub),
@@ -86,7 +86,7 @@ pub async fn stream(
                     Some(e) => {
                         if e.seq > c.query.after {
                             c.query.after = e.seq;
-                            c.ready.push_back((*e).clone());
+                            c.ready.push_back(e);
                         }
                         Source::Live(sub)
                     }

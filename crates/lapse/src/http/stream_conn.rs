@@ -15,6 +15,8 @@
 //! asked for later on a connection hyper already serves (a client reusing a pooled one) stays
 //! with hyper and costs what it did before.
 
+use std::io::Write as _;
+
 use axum::Router;
 use axum::body::{Body, HttpBody};
 use axum::http::header::{self, HeaderName, HeaderValue};
@@ -120,6 +122,8 @@ pub async fn answer(socket: &mut TcpStream, request: Request<Body>, router: Rout
     let mut body = response.into_body().into_data_stream();
     let (mut from_client, mut to_client) = socket.split();
     let mut scratch = [0; 64];
+    // A chunk's frame around its bytes, kept between chunks.
+    let mut chunk = Vec::new();
     loop {
         let data = tokio::select! {
             data = body.next() => data,
@@ -145,8 +149,9 @@ pub async fn answer(socket: &mut TcpStream, request: Request<Body>, router: Rout
         let written = match framing {
             Framing::Length(_) => to_client.write_all(&bytes).await,
             Framing::Chunked => {
-                let mut chunk = Vec::with_capacity(bytes.len() + 12);
-                chunk.extend_from_slice(format!("{:x}\r\n", bytes.len()).as_bytes());
+                chunk.clear();
+                // Writing to a Vec cannot fail.
+                let _ = write!(chunk, "{:x}\r\n", bytes.len());
                 chunk.extend_from_slice(&bytes);
                 chunk.extend_from_slice(b"\r\n");
                 to_client.write_all(&chunk).await
