@@ -698,7 +698,7 @@ async fn the_delivery_log_lists_the_newest_first_of_one_status_or_of_all() {
 
 /// An endpoint disabled for answering 410 ends its pending deliveries, but not those whose
 /// attempts are about to be recorded: they never show as dead without the answer that
-/// ended them.
+/// ended them. None of them is retried, whatever it was answered.
 #[tokio::test]
 async fn disabling_an_endpoint_ends_its_pending_deliveries_but_the_attempted_ones() {
     use lapse_core::store::{Attempt, DeliveryStatus};
@@ -707,30 +707,43 @@ async fn disabling_an_endpoint_ends_its_pending_deliveries_but_the_attempted_one
         let s = session("study", "a", t0());
         insert(store, &s).await;
         let id_of = queue_deliveries(store, &s, 3, HOOK).await;
-        let (attempted, other) = (id_of("ev-0"), id_of("ev-1"));
+        let (gone, failed, other) = (id_of("ev-0"), id_of("ev-1"), id_of("ev-2"));
+        let attempted = [gone.clone(), failed.clone()];
         store
-            .disable_endpoint(HOOK, t0(), "gone", std::slice::from_ref(&attempted))
+            .disable_endpoint(HOOK, t0(), "gone", &attempted)
             .await
             .unwrap();
-        let status = |id: String| async move {
+        let state = |id: String| async move {
             let all = store.deliveries(None, 10).await.unwrap();
             let d = all.into_iter().find(|d| d.id == id).unwrap(); // queued above
-            (d.status, d.last_status)
+            (d.status, d.last_status, d.next_attempt_at)
         };
-        assert_eq!(status(other).await, (DeliveryStatus::Dead, None));
-        assert_eq!(status(attempted.clone()).await.0, DeliveryStatus::Pending);
-        let gone = Attempt {
+        assert_eq!(state(other).await, (DeliveryStatus::Dead, None, None));
+        assert_eq!(state(gone.clone()).await.0, DeliveryStatus::Pending);
+        let answered = |status: u16, then, next_attempt_at| Attempt {
             at: t0(),
-            http_status: Some(410),
-            error: Some("gone".into()),
-            status: DeliveryStatus::Dead,
-            next_attempt_at: None,
+            http_status: Some(status),
+            error: Some(format!("answered {status}")),
+            status: then,
+            next_attempt_at,
         };
+        let retry_at = Some(t0() + Span::from_secs(5));
         store
-            .record_attempts(&[(attempted.clone(), gone)])
+            .record_attempts(&[
+                (gone.clone(), answered(410, DeliveryStatus::Dead, None)),
+                (
+                    failed.clone(),
+                    answered(500, DeliveryStatus::Pending, retry_at),
+                ),
+            ])
             .await
             .unwrap();
-        assert_eq!(status(attempted).await, (DeliveryStatus::Dead, Some(410)));
+        assert_eq!(state(gone).await, (DeliveryStatus::Dead, Some(410), None));
+        assert_eq!(
+            state(failed).await,
+            (DeliveryStatus::Dead, Some(500), None),
+            "not retried: its endpoint is disabled"
+        );
         let disabled = store.disabled_endpoints().await.unwrap();
         assert_eq!(disabled.len(), 1);
         assert_eq!(disabled[0].url, HOOK);

@@ -84,9 +84,16 @@ pub(super) async fn due_deliveries(
 }
 
 /// Attempts recorded on their deliveries, found by primary key: one statement for a step's
-/// attempts, each column an array.
-pub(super) const RECORD_ATTEMPTS: &str = "update webhook_deliveries d set status = b.status, \
-     attempts = d.attempts + 1, next_attempt_at = b.next_at, last_attempt_at = b.at, \
+/// attempts, each column an array. An attempt to an endpoint disabled meanwhile (by another
+/// attempt's 410) is not retried, whatever it was answered.
+pub(super) const RECORD_ATTEMPTS: &str = "update webhook_deliveries d set \
+     status = case when b.status = 'pending' and exists \
+       (select 1 from webhook_endpoints_disabled w where w.url = d.endpoint) \
+       then 'dead' else b.status end, \
+     next_attempt_at = case when b.status = 'pending' and exists \
+       (select 1 from webhook_endpoints_disabled w where w.url = d.endpoint) \
+       then null else b.next_at end, \
+     attempts = d.attempts + 1, last_attempt_at = b.at, \
      last_status = b.http_status, last_error = b.error, claimed_until = null \
      from unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[]) \
      as b(id, status, next_at, at, http_status, error) \

@@ -55,11 +55,17 @@ struct AttemptRow<'a> {
     error: Option<&'a str>,
 }
 
-/// Attempts (`AttemptRow`s) recorded on their deliveries, found by primary key.
+/// Attempts (`AttemptRow`s) recorded on their deliveries, found by primary key. An attempt
+/// to an endpoint disabled meanwhile (by another attempt's 410) is not retried, whatever it
+/// was answered.
 pub(super) fn record_attempts_sql(b: &Values) -> String {
+    let disabled = "b.status = 'pending' and exists (select 1 from webhook_endpoints_disabled w \
+         where w.url = webhook_deliveries.endpoint)";
     format!(
-        "with {} update webhook_deliveries set status = b.status, attempts = attempts + 1, \
-         next_attempt_at = b.next_attempt_at, last_attempt_at = b.at, \
+        "with {} update webhook_deliveries set \
+         status = case when {disabled} then 'dead' else b.status end, \
+         next_attempt_at = case when {disabled} then null else b.next_attempt_at end, \
+         attempts = attempts + 1, last_attempt_at = b.at, \
          last_status = b.http_status, last_error = b.error, claimed_until = null \
          from b where b.pos is not null and webhook_deliveries.id = b.id",
         b.table()
