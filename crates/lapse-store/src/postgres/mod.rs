@@ -281,6 +281,10 @@ impl PostgresStore {
         };
         let text = |t: &str| Arg::Text(t.to_string());
         let empty = || Arg::Texts(Vec::new());
+        hot.push((
+            "a session by id with its participants",
+            statements::pg_session_with_participants(PG_SESSION_COLUMNS, "s1".into()),
+        ));
         hot.extend([
             fixed(
                 "heartbeat flush, sessions",
@@ -493,8 +497,22 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(backend)
     }
 
+    /// One statement, the session with its participants: one round trip and one snapshot
+    /// instead of two. (Pages of sessions, as a sweep reads them, keep two statements:
+    /// measured, one building each session's participants in the server swept slower.)
     async fn load(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
-        Ok(self.sessions_by_id(std::slice::from_ref(id)).await?.pop())
+        let st = statements::pg_session_with_participants(PG_SESSION_COLUMNS, id.to_string());
+        let Some(row) = query(&st)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+        else {
+            return Ok(None);
+        };
+        let mut session = rows::session(&row)?;
+        let participants: String = row.try_get("participants").map_err(backend)?;
+        rows::attach_participants_json(std::slice::from_mut(&mut session), &participants)?;
+        Ok(Some(session))
     }
 
     async fn version(&self, id: &SessionId) -> Result<Option<i64>, StoreError> {
