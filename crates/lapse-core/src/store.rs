@@ -541,8 +541,9 @@ pub trait Store: Send + Sync + 'static {
         claim: bool,
     ) -> Result<Vec<(Delivery, Event)>, StoreError>;
 
-    /// Records attempts, each by its delivery's id (and ends their leases), in one
-    /// transaction.
+    /// Records attempts, each by its delivery's id (and ends their leases); each row stands
+    /// alone. An attempt that would leave its delivery pending ends it dead instead when its
+    /// endpoint has been disabled meanwhile: nothing is retried to a disabled endpoint.
     async fn record_attempts(&self, attempts: &[(String, Attempt)]) -> Result<(), StoreError>;
 
     /// Stops delivering to `url` (it answered 410 Gone): its pending deliveries die and no new
