@@ -122,8 +122,12 @@ pub struct NewEvent {
 }
 
 /// An event's details, as the JSON text they are stored as: written once, where the event is
-/// made (a transition's copy of its session goes straight to text, with no tree between).
-#[derive(Clone, Debug)]
+/// made (a transition's copy of its session goes straight to text, with no tree between), and
+/// read back as text too: every reader of an event (streams, webhooks, pages of the API)
+/// sends the details on as they are, so none of them builds a tree it would only write out
+/// again.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct EventData(Box<serde_json::value::RawValue>);
 
 impl EventData {
@@ -135,6 +139,11 @@ impl EventData {
             serde_json::value::to_raw_value(value)
                 .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned()),
         )
+    }
+
+    /// Stored text, checked to be one JSON value (a scan, no tree built).
+    pub fn from_text(text: String) -> Result<EventData, serde_json::Error> {
+        serde_json::value::RawValue::from_string(text).map(EventData)
     }
 
     /// The JSON text.
@@ -178,7 +187,7 @@ pub struct Event {
     /// The rule, if a rule did it.
     pub rule: Option<String>,
     /// Details.
-    pub data: serde_json::Value,
+    pub data: EventData,
 }
 
 /// A notification as the lifecycle produces it.

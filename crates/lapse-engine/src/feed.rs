@@ -274,7 +274,7 @@ mod tests {
             kind: kind.into(),
             actor: "system".into(),
             rule: None,
-            data: serde_json::json!({}),
+            data: serde_json::json!({}).into(),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use lapse_core::event::{Event, EventType, Notification};
+use lapse_core::event::{Event, EventData, EventType, Notification};
 use lapse_core::session::{NextDue, Participant, ParticipantState, Role, Session, Status, Summary};
 use lapse_core::store::{Commit, Delivery, DeliveryStatus, RulesInForce};
 use lapse_core::{SessionId, StoreError, Timestamp, UserId};
@@ -267,7 +267,7 @@ where
         rule: row
             .try_get::<Option<String>, _>("rule")
             .map_err(|e| corrupt("rule", e))?,
-        data: json("data", &get_s("data")?)?,
+        data: EventData::from_text(get_s("data")?).map_err(|e| corrupt("data", e))?,
     })
 }
 
