@@ -542,6 +542,93 @@ async fn in_a_batch_a_lost_compare_and_set_writes_nothing_for_its_change_and_the
     }
 }
 
+/// An event's details come back as the text they were made as, in their own key order, on
+/// every path that reads events (a page of them, a webhook's delivery); a row whose details
+/// are not JSON is reported as unreadable, not passed on.
+#[tokio::test]
+async fn an_events_details_read_back_as_written() {
+    use sqlx::Connection as _;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let sqlite = SqliteStore::open(&url, None).await.unwrap();
+    sqlite.migrate().await.unwrap();
+    details_read_back_as_written(&sqlite).await;
+    let mut raw = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query(BREAK_DETAILS).execute(&mut raw).await.unwrap();
+    details_that_are_not_json_are_refused(&sqlite).await;
+
+    if let Some((postgres, raw)) = postgres_and_raw().await {
+        details_read_back_as_written(&postgres).await;
+        sqlx::query(BREAK_DETAILS).execute(&raw).await.unwrap();
+        details_that_are_not_json_are_refused(&postgres).await;
+    }
+}
+
+const BREAK_DETAILS: &str = "update events set data = '{\"to\":' where id = 'ev-a'";
+
+fn all_events() -> lapse_core::store::EventQuery {
+    lapse_core::store::EventQuery {
+        limit: 10,
+        ..Default::default()
+    }
+}
+
+async fn details_read_back_as_written(store: &dyn Store) {
+    use lapse_core::event::{EventData, NewEvent};
+    use lapse_core::store::EventRecord;
+    #[derive(serde::Serialize)]
+    struct Details {
+        to: &'static str,
+        from: &'static str,
+        by: Vec<u32>,
+        note: &'static str,
+    }
+    let details = EventData::of(&Details {
+        to: "expired",
+        from: "active",
+        by: vec![3, 1, 2],
+        note: "ünïcode \"quoted\"",
+    });
+    let written = r#"{"to":"expired","from":"active","by":[3,1,2],"note":"ünïcode \"quoted\""}"#;
+    assert_eq!(details.as_str(), written);
+    insert(store, &session("study", "a", t0())).await;
+    store
+        .commit(Commit {
+            events: vec![EventRecord {
+                id: "ev-a".into(),
+                applied_at: t0(),
+                event: NewEvent {
+                    event_type: lapse_core::EventType::SessionExpired,
+                    at: t0(),
+                    session_id: SessionId::parse("a").unwrap(),
+                    kind: "study".into(),
+                    actor: "rule:test".into(),
+                    rule: Some("test".into()),
+                    data: details,
+                },
+                webhooks: vec!["http://127.0.0.1:9/hook".into()],
+            }],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    let events = store.events(&all_events()).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].data.as_str(), written, "a page of events");
+    let due = store.due_deliveries(t0(), 10, true).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].1.data.as_str(), written, "a webhook's delivery");
+    let shown = serde_json::to_string(&events[0]).unwrap();
+    assert!(shown.contains(&format!(r#""data":{written}"#)), "{shown}");
+}
+
+async fn details_that_are_not_json_are_refused(store: &dyn Store) {
+    match store.events(&all_events()).await {
+        Err(StoreError::Backend(why)) => assert!(why.contains("data"), "{why}"),
+        other => panic!("details that are not JSON were read as {other:?}"),
+    }
+}
+
 /// A batch mixes changes that keep a session's status and stored wake-up (a join, a title),
 /// one that moves the wake-up and one that ends the session: each row stores all it wrote, and
 /// the sweep finds what is due by the wake-ups as written.
