@@ -18,7 +18,24 @@ use crate::server::{Conn, Request, Requests, Server, send_all};
 struct Answers {
     ok: Vec<f64>,
     refused: Vec<f64>,
-    other: u64,
+    /// Any other answer, counted by its status.
+    other: std::collections::BTreeMap<u16, u64>,
+}
+
+impl Answers {
+    /// The other answers: `0`, or their number and statuses (`512: 503 ×512`).
+    fn others(&self) -> String {
+        let n: u64 = self.other.values().sum();
+        if n == 0 {
+            return "0".into();
+        }
+        let each: Vec<String> = self
+            .other
+            .iter()
+            .map(|(s, k)| format!("{s} ×{k}"))
+            .collect();
+        format!("{n} ({})", each.join(", "))
+    }
 }
 
 /// `connections` connections sending creates for `secs` seconds.
@@ -52,14 +69,16 @@ async fn flood(addr: &str, connections: usize, secs: f64, tag: &str) -> Answers 
                         // As a client honouring `Retry-After: 1` does.
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
-                    Some(_) => mine.other += 1,
+                    Some(s) => *mine.other.entry(s).or_default() += 1,
                     None => return,
                 }
             }
             let mut all = answers.lock().unwrap();
             all.ok.extend(mine.ok);
             all.refused.extend(mine.refused);
-            all.other += mine.other;
+            for (s, k) in mine.other {
+                *all.other.entry(s).or_default() += k;
+            }
         }));
     }
     for t in tasks {
@@ -147,8 +166,8 @@ pub async fn figures(
                 rate(with_limit.refused.len()),
                 rate(without.ok.len()),
                 without.refused.len(),
-                with_limit.other,
-                without.other
+                with_limit.others(),
+                without.others()
             ),
             verdict: if limited_p99 <= 1000.0 && limited_p99 < unlimited_p99 {
                 Verdict::Met
