@@ -4,9 +4,10 @@
 //! `SQLITE_BUSY`; reads use connections of their own and run beside the writer (WAL lets
 //! them). The store holds them itself (`conns.rs`).
 //!
-//! Here: opening, migrating, reading sessions and events, due rows and heartbeats;
-//! `writes.rs` holds a commit's statements, `outbox.rs` deliveries, retention, health figures
-//! and idempotency keys.
+//! Here: opening, migrating, reading sessions and events, due rows; `writes.rs` holds a
+//! commit's statements, `heartbeats.rs` the flush, `rules.rs` the rules in force and the
+//! re-arms they cause, `outbox.rs` deliveries, retention, health figures and idempotency keys,
+//! `plans.rs` the plan of every hot statement for the plan tests.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -34,7 +35,10 @@ use conns::Conns;
 
 mod backup;
 mod conns;
+mod heartbeats;
 mod outbox;
+mod plans;
+mod rules;
 mod values;
 mod writes;
 
@@ -120,103 +124,6 @@ impl SqliteStore {
         Ok(sessions)
     }
 
-    /// The plan SQLite picks for every hot statement, as `(what, plan)`: the plan tests fail
-    /// on any that scans `sessions`, `participants` or `events` whole.
-    pub async fn hot_plans(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let mut hot = statements::hot_reads(Dialect::Sqlite, SESSION_COLUMNS);
-        let fixed = |name, sql: &str, args: Vec<Arg>| {
-            let mut st = Statement::fixed(Dialect::Sqlite, sql);
-            st.args = args;
-            (name, st)
-        };
-        let text = |t: &str| Arg::Text(t.to_string());
-        // The sweep's reads of sessions, as this store sends them (one JSON value).
-        let json = rows::SESSIONS_AS_JSON;
-        hot.extend([
-            (
-                "sessions by id with their participants, as two values",
-                statements::sessions_with_participants(json, vec!["s1".into()]),
-            ),
-            (
-                "open children, as one value",
-                statements::open_children(Dialect::Sqlite, json, vec!["s1".into()]),
-            ),
-        ]);
-        hot.extend([
-            fixed(
-                "heartbeat flush, participants",
-                FLUSH_PARTICIPANTS,
-                vec![text("[]")],
-            ),
-            fixed(
-                "heartbeat flush, sessions",
-                FLUSH_SESSIONS,
-                vec![text("[]")],
-            ),
-            fixed(
-                "heartbeat flush, sessions moved",
-                FLUSH_MOVED,
-                vec![text("[]")],
-            ),
-            fixed("re-arm", REARM, vec![text("[]")]),
-            fixed("re-arm earlier", REARM_EARLIER, vec![text("[]")]),
-            fixed("rules in force", RULES_IN_FORCE, vec![]),
-            fixed("rules version", RULES_VERSION, vec![]),
-            fixed("rules rearmed", MARK_REARMED, vec![Arg::Int(1)]),
-            fixed(
-                "session update, status and wake-up kept",
-                writes::UPDATE_KEEPING_WAKE,
-                vec![text("s1")],
-            ),
-            fixed(
-                "session update, status kept",
-                writes::UPDATE_KEEPING_STATUS,
-                vec![text("s1")],
-            ),
-            fixed("session update", writes::UPDATE_WHOLE, vec![text("s1")]),
-            fixed("next deadline", NEXT_DEADLINE, vec![]),
-            fixed("session version", SESSION_VERSION, vec![text("s1")]),
-            fixed("was deleted", WAS_DELETED, vec![text("s1")]),
-            fixed(
-                "host limit",
-                writes::HOST_OPEN_COUNT,
-                vec![text("u1"), text("study")],
-            ),
-            fixed(
-                "host limits put in force",
-                MARK_HOST_LIMITED,
-                vec![text(r#"["study"]"#)],
-            ),
-            fixed(
-                "due deliveries",
-                &outbox::due_deliveries_sql(),
-                vec![Arg::Int(0), Arg::Int(32)],
-            ),
-            fixed("next delivery", outbox::NEXT_DELIVERY, vec![]),
-        ]);
-        for (name, sql) in writes::batch_statements()? {
-            hot.push((name, Statement::fixed(Dialect::Sqlite, &sql)));
-        }
-        hot.push((
-            "batched webhook attempts",
-            Statement::fixed(Dialect::Sqlite, &outbox::record_attempts_statement()?),
-        ));
-        let mut plans = Vec::new();
-        for (name, mut st) in hot {
-            st.sql = format!("explain query plan {}", st.sql);
-            let rows = query(&st)
-                .fetch_all(&mut *self.reader.get().await?)
-                .await
-                .map_err(backend)?;
-            let lines: Vec<String> = rows
-                .iter()
-                .map(|r| r.try_get::<String, _>("detail").map_err(backend))
-                .collect::<Result<_, _>>()?;
-            plans.push((name.to_string(), lines.join("\n")));
-        }
-        Ok(plans)
-    }
-
     async fn fetch_sessions(&self, st: &Statement) -> Result<Vec<Session>, StoreError> {
         let rows = query(st)
             .fetch_all(&mut *self.reader.get().await?)
@@ -282,83 +189,6 @@ fn arguments(st: &Statement) -> SqliteArguments {
 fn sessions_from(rows: &[SqliteRow]) -> Result<Vec<Session>, StoreError> {
     rows.iter().map(rows::session).collect()
 }
-
-/// One heartbeat flush, first step: the joined participants beating move to their latest
-/// beat (one per participant in the batch).
-const FLUSH_PARTICIPANTS: &str = "update participants set beat_at = b.at, \
-             last_seen_at = max(last_seen_at, b.at) \
-             from (select value ->> 0 as s, value ->> 1 as u, value ->> 2 as at \
-                   from jsonb_each(?1)) as b \
-             where participants.session_id = b.s and participants.user_id = b.u \
-             and participants.state = 'joined'";
-
-/// The sessions of a heartbeat flush, each with the latest beat its joined participants just
-/// took (their `beat_at`):
-/// activity moves forward and the version up (so a sweep that decided on the older row loses
-/// its compare-and-set); the deadline column is left alone (lazy re-arm). `+status`: the batch
-/// drives, each session found by its key (through the status index, the batch would be read
-/// once per session).
-const FLUSH_SESSIONS: &str = "update sessions set last_activity_at = max(last_activity_at, b.at), \
-             used = 1, version = version + 1 \
-             from (select p.session_id as s, max(p.beat_at) as at \
-                   from (select value ->> 0 as s, value ->> 1 as u from jsonb_each(?1)) as j \
-                   join participants p on p.session_id = j.s and p.user_id = j.u \
-                   where p.state = 'joined' group by 1) as b \
-             where sessions.id = b.s and +sessions.status in ('pending', 'active')";
-
-/// The sessions [`FLUSH_SESSIONS`] just moved (the same ones: open, with a joined participant
-/// in the batch) and their new versions, as one JSON array of `[id, version]`: one row back
-/// instead of one per session, each of which would cross from SQLite's thread to ours.
-const FLUSH_MOVED: &str = "select json_group_array(json_array(s.id, s.version)) from sessions s \
-             where s.id in (select p.session_id \
-                   from (select value ->> 0 as s, value ->> 1 as u from jsonb_each(?1)) as j \
-                   join participants p on p.session_id = j.s and p.user_id = j.u \
-                   where p.state = 'joined') \
-             and +s.status in ('pending', 'active')";
-
-/// Lazy re-arms of a batch, compare-and-set per row.
-/// The version of the rules in force, by the primary key of their one row.
-const RULES_VERSION: &str = "select version from rules_in_force where id = 1";
-
-/// The rules in force, by the primary key of their one row.
-const RULES_IN_FORCE: &str =
-    "select version, kinds, updated_at, rearmed_version from rules_in_force where id = 1";
-
-/// Every deadline stored under the rules of a version, if still in force.
-const MARK_REARMED: &str =
-    "update rules_in_force set rearmed_version = version where id = 1 and version = ?1";
-
-/// Other rules in force.
-const PUBLISH_RULES: &str = "insert into rules_in_force (id, version, kinds, updated_at) \
-     values (1, ?1, ?2, ?3) on conflict (id) do update \
-     set version = excluded.version, kinds = excluded.kinds, updated_at = excluded.updated_at";
-
-/// The open sessions of the kinds named (a JSON array) counted against their host's limit
-/// from now on (`sessions_kind_status`; run once per rules put in force).
-const MARK_HOST_LIMITED: &str = "update sessions set host_limited = 1 \
-     where kind in (select value from json_each(?1)) and status in ('pending', 'active') \
-     and host_limited = 0";
-
-/// The version of the rules in force, read inside `tx`.
-async fn rules_version_of(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-) -> Result<Option<i64>, StoreError> {
-    sqlx::query_scalar(RULES_VERSION)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(backend)
-}
-
-const REARM: &str = "update sessions set next_due_at = b.at, next_due_rule = b.rule \
-             from (select value ->> 0 as id, value ->> 1 as version, value ->> 2 as at, \
-                   value ->> 3 as rule from jsonb_each(?1)) as b \
-             where sessions.id = b.id and sessions.version = b.version";
-
-/// Stored wake-ups moved earlier, whatever else changed (see `RearmOnly::Earlier`).
-const REARM_EARLIER: &str = "update sessions set next_due_at = b.at, next_due_rule = b.rule \
-             from (select value ->> 0 as id, value ->> 2 as at, value ->> 3 as rule \
-                   from jsonb_each(?1)) as b \
-             where sessions.id = b.id and b.at is not null and sessions.next_due_at > b.at";
 
 /// A session's version, through the primary key.
 const SESSION_VERSION: &str = "select version from sessions where id = ?1";
@@ -441,7 +271,7 @@ impl Store for SqliteStore {
         let mut writer = self.writer.get().await?;
         let mut tx = writer.begin().await.map_err(backend)?;
         let in_force = if commits.iter().any(|c| c.rules_version.is_some()) {
-            rules_version_of(&mut tx).await?
+            rules::rules_version_of(&mut tx).await?
         } else {
             None
         };
@@ -530,54 +360,15 @@ impl Store for SqliteStore {
         rules_version: Option<i64>,
         only: RearmOnly,
     ) -> Result<u64, StoreError> {
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        // One writer: nothing can put other rules in force between these two statements.
-        let mut writer = self.writer.get().await?;
-        let mut tx = writer.begin().await.map_err(backend)?;
-        if rules_version.is_some() && rules_version_of(&mut tx).await? != rules_version {
-            return Err(StoreError::PolicyChanged);
-        }
-        let batch: Vec<(&str, i64, Option<i64>, Option<&str>)> = rows
-            .iter()
-            .map(|r| {
-                (
-                    r.id.as_str(),
-                    r.version,
-                    r.wake_at.map(Timestamp::millis),
-                    r.rule.as_deref(),
-                )
-            })
-            .collect();
-        let statement = match only {
-            RearmOnly::Unchanged => REARM,
-            RearmOnly::Earlier => REARM_EARLIER,
-        };
-        let result = sqlx::query(statement)
-            .bind(to_json(&batch))
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
-        Ok(result.rows_affected())
+        rules::rearm(&self.writer, rows, rules_version, only).await
     }
 
     async fn mark_rearmed(&self, version: i64) -> Result<(), StoreError> {
-        sqlx::query(MARK_REARMED)
-            .bind(version)
-            .execute(&mut *self.writer.get().await?)
-            .await
-            .map_err(backend)?;
-        Ok(())
+        rules::mark_rearmed(&self.writer, version).await
     }
 
     async fn rules_in_force(&self) -> Result<Option<RulesInForce>, StoreError> {
-        let row = sqlx::query(RULES_IN_FORCE)
-            .fetch_optional(&mut *self.writer.get().await?)
-            .await
-            .map_err(backend)?;
-        row.as_ref().map(rows::rules_in_force).transpose()
+        rules::rules_in_force(&self.writer).await
     }
 
     async fn publish_rules(
@@ -588,32 +379,7 @@ impl Store for SqliteStore {
         at: Timestamp,
         event: Option<EventRecord>,
     ) -> Result<i64, StoreError> {
-        let mut writer = self.writer.get().await?;
-        let mut tx = writer.begin().await.map_err(backend)?;
-        if rules_version_of(&mut tx).await?.unwrap_or(0) != expected {
-            return Err(StoreError::PolicyChanged);
-        }
-        sqlx::query(PUBLISH_RULES)
-            .bind(expected + 1)
-            .bind(kinds)
-            .bind(at.millis())
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        sqlx::query(MARK_HOST_LIMITED)
-            .bind(rows::to_json(&limited))
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        if let Some(event) = event {
-            let commit = Commit {
-                events: vec![event],
-                ..Commit::default()
-            };
-            write_commit(&mut tx, &commit).await?;
-        }
-        tx.commit().await.map_err(backend)?;
-        Ok(expected + 1)
+        rules::publish_rules(&self.writer, expected, kinds, limited, at, event).await
     }
 
     async fn next_deadline(&self) -> Result<Option<Timestamp>, StoreError> {
@@ -625,32 +391,7 @@ impl Store for SqliteStore {
     }
 
     async fn flush_heartbeats(&self, beats: &[Beat]) -> Result<Vec<Moved>, StoreError> {
-        if beats.is_empty() {
-            return Ok(Vec::new());
-        }
-        let batch = to_json(&rows::latest_beats(beats));
-        let mut writer = self.writer.get().await?;
-        let mut tx = writer.begin().await.map_err(backend)?;
-        // The participants, then their sessions, each once.
-        sqlx::query(FLUSH_PARTICIPANTS)
-            .bind(&batch)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        sqlx::query(FLUSH_SESSIONS)
-            .bind(&batch)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        let moved: String = sqlx::query_scalar(FLUSH_MOVED)
-            .bind(&batch)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
-        let moved: Vec<(String, i64)> = serde_json::from_str(&moved)
-            .map_err(|e| StoreError::Backend(format!("flushed sessions unreadable: {e}")))?;
-        rows::moved(moved)
+        heartbeats::flush(&self.writer, beats).await
     }
 
     async fn was_deleted(&self, id: &SessionId) -> Result<bool, StoreError> {

@@ -1,0 +1,75 @@
+//! Heartbeat flushes on SQLite: a batch of beats written in one transaction of three
+//! set-based statements (participants, their sessions, the versions they moved to), each
+//! finding its rows by key.
+
+use lapse_core::StoreError;
+use lapse_core::store::{Beat, Moved};
+use sqlx::Connection as _;
+
+use super::conns::Conns;
+use crate::backend;
+use crate::rows::{self, to_json};
+
+/// Writes `beats` (the latest per participant); the sessions they moved, with their new
+/// versions.
+pub(super) async fn flush(writer: &Conns, beats: &[Beat]) -> Result<Vec<Moved>, StoreError> {
+    if beats.is_empty() {
+        return Ok(Vec::new());
+    }
+    let batch = to_json(&rows::latest_beats(beats));
+    let mut writer = writer.get().await?;
+    let mut tx = writer.begin().await.map_err(backend)?;
+    // The participants, then their sessions, each once.
+    sqlx::query(FLUSH_PARTICIPANTS)
+        .bind(&batch)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    sqlx::query(FLUSH_SESSIONS)
+        .bind(&batch)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    let moved: String = sqlx::query_scalar(FLUSH_MOVED)
+        .bind(&batch)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend)?;
+    tx.commit().await.map_err(backend)?;
+    let moved: Vec<(String, i64)> = serde_json::from_str(&moved)
+        .map_err(|e| StoreError::Backend(format!("flushed sessions unreadable: {e}")))?;
+    rows::moved(moved)
+}
+
+/// One heartbeat flush, first step: the joined participants beating move to their latest
+/// beat (one per participant in the batch).
+pub(super) const FLUSH_PARTICIPANTS: &str = "update participants set beat_at = b.at, \
+             last_seen_at = max(last_seen_at, b.at) \
+             from (select value ->> 0 as s, value ->> 1 as u, value ->> 2 as at \
+                   from jsonb_each(?1)) as b \
+             where participants.session_id = b.s and participants.user_id = b.u \
+             and participants.state = 'joined'";
+
+/// The sessions of a heartbeat flush, each with the latest beat its joined participants just
+/// took (their `beat_at`):
+/// activity moves forward and the version up (so a sweep that decided on the older row loses
+/// its compare-and-set); the deadline column is left alone (lazy re-arm). `+status`: the batch
+/// drives, each session found by its key (through the status index, the batch would be read
+/// once per session).
+pub(super) const FLUSH_SESSIONS: &str = "update sessions set last_activity_at = max(last_activity_at, b.at), \
+             used = 1, version = version + 1 \
+             from (select p.session_id as s, max(p.beat_at) as at \
+                   from (select value ->> 0 as s, value ->> 1 as u from jsonb_each(?1)) as j \
+                   join participants p on p.session_id = j.s and p.user_id = j.u \
+                   where p.state = 'joined' group by 1) as b \
+             where sessions.id = b.s and +sessions.status in ('pending', 'active')";
+
+/// The sessions [`FLUSH_SESSIONS`] just moved (the same ones: open, with a joined participant
+/// in the batch) and their new versions, as one JSON array of `[id, version]`: one row back
+/// instead of one per session, each of which would cross from SQLite's thread to ours.
+pub(super) const FLUSH_MOVED: &str = "select json_group_array(json_array(s.id, s.version)) from sessions s \
+             where s.id in (select p.session_id \
+                   from (select value ->> 0 as s, value ->> 1 as u from jsonb_each(?1)) as j \
+                   join participants p on p.session_id = j.s and p.user_id = j.u \
+                   where p.state = 'joined') \
+             and +s.status in ('pending', 'active')";
