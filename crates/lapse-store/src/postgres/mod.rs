@@ -1,6 +1,6 @@
 //! PostgreSQL: one database shared by any number of stateless lapse instances.
 //!
-//! What changes with several instances, and how this file answers it:
+//! What changes with several instances, and how this store answers it:
 //! - concurrent sweepers lease due rows with `for update skip locked`, so they take disjoint
 //!   batches (exactly-once itself rests on compare-and-set, as in SQLite); a lease names its
 //!   holder, whose own connection holds an advisory lock, so the lease of an instance that
@@ -12,9 +12,11 @@
 //!   writes more than one session take turns (an advisory lock), so no two writers ever wait
 //!   for each other's rows in a circle.
 //!
-//! Here: opening, migrating, reading sessions and events, due rows and heartbeats;
-//! `writes.rs` holds a commit's statements, `outbox.rs` deliveries, retention, health figures
-//! and idempotency keys.
+//! Here: opening, migrating, reading sessions and events, a commit's transaction; `writes.rs`
+//! holds a commit's statements, `leases.rs` due rows and their leases, `heartbeats.rs` the
+//! flush, `rules.rs` the rules in force and the re-arms they cause, `outbox.rs` deliveries,
+//! retention, health figures and idempotency keys, `plans.rs` the plan of every hot statement
+//! for the plan tests.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -30,16 +32,23 @@ use lapse_core::store::{
 };
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Connection, PgConnection, Postgres, Row, Transaction};
+use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
 use crate::batch::Step;
 use crate::rows::{self, PG_SESSION_COLUMNS};
 use crate::statements::{self, Arg, Dialect, Statement};
 use crate::{backend, migrate};
 
+mod heartbeats;
+mod leases;
 mod outbox;
+mod plans;
+mod rules;
 mod writes;
 
+pub(crate) use leases::LEASE_HOLDERS;
+use leases::{Holder, wall_now};
+use rules::first_locks;
 use writes::{exec, write_commit, write_updates};
 
 /// The channel changes are announced on: a payload `d<ms>` for a stored deadline, `e` for
@@ -51,19 +60,10 @@ const CHANNEL: &str = "lapse_changes";
 const FIRST_CONNECTION: Duration = Duration::from_secs(10);
 /// Key of the advisory lock that makes event numbers follow commit order (see `commit`).
 const EVENTS_LOCK: i64 = 0x006c_6170_7366;
-/// How long a sweeper's lease on a due row lasts if it neither writes the row nor gives it
-/// back (it crashed, or lost the database as its sweep failed).
-const LEASE: Duration = Duration::from_secs(60);
-/// Gives back this holder's leases on some rows, by primary key.
-const RELEASE: &str =
-    "update sessions set claimed_until = null where id = any($1) and claimed_by = $2";
 /// Key of the advisory lock that serializes migrations of instances starting together.
 const MIGRATION_LOCK: i64 = 0x006c_6170_7365; // "lapse"
 /// Key of the advisory lock that takes instances' heartbeat flushes one at a time.
 const FLUSH_LOCK: i64 = 0x006c_6170_7368;
-/// The advisory-lock namespace of lease holders: an instance holds `(LEASE_HOLDERS, its
-/// number)` on a connection of its own for as long as it lives (see `Holder`).
-pub(crate) const LEASE_HOLDERS: i32 = 0x6c61_7073; // "laps"
 
 /// Takes the advisory lock `key` until `tx` ends: whoever else asks for it waits.
 async fn lock_until_commit(
@@ -78,97 +78,12 @@ async fn lock_until_commit(
     Ok(())
 }
 
-/// Key of the advisory lock between commits (shared) and other rules coming into force
-/// (exclusive): rules are replaced only between commits decided under them.
-const RULES_LOCK: i64 = 0x006c_6170_7372;
-
-/// What a commit takes first. With `checked` (it names the rules it was decided under): the
-/// rules lock, shared, and then the version in force, read in a statement of its own so that
-/// its snapshot follows any reload it waited for. With `events`: the events lock, which makes
-/// sequence numbers (handed out at insert, visible at commit) follow commit order, so a
-/// reader that has seen event N never later finds an N-1 it skipped (SSE and `after=` paging
-/// rely on it). Returns the version in force, if read.
-async fn first_locks(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    checked: bool,
-    events: bool,
-) -> Result<Option<i64>, StoreError> {
-    if !checked {
-        if events {
-            lock_until_commit(tx, EVENTS_LOCK).await?;
-        }
-        return Ok(None);
-    }
-    let locks = if events {
-        "select pg_advisory_xact_lock_shared($1), pg_advisory_xact_lock($2)"
-    } else {
-        "select pg_advisory_xact_lock_shared($1), $2::int8"
-    };
-    sqlx::query(locks)
-        .bind(RULES_LOCK)
-        .bind(EVENTS_LOCK)
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?;
-    rules_version_of(tx).await
-}
-
-/// The version of the rules in force, read inside `tx`.
-async fn rules_version_of(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-) -> Result<Option<i64>, StoreError> {
-    sqlx::query_scalar(RULES_VERSION)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(backend)
-}
-
-/// The version of the rules in force, by the primary key of their one row.
-const RULES_VERSION: &str = "select version from rules_in_force where id = 1";
-
-/// The rules in force.
-const RULES_IN_FORCE: &str =
-    "select version, kinds, updated_at, rearmed_version from rules_in_force where id = 1";
-
-/// Every deadline stored under the rules of a version, if still in force.
-const MARK_REARMED: &str =
-    "update rules_in_force set rearmed_version = version where id = 1 and version = $1";
-
-/// Other rules in force.
-const PUBLISH_RULES: &str = "insert into rules_in_force (id, version, kinds, updated_at) \
-     values (1, $1, $2, $3) on conflict (id) do update \
-     set version = excluded.version, kinds = excluded.kinds, updated_at = excluded.updated_at";
-
-/// The open sessions of the kinds named (a JSON array) counted against their host's limit
-/// from now on (`sessions_kind_status`; run once per rules put in force).
-const MARK_HOST_LIMITED: &str = "update sessions set host_limited = true \
-     where kind in (select jsonb_array_elements_text($1::jsonb)) \
-     and status in ('pending', 'active') and not host_limited";
-
 /// Sessions in a PostgreSQL database.
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
     /// This store as a lease holder, from its first claim on.
     holder: Arc<tokio::sync::Mutex<Option<Holder>>>,
-}
-
-/// A connection of a store's own that holds the advisory lock `(LEASE_HOLDERS, number)` for
-/// as long as the store lives: the database then knows whether a lease's holder is alive,
-/// for the lock goes with the connection, however the process ends.
-struct Holder {
-    number: i32,
-    connection: PgConnection,
-    /// When the connection (and so the lock) was last seen alive.
-    checked: std::time::Instant,
-}
-
-/// How long a lease holder's connection is trusted without a look: a claim made later first
-/// checks it is still there (a database restart or a network cut ends it, and the lock with it).
-const HOLDER_CHECKED_FOR: Duration = Duration::from_secs(1);
-
-fn wall_now() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 impl PostgresStore {
@@ -198,51 +113,6 @@ impl PostgresStore {
         })
     }
 
-    /// This store's number as a lease holder, taken (with its lock) on first use: a number
-    /// from the clock and the process id, or the next free one. If the holder's connection
-    /// has gone since (the lock went with it, so its leases are free to others already), a new
-    /// one is taken.
-    async fn holder(&self) -> Result<i32, StoreError> {
-        let mut holder = self.holder.lock().await;
-        if let Some(h) = holder.as_mut() {
-            if h.checked.elapsed() < HOLDER_CHECKED_FOR {
-                return Ok(h.number);
-            }
-            match h.connection.ping().await {
-                Ok(()) => {
-                    h.checked = std::time::Instant::now();
-                    return Ok(h.number);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, number = h.number, "lease holder connection lost; taking a new one");
-                    *holder = None;
-                }
-            }
-        }
-        let mut connection = PgConnection::connect_with(&self.pool.connect_options())
-            .await
-            .map_err(backend)?;
-        let mut number = ((wall_now() as u32) ^ std::process::id()) as i32 & i32::MAX;
-        loop {
-            let taken: bool = sqlx::query_scalar("select pg_try_advisory_lock($1, $2)")
-                .bind(LEASE_HOLDERS)
-                .bind(number)
-                .fetch_one(&mut connection)
-                .await
-                .map_err(backend)?;
-            if taken {
-                break;
-            }
-            number = number.wrapping_add(1) & i32::MAX;
-        }
-        *holder = Some(Holder {
-            number,
-            connection,
-            checked: std::time::Instant::now(),
-        });
-        Ok(number)
-    }
-
     /// A server setting as this store's connections see it (`statement_timeout`, ...), for
     /// diagnostics.
     pub async fn server_setting(&self, name: &str) -> Result<String, StoreError> {
@@ -266,111 +136,6 @@ impl PostgresStore {
         let ids = ids.iter().map(SessionId::to_string).collect();
         let st = statements::sessions_by_id(Dialect::Postgres, PG_SESSION_COLUMNS, ids);
         self.fetch_sessions(&st).await
-    }
-
-    /// The generic plan PostgreSQL picks for every hot statement (`plan_cache_mode =
-    /// force_generic_plan`, so no plan is fitted to the values), as `(what, plan)`, after
-    /// `analyze`: the plan tests fail on any that scans `sessions`, `participants` or
-    /// `events` whole.
-    pub async fn hot_plans(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let mut hot = statements::hot_reads(Dialect::Postgres, PG_SESSION_COLUMNS);
-        let fixed = |name, sql: &str, args: Vec<Arg>| {
-            let mut st = Statement::fixed(Dialect::Postgres, sql);
-            st.args = args;
-            (name, st)
-        };
-        let text = |t: &str| Arg::Text(t.to_string());
-        let empty = || Arg::Texts(Vec::new());
-        hot.push((
-            "a session by id with its participants",
-            statements::pg_session_with_participants(PG_SESSION_COLUMNS, "s1".into()),
-        ));
-        hot.extend([
-            fixed(
-                "heartbeat flush, sessions",
-                FLUSH_SESSIONS,
-                vec![empty(), empty(), empty()],
-            ),
-            fixed(
-                "heartbeat flush, participants",
-                FLUSH_PARTICIPANTS,
-                vec![empty(), empty(), empty()],
-            ),
-            fixed("re-arm", REARM, vec![empty(), empty(), empty(), empty()]),
-            fixed(
-                "re-arm earlier",
-                REARM_EARLIER,
-                vec![empty(), empty(), empty(), empty()],
-            ),
-            fixed("rules in force", RULES_IN_FORCE, vec![]),
-            fixed("rules version", RULES_VERSION, vec![]),
-            fixed("rules rearmed", MARK_REARMED, vec![Arg::Int(1)]),
-            fixed(
-                "batched session update",
-                writes::UPDATE_SESSIONS,
-                vec![text("[]")],
-            ),
-            fixed("lease release", RELEASE, vec![empty(), Arg::Int(1)]),
-            fixed("next deadline", NEXT_DEADLINE, vec![]),
-            fixed("session version", SESSION_VERSION, vec![text("s1")]),
-            fixed("was deleted", WAS_DELETED, vec![text("s1")]),
-            fixed(
-                "host limit",
-                writes::HOST_OPEN_COUNT,
-                vec![text("u1"), text("study")],
-            ),
-            // Not here: `MARK_HOST_LIMITED`, which runs once per rules put in force and reads
-            // every open session of the kinds named. PostgreSQL plans it with their numbers
-            // (its first plans are custom) and scans the table where they are most sessions,
-            // as in the plan tests' database.
-            fixed(
-                "due deliveries",
-                &outbox::claim_deliveries_sql(32),
-                vec![Arg::Int(0), Arg::Int(0), Arg::Int(0), Arg::Int(1)],
-            ),
-            fixed("next delivery", outbox::NEXT_DELIVERY, vec![]),
-            fixed(
-                "batched webhook attempts",
-                outbox::RECORD_ATTEMPTS,
-                vec![empty(), empty(), empty(), empty(), empty(), empty()],
-            ),
-        ]);
-        let mut conn = self.pool.acquire().await.map_err(backend)?;
-        for sql in ["analyze", "set plan_cache_mode = force_generic_plan"] {
-            sqlx::query(sql)
-                .execute(&mut *conn)
-                .await
-                .map_err(backend)?;
-        }
-        let mut plans = Vec::new();
-        for (name, st) in hot {
-            // Values as literals: EXPLAIN EXECUTE takes no parameters of its own.
-            let values: Vec<String> = st.args.iter().map(Arg::literal).collect();
-            let execute = if values.is_empty() {
-                "explain execute lapse_plan".to_string()
-            } else {
-                format!("explain execute lapse_plan({})", values.join(", "))
-            };
-            let prepare = format!("prepare lapse_plan as {}", st.sql);
-            sqlx::raw_sql(AssertSqlSafe(prepare))
-                .execute(&mut *conn)
-                .await
-                .map_err(backend)?;
-            let lines: Vec<String> = sqlx::query_scalar(AssertSqlSafe(execute))
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(backend)?;
-            sqlx::raw_sql("deallocate lapse_plan")
-                .execute(&mut *conn)
-                .await
-                .map_err(backend)?;
-            plans.push((name.to_string(), lines.join("\n")));
-        }
-        sqlx::query("reset plan_cache_mode")
-            .execute(&mut *conn)
-            .await
-            .map_err(backend)?;
-        Ok(plans)
     }
 
     async fn fetch_sessions(&self, st: &Statement) -> Result<Vec<Session>, StoreError> {
@@ -413,39 +178,6 @@ async fn announce(tx: &mut Transaction<'_, Postgres>, payload: String) -> Result
         .map_err(backend)?;
     Ok(())
 }
-
-/// One heartbeat flush (one beat per participant), first statement: the sessions of the joined
-/// participants beating take their latest beat as activity and a new version (so a sweep
-/// decided on the older row loses its compare-and-set). Sessions before participants, the
-/// order every commit takes them in: a flush that held a participant while it waited for its
-/// session could deadlock with a commit holding the session and writing that participant
-/// (ending a room whose people beat).
-const FLUSH_SESSIONS: &str = "update sessions set last_activity_at = greatest(last_activity_at, m.at), \
-                 used = true, version = version + 1 \
-             from (select b.s, max(b.at) as at \
-                   from unnest($1::text[], $2::text[], $3::bigint[]) as b(s, u, at) \
-                   join participants p on p.session_id = b.s and p.user_id = b.u \
-                   and p.state = 'joined' group by b.s) m \
-             where sessions.id = m.s and sessions.status in ('pending', 'active') \
-             returning sessions.id, sessions.version";
-
-/// Second statement: the joined participants beating move to their latest beat. Their open
-/// sessions are held by this transaction already, so no commit is halfway through them.
-const FLUSH_PARTICIPANTS: &str = "update participants set beat_at = b.at, \
-                 last_seen_at = greatest(participants.last_seen_at, b.at) \
-             from unnest($1::text[], $2::text[], $3::bigint[]) as b(s, u, at) \
-             where participants.session_id = b.s and participants.user_id = b.u \
-             and participants.state = 'joined'";
-
-/// Lazy re-arms of a batch, compare-and-set per row.
-const REARM: &str = "update sessions set next_due_at = b.at, next_due_rule = b.rule, claimed_until = null \
-             from unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[]) as b(id, version, at, rule) \
-             where sessions.id = b.id and sessions.version = b.version";
-
-/// Stored wake-ups moved earlier, whatever else changed (see `RearmOnly::Earlier`).
-const REARM_EARLIER: &str = "update sessions set next_due_at = b.at, next_due_rule = b.rule, claimed_until = null \
-             from unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[]) as b(id, version, at, rule) \
-             where sessions.id = b.id and b.at is not null and sessions.next_due_at > b.at";
 
 /// A session's version, through the primary key.
 const SESSION_VERSION: &str = "select version from sessions where id = $1";
@@ -630,57 +362,7 @@ impl Store for PostgresStore {
         limit: u32,
         claim: bool,
     ) -> Result<Vec<DueRow>, StoreError> {
-        let wall = wall_now();
-        let rows = if claim {
-            // Lease the rows no live sweeper holds.
-            let mut st = statements::due_sessions(
-                Dialect::Postgres,
-                now.millis(),
-                kind,
-                cursor,
-                limit,
-                Some(wall),
-            );
-            let until = format!("${}", st.args.len() + 1);
-            let holder = format!("${}", st.args.len() + 2);
-            st.sql = format!(
-                "with picked as ({} for update skip locked) \
-                 update sessions s set claimed_until = {until}, claimed_by = {holder} \
-                 from picked where s.id = picked.id returning s.id, s.next_due_at",
-                st.sql
-            );
-            let holder = self.holder().await?;
-            query(&st)
-                .bind(wall + LEASE.as_millis() as i64)
-                .bind(holder)
-                .fetch_all(&self.pool)
-                .await
-        } else {
-            let st = statements::due_sessions(
-                Dialect::Postgres,
-                now.millis(),
-                kind,
-                cursor,
-                limit,
-                None,
-            );
-            query(&st).fetch_all(&self.pool).await
-        }
-        .map_err(backend)?;
-        let mut due = rows
-            .iter()
-            .map(|r| {
-                let id: String = r.try_get("id").map_err(backend)?;
-                let at: i64 = r.try_get("next_due_at").map_err(backend)?;
-                Ok(DueRow {
-                    id: SessionId::parse(&id).map_err(|e| StoreError::Backend(e.to_string()))?,
-                    at: Timestamp::from_millis(at),
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        // `update ... returning` keeps no order.
-        due.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
-        Ok(due)
+        leases::due(self, now, kind, cursor, limit, claim).await
     }
 
     async fn rearm(
@@ -689,55 +371,15 @@ impl Store for PostgresStore {
         rules_version: Option<i64>,
         only: RearmOnly,
     ) -> Result<u64, StoreError> {
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        let checked = rules_version.is_some();
-        if first_locks(&mut tx, checked, false).await? != rules_version {
-            return Err(StoreError::PolicyChanged);
-        }
-        // Heartbeat flushes write many of the same rows in an order of their own: taken one at
-        // a time with them, a re-arm never deadlocks with one.
-        lock_until_commit(&mut tx, FLUSH_LOCK).await?;
-        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-        let versions: Vec<i64> = rows.iter().map(|r| r.version).collect();
-        let wakes: Vec<Option<i64>> = rows
-            .iter()
-            .map(|r| r.wake_at.map(Timestamp::millis))
-            .collect();
-        let rules: Vec<Option<&str>> = rows.iter().map(|r| r.rule.as_deref()).collect();
-        let statement = match only {
-            RearmOnly::Unchanged => REARM,
-            RearmOnly::Earlier => REARM_EARLIER,
-        };
-        let result = sqlx::query(statement)
-            .bind(&ids)
-            .bind(&versions)
-            .bind(&wakes)
-            .bind(&rules)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
-        Ok(result.rows_affected())
+        rules::rearm(&self.pool, rows, rules_version, only).await
     }
 
     async fn mark_rearmed(&self, version: i64) -> Result<(), StoreError> {
-        sqlx::query(MARK_REARMED)
-            .bind(version)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(())
+        rules::mark_rearmed(&self.pool, version).await
     }
 
     async fn rules_in_force(&self) -> Result<Option<RulesInForce>, StoreError> {
-        let row = sqlx::query(RULES_IN_FORCE)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        row.as_ref().map(rows::rules_in_force).transpose()
+        rules::rules_in_force(&self.pool).await
     }
 
     async fn publish_rules(
@@ -748,37 +390,7 @@ impl Store for PostgresStore {
         at: Timestamp,
         event: Option<EventRecord>,
     ) -> Result<i64, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        // Waits for every commit decided under the rules in force to end; later ones read the
-        // new version and are refused.
-        lock_until_commit(&mut tx, RULES_LOCK).await?;
-        if rules_version_of(&mut tx).await?.unwrap_or(0) != expected {
-            return Err(StoreError::PolicyChanged);
-        }
-        sqlx::query(PUBLISH_RULES)
-            .bind(expected + 1)
-            .bind(kinds)
-            .bind(at.millis())
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        sqlx::query(MARK_HOST_LIMITED)
-            .bind(rows::to_json(&limited))
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        if let Some(event) = event {
-            lock_until_commit(&mut tx, EVENTS_LOCK).await?;
-            let commit = Commit {
-                events: vec![event],
-                ..Commit::default()
-            };
-            write_commit(&mut tx, &commit).await?;
-            announce(&mut tx, "e".into()).await?;
-        }
-        announce(&mut tx, "r".into()).await?;
-        tx.commit().await.map_err(backend)?;
-        Ok(expected + 1)
+        rules::publish_rules(&self.pool, expected, kinds, limited, at, event).await
     }
 
     async fn next_deadline(&self) -> Result<Option<Timestamp>, StoreError> {
@@ -790,36 +402,7 @@ impl Store for PostgresStore {
     }
 
     async fn flush_heartbeats(&self, beats: &[Beat]) -> Result<Vec<Moved>, StoreError> {
-        if beats.is_empty() {
-            return Ok(Vec::new());
-        }
-        let latest = rows::latest_beats(beats);
-        let sessions: Vec<&str> = latest.iter().map(|b| b.0).collect();
-        let users: Vec<&str> = latest.iter().map(|b| b.1).collect();
-        let ats: Vec<i64> = latest.iter().map(|b| b.2).collect();
-        // Instances beating the same rooms flush the same rows each second. A statement
-        // cannot choose the order it locks its sessions in, so two flushes at once (or a flush
-        // and a sweep's batch) could each wait on the other until PostgreSQL's deadlock check
-        // (a second) untangled them; taking turns, one waits only for the other's statements.
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        lock_until_commit(&mut tx, FLUSH_LOCK).await?;
-        // Sessions, then participants; no NOTIFY, no index.
-        let moved: Vec<(String, i64)> = sqlx::query_as(FLUSH_SESSIONS)
-            .bind(&sessions)
-            .bind(&users)
-            .bind(&ats)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend)?;
-        sqlx::query(FLUSH_PARTICIPANTS)
-            .bind(&sessions)
-            .bind(&users)
-            .bind(&ats)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
-        rows::moved(moved)
+        heartbeats::flush(&self.pool, beats).await
     }
 
     async fn was_deleted(&self, id: &SessionId) -> Result<bool, StoreError> {
@@ -924,25 +507,7 @@ impl Store for PostgresStore {
     }
 
     async fn release(&self, ids: &[SessionId]) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut holder = self.holder.lock().await;
-        // Never a holder, nothing leased.
-        let Some(h) = holder.as_mut() else {
-            return Ok(());
-        };
-        // On the holder's own connection: a sweep fails most often for want of a free
-        // connection in the pool, and giving its rows back must not wait for one. If that
-        // connection is gone, so is the lock, and the leases are free already.
-        let ids: Vec<&str> = ids.iter().map(SessionId::as_str).collect();
-        sqlx::query(RELEASE)
-            .bind(ids)
-            .bind(h.number)
-            .execute(&mut h.connection)
-            .await
-            .map_err(backend)?;
-        Ok(())
+        leases::release(self, ids).await
     }
 
     async fn due_deliveries(

@@ -7,7 +7,7 @@ use lapse_core::{StoreError, Timestamp};
 use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{LEASE, wall_now};
+use super::leases::{LEASE, wall_now};
 use crate::rows::{self, DELIVERY_COLUMNS};
 use crate::{backend, statements};
 
