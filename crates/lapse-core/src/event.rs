@@ -232,3 +232,40 @@ pub struct Notification {
     /// When the user read it.
     pub read_at: Option<Timestamp>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An event as the API shows it reads back as the same event, from its text or from a
+    /// tree (a client that first parsed the page), its details as they were written.
+    #[test]
+    fn an_event_reads_back_from_its_json_with_its_details_as_written() {
+        let event = Event {
+            seq: 7,
+            id: "ev-1".into(),
+            event_type: EventType::SessionExpired,
+            at: Timestamp::from_millis(1_000),
+            applied_at: Timestamp::from_millis(1_250),
+            session_id: SessionId::parse("s1").unwrap(),
+            kind: "study".into(),
+            actor: "rule:idle".into(),
+            rule: Some("idle".into()),
+            data: EventData::from_text(r#"{"to":"expired","from":"active"}"#.into()).unwrap(),
+        };
+        let text = serde_json::to_string(&event).unwrap();
+        assert!(
+            text.contains(r#""data":{"to":"expired","from":"active"}"#),
+            "{text}"
+        );
+        let from_text: Event = serde_json::from_str(&text).unwrap();
+        assert_eq!(from_text, event);
+        let from_tree: Event = serde_json::from_value(serde_json::to_value(&event).unwrap())
+            .expect("an event reads from a parsed tree too");
+        assert_eq!(from_tree.event_type, event.event_type);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(from_tree.data.as_str()).unwrap(),
+            serde_json::json!({"to": "expired", "from": "active"})
+        );
+    }
+}
