@@ -157,11 +157,12 @@ impl App {
             config_file: self.settings.file.clone(),
             hand_sweep: Default::default(),
         });
-        // On SQLite the sweeper, the heartbeat flusher and the group committer each run on a
-        // thread of their own, at a priority above the request threads' (`crate::priority`);
-        // the committer stops last, after the requests it writes for. PostgreSQL's sockets
-        // are driven by the runtime that opened them, mostly the request threads': there
-        // the sweeper and the flusher stay on that runtime, and there is no committer.
+        // On SQLite the sweeper, the heartbeat flusher, the group committer and the event
+        // reader each run on a thread of their own, at a priority above the request threads'
+        // (`crate::priority`); the committer stops last, after the requests it writes for.
+        // PostgreSQL's sockets are driven by the runtime that opened them, mostly the request
+        // threads': there the sweeper, the flusher and the reader stay on that runtime, and
+        // there is no committer.
         let own_threads = engine.writes_one_at_a_time();
         let housekeeping = |name: &str, work: futures_util::future::BoxFuture<'static, ()>| {
             if own_threads {
@@ -213,7 +214,12 @@ impl App {
         if let Err(e) = engine.feed_once().await {
             tracing::warn!(error = %e, "event feed could not start; it will retry");
         }
-        let feed = tokio::spawn(engine.clone().run_event_feed(shutdown.clone()));
+        // The event reader too: under a flood of requests it would wait behind them, and
+        // with it every stream's events and the held copies that heartbeats answer from.
+        let feed = housekeeping(
+            "lapse-feed",
+            Box::pin(engine.clone().run_event_feed(shutdown.clone())),
+        )?;
         let deliveries = tokio::spawn(engine.clone().run_deliveries(shutdown.clone()));
         let probe = tokio::spawn(engine.clone().run_outage_probe(shutdown.clone()));
         let hangup = tokio::spawn(reload_on_hangup(
