@@ -3,7 +3,8 @@
 //! asks for, as HTTP client libraries do). With `[server] max_in_flight` (the default,
 //! 256) the requests past it are refused with 429 within a moment; without it (`= 0`, a second
 //! server on the same database) every request queues and waits. Meanwhile a burst of sessions
-//! comes due: the sweeper must keep its pace under the flood.
+//! comes due: the sweeper must keep its pace under the flood. And a few event streams follow
+//! rooms updated meanwhile: their events must not wait behind the flood either.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,13 @@ use std::time::{Duration, Instant};
 
 use crate::measure::percentile;
 use crate::report::{Row, Verdict};
-use crate::server::{Conn, Request, Requests, Server, send_all};
+use crate::server::{Conn, Request, Requests, Server, paced, send_all};
+use crate::streams::{Streams, timed_update};
+
+/// Streams open during the flood, each following a room updated meanwhile.
+const WATCHED: usize = 10;
+/// Updates a second to those rooms during the flood.
+const WATCHED_RATE: u64 = 20;
 
 /// What a flood saw: each answer's status and how long it took.
 #[derive(Default)]
@@ -125,7 +132,23 @@ pub async fn figures(
     eprintln!(
         "  flood of creates from {connections} connections, with a burst of {burst} coming due"
     );
-    let with_limit = flood(&limited.addr, connections, secs, "a").await;
+    let epoch = Instant::now();
+    let watched = Streams::open(&limited.addr, WATCHED, epoch).await;
+    let (with_limit, updates) = tokio::join!(
+        flood(&limited.addr, connections, secs, "a"),
+        paced(
+            &limited.addr,
+            WATCHED_RATE,
+            secs,
+            timed_update(WATCHED as u64, epoch)
+        ),
+    );
+    // The last updates' events may still be on their way.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let delivered = watched.received.load(std::sync::atomic::Ordering::Relaxed);
+    let taken = |v: &Mutex<Vec<f64>>| v.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let (delays, after_commit) = (taken(&watched.delays), taken(&watched.after_commit));
+    watched.close();
     let burst_lags = crate::served::expiry_lags(store.as_ref(), kind, after, burst).await;
 
     let config = dir.join("unlimited.toml");
@@ -193,6 +216,26 @@ pub async fn figures(
             } else {
                 Verdict::Missed
             },
+        },
+        Row {
+            figure: format!(
+                "event delivery to {WATCHED} streams during the flood, {WATCHED_RATE} updates/s \
+                 to their rooms (SQLite)"
+            ),
+            target: "none: what the flood costs a stream's events".into(),
+            measured: format!("p99 {:.0} ms from commit", p(&after_commit, 0.99)),
+            spread: format!(
+                "p50 {:.0} ms, max {:.0} ms from commit",
+                p(&after_commit, 0.5),
+                p(&after_commit, 1.0)
+            ),
+            detail: format!(
+                "from the update's request sent: p50 {:.0} ms, p99 {:.0} ms; {delivered} of \
+                 {updates} updates delivered to their stream (the others refused with 429)",
+                p(&delays, 0.5),
+                p(&delays, 0.99)
+            ),
+            verdict: Verdict::Shown,
         },
     ]
 }

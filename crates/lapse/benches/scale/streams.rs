@@ -49,24 +49,30 @@ pub fn raise_fd_limit() -> u64 {
 }
 
 /// Open streams and what they have received.
-struct Streams {
+pub struct Streams {
     readers: Vec<tokio::task::JoinHandle<()>>,
-    /// Delivery times, in ms, of the timed updates received.
-    delays: Arc<Mutex<Vec<f64>>>,
-    received: Arc<AtomicU64>,
+    /// Delivery times, in ms, of the timed updates received: from the update's request
+    /// being sent.
+    pub delays: Arc<Mutex<Vec<f64>>>,
+    /// The same, from its event's commit (`applied_at`, by the wall clock both sides share):
+    /// the time the event spent on its way out, without the request's own.
+    pub after_commit: Arc<Mutex<Vec<f64>>>,
+    pub received: Arc<AtomicU64>,
 }
 
 impl Streams {
     /// Opens `n` streams, the `i`th following room `live0-i`; each reads until closed.
-    async fn open(addr: &str, n: usize, epoch: Instant) -> Streams {
+    pub async fn open(addr: &str, n: usize, epoch: Instant) -> Streams {
         let delays = Arc::new(Mutex::new(Vec::new()));
+        let after_commit = Arc::new(Mutex::new(Vec::new()));
         let received = Arc::new(AtomicU64::new(0));
         let mut readers = Vec::with_capacity(n);
         for i in 0..n {
             let mut conn = Conn::open(addr).await.expect("a stream connects");
             let req = Request::stream(&format!("/v1/events?session=live0-{i}"));
             assert_eq!(conn.send_head(&req).await, Some(200), "stream {i} opens");
-            let (delays, received) = (delays.clone(), received.clone());
+            let (delays, after_commit, received) =
+                (delays.clone(), after_commit.clone(), received.clone());
             // Updates sent before it opened come as catch-up from the table: not timed.
             let opened = epoch.elapsed().as_micros() as f64;
             readers.push(tokio::spawn(async move {
@@ -74,6 +80,7 @@ impl Streams {
                     epoch,
                     opened,
                     delays: &delays,
+                    after_commit: &after_commit,
                     received: &received,
                 };
                 read_stream(conn.into_stream(), timed).await;
@@ -82,11 +89,12 @@ impl Streams {
         Streams {
             readers,
             delays,
+            after_commit,
             received,
         }
     }
 
-    fn close(self) {
+    pub fn close(self) {
         for r in self.readers {
             r.abort();
         }
@@ -99,6 +107,7 @@ struct Timed<'a> {
     /// When the stream opened, in µs since `epoch`.
     opened: f64,
     delays: &'a Mutex<Vec<f64>>,
+    after_commit: &'a Mutex<Vec<f64>>,
     received: &'a AtomicU64,
 }
 
@@ -132,14 +141,28 @@ async fn read_stream(mut stream: tokio::net::TcpStream, t: Timed<'_>) {
                 t.received.fetch_add(1, Ordering::Relaxed);
                 let mut d = t.delays.lock().unwrap_or_else(|p| p.into_inner());
                 d.push((now - sent) / 1000.0);
+                if let Some(ms) = since_commit(line) {
+                    let mut d = t.after_commit.lock().unwrap_or_else(|p| p.into_inner());
+                    d.push(ms);
+                }
             }
         }
         pending.drain(..=last);
     }
 }
 
+/// Milliseconds from an event line's `applied_at` to now, by the wall clock.
+fn since_commit(line: &[u8]) -> Option<f64> {
+    const MARK: &[u8] = b"\"applied_at\":\"";
+    let at = line.windows(MARK.len()).position(|w| w == MARK)? + MARK.len();
+    let end = line[at..].iter().position(|&b| b == b'"')?;
+    let text = std::str::from_utf8(&line[at..at + end]).ok()?;
+    let applied = chrono::DateTime::parse_from_rfc3339(text).ok()?;
+    Some((chrono::Utc::now().timestamp_micros() - applied.timestamp_micros()) as f64 / 1000.0)
+}
+
 /// An update of room `live0-(n % rooms)` whose title is the moment it is sent.
-fn timed_update(rooms: u64, epoch: Instant) -> Requests {
+pub fn timed_update(rooms: u64, epoch: Instant) -> Requests {
     Arc::new(move |n| {
         Request::patch(
             &format!("/v1/sessions/live0-{}", n % rooms),
