@@ -73,12 +73,16 @@ impl Streams {
             assert_eq!(conn.send_head(&req).await, Some(200), "stream {i} opens");
             let (delays, after_commit, received) =
                 (delays.clone(), after_commit.clone(), received.clone());
-            // Updates sent before it opened come as catch-up from the table: not timed.
+            // Updates sent before it opened come as catch-up from the table: not timed. Nor
+            // are events committed before it opened, which another figure's updates of the
+            // same room may have left (their titles count from another epoch).
             let opened = epoch.elapsed().as_micros() as f64;
+            let opened_wall = chrono::Utc::now().timestamp_micros();
             readers.push(tokio::spawn(async move {
                 let timed = Timed {
                     epoch,
                     opened,
+                    opened_wall,
                     delays: &delays,
                     after_commit: &after_commit,
                     received: &received,
@@ -106,6 +110,8 @@ struct Timed<'a> {
     epoch: Instant,
     /// When the stream opened, in µs since `epoch`.
     opened: f64,
+    /// The same by the wall clock, in µs.
+    opened_wall: i64,
     delays: &'a Mutex<Vec<f64>>,
     after_commit: &'a Mutex<Vec<f64>>,
     received: &'a AtomicU64,
@@ -137,28 +143,30 @@ async fn read_stream(mut stream: tokio::net::TcpStream, t: Timed<'_>) {
             let sent: Option<f64> = end
                 .and_then(|e| std::str::from_utf8(&digits[..e]).ok())
                 .and_then(|d| d.parse().ok());
+            let Some(applied) = applied_at(line).filter(|&a| a >= t.opened_wall) else {
+                continue;
+            };
             if let Some(sent) = sent.filter(|&s| s >= t.opened) {
                 t.received.fetch_add(1, Ordering::Relaxed);
                 let mut d = t.delays.lock().unwrap_or_else(|p| p.into_inner());
                 d.push((now - sent) / 1000.0);
-                if let Some(ms) = since_commit(line) {
-                    let mut d = t.after_commit.lock().unwrap_or_else(|p| p.into_inner());
-                    d.push(ms);
-                }
+                let since_commit = chrono::Utc::now().timestamp_micros() - applied;
+                let mut d = t.after_commit.lock().unwrap_or_else(|p| p.into_inner());
+                d.push(since_commit as f64 / 1000.0);
             }
         }
         pending.drain(..=last);
     }
 }
 
-/// Milliseconds from an event line's `applied_at` to now, by the wall clock.
-fn since_commit(line: &[u8]) -> Option<f64> {
+/// An event line's `applied_at`, in µs by the wall clock.
+fn applied_at(line: &[u8]) -> Option<i64> {
     const MARK: &[u8] = b"\"applied_at\":\"";
     let at = line.windows(MARK.len()).position(|w| w == MARK)? + MARK.len();
     let end = line[at..].iter().position(|&b| b == b'"')?;
     let text = std::str::from_utf8(&line[at..at + end]).ok()?;
     let applied = chrono::DateTime::parse_from_rfc3339(text).ok()?;
-    Some((chrono::Utc::now().timestamp_micros() - applied.timestamp_micros()) as f64 / 1000.0)
+    Some(applied.timestamp_micros())
 }
 
 /// An update of room `live0-(n % rooms)` whose title is the moment it is sent.
