@@ -14,7 +14,8 @@
 //!
 //! Here: opening, migrating, reading sessions and events, a commit's transaction; `writes.rs`
 //! holds a commit's statements, `leases.rs` due rows and their leases, `heartbeats.rs` the
-//! flush, `rules.rs` the rules in force and the re-arms they cause, `outbox.rs` deliveries,
+//! flush, `rules.rs` the rules in force and the re-arms of stored deadlines (a sweep's lazy
+//! re-arms and a reload's, each checked against the rules' version), `outbox.rs` deliveries,
 //! retention, health figures and idempotency keys, `plans.rs` the plan of every hot statement
 //! for the plan tests.
 

@@ -6,8 +6,9 @@
 //!
 //! Here: opening, migrating, reading sessions and events, due rows; `writes.rs` holds a
 //! commit's statements, `heartbeats.rs` the flush, `rules.rs` the rules in force and the
-//! re-arms they cause, `outbox.rs` deliveries, retention, health figures and idempotency keys,
-//! `plans.rs` the plan of every hot statement for the plan tests.
+//! re-arms of stored deadlines (a sweep's lazy re-arms and a reload's, each checked against
+//! the rules' version), `outbox.rs` deliveries, retention, health figures and idempotency
+//! keys, `plans.rs` the plan of every hot statement for the plan tests.
 
 use std::str::FromStr;
 use std::sync::Arc;
