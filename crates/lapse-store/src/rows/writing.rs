@@ -1,0 +1,146 @@
+//! Model values as the columns written: a session or participant as a row for the bulk
+//! statements, a flush's latest beats, stored JSON text.
+
+use lapse_core::session::{Participant, Session};
+use lapse_core::store::Commit;
+use lapse_core::{SessionId, Timestamp};
+
+/// Whether `s`, inserted by `commit`, counts against its host's limit: the commit checked
+/// one for its kind and host, because the kind has one under the rules it was decided by.
+pub(crate) fn counted_by(commit: &Commit, s: &Session) -> bool {
+    commit
+        .host_limit
+        .as_ref()
+        .is_some_and(|l| l.kind == s.kind && l.host == s.host)
+}
+
+/// Counters and metadata as stored text.
+pub fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Serializing maps of strings and integers cannot fail.
+    serde_json::to_string(value).unwrap_or_else(|_| "{}".into())
+}
+
+/// A `sessions` row as the bulk statements read it (bound values on SQLite, `sqlite/values.rs`;
+/// `jsonb_to_recordset` on PostgreSQL): keyed by column, times as epoch milliseconds, written
+/// straight from the session (no JSON tree is built on the way).
+#[derive(Default, serde::Serialize)]
+pub struct SessionRow<'a> {
+    id: &'a str,
+    kind: &'a str,
+    title: &'a str,
+    metadata: String,
+    host: &'a str,
+    parent: Option<&'a str>,
+    scheduled_start: Option<i64>,
+    scheduled_end: Option<i64>,
+    status: &'static str,
+    delayed: bool,
+    used: bool,
+    created_at: i64,
+    started_at: Option<i64>,
+    ended_at: Option<i64>,
+    last_activity_at: i64,
+    end_reason: Option<&'a str>,
+    ended_by: Option<&'a str>,
+    counters: String,
+    summary: Option<String>,
+    parent_ended_at: Option<i64>,
+    warnings: String,
+    next_due_at: Option<i64>,
+    next_due_rule: Option<&'a str>,
+    version: i64,
+}
+
+fn ms(t: Option<Timestamp>) -> Option<i64> {
+    t.map(Timestamp::millis)
+}
+
+/// `s` as a row.
+pub fn session_row(s: &Session) -> SessionRow<'_> {
+    SessionRow {
+        id: s.id.as_str(),
+        kind: &s.kind,
+        title: &s.title,
+        metadata: to_json(&s.metadata),
+        host: s.host.as_str(),
+        parent: s.parent.as_ref().map(SessionId::as_str),
+        scheduled_start: ms(s.scheduled_start),
+        scheduled_end: ms(s.scheduled_end),
+        status: s.status.as_str(),
+        delayed: s.delayed,
+        used: s.used,
+        created_at: s.created_at.millis(),
+        started_at: ms(s.started_at),
+        ended_at: ms(s.ended_at),
+        last_activity_at: s.last_activity_at.millis(),
+        end_reason: s.end_reason.as_deref(),
+        ended_by: s.ended_by.as_deref(),
+        counters: to_json(&s.counters),
+        summary: s.summary.as_ref().map(to_json),
+        parent_ended_at: ms(s.parent_ended_at),
+        warnings: to_json(&s.warnings),
+        next_due_at: ms(s.wake_at),
+        next_due_rule: s.next_due.as_ref().map(|n| n.rule.as_str()),
+        version: s.version,
+    }
+}
+
+/// A heartbeat flush's beats as `(session, user, at)`, one per participant, the latest.
+pub fn latest_beats(beats: &[lapse_core::store::Beat]) -> Vec<(&str, &str, i64)> {
+    let mut latest: std::collections::HashMap<(&str, &str), i64> =
+        std::collections::HashMap::with_capacity(beats.len());
+    for b in beats {
+        let at = latest
+            .entry((b.session.as_str(), b.user.as_str()))
+            .or_insert(b.at.millis());
+        *at = (*at).max(b.at.millis());
+    }
+    latest.into_iter().map(|((s, u), at)| (s, u, at)).collect()
+}
+
+/// A `participants` row as the bulk statements read it.
+#[derive(Default, serde::Serialize)]
+pub struct ParticipantRow<'a> {
+    session_id: &'a str,
+    user_id: &'a str,
+    role: &'static str,
+    state: &'static str,
+    joined_at: i64,
+    left_at: Option<i64>,
+    last_seen_at: i64,
+    offline_for: Option<i64>,
+}
+
+/// `p` of `s` as a row.
+pub fn participant_row<'a>(s: &'a Session, p: &'a Participant) -> ParticipantRow<'a> {
+    ParticipantRow {
+        session_id: s.id.as_str(),
+        user_id: p.user.as_str(),
+        role: p.role.as_str(),
+        state: p.state.as_str(),
+        joined_at: p.joined_at.millis(),
+        left_at: ms(p.left_at),
+        last_seen_at: p.last_seen_at.millis(),
+        offline_for: ms(p.offline_for),
+    }
+}
+
+/// Sessions and their participants as two JSON arrays of rows, for bulk imports.
+pub fn import_rows(sessions: &[Session]) -> (String, String) {
+    let rows: Vec<SessionRow> = sessions.iter().map(session_row).collect();
+    let participants: Vec<ParticipantRow> = sessions
+        .iter()
+        .flat_map(|s| s.participants.iter().map(move |p| participant_row(s, p)))
+        .collect();
+    (to_json(&rows), to_json(&participants))
+}
+
+/// The columns [`import_rows`] writes, in the order of the import statements.
+pub const IMPORT_SESSION_COLUMNS: &str = "id, kind, title, metadata, host, parent, \
+    scheduled_start, scheduled_end, status, delayed, used, created_at, started_at, ended_at, \
+    last_activity_at, end_reason, ended_by, counters, summary, parent_ended_at, warnings, \
+    next_due_at, next_due_rule";
+
+/// The participant columns [`import_rows`] writes.
+pub const IMPORT_PARTICIPANT_COLUMNS: &str =
+    "session_id, user_id, role, state, joined_at, left_at, last_seen_at, offline_for";
