@@ -40,6 +40,7 @@ use crate::rows::{self, PG_SESSION_COLUMNS};
 use crate::statements::{self, Arg, Dialect, Statement};
 use crate::{backend, migrate};
 
+mod bulk;
 mod heartbeats;
 mod leases;
 mod outbox;
@@ -47,10 +48,11 @@ mod plans;
 mod rules;
 mod writes;
 
+use bulk::write_updates;
 pub(crate) use leases::LEASE_HOLDERS;
 use leases::{Holder, wall_now};
 use rules::first_locks;
-use writes::{exec, write_commit, write_updates};
+use writes::{exec, write_commit};
 
 /// The channel changes are announced on: a payload `d<ms>` for a stored deadline, `e` for
 /// new events.
@@ -340,7 +342,7 @@ impl Store for PostgresStore {
     }
 
     async fn import(&self, sessions: &[Session]) -> Result<u64, StoreError> {
-        writes::import(&self.pool, sessions).await
+        bulk::import(&self.pool, sessions).await
     }
 
     async fn list(&self, q: &SessionQuery) -> Result<Vec<Session>, StoreError> {

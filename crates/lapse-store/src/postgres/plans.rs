@@ -4,7 +4,7 @@
 use lapse_core::StoreError;
 use sqlx::AssertSqlSafe;
 
-use super::{PostgresStore, heartbeats, leases, outbox, rules, writes};
+use super::{PostgresStore, bulk, heartbeats, leases, outbox, rules, writes};
 use crate::backend;
 use crate::rows::PG_SESSION_COLUMNS;
 use crate::statements::{self, Arg, Dialect, Statement};
@@ -53,7 +53,7 @@ impl PostgresStore {
             fixed("rules rearmed", rules::MARK_REARMED, vec![Arg::Int(1)]),
             fixed(
                 "batched session update",
-                writes::UPDATE_SESSIONS,
+                bulk::UPDATE_SESSIONS,
                 vec![text("[]")],
             ),
             fixed("lease release", leases::RELEASE, vec![empty(), Arg::Int(1)]),

@@ -35,6 +35,7 @@ use crate::{backend, migrate};
 use conns::Conns;
 
 mod backup;
+mod bulk;
 mod conns;
 mod heartbeats;
 mod outbox;
@@ -45,7 +46,8 @@ mod writes;
 
 pub use backup::{Backup, backup};
 
-use writes::{exec, write_commit, write_updates};
+use bulk::write_updates;
+use writes::{exec, write_commit};
 
 /// How long a connection waits for another's lock before its statement fails as busy.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -315,7 +317,7 @@ impl Store for SqliteStore {
     }
 
     async fn import(&self, sessions: &[Session]) -> Result<u64, StoreError> {
-        writes::import(&self.writer, sessions).await
+        bulk::import(&self.writer, sessions).await
     }
 
     async fn list(&self, q: &SessionQuery) -> Result<Vec<Session>, StoreError> {

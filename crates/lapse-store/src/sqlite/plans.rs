@@ -4,7 +4,7 @@
 use lapse_core::StoreError;
 use sqlx::Row;
 
-use super::{SqliteStore, heartbeats, outbox, query, rules, writes};
+use super::{SqliteStore, bulk, heartbeats, outbox, query, rules, writes};
 use crate::backend;
 use crate::rows::{self, SESSION_COLUMNS};
 use crate::statements::{self, Arg, Dialect, Statement};
@@ -84,7 +84,7 @@ impl SqliteStore {
             ),
             fixed("next delivery", outbox::NEXT_DELIVERY, vec![]),
         ]);
-        for (name, sql) in writes::batch_statements()? {
+        for (name, sql) in bulk::batch_statements()? {
             hot.push((name, Statement::fixed(Dialect::Sqlite, &sql)));
         }
         hot.push((

@@ -1,0 +1,138 @@
+//! Writes in bulk: a run of a sweep's single-update commits as a few set-based statements
+//! over JSON records, and sessions imported by the thousand.
+
+use lapse_core::store::Commit;
+use lapse_core::{Session, StoreError};
+use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
+
+use crate::rows::{IMPORT_PARTICIPANT_COLUMNS, IMPORT_SESSION_COLUMNS, import_rows, to_json};
+use crate::{backend, batch};
+
+/// Sessions in bulk (see `Store::import`): two statements per chunk.
+pub(super) async fn import(pool: &PgPool, sessions: &[Session]) -> Result<u64, StoreError> {
+    let mut inserted = 0;
+    for chunk in sessions.chunks(IMPORT_CHUNK) {
+        let (rows, participants) = import_rows(chunk);
+        let mut tx = pool.begin().await.map_err(backend)?;
+        let sql = format!(
+            "insert into sessions ({IMPORT_SESSION_COLUMNS}, host_limited, version) \
+             select {IMPORT_SESSION_COLUMNS}, false, 1 from jsonb_to_recordset($1::jsonb) as r(\
+             id text, kind text, title text, metadata text, host text, parent text, \
+             scheduled_start bigint, scheduled_end bigint, status text, delayed boolean, \
+             used boolean, created_at bigint, started_at bigint, ended_at bigint, \
+             last_activity_at bigint, end_reason text, ended_by text, counters text, \
+             summary text, parent_ended_at bigint, warnings text, next_due_at bigint, \
+             next_due_rule text) on conflict (id) do nothing"
+        );
+        let result = sqlx::query(AssertSqlSafe(sql))
+            .bind(rows)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        inserted += result.rows_affected();
+        let sql = format!(
+            "insert into participants ({IMPORT_PARTICIPANT_COLUMNS}) \
+             select {IMPORT_PARTICIPANT_COLUMNS} from jsonb_to_recordset($1::jsonb) as r(\
+             session_id text, user_id text, role text, state text, joined_at bigint, \
+             left_at bigint, last_seen_at bigint, offline_for bigint) on conflict do nothing"
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(participants)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+    }
+    Ok(inserted)
+}
+
+/// Sessions per import transaction.
+const IMPORT_CHUNK: usize = 5_000;
+
+/// A run of single-update commits (see `batch`) in three statements: the session rows,
+/// compare-and-set each; the winners' participants; their events with the webhook rows and
+/// notifications those cause (data-modifying CTEs, so the webhook rows take their events'
+/// numbers without reading the events table).
+pub(super) async fn write_updates(
+    tx: &mut Transaction<'_, Postgres>,
+    run: &[&Commit],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let won: std::collections::HashSet<String> = sqlx::query_scalar(UPDATE_SESSIONS)
+        .bind(to_json(&batch::session_rows(run)))
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(backend)?
+        .into_iter()
+        .collect();
+    let (outcomes, rows) = batch::followers(run, &won);
+    if !rows.participants.is_empty() {
+        sqlx::query(UPSERT_PARTICIPANTS)
+            .bind(to_json(&rows.participants))
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+    }
+    if !rows.events.is_empty() || !rows.notifications.is_empty() {
+        sqlx::query(APPEND_EVENTS)
+            .bind(to_json(&rows.events))
+            .bind(to_json(&rows.deliveries))
+            .bind(to_json(&rows.notifications))
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+    }
+    Ok(outcomes)
+}
+
+/// A batch of session rows, compare-and-set each on its version; the ids that won. A session
+/// reopened counts against its host's limit again, as in the single-row update (see
+/// SQLite's `REOPENED_COUNTS`).
+pub(super) const UPDATE_SESSIONS: &str = "update sessions set title = b.title, \
+    metadata = b.metadata, scheduled_start = b.scheduled_start, \
+    scheduled_end = b.scheduled_end, status = b.status, \
+    host_limited = sessions.host_limited or (sessions.status not in ('pending', 'active') \
+    and b.status in ('pending', 'active')), delayed = b.delayed, used = b.used, \
+    started_at = b.started_at, ended_at = b.ended_at, \
+    last_activity_at = greatest(sessions.last_activity_at, b.last_activity_at), \
+    end_reason = b.end_reason, ended_by = b.ended_by, counters = b.counters, \
+    summary = b.summary, parent_ended_at = b.parent_ended_at, next_due_at = b.next_due_at, \
+    next_due_rule = b.next_due_rule, warnings = b.warnings, claimed_until = null, \
+    version = sessions.version + 1 \
+    from jsonb_to_recordset($1::jsonb) as b(id text, version bigint, title text, \
+    metadata text, scheduled_start bigint, scheduled_end bigint, status text, delayed boolean, \
+    used boolean, started_at bigint, ended_at bigint, last_activity_at bigint, end_reason text, \
+    ended_by text, counters text, summary text, parent_ended_at bigint, next_due_at bigint, \
+    next_due_rule text, warnings text) \
+    where sessions.id = b.id and sessions.version = b.version \
+    returning sessions.id";
+
+/// A batch of participant rows; `last_seen_at` only moves forward.
+const UPSERT_PARTICIPANTS: &str = "insert into participants (session_id, user_id, role, state, \
+    joined_at, left_at, last_seen_at, offline_for) \
+    select session_id, user_id, role, state, joined_at, left_at, last_seen_at, offline_for \
+    from jsonb_to_recordset($1::jsonb) as r(session_id text, user_id text, role text, \
+    state text, joined_at bigint, left_at bigint, last_seen_at bigint, offline_for bigint) \
+    on conflict (session_id, user_id) do update set role = excluded.role, \
+    state = excluded.state, joined_at = excluded.joined_at, left_at = excluded.left_at, \
+    offline_for = excluded.offline_for, \
+    last_seen_at = greatest(participants.last_seen_at, excluded.last_seen_at)";
+
+/// A batch of events in array order (so `seq` follows the order they were decided in), the
+/// webhook rows they cause (unless the endpoint was disabled), and notifications.
+const APPEND_EVENTS: &str = "with e as (\
+        insert into events (id, type, at, applied_at, session_id, kind, actor, rule, data) \
+        select v ->> 'id', v ->> 'type', (v ->> 'at')::bigint, (v ->> 'applied_at')::bigint, \
+        v ->> 'session_id', v ->> 'kind', v ->> 'actor', v ->> 'rule', v ->> 'data' \
+        from jsonb_array_elements($1::jsonb) with ordinality as b(v, n) order by n \
+        returning id, seq), \
+    d as (\
+        insert into webhook_deliveries (id, endpoint, event_seq, status, attempts, \
+        next_attempt_at, created_at) \
+        select d.id, d.url, e.seq, 'pending', 0, d.at, d.at \
+        from jsonb_to_recordset($2::jsonb) as d(id text, url text, event text, at bigint) \
+        join e on e.id = d.event \
+        where not exists (select 1 from webhook_endpoints_disabled w where w.url = d.url)) \
+    insert into notifications (id, user_id, type, title, message, session_id, link, created_at) \
+    select id, user_id, type, title, message, session_id, link, created_at \
+    from jsonb_to_recordset($3::jsonb) as r(id text, user_id text, type text, title text, \
+    message text, session_id text, link text, created_at bigint)";
