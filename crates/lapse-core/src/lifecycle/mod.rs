@@ -6,18 +6,18 @@
 //! engine's concern.
 //!
 //! - `due`: what time does: rules firing, warnings, presence lapses (`apply_due`).
-//! - `manual`: what people do: create, start, end, join, leave, update, ...
+//! - `manual`: what people do to a session: create, start, end, cancel, reopen, update, delete.
+//! - `presence`: what they do in it: join, leave, beat, count activity.
 
 use serde::{Deserialize, Serialize};
 
 mod due;
 mod manual;
+mod presence;
 
 pub use due::apply_due;
-pub use manual::{
-    Patch, Via, activity, cancel, check_heartbeat, create, delete, end, heartbeat, join, leave,
-    parent_closed, reopen, start, update,
-};
+pub use manual::{Patch, cancel, create, delete, end, parent_closed, reopen, start, update};
+pub use presence::{Via, activity, check_heartbeat, heartbeat, join, leave};
 
 use crate::config::Kind;
 use crate::event::{EventData, EventType, NewEvent, NewNotification};
