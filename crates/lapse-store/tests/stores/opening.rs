@@ -1,0 +1,136 @@
+//! Opening a store: settings from the configuration, a database busy or slow at first, a
+//! path that cannot be opened.
+
+use super::*;
+
+#[tokio::test]
+async fn the_postgres_pool_size_and_statement_timeout_come_from_the_config() {
+    let Some(url) = lapse_store::testing::fresh_postgres_database().await else {
+        return;
+    };
+    let timeout = Some(std::time::Duration::from_millis(2500));
+    let store = PostgresStore::open(&url, Some(7), timeout).await.unwrap();
+    assert_eq!(store.max_connections(), 7);
+    assert_eq!(
+        store.server_setting("statement_timeout").await.unwrap(),
+        "2500ms"
+    );
+    let default = PostgresStore::open(&url, None, None).await.unwrap();
+    assert_eq!(
+        default.server_setting("statement_timeout").await.unwrap(),
+        "0"
+    );
+}
+
+/// A store just opened migrates, and keeps and finds a session.
+async fn works_as_usual(store: &dyn Store) {
+    store.migrate().await.unwrap();
+    insert(store, &session("study", "after", t0())).await;
+    let id = SessionId::parse("after").unwrap();
+    assert!(
+        store.load(&id).await.unwrap().is_some(),
+        "and works as usual"
+    );
+}
+
+/// A SQLite database another process holds for a moment (a backup, a second `lapse` at its
+/// migrations) still opens: the store waits for its first connection as long as SQLite waits
+/// for a lock, not the fraction of a second a call waits for a free connection.
+#[tokio::test]
+async fn a_sqlite_database_locked_for_a_moment_still_opens() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("held.db").display());
+    let options: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
+    let mut holder = sqlx::SqliteConnection::connect_with(&options.create_if_missing(true))
+        .await
+        .unwrap();
+    // A database in rollback mode under an exclusive lock: no one may even read its header.
+    sqlx::raw_sql("begin exclusive; create table held (x integer)")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let held_for = std::time::Duration::from_millis(1500);
+    assert!(
+        held_for > lapse_store::ACQUIRE_TIMEOUT,
+        "longer than a call's wait"
+    );
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(held_for).await;
+        sqlx::raw_sql("commit").execute(&mut holder).await.unwrap();
+        holder.close().await.unwrap();
+    });
+
+    let store = SqliteStore::open(&url, None)
+        .await
+        .expect("opens once the lock is gone");
+    release.await.unwrap();
+    works_as_usual(&store).await;
+}
+
+/// A PostgreSQL server slow to answer its first connection (starting beside lapse, or loaded)
+/// still opens: the store waits for that connection longer than a call waits for a free one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_server_slow_to_answer_at_first_still_opens() {
+    let Some(url) = lapse_store::testing::fresh_postgres_database().await else {
+        return;
+    };
+    // A proxy in front of the server that holds the first connection a while before passing
+    // it on, and passes on the others at once.
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (authority, database) = rest.split_once('/').expect("naming a database");
+    let (user, server) = match authority.rsplit_once('@') {
+        Some((user, server)) => (format!("{user}@"), server.to_string()),
+        None => (String::new(), authority.to_string()),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxied = format!(
+        "{scheme}://{user}{}/{database}",
+        listener.local_addr().unwrap()
+    );
+    let held_for = std::time::Duration::from_millis(1500);
+    assert!(
+        held_for > lapse_store::ACQUIRE_TIMEOUT,
+        "longer than a call's wait"
+    );
+    tokio::spawn(async move {
+        let mut hold = Some(held_for);
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let (hold, server) = (hold.take(), server.clone());
+            tokio::spawn(async move {
+                if let Some(hold) = hold {
+                    tokio::time::sleep(hold).await;
+                }
+                if let Ok(mut upstream) = tokio::net::TcpStream::connect(&server).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+        }
+    });
+
+    let store = PostgresStore::open(&proxied, None, None)
+        .await
+        .expect("opens once the server answers");
+    works_as_usual(&store).await;
+}
+
+/// A SQLite path that cannot be opened fails at once, with the path in the message: waiting
+/// out a lock is for databases that exist and are merely busy.
+#[tokio::test]
+async fn a_sqlite_path_that_cannot_be_opened_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("missing/dir/x.db").display());
+    let started = std::time::Instant::now();
+    let Err(StoreError::Backend(message)) = SqliteStore::open(&url, None).await else {
+        panic!("a database in a missing directory opened");
+    };
+    assert!(message.contains("missing/dir/x.db"), "{message}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "failed only after {:?}",
+        started.elapsed()
+    );
+}
