@@ -57,7 +57,10 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
                 return;
             }
             let service = TowerToHyperService::new(router);
-            let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+            // Boxed for the same reason as the router's call in `stream_conn::answer`: this
+            // task holds room for its largest state, and an open event stream never gets here.
+            let connection =
+                Box::pin(watcher.watch(http.serve_connection(TokioIo::new(stream), service)));
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
