@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use lapse_core::SessionId;
-use lapse_engine::Caller;
 use lapse_engine::health::Health;
 
+use super::cli_admin;
 use crate::app::{Rules, open_engine};
 use crate::export::{Format, render};
 use crate::settings::{Environment, Settings};
@@ -64,12 +64,7 @@ pub(super) async fn migrate(config: Option<&Path>, env: Environment) -> anyhow::
 pub(super) async fn stats(config: Option<&Path>, env: Environment) -> anyhow::Result<i32> {
     let settings = Settings::load(config, env)?;
     let engine = open_engine(&settings, Rules::Follow).await?;
-    let counts = engine
-        .counts(&Caller::Admin {
-            name: "cli".into(),
-            actor: None,
-        })
-        .await?;
+    let counts = engine.counts(&cli_admin()).await?;
     if counts.is_empty() {
         println!("no sessions");
     } else {
@@ -111,13 +106,7 @@ pub(super) async fn health(
             return Ok(2);
         }
     };
-    let report = match engine
-        .health(&Caller::Admin {
-            name: "cli".into(),
-            actor: None,
-        })
-        .await
-    {
+    let report = match engine.health(&cli_admin()).await {
         Ok(report) => report,
         Err(e) => {
             println!("unhealthy: {e}");
@@ -153,10 +142,7 @@ pub(super) async fn export(
     let settings = Settings::load(config, env)?;
     let engine = open_engine(&settings, Rules::Follow).await?;
     let id = SessionId::parse(&id).context("session id")?;
-    let admin = Caller::Admin {
-        name: "cli".into(),
-        actor: None,
-    };
+    let admin = cli_admin();
     let session = engine.get(&admin, &id).await?;
     let events = engine.session_events(&admin, &id, 0, 1000).await?;
     print!("{}", render(format, &session, &events));
