@@ -134,3 +134,28 @@ async fn a_sqlite_path_that_cannot_be_opened_fails_at_once() {
         started.elapsed()
     );
 }
+
+/// Each SQLite connection keeps the page cache the store gives it. SQLite is compiled without
+/// its memory management (`.cargo/config.toml`), which pools the caches of all connections:
+/// a reader's cache then grows past its size with what it reads, takes the writer's pages, and
+/// costs a walk over all of it at the start of every read that follows a write.
+#[tokio::test]
+async fn each_sqlite_connection_keeps_a_page_cache_of_its_own() {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:")
+        .await
+        .unwrap();
+    let options: Vec<String> =
+        sqlx::query_scalar("select compile_options from pragma_compile_options")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert!(
+        options.iter().any(|o| o.starts_with("THREADSAFE=")),
+        "SQLite says how it was compiled: {options:?}"
+    );
+    assert!(
+        !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+        "SQLite was compiled with one page cache for all connections: {options:?}"
+    );
+}
