@@ -4,10 +4,11 @@
 //! commit) then waits its turn behind hundreds of request tasks at each of its awaits, and its
 //! expiries come late. So on SQLite the sweeper, the heartbeat flusher, the group committer
 //! and the event reader each run on a thread of their own ([`spawn_housekeeping`]; on
-//! PostgreSQL they stay on the runtime whose threads drive its sockets), and the threads that answer requests run at a lower scheduling
-//! priority ([`lower_this_thread`], `nice` [`REQUEST_NICENESS`] above the process's) so the
-//! operating system runs the sweeper first whenever both are ready. With processor to spare
-//! nothing changes: a priority only decides who waits when someone must.
+//! PostgreSQL they stay on the runtime whose threads drive its sockets), and the threads that
+//! answer requests run at a lower scheduling priority ([`lower_this_thread`], `nice`
+//! [`REQUEST_NICENESS`] above the process's) so the operating system runs the sweeper first
+//! whenever both are ready. With processor to spare nothing changes: a priority only decides
+//! who waits when someone must.
 
 use std::future::Future;
 
