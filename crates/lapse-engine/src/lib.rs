@@ -126,6 +126,8 @@ pub struct Engine {
     stats: SweeperStats,
     feed: feed::Feed,
     webhooks: deliveries::Webhooks,
+    /// What `/metrics` last read of the database's counts (see [`Engine::counted`]).
+    counted: health::LastCounted,
 }
 
 impl Engine {
@@ -167,6 +169,7 @@ impl Engine {
             stats: SweeperStats::default(),
             feed: feed::Feed::default(),
             webhooks,
+            counted: tokio::sync::Mutex::new(None),
         })
     }
 

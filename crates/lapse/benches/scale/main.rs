@@ -164,6 +164,7 @@ async fn run(o: &Options, fd_limit: u64) -> Vec<Row> {
         let server = server::Server::start(&url, &config).await;
         rows.extend(served::heartbeat_vs_noop(&server, &load, o.live).await);
         rows.extend(served::burst_lag(&server, &url, &load, o.live).await);
+        rows.push(served::metrics_vs_noop(&server, &load, o.live).await);
         if runs("streams") {
             // One socket per stream on each side, and room for everything else.
             let streams = load

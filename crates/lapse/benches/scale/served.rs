@@ -135,6 +135,32 @@ pub async fn heartbeat_vs_noop(server: &Server, load: &Load, live: usize) -> Vec
     ]
 }
 
+/// `/metrics` scraped from 8 connections at once, against `/livez`, over `live` sessions:
+/// what a scrape costs once counting every session takes a while (it takes no credentials).
+pub async fn metrics_vs_noop(server: &Server, load: &Load, live: usize) -> Row {
+    let run = Duration::from_secs_f64(load.seconds);
+    let fixed = |req: Request| -> Requests { Arc::new(move |_| req.clone()) };
+    let (metrics, livez) = (
+        fixed(Request::get("/metrics")),
+        fixed(Request::get("/livez")),
+    );
+    let rate = |make: &Requests| {
+        let make = make.clone();
+        async move { throughput(&server.addr, 8, run, make).await.0 }
+    };
+    let pair = interleave(load.rounds, || rate(&metrics), || rate(&livez)).await;
+    report::shown_ratio(
+        &format!(
+            "`/metrics` scrapes vs `/livez`, 8 connections, {} live",
+            crate::engine::human(live)
+        ),
+        "none: what a scrape costs where counting sessions reads a million",
+        &pair,
+        ["/metrics", "/livez"],
+        "req/s",
+    )
+}
+
 /// Lags `applied_at - at` of a burst of sessions that expire unused soon after they are created,
 /// created through `servers` in turn as fast as they take them, with heartbeats at a steady
 /// rate while they come due; and the heartbeats' rate. The heartbeats start once the burst is

@@ -205,12 +205,9 @@ async fn metrics(State(app): State<Arc<AppState>>) -> ApiResult<axum::response::
     use std::fmt::Write as _;
 
     use axum::response::IntoResponse;
-    let internal = Caller::Admin {
-        name: "metrics".into(),
-        actor: None,
-    };
-    let counts = app.engine.counts(&internal).await?;
-    let health = app.engine.health(&internal).await?;
+    // Read at most once every few seconds, whoever asks (see `Engine::counted`).
+    let counted = app.engine.counted().await?;
+    let every = lapse_engine::health::COUNTS_FRESH_FOR.secs();
     let sweeper = app.engine.sweeper_figures().await?;
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
@@ -219,7 +216,8 @@ async fn metrics(State(app): State<Arc<AppState>>) -> ApiResult<axum::response::
             let _ = writeln!(out, "{name}{labels} {value}");
         }
     };
-    let sessions: Vec<(String, f64)> = counts
+    let sessions: Vec<(String, f64)> = counted
+        .sessions
         .iter()
         .map(|c| {
             (
@@ -231,7 +229,7 @@ async fn metrics(State(app): State<Arc<AppState>>) -> ApiResult<axum::response::
     metric(
         "lapse_sessions",
         "gauge",
-        "Sessions by kind and status.",
+        &format!("Sessions by kind and status (counted at most every {every} s)."),
         &sessions,
     );
     let one = |v: f64| vec![(String::new(), v)];
@@ -289,18 +287,20 @@ async fn metrics(State(app): State<Arc<AppState>>) -> ApiResult<axum::response::
     metric(
         "lapse_overdue_sessions",
         "gauge",
-        "Sessions with rules due for over a minute.",
-        &one(health.overdue as f64),
+        &format!("Sessions with rules due for over a minute (counted at most every {every} s)."),
+        &one(counted.health.overdue as f64),
     );
-    let webhooks: Vec<(String, f64)> = health
-        .webhooks
-        .iter()
-        .map(|(status, n)| (format!("{{status=\"{status}\"}}"), *n as f64))
-        .collect();
+    let webhooks: Vec<(String, f64)> = [
+        ("dead", counted.health.deliveries_dead),
+        ("pending", counted.health.deliveries_pending),
+    ]
+    .iter()
+    .map(|(status, n)| (format!("{{status=\"{status}\"}}"), *n as f64))
+    .collect();
     metric(
         "lapse_webhook_deliveries",
         "gauge",
-        "Webhook deliveries waiting or given up.",
+        &format!("Webhook deliveries waiting or given up (counted at most every {every} s)."),
         &webhooks,
     );
     metric(

@@ -276,9 +276,36 @@ async fn metrics_are_exposed_for_prometheus_without_credentials(backend: Backend
     );
 }
 
+/// `/metrics` takes no credentials and counting sessions reads a whole index: it counts once,
+/// and every scrape within the next 5 s gets those counts; `/v1/stats` counts each time.
+async fn metrics_count_sessions_at_most_once_every_five_seconds(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let pending = |n: i64| format!("lapse_sessions{{kind=\"request\",status=\"pending\"}} {n}\n");
+    app.create("request", "c1", "cust-1", json!({})).await;
+    let text = app.get(As::Nobody, "/metrics").await.text;
+    assert!(text.contains(&pending(1)), "{text}");
+
+    app.create("request", "c2", "cust-2", json!({})).await;
+    let text = app.get(As::Nobody, "/metrics").await.text;
+    assert!(
+        text.contains(&pending(1)),
+        "counted again within 5 s: {text}"
+    );
+    let stats = app.get(As::Admin, "/v1/stats").await.expect(200);
+    assert_eq!(stats["sessions"]["by_status"]["pending"], 2, "{stats}");
+
+    app.advance("5s").await;
+    let text = app.get(As::Nobody, "/metrics").await.text;
+    assert!(
+        text.contains(&pending(2)),
+        "not counted again after 5 s: {text}"
+    );
+}
+
 both_stores!(
     a_repair_follows_its_expired_request_on_access_before_any_sweep,
     metrics_are_exposed_for_prometheus_without_credentials,
+    metrics_count_sessions_at_most_once_every_five_seconds,
     the_health_check_finds_stuck_work_and_says_what_to_do,
     a_kind_without_a_pending_rule_reports_stale_sessions,
     concurrent_creates_for_one_customer_open_one_repair,
