@@ -9,7 +9,8 @@ use lapse_core::store::DueRow;
 use lapse_core::{SessionId, StoreError, Timestamp};
 use sqlx::{Connection, PgConnection, Row};
 
-use super::{PostgresStore, query};
+use super::PostgresStore;
+use super::reads::query;
 use crate::backend;
 use crate::statements::{self, Dialect};
 

@@ -12,12 +12,14 @@
 //!   writes more than one session take turns (an advisory lock), so no two writers ever wait
 //!   for each other's rows in a circle.
 //!
-//! Here: opening, migrating, reading sessions and events, a commit's transaction; `writes.rs`
-//! holds a commit's statements, `leases.rs` due rows and their leases, `heartbeats.rs` the
-//! flush, `rules.rs` the rules in force and the re-arms of stored deadlines (a sweep's lazy
-//! re-arms and a reload's, each checked against the rules' version), `outbox.rs` deliveries,
-//! retention, health figures and idempotency keys, `plans.rs` the plan of every hot statement
-//! for the plan tests.
+//! Here: opening, migrating, and the store's calls, each handed to the file that holds it:
+//! `reads.rs` the reads (sessions, events, notifications, counts, the delivery log),
+//! `writes.rs` a transaction of commits and each commit's statements, `changes.rs` the
+//! changes announced between instances, `leases.rs` due rows and their leases,
+//! `heartbeats.rs` the flush, `rules.rs` the rules in force and the re-arms of stored
+//! deadlines (a sweep's lazy re-arms and a reload's, each checked against the rules'
+//! version), `outbox.rs` deliveries, retention, health figures and idempotency keys,
+//! `plans.rs` the plan of every hot statement for the plan tests.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -27,36 +29,29 @@ use async_trait::async_trait;
 use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
-    Attempt, Beat, Change, ChangeCallback, Commit, Delivery, DeliveryStatus, DisabledEndpoint,
-    DueRow, EventQuery, EventRecord, HealthCounts, Moved, Rearm, RearmOnly, RulesInForce,
-    SessionQuery, StatusCount, Store, StoredResponse,
+    Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DisabledEndpoint, DueRow,
+    EventQuery, EventRecord, HealthCounts, Moved, Rearm, RearmOnly, RulesInForce, SessionQuery,
+    StatusCount, Store, StoredResponse,
 };
-use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
+use lapse_core::{SessionId, StoreError, Timestamp, UserId};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use crate::batch::Step;
-use crate::rows::{self, PG_SESSION_COLUMNS};
-use crate::statements::{self, Arg, Dialect, Statement};
+use crate::rows::{self};
 use crate::{backend, migrate};
 
 mod bulk;
+mod changes;
 mod heartbeats;
 mod leases;
 mod outbox;
 mod plans;
+mod reads;
 mod rules;
 mod writes;
 
-use bulk::write_updates;
 pub(crate) use leases::LEASE_HOLDERS;
 use leases::{Holder, wall_now};
-use rules::first_locks;
-use writes::{exec, write_commit};
 
-/// The channel changes are announced on: a payload `d<ms>` for a stored deadline, `e` for
-/// new events.
-const CHANNEL: &str = "lapse_changes";
 /// How long opening the store waits for the server's first connection (a call waits
 /// [`crate::ACQUIRE_TIMEOUT`]): a server starting beside lapse, or loaded, may be slow to
 /// answer the first time.
@@ -130,67 +125,7 @@ impl PostgresStore {
     pub fn max_connections(&self) -> u32 {
         self.pool.options().get_max_connections()
     }
-
-    /// Sessions by id (any order; missing ones are left out), with their participants.
-    async fn sessions_by_id(&self, ids: &[SessionId]) -> Result<Vec<Session>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids = ids.iter().map(SessionId::to_string).collect();
-        let st = statements::sessions_by_id(Dialect::Postgres, PG_SESSION_COLUMNS, ids);
-        self.fetch_sessions(&st).await
-    }
-
-    async fn fetch_sessions(&self, st: &Statement) -> Result<Vec<Session>, StoreError> {
-        let rows = query(st).fetch_all(&self.pool).await.map_err(backend)?;
-        let mut sessions = rows
-            .iter()
-            .map(rows::session)
-            .collect::<Result<Vec<_>, _>>()?;
-        if sessions.is_empty() {
-            return Ok(sessions);
-        }
-        let ids = sessions.iter().map(|s| s.id.to_string()).collect();
-        let st = statements::participants_of(Dialect::Postgres, ids);
-        let rows = query(&st).fetch_all(&self.pool).await.map_err(backend)?;
-        rows::attach_participants(&mut sessions, &rows)?;
-        Ok(sessions)
-    }
 }
-
-/// Binds a built statement's values.
-fn query(st: &Statement) -> sqlx::query::Query<'static, Postgres, PgArguments> {
-    let mut q = sqlx::query(AssertSqlSafe(st.sql.clone()));
-    for arg in &st.args {
-        q = match arg {
-            Arg::Text(t) => q.bind(t.clone()),
-            Arg::Int(i) => q.bind(*i),
-            Arg::Texts(list) => q.bind(list.clone()),
-        };
-    }
-    q
-}
-
-/// Tells every instance (this one included) of a change; delivered at commit.
-async fn announce(tx: &mut Transaction<'_, Postgres>, payload: String) -> Result<(), StoreError> {
-    sqlx::query("select pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(payload)
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?;
-    Ok(())
-}
-
-/// A session's version, through the primary key.
-const SESSION_VERSION: &str = "select version from sessions where id = $1";
-
-/// The earliest stored deadline, from the end of the deadline index.
-const NEXT_DEADLINE: &str = "select min(next_due_at) from sessions where next_due_at is not null";
-
-/// Whether a session was deleted, from its events.
-const WAS_DELETED: &str = "select seq from events where session_id = $1 \
-             and type in ('session.deleted', 'session.purged') limit 1";
 
 #[async_trait]
 impl Store for PostgresStore {
@@ -232,113 +167,27 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(backend)
     }
 
-    /// One statement, the session with its participants: one round trip and one snapshot
-    /// instead of two. (Pages of sessions, as a sweep reads them, keep two statements:
-    /// measured, one building each session's participants in the server swept slower.)
     async fn load(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
-        let st = statements::pg_session_with_participants(PG_SESSION_COLUMNS, id.to_string());
-        let Some(row) = query(&st)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?
-        else {
-            return Ok(None);
-        };
-        let mut session = rows::session(&row)?;
-        let participants: String = row.try_get("participants").map_err(backend)?;
-        rows::attach_participants_json(std::slice::from_mut(&mut session), &participants)?;
-        Ok(Some(session))
+        reads::load(&self.pool, id).await
     }
 
     async fn version(&self, id: &SessionId) -> Result<Option<i64>, StoreError> {
-        sqlx::query_scalar(SESSION_VERSION)
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)
+        reads::version(&self.pool, id).await
     }
 
     async fn load_many(&self, ids: &[SessionId]) -> Result<Vec<Session>, StoreError> {
-        self.sessions_by_id(ids).await
+        reads::sessions_by_id(&self.pool, ids).await
     }
 
     async fn open_children(&self, parents: &[SessionId]) -> Result<Vec<Session>, StoreError> {
-        if parents.is_empty() {
-            return Ok(Vec::new());
-        }
-        let parents = parents.iter().map(SessionId::to_string).collect();
-        let st = statements::open_children(Dialect::Postgres, PG_SESSION_COLUMNS, parents);
-        self.fetch_sessions(&st).await
+        reads::open_children(&self.pool, parents).await
     }
 
     async fn commit_many(
         &self,
         commits: &[Commit],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        let checked = commits.iter().any(|c| c.rules_version.is_some());
-        let events = commits.iter().any(|c| !c.events.is_empty());
-        let in_force = first_locks(&mut tx, checked, events).await?;
-        let stale = crate::batch::stale(commits, in_force);
-        let fresh = crate::batch::fresh(commits, &stale);
-        // A flush writes many sessions in an order of its own, and so does a sweep's batch or
-        // a cascade: taken one at a time with flushes, they never deadlock with one. A commit
-        // of one session needs no turn: a flush waits for it before touching its participants.
-        if fresh.iter().map(|c| c.sessions.len()).sum::<usize>() > 1 {
-            lock_until_commit(&mut tx, FLUSH_LOCK).await?;
-        }
-        let alone = fresh.len() == 1;
-        let mut outcomes = Vec::with_capacity(commits.len());
-        for step in crate::batch::steps(&fresh) {
-            let commit = match step {
-                // A run of single-row updates (a sweep's transitions): set-based statements.
-                Step::Run(run) => {
-                    outcomes.extend(write_updates(&mut tx, &run).await?);
-                    continue;
-                }
-                Step::One(commit) => commit,
-            };
-            // As on SQLite: a commit refused by its first statement has written nothing.
-            let savepoint = !alone && commit.sessions.len() > 1;
-            if savepoint {
-                exec(&mut tx, "savepoint one_commit").await?;
-            }
-            match write_commit(&mut tx, commit).await {
-                Ok(()) => outcomes.push(Ok(())),
-                // The transaction is aborted: nothing of it can commit.
-                Err(e @ (StoreError::Backend(_) | StoreError::RolledBack)) => return Err(e),
-                Err(e) if alone => return Ok(crate::batch::with_stale(&stale, vec![Err(e)])),
-                Err(e) => {
-                    if savepoint {
-                        exec(&mut tx, "rollback to savepoint one_commit").await?;
-                    }
-                    outcomes.push(Err(e));
-                }
-            }
-            if savepoint {
-                exec(&mut tx, "release savepoint one_commit").await?;
-            }
-        }
-        let outcomes = crate::batch::with_stale(&stale, outcomes);
-        // What the written commits announce: new events, and their earliest deadline.
-        let written = commits
-            .iter()
-            .zip(&outcomes)
-            .filter_map(|(c, o)| o.is_ok().then_some(c));
-        let (mut earliest, mut events) = (None::<Timestamp>, false);
-        for commit in written {
-            events |= !commit.events.is_empty();
-            let wakes = commit.sessions.iter().filter_map(|w| w.session()?.wake_at);
-            earliest = earliest.into_iter().chain(wakes).min();
-        }
-        if events {
-            announce(&mut tx, "e".into()).await?;
-        }
-        if let Some(at) = earliest {
-            announce(&mut tx, format!("d{}", at.millis())).await?;
-        }
-        tx.commit().await.map_err(backend)?;
-        Ok(outcomes)
+        writes::commit_many(&self.pool, commits).await
     }
 
     async fn import(&self, sessions: &[Session]) -> Result<u64, StoreError> {
@@ -346,15 +195,11 @@ impl Store for PostgresStore {
     }
 
     async fn list(&self, q: &SessionQuery) -> Result<Vec<Session>, StoreError> {
-        let st = statements::list_sessions(Dialect::Postgres, PG_SESSION_COLUMNS, q);
-        self.fetch_sessions(&st).await
+        reads::list(&self.pool, q).await
     }
 
     async fn count_due(&self, now: Timestamp, kind: Option<&str>) -> Result<u64, StoreError> {
-        let st = statements::count_due(Dialect::Postgres, now.millis(), kind);
-        let row = query(&st).fetch_one(&self.pool).await.map_err(backend)?;
-        let n: i64 = row.try_get("n").map_err(backend)?;
-        Ok(n.max(0) as u64)
+        reads::count_due(&self.pool, now, kind).await
     }
 
     async fn due(
@@ -397,11 +242,7 @@ impl Store for PostgresStore {
     }
 
     async fn next_deadline(&self) -> Result<Option<Timestamp>, StoreError> {
-        let at: Option<i64> = sqlx::query_scalar(NEXT_DEADLINE)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(at.map(Timestamp::from_millis))
+        reads::next_deadline(&self.pool).await
     }
 
     async fn flush_heartbeats(&self, beats: &[Beat]) -> Result<Vec<Moved>, StoreError> {
@@ -409,25 +250,15 @@ impl Store for PostgresStore {
     }
 
     async fn was_deleted(&self, id: &SessionId) -> Result<bool, StoreError> {
-        let found: Option<i64> = sqlx::query_scalar(WAS_DELETED)
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(found.is_some())
+        reads::was_deleted(&self.pool, id).await
     }
 
     async fn last_event_seq(&self) -> Result<i64, StoreError> {
-        sqlx::query_scalar("select coalesce(max(seq), 0) from events")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(backend)
+        reads::last_event_seq(&self.pool).await
     }
 
     async fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        let st = statements::events_page(Dialect::Postgres, q);
-        let rows = query(&st).fetch_all(&self.pool).await.map_err(backend)?;
-        rows.iter().map(rows::event).collect()
+        reads::events(&self.pool, q).await
     }
 
     async fn notifications(
@@ -436,18 +267,7 @@ impl Store for PostgresStore {
         unread_only: bool,
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError> {
-        let rows = sqlx::query(
-            "select id, user_id, type, title, message, session_id, link, created_at, read_at \
-             from notifications where user_id = $1 and (not $2 or read_at is null) \
-             order by created_at desc, id desc limit $3",
-        )
-        .bind(user.as_str())
-        .bind(unread_only)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        rows.iter().map(rows::notification).collect()
+        reads::notifications(&self.pool, user, unread_only, limit).await
     }
 
     async fn mark_read(
@@ -471,42 +291,11 @@ impl Store for PostgresStore {
     }
 
     async fn counts(&self) -> Result<Vec<StatusCount>, StoreError> {
-        let rows = sqlx::query(
-            "select kind, status, count(*) as n from sessions group by kind, status order by kind, status",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        rows.iter()
-            .map(|r| {
-                let status: String = r.try_get("status").map_err(backend)?;
-                Ok(StatusCount {
-                    kind: r.try_get("kind").map_err(backend)?,
-                    status: Status::parse(&status)
-                        .ok_or_else(|| StoreError::Backend(format!("unknown status {status}")))?,
-                    count: r.try_get("n").map_err(backend)?,
-                })
-            })
-            .collect()
+        reads::counts(&self.pool).await
     }
 
     async fn watch(&self, seen: ChangeCallback) -> Result<(), StoreError> {
-        let mut listener = PgListener::connect_with(&self.pool)
-            .await
-            .map_err(backend)?;
-        listener.listen(CHANNEL).await.map_err(backend)?;
-        loop {
-            // `recv` reconnects and re-listens by itself after a dropped connection.
-            let n = listener.recv().await.map_err(backend)?;
-            let payload = n.payload();
-            if payload == "e" {
-                seen(Change::Events);
-            } else if payload == "r" {
-                seen(Change::Rules);
-            } else if let Some(ms) = payload.strip_prefix('d').and_then(|m| m.parse().ok()) {
-                seen(Change::Deadline(Timestamp::from_millis(ms)));
-            }
-        }
+        changes::watch(&self.pool, seen).await
     }
 
     async fn release(&self, ids: &[SessionId]) -> Result<(), StoreError> {
@@ -549,9 +338,7 @@ impl Store for PostgresStore {
         status: Option<DeliveryStatus>,
         limit: u32,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let st = statements::deliveries_page(Dialect::Postgres, status, limit);
-        let rows = query(&st).fetch_all(&self.pool).await.map_err(backend)?;
-        rows.iter().map(rows::delivery).collect()
+        reads::deliveries(&self.pool, status, limit).await
     }
 
     async fn retry_delivery(

@@ -4,7 +4,7 @@
 use lapse_core::StoreError;
 use sqlx::AssertSqlSafe;
 
-use super::{PostgresStore, bulk, heartbeats, leases, outbox, rules, writes};
+use super::{PostgresStore, bulk, heartbeats, leases, outbox, reads, rules, writes};
 use crate::backend;
 use crate::rows::PG_SESSION_COLUMNS;
 use crate::statements::{self, Arg, Dialect, Statement};
@@ -57,9 +57,9 @@ impl PostgresStore {
                 vec![text("[]")],
             ),
             fixed("lease release", leases::RELEASE, vec![empty(), Arg::Int(1)]),
-            fixed("next deadline", super::NEXT_DEADLINE, vec![]),
-            fixed("session version", super::SESSION_VERSION, vec![text("s1")]),
-            fixed("was deleted", super::WAS_DELETED, vec![text("s1")]),
+            fixed("next deadline", reads::NEXT_DEADLINE, vec![]),
+            fixed("session version", reads::SESSION_VERSION, vec![text("s1")]),
+            fixed("was deleted", reads::WAS_DELETED, vec![text("s1")]),
             fixed(
                 "host limit",
                 writes::HOST_OPEN_COUNT,

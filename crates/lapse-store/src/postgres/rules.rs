@@ -2,12 +2,13 @@
 //! (a change decided under other rules is refused), replaced only between such commits (an
 //! advisory lock, shared by commits), and the stored deadlines re-armed under them.
 
-use lapse_core::store::{Commit, EventRecord, Rearm, RearmOnly, RulesInForce};
+use lapse_core::store::{Change, Commit, EventRecord, Rearm, RearmOnly, RulesInForce};
 use lapse_core::{StoreError, Timestamp};
 use sqlx::PgPool;
 
+use super::changes::announce;
 use super::writes::write_commit;
-use super::{EVENTS_LOCK, FLUSH_LOCK, announce, lock_until_commit};
+use super::{EVENTS_LOCK, FLUSH_LOCK, lock_until_commit};
 use crate::backend;
 use crate::rows;
 
@@ -108,9 +109,9 @@ pub(super) async fn publish_rules(
             ..Commit::default()
         };
         write_commit(&mut tx, &commit).await?;
-        announce(&mut tx, "e".into()).await?;
+        announce(&mut tx, Change::Events).await?;
     }
-    announce(&mut tx, "r".into()).await?;
+    announce(&mut tx, Change::Rules).await?;
     tx.commit().await.map_err(backend)?;
     Ok(expected + 1)
 }

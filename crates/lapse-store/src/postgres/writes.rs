@@ -1,12 +1,92 @@
-//! The writes of one commit, inside its transaction: session rows (compare-and-set),
+//! Commits in one transaction, and the writes of each: session rows (compare-and-set),
 //! participants, events with their webhook deliveries, notifications, the host limit.
 
-use lapse_core::store::{Commit, HostLimit, SessionWrite};
+use lapse_core::store::{Change, Commit, HostLimit, SessionWrite};
 use lapse_core::{Session, SessionId, StoreError, Timestamp, UserId};
+use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Transaction};
 
+use super::bulk::write_updates;
+use super::changes::announce;
+use super::rules::first_locks;
+use super::{FLUSH_LOCK, lock_until_commit};
 use crate::backend;
+use crate::batch::Step;
 use crate::rows::{counted_by, to_json};
+
+/// Commits in one transaction, each checked alone (see `Store::commit_many`): a run of
+/// single-row updates as set-based statements, any other commit on its own, under a
+/// savepoint when it writes more than one session and shares the transaction; then what the
+/// written ones announce.
+pub(super) async fn commit_many(
+    pool: &PgPool,
+    commits: &[Commit],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let mut tx = pool.begin().await.map_err(backend)?;
+    let checked = commits.iter().any(|c| c.rules_version.is_some());
+    let events = commits.iter().any(|c| !c.events.is_empty());
+    let in_force = first_locks(&mut tx, checked, events).await?;
+    let stale = crate::batch::stale(commits, in_force);
+    let fresh = crate::batch::fresh(commits, &stale);
+    // A flush writes many sessions in an order of its own, and so does a sweep's batch or
+    // a cascade: taken one at a time with flushes, they never deadlock with one. A commit
+    // of one session needs no turn: a flush waits for it before touching its participants.
+    if fresh.iter().map(|c| c.sessions.len()).sum::<usize>() > 1 {
+        lock_until_commit(&mut tx, FLUSH_LOCK).await?;
+    }
+    let alone = fresh.len() == 1;
+    let mut outcomes = Vec::with_capacity(commits.len());
+    for step in crate::batch::steps(&fresh) {
+        let commit = match step {
+            // A run of single-row updates (a sweep's transitions): set-based statements.
+            Step::Run(run) => {
+                outcomes.extend(write_updates(&mut tx, &run).await?);
+                continue;
+            }
+            Step::One(commit) => commit,
+        };
+        // As on SQLite: a commit refused by its first statement has written nothing.
+        let savepoint = !alone && commit.sessions.len() > 1;
+        if savepoint {
+            exec(&mut tx, "savepoint one_commit").await?;
+        }
+        match write_commit(&mut tx, commit).await {
+            Ok(()) => outcomes.push(Ok(())),
+            // The transaction is aborted: nothing of it can commit.
+            Err(e @ (StoreError::Backend(_) | StoreError::RolledBack)) => return Err(e),
+            Err(e) if alone => return Ok(crate::batch::with_stale(&stale, vec![Err(e)])),
+            Err(e) => {
+                if savepoint {
+                    exec(&mut tx, "rollback to savepoint one_commit").await?;
+                }
+                outcomes.push(Err(e));
+            }
+        }
+        if savepoint {
+            exec(&mut tx, "release savepoint one_commit").await?;
+        }
+    }
+    let outcomes = crate::batch::with_stale(&stale, outcomes);
+    // What the written commits announce: new events, and their earliest deadline.
+    let written = commits
+        .iter()
+        .zip(&outcomes)
+        .filter_map(|(c, o)| o.is_ok().then_some(c));
+    let (mut earliest, mut events) = (None::<Timestamp>, false);
+    for commit in written {
+        events |= !commit.events.is_empty();
+        let wakes = commit.sessions.iter().filter_map(|w| w.session()?.wake_at);
+        earliest = earliest.into_iter().chain(wakes).min();
+    }
+    if events {
+        announce(&mut tx, Change::Events).await?;
+    }
+    if let Some(at) = earliest {
+        announce(&mut tx, Change::Deadline(at)).await?;
+    }
+    tx.commit().await.map_err(backend)?;
+    Ok(outcomes)
+}
 
 /// Runs a statement without values (savepoints).
 pub(super) async fn exec(

@@ -11,7 +11,8 @@ use lapse_core::{SessionId, StoreError, Timestamp, UserId};
 use sqlx::Row;
 
 pub use records::{
-    DELIVERY_COLUMNS, delivery, due_rows, event, moved, notification, rules_in_force,
+    COUNT_BY_KIND_AND_STATUS, DELIVERY_COLUMNS, delivery, due_rows, event, moved, notification,
+    rules_in_force, status_count,
 };
 pub(crate) use writing::counted_by;
 pub use writing::{

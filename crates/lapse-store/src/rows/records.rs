@@ -1,9 +1,10 @@
 //! Stored rows other than sessions and participants back into model values: events,
-//! notifications, webhook deliveries, the rules in force, due rows, a flush's moved versions.
+//! notifications, webhook deliveries, the rules in force, due rows, a flush's moved versions,
+//! session counts.
 
 use lapse_core::event::{Event, EventData, EventType, Notification};
-use lapse_core::store::{Delivery, DeliveryStatus, RulesInForce};
-use lapse_core::{SessionId, StoreError, Timestamp, UserId};
+use lapse_core::store::{Delivery, DeliveryStatus, RulesInForce, StatusCount};
+use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::Row;
 
 use super::{corrupt, json, ts};
@@ -143,4 +144,24 @@ pub fn moved(rows: Vec<(String, i64)>) -> Result<Vec<lapse_core::store::Moved>, 
             Ok(lapse_core::store::Moved { id, version })
         })
         .collect()
+}
+
+/// Sessions counted by kind and status (the same text in both dialects): every entry of
+/// `sessions_kind_status` is read, so its callers read it seldom (see `Engine::counted`).
+pub const COUNT_BY_KIND_AND_STATUS: &str = "select kind, status, count(*) as n from sessions \
+             group by kind, status order by kind, status";
+
+/// A row of [`COUNT_BY_KIND_AND_STATUS`].
+pub fn status_count<R: Row>(row: &R) -> Result<StatusCount, StoreError>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let status: String = row.try_get("status").map_err(|e| corrupt("status", e))?;
+    Ok(StatusCount {
+        kind: row.try_get("kind").map_err(|e| corrupt("kind", e))?,
+        status: Status::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+        count: row.try_get("n").map_err(|e| corrupt("count", e))?,
+    })
 }

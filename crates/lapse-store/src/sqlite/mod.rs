@@ -4,11 +4,13 @@
 //! `SQLITE_BUSY`; reads use connections of their own and run beside the writer (WAL lets
 //! them). The store holds them itself (`conns.rs`).
 //!
-//! Here: opening, migrating, reading sessions and events, due rows; `writes.rs` holds a
-//! commit's statements, `heartbeats.rs` the flush, `rules.rs` the rules in force and the
-//! re-arms of stored deadlines (a sweep's lazy re-arms and a reload's, each checked against
-//! the rules' version), `outbox.rs` deliveries, retention, health figures and idempotency
-//! keys, `plans.rs` the plan of every hot statement for the plan tests.
+//! Here: opening, migrating, and the store's calls, each handed to the file that holds it:
+//! `reads.rs` every read (sessions, due rows, events, notifications, counts, the delivery
+//! log), `writes.rs` a transaction of commits and each commit's statements, `heartbeats.rs`
+//! the flush, `rules.rs` the rules in force and the re-arms of stored deadlines (a sweep's
+//! lazy re-arms and a reload's, each checked against the rules' version), `outbox.rs`
+//! deliveries, retention, health figures and idempotency keys, `plans.rs` the plan of every
+//! hot statement for the plan tests.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -22,15 +24,11 @@ use lapse_core::store::{
     EventQuery, EventRecord, HealthCounts, Moved, Rearm, RearmOnly, RulesInForce, SessionQuery,
     StatusCount, Store, StoredResponse,
 };
-use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
-use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{AssertSqlSafe, Connection as _, Row, Sqlite};
+use lapse_core::{SessionId, StoreError, Timestamp, UserId};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::Connection as _;
 
-use crate::batch::Step;
-use crate::rows::{self, SESSION_COLUMNS, to_json};
-use crate::statements::{self, Arg, Dialect, Statement};
+use crate::rows::{self};
 use crate::{backend, migrate};
 use conns::Conns;
 
@@ -40,14 +38,12 @@ mod conns;
 mod heartbeats;
 mod outbox;
 mod plans;
+mod reads;
 mod rules;
 mod values;
 mod writes;
 
 pub use backup::{Backup, backup};
-
-use bulk::write_updates;
-use writes::{exec, write_commit};
 
 /// How long a connection waits for another's lock before its statement fails as busy.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -113,99 +109,7 @@ impl SqliteStore {
         };
         Ok(SqliteStore { writer, reader })
     }
-
-    /// Sessions by id (any order; missing ones are left out), with their participants.
-    async fn sessions_by_id(&self, ids: &[SessionId]) -> Result<Vec<Session>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<String> = ids.iter().map(SessionId::to_string).collect();
-        let st = statements::sessions_with_participants(rows::SESSIONS_AS_JSON, ids);
-        let (sessions, participants): (String, String) =
-            sqlx::query_as_with(AssertSqlSafe(st.sql.clone()), arguments(&st))
-                .fetch_one(&mut *self.reader.get().await?)
-                .await
-                .map_err(backend)?;
-        let mut sessions = rows::sessions_json(&sessions)?;
-        rows::attach_participants_json(&mut sessions, &participants)?;
-        Ok(sessions)
-    }
-
-    async fn fetch_sessions(&self, st: &Statement) -> Result<Vec<Session>, StoreError> {
-        let rows = query(st)
-            .fetch_all(&mut *self.reader.get().await?)
-            .await
-            .map_err(backend)?;
-        let mut sessions = sessions_from(&rows)?;
-        self.attach_participants(&mut sessions).await?;
-        Ok(sessions)
-    }
-
-    /// Sessions selected as one JSON array ([`rows::SESSIONS_AS_JSON`]), with their
-    /// participants.
-    async fn fetch_sessions_json(&self, st: &Statement) -> Result<Vec<Session>, StoreError> {
-        let rows: String = query_scalar(st)
-            .fetch_one(&mut *self.reader.get().await?)
-            .await
-            .map_err(backend)?;
-        let mut sessions = rows::sessions_json(&rows)?;
-        self.attach_participants(&mut sessions).await?;
-        Ok(sessions)
-    }
-
-    async fn attach_participants(&self, sessions: &mut [Session]) -> Result<(), StoreError> {
-        if sessions.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<String> = sessions.iter().map(|s| s.id.to_string()).collect();
-        let st = statements::participants_of(Dialect::Sqlite, ids);
-        let rows: String = query_scalar(&st)
-            .fetch_one(&mut *self.reader.get().await?)
-            .await
-            .map_err(backend)?;
-        rows::attach_participants_json(sessions, &rows)
-    }
 }
-
-/// Binds a built statement's values.
-fn query(st: &Statement) -> sqlx::query::Query<'static, Sqlite, SqliteArguments> {
-    sqlx::query_with(AssertSqlSafe(st.sql.clone()), arguments(st))
-}
-
-/// Binds a built statement's values, for the one text value it selects.
-fn query_scalar(
-    st: &Statement,
-) -> sqlx::query::QueryScalar<'static, Sqlite, String, SqliteArguments> {
-    sqlx::query_scalar_with(AssertSqlSafe(st.sql.clone()), arguments(st))
-}
-
-fn arguments(st: &Statement) -> SqliteArguments {
-    use sqlx::Arguments as _;
-    let mut args = SqliteArguments::default();
-    for arg in &st.args {
-        // Texts and integers always encode.
-        let _ = match arg {
-            Arg::Text(t) => args.add(t.clone()),
-            Arg::Int(i) => args.add(*i),
-            Arg::Texts(list) => args.add(to_json(list)),
-        };
-    }
-    args
-}
-
-fn sessions_from(rows: &[SqliteRow]) -> Result<Vec<Session>, StoreError> {
-    rows.iter().map(rows::session).collect()
-}
-
-/// A session's version, through the primary key.
-const SESSION_VERSION: &str = "select version from sessions where id = ?1";
-
-/// The earliest stored deadline, from the end of the deadline index.
-const NEXT_DEADLINE: &str = "select min(next_due_at) from sessions where next_due_at is not null";
-
-/// Whether a session was deleted, from its events.
-const WAS_DELETED: &str = "select seq from events where session_id = ?1 \
-             and type in ('session.deleted', 'session.purged') limit 1";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -245,79 +149,30 @@ impl Store for SqliteStore {
     }
 
     async fn load(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
-        Ok(self.sessions_by_id(std::slice::from_ref(id)).await?.pop())
+        Ok(
+            reads::sessions_by_id(&self.reader, std::slice::from_ref(id))
+                .await?
+                .pop(),
+        )
     }
 
     async fn version(&self, id: &SessionId) -> Result<Option<i64>, StoreError> {
-        sqlx::query_scalar(SESSION_VERSION)
-            .bind(id.as_str())
-            .fetch_optional(&mut *self.reader.get().await?)
-            .await
-            .map_err(backend)
+        reads::version(&self.reader, id).await
     }
 
     async fn load_many(&self, ids: &[SessionId]) -> Result<Vec<Session>, StoreError> {
-        self.sessions_by_id(ids).await
+        reads::sessions_by_id(&self.reader, ids).await
     }
 
     async fn open_children(&self, parents: &[SessionId]) -> Result<Vec<Session>, StoreError> {
-        if parents.is_empty() {
-            return Ok(Vec::new());
-        }
-        let parents = parents.iter().map(SessionId::to_string).collect();
-        let st = statements::open_children(Dialect::Sqlite, rows::SESSIONS_AS_JSON, parents);
-        self.fetch_sessions_json(&st).await
+        reads::open_children(&self.reader, parents).await
     }
 
     async fn commit_many(
         &self,
         commits: &[Commit],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        // The single writer connection already serializes this with every other commit, so
-        // host limits and the rules version are checked without a lock.
-        let mut writer = self.writer.get().await?;
-        let mut tx = writer.begin().await.map_err(backend)?;
-        let in_force = if commits.iter().any(|c| c.rules_version.is_some()) {
-            rules::rules_version_of(&mut tx).await?
-        } else {
-            None
-        };
-        let stale = crate::batch::stale(commits, in_force);
-        let fresh = crate::batch::fresh(commits, &stale);
-        let mut outcomes = Vec::with_capacity(commits.len());
-        let alone = fresh.len() == 1;
-        for step in crate::batch::steps(&fresh) {
-            let commit = match step {
-                // A run of single-row updates (a sweep's transitions): set-based statements.
-                Step::Run(run) => {
-                    outcomes.extend(write_updates(&mut tx, &run).await?);
-                    continue;
-                }
-                Step::One(commit) => commit,
-            };
-            // A commit's first statement is its compare-and-set (or insert, or host limit), and
-            // one that fails there has written nothing: only longer commits need a savepoint.
-            let savepoint = !alone && commit.sessions.len() > 1;
-            if savepoint {
-                exec(&mut tx, "savepoint one_commit").await?;
-            }
-            match write_commit(&mut tx, commit).await {
-                Ok(()) => outcomes.push(Ok(())),
-                Err(e @ (StoreError::Backend(_) | StoreError::RolledBack)) => return Err(e),
-                Err(e) if alone => return Ok(crate::batch::with_stale(&stale, vec![Err(e)])),
-                Err(e) => {
-                    if savepoint {
-                        exec(&mut tx, "rollback to one_commit").await?;
-                    }
-                    outcomes.push(Err(e));
-                }
-            }
-            if savepoint {
-                exec(&mut tx, "release one_commit").await?;
-            }
-        }
-        tx.commit().await.map_err(backend)?;
-        Ok(crate::batch::with_stale(&stale, outcomes))
+        writes::commit_many(&self.writer, commits).await
     }
 
     async fn import(&self, sessions: &[Session]) -> Result<u64, StoreError> {
@@ -325,8 +180,7 @@ impl Store for SqliteStore {
     }
 
     async fn list(&self, q: &SessionQuery) -> Result<Vec<Session>, StoreError> {
-        let st = statements::list_sessions(Dialect::Sqlite, SESSION_COLUMNS, q);
-        self.fetch_sessions(&st).await
+        reads::list(&self.reader, q).await
     }
 
     async fn due(
@@ -338,12 +192,7 @@ impl Store for SqliteStore {
         // One process writes an embedded database, so there is no one to lease rows from.
         _claim: bool,
     ) -> Result<Vec<DueRow>, StoreError> {
-        let st = statements::due_sessions(Dialect::Sqlite, now.millis(), kind, cursor, limit, None);
-        let rows: String = query_scalar(&st)
-            .fetch_one(&mut *self.reader.get().await?)
-            .await
-            .map_err(backend)?;
-        rows::due_rows(&rows)
+        reads::due(&self.reader, now, kind, cursor, limit).await
     }
 
     async fn release(&self, _ids: &[SessionId]) -> Result<(), StoreError> {
@@ -352,13 +201,7 @@ impl Store for SqliteStore {
     }
 
     async fn count_due(&self, now: Timestamp, kind: Option<&str>) -> Result<u64, StoreError> {
-        let st = statements::count_due(Dialect::Sqlite, now.millis(), kind);
-        let row = query(&st)
-            .fetch_one(&mut *self.reader.get().await?)
-            .await
-            .map_err(backend)?;
-        let n: i64 = row.try_get("n").map_err(backend)?;
-        Ok(n.max(0) as u64)
+        reads::count_due(&self.reader, now, kind).await
     }
 
     async fn rearm(
@@ -390,11 +233,7 @@ impl Store for SqliteStore {
     }
 
     async fn next_deadline(&self) -> Result<Option<Timestamp>, StoreError> {
-        let at: Option<i64> = sqlx::query_scalar(NEXT_DEADLINE)
-            .fetch_one(&mut *self.reader.get().await?)
-            .await
-            .map_err(backend)?;
-        Ok(at.map(Timestamp::from_millis))
+        reads::next_deadline(&self.reader).await
     }
 
     async fn flush_heartbeats(&self, beats: &[Beat]) -> Result<Vec<Moved>, StoreError> {
@@ -402,28 +241,15 @@ impl Store for SqliteStore {
     }
 
     async fn was_deleted(&self, id: &SessionId) -> Result<bool, StoreError> {
-        let found: Option<i64> = sqlx::query_scalar(WAS_DELETED)
-            .bind(id.as_str())
-            .fetch_optional(&mut *self.reader.get().await?)
-            .await
-            .map_err(backend)?;
-        Ok(found.is_some())
+        reads::was_deleted(&self.reader, id).await
     }
 
     async fn last_event_seq(&self) -> Result<i64, StoreError> {
-        sqlx::query_scalar("select coalesce(max(seq), 0) from events")
-            .fetch_one(&mut *self.reader.get().await?)
-            .await
-            .map_err(backend)
+        reads::last_event_seq(&self.reader).await
     }
 
     async fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        let st = statements::events_page(Dialect::Sqlite, q);
-        let rows = query(&st)
-            .fetch_all(&mut *self.reader.get().await?)
-            .await
-            .map_err(backend)?;
-        rows.iter().map(rows::event).collect()
+        reads::events(&self.reader, q).await
     }
 
     async fn notifications(
@@ -432,18 +258,7 @@ impl Store for SqliteStore {
         unread_only: bool,
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError> {
-        let rows = sqlx::query(
-            "select id, user_id, type, title, message, session_id, link, created_at, read_at \
-             from notifications where user_id = ?1 and (?2 = 0 or read_at is null) \
-             order by created_at desc, id desc limit ?3",
-        )
-        .bind(user.as_str())
-        .bind(unread_only as i64)
-        .bind(limit as i64)
-        .fetch_all(&mut *self.reader.get().await?)
-        .await
-        .map_err(backend)?;
-        rows.iter().map(rows::notification).collect()
+        reads::notifications(&self.reader, user, unread_only, limit).await
     }
 
     async fn mark_read(
@@ -467,21 +282,7 @@ impl Store for SqliteStore {
     }
 
     async fn counts(&self) -> Result<Vec<StatusCount>, StoreError> {
-        let rows = sqlx::query("select kind, status, count(*) as n from sessions group by kind, status order by kind, status")
-            .fetch_all(&mut *self.reader.get().await?)
-            .await
-            .map_err(backend)?;
-        rows.iter()
-            .map(|r| {
-                let status: String = r.try_get("status").map_err(backend)?;
-                Ok(StatusCount {
-                    kind: r.try_get("kind").map_err(backend)?,
-                    status: Status::parse(&status)
-                        .ok_or_else(|| StoreError::Backend(format!("unknown status {status}")))?,
-                    count: r.try_get("n").map_err(backend)?,
-                })
-            })
-            .collect()
+        reads::counts(&self.reader).await
     }
 
     async fn watch(&self, _seen: ChangeCallback) -> Result<(), StoreError> {
@@ -520,12 +321,7 @@ impl Store for SqliteStore {
         status: Option<DeliveryStatus>,
         limit: u32,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let st = statements::deliveries_page(Dialect::Sqlite, status, limit);
-        let rows = query(&st)
-            .fetch_all(&mut *self.reader.get().await?)
-            .await
-            .map_err(backend)?;
-        rows.iter().map(rows::delivery).collect()
+        reads::deliveries(&self.reader, status, limit).await
     }
 
     async fn retry_delivery(

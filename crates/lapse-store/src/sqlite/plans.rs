@@ -4,7 +4,8 @@
 use lapse_core::StoreError;
 use sqlx::Row;
 
-use super::{SqliteStore, bulk, heartbeats, outbox, query, rules, writes};
+use super::reads::{self, query};
+use super::{SqliteStore, bulk, heartbeats, outbox, rules, writes};
 use crate::backend;
 use crate::rows::{self, SESSION_COLUMNS};
 use crate::statements::{self, Arg, Dialect, Statement};
@@ -64,9 +65,9 @@ impl SqliteStore {
                 vec![text("s1")],
             ),
             fixed("session update", writes::UPDATE_WHOLE, vec![text("s1")]),
-            fixed("next deadline", super::NEXT_DEADLINE, vec![]),
-            fixed("session version", super::SESSION_VERSION, vec![text("s1")]),
-            fixed("was deleted", super::WAS_DELETED, vec![text("s1")]),
+            fixed("next deadline", reads::NEXT_DEADLINE, vec![]),
+            fixed("session version", reads::SESSION_VERSION, vec![text("s1")]),
+            fixed("was deleted", reads::WAS_DELETED, vec![text("s1")]),
             fixed(
                 "host limit",
                 writes::HOST_OPEN_COUNT,

@@ -1,12 +1,70 @@
-//! The writes of one commit, inside its transaction: session rows (compare-and-set),
+//! Commits in one transaction, and the writes of each: session rows (compare-and-set),
 //! participants, events with their webhook deliveries, notifications, the host limit.
 
 use lapse_core::store::{Commit, HostLimit, SessionWrite};
 use lapse_core::{Session, SessionId, StoreError, Timestamp, UserId};
-use sqlx::{Sqlite, Transaction};
+use sqlx::{Connection as _, Sqlite, Transaction};
 
+use super::bulk::write_updates;
+use super::conns::Conns;
+use super::rules;
 use crate::backend;
+use crate::batch::Step;
 use crate::rows::{counted_by, to_json};
+
+/// Commits in one transaction, each checked alone (see `Store::commit_many`): a run of
+/// single-row updates as set-based statements, any other commit on its own, under a
+/// savepoint when it writes more than one session and shares the transaction.
+pub(super) async fn commit_many(
+    writer: &Conns,
+    commits: &[Commit],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    // The single writer connection already serializes this with every other commit, so
+    // host limits and the rules version are checked without a lock.
+    let mut writer = writer.get().await?;
+    let mut tx = writer.begin().await.map_err(backend)?;
+    let in_force = if commits.iter().any(|c| c.rules_version.is_some()) {
+        rules::rules_version_of(&mut tx).await?
+    } else {
+        None
+    };
+    let stale = crate::batch::stale(commits, in_force);
+    let fresh = crate::batch::fresh(commits, &stale);
+    let mut outcomes = Vec::with_capacity(commits.len());
+    let alone = fresh.len() == 1;
+    for step in crate::batch::steps(&fresh) {
+        let commit = match step {
+            // A run of single-row updates (a sweep's transitions): set-based statements.
+            Step::Run(run) => {
+                outcomes.extend(write_updates(&mut tx, &run).await?);
+                continue;
+            }
+            Step::One(commit) => commit,
+        };
+        // A commit's first statement is its compare-and-set (or insert, or host limit), and
+        // one that fails there has written nothing: only longer commits need a savepoint.
+        let savepoint = !alone && commit.sessions.len() > 1;
+        if savepoint {
+            exec(&mut tx, "savepoint one_commit").await?;
+        }
+        match write_commit(&mut tx, commit).await {
+            Ok(()) => outcomes.push(Ok(())),
+            Err(e @ (StoreError::Backend(_) | StoreError::RolledBack)) => return Err(e),
+            Err(e) if alone => return Ok(crate::batch::with_stale(&stale, vec![Err(e)])),
+            Err(e) => {
+                if savepoint {
+                    exec(&mut tx, "rollback to one_commit").await?;
+                }
+                outcomes.push(Err(e));
+            }
+        }
+        if savepoint {
+            exec(&mut tx, "release one_commit").await?;
+        }
+    }
+    tx.commit().await.map_err(backend)?;
+    Ok(crate::batch::with_stale(&stale, outcomes))
+}
 
 /// Runs a statement without values (savepoints).
 pub(super) async fn exec(
