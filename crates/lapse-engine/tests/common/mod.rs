@@ -1,14 +1,17 @@
 //! Shared by the engine's tests: where their manual clocks start, the admin caller, a plain
-//! create request, and, for the seeded tests (`simulation.rs`, `promise.rs`), a small random
+//! create request, an engine over an in-memory database, and, for the seeded tests (`simulation.rs`, `promise.rs`), a small random
 //! generator, so that a seed gives the same history everywhere and a failing one can be run
 //! again.
 
 // Each test binary compiles this module and uses its own part of it.
 #![allow(dead_code)]
 
-use lapse_core::{SessionId, Timestamp, UserId};
-use lapse_engine::Caller;
+use std::sync::Arc;
+
+use lapse_core::{Config, SessionId, Span, Timestamp, UserId};
 use lapse_engine::ops::CreateRequest;
+use lapse_engine::{Caller, Clock, Engine};
+use lapse_store::SqliteStore;
 
 /// Where the manual clocks start.
 pub fn t0() -> Timestamp {
@@ -34,6 +37,40 @@ pub fn create(kind: &str, id: &str, host: &str) -> CreateRequest {
         parent: None,
         scheduled_start: None,
         scheduled_end: None,
+    }
+}
+
+pub async fn engine() -> Arc<Engine> {
+    engine_and_store().await.0
+}
+
+/// An engine over an in-memory database, and that database, to read what was written.
+pub async fn engine_and_store() -> (Arc<Engine>, Arc<SqliteStore>) {
+    let store = Arc::new(SqliteStore::open("sqlite::memory:", None).await.unwrap());
+    lapse_core::Store::migrate(store.as_ref()).await.unwrap();
+    (engine_over(store.clone()), store)
+}
+
+/// An engine over `store`, with the built-in config and a manual clock at [`t0`].
+pub fn engine_over(store: Arc<dyn lapse_core::Store>) -> Arc<Engine> {
+    Engine::new(store, Arc::new(Config::default()), Clock::manual(t0()))
+}
+
+/// Opens study room `id` (hosted by `host`), now.
+pub async fn open_study(engine: &Engine, id: &str) -> SessionId {
+    engine
+        .create(&admin(), request("study", id, None))
+        .await
+        .unwrap();
+    SessionId::parse(id).unwrap()
+}
+
+/// A create of a `kind` session named `id`, hosted by `host`, scheduled to start `start`
+/// after [`t0`] when given.
+pub fn request(kind: &str, id: &str, start: Option<Span>) -> CreateRequest {
+    CreateRequest {
+        scheduled_start: start.map(|s| t0() + s),
+        ..create(kind, id, "host")
     }
 }
 
