@@ -25,10 +25,10 @@ use lapse_core::store::{
     StatusCount, Store, StoredResponse,
 };
 use lapse_core::{SessionId, StoreError, Timestamp, UserId};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::Connection as _;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
-use crate::rows::{self};
+use crate::rows;
 use crate::{backend, migrate};
 use conns::Conns;
 
