@@ -36,7 +36,7 @@ use lapse_core::store::{
 use lapse_core::{SessionId, StoreError, Timestamp, UserId};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use crate::rows::{self};
+use crate::rows;
 use crate::{backend, migrate};
 
 mod bulk;
