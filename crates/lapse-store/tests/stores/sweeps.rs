@@ -169,6 +169,56 @@ async fn in_a_batch_a_lost_compare_and_set_writes_nothing_for_its_change_and_the
     }
 }
 
+/// A change of several sessions (a parent and its child, as a cascade writes them) shares a
+/// transaction with others and loses its compare-and-set on its second row: none of its rows
+/// is written, and the changes around it commit.
+#[tokio::test]
+async fn in_a_batch_a_change_of_several_sessions_that_loses_writes_none_of_them() {
+    for (store, _dir) in stores().await {
+        let store = store.as_ref();
+        let ids = ["before", "parent", "child", "after"];
+        for id in ids {
+            insert(store, &session("study", id, t0())).await;
+        }
+        let ended = |mut s: Session| {
+            s.status = lapse_core::Status::Expired;
+            SessionWrite::Update {
+                session: s,
+                changed: None,
+            }
+        };
+        let alone = |w: SessionWrite| Commit {
+            sessions: vec![w],
+            ..Commit::default()
+        };
+        let mut child = loaded(store, "child").await;
+        child.version -= 1; // decided on a row that has changed since
+        let commits = [
+            alone(ended(loaded(store, "before").await)),
+            Commit {
+                sessions: vec![ended(loaded(store, "parent").await), ended(child)],
+                ..Commit::default()
+            },
+            alone(ended(loaded(store, "after").await)),
+        ];
+        let outcomes = store.commit_many(&commits).await.unwrap();
+        assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
+        assert!(
+            matches!(outcomes[1], Err(StoreError::Conflict)),
+            "{outcomes:?}"
+        );
+        for (id, expired) in [
+            ("before", true),
+            ("parent", false),
+            ("child", false),
+            ("after", true),
+        ] {
+            let s = loaded(store, id).await;
+            assert_eq!(s.status == lapse_core::Status::Expired, expired, "{id}");
+        }
+    }
+}
+
 /// A batch mixes changes that keep a session's status and stored wake-up (a join, a title),
 /// one that moves the wake-up and one that ends the session: each row stores all it wrote, and
 /// the sweep finds what is due by the wake-ups as written.
