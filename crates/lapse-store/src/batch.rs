@@ -4,9 +4,10 @@
 //! each session row decides its commit: a commit whose row lost writes nothing and gets
 //! `Conflict`.
 //!
-//! Here: finding such a run, and gathering its rows for the statements (PostgreSQL takes
-//! them as JSON, SQLite as bound values, `sqlite/values.rs`); the SQL is each backend's own
-//! (`sqlite/writes.rs`, `postgres/writes.rs`).
+//! Here: a transaction's commits written in turn, each checked alone ([`write_each`], over
+//! what each backend writes: [`Writes`]); finding such a run, and gathering its rows for the
+//! statements (PostgreSQL takes them as JSON, SQLite as bound values, `sqlite/values.rs`);
+//! the SQL is each backend's own (`sqlite/writes.rs`, `postgres/writes.rs`).
 
 use std::collections::HashSet;
 
@@ -65,6 +66,62 @@ pub fn with_stale(
             }
         })
         .collect()
+}
+
+/// What a backend writes inside a transaction of commits.
+pub trait Writes {
+    /// A run of single-session updates, set-based: each commit's outcome, in order.
+    async fn run(&mut self, run: &[&Commit]) -> Result<Vec<Result<(), StoreError>>, StoreError>;
+    /// One commit, statement by statement; its first statement is the one that can refuse it
+    /// (host limit, insert, compare-and-set).
+    async fn one(&mut self, commit: &Commit) -> Result<(), StoreError>;
+    /// A statement without values (savepoints).
+    async fn exec(&mut self, sql: &'static str) -> Result<(), StoreError>;
+}
+
+/// How [`write_each`] ended.
+pub enum Written {
+    /// Every commit's outcome, in order: the transaction may commit.
+    Each(Vec<Result<(), StoreError>>),
+    /// The one commit there was refused: nothing in the transaction is worth committing.
+    Refused(StoreError),
+}
+
+/// Writes `fresh` in `tx`, each checked alone: runs of single-session updates set-based,
+/// the others one by one, under a savepoint when a commit that writes more than one session
+/// shares the transaction (one refused by its first statement has written nothing). A
+/// backend error or a rollback fails the whole transaction.
+pub async fn write_each(tx: &mut impl Writes, fresh: &[&Commit]) -> Result<Written, StoreError> {
+    let alone = fresh.len() == 1;
+    let mut outcomes = Vec::with_capacity(fresh.len());
+    for step in steps(fresh) {
+        let commit = match step {
+            Step::Run(run) => {
+                outcomes.extend(tx.run(&run).await?);
+                continue;
+            }
+            Step::One(commit) => commit,
+        };
+        let savepoint = !alone && commit.sessions.len() > 1;
+        if savepoint {
+            tx.exec("savepoint one_commit").await?;
+        }
+        match tx.one(commit).await {
+            Ok(()) => outcomes.push(Ok(())),
+            Err(e @ (StoreError::Backend(_) | StoreError::RolledBack)) => return Err(e),
+            Err(e) if alone => return Ok(Written::Refused(e)),
+            Err(e) => {
+                if savepoint {
+                    tx.exec("rollback to savepoint one_commit").await?;
+                }
+                outcomes.push(Err(e));
+            }
+        }
+        if savepoint {
+            tx.exec("release savepoint one_commit").await?;
+        }
+    }
+    Ok(Written::Each(outcomes))
 }
 
 /// `commits` cut into [`Step`]s.

@@ -11,13 +11,11 @@ use super::changes::announce;
 use super::rules::first_locks;
 use super::{FLUSH_LOCK, lock_until_commit};
 use crate::backend;
-use crate::batch::Step;
+use crate::batch::{Writes, Written};
 use crate::rows::{counted_by, to_json};
 
-/// Commits in one transaction, each checked alone (see `Store::commit_many`): a run of
-/// single-row updates as set-based statements, any other commit on its own, under a
-/// savepoint when it writes more than one session and shares the transaction; then what the
-/// written ones announce.
+/// Commits in one transaction, each checked alone (see `Store::commit_many` and
+/// `batch::write_each`), then what the written ones announce.
 pub(super) async fn commit_many(
     pool: &PgPool,
     commits: &[Commit],
@@ -34,38 +32,10 @@ pub(super) async fn commit_many(
     if fresh.iter().map(|c| c.sessions.len()).sum::<usize>() > 1 {
         lock_until_commit(&mut tx, FLUSH_LOCK).await?;
     }
-    let alone = fresh.len() == 1;
-    let mut outcomes = Vec::with_capacity(commits.len());
-    for step in crate::batch::steps(&fresh) {
-        let commit = match step {
-            // A run of single-row updates (a sweep's transitions): set-based statements.
-            Step::Run(run) => {
-                outcomes.extend(write_updates(&mut tx, &run).await?);
-                continue;
-            }
-            Step::One(commit) => commit,
-        };
-        // As on SQLite: a commit refused by its first statement has written nothing.
-        let savepoint = !alone && commit.sessions.len() > 1;
-        if savepoint {
-            exec(&mut tx, "savepoint one_commit").await?;
-        }
-        match write_commit(&mut tx, commit).await {
-            Ok(()) => outcomes.push(Ok(())),
-            // The transaction is aborted: nothing of it can commit.
-            Err(e @ (StoreError::Backend(_) | StoreError::RolledBack)) => return Err(e),
-            Err(e) if alone => return Ok(crate::batch::with_stale(&stale, vec![Err(e)])),
-            Err(e) => {
-                if savepoint {
-                    exec(&mut tx, "rollback to savepoint one_commit").await?;
-                }
-                outcomes.push(Err(e));
-            }
-        }
-        if savepoint {
-            exec(&mut tx, "release savepoint one_commit").await?;
-        }
-    }
+    let outcomes = match crate::batch::write_each(&mut tx, &fresh).await? {
+        Written::Each(outcomes) => outcomes,
+        Written::Refused(e) => return Ok(crate::batch::with_stale(&stale, vec![Err(e)])),
+    };
     let outcomes = crate::batch::with_stale(&stale, outcomes);
     // What the written commits announce: new events, and their earliest deadline.
     let written = commits
@@ -86,6 +56,20 @@ pub(super) async fn commit_many(
     }
     tx.commit().await.map_err(backend)?;
     Ok(outcomes)
+}
+
+impl Writes for Transaction<'_, Postgres> {
+    async fn run(&mut self, run: &[&Commit]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        write_updates(self, run).await
+    }
+
+    async fn one(&mut self, commit: &Commit) -> Result<(), StoreError> {
+        write_commit(self, commit).await
+    }
+
+    async fn exec(&mut self, sql: &'static str) -> Result<(), StoreError> {
+        exec(self, sql).await
+    }
 }
 
 /// Runs a statement without values (savepoints).

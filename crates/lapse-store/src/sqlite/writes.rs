@@ -9,12 +9,11 @@ use super::bulk::write_updates;
 use super::conns::Conns;
 use super::rules;
 use crate::backend;
-use crate::batch::Step;
+use crate::batch::{Writes, Written};
 use crate::rows::{counted_by, to_json};
 
-/// Commits in one transaction, each checked alone (see `Store::commit_many`): a run of
-/// single-row updates as set-based statements, any other commit on its own, under a
-/// savepoint when it writes more than one session and shares the transaction.
+/// Commits in one transaction, each checked alone (see `Store::commit_many` and
+/// `batch::write_each`).
 pub(super) async fn commit_many(
     writer: &Conns,
     commits: &[Commit],
@@ -30,40 +29,26 @@ pub(super) async fn commit_many(
     };
     let stale = crate::batch::stale(commits, in_force);
     let fresh = crate::batch::fresh(commits, &stale);
-    let mut outcomes = Vec::with_capacity(commits.len());
-    let alone = fresh.len() == 1;
-    for step in crate::batch::steps(&fresh) {
-        let commit = match step {
-            // A run of single-row updates (a sweep's transitions): set-based statements.
-            Step::Run(run) => {
-                outcomes.extend(write_updates(&mut tx, &run).await?);
-                continue;
-            }
-            Step::One(commit) => commit,
-        };
-        // A commit's first statement is its compare-and-set (or insert, or host limit), and
-        // one that fails there has written nothing: only longer commits need a savepoint.
-        let savepoint = !alone && commit.sessions.len() > 1;
-        if savepoint {
-            exec(&mut tx, "savepoint one_commit").await?;
-        }
-        match write_commit(&mut tx, commit).await {
-            Ok(()) => outcomes.push(Ok(())),
-            Err(e @ (StoreError::Backend(_) | StoreError::RolledBack)) => return Err(e),
-            Err(e) if alone => return Ok(crate::batch::with_stale(&stale, vec![Err(e)])),
-            Err(e) => {
-                if savepoint {
-                    exec(&mut tx, "rollback to one_commit").await?;
-                }
-                outcomes.push(Err(e));
-            }
-        }
-        if savepoint {
-            exec(&mut tx, "release one_commit").await?;
-        }
-    }
+    let outcomes = match crate::batch::write_each(&mut tx, &fresh).await? {
+        Written::Each(outcomes) => outcomes,
+        Written::Refused(e) => return Ok(crate::batch::with_stale(&stale, vec![Err(e)])),
+    };
     tx.commit().await.map_err(backend)?;
     Ok(crate::batch::with_stale(&stale, outcomes))
+}
+
+impl Writes for Transaction<'_, Sqlite> {
+    async fn run(&mut self, run: &[&Commit]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        write_updates(self, run).await
+    }
+
+    async fn one(&mut self, commit: &Commit) -> Result<(), StoreError> {
+        write_commit(self, commit).await
+    }
+
+    async fn exec(&mut self, sql: &'static str) -> Result<(), StoreError> {
+        exec(self, sql).await
+    }
 }
 
 /// Runs a statement without values (savepoints).
