@@ -1,10 +1,10 @@
 //! Every hot statement uses an index: on a populated database, neither SQLite's plan nor
 //! PostgreSQL's generic plan (the one a prepared statement keeps, fitted to no value) may scan
-//! `sessions`, `participants`, `events` or `webhook_deliveries` whole, and no page may be
-//! sorted where an index holds it in order.
+//! `sessions`, `participants`, `events`, `webhook_deliveries` or `notifications` whole, and
+//! no page may be sorted where an index holds it in order.
 
-use lapse_core::event::NewEvent;
-use lapse_core::store::{Commit, EventRecord};
+use lapse_core::event::{NewEvent, NewNotification};
+use lapse_core::store::{Commit, EventRecord, NotificationRecord};
 use lapse_core::{Config, EventType, SessionId, Store, Timestamp};
 use lapse_store::testing::synthetic_sessions;
 use lapse_store::{PostgresStore, SqliteStore};
@@ -13,8 +13,8 @@ fn t0() -> Timestamp {
     "2026-02-01T12:00:00Z".parse().unwrap()
 }
 
-/// Many sessions of two kinds over many hosts, three participants each, and many events, each
-/// with a webhook delivery.
+/// Many sessions of two kinds over many hosts, three participants each, many events, each
+/// with a webhook delivery, and many users' notifications.
 async fn populate(store: &dyn Store) {
     let config = Config::default();
     for kind in ["study", "reading"] {
@@ -38,9 +38,24 @@ async fn populate(store: &dyn Store) {
             webhooks: vec!["http://hooks.example/lapse".into()],
         })
         .collect();
+    let notifications = (0..20_000)
+        .map(|n| NotificationRecord {
+            id: format!("n{n}"),
+            notification: NewNotification {
+                user: lapse_core::UserId::parse(&format!("u{}", n % 2_000)).unwrap(),
+                notification_type: "session.ended".into(),
+                title: "Ended".into(),
+                message: "The session ended.".into(),
+                session: SessionId::parse(&format!("study{n}")).unwrap(),
+                link: None,
+                created_at: t0(),
+            },
+        })
+        .collect();
     store
         .commit(Commit {
             events,
+            notifications,
             ..Commit::default()
         })
         .await
@@ -52,14 +67,20 @@ fn full_scans(plan: &str) -> Vec<&str> {
     plan.lines()
         .filter(|line| {
             let line = line.trim_start_matches([' ', '-', '>']);
-            ["sessions", "participants", "events", "webhook_deliveries"]
-                .iter()
-                .any(|table| {
-                    // SQLite: `SCAN sessions` (with or without an index walked end to end);
-                    // PostgreSQL: `Seq Scan on sessions`.
-                    line.starts_with(&format!("SCAN {table}"))
-                        || line.starts_with(&format!("Seq Scan on {table}"))
-                })
+            [
+                "sessions",
+                "participants",
+                "events",
+                "webhook_deliveries",
+                "notifications",
+            ]
+            .iter()
+            .any(|table| {
+                // SQLite: `SCAN sessions` (with or without an index walked end to end);
+                // PostgreSQL: `Seq Scan on sessions`.
+                line.starts_with(&format!("SCAN {table}"))
+                    || line.starts_with(&format!("Seq Scan on {table}"))
+            })
         })
         .collect()
 }
@@ -144,6 +165,8 @@ fn assert_indexed(backend: &str, plans: &[(String, String)]) {
         ("deliveries by status", "webhook_deliveries_status"),
         ("deliveries of every status", "webhook_deliveries_status"),
         ("next delivery", "webhook_deliveries_due"),
+        ("notifications of a user", "notifications_user"),
+        ("unread notifications of a user", "notifications_user"),
     ]
     .into_iter()
     .chain(batch_paths(backend))

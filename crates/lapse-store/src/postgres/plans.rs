@@ -61,6 +61,16 @@ impl PostgresStore {
             fixed("session version", reads::SESSION_VERSION, vec![text("s1")]),
             fixed("was deleted", reads::WAS_DELETED, vec![text("s1")]),
             fixed(
+                "notifications of a user",
+                reads::NOTIFICATIONS,
+                vec![text("u1"), Arg::Int(20)],
+            ),
+            fixed(
+                "unread notifications of a user",
+                reads::UNREAD_NOTIFICATIONS,
+                vec![text("u1"), Arg::Int(20)],
+            ),
+            fixed(
                 "host limit",
                 writes::HOST_OPEN_COUNT,
                 vec![text("u1"), text("study")],

@@ -24,6 +24,16 @@ pub(super) const NEXT_DEADLINE: &str =
 pub(super) const WAS_DELETED: &str = "select seq from events where session_id = $1 \
              and type in ('session.deleted', 'session.purged') limit 1";
 
+/// A user's notifications, newest first, through `notifications_user`.
+pub(super) const NOTIFICATIONS: &str = "select id, user_id, type, title, message, session_id, \
+             link, created_at, read_at from notifications where user_id = $1 \
+             order by created_at desc, id desc limit $2";
+
+/// A user's unread notifications, newest first, through `notifications_user`.
+pub(super) const UNREAD_NOTIFICATIONS: &str = "select id, user_id, type, title, message, \
+             session_id, link, created_at, read_at from notifications \
+             where user_id = $1 and read_at is null order by created_at desc, id desc limit $2";
+
 /// One statement, the session with its participants: one round trip and one snapshot
 /// instead of two. (Pages of sessions, as a sweep reads them, keep two statements:
 /// measured, one building each session's participants in the server swept slower.)
@@ -140,17 +150,17 @@ pub(super) async fn notifications(
     unread_only: bool,
     limit: u32,
 ) -> Result<Vec<Notification>, StoreError> {
-    let rows = sqlx::query(
-        "select id, user_id, type, title, message, session_id, link, created_at, read_at \
-         from notifications where user_id = $1 and (not $2 or read_at is null) \
-         order by created_at desc, id desc limit $3",
-    )
-    .bind(user.as_str())
-    .bind(unread_only)
-    .bind(limit as i64)
-    .fetch_all(pool)
-    .await
-    .map_err(backend)?;
+    let sql = if unread_only {
+        UNREAD_NOTIFICATIONS
+    } else {
+        NOTIFICATIONS
+    };
+    let rows = sqlx::query(sql)
+        .bind(user.as_str())
+        .bind(limit as i64)
+        .fetch_all(pool)
+        .await
+        .map_err(backend)?;
     rows.iter().map(rows::notification).collect()
 }
 

@@ -24,6 +24,16 @@ pub(super) const NEXT_DEADLINE: &str =
 pub(super) const WAS_DELETED: &str = "select seq from events where session_id = ?1 \
              and type in ('session.deleted', 'session.purged') limit 1";
 
+/// A user's notifications, newest first, through `notifications_user`.
+pub(super) const NOTIFICATIONS: &str = "select id, user_id, type, title, message, session_id, \
+             link, created_at, read_at from notifications where user_id = ?1 \
+             order by created_at desc, id desc limit ?2";
+
+/// A user's unread notifications, newest first, through `notifications_user`.
+pub(super) const UNREAD_NOTIFICATIONS: &str = "select id, user_id, type, title, message, \
+             session_id, link, created_at, read_at from notifications \
+             where user_id = ?1 and read_at is null order by created_at desc, id desc limit ?2";
+
 /// Sessions by id (any order; missing ones are left out), with their participants.
 pub(super) async fn sessions_by_id(
     reader: &Conns,
@@ -166,17 +176,17 @@ pub(super) async fn notifications(
     unread_only: bool,
     limit: u32,
 ) -> Result<Vec<Notification>, StoreError> {
-    let rows = sqlx::query(
-        "select id, user_id, type, title, message, session_id, link, created_at, read_at \
-         from notifications where user_id = ?1 and (?2 = 0 or read_at is null) \
-         order by created_at desc, id desc limit ?3",
-    )
-    .bind(user.as_str())
-    .bind(unread_only as i64)
-    .bind(limit as i64)
-    .fetch_all(&mut *reader.get().await?)
-    .await
-    .map_err(backend)?;
+    let sql = if unread_only {
+        UNREAD_NOTIFICATIONS
+    } else {
+        NOTIFICATIONS
+    };
+    let rows = sqlx::query(sql)
+        .bind(user.as_str())
+        .bind(limit as i64)
+        .fetch_all(&mut *reader.get().await?)
+        .await
+        .map_err(backend)?;
     rows.iter().map(rows::notification).collect()
 }
 

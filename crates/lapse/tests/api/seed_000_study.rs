@@ -180,6 +180,19 @@ async fn host_ends_a_session_with_a_summary_and_the_others_are_notified(backend:
         .await
         .expect(200);
     assert!(unread["notifications"].as_array().unwrap().is_empty());
+    assert_eq!(
+        app.notifications("bob").await.len(),
+        1,
+        "read, still listed"
+    );
+    let unread = app
+        .get(
+            As::User("carol"),
+            "/v1/users/carol/notifications?unread=true",
+        )
+        .await
+        .expect(200);
+    assert_eq!(unread["notifications"].as_array().unwrap().len(), 1);
 }
 
 async fn host_may_reopen_within_five_minutes_but_not_after(backend: Backend) {
