@@ -282,8 +282,13 @@ impl<H: Hook> Store for Intercepted<H> {
             .await
     }
 
-    async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
-        self.run("prune", WRITE, self.inner.prune(before, limit))
+    async fn prune(
+        &self,
+        before: Timestamp,
+        keys_before: Timestamp,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        self.run("prune", WRITE, self.inner.prune(before, keys_before, limit))
             .await
     }
 

@@ -1,7 +1,7 @@
 //! The continuous sweeper's plan: it sleeps until the next deadline, and a change that moves
-//! a deadline earlier wakes it; sweeps over pages, across instances, and retention. Driven
-//! step by step with a manual clock; nothing sleeps to wait for a rule. The heartbeat
-//! flusher's tests are in `flusher.rs`.
+//! a deadline earlier wakes it; sweeps over pages and across instances. Driven step by step
+//! with a manual clock; nothing sleeps to wait for a rule. The heartbeat flusher's tests are
+//! in `flusher.rs`, retention's in `retention.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -177,57 +177,6 @@ async fn a_sweeper_waits_a_second_while_another_instance_holds_what_is_due() {
     );
 }
 
-#[tokio::test]
-async fn history_past_the_retention_period_is_pruned_in_batches() {
-    let engine = engine().await;
-    let admin = Caller::Admin {
-        name: "test".into(),
-        actor: None,
-    };
-    for i in 0..3 {
-        engine
-            .create(&admin, request("coding", &format!("old-{i}"), None))
-            .await
-            .unwrap();
-    }
-    engine
-        .clock()
-        .advance(Span::from_secs(29 * 86_400))
-        .unwrap();
-    engine
-        .create(&admin, request("coding", "recent", None))
-        .await
-        .unwrap();
-    let all = lapse_core::store::EventQuery {
-        limit: 1000,
-        ..Default::default()
-    };
-    let before = engine.events(&admin, &all).await.unwrap().len();
-    assert_eq!(
-        engine.prune_once().await.unwrap(),
-        0,
-        "nothing is 30 days old yet"
-    );
-
-    engine.clock().advance(Span::from_secs(2 * 86_400)).unwrap();
-    let pruned = engine.prune_once().await.unwrap() as usize;
-    let left = engine.events(&admin, &all).await.unwrap();
-    assert_eq!(before - left.len(), pruned);
-    assert!(pruned >= 6, "the old sessions' creation events went");
-    let cutoff = engine.now() - Span::from_secs(30 * 86_400);
-    assert!(
-        left.iter().all(|e| e.applied_at >= cutoff),
-        "nothing older is left"
-    );
-    assert!(
-        left.iter().any(|e| e.session_id.as_str() == "recent"),
-        "recent history stays"
-    );
-}
-
-/// Requests and their repairs, all due at once, swept three rows a page. A request's end
-/// cancels its repair at once (`parent_ended`); the repair is also due by itself, often in the
-/// next page, which is read while this page commits: it must still change once.
 #[tokio::test]
 async fn a_sweep_over_many_pages_changes_each_session_once() {
     let dir = tempfile::tempdir().unwrap();

@@ -55,6 +55,11 @@ pub const SQLITE: &[Script] = &[
         name: "host limit in id order",
         sql: include_str!("../migrations/sqlite/0008_host_limit_in_id_order.sql"),
     },
+    Script {
+        version: 9,
+        name: "keys by age",
+        sql: include_str!("../migrations/sqlite/0009_keys_by_age.sql"),
+    },
 ];
 
 /// PostgreSQL's scripts.
@@ -108,5 +113,10 @@ pub const POSTGRES: &[Script] = &[
         version: 10,
         name: "host limit in id order",
         sql: include_str!("../migrations/postgres/0010_host_limit_in_id_order.sql"),
+    },
+    Script {
+        version: 11,
+        name: "keys by age",
+        sql: include_str!("../migrations/postgres/0011_keys_by_age.sql"),
     },
 ];

@@ -4,7 +4,7 @@
 //! no page may be sorted where an index holds it in order.
 
 use lapse_core::event::{NewEvent, NewNotification};
-use lapse_core::store::{Commit, EventRecord, NotificationRecord};
+use lapse_core::store::{Commit, EventRecord, NotificationRecord, StoredResponse};
 use lapse_core::{Config, EventType, SessionId, Store, Timestamp};
 use lapse_store::testing::synthetic_sessions;
 use lapse_store::{PostgresStore, SqliteStore};
@@ -14,7 +14,7 @@ fn t0() -> Timestamp {
 }
 
 /// Many sessions of two kinds over many hosts, three participants each, many events, each
-/// with a webhook delivery, and many users' notifications.
+/// with a webhook delivery, many users' notifications, and idempotency keys.
 async fn populate(store: &dyn Store) {
     let config = Config::default();
     for kind in ["study", "reading"] {
@@ -60,6 +60,19 @@ async fn populate(store: &dyn Store) {
         })
         .await
         .unwrap();
+    for n in 0..5_000 {
+        let response = StoredResponse {
+            request_hash: format!("h{n}"),
+            status: 201,
+            content_type: "application/json".into(),
+            body: "{}".into(),
+            created_at: t0(),
+        };
+        store
+            .save_idempotent_response(&format!("a{}", n % 50), &format!("k{n}"), &response)
+            .await
+            .unwrap();
+    }
 }
 
 /// The plan lines that read a big table whole.
@@ -165,6 +178,8 @@ fn assert_indexed(backend: &str, plans: &[(String, String)]) {
         ("deliveries by status", "webhook_deliveries_status"),
         ("deliveries of every status", "webhook_deliveries_status"),
         ("next delivery", "webhook_deliveries_due"),
+        ("retention, deliveries", "webhook_deliveries_status"),
+        ("retention, idempotency keys", "idempotency_keys_created"),
         ("notifications of a user", "notifications_user"),
         ("unread notifications of a user", "notifications_user"),
     ]

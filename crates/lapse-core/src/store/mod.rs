@@ -271,8 +271,15 @@ pub trait Store: Send + Sync + 'static {
     async fn next_delivery_at(&self) -> Result<Option<Timestamp>, StoreError>;
 
     /// Deletes up to `limit` events, and up to `limit` finished deliveries, recorded before
-    /// `before`; returns how many rows went.
-    async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
+    /// `before`, and up to `limit` idempotency keys saved before `keys_before`; returns how
+    /// many rows went. Each is found through an index: a call with nothing to delete reads
+    /// at most `limit` rows of each, however long the history.
+    async fn prune(
+        &self,
+        before: Timestamp,
+        keys_before: Timestamp,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
 
     /// The response first given to `actor`'s request with `key`, if it was given at or after
     /// `since`.

@@ -353,8 +353,13 @@ impl Store for PostgresStore {
         outbox::next_delivery_at(&self.pool).await
     }
 
-    async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
-        outbox::prune(&self.pool, before, limit).await
+    async fn prune(
+        &self,
+        before: Timestamp,
+        keys_before: Timestamp,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        outbox::prune(&self.pool, before, keys_before, limit).await
     }
 
     async fn write_check(&self, at: Timestamp) -> Result<(), StoreError> {

@@ -2,7 +2,9 @@
 //! figures, idempotency keys.
 
 use lapse_core::event::Event;
-use lapse_core::store::{Attempt, Delivery, DisabledEndpoint, HealthCounts, StoredResponse};
+use lapse_core::store::{
+    Attempt, Delivery, DeliveryStatus, DisabledEndpoint, HealthCounts, StoredResponse,
+};
 use lapse_core::{StoreError, Timestamp};
 use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Row};
@@ -214,35 +216,49 @@ pub(super) async fn next_delivery_at(pool: &PgPool) -> Result<Option<Timestamp>,
     Ok(at.map(Timestamp::from_millis))
 }
 
-pub(super) async fn prune(pool: &PgPool, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
-    // Events a pending delivery still needs stay until it is done with them.
-    let events = sqlx::query(
-        "delete from events where seq in (select seq from events \
-         where applied_at < $1 and not exists (select 1 from webhook_deliveries d \
-         where d.event_seq = events.seq and d.status = 'pending') \
-         order by seq limit $2)",
-    )
-    .bind(before.millis())
-    .bind(limit as i64)
-    .execute(pool)
-    .await
-    .map_err(backend)?;
-    let deliveries = sqlx::query(
-        "delete from webhook_deliveries where id in (select id from webhook_deliveries \
-         where created_at < $1 and status <> 'pending' limit $2)",
-    )
-    .bind(before.millis())
-    .bind(limit as i64)
-    .execute(pool)
-    .await
-    .map_err(backend)?;
-    let keys = sqlx::query("delete from idempotency_keys where created_at < $1 - 86400000")
-        .bind(before.millis())
-        .execute(pool)
-        .await
-        .map_err(backend)?;
-    Ok(events.rows_affected() + deliveries.rows_affected() + keys.rows_affected())
+pub(super) async fn prune(
+    pool: &PgPool,
+    before: Timestamp,
+    keys_before: Timestamp,
+    limit: u32,
+) -> Result<u64, StoreError> {
+    let mut deleted = 0;
+    for (sql, before, status) in [
+        (PRUNE_EVENTS, before, None),
+        (PRUNE_DELIVERIES, before, Some(DeliveryStatus::Delivered)),
+        (PRUNE_DELIVERIES, before, Some(DeliveryStatus::Dead)),
+        (PRUNE_KEYS, keys_before, None),
+    ] {
+        let mut query = sqlx::query(sql).bind(before.millis()).bind(limit as i64);
+        if let Some(status) = status {
+            query = query.bind(status.as_str());
+        }
+        deleted += query.execute(pool).await.map_err(backend)?.rows_affected();
+    }
+    Ok(deleted)
 }
+
+/// Of the `$2` oldest events (events are numbered in the order they were committed), those
+/// applied before `$1` that no pending delivery still needs, found by their keys. It reads
+/// those `$2` rows and no more, also when nothing is old enough. (Each candidate's pending
+/// deliveries are looked for among every pending one: see docs/PERFORMANCE.md.)
+pub(super) const PRUNE_EVENTS: &str = "delete from events where seq = any(array(select head.seq \
+             from (select seq, applied_at from events order by seq limit $2) as head \
+             where head.applied_at < $1 and not exists (select 1 from webhook_deliveries d \
+             where d.event_seq = head.seq and d.status = 'pending')))";
+
+/// Finished deliveries of one status (`$3`: `delivered`, then `dead`) recorded before
+/// `$1`, oldest first, through `webhook_deliveries_status`, then each by its key (as an
+/// array: a list from a subquery, the planner would hash and match against the whole table).
+pub(super) const PRUNE_DELIVERIES: &str = "delete from webhook_deliveries where id = \
+             any(array(select id from webhook_deliveries where status = $3 \
+             and created_at < $1 order by created_at limit $2))";
+
+/// Idempotency keys saved before `$1`, oldest first, through `idempotency_keys_created`,
+/// then each where it lies (its `ctid`, as an array, for the reason above).
+pub(super) const PRUNE_KEYS: &str = "delete from idempotency_keys where ctid = \
+             any(array(select ctid from idempotency_keys where created_at < $1 \
+             order by created_at limit $2))";
 
 /// Rewrites the one row of `write_check`.
 pub(super) async fn write_check(pool: &PgPool, at: Timestamp) -> Result<(), StoreError> {

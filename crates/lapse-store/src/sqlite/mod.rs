@@ -336,8 +336,13 @@ impl Store for SqliteStore {
         outbox::next_delivery_at(&self.reader).await
     }
 
-    async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
-        outbox::prune(&self.writer, before, limit).await
+    async fn prune(
+        &self,
+        before: Timestamp,
+        keys_before: Timestamp,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        outbox::prune(&self.writer, before, keys_before, limit).await
     }
 
     async fn health_counts(
