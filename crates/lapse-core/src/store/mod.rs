@@ -270,10 +270,12 @@ pub trait Store: Send + Sync + 'static {
     /// When the earliest pending delivery is due.
     async fn next_delivery_at(&self) -> Result<Option<Timestamp>, StoreError>;
 
-    /// Deletes up to `limit` events, and up to `limit` finished deliveries, recorded before
-    /// `before`, and up to `limit` idempotency keys saved before `keys_before`; returns how
-    /// many rows went. Each is found through an index: a call with nothing to delete reads
-    /// at most `limit` rows of each, however long the history.
+    /// Deletes up to `limit` events and up to `limit` finished deliveries of each status
+    /// recorded before `before`, and up to `limit` idempotency keys saved before
+    /// `keys_before`; returns how many rows went. Each is found through an index: a call with
+    /// nothing to delete reads at most `limit` events, however long the history. Events are
+    /// taken from the oldest: a pending delivery's event, kept, holds back none after it
+    /// unless `limit` such events lie at the start.
     async fn prune(
         &self,
         before: Timestamp,
