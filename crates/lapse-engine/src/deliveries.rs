@@ -353,7 +353,8 @@ impl Engine {
         Ok(d)
     }
 
-    /// Prunes events and finished deliveries older than the retention period, in batches;
+    /// Prunes events and finished deliveries older than the retention period, and
+    /// idempotency keys older than their window ([`crate::idempotency::WINDOW`]), in batches;
     /// returns how many rows went.
     pub async fn prune_once(&self) -> Result<u64, EngineError> {
         let now = self.now();

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lapse_core::store::{HealthCounts, StatusCount};
+use lapse_core::store::{DeliveryStatus, HealthCounts, StatusCount};
 use lapse_core::{Span, Timestamp};
 use serde::Serialize;
 
@@ -31,6 +31,22 @@ pub struct Counted {
     pub sessions: Vec<StatusCount>,
     /// Overdue and stale sessions, deliveries waiting and given up.
     pub health: HealthCounts,
+}
+
+impl Counted {
+    /// Webhook deliveries waiting and given up, by status name.
+    pub fn webhooks(&self) -> BTreeMap<&'static str, i64> {
+        by_delivery_status(&self.health)
+    }
+}
+
+/// The deliveries of `counts` waiting and given up, by status name (as the health report and
+/// `/metrics` show them).
+fn by_delivery_status(counts: &HealthCounts) -> BTreeMap<&'static str, i64> {
+    BTreeMap::from([
+        (DeliveryStatus::Pending.as_str(), counts.deliveries_pending),
+        (DeliveryStatus::Dead.as_str(), counts.deliveries_dead),
+    ])
 }
 
 /// The last [`Counted`]: when, by the engine's clock and by the machine's, and what.
@@ -116,15 +132,17 @@ impl Engine {
         }
         let now = self.now();
         let counts = self.store.counts().await?;
+        let health_counts = self
+            .store
+            .health_counts(now - OVERDUE_AFTER, now - STALE_AFTER)
+            .await?;
+        let webhooks = by_delivery_status(&health_counts);
         let HealthCounts {
             overdue,
             stale_pending,
             deliveries_pending,
             deliveries_dead,
-        } = self
-            .store
-            .health_counts(now - OVERDUE_AFTER, now - STALE_AFTER)
-            .await?;
+        } = health_counts;
         let mut sessions = BTreeMap::from([("total", 0)]);
         for c in &counts {
             *sessions.entry(c.status.as_str()).or_default() += c.count;
@@ -186,7 +204,6 @@ impl Engine {
         } else {
             Health::Degraded
         };
-        let webhooks = BTreeMap::from([("pending", deliveries_pending), ("dead", deliveries_dead)]);
         Ok(HealthReport {
             health,
             now,

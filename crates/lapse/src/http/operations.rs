@@ -290,13 +290,11 @@ async fn metrics(State(app): State<Arc<AppState>>) -> ApiResult<axum::response::
         &format!("Sessions with rules due for over a minute (counted at most every {every} s)."),
         &one(counted.health.overdue as f64),
     );
-    let webhooks: Vec<(String, f64)> = [
-        ("dead", counted.health.deliveries_dead),
-        ("pending", counted.health.deliveries_pending),
-    ]
-    .iter()
-    .map(|(status, n)| (format!("{{status=\"{status}\"}}"), *n as f64))
-    .collect();
+    let webhooks: Vec<(String, f64)> = counted
+        .webhooks()
+        .iter()
+        .map(|(status, n)| (format!("{{status=\"{status}\"}}"), *n as f64))
+        .collect();
     metric(
         "lapse_webhook_deliveries",
         "gauge",
