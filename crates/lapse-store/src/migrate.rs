@@ -60,6 +60,11 @@ pub const SQLITE: &[Script] = &[
         name: "keys by age",
         sql: include_str!("../migrations/sqlite/0009_keys_by_age.sql"),
     },
+    Script {
+        version: 10,
+        name: "pending deliveries by event",
+        sql: include_str!("../migrations/sqlite/0010_pending_deliveries_by_event.sql"),
+    },
 ];
 
 /// PostgreSQL's scripts.
@@ -118,5 +123,10 @@ pub const POSTGRES: &[Script] = &[
         version: 11,
         name: "keys by age",
         sql: include_str!("../migrations/postgres/0011_keys_by_age.sql"),
+    },
+    Script {
+        version: 12,
+        name: "pending deliveries by event",
+        sql: include_str!("../migrations/postgres/0012_pending_deliveries_by_event.sql"),
     },
 ];

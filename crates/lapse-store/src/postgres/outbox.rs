@@ -240,12 +240,15 @@ pub(super) async fn prune(
 
 /// Of the `$2` oldest events (events are numbered in the order they were committed), those
 /// applied before `$1` that no pending delivery still needs, found by their keys. It reads
-/// those `$2` rows and no more, also when nothing is old enough. (Each candidate's pending
-/// deliveries are looked for among every pending one: see docs/PERFORMANCE.md.)
+/// those `$2` rows and no more, also when nothing is old enough; each one old enough is
+/// looked for among the pending deliveries through `webhook_deliveries_pending`, one probe,
+/// however many are waiting. (`offset 0` keeps it a probe per event: the planner would
+/// otherwise make the check a join that hashes every pending delivery, from a scan of the
+/// whole table when most deliveries are pending.)
 pub(super) const PRUNE_EVENTS: &str = "delete from events where seq = any(array(select head.seq \
              from (select seq, applied_at from events order by seq limit $2) as head \
              where head.applied_at < $1 and not exists (select 1 from webhook_deliveries d \
-             where d.event_seq = head.seq and d.status = 'pending')))";
+             where d.event_seq = head.seq and d.status = 'pending' offset 0)))";
 
 /// Finished deliveries of one status (`$3`: `delivered`, then `dead`) recorded before
 /// `$1`, oldest first, through `webhook_deliveries_status`, then each by its key (as an

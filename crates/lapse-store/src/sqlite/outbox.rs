@@ -224,8 +224,8 @@ pub(super) async fn prune(
 
 /// Of the `?2` oldest events (events are numbered in the order they were applied), those
 /// applied before `?1` that no pending delivery still needs. It reads those `?2` rows and no
-/// more, also when nothing is old enough. (Each candidate's pending deliveries are looked for
-/// through `webhook_deliveries_status`, every pending one: see docs/PERFORMANCE.md.)
+/// more, also when nothing is old enough; each one old enough is looked for among the pending
+/// deliveries through `webhook_deliveries_pending`, one probe, however many are waiting.
 pub(super) const PRUNE_EVENTS: &str = "delete from events where seq in (select head.seq from \
              (select seq, applied_at from events order by seq limit ?2) as head \
              where head.applied_at < ?1 and not exists (select 1 from webhook_deliveries d \

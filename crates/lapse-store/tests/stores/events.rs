@@ -184,6 +184,60 @@ async fn the_delivery_log_lists_the_newest_first_of_one_status_or_of_all() {
     }
 }
 
+/// Retention deletes the events past their period that no pending delivery needs, with the
+/// finished deliveries; an event kept for its delivery holds back none after it.
+#[tokio::test]
+async fn retention_keeps_the_events_pending_deliveries_still_need() {
+    use lapse_core::store::{Attempt, DeliveryStatus};
+    for (store, _dir) in stores().await {
+        let store = store.as_ref();
+        let s = session("study", "a", t0());
+        insert(store, &s).await;
+        let id_of = queue_deliveries(store, &s, 5, HOOK).await;
+        let ended = |status| Attempt {
+            at: t0(),
+            http_status: None,
+            error: None,
+            status,
+            next_attempt_at: None,
+        };
+        store
+            .record_attempts(&[
+                (id_of("ev-0"), ended(DeliveryStatus::Delivered)),
+                (id_of("ev-1"), ended(DeliveryStatus::Dead)),
+                (id_of("ev-3"), ended(DeliveryStatus::Delivered)),
+            ])
+            .await
+            .unwrap();
+        let later = t0() + Span::from_secs(31 * 86_400);
+        let kept = || async {
+            let events = store.events(&all_events()).await.unwrap();
+            events.into_iter().map(|e| e.id).collect::<Vec<_>>()
+        };
+        // Events ev-0, ev-1, ev-3 and their finished deliveries.
+        assert_eq!(store.prune(later, t0(), 1000).await.unwrap(), 6);
+        assert_eq!(
+            kept().await,
+            ["ev-2", "ev-4"],
+            "pending deliveries' events stay"
+        );
+        let left = store.deliveries(None, 10).await.unwrap();
+        assert!(left.iter().all(|d| d.status == DeliveryStatus::Pending));
+        assert_eq!(left.len(), 2);
+
+        store
+            .record_attempts(&[(id_of("ev-4"), ended(DeliveryStatus::Dead))])
+            .await
+            .unwrap();
+        assert_eq!(store.prune(later, t0(), 1000).await.unwrap(), 2);
+        assert_eq!(
+            kept().await,
+            ["ev-2"],
+            "the one still pending holds back none after it"
+        );
+    }
+}
+
 /// An endpoint disabled for answering 410 ends its pending deliveries, but not those whose
 /// attempts are about to be recorded: they never show as dead without the answer that
 /// ended them. None of them is retried, whatever it was answered.
