@@ -1,7 +1,7 @@
 //! Shared by the engine's tests: where their manual clocks start, the admin caller, a plain
-//! create request, an engine over an in-memory database, and, for the seeded tests (`simulation/`, `promise.rs`), a small random
-//! generator, so that a seed gives the same history everywhere and a failing one can be run
-//! again.
+//! create request, an engine over an in-memory database, and, for the seeded tests
+//! (`simulation/`, `promise.rs`), a small random generator, so that a seed gives the same
+//! history everywhere and a failing one can be run again.
 
 // Each test binary compiles this module and uses its own part of it.
 #![allow(dead_code)]
