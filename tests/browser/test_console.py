@@ -160,6 +160,11 @@ def test_an_operator_finds_explains_watches_and_cleans_up(lapse, page):
     expect(feed.locator("li[data-type='session.cancelled'][data-session='pairing']")).to_have_count(1)
     shot(page, "6-live-feed")
 
+    # The counts follow the feed: read again at most every 2 s, but never left behind.
+    lapse.call("POST", "/v1/sessions", {"id": "tarot", "kind": "reading", "host": "cy"})
+    expect(feed.locator("li[data-type='session.created'][data-session='tarot']")).to_have_count(1)
+    expect(page.get_by_test_id("counts")).to_contain_text("reading")
+
     # Webhooks: the configured endpoint and the deliveries waiting for it.
     page.get_by_role("link", name="Webhooks").click()
     expect(page.get_by_test_id("endpoints")).to_contain_text("/hooks")
