@@ -135,9 +135,20 @@ async fn queue_deliveries(
     }
 }
 
+/// A delivery's last attempt at `at`, which left it `status` (delivered or dead).
+fn ended(status: lapse_core::store::DeliveryStatus, at: Timestamp) -> lapse_core::store::Attempt {
+    lapse_core::store::Attempt {
+        at,
+        http_status: None,
+        error: None,
+        status,
+        next_attempt_at: None,
+    }
+}
+
 #[tokio::test]
 async fn the_delivery_log_lists_the_newest_first_of_one_status_or_of_all() {
-    use lapse_core::store::{Attempt, DeliveryStatus};
+    use lapse_core::store::DeliveryStatus;
     for (store, _dir) in stores().await {
         let store = store.as_ref();
         let s = session("study", "a", t0());
@@ -145,13 +156,7 @@ async fn the_delivery_log_lists_the_newest_first_of_one_status_or_of_all() {
         // Five events a minute apart, each with a delivery.
         let at = |i: i64| t0() + Span::from_secs(60 * i);
         let id_of = queue_deliveries(store, &s, 5, HOOK).await;
-        let ended = |status| Attempt {
-            at: at(9),
-            http_status: None,
-            error: None,
-            status,
-            next_attempt_at: None,
-        };
+        let ended = |status| ended(status, at(9));
         store
             .record_attempts(&[
                 (id_of("ev-0"), ended(DeliveryStatus::Delivered)),
@@ -188,19 +193,13 @@ async fn the_delivery_log_lists_the_newest_first_of_one_status_or_of_all() {
 /// finished deliveries; an event kept for its delivery holds back none after it.
 #[tokio::test]
 async fn retention_keeps_the_events_pending_deliveries_still_need() {
-    use lapse_core::store::{Attempt, DeliveryStatus};
+    use lapse_core::store::DeliveryStatus;
     for (store, _dir) in stores().await {
         let store = store.as_ref();
         let s = session("study", "a", t0());
         insert(store, &s).await;
         let id_of = queue_deliveries(store, &s, 5, HOOK).await;
-        let ended = |status| Attempt {
-            at: t0(),
-            http_status: None,
-            error: None,
-            status,
-            next_attempt_at: None,
-        };
+        let ended = |status| ended(status, t0());
         store
             .record_attempts(&[
                 (id_of("ev-0"), ended(DeliveryStatus::Delivered)),
