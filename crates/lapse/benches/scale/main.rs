@@ -17,7 +17,7 @@
 //!
 //! - `measure`: interleaved pairs, medians, spreads. `report`: the table.
 //! - `world`: a filled database and an engine over it (in-process figures).
-//! - `engine`: operation costs by population and room size, sweeps, flushes.
+//! - `engine`: operation costs by population, sweeps. `rooms`: by room size, and flushes.
 //! - `server` and `served`: `lapse serve` as a process, loaded over HTTP from another core.
 //! - `streams`: thousands of event streams open on it: delivery, throughput, memory.
 //! - `postgres`: sweeps on PostgreSQL, seed 001's cleanup next to lapse, two instances.
@@ -32,6 +32,7 @@ mod measure;
 mod overload;
 mod postgres;
 mod report;
+mod rooms;
 mod served;
 mod server;
 mod streams;
@@ -149,10 +150,10 @@ async fn run(o: &Options, fd_limit: u64) -> Vec<Row> {
             rows.extend(engine::flat_costs(&big, &small, &sizes).await);
         }
         if runs("rooms") {
-            rows.extend(engine::room_size(&small, &sizes).await);
+            rows.extend(rooms::room_size(&small, &sizes).await);
         }
         if runs("flush") {
-            rows.push(engine::flush_batching(&small, &sizes).await);
+            rows.push(rooms::flush_batching(&small, &sizes).await);
         }
     }
     if runs("served") {
