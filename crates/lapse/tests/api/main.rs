@@ -1,6 +1,7 @@
 //! lapse over HTTP: the real server on a random port, a fresh database, a manual clock. One
-//! module per seed system, plus the races, errors and identity rules. Every test runs twice,
-//! on SQLite and on PostgreSQL (`LAPSE_TEST_POSTGRES_URL`; skipped, and said so, without it).
+//! module per seed system, plus the races, errors, identity rules and paging. Every test runs
+//! twice, on SQLite and on PostgreSQL (`LAPSE_TEST_POSTGRES_URL`; skipped, and said so,
+//! without it).
 
 /// Turns `async fn name(backend: Backend)` test bodies into one test per store:
 /// `module::sqlite::name` and `module::postgres::name`.
@@ -37,6 +38,7 @@ mod errors;
 mod identity;
 mod instances;
 mod overload;
+mod paging;
 mod policy;
 mod races;
 mod seed_000_study;
