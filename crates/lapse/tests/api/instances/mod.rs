@@ -1,158 +1,20 @@
 //! Several lapse instances on one PostgreSQL database, as separate `lapse serve` processes:
-//! however the sweeps and manual actions interleave, each session transitions once.
+//! however the sweeps and manual actions interleave, each session transitions once. Each
+//! instance is started and called through `process.rs`.
 
-use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+mod process;
+
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::*;
+use process::{call, count_events, move_clock, read, retried, start_instance, start_instance_with};
 
 const SESSIONS: usize = 2000;
 const ACTIVE: usize = 200;
 const CLOCK: &str = "2030-01-01T00:00:00Z";
-
-struct Instance {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-async fn start_instance(db_url: &str) -> Instance {
-    start_instance_with(db_url, None).await
-}
-
-/// An instance reading `config` (`--config`), or the built-in defaults.
-async fn start_instance_with(db_url: &str, config: Option<&std::path::Path>) -> Instance {
-    let port = free_port();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lapse"));
-    match config {
-        Some(file) => command.env("LAPSE_CONFIG", file),
-        None => command.env_remove("LAPSE_CONFIG"),
-    };
-    let child = command
-        .arg("serve")
-        .env("DATABASE_URL", db_url)
-        .env("LAPSE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("LAPSE_CLOCK", "manual")
-        .env("LAPSE_ADMIN_KEY", ADMIN_KEY)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("lapse starts");
-    let instance = Instance {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    let client = reqwest::Client::new();
-    for _ in 0..200 {
-        if client
-            .get(format!("{}/readyz", instance.base))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return instance;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("lapse at {} did not become ready", instance.base);
-}
-
-async fn call(
-    client: &reqwest::Client,
-    base: &str,
-    path: &str,
-    actor: Option<String>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = client.post(format!("{base}{path}")).bearer_auth(ADMIN_KEY);
-    if let Some(a) = actor {
-        req = req.header("X-Actor", a);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.expect("request sent");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-/// A GET as admin, its JSON body.
-async fn read(client: &reqwest::Client, base: &str, path: &str) -> Value {
-    let r = client
-        .get(format!("{base}{path}"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .expect("request sent");
-    r.json().await.expect("a JSON body")
-}
-
-/// A request sent again while lapse answers 503, as a client honouring `Retry-After` does.
-/// Four sweeps on two instances at once can hold every connection of a pool long enough for
-/// lapse to take the wait for an outage (a known weakness of the outage watch, see
-/// `lapse_engine::outage`): what is checked here is that each session transitions once.
-async fn retried<F, Fut>(send: F) -> (u16, Value)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = (u16, Value)>,
-{
-    for _ in 0..40 {
-        let (status, body) = send().await;
-        if status != 503 {
-            return (status, body);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
-    send().await
-}
-
-/// Moves an instance's manual clock (`{"set": …}` or `{"advance": …}`).
-async fn move_clock(client: &reqwest::Client, base: &str, to: Value) {
-    let (status, body) = call(client, base, "/v1/admin/clock", None, Some(to)).await;
-    assert_eq!(status, 200, "{body}");
-}
-
-/// Every event of `type` in the log, counted per session.
-async fn count_events(
-    client: &reqwest::Client,
-    base: &str,
-    event_type: &str,
-) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    let mut after = 0;
-    loop {
-        let path = format!("/v1/events?type={event_type}&limit=1000&after={after}");
-        let page = read(client, base, &path).await;
-        let events = page["events"].as_array().unwrap();
-        if events.is_empty() {
-            return counts;
-        }
-        for e in events {
-            *counts
-                .entry(e["session_id"].as_str().unwrap().to_string())
-                .or_default() += 1;
-        }
-        after = page["next_after"].as_i64().unwrap();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_sweeping_one_database_transition_each_session_once() {
