@@ -44,33 +44,9 @@ pub async fn room_size(w: &World, s: &Sizes) -> Vec<Row> {
                 .await
                 .expect("join");
         }
-        let salt = w.fresh("jb");
-        w.write_rate(s.ops, |i| {
-            let u = user(format!("{salt}-{i}"));
-            let room = hall(i % BIG_ROOMS);
-            async move {
-                w.engine
-                    .join(&admin(), &room, &u, None, Via::Direct)
-                    .await
-                    .expect("join");
-            }
-        })
-        .await
+        join_round(w, s.ops, "jb", |i| hall(i % BIG_ROOMS)).await
     };
-    let join_small = || async {
-        let salt = w.fresh("js");
-        w.write_rate(s.ops, |i| {
-            let u = user(format!("{salt}-{i}"));
-            let room = small(i);
-            async move {
-                w.engine
-                    .join(&admin(), &room, &u, None, Via::Direct)
-                    .await
-                    .expect("join");
-            }
-        })
-        .await
-    };
+    let join_small = || join_round(w, s.ops, "js", small);
     let beat_big = || {
         rate(s.ops, |i| {
             let u = user(format!("m0-{}", i % 999));
@@ -116,6 +92,23 @@ pub async fn room_size(w: &World, s: &Sizes) -> Vec<Row> {
             flat,
         ),
     ]
+}
+
+/// A round of `ops` joins, timed as writes: each a new user (named after a fresh `salt`)
+/// into the room `room` picks for it.
+async fn join_round(w: &World, ops: usize, salt: &str, room: impl Fn(usize) -> SessionId) -> f64 {
+    let salt = w.fresh(salt);
+    w.write_rate(ops, |i| {
+        let u = user(format!("{salt}-{i}"));
+        let room = room(i);
+        async move {
+            w.engine
+                .join(&admin(), &room, &u, None, Via::Direct)
+                .await
+                .expect("join");
+        }
+    })
+    .await
 }
 
 /// Flushes of `s.ops` coalesced beats vs a write per beat, over `s.writes` beats a round on
