@@ -42,6 +42,7 @@ mod paging;
 mod policy;
 mod races;
 mod seed_000_study;
+mod seed_000_tools;
 mod seed_001_reading;
 mod seed_002_mentoring;
 mod seed_003_coding;
