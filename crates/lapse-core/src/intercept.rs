@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use crate::event::{Event, Notification};
 use crate::store::{
     Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DisabledEndpoint, DueRow,
-    EventQuery, EventRecord, HealthCounts, Moved, Rearm, RearmOnly, RulesInForce, SessionQuery,
-    StatusCount, StoredResponse,
+    EventQuery, EventRecord, HealthCounts, Moved, Pruned, Rearm, RearmOnly, RulesInForce,
+    SessionQuery, StatusCount, StoredResponse,
 };
 use crate::{Session, SessionId, Store, StoreError, Timestamp, UserId};
 
@@ -286,10 +286,15 @@ impl<H: Hook> Store for Intercepted<H> {
         &self,
         before: Timestamp,
         keys_before: Timestamp,
+        after: i64,
         limit: u32,
-    ) -> Result<u64, StoreError> {
-        self.run("prune", WRITE, self.inner.prune(before, keys_before, limit))
-            .await
+    ) -> Result<Pruned, StoreError> {
+        self.run(
+            "prune",
+            WRITE,
+            self.inner.prune(before, keys_before, after, limit),
+        )
+        .await
     }
 
     async fn idempotent_response(

@@ -352,28 +352,6 @@ impl Engine {
         self.events_appended(); // wakes the delivery loop
         Ok(d)
     }
-
-    /// Prunes events and finished deliveries older than the retention period, and
-    /// idempotency keys older than their window ([`crate::idempotency::WINDOW`]), in batches;
-    /// returns how many rows went.
-    pub async fn prune_once(&self) -> Result<u64, EngineError> {
-        let now = self.now();
-        let before = now - self.config().retention.events;
-        let keys_before = now - crate::idempotency::WINDOW;
-        let mut total = 0;
-        // A bounded number of batches per call keeps each call short; the next call goes on.
-        for _ in 0..10 {
-            let n = self.store.prune(before, keys_before, 1000).await?;
-            total += n;
-            if n == 0 {
-                break;
-            }
-        }
-        if total > 0 {
-            tracing::info!(rows = total, %before, "pruned history past retention");
-        }
-        Ok(total)
-    }
 }
 
 #[cfg(test)]

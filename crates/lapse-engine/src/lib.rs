@@ -12,7 +12,8 @@
 //! - [`heartbeats`]: in-memory coalescing of heartbeats.
 //! - [`flusher`]: writing them in batches, and the loop that does it every second.
 //! - [`feed`]: one reader of new events per instance, fanning out to event streams.
-//! - [`deliveries`]: signed webhooks out of the event outbox, with retries; retention.
+//! - [`deliveries`]: signed webhooks out of the event outbox, with retries.
+//! - [`retention`]: history past its period deleted, a page at a time, by a loop of its own.
 //! - [`health`]: the health report.
 //! - [`idempotency`]: remembered responses for `Idempotency-Key`.
 //! - [`outage`]: database outages noticed from failing calls, logged once, failed fast.
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod ops;
 pub mod outage;
 pub mod policy;
+pub mod retention;
 pub mod sweep;
 mod write;
 
@@ -119,8 +121,6 @@ pub struct Engine {
     planned_wake: AtomicI64,
     /// Wake-ups sent, for operators and tests.
     wake_ups: AtomicU64,
-    /// When retention last ran (wall-clock ms).
-    last_prune: AtomicI64,
     /// Bumped when events are appended; event streams wait on it.
     events: tokio::sync::watch::Sender<u64>,
     stats: SweeperStats,
@@ -165,7 +165,6 @@ impl Engine {
             planned_wake: AtomicI64::new(i64::MAX),
             wake_ups: AtomicU64::new(0),
             events: tokio::sync::watch::Sender::new(0),
-            last_prune: AtomicI64::new(0),
             stats: SweeperStats::default(),
             feed: feed::Feed::default(),
             webhooks,

@@ -1,8 +1,13 @@
 //! Retention: history past its period is pruned in batches, and idempotency keys a day after
 //! they were saved. Driven with a manual clock.
 
+use std::sync::Arc;
+
 use lapse_core::Span;
-use lapse_engine::Caller;
+use lapse_core::store::EventQuery;
+use lapse_engine::deliveries::Endpoint;
+use lapse_engine::{Caller, Clock, Engine, retention};
+use lapse_store::SqliteStore;
 
 mod common;
 use common::{engine, request};
@@ -55,10 +60,6 @@ async fn history_past_the_retention_period_is_pruned_in_batches() {
     );
 }
 
-/// Requests and their repairs, all due at once, swept three rows a page. A request's end
-/// cancels its repair at once (`parent_ended`); the repair is also due by itself, often in the
-/// next page, which is read while this page commits: it must still change once.
-
 #[tokio::test]
 async fn idempotency_keys_are_pruned_a_day_after_they_were_saved() {
     let engine = engine().await;
@@ -81,4 +82,79 @@ async fn idempotency_keys_are_pruned_a_day_after_they_were_saved() {
         1,
         "pruned a day on, not with the events' 30 days"
     );
+}
+
+/// One run prunes all the history past its period, however much: more than ten pages of
+/// events (ten pages a minute was once all a run took), and past a first page of events that
+/// stay because a webhook delivery still needs them.
+#[tokio::test]
+async fn one_run_prunes_all_history_past_the_period_past_events_still_needed() {
+    let store = Arc::new(SqliteStore::open("sqlite::memory:", None).await.unwrap());
+    lapse_core::Store::migrate(store.as_ref()).await.unwrap();
+    let config = lapse_core::Config::default();
+    // An endpoint for study rooms, never called here: their events' deliveries stay pending.
+    let endpoint = Endpoint {
+        config: lapse_core::config::Webhook {
+            url: "http://127.0.0.1:9/hook".into(),
+            secret_env: None,
+            events: vec!["*".into()],
+            kinds: Some(vec!["study".into()]),
+        },
+        keys: vec![b"secret".to_vec()],
+    };
+    let engine = Engine::with_webhooks(
+        store,
+        Arc::new(config),
+        Clock::manual(common::t0()),
+        vec![endpoint],
+    );
+    let admin = common::admin();
+    let page = retention::PAGE as usize;
+    for i in 0..page {
+        engine
+            .create(&admin, request("study", &format!("held-{i}"), None))
+            .await
+            .unwrap();
+    }
+    for i in 0..5 * page {
+        engine
+            .create(&admin, request("coding", &format!("old-{i}"), None))
+            .await
+            .unwrap();
+    }
+    let count = |kind: &'static str| {
+        let engine = engine.clone();
+        let admin = admin.clone();
+        async move {
+            let mut query = EventQuery {
+                limit: 1000,
+                kind: Some(kind.into()),
+                ..Default::default()
+            };
+            let mut n = 0;
+            loop {
+                let events = engine.events(&admin, &query).await.unwrap();
+                let Some(last) = events.last() else {
+                    return n;
+                };
+                n += events.len();
+                query.after = last.seq;
+            }
+        }
+    };
+    let (held, old) = (count("study").await, count("coding").await);
+    assert!(held >= page, "a first page and more is held: {held}");
+    assert!(
+        old >= 10 * page,
+        "more than ten pages past the period: {old}"
+    );
+
+    engine
+        .clock()
+        .advance(Span::from_secs(31 * 86_400))
+        .unwrap();
+    let pruned = engine.prune_once().await.unwrap() as usize;
+    assert_eq!(pruned, old, "every event no delivery needs, in one run");
+    assert_eq!(count("coding").await, 0);
+    assert_eq!(count("study").await, held, "those a delivery needs stay");
 }

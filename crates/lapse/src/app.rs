@@ -221,6 +221,7 @@ impl App {
             Box::pin(engine.clone().run_event_feed(shutdown.clone())),
         )?;
         let deliveries = tokio::spawn(engine.clone().run_deliveries(shutdown.clone()));
+        let retention = tokio::spawn(engine.clone().run_retention(shutdown.clone()));
         let probe = tokio::spawn(engine.clone().run_outage_probe(shutdown.clone()));
         let hangup = tokio::spawn(reload_on_hangup(
             engine.clone(),
@@ -239,6 +240,7 @@ impl App {
             ("requests", server),
             ("sweep", sweeper),
             ("webhook deliveries", deliveries),
+            ("retention", retention),
             ("heartbeat flusher", flusher),
             ("change watch", watch),
             ("event feed", feed),

@@ -16,7 +16,7 @@ pub use commit::{
     Beat, Commit, EventRecord, HostLimit, Moved, NotificationRecord, Rearm, RearmOnly,
     RulesInForce, SessionWrite,
 };
-pub use outbox::{Attempt, Delivery, DeliveryStatus, DisabledEndpoint};
+pub use outbox::{Attempt, Delivery, DeliveryStatus, DisabledEndpoint, Pruned};
 pub use queries::{DueRow, EventQuery, HealthCounts, SessionQuery, StatusCount, StoredResponse};
 
 use crate::event::{Event, Notification};
@@ -270,18 +270,19 @@ pub trait Store: Send + Sync + 'static {
     /// When the earliest pending delivery is due.
     async fn next_delivery_at(&self) -> Result<Option<Timestamp>, StoreError>;
 
-    /// Deletes up to `limit` events and up to `limit` finished deliveries of each status
-    /// recorded before `before`, and up to `limit` idempotency keys saved before
-    /// `keys_before`; returns how many rows went. Each is found through an index: a call with
-    /// nothing to delete reads at most `limit` events, however long the history. Events are
-    /// taken from the oldest: a pending delivery's event, kept, holds back none after it
-    /// unless `limit` such events lie at the start.
+    /// Deletes up to `limit` finished deliveries of each status recorded before `before`, up
+    /// to `limit` idempotency keys saved before `keys_before`, and of the `limit` events
+    /// numbered after `after` (the oldest first), those applied before `before` that no
+    /// pending delivery still needs. Each is found through an index: a call reads at most
+    /// `limit` events, however long the history. A kept event holds back none after it: the
+    /// next call begins after [`Pruned::events_after`].
     async fn prune(
         &self,
         before: Timestamp,
         keys_before: Timestamp,
+        after: i64,
         limit: u32,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<Pruned, StoreError>;
 
     /// The response first given to `actor`'s request with `key`, if it was given at or after
     /// `since`.

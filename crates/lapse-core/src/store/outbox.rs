@@ -92,3 +92,14 @@ pub struct Attempt {
     /// When to try again (pending only).
     pub next_attempt_at: Option<Timestamp>,
 }
+
+/// What one call of [`crate::store::Store::prune`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Rows deleted: events, finished deliveries and idempotency keys.
+    pub rows: u64,
+    /// Where the next call's events begin (its `after`): the newest event this call looked
+    /// at, when every one it looked at was past the period, so that newer ones may be too.
+    /// `None` once it reached an event inside the period, or the newest event.
+    pub events_after: Option<i64>,
+}

@@ -145,16 +145,6 @@ impl Engine {
                 (true, 0, self.now())
             }
         };
-        // Retention rides along, once a minute of wall time.
-        let wall = chrono::Utc::now().timestamp_millis();
-        if wall - self.last_prune.load(Ordering::Relaxed) >= 60_000 {
-            self.last_prune.store(wall, Ordering::Relaxed);
-            if let Err(e) = self.prune_once().await
-                && !e.is_unavailable()
-            {
-                tracing::warn!(error = %e, "pruning old events failed; will retry");
-            }
-        }
         let now = self.now();
         // Not knowing the next deadline (the database is out of reach) is not knowing there
         // is none: look again in a second.

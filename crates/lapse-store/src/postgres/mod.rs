@@ -30,8 +30,8 @@ use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
     Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DisabledEndpoint, DueRow,
-    EventQuery, EventRecord, HealthCounts, Moved, Rearm, RearmOnly, RulesInForce, SessionQuery,
-    StatusCount, Store, StoredResponse,
+    EventQuery, EventRecord, HealthCounts, Moved, Pruned, Rearm, RearmOnly, RulesInForce,
+    SessionQuery, StatusCount, Store, StoredResponse,
 };
 use lapse_core::{SessionId, StoreError, Timestamp, UserId};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -357,9 +357,10 @@ impl Store for PostgresStore {
         &self,
         before: Timestamp,
         keys_before: Timestamp,
+        after: i64,
         limit: u32,
-    ) -> Result<u64, StoreError> {
-        outbox::prune(&self.pool, before, keys_before, limit).await
+    ) -> Result<Pruned, StoreError> {
+        outbox::prune(&self.pool, before, keys_before, after, limit).await
     }
 
     async fn write_check(&self, at: Timestamp) -> Result<(), StoreError> {

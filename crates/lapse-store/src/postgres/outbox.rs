@@ -3,7 +3,7 @@
 
 use lapse_core::event::Event;
 use lapse_core::store::{
-    Attempt, Delivery, DeliveryStatus, DisabledEndpoint, HealthCounts, StoredResponse,
+    Attempt, Delivery, DeliveryStatus, DisabledEndpoint, HealthCounts, Pruned, StoredResponse,
 };
 use lapse_core::{StoreError, Timestamp};
 use sqlx::postgres::PgPool;
@@ -220,35 +220,62 @@ pub(super) async fn prune(
     pool: &PgPool,
     before: Timestamp,
     keys_before: Timestamp,
+    after: i64,
     limit: u32,
-) -> Result<u64, StoreError> {
-    let mut deleted = 0;
+) -> Result<Pruned, StoreError> {
+    // The last of the events looked at, read before they are deleted.
+    let last: Option<(i64, i64)> = sqlx::query_as(EVENTS_LOOKED_AT)
+        .bind(after)
+        .bind(i64::from(limit.max(1) - 1))
+        .fetch_optional(pool)
+        .await
+        .map_err(backend)?;
+    let mut rows = sqlx::query(PRUNE_EVENTS)
+        .bind(before.millis())
+        .bind(i64::from(limit))
+        .bind(after)
+        .execute(pool)
+        .await
+        .map_err(backend)?
+        .rows_affected();
     for (sql, before, status) in [
-        (PRUNE_EVENTS, before, None),
         (PRUNE_DELIVERIES, before, Some(DeliveryStatus::Delivered)),
         (PRUNE_DELIVERIES, before, Some(DeliveryStatus::Dead)),
         (PRUNE_KEYS, keys_before, None),
     ] {
-        let mut query = sqlx::query(sql).bind(before.millis()).bind(limit as i64);
+        let mut query = sqlx::query(sql)
+            .bind(before.millis())
+            .bind(i64::from(limit));
         if let Some(status) = status {
             query = query.bind(status.as_str());
         }
-        deleted += query.execute(pool).await.map_err(backend)?.rows_affected();
+        rows += query.execute(pool).await.map_err(backend)?.rows_affected();
     }
-    Ok(deleted)
+    Ok(Pruned {
+        rows,
+        events_after: last
+            .filter(|(_, applied_at)| *applied_at < before.millis())
+            .map(|(seq, _)| seq),
+    })
 }
 
-/// Of the `$2` oldest events (events are numbered in the order they were committed), those
-/// applied before `$1` that no pending delivery still needs, found by their keys. It reads
-/// those `$2` rows and no more, also when nothing is old enough; each one old enough is
-/// looked for among the pending deliveries through `webhook_deliveries_pending`, one probe,
-/// however many are waiting. (`offset 0` keeps it a probe per event: the planner would
-/// otherwise make the check a join that hashes every pending delivery, from a scan of the
-/// whole table when most deliveries are pending.)
+/// The `$2 + 1`-th event numbered after `$1`: the last that [`PRUNE_EVENTS`] looks at, with
+/// when it was applied; none when fewer are left.
+pub(super) const EVENTS_LOOKED_AT: &str = "select seq, applied_at from events where seq > $1 \
+             order by seq limit 1 offset $2";
+
+/// Of the `$2` events numbered after `$3` (events are numbered in the order they were
+/// committed), those applied before `$1` that no pending delivery still needs, found by
+/// their keys. It reads those `$2` rows and no more, also when nothing is old enough; each
+/// one old enough is looked for among the pending deliveries through
+/// `webhook_deliveries_pending`, one probe, however many are waiting. (`offset 0` keeps it a
+/// probe per event: the planner would otherwise make the check a join that hashes every
+/// pending delivery, from a scan of the whole table when most deliveries are pending.)
 pub(super) const PRUNE_EVENTS: &str = "delete from events where seq = any(array(select head.seq \
-             from (select seq, applied_at from events order by seq limit $2) as head \
-             where head.applied_at < $1 and not exists (select 1 from webhook_deliveries d \
-             where d.event_seq = head.seq and d.status = 'pending' offset 0)))";
+             from (select seq, applied_at from events where seq > $3 order by seq limit $2) \
+             as head where head.applied_at < $1 and not exists (select 1 \
+             from webhook_deliveries d where d.event_seq = head.seq \
+             and d.status = 'pending' offset 0)))";
 
 /// Finished deliveries of one status (`$3`: `delivered`, then `dead`) recorded before
 /// `$1`, oldest first, through `webhook_deliveries_status`, then each by its key (as an

@@ -68,12 +68,16 @@ impl SqliteStore {
             fixed("next deadline", reads::NEXT_DEADLINE, vec![]),
             fixed("session version", reads::SESSION_VERSION, vec![text("s1")]),
             fixed("was deleted", reads::WAS_DELETED, vec![text("s1")]),
-            // Retention, once a minute. The events statement reads the oldest events in key
-            // order, at most its limit: the plan tests allow it that read of `events`.
+            // Retention: a page of events at a time, in key order from where the last ended.
+            fixed(
+                "retention, events looked at",
+                outbox::EVENTS_LOOKED_AT,
+                vec![Arg::Int(0), Arg::Int(999)],
+            ),
             fixed(
                 "retention, events",
                 outbox::PRUNE_EVENTS,
-                vec![Arg::Int(0), Arg::Int(1000)],
+                vec![Arg::Int(0), Arg::Int(1000), Arg::Int(0)],
             ),
             fixed(
                 "retention, deliveries",

@@ -214,7 +214,7 @@ async fn retention_keeps_the_events_pending_deliveries_still_need() {
             events.into_iter().map(|e| e.id).collect::<Vec<_>>()
         };
         // Events ev-0, ev-1, ev-3 and their finished deliveries.
-        assert_eq!(store.prune(later, t0(), 1000).await.unwrap(), 6);
+        assert_eq!(store.prune(later, t0(), 0, 1000).await.unwrap().rows, 6);
         assert_eq!(
             kept().await,
             ["ev-2", "ev-4"],
@@ -228,12 +228,55 @@ async fn retention_keeps_the_events_pending_deliveries_still_need() {
             .record_attempts(&[(id_of("ev-4"), ended(DeliveryStatus::Dead))])
             .await
             .unwrap();
-        assert_eq!(store.prune(later, t0(), 1000).await.unwrap(), 2);
+        assert_eq!(store.prune(later, t0(), 0, 1000).await.unwrap().rows, 2);
         assert_eq!(
             kept().await,
             ["ev-2"],
             "the one still pending holds back none after it"
         );
+    }
+}
+
+/// Retention goes through the events a page at a time: a page whose events all stay (their
+/// deliveries pending) hands the next call on past it, and the pages stop at the newest
+/// event, or at the first inside the period.
+#[tokio::test]
+async fn retention_goes_on_past_a_page_of_events_that_stay() {
+    use lapse_core::store::DeliveryStatus;
+    for (store, _dir) in stores().await {
+        let store = store.as_ref();
+        let s = session("study", "a", t0());
+        insert(store, &s).await;
+        let id_of = queue_deliveries(store, &s, 5, HOOK).await;
+        store
+            .record_attempts(&[(id_of("ev-4"), ended(DeliveryStatus::Dead, t0()))])
+            .await
+            .unwrap();
+        let seqs: Vec<i64> = store
+            .events(&all_events())
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs.len(), 5);
+        let later = t0() + Span::from_secs(31 * 86_400);
+
+        // Nothing is past the period yet: the first page ends it.
+        let early = store.prune(t0(), t0(), 0, 2).await.unwrap();
+        assert_eq!(early, lapse_core::store::Pruned::default());
+
+        // ev-0 and ev-1 stay, and so do ev-2 and ev-3: each call hands on past its page.
+        // (ev-4's dead delivery goes at once: deliveries are not paged by event.)
+        let first = store.prune(later, t0(), 0, 2).await.unwrap();
+        assert_eq!((first.rows, first.events_after), (1, Some(seqs[1])));
+        let second = store.prune(later, t0(), seqs[1], 2).await.unwrap();
+        assert_eq!((second.rows, second.events_after), (0, Some(seqs[3])));
+        // ev-4, behind them, goes; it was the newest.
+        let last = store.prune(later, t0(), seqs[3], 2).await.unwrap();
+        assert_eq!((last.rows, last.events_after), (1, None));
+        let left = store.events(&all_events()).await.unwrap();
+        assert_eq!(left.iter().map(|e| e.seq).collect::<Vec<_>>(), seqs[..4]);
     }
 }
 
