@@ -7,7 +7,8 @@
 //! cargo bench -p lapse --bench scale -- --smoke                        # seconds; asserts nothing
 //! ```
 //! Options: `--live N` (default 1,000,000), `--small N` (10,000), `--rounds N` (5),
-//! `--skip engine,served,streams,overload,postgres` (or parts of `engine`: `sweeps,flat,rooms,flush`;
+//! `--skip engine,served,streams,overload,postgres` (or parts of `engine`:
+//! `sweeps,flat,rooms,flush,retention`;
 //! of `postgres`: `pgsweeps`, leaving the two instances),
 //! `--out FILE`. PostgreSQL figures run when `LAPSE_TEST_POSTGRES_URL` names a server (as
 //! `scripts/with-postgres` sets it). `LAPSE_BENCH_EXE=path` serves with another build of
@@ -17,7 +18,8 @@
 //!
 //! - `measure`: interleaved pairs, medians, spreads. `report`: the table.
 //! - `world`: a filled database and an engine over it (in-process figures).
-//! - `engine`: operation costs by population, sweeps. `rooms`: by room size, and flushes.
+//! - `engine`: operation costs by population, sweeps, retention. `rooms`: by room size, and
+//!   flushes.
 //! - `server` and `served`: `lapse serve` as a process, loaded over HTTP from another core.
 //! - `streams`: thousands of event streams open on it: delivery, throughput, memory.
 //! - `postgres`: sweeps on PostgreSQL, seed 001's cleanup next to lapse, two instances.
@@ -154,6 +156,9 @@ async fn run(o: &Options, fd_limit: u64) -> Vec<Row> {
         }
         if runs("flush") {
             rows.push(rooms::flush_batching(&small, &sizes).await);
+        }
+        if runs("retention") {
+            rows.push(engine::retention(&small).await);
         }
     }
     if runs("served") {
