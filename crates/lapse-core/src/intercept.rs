@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use crate::event::{Event, Notification};
 use crate::store::{
     Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DisabledEndpoint, DueRow,
-    EventQuery, EventRecord, HealthCounts, Moved, Pruned, Rearm, RearmOnly, RulesInForce,
-    SessionQuery, StatusCount, StoredResponse,
+    EventQuery, EventRecord, HealthCounts, Moved, PruneBefore, Pruned, Rearm, RearmOnly,
+    RulesInForce, SessionQuery, StatusCount, StoredResponse,
 };
 use crate::{Session, SessionId, Store, StoreError, Timestamp, UserId};
 
@@ -284,17 +284,12 @@ impl<H: Hook> Store for Intercepted<H> {
 
     async fn prune(
         &self,
-        before: Timestamp,
-        keys_before: Timestamp,
+        before: &PruneBefore,
         after: i64,
         limit: u32,
     ) -> Result<Pruned, StoreError> {
-        self.run(
-            "prune",
-            WRITE,
-            self.inner.prune(before, keys_before, after, limit),
-        )
-        .await
+        self.run("prune", WRITE, self.inner.prune(before, after, limit))
+            .await
     }
 
     async fn idempotent_response(

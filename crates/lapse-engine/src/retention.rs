@@ -1,5 +1,6 @@
-//! Retention: events and finished webhook deliveries past `[retention] events`, and
-//! idempotency keys past their window, deleted a page at a time by a loop of their own.
+//! Retention: events and finished webhook deliveries past `[retention] events`, users'
+//! notifications past `[retention] notifications`, and idempotency keys past their window,
+//! deleted a page at a time by a loop of their own.
 //!
 //! The loop runs whatever the sweeper's mode, and goes on until nothing past its period is
 //! left, however fast history grows: each page is a few short writes, so sweeps and requests'
@@ -9,6 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lapse_core::store::PruneBefore;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Engine, EngineError};
@@ -32,15 +34,19 @@ impl Engine {
     /// [`Engine::prune_once`], stopping early once `stop` is cancelled.
     async fn prune_until(&self, stop: &CancellationToken) -> Result<u64, EngineError> {
         let now = self.now();
-        let before = now - self.config().retention.events;
-        let keys_before = now - crate::idempotency::WINDOW;
+        let retention = &self.config().retention;
+        let before = PruneBefore {
+            events: now - retention.events,
+            notifications: now - retention.notifications,
+            keys: now - crate::idempotency::WINDOW,
+        };
         let started = Instant::now();
         let mut told = started;
         let mut total = 0;
         // Events are numbered from 1.
         let mut after = 0;
         while !stop.is_cancelled() {
-            let page = self.store.prune(before, keys_before, after, PAGE).await?;
+            let page = self.store.prune(&before, after, PAGE).await?;
             total += page.rows;
             match page.events_after {
                 Some(seq) if seq > after => after = seq,
@@ -54,6 +60,7 @@ impl Engine {
         }
         if total > 0 {
             let ms = started.elapsed().as_millis() as u64;
+            let before = before.events;
             tracing::info!(rows = total, %before, ms, "pruned history past retention");
         }
         Ok(total)

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use lapse_core::Span;
+use lapse_core::lifecycle::Via;
 use lapse_core::store::EventQuery;
+use lapse_core::{SessionId, Span, UserId};
 use lapse_engine::deliveries::Endpoint;
 use lapse_engine::{Caller, Clock, Engine, retention};
 use lapse_store::SqliteStore;
@@ -157,4 +158,45 @@ async fn one_run_prunes_all_history_past_the_period_past_events_still_needed() {
     assert_eq!(pruned, old, "every event no delivery needs, in one run");
     assert_eq!(count("coding").await, 0);
     assert_eq!(count("study").await, held, "those a delivery needs stay");
+}
+
+/// Users' notifications go after their own period (`[retention] notifications`, 90 days),
+/// read or not, and not with the events' 30.
+#[tokio::test]
+async fn notifications_are_pruned_after_their_own_period() {
+    let engine = engine().await;
+    let admin = common::admin();
+    let (room, bob) = (
+        SessionId::parse("evening").unwrap(),
+        UserId::parse("bob").unwrap(),
+    );
+    engine
+        .create(&admin, common::create("study", "evening", "alice"))
+        .await
+        .unwrap();
+    engine
+        .join(&admin, &room, &bob, None, Via::Direct)
+        .await
+        .unwrap();
+    engine.start(&admin, &room).await.unwrap();
+    engine.end(&admin, &room).await.unwrap();
+    let inbox = || async {
+        engine
+            .notifications(&admin, &bob, false, 100)
+            .await
+            .unwrap()
+    };
+    assert_eq!(inbox().await.len(), 1, "the host's end told bob");
+
+    engine
+        .clock()
+        .advance(Span::from_secs(89 * 86_400))
+        .unwrap();
+    assert!(engine.prune_once().await.unwrap() > 0, "the events went");
+    assert_eq!(inbox().await.len(), 1, "kept past the events' period");
+
+    engine.clock().advance(Span::from_secs(2 * 86_400)).unwrap();
+    // The host's and bob's (an operator ended the session, so both were told).
+    assert_eq!(engine.prune_once().await.unwrap(), 2);
+    assert!(inbox().await.is_empty(), "gone after its own");
 }

@@ -65,6 +65,11 @@ pub const SQLITE: &[Script] = &[
         name: "pending deliveries by event",
         sql: include_str!("../migrations/sqlite/0010_pending_deliveries_by_event.sql"),
     },
+    Script {
+        version: 11,
+        name: "notifications by age",
+        sql: include_str!("../migrations/sqlite/0011_notifications_by_age.sql"),
+    },
 ];
 
 /// PostgreSQL's scripts.
@@ -128,5 +133,10 @@ pub const POSTGRES: &[Script] = &[
         version: 12,
         name: "pending deliveries by event",
         sql: include_str!("../migrations/postgres/0012_pending_deliveries_by_event.sql"),
+    },
+    Script {
+        version: 13,
+        name: "notifications by age",
+        sql: include_str!("../migrations/postgres/0013_notifications_by_age.sql"),
     },
 ];

@@ -181,6 +181,7 @@ fn assert_indexed(backend: &str, plans: &[(String, String)]) {
         // Each old event's pending deliveries by its number, not every pending one.
         ("retention, events", "webhook_deliveries_pending"),
         ("retention, deliveries", "webhook_deliveries_status"),
+        ("retention, notifications", "notifications_created"),
         ("retention, idempotency keys", "idempotency_keys_created"),
         ("notifications of a user", "notifications_user"),
         ("unread notifications of a user", "notifications_user"),

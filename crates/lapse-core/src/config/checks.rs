@@ -108,6 +108,12 @@ impl Config {
                 "events must be kept at least an hour".into(),
             ));
         }
+        if self.retention.notifications < Span::from_secs(3600) {
+            return Err(err(
+                "[retention]",
+                "notifications must be kept at least an hour".into(),
+            ));
+        }
         for (i, hook) in self.webhooks.iter().enumerate() {
             let place = format!("[[webhooks]] #{}", i + 1);
             if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {

@@ -290,6 +290,9 @@ events = ["session.*"]
 kinds = ["study"]
 [rollout]
 max_immediate = 100
+[retention]
+events = "30d"
+notifications = "90d"
 [kinds.study]
 presence_timeout = "90s"
 invite_expiry = "1h"
@@ -308,6 +311,24 @@ warn_before = "5m"
         let c = Config::parse(text, "full.toml").unwrap();
         assert_eq!(c.kinds.len(), 1);
         assert_eq!(c.webhooks.len(), 1);
+        assert_eq!(
+            c.retention.notifications,
+            crate::Span::from_secs(90 * 86_400)
+        );
+    }
+
+    #[test]
+    fn history_and_notifications_are_kept_an_hour_at_least() {
+        for (key, what) in [("events", "events"), ("notifications", "notifications")] {
+            let text = format!("[retention]\n{key} = \"59m\"\n");
+            let e = Config::parse(&text, "f").unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("{what} must be kept at least an hour")),
+                "{e}"
+            );
+            let text = format!("[retention]\n{key} = \"1h\"\n");
+            assert!(Config::parse(&text, "f").is_ok());
+        }
     }
 
     #[test]

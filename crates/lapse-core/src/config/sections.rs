@@ -336,12 +336,15 @@ impl Default for Delivery {
 pub struct Retention {
     /// Events and finished webhook deliveries older than this are pruned.
     pub events: Span,
+    /// Users' notifications older than this are pruned, read or not.
+    pub notifications: Span,
 }
 
 impl Default for Retention {
     fn default() -> Self {
         Retention {
             events: Span::from_secs(30 * 86_400),
+            notifications: Span::from_secs(90 * 86_400),
         }
     }
 }

@@ -16,7 +16,7 @@ pub use commit::{
     Beat, Commit, EventRecord, HostLimit, Moved, NotificationRecord, Rearm, RearmOnly,
     RulesInForce, SessionWrite,
 };
-pub use outbox::{Attempt, Delivery, DeliveryStatus, DisabledEndpoint, Pruned};
+pub use outbox::{Attempt, Delivery, DeliveryStatus, DisabledEndpoint, PruneBefore, Pruned};
 pub use queries::{DueRow, EventQuery, HealthCounts, SessionQuery, StatusCount, StoredResponse};
 
 use crate::event::{Event, Notification};
@@ -270,16 +270,15 @@ pub trait Store: Send + Sync + 'static {
     /// When the earliest pending delivery is due.
     async fn next_delivery_at(&self) -> Result<Option<Timestamp>, StoreError>;
 
-    /// Deletes up to `limit` finished deliveries of each status recorded before `before`, up
-    /// to `limit` idempotency keys saved before `keys_before`, and of the `limit` events
-    /// numbered after `after` (the oldest first), those applied before `before` that no
-    /// pending delivery still needs. Each is found through an index: a call reads at most
-    /// `limit` events, however long the history. A kept event holds back none after it: the
-    /// next call begins after [`Pruned::events_after`].
+    /// Deletes, up to `limit` of each, the finished deliveries of each status, the
+    /// notifications and the idempotency keys made before their cut in `before`, and of the
+    /// `limit` events numbered after `after` (the oldest first), those applied before theirs
+    /// that no pending delivery still needs. Each is found through an index: a call reads at
+    /// most `limit` events, however long the history. A kept event holds back none after it:
+    /// the next call begins after [`Pruned::events_after`].
     async fn prune(
         &self,
-        before: Timestamp,
-        keys_before: Timestamp,
+        before: &PruneBefore,
         after: i64,
         limit: u32,
     ) -> Result<Pruned, StoreError>;

@@ -93,10 +93,21 @@ pub struct Attempt {
     pub next_attempt_at: Option<Timestamp>,
 }
 
+/// Where retention cuts: rows made before these instants go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PruneBefore {
+    /// Events (applied), and finished webhook deliveries (recorded).
+    pub events: Timestamp,
+    /// Users' notifications.
+    pub notifications: Timestamp,
+    /// Idempotency keys (saved).
+    pub keys: Timestamp,
+}
+
 /// What one call of [`crate::store::Store::prune`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pruned {
-    /// Rows deleted: events, finished deliveries and idempotency keys.
+    /// Rows deleted: events, finished deliveries, notifications and idempotency keys.
     pub rows: u64,
     /// Where the next call's events begin (its `after`): the newest event this call looked
     /// at, when every one it looked at was past the period, so that newer ones may be too.

@@ -30,8 +30,8 @@ use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
     Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DisabledEndpoint, DueRow,
-    EventQuery, EventRecord, HealthCounts, Moved, Pruned, Rearm, RearmOnly, RulesInForce,
-    SessionQuery, StatusCount, Store, StoredResponse,
+    EventQuery, EventRecord, HealthCounts, Moved, PruneBefore, Pruned, Rearm, RearmOnly,
+    RulesInForce, SessionQuery, StatusCount, Store, StoredResponse,
 };
 use lapse_core::{SessionId, StoreError, Timestamp, UserId};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -355,12 +355,11 @@ impl Store for PostgresStore {
 
     async fn prune(
         &self,
-        before: Timestamp,
-        keys_before: Timestamp,
+        before: &PruneBefore,
         after: i64,
         limit: u32,
     ) -> Result<Pruned, StoreError> {
-        outbox::prune(&self.pool, before, keys_before, after, limit).await
+        outbox::prune(&self.pool, before, after, limit).await
     }
 
     async fn write_check(&self, at: Timestamp) -> Result<(), StoreError> {

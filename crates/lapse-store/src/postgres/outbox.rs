@@ -3,7 +3,8 @@
 
 use lapse_core::event::Event;
 use lapse_core::store::{
-    Attempt, Delivery, DeliveryStatus, DisabledEndpoint, HealthCounts, Pruned, StoredResponse,
+    Attempt, Delivery, DeliveryStatus, DisabledEndpoint, HealthCounts, PruneBefore, Pruned,
+    StoredResponse,
 };
 use lapse_core::{StoreError, Timestamp};
 use sqlx::postgres::PgPool;
@@ -218,8 +219,7 @@ pub(super) async fn next_delivery_at(pool: &PgPool) -> Result<Option<Timestamp>,
 
 pub(super) async fn prune(
     pool: &PgPool,
-    before: Timestamp,
-    keys_before: Timestamp,
+    before: &PruneBefore,
     after: i64,
     limit: u32,
 ) -> Result<Pruned, StoreError> {
@@ -231,7 +231,7 @@ pub(super) async fn prune(
         .await
         .map_err(backend)?;
     let mut rows = sqlx::query(PRUNE_EVENTS)
-        .bind(before.millis())
+        .bind(before.events.millis())
         .bind(i64::from(limit))
         .bind(after)
         .execute(pool)
@@ -239,9 +239,14 @@ pub(super) async fn prune(
         .map_err(backend)?
         .rows_affected();
     for (sql, before, status) in [
-        (PRUNE_DELIVERIES, before, Some(DeliveryStatus::Delivered)),
-        (PRUNE_DELIVERIES, before, Some(DeliveryStatus::Dead)),
-        (PRUNE_KEYS, keys_before, None),
+        (
+            PRUNE_DELIVERIES,
+            before.events,
+            Some(DeliveryStatus::Delivered),
+        ),
+        (PRUNE_DELIVERIES, before.events, Some(DeliveryStatus::Dead)),
+        (PRUNE_NOTIFICATIONS, before.notifications, None),
+        (PRUNE_KEYS, before.keys, None),
     ] {
         let mut query = sqlx::query(sql)
             .bind(before.millis())
@@ -254,7 +259,7 @@ pub(super) async fn prune(
     Ok(Pruned {
         rows,
         events_after: last
-            .filter(|(_, applied_at)| *applied_at < before.millis())
+            .filter(|(_, applied_at)| *applied_at < before.events.millis())
             .map(|(seq, _)| seq),
     })
 }
@@ -283,6 +288,12 @@ pub(super) const PRUNE_EVENTS: &str = "delete from events where seq = any(array(
 pub(super) const PRUNE_DELIVERIES: &str = "delete from webhook_deliveries where id = \
              any(array(select id from webhook_deliveries where status = $3 \
              and created_at < $1 order by created_at limit $2))";
+
+/// Users' notifications made before `$1`, oldest first, through `notifications_created`,
+/// then each where it lies (its `ctid`, as an array, for the reason above).
+pub(super) const PRUNE_NOTIFICATIONS: &str = "delete from notifications where ctid = \
+             any(array(select ctid from notifications where created_at < $1 \
+             order by created_at limit $2))";
 
 /// Idempotency keys saved before `$1`, oldest first, through `idempotency_keys_created`,
 /// then each where it lies (its `ctid`, as an array, for the reason above).

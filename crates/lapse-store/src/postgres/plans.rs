@@ -77,6 +77,11 @@ impl PostgresStore {
                 vec![Arg::Int(0), Arg::Int(1000), text("dead")],
             ),
             fixed(
+                "retention, notifications",
+                outbox::PRUNE_NOTIFICATIONS,
+                vec![Arg::Int(0), Arg::Int(1000)],
+            ),
+            fixed(
                 "retention, idempotency keys",
                 outbox::PRUNE_KEYS,
                 vec![Arg::Int(0), Arg::Int(1000)],

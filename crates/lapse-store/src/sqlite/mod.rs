@@ -21,8 +21,8 @@ use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
     Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DisabledEndpoint, DueRow,
-    EventQuery, EventRecord, HealthCounts, Moved, Pruned, Rearm, RearmOnly, RulesInForce,
-    SessionQuery, StatusCount, Store, StoredResponse,
+    EventQuery, EventRecord, HealthCounts, Moved, PruneBefore, Pruned, Rearm, RearmOnly,
+    RulesInForce, SessionQuery, StatusCount, Store, StoredResponse,
 };
 use lapse_core::{SessionId, StoreError, Timestamp, UserId};
 use sqlx::Connection as _;
@@ -338,12 +338,11 @@ impl Store for SqliteStore {
 
     async fn prune(
         &self,
-        before: Timestamp,
-        keys_before: Timestamp,
+        before: &PruneBefore,
         after: i64,
         limit: u32,
     ) -> Result<Pruned, StoreError> {
-        outbox::prune(&self.writer, before, keys_before, after, limit).await
+        outbox::prune(&self.writer, before, after, limit).await
     }
 
     async fn health_counts(

@@ -2,7 +2,8 @@
 
 use lapse_core::event::Event;
 use lapse_core::store::{
-    Attempt, Delivery, DeliveryStatus, DisabledEndpoint, HealthCounts, Pruned, StoredResponse,
+    Attempt, Delivery, DeliveryStatus, DisabledEndpoint, HealthCounts, PruneBefore, Pruned,
+    StoredResponse,
 };
 use lapse_core::{StoreError, Timestamp};
 use sqlx::{AssertSqlSafe, Connection as _, Row};
@@ -198,8 +199,7 @@ pub(super) async fn next_delivery_at(conns: &Conns) -> Result<Option<Timestamp>,
 
 pub(super) async fn prune(
     conns: &Conns,
-    before: Timestamp,
-    keys_before: Timestamp,
+    before: &PruneBefore,
     after: i64,
     limit: u32,
 ) -> Result<Pruned, StoreError> {
@@ -212,7 +212,7 @@ pub(super) async fn prune(
         .await
         .map_err(backend)?;
     let mut rows = sqlx::query(PRUNE_EVENTS)
-        .bind(before.millis())
+        .bind(before.events.millis())
         .bind(i64::from(limit))
         .bind(after)
         .execute(&mut *conns.get().await?)
@@ -220,9 +220,14 @@ pub(super) async fn prune(
         .map_err(backend)?
         .rows_affected();
     for (sql, before, status) in [
-        (PRUNE_DELIVERIES, before, Some(DeliveryStatus::Delivered)),
-        (PRUNE_DELIVERIES, before, Some(DeliveryStatus::Dead)),
-        (PRUNE_KEYS, keys_before, None),
+        (
+            PRUNE_DELIVERIES,
+            before.events,
+            Some(DeliveryStatus::Delivered),
+        ),
+        (PRUNE_DELIVERIES, before.events, Some(DeliveryStatus::Dead)),
+        (PRUNE_NOTIFICATIONS, before.notifications, None),
+        (PRUNE_KEYS, before.keys, None),
     ] {
         let mut query = sqlx::query(sql)
             .bind(before.millis())
@@ -239,7 +244,7 @@ pub(super) async fn prune(
     Ok(Pruned {
         rows,
         events_after: last
-            .filter(|(_, applied_at)| *applied_at < before.millis())
+            .filter(|(_, applied_at)| *applied_at < before.events.millis())
             .map(|(seq, _)| seq),
     })
 }
@@ -263,6 +268,11 @@ pub(super) const PRUNE_EVENTS: &str = "delete from events where seq in (select h
 /// `?1`, oldest first, through `webhook_deliveries_status`.
 pub(super) const PRUNE_DELIVERIES: &str = "delete from webhook_deliveries where id in \
              (select id from webhook_deliveries where status = ?3 and created_at < ?1 \
+             order by created_at limit ?2)";
+
+/// Users' notifications made before `?1`, oldest first, through `notifications_created`.
+pub(super) const PRUNE_NOTIFICATIONS: &str = "delete from notifications where rowid in \
+             (select rowid from notifications where created_at < ?1 \
              order by created_at limit ?2)";
 
 /// Idempotency keys saved before `?1`, oldest first, through `idempotency_keys_created`.

@@ -189,6 +189,15 @@ async fn the_delivery_log_lists_the_newest_first_of_one_status_or_of_all() {
     }
 }
 
+/// Retention's cut for events and finished deliveries at `at`; nothing else is old enough.
+fn events_before(at: Timestamp) -> lapse_core::store::PruneBefore {
+    lapse_core::store::PruneBefore {
+        events: at,
+        notifications: t0(),
+        keys: t0(),
+    }
+}
+
 /// Retention deletes the events past their period that no pending delivery needs, with the
 /// finished deliveries; an event kept for its delivery holds back none after it.
 #[tokio::test]
@@ -214,7 +223,14 @@ async fn retention_keeps_the_events_pending_deliveries_still_need() {
             events.into_iter().map(|e| e.id).collect::<Vec<_>>()
         };
         // Events ev-0, ev-1, ev-3 and their finished deliveries.
-        assert_eq!(store.prune(later, t0(), 0, 1000).await.unwrap().rows, 6);
+        assert_eq!(
+            store
+                .prune(&events_before(later), 0, 1000)
+                .await
+                .unwrap()
+                .rows,
+            6
+        );
         assert_eq!(
             kept().await,
             ["ev-2", "ev-4"],
@@ -228,7 +244,14 @@ async fn retention_keeps_the_events_pending_deliveries_still_need() {
             .record_attempts(&[(id_of("ev-4"), ended(DeliveryStatus::Dead))])
             .await
             .unwrap();
-        assert_eq!(store.prune(later, t0(), 0, 1000).await.unwrap().rows, 2);
+        assert_eq!(
+            store
+                .prune(&events_before(later), 0, 1000)
+                .await
+                .unwrap()
+                .rows,
+            2
+        );
         assert_eq!(
             kept().await,
             ["ev-2"],
@@ -263,17 +286,23 @@ async fn retention_goes_on_past_a_page_of_events_that_stay() {
         let later = t0() + Span::from_secs(31 * 86_400);
 
         // Nothing is past the period yet: the first page ends it.
-        let early = store.prune(t0(), t0(), 0, 2).await.unwrap();
+        let early = store.prune(&events_before(t0()), 0, 2).await.unwrap();
         assert_eq!(early, lapse_core::store::Pruned::default());
 
         // ev-0 and ev-1 stay, and so do ev-2 and ev-3: each call hands on past its page.
         // (ev-4's dead delivery goes at once: deliveries are not paged by event.)
-        let first = store.prune(later, t0(), 0, 2).await.unwrap();
+        let first = store.prune(&events_before(later), 0, 2).await.unwrap();
         assert_eq!((first.rows, first.events_after), (1, Some(seqs[1])));
-        let second = store.prune(later, t0(), seqs[1], 2).await.unwrap();
+        let second = store
+            .prune(&events_before(later), seqs[1], 2)
+            .await
+            .unwrap();
         assert_eq!((second.rows, second.events_after), (0, Some(seqs[3])));
         // ev-4, behind them, goes; it was the newest.
-        let last = store.prune(later, t0(), seqs[3], 2).await.unwrap();
+        let last = store
+            .prune(&events_before(later), seqs[3], 2)
+            .await
+            .unwrap();
         assert_eq!((last.rows, last.events_after), (1, None));
         let left = store.events(&all_events()).await.unwrap();
         assert_eq!(left.iter().map(|e| e.seq).collect::<Vec<_>>(), seqs[..4]);
