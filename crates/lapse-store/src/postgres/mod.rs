@@ -36,8 +36,8 @@ use lapse_core::store::{
 use lapse_core::{SessionId, StoreError, Timestamp, UserId};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
+use crate::backend;
 use crate::rows;
-use crate::{backend, migrate};
 
 mod bulk;
 mod changes;
@@ -47,10 +47,11 @@ mod outbox;
 mod plans;
 mod reads;
 mod rules;
+mod schema;
 mod writes;
 
+use leases::Holder;
 pub(crate) use leases::LEASE_HOLDERS;
-use leases::{Holder, wall_now};
 
 /// How long opening the store waits for the server's first connection (a call waits
 /// [`crate::ACQUIRE_TIMEOUT`]): a server starting beside lapse, or loaded, may be slow to
@@ -130,41 +131,7 @@ impl PostgresStore {
 #[async_trait]
 impl Store for PostgresStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        // Instances starting together migrate one at a time; the loser finds the work done.
-        lock_until_commit(&mut tx, MIGRATION_LOCK).await?;
-        sqlx::query(
-            "create table if not exists lapse_migrations (version bigint primary key, \
-             name text not null, applied_at bigint not null)",
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        let done: Vec<i64> = sqlx::query_scalar("select version from lapse_migrations")
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend)?;
-        for script in migrate::POSTGRES
-            .iter()
-            .filter(|s| !done.contains(&s.version))
-        {
-            sqlx::raw_sql(script.sql)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| {
-                    StoreError::Backend(format!("migration {} failed: {e}", script.name))
-                })?;
-            sqlx::query(
-                "insert into lapse_migrations (version, name, applied_at) values ($1, $2, $3)",
-            )
-            .bind(script.version)
-            .bind(script.name)
-            .bind(wall_now())
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        }
-        tx.commit().await.map_err(backend)
+        schema::migrate(&self.pool).await
     }
 
     async fn load(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {

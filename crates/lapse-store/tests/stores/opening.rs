@@ -159,3 +159,70 @@ async fn each_sqlite_connection_keeps_a_page_cache_of_its_own() {
         "SQLite was compiled with one page cache for all connections: {options:?}"
     );
 }
+
+/// An index built online (migration 13, users' notifications by age) lets writes to its table
+/// go on while it waits for the transactions before it and builds; begun again after an
+/// interruption, it ends valid and recorded.
+#[tokio::test]
+async fn an_index_built_online_lets_writes_to_its_table_go_on() {
+    let Some((store, raw)) = postgres_and_raw().await else {
+        return;
+    };
+    let notify = |id: &'static str| {
+        sqlx::query(
+            "insert into notifications (id, user_id, type, title, message, session_id, \
+             created_at) values ($1, 'bob', 'session.completed', 't', 'm', 's', 0)",
+        )
+        .bind(id)
+    };
+    // As if a build had been interrupted before it was recorded.
+    sqlx::query("delete from lapse_migrations where version = 13")
+        .execute(&raw)
+        .await
+        .unwrap();
+    // A transaction that wrote to the table, still open: the build waits for it.
+    let mut open = raw.begin().await.unwrap();
+    notify("n1").execute(&mut *open).await.unwrap();
+    let migrating = tokio::spawn(async move { store.migrate().await });
+    let building = "select count(*) from pg_stat_activity \
+                    where query like '%index%notifications_created%' and state = 'active' \
+                    and query not like '%pg_stat_activity%'";
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while sqlx::query_scalar::<_, i64>(building)
+            .fetch_one(&raw)
+            .await
+            .unwrap()
+            == 0
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "the build began, and waits");
+
+    let write = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        notify("n2").execute(&raw),
+    )
+    .await;
+    assert!(
+        matches!(write, Ok(Ok(_))),
+        "a write to the table goes on while the index builds: {write:?}"
+    );
+    open.commit().await.unwrap();
+    migrating.await.unwrap().unwrap();
+    let valid: bool = sqlx::query_scalar(
+        "select i.indisvalid from pg_index i join pg_class c on c.oid = i.indexrelid \
+         where c.relname = 'notifications_created'",
+    )
+    .fetch_one(&raw)
+    .await
+    .unwrap();
+    assert!(valid, "the index is built whole");
+    let recorded: i64 =
+        sqlx::query_scalar("select count(*) from lapse_migrations where version = 13")
+            .fetch_one(&raw)
+            .await
+            .unwrap();
+    assert_eq!(recorded, 1);
+}
