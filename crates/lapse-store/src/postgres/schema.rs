@@ -1,38 +1,57 @@
 //! Bringing a PostgreSQL database's schema up to date, while other instances may be serving
 //! from it (a rolling upgrade).
 //!
-//! The scripts run in one transaction, under an advisory lock, so instances starting together
-//! migrate one at a time and the loser finds the work done. A script marked
-//! [`Script::online`] builds an index on a table that may be large: inside that transaction
-//! the build would hold back every write to the table until it finished, minutes on a big one.
-//! So online scripts run afterwards, outside any transaction, statement by statement (`create
-//! index concurrently`), under a session's advisory lock on a connection of their own, which
-//! closes when they are done. Each begins by dropping what an interrupted build left behind,
-//! and counts as done only once it has finished.
+//! Instances starting together migrate one at a time: each takes an advisory lock first, on a
+//! connection of its own that closes when it is done (which lets the lock go, whatever
+//! happened). The scripts run in one transaction. A script marked [`Script::online`] builds
+//! an index on a table that may be large: inside that transaction the build would hold back
+//! every write to the table until it finished, minutes on a big one. So online scripts run
+//! afterwards, outside any transaction, statement by statement (`create index concurrently`),
+//! without a statement timeout. Each begins by dropping what an interrupted build left
+//! behind, and counts as done only once it has finished.
+//!
+//! The lock is asked for again and again rather than waited for: a concurrent build waits for
+//! every transaction older than it, and a statement waiting for the lock would be one, held
+//! by the very build it waits for.
+
+use std::time::Duration;
 
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnection, PgPool};
 
 use lapse_core::StoreError;
 
+use super::MIGRATION_LOCK;
 use super::leases::wall_now;
-use super::{MIGRATION_LOCK, lock_until_commit};
 use crate::backend;
 use crate::migrate::{self, Script};
 
+/// How often an instance asks again for the lock another instance's migrations hold.
+const LOCK_RETRY: Duration = Duration::from_millis(100);
+
 /// Applies every script `pool`'s database has not had yet.
 pub(super) async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await.map_err(backend)?;
-    lock_until_commit(&mut tx, MIGRATION_LOCK).await?;
+    let mut conn = PgConnection::connect_with(&pool.connect_options())
+        .await
+        .map_err(backend)?;
+    let result = migrate_holding_the_lock(&mut conn).await;
+    let _ = conn.close().await;
+    result
+}
+
+async fn migrate_holding_the_lock(conn: &mut PgConnection) -> Result<(), StoreError> {
+    lock(conn).await?;
     sqlx::query(
         "create table if not exists lapse_migrations (version bigint primary key, \
          name text not null, applied_at bigint not null)",
     )
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await
     .map_err(backend)?;
-    let done = applied(&mut tx).await?;
-    for script in pending(&done).filter(|s| !s.online) {
+    let done = applied(conn).await?;
+    let mut tx = conn.begin().await.map_err(backend)?;
+    let in_transaction: Vec<&Script> = pending(&done).filter(|s| !s.online).collect();
+    for script in in_transaction {
         sqlx::raw_sql(script.sql)
             .execute(&mut *tx)
             .await
@@ -40,49 +59,50 @@ pub(super) async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
         record(&mut tx, script).await?;
     }
     tx.commit().await.map_err(backend)?;
-    if pending(&done).any(|s| s.online) {
-        build_online(pool).await?;
+    let online: Vec<&Script> = pending(&done).filter(|s| s.online).collect();
+    if !online.is_empty() {
+        // A build takes as long as its table needs, whatever `[database] statement_timeout`
+        // says.
+        sqlx::raw_sql("set statement_timeout = 0")
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+    }
+    for script in online {
+        tracing::info!(
+            migration = script.name,
+            "building an index; writes go on meanwhile"
+        );
+        for statement in statements(script.sql) {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| failed(script, e))?;
+        }
+        record(conn, script).await?;
     }
     Ok(())
 }
 
-/// Runs the online scripts not yet applied, under the migration lock held by a connection of
-/// their own (closed at the end, which lets the lock go even if a statement failed).
-async fn build_online(pool: &PgPool) -> Result<(), StoreError> {
-    let mut conn = PgConnection::connect_with(&pool.connect_options())
-        .await
-        .map_err(backend)?;
-    // A build takes as long as its table needs, whatever `[database] statement_timeout` says.
-    sqlx::raw_sql("set statement_timeout = 0")
-        .execute(&mut conn)
-        .await
-        .map_err(backend)?;
-    sqlx::query("select pg_advisory_lock($1)")
-        .bind(MIGRATION_LOCK)
-        .execute(&mut conn)
-        .await
-        .map_err(backend)?;
-    let result = async {
-        // Another instance may have built them while this one waited for the lock.
-        let done = applied(&mut conn).await?;
-        for script in pending(&done).filter(|s| s.online) {
-            tracing::info!(
-                migration = script.name,
-                "building an index; writes go on meanwhile"
-            );
-            for statement in statements(script.sql) {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
-                    .execute(&mut conn)
-                    .await
-                    .map_err(|e| failed(script, e))?;
-            }
-            record(&mut conn, script).await?;
+/// Takes the migration lock for `conn`'s session, asking every [`LOCK_RETRY`] while another
+/// instance holds it.
+async fn lock(conn: &mut PgConnection) -> Result<(), StoreError> {
+    let mut told = false;
+    loop {
+        let taken: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(backend)?;
+        if taken {
+            return Ok(());
         }
-        Ok(())
+        if !told {
+            tracing::info!("another instance is migrating the database; waiting for it");
+            told = true;
+        }
+        tokio::time::sleep(LOCK_RETRY).await;
     }
-    .await;
-    let _ = conn.close().await;
-    result
 }
 
 /// The versions applied so far.
@@ -116,16 +136,20 @@ fn failed(script: &Script, e: sqlx::Error) -> StoreError {
 }
 
 /// An online script's statements, one at a time: PostgreSQL runs several sent together in one
-/// transaction, where `concurrently` is refused. Comment lines are left out.
+/// transaction, where `concurrently` is refused. Comment lines are left out first (they may
+/// hold a `;`).
 fn statements(sql: &'static str) -> impl Iterator<Item = String> {
-    sql.split(';').filter_map(|part| {
-        let text: Vec<&str> = part
-            .lines()
-            .filter(|line| !line.trim_start().starts_with("--"))
-            .collect();
-        let text = text.join("\n").trim().to_string();
-        (!text.is_empty()).then_some(text)
-    })
+    let code: Vec<&str> = sql
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("--"))
+        .collect();
+    code.join("\n")
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect::<Vec<_>>()
+        .into_iter()
 }
 
 #[cfg(test)]
@@ -134,7 +158,7 @@ mod tests {
 
     #[test]
     fn an_online_script_runs_statement_by_statement_without_its_comments() {
-        let sql = "-- why\n-- and how\ndrop index concurrently if exists a;\n\
+        let sql = "-- why; and how\ndrop index concurrently if exists a;\n\
                    create index concurrently a on t (c);\n";
         assert_eq!(
             statements(sql).collect::<Vec<_>>(),
