@@ -13,6 +13,7 @@ use lapse_store::{PostgresStore, SqliteStore};
 mod events;
 mod heartbeats;
 mod opening;
+mod retention;
 mod rules;
 mod sessions;
 mod sweeps;
