@@ -6,9 +6,9 @@
 //! happened). The scripts run in one transaction. A script marked [`Script::online`] builds
 //! an index on a table that may be large: inside that transaction the build would hold back
 //! every write to the table until it finished, minutes on a big one. So online scripts run
-//! afterwards, outside any transaction, statement by statement (`create index concurrently`),
-//! without a statement timeout. Each begins by dropping what an interrupted build left
-//! behind, and counts as done only once it has finished.
+//! afterwards, outside any transaction, statement by statement (`create index concurrently`).
+//! Each begins by dropping what an interrupted build left behind, and counts as done only once
+//! it has finished. No script runs under `[database] statement_timeout`.
 //!
 //! The lock is asked for again and again rather than waited for: a concurrent build waits for
 //! every transaction older than it, and a statement waiting for the lock would be one, held
@@ -40,6 +40,12 @@ pub(super) async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
 }
 
 async fn migrate_holding_the_lock(conn: &mut PgConnection) -> Result<(), StoreError> {
+    // A script takes as long as its tables need (an index built on a big one), whatever
+    // `[database] statement_timeout` says for requests.
+    sqlx::raw_sql("set statement_timeout = 0")
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
     lock(conn).await?;
     sqlx::query(
         "create table if not exists lapse_migrations (version bigint primary key, \
@@ -60,14 +66,6 @@ async fn migrate_holding_the_lock(conn: &mut PgConnection) -> Result<(), StoreEr
     }
     tx.commit().await.map_err(backend)?;
     let online: Vec<&Script> = pending(&done).filter(|s| s.online).collect();
-    if !online.is_empty() {
-        // A build takes as long as its table needs, whatever `[database] statement_timeout`
-        // says.
-        sqlx::raw_sql("set statement_timeout = 0")
-            .execute(&mut *conn)
-            .await
-            .map_err(backend)?;
-    }
     for script in online {
         tracing::info!(
             migration = script.name,

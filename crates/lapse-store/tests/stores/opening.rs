@@ -226,3 +226,20 @@ async fn an_index_built_online_lets_writes_to_its_table_go_on() {
             .unwrap();
     assert_eq!(recorded, 1);
 }
+
+/// `[database] statement_timeout` bounds requests' statements, not the migrations: a fresh
+/// database migrates whole under the shortest timeout there is.
+#[tokio::test]
+async fn migrations_run_whatever_the_statement_timeout() {
+    let Some(url) = lapse_store::testing::fresh_postgres_database().await else {
+        return;
+    };
+    let hurried = Some(std::time::Duration::from_millis(1));
+    let store = PostgresStore::open(&url, None, hurried).await.unwrap();
+    store.migrate().await.unwrap();
+    let versions: i64 = sqlx::query_scalar("select count(*) from lapse_migrations")
+        .fetch_one(&sqlx::PgPool::connect(&url).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(versions, lapse_store::migrate::POSTGRES.len() as i64);
+}
