@@ -43,15 +43,12 @@ async fn retention_keeps_the_events_pending_deliveries_still_need() {
             let events = store.events(&all_events()).await.unwrap();
             events.into_iter().map(|e| e.id).collect::<Vec<_>>()
         };
+        let pruned = || async {
+            let page = store.prune(&events_before(later), 0, 1000).await.unwrap();
+            page.rows
+        };
         // Events ev-0, ev-1, ev-3 and their finished deliveries.
-        assert_eq!(
-            store
-                .prune(&events_before(later), 0, 1000)
-                .await
-                .unwrap()
-                .rows,
-            6
-        );
+        assert_eq!(pruned().await, 6);
         assert_eq!(
             kept().await,
             ["ev-2", "ev-4"],
@@ -65,14 +62,7 @@ async fn retention_keeps_the_events_pending_deliveries_still_need() {
             .record_attempts(&[(id_of("ev-4"), ended(DeliveryStatus::Dead))])
             .await
             .unwrap();
-        assert_eq!(
-            store
-                .prune(&events_before(later), 0, 1000)
-                .await
-                .unwrap()
-                .rows,
-            2
-        );
+        assert_eq!(pruned().await, 2);
         assert_eq!(
             kept().await,
             ["ev-2"],
