@@ -104,6 +104,16 @@ pub struct PruneBefore {
     pub keys: Timestamp,
 }
 
+impl PruneBefore {
+    /// Where the next call's events begin, from `last`, the last event a call looked at (its
+    /// number and when it was applied): past it when it was past the cut, for the newer ones
+    /// may be too; `None` when it was not, or when the call found no full page.
+    pub fn events_after(&self, last: Option<(i64, Timestamp)>) -> Option<i64> {
+        last.filter(|(_, applied_at)| *applied_at < self.events)
+            .map(|(seq, _)| seq)
+    }
+}
+
 /// What one call of [`crate::store::Store::prune`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pruned {

@@ -258,9 +258,7 @@ pub(super) async fn prune(
     }
     Ok(Pruned {
         rows,
-        events_after: last
-            .filter(|(_, applied_at)| *applied_at < before.events.millis())
-            .map(|(seq, _)| seq),
+        events_after: before.events_after(last.map(|(seq, at)| (seq, Timestamp::from_millis(at)))),
     })
 }
 

@@ -136,7 +136,7 @@ fn failed(script: &Script, e: sqlx::Error) -> StoreError {
 /// An online script's statements, one at a time: PostgreSQL runs several sent together in one
 /// transaction, where `concurrently` is refused. Comment lines are left out first (they may
 /// hold a `;`).
-fn statements(sql: &'static str) -> impl Iterator<Item = String> {
+fn statements(sql: &str) -> Vec<String> {
     let code: Vec<&str> = sql
         .lines()
         .filter(|line| !line.trim_start().starts_with("--"))
@@ -146,8 +146,7 @@ fn statements(sql: &'static str) -> impl Iterator<Item = String> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(str::to_string)
-        .collect::<Vec<_>>()
-        .into_iter()
+        .collect()
 }
 
 #[cfg(test)]
@@ -159,7 +158,7 @@ mod tests {
         let sql = "-- why; and how\ndrop index concurrently if exists a;\n\
                    create index concurrently a on t (c);\n";
         assert_eq!(
-            statements(sql).collect::<Vec<_>>(),
+            statements(sql),
             [
                 "drop index concurrently if exists a",
                 "create index concurrently a on t (c)"
