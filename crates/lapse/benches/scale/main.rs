@@ -7,7 +7,7 @@
 //! cargo bench -p lapse --bench scale -- --smoke                        # seconds; asserts nothing
 //! ```
 //! Options: `--live N` (default 1,000,000), `--small N` (10,000), `--rounds N` (5),
-//! `--skip engine,served,streams,overload,postgres` (or parts of `engine`:
+//! `--skip engine,served,streams,overload,crash,postgres` (or parts of `engine`:
 //! `sweeps,flat,rooms,flush,retention`;
 //! of `postgres`: `pgsweeps`, leaving the two instances),
 //! `--out FILE`. PostgreSQL figures run when `LAPSE_TEST_POSTGRES_URL` names a server (as
@@ -22,6 +22,7 @@
 //!   flushes.
 //! - `server` and `served`: `lapse serve` as a process, loaded over HTTP from another core.
 //! - `streams`: thousands of event streams open on it: delivery, throughput, memory.
+//! - `crash`: `kill -9` again and again during a storm of due sessions and heartbeats.
 //! - `postgres`: sweeps on PostgreSQL, seed 001's cleanup next to lapse, two instances.
 
 // The allocator `lapse serve` runs with (src/main.rs), so the in-process figures measure the
@@ -29,6 +30,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod crash;
 mod engine;
 mod measure;
 mod overload;
@@ -195,6 +197,22 @@ async fn run(o: &Options, fd_limit: u64) -> Vec<Row> {
                 .await,
             );
         }
+        let server = if runs("crash") {
+            let storm = crash::Storm {
+                sessions: sizes.burst,
+                window: Duration::from_secs(if o.smoke { 3 } else { 12 }),
+                gaps: if o.smoke {
+                    (Duration::from_millis(300), Duration::from_millis(1_000))
+                } else {
+                    (Duration::from_millis(500), Duration::from_millis(2_500))
+                },
+            };
+            let (row, server) = crash::kill_9(server, &url, &config, &storm, o.live).await;
+            rows.push(row);
+            server
+        } else {
+            server
+        };
         server.stop();
     }
     if runs("postgres") {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use lapse_core::store::EventQuery;
-use lapse_core::{EventType, Store, Timestamp};
+use lapse_core::{Event, EventType, Store, Timestamp};
 use lapse_store::testing::synthetic_sessions;
 
 use crate::measure::{interleave, percentile};
@@ -14,7 +14,7 @@ use crate::report::{self, Row};
 use crate::server::{Request, Requests, Server, paced_until, send_all, throughput};
 
 /// Heartbeats a second while a burst comes due (SPEC §7: 20k heartbeats/s).
-const BEATS_PER_SEC: u64 = 20_000;
+pub const BEATS_PER_SEC: u64 = 20_000;
 
 /// How long each load run lasts, and how many rounds.
 pub struct Load {
@@ -72,7 +72,7 @@ pub async fn fill(url: &str, live: usize) {
 /// them while it measures: the first 10k (one import chunk, neighbours in the tables), or, with
 /// `spread`, every `live / 10k`th, so that at a million each room beaten lies on pages of its
 /// own, as rooms that happen to be busy at once do.
-fn heartbeats(live: usize, spread: bool) -> Requests {
+pub fn heartbeats(live: usize, spread: bool) -> Requests {
     let rooms = live.clamp(1, 10_000);
     let step = if spread { live / rooms } else { 1 };
     let requests: Vec<Request> = (0..rooms)
@@ -245,34 +245,40 @@ pub async fn burst(servers: &[&Server], url: &str, load: &Load, live: usize) -> 
 /// Lags `applied_at - at` of the `session.expired` events of `kind` after `after`, once there
 /// are `count` of them (or a minute has passed).
 pub async fn expiry_lags(store: &dyn Store, kind: &str, after: i64, count: u64) -> Vec<f64> {
-    let mut lags = Vec::new();
+    let mut expired = Vec::new();
     for _ in 0..120 {
-        lags.clear();
-        let mut after = after;
-        loop {
-            let page = store
-                .events(&EventQuery {
-                    after,
-                    limit: 1000,
-                    kind: Some(kind.into()),
-                    types: vec![EventType::SessionExpired],
-                    session: None,
-                })
-                .await
-                .expect("events");
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            lags.extend(
-                page.iter()
-                    .map(|e| e.applied_at.since(e.at).millis() as f64),
-            );
-        }
-        if lags.len() as u64 >= count {
+        expired = expiries(store, kind, after).await;
+        if expired.len() as u64 >= count {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    lags
+    expired
+        .iter()
+        .map(|e| e.applied_at.since(e.at).millis() as f64)
+        .collect()
+}
+
+/// The `session.expired` events of `kind` after `after`, read a page at a time.
+pub async fn expiries(store: &dyn Store, kind: &str, mut after: i64) -> Vec<Event> {
+    let mut all = Vec::new();
+    loop {
+        let page = store
+            .events(&EventQuery {
+                after,
+                limit: 1000,
+                kind: Some(kind.into()),
+                types: vec![EventType::SessionExpired],
+                session: None,
+            })
+            .await
+            .expect("events");
+        let Some(last) = page.last() else {
+            return all;
+        };
+        after = last.seq;
+        all.extend(page);
+    }
 }
 
 /// The row of a burst's lags.

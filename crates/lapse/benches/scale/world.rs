@@ -44,6 +44,22 @@ on = "unused"
 after = "2s"
 do = "expire"
 
+# The kill -9 figure's: sessions that expire a second after they are made unless used, and
+# rooms kept open by heartbeats that expire 5 s after their last.
+[kinds.storm]
+[[kinds.storm.rules]]
+name = "expire-unused"
+on = "unused"
+after = "1s"
+do = "expire"
+
+[kinds.kept]
+[[kinds.kept.rules]]
+name = "expire-idle"
+on = "idle"
+after = "5s"
+do = "expire"
+
 [kinds.repair]
 max_open_per_host = 1
 [[kinds.repair.rules]]
