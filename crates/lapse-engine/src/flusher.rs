@@ -5,8 +5,8 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
-use lapse_core::SessionId;
 use lapse_core::store::Beat;
+use lapse_core::{SessionId, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Engine, EngineError};
@@ -34,7 +34,7 @@ impl Engine {
             let n = chunk.len();
             if let Err(e) = self.write_beats(chunk).await {
                 self.beats.restore(queue.into());
-                return Err(e);
+                return Err(e.into());
             }
             written += n;
         }
@@ -51,7 +51,7 @@ impl Engine {
             let rest = beats.split_off(beats.len().min(self.beats.chunk()));
             if let Err(e) = self.write_beats(beats).await {
                 self.beats.restore(rest);
-                return Err(e);
+                return Err(e.into());
             }
             beats = rest;
         }
@@ -59,7 +59,7 @@ impl Engine {
     }
 
     /// Writes `beats` in one transaction; on failure they are kept for the next flush.
-    async fn write_beats(&self, beats: Vec<Beat>) -> Result<(), EngineError> {
+    async fn write_beats(&self, beats: Vec<Beat>) -> Result<(), StoreError> {
         let since = tokio::time::Instant::now();
         match self.store.flush_heartbeats(&beats).await {
             Ok(moved) => {
@@ -69,9 +69,33 @@ impl Engine {
             }
             Err(e) => {
                 self.beats.restore(beats);
-                Err(e.into())
+                Err(e)
             }
         }
+    }
+
+    /// Writes `beats` before they are answered (beats the stored activity of their rooms does
+    /// not cover: [`crate::heartbeats::covered`]). Beats that come while such a write runs gather
+    /// and go together in the next transaction, so a flood of them is written in batches, as
+    /// the flusher writes the rest. On failure the beat is kept for the next flush, as any
+    /// pending beat, and the store's error is returned.
+    pub(crate) async fn write_through(&self, beats: Vec<Beat>) -> Result<(), StoreError> {
+        let outcome = self.beats.queue_through(beats);
+        let turn = self.beats.through_turn.lock().await;
+        if outcome.get().is_none() {
+            // Not written while this one waited its turn, so its beats are those gathering:
+            // a batch is taken only by the holder of the turn, who sets its outcome.
+            let (beats, batch) = self.beats.take_through();
+            let written = self.write_beats(beats).await;
+            let _ = batch.set(written);
+        }
+        drop(turn);
+        outcome.get().cloned().unwrap_or_else(|| {
+            // Set above before the turn was let go, by this call or the one before it.
+            Err(StoreError::Unavailable(
+                "heartbeat write did not finish".into(),
+            ))
+        })
     }
 
     /// Flushes heartbeats every `every` until `shutdown`, each flush starting `every` after

@@ -1,18 +1,20 @@
 //! Heartbeats are the hottest path, so they are not written one by one: each is folded into
 //! an in-memory map (the latest moment per participant) and the map is flushed in one batch.
+//! Only a beat that a crash could lose without harm waits in memory ([`covered`]); the others
+//! are written before they are answered, gathered into one transaction at a time.
 //!
 //! Nothing is decided on a stale row: every single-session operation overlays the pending
 //! beats of its session before applying rules, and a sweep writes the pending beats of the
 //! sessions it is about to decide before it reads them.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use std::time::Duration;
 
 use lapse_core::store::Beat;
-use lapse_core::{Session, SessionId, Span, Timestamp, UserId};
+use lapse_core::{Session, SessionId, Span, StoreError, Timestamp, UserId};
 
 /// How often pending heartbeats are written.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -39,8 +41,18 @@ pub const MAX_PENDING: usize = 100_000;
 /// just before the deadline has then been flushed (and committed) before anyone decides
 /// without it, whether another instance holds it or this one was killed before writing it
 /// (its last acknowledged second of beats is lost, and the rule still fires no earlier than
-/// the idle time after the last of them).
+/// the idle time after the last of them, since only beats within this grace of the room's
+/// stored activity wait in memory: [`covered`]).
 pub const IDLE_GRACE: Span = Span::from_millis(2 * FLUSH_INTERVAL.as_millis() as i64);
+
+/// Whether a beat taken at `at` may wait in memory for the next flush, its room's activity as
+/// stored being `stored`: if this instance dies before writing it, the idle grace still keeps
+/// the room's idle rule from firing before the idle time after the beat. A beat further from
+/// the stored activity (the first after a silence longer than the grace, or one that comes
+/// while this instance has not written its room lately) is written before it is answered.
+pub fn covered(stored: Timestamp, at: Timestamp) -> bool {
+    at <= stored + IDLE_GRACE
+}
 
 /// How many beats the next flush transaction takes, from the last one: `beats` written in
 /// `took`. As many as fit in [`FLUSH_HOLD`] at that pace, between [`FLUSH_CHUNK_MIN`] and
@@ -60,7 +72,21 @@ pub struct Heartbeats {
     chunk: AtomicUsize,
     /// How long the flusher's last flush took, in ms; `u64::MAX` before the first.
     last_flush_ms: AtomicU64,
+    /// Beats to be written before they are answered, gathering while such a write runs.
+    through: Mutex<Through>,
+    /// Held while beats gathered in `through` are written: one transaction at a time.
+    pub(crate) through_turn: tokio::sync::Mutex<()>,
 }
+
+/// Beats gathered for one write-through transaction, and its outcome once written (or not).
+#[derive(Default)]
+struct Through {
+    beats: Vec<Beat>,
+    outcome: Arc<OnceLock<Result<(), StoreError>>>,
+}
+
+/// Where the outcome of a beat's write-through transaction is set.
+pub(crate) type Outcome = Arc<OnceLock<Result<(), StoreError>>>;
 
 #[derive(Default)]
 struct Pending {
@@ -97,6 +123,8 @@ impl Default for Heartbeats {
             pending: Mutex::default(),
             chunk: AtomicUsize::new(0),
             last_flush_ms: AtomicU64::new(u64::MAX),
+            through: Mutex::default(),
+            through_turn: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -265,6 +293,21 @@ impl Heartbeats {
             u64::MAX => None,
             ms => Some(Duration::from_millis(ms)),
         }
+    }
+
+    /// Adds `beats` to the next write-through transaction; where its outcome will be set.
+    pub(crate) fn queue_through(&self, beats: Vec<Beat>) -> Outcome {
+        // Plain values; a panic elsewhere cannot leave them half-updated.
+        let mut through = self.through.lock().unwrap_or_else(|p| p.into_inner());
+        through.beats.extend(beats);
+        through.outcome.clone()
+    }
+
+    /// Takes the beats gathered for write-through, and where their outcome goes.
+    pub(crate) fn take_through(&self) -> (Vec<Beat>, Outcome) {
+        let mut through = self.through.lock().unwrap_or_else(|p| p.into_inner());
+        let taken = std::mem::take(&mut *through);
+        (taken.beats, taken.outcome)
     }
 
     /// How many participants have a pending beat.

@@ -24,20 +24,25 @@ async fn a_sweep_writes_the_beats_of_the_sessions_it_decides_and_leaves_the_rest
         .create(&admin, request("study", "early", None))
         .await
         .unwrap();
-    engine.clock().advance(Span::from_secs(50)).unwrap();
+    // The first beat after a silence is written before it is answered; the next, a second
+    // later, waits in memory.
+    engine.clock().advance(Span::from_secs(79)).unwrap();
+    engine.heartbeat(&admin, &id("early"), &host).await.unwrap();
+    assert_eq!(engine.pending_heartbeats(), 0, "written at once");
+    engine.clock().advance(Span::from_millis(500)).unwrap();
     engine
         .create(&admin, request("study", "later", None))
         .await
         .unwrap();
-    engine.clock().advance(Span::from_secs(30)).unwrap();
+    engine.clock().advance(Span::from_millis(500)).unwrap();
     for room in ["early", "later"] {
         engine.heartbeat(&admin, &id(room), &host).await.unwrap();
     }
     assert_eq!(engine.pending_heartbeats(), 2);
 
-    // The host of `early` would lapse at +90 s without the beat of +80 s; `later`'s host at
-    // +140 s.
-    engine.clock().advance(Span::from_secs(15)).unwrap();
+    // The host of `early` would lapse at +169 s without the beat of +80 s; `later`'s host at
+    // +169.5 s.
+    engine.clock().advance(Span::from_millis(89_200)).unwrap();
     let report = engine
         .sweep_once(&lapse_engine::SweepOptions::default())
         .await
@@ -65,7 +70,7 @@ async fn a_sweep_writes_the_beats_of_the_sessions_it_decides_and_leaves_the_rest
         1,
         "the sweep did not wait to write beats of sessions it does not decide"
     );
-    assert_eq!(stored("later").await, t0() + Span::from_secs(50));
+    assert_eq!(stored("later").await, t0() + Span::from_millis(79_500));
 
     assert_eq!(engine.flush_heartbeats().await.unwrap(), 1);
     assert_eq!(stored("later").await, t0() + Span::from_secs(80));
@@ -86,7 +91,8 @@ async fn a_flush_of_more_beats_than_one_transaction_takes_writes_every_one() {
             .await
             .unwrap();
     }
-    engine.clock().advance(Span::from_secs(20)).unwrap();
+    // Within the idle grace of their joins: each beat waits in memory.
+    engine.clock().advance(Span::from_secs(1)).unwrap();
     for u in &users {
         engine.heartbeat(&admin, &hall, u).await.unwrap();
     }
@@ -100,7 +106,7 @@ async fn a_flush_of_more_beats_than_one_transaction_takes_writes_every_one() {
     let beaten = stored
         .participants
         .iter()
-        .filter(|p| p.last_seen_at == t0() + Span::from_secs(20))
+        .filter(|p| p.last_seen_at == t0() + Span::from_secs(1))
         .count();
     assert_eq!(beaten, many, "every beat written, in every transaction");
 }
@@ -188,9 +194,21 @@ async fn a_running_flush_takes_the_beats_of_rooms_about_to_be_looked_at() {
     let engine = engine_over(Arc::new(Intercepted::new(store.clone(), hold)));
     let (admin, host) = (admin(), UserId::parse("host").unwrap());
     // The host's presence in `near` is looked at 90 s after it opened; `far` and `later`
-    // opened 89 s after it, so theirs is 90 s away.
+    // opened 89 s after it, so theirs is 90 s away. A guest joined `near` a second before,
+    // so its stored activity covers a beat in memory.
     let near = open_study(&engine, "near").await;
-    engine.clock().advance(Span::from_secs(89)).unwrap();
+    engine.clock().advance(Span::from_secs(88)).unwrap();
+    engine
+        .join(
+            &admin,
+            &near,
+            &UserId::parse("guest").unwrap(),
+            None,
+            lapse_core::lifecycle::Via::Direct,
+        )
+        .await
+        .unwrap();
+    engine.clock().advance(Span::from_secs(1)).unwrap();
     let far = open_study(&engine, "far").await;
     let later = open_study(&engine, "later").await;
     engine.heartbeat(&admin, &far, &host).await.unwrap();

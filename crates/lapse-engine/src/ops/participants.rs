@@ -1,7 +1,10 @@
 //! Joining, leaving, heartbeats and activity.
 
 use lapse_core::lifecycle::{self, OpError, Via};
+use lapse_core::store::Beat;
 use lapse_core::{Participant, Role, SessionId, UserId};
+
+use crate::heartbeats::{MAX_PENDING, covered};
 
 use super::{RejectedBeat, error_code, not_found, validation};
 use crate::{Caller, Engine, EngineError};
@@ -59,15 +62,78 @@ impl Engine {
     }
 
     /// `POST /v1/sessions/{id}/heartbeat`: checked against the settled session, then folded
-    /// into memory; written with the next batch.
+    /// into memory and written with the next batch; or, where the room's stored activity
+    /// does not cover it, written before it is answered (see [`Engine::take_beat`]).
     pub async fn heartbeat(
         &self,
         caller: &Caller,
         id: &SessionId,
         user: &UserId,
     ) -> Result<(), EngineError> {
+        match self.take_beat(caller, id, user).await? {
+            None => Ok(()),
+            Some(beat) => self.beats_through(vec![beat]).await,
+        }
+    }
+
+    /// `POST /v1/heartbeats`: each beat on its own; refusals are reported, not fatal. The
+    /// beats to be written before the answer go in one transaction.
+    pub async fn heartbeats(
+        &self,
+        caller: &Caller,
+        beats: &[(String, String)],
+    ) -> Result<(usize, Vec<RejectedBeat>), EngineError> {
+        caller.require_sessions()?;
+        let mut accepted = 0;
+        let mut rejected = Vec::new();
+        let mut through = Vec::new();
+        for (index, (session, user)) in beats.iter().enumerate() {
+            let outcome = match (SessionId::parse(session), UserId::parse(user)) {
+                (Ok(sid), Ok(uid)) => self.take_beat(caller, &sid, &uid).await,
+                (Err(e), _) | (_, Err(e)) => Err(validation("beats", e.to_string())),
+            };
+            match outcome {
+                Ok(beat) => {
+                    accepted += 1;
+                    through.extend(beat);
+                }
+                Err(EngineError::Store(e)) => return Err(EngineError::Store(e)),
+                Err(e) => rejected.push(RejectedBeat {
+                    index,
+                    session: session.clone(),
+                    user: user.clone(),
+                    code: error_code(&e),
+                    detail: e.to_string(),
+                }),
+            }
+        }
+        if !through.is_empty() {
+            self.beats_through(through).await?;
+        }
+        Ok((accepted, rejected))
+    }
+
+    /// Takes a heartbeat of `user` in `id`: checked against the settled session, then folded
+    /// into memory, or handed back to be written before it is answered.
+    ///
+    /// A beat waits in memory for the next flush only where the room's activity as stored is
+    /// recent enough that losing the beat in a crash cannot bring an idle rule early
+    /// ([`crate::heartbeats::covered`]): the idle grace covers a flush interval of beats lost,
+    /// not a beat after a long silence, nor beats taken by instances that died one after
+    /// another before any of them wrote the room.
+    async fn take_beat(
+        &self,
+        caller: &Caller,
+        id: &SessionId,
+        user: &UserId,
+    ) -> Result<Option<Beat>, EngineError> {
         caller.require_self(user)?;
         let now = self.now();
+        let beat = |at| Beat {
+            session: id.clone(),
+            user: user.clone(),
+            at,
+        };
         // The common case from memory: open, joined, nothing due (see `cache`). The stored
         // wake-up may have passed only because heartbeats moved the truth (lazy re-arm); the
         // rules themselves, on the copy with this instance's beats, tell.
@@ -90,8 +156,11 @@ impl Engine {
             && h.current
             && takes_beat(h)
         {
+            if !covered(h.session.last_activity_at, now) {
+                return Ok(Some(beat(now)));
+            }
             self.beats.record(id, user, now, h.session.wake_at);
-            return Ok(());
+            return Ok(None);
         }
         let s = match self.settle(id).await {
             Ok(s) => s.ok_or_else(|| not_found(id))?,
@@ -101,47 +170,34 @@ impl Engine {
             Err(e) if e.is_unavailable() => {
                 if let Some(h) = &held
                     && takes_beat(h)
-                    && self.beats.len() < crate::heartbeats::MAX_PENDING
+                    && self.beats.len() < MAX_PENDING
                 {
                     self.beats.record(id, user, now, h.session.wake_at);
-                    return Ok(());
+                    return Ok(None);
                 }
                 return Err(e);
             }
             Err(e) => return Err(e),
         };
         lifecycle::check_heartbeat(&s, user)?;
-        self.beats.record(id, user, self.now(), s.wake_at);
-        Ok(())
+        let now = self.now();
+        // The settled copy carries this instance's pending beats; the held one is as stored.
+        let stored = self.sessions.get(id).map(|h| h.session.last_activity_at);
+        if !stored.is_some_and(|at| covered(at, now)) {
+            return Ok(Some(beat(now)));
+        }
+        self.beats.record(id, user, now, s.wake_at);
+        Ok(None)
     }
 
-    /// `POST /v1/heartbeats`: each beat on its own; refusals are reported, not fatal.
-    pub async fn heartbeats(
-        &self,
-        caller: &Caller,
-        beats: &[(String, String)],
-    ) -> Result<(usize, Vec<RejectedBeat>), EngineError> {
-        caller.require_sessions()?;
-        let mut accepted = 0;
-        let mut rejected = Vec::new();
-        for (index, (session, user)) in beats.iter().enumerate() {
-            let outcome = match (SessionId::parse(session), UserId::parse(user)) {
-                (Ok(sid), Ok(uid)) => self.heartbeat(caller, &sid, &uid).await,
-                (Err(e), _) | (_, Err(e)) => Err(validation("beats", e.to_string())),
-            };
-            match outcome {
-                Ok(()) => accepted += 1,
-                Err(EngineError::Store(e)) => return Err(EngineError::Store(e)),
-                Err(e) => rejected.push(RejectedBeat {
-                    index,
-                    session: session.clone(),
-                    user: user.clone(),
-                    code: error_code(&e),
-                    detail: e.to_string(),
-                }),
-            }
+    /// Writes beats before they are answered ([`Engine::write_through`]). If the database is
+    /// out of reach they wait in memory for it, as any beat then does, up to the bound.
+    async fn beats_through(&self, beats: Vec<Beat>) -> Result<(), EngineError> {
+        match self.write_through(beats).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_unavailable() && self.beats.len() <= MAX_PENDING => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        Ok((accepted, rejected))
     }
 
     /// `POST /v1/sessions/{id}/activity`
