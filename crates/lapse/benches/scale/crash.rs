@@ -17,6 +17,11 @@ use crate::report::{Row, Verdict};
 use crate::served::{BEATS_PER_SEC, expiries, heartbeats};
 use crate::server::{Conn, Request, Requests, Server, paced_until};
 
+// When to kill, and when an instance was up: the crash suite's own.
+#[path = "../../tests/process/kills.rs"]
+mod kills;
+use kills::{Dice, Uptime};
+
 /// SPEC §7: every transition applied this long after an instance could sweep it, at most.
 const BOUND_MS: i64 = 2_000;
 /// Rooms kept open by heartbeats through the storm (kind `kept`: idle 5 s): the first half
@@ -42,39 +47,6 @@ pub struct Storm {
 
 fn wall_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-/// A small deterministic generator: a run's kill times follow from its seed (printed).
-struct Dice(u64);
-
-impl Dice {
-    fn between(&mut self, low: Duration, high: Duration) -> Duration {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        let span = (high - low).as_millis().max(1) as u64;
-        low + Duration::from_millis(self.0 % span)
-    }
-}
-
-/// When an instance was up (from its first answer to its kill), to tell how late a
-/// transition was applied once one could apply it.
-#[derive(Default)]
-struct Uptime(Vec<(i64, i64)>);
-
-impl Uptime {
-    /// The first moment at or after `at` when the instance was up.
-    fn available(&self, at: i64) -> i64 {
-        if self.0.iter().any(|&(from, to)| from <= at && at <= to) {
-            return at;
-        }
-        self.0
-            .iter()
-            .map(|&(from, _)| from)
-            .filter(|&from| from > at)
-            .min()
-            .unwrap_or(at)
-    }
 }
 
 /// Stops `server`, adds the storm and the kept rooms to its database, then serves it through
@@ -119,7 +91,11 @@ pub async fn kill_9(
 
     // Kill at random moments, start again at once, until the last deadline has passed.
     loop {
-        tokio::time::sleep(dice.between(storm.gaps.0, storm.gaps.1)).await;
+        let gap = dice.between(
+            storm.gaps.0.as_millis() as u64,
+            storm.gaps.1.as_millis() as u64,
+        );
+        tokio::time::sleep(Duration::from_millis(gap)).await;
         up.kill_and_restart().await;
         if wall_ms() >= begin + window {
             break;
@@ -131,7 +107,7 @@ pub async fn kill_9(
     let beats_sent = load.await.expect("the heartbeats ran");
     let beat_rate = beats_sent as f64 / started.elapsed().as_secs_f64();
     let (last_beat, acked) = kept.await.expect("the kept rooms' beats ran");
-    tokio::time::sleep(dice.between(Duration::ZERO, Duration::from_millis(900))).await;
+    tokio::time::sleep(Duration::from_millis(dice.between(0, 900))).await;
     up.kill_and_restart().await;
     let Up {
         server,

@@ -21,6 +21,7 @@ use lapse_core::{Config, Span, Timestamp};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::kills::{Dice, Uptime};
 use crate::ledger::{Expiry, Ledger, by_session, fresh_database, import, kinds};
 use crate::running::{Lapse, wall_ms};
 
@@ -61,37 +62,6 @@ async fn kill_9_during_storms_heartbeats_and_webhooks_on_sqlite() {
 #[ignore = "the crash suite: a minute of kill -9; .ci/run runs it with --ignored"]
 async fn kill_9_during_storms_heartbeats_and_webhooks_on_postgres_with_two_instances() {
     crash_storm(true, 2).await;
-}
-
-/// A small deterministic generator: the kill times of a run follow from its seed.
-struct Dice(u64);
-
-impl Dice {
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        low + self.0 % (high - low)
-    }
-}
-
-/// When instances could sweep: each one's spans from answering to being killed.
-#[derive(Default)]
-struct Uptime(Vec<(i64, i64)>);
-
-impl Uptime {
-    /// The first moment at or after `at` when some instance was up.
-    fn available(&self, at: i64) -> i64 {
-        if self.0.iter().any(|&(from, to)| from <= at && at <= to) {
-            return at;
-        }
-        self.0
-            .iter()
-            .map(|&(from, _)| from)
-            .filter(|&from| from > at)
-            .min()
-            .unwrap_or(at)
-    }
 }
 
 /// The suite's webhook endpoint: counts what it receives by `webhook-id`.

@@ -4,6 +4,7 @@
 
 mod cli;
 mod crash;
+mod kills;
 mod ledger;
 mod logs;
 mod outage;
