@@ -77,7 +77,7 @@ impl Engine {
     /// Writes `beats` before they are answered (beats the stored activity of their rooms does
     /// not cover: [`crate::heartbeats::covered`]). Beats that come while such a write runs gather
     /// and go together in the next transaction, so a flood of them is written in batches, as
-    /// the flusher writes the rest. On failure the beat is kept for the next flush, as any
+    /// the flusher writes the rest. On failure the beats are kept for the next flush, as any
     /// pending beat, and the store's error is returned.
     pub(crate) async fn write_through(&self, beats: Vec<Beat>) -> Result<(), StoreError> {
         let outcome = self.beats.queue_through(beats);

@@ -78,15 +78,15 @@ pub struct Heartbeats {
     pub(crate) through_turn: tokio::sync::Mutex<()>,
 }
 
+/// Where the outcome of a beat's write-through transaction is set.
+pub(crate) type Outcome = Arc<OnceLock<Result<(), StoreError>>>;
+
 /// Beats gathered for one write-through transaction, and its outcome once written (or not).
 #[derive(Default)]
 struct Through {
     beats: Vec<Beat>,
-    outcome: Arc<OnceLock<Result<(), StoreError>>>,
+    outcome: Outcome,
 }
-
-/// Where the outcome of a beat's write-through transaction is set.
-pub(crate) type Outcome = Arc<OnceLock<Result<(), StoreError>>>;
 
 #[derive(Default)]
 struct Pending {
