@@ -93,9 +93,12 @@ pub fn heartbeats(live: usize, spread: bool) -> Requests {
 /// than the idle grace, so each beat reads its room and is written before it is answered.
 fn seldom_heartbeats(live: usize) -> Requests {
     let live = live.max(1);
-    Arc::new(move |n| {
+    // Counted across runs, so no round beats a room an earlier round held in memory.
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    Arc::new(move |_| {
+        let n = sent.fetch_add(1, Ordering::Relaxed);
         // 7,919 is prime and divides no population the bench fills: every room once.
-        let n = (n as usize).wrapping_mul(7_919) % live;
+        let n = n.wrapping_mul(7_919) % live;
         Request::post(
             &format!("/v1/sessions/live{}-{}/heartbeat", n / 10_000, n % 10_000),
             &format!(r#"{{"user":"h{}"}}"#, n % 10_000),
