@@ -341,7 +341,8 @@ impl Engine {
             .collect())
     }
 
-    /// `POST /v1/webhooks/deliveries/{id}/retry`: due again now.
+    /// `POST /v1/webhooks/deliveries/{id}/retry`: due again now, unless its endpoint answered
+    /// 410 Gone: nothing is sent to it any more, and the retry is refused with the reason.
     pub async fn retry_delivery(&self, caller: &Caller, id: &str) -> Result<Delivery, EngineError> {
         caller.require_backend()?;
         let d = self
@@ -349,6 +350,19 @@ impl Engine {
             .retry_delivery(id, self.now())
             .await?
             .ok_or_else(|| EngineError::NotFound(format!("delivery `{id}` not found")))?;
+        if d.status != DeliveryStatus::Pending {
+            // The store leaves as it is only a delivery to a disabled endpoint.
+            let disabled = self.store.disabled_endpoints().await?;
+            let since = disabled
+                .iter()
+                .find(|e| e.url == d.endpoint)
+                .map_or(String::new(), |e| format!(" since {}", e.at));
+            return Err(EngineError::Conflict(format!(
+                "delivery `{id}` goes to {}, which answered 410 Gone and is disabled{since}: \
+                 nothing is sent to it any more",
+                d.endpoint
+            )));
+        }
         self.events_appended(); // wakes the delivery loop
         Ok(d)
     }

@@ -260,7 +260,8 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Delivery>, StoreError>;
 
-    /// Makes a delivery due again at `now`; `None` if there is no such delivery.
+    /// Makes a delivery due again at `now`, unless its endpoint is disabled (it is then left
+    /// as it is); `None` if there is no such delivery.
     async fn retry_delivery(
         &self,
         id: &str,

@@ -186,7 +186,8 @@ pub(super) async fn retry_delivery(
 ) -> Result<Option<Delivery>, StoreError> {
     sqlx::query(
         "update webhook_deliveries set status = 'pending', next_attempt_at = $2, \
-         claimed_until = null where id = $1",
+         claimed_until = null where id = $1 and not exists \
+         (select 1 from webhook_endpoints_disabled w where w.url = webhook_deliveries.endpoint)",
     )
     .bind(id)
     .bind(now.millis())

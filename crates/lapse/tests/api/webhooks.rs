@@ -227,6 +227,23 @@ async fn an_endpoint_that_answers_gone_is_disabled(backend: Backend) {
         gone["disabled_at"].is_string() && gone["reason"].is_string(),
         "{gone}"
     );
+
+    // An operator's retry is refused with the reason; the delivery stays dead.
+    let id = list[0]["id"].as_str().unwrap();
+    let refused = app
+        .post_empty(As::Admin, &format!("/v1/webhooks/deliveries/{id}/retry"))
+        .await
+        .problem(409, "conflict");
+    assert!(
+        refused["detail"].as_str().unwrap().contains("410 Gone"),
+        "{refused}"
+    );
+    let dead = app
+        .get(As::Admin, "/v1/webhooks/deliveries?status=dead")
+        .await
+        .expect(200);
+    assert_eq!(dead["deliveries"][0]["id"], id);
+    assert_eq!(script.lock().unwrap().received.len(), 1);
 }
 
 async fn a_delivery_queued_before_a_restart_is_still_delivered(backend: Backend) {
