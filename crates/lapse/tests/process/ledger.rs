@@ -143,6 +143,17 @@ impl Ledger {
         rows.into_iter().collect()
     }
 
+    /// How many events each session has.
+    pub async fn events_by_session(&self) -> HashMap<String, i64> {
+        const SQL: &str = "select session_id, count(*) from events group by session_id";
+        let rows: Vec<(String, i64)> = match self {
+            Ledger::Sqlite(p) => sqlx::query_as(SQL).fetch_all(p).await,
+            Ledger::Postgres(p) => sqlx::query_as(SQL).fetch_all(p).await,
+        }
+        .expect("events read");
+        rows.into_iter().collect()
+    }
+
     /// Webhook deliveries by status.
     pub async fn deliveries(&self) -> HashMap<String, i64> {
         const SQL: &str = "select status, count(*) from webhook_deliveries group by status";

@@ -9,5 +9,6 @@ mod ledger;
 mod logs;
 mod outage;
 mod reload;
+mod retention;
 mod running;
 mod shutdown;
