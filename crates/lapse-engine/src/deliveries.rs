@@ -353,13 +353,12 @@ impl Engine {
         if d.status != DeliveryStatus::Pending {
             // The store leaves as it is only a delivery to a disabled endpoint.
             let disabled = self.store.disabled_endpoints().await?;
-            let since = disabled
+            let why = disabled
                 .iter()
                 .find(|e| e.url == d.endpoint)
-                .map_or(String::new(), |e| format!(" since {}", e.at));
+                .map_or(String::new(), |e| format!(" since {} ({})", e.at, e.reason));
             return Err(EngineError::Conflict(format!(
-                "delivery `{id}` goes to {}, which answered 410 Gone and is disabled{since}: \
-                 nothing is sent to it any more",
+                "delivery `{id}` goes to {}, disabled{why}: nothing is sent to it any more",
                 d.endpoint
             )));
         }
