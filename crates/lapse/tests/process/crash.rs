@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::http::HeaderMap;
 use axum::routing::post;
-use lapse_core::{Config, Span, Timestamp};
+use lapse_core::{Span, Timestamp};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::kills::{Dice, Uptime};
-use crate::ledger::{Expiry, Ledger, by_session, fresh_database, import, kinds};
+use crate::ledger::{Expiry, Ledger, by_session, config_file, fresh_database, import, kinds};
 use crate::running::{Lapse, wall_ms};
 
 /// Sessions coming due during the storm, spread evenly over it.
@@ -149,10 +149,7 @@ async fn crash_storm(postgres: bool, instances: usize) {
     let mut dice = Dice(seed);
 
     let (hook, received) = receiver().await;
-    let text = config(&hook);
-    let config_path = dir.path().join("lapse.toml");
-    std::fs::write(&config_path, &text).unwrap();
-    let parsed = Config::parse(&text, "lapse.toml").unwrap();
+    let (config_path, parsed) = config_file(dir.path(), &config(&hook));
     // The storm's deadlines run from 2 s after the first start to the end of the storm.
     let begin = wall_ms() + 2_000;
     let deadline = |n: usize| begin + n as i64 * STORM_MS / STORM as i64;

@@ -33,6 +33,15 @@ do = "expire"
     )
 }
 
+/// `text` written as the test's `lapse.toml` in `dir`, and the configuration lapse reads
+/// from it.
+pub fn config_file(dir: &std::path::Path, text: &str) -> (std::path::PathBuf, Config) {
+    let path = dir.join("lapse.toml");
+    std::fs::write(&path, text).expect("the configuration is written");
+    let config = Config::parse(text, "lapse.toml").expect("the configuration is valid");
+    (path, config)
+}
+
 /// One `session.expired` event.
 #[derive(Clone, Debug)]
 pub struct Expiry {

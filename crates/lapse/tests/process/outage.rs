@@ -13,12 +13,12 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lapse_core::{Config, Span, Timestamp};
+use lapse_core::{Span, Timestamp};
 use reqwest::Method;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::ledger::{Ledger, by_session, fresh_database, import, kinds};
+use crate::ledger::{Ledger, by_session, config_file, fresh_database, import, kinds};
 use crate::running::{Answer, Lapse, wall_ms};
 
 /// Sessions kept alive by heartbeats through the outage.
@@ -139,10 +139,7 @@ struct Seen {
 }
 
 async fn outage_under_load(url: &str, dir: &Path, mut outage: impl Outage, what: &str) {
-    let config_path = dir.join("lapse.toml");
-    let text = kinds("1h");
-    std::fs::write(&config_path, &text).unwrap();
-    let config = Config::parse(&text, "lapse.toml").unwrap();
+    let (config_path, config) = config_file(dir, &kinds("1h"));
     let now = Timestamp::from_millis(wall_ms());
     import(url, &config, "kept", "kept", KEPT, |_| now).await;
     // Due from 2 s to 3 s after the outage begins (about 2 s from now).

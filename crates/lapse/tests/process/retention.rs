@@ -10,7 +10,7 @@ use lapse_core::{Config, SessionId, Span, Timestamp, UserId};
 use lapse_engine::ops::CreateRequest;
 use lapse_engine::{Caller, Clock, Engine};
 
-use crate::ledger::{Ledger, fresh_database, kinds};
+use crate::ledger::{Ledger, config_file, fresh_database, kinds};
 use crate::running::{Lapse, wall_ms};
 
 fn config() -> String {
@@ -35,10 +35,7 @@ async fn history_goes_with_the_sweeper_on_a_schedule(postgres: bool) {
     let Some(url) = fresh_database(dir.path(), postgres).await else {
         return;
     };
-    let config_path = dir.path().join("lapse.toml");
-    let text = config();
-    std::fs::write(&config_path, &text).unwrap();
-    let config = Config::parse(&text, "lapse.toml").unwrap();
+    let (config_path, config) = config_file(dir.path(), &config());
     // History made through the engine, on clocks two hours ago and now: sessions, each with
     // its `session.created` event.
     let now = Timestamp::from_millis(wall_ms());

@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use lapse_core::{Config, Span, Timestamp};
+use lapse_core::{Span, Timestamp};
 use serde_json::json;
 
-use crate::ledger::{Ledger, by_session, fresh_database, import, kinds};
+use crate::ledger::{Ledger, by_session, config_file, fresh_database, import, kinds};
 use crate::running::{Lapse, wall_ms};
 
 fn config() -> String {
@@ -34,10 +34,7 @@ async fn sigterm_during_a_large_sweep(postgres: bool) {
     let Some(url) = fresh_database(dir.path(), postgres).await else {
         return;
     };
-    let config_path = dir.path().join("lapse.toml");
-    let text = config();
-    std::fs::write(&config_path, &text).unwrap();
-    let config = Config::parse(&text, "lapse.toml").unwrap();
+    let (config_path, config) = config_file(dir.path(), &config());
     let now = Timestamp::from_millis(wall_ms());
     let hour_ago = now - Span::from_secs(3600);
     import(&url, &config, "storm", "storm", DUE, |_| hour_ago).await;
