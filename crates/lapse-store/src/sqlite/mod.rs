@@ -67,10 +67,12 @@ impl SqliteStore {
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         // SQLite's default page cache is 2 MB a connection: at a million sessions every write
-        // then reads its index pages back from the OS. The writer keeps the hot pages of every
-        // index (64 MB). A reader's cache is cleared at the start of every read that follows a
-        // write, by a walk over every slot the cache has grown to: readers, who mostly probe by
-        // key, keep 2 MB each (a 16 MB cache walked 4,096 slots, about 15 µs, per read). Each
+        // then reads its index pages back from the OS. The writer keeps 16 MB. 64 MB missed
+        // less but cost more: every commit that splits a b-tree page walks the writer's whole
+        // cache (docs/PERFORMANCE.md, the concurrent joins), and creates, joins, ends and
+        // sweeps ran faster with 16 MB at both 10k and 1M live. A reader's cache is cleared at
+        // the start of every read that follows a write, by a walk over every slot the cache
+        // has grown to: readers, who mostly probe by key, keep 2 MB each (a 16 MB cache walked 4,096 slots, about 15 µs, per read). Each
         // connection's cache is its own since SQLite is built without its memory management
         // (`.cargo/config.toml`), which pooled them all.
         //
@@ -82,7 +84,7 @@ impl SqliteStore {
         // writer's sorts stay in memory too: a batch's, or a migration's index build at start.
         let writer_options = options
             .clone()
-            .pragma("cache_size", format!("-{}", 64 * 1024))
+            .pragma("cache_size", format!("-{}", 16 * 1024))
             .pragma("temp_store", "memory");
         let reader_options = options
             .clone()
