@@ -220,12 +220,13 @@ impl<H: Hook> Store for Intercepted<H> {
 
     async fn due_deliveries(
         &self,
+        endpoint: &str,
         now: Timestamp,
         limit: u32,
         claim: bool,
     ) -> Result<Vec<(Delivery, Event)>, StoreError> {
         let writes = claim && self.inner.is_shared();
-        let call = self.inner.due_deliveries(now, limit, claim);
+        let call = self.inner.due_deliveries(endpoint, now, limit, claim);
         self.run("due_deliveries", writes, call).await
     }
 
@@ -277,9 +278,22 @@ impl<H: Hook> Store for Intercepted<H> {
             .await
     }
 
-    async fn next_delivery_at(&self) -> Result<Option<Timestamp>, StoreError> {
-        self.run("next_delivery_at", READ, self.inner.next_delivery_at())
+    async fn pending_endpoints(&self) -> Result<Vec<String>, StoreError> {
+        self.run("pending_endpoints", READ, self.inner.pending_endpoints())
             .await
+    }
+
+    async fn next_delivery_at(
+        &self,
+        endpoint: &str,
+        after: Timestamp,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        self.run(
+            "next_delivery_at",
+            READ,
+            self.inner.next_delivery_at(endpoint, after),
+        )
+        .await
     }
 
     async fn prune(

@@ -1,6 +1,6 @@
 //! Webhooks out (SPEC §6, Standard Webhooks). Each committed event is queued for every
-//! endpoint that wants it in the same transaction (the outbox); [`Engine::deliver_once`]
-//! sends what is due, and [`Engine::run_deliveries`] is the loop around it. Deliveries retry
+//! endpoint that wants it in the same transaction (the outbox); [`Engine::run_deliveries`]
+//! sends what is due, on a loop for each endpoint. Deliveries retry
 //! on the configured schedule, honour `Retry-After`, follow no redirects, and end `dead` after
 //! the last attempt; a 410 disables the endpoint. Nothing here can block or fail a transition.
 
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Caller, Engine, EngineError};
 
-/// Deliveries sent per step.
+/// Deliveries sent to one endpoint per step.
 const BATCH: u32 = 32;
 
 /// One configured endpoint with its signing keys.
@@ -112,12 +112,92 @@ fn wall_seconds() -> i64 {
 }
 
 impl Engine {
-    /// Sends every delivery due now (one batch) and records the outcomes; returns how many
-    /// were attempted. Outcomes are recorded as they come, those that come together in one
-    /// statement: a batch sent to an endpoint that is down, all at once.
-    pub async fn deliver_once(self: &Arc<Self>) -> Result<usize, EngineError> {
-        let now = self.now();
-        let due = self.store.due_deliveries(now, BATCH, true).await?;
+    /// Delivers until `shutdown`: each endpoint on a loop of its own, so an endpoint slow to
+    /// answer holds back its own deliveries and no other's. Deliveries still pending to an
+    /// endpoint no longer configured get a loop too, which ends them `dead` as they come due
+    /// and stops when none is left.
+    pub async fn run_deliveries(self: Arc<Self>, shutdown: CancellationToken) {
+        if self.webhooks.endpoints.is_empty() {
+            return;
+        }
+        let mut loops = tokio::task::JoinSet::new();
+        let configured: Vec<String> = self
+            .webhooks
+            .endpoints
+            .iter()
+            .map(|e| e.config.url.clone())
+            .collect();
+        for url in &configured {
+            loops.spawn(self.clone().deliver_to(url.clone(), shutdown.clone()));
+        }
+        // The endpoints of pending deliveries, read once (again each second until it can be).
+        let pending = loop {
+            match self.store.pending_endpoints().await {
+                Ok(pending) => break pending,
+                Err(e) => {
+                    if !e.is_unavailable() {
+                        tracing::warn!(error = %e, "could not read the endpoints of pending deliveries");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.cancelled() => break Vec::new(),
+                    }
+                }
+            }
+        };
+        for url in pending.into_iter().filter(|url| !configured.contains(url)) {
+            loops.spawn(self.clone().deliver_to(url, shutdown.clone()));
+        }
+        while loops.join_next().await.is_some() {}
+    }
+
+    /// Delivers to `url` until `shutdown` (or, for an endpoint no longer configured, until
+    /// nothing is pending to it): after each step it sleeps until the endpoint's next
+    /// delivery is due (at most a second, since another instance's events may queue more),
+    /// or until events are appended.
+    async fn deliver_to(self: Arc<Self>, url: String, shutdown: CancellationToken) {
+        let configured = self.webhooks.endpoints.iter().any(|e| e.config.url == url);
+        let mut signal = self.event_signal();
+        loop {
+            signal.borrow_and_update();
+            // One instant for the step and what comes after it: a delivery due between two
+            // readings of the clock would be neither sent nor waited for.
+            let now = self.now();
+            let sent = match self.deliver_once(&url, now).await {
+                Ok(n) => n,
+                Err(e) => {
+                    if !e.is_unavailable() {
+                        tracing::warn!(error = %e, %url, "webhook delivery step failed");
+                    }
+                    0
+                }
+            };
+            if sent as u32 == BATCH {
+                continue;
+            }
+            let wait = match self.store.next_delivery_at(&url, now).await {
+                Ok(Some(at)) => Duration::from_millis(at.since(self.now()).millis() as u64),
+                Ok(None) if !configured && sent == 0 => return,
+                _ => Duration::from_secs(1),
+            }
+            .clamp(Duration::from_millis(20), Duration::from_secs(1));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = signal.changed() => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Sends every delivery to `url` due at `now` (one batch) and records the outcomes;
+    /// returns how many were attempted. Outcomes are recorded as they come, those that come
+    /// together in one statement: a batch sent to an endpoint that is down, all at once.
+    async fn deliver_once(
+        self: &Arc<Self>,
+        url: &str,
+        now: Timestamp,
+    ) -> Result<usize, EngineError> {
+        let due = self.store.due_deliveries(url, now, BATCH, true).await?;
         let n = due.len();
         let mut sends = tokio::task::JoinSet::new();
         for (delivery, event) in due {
@@ -266,40 +346,6 @@ impl Engine {
                     },
                     next_attempt_at: next,
                 }
-            }
-        }
-    }
-
-    /// Delivers until `shutdown`: after each batch it sleeps until the next delivery is due
-    /// (at most a second, since new events may queue more), or until events are appended.
-    pub async fn run_deliveries(self: Arc<Self>, shutdown: CancellationToken) {
-        if self.webhooks.endpoints.is_empty() {
-            return;
-        }
-        let mut signal = self.event_signal();
-        loop {
-            signal.borrow_and_update();
-            let sent = match self.deliver_once().await {
-                Ok(n) => n,
-                Err(e) => {
-                    if !e.is_unavailable() {
-                        tracing::warn!(error = %e, "webhook delivery step failed");
-                    }
-                    0
-                }
-            };
-            if sent as u32 == BATCH {
-                continue;
-            }
-            let wait = match self.store.next_delivery_at().await {
-                Ok(Some(at)) => Duration::from_millis(at.since(self.now()).millis() as u64),
-                _ => Duration::from_secs(1),
-            }
-            .clamp(Duration::from_millis(20), Duration::from_secs(1));
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = signal.changed() => {}
-                _ = shutdown.cancelled() => return,
             }
         }
     }

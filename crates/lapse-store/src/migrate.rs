@@ -86,6 +86,12 @@ pub const SQLITE: &[Script] = &[
         sql: include_str!("../migrations/sqlite/0011_notifications_by_age.sql"),
         online: false,
     },
+    Script {
+        version: 12,
+        name: "deliveries by endpoint",
+        sql: include_str!("../migrations/sqlite/0012_deliveries_by_endpoint.sql"),
+        online: false,
+    },
 ];
 
 /// PostgreSQL's scripts.
@@ -166,6 +172,12 @@ pub const POSTGRES: &[Script] = &[
         version: 13,
         name: "notifications by age",
         sql: include_str!("../migrations/postgres/0013_notifications_by_age.sql"),
+        online: true,
+    },
+    Script {
+        version: 14,
+        name: "deliveries by endpoint",
+        sql: include_str!("../migrations/postgres/0014_deliveries_by_endpoint.sql"),
         online: true,
     },
 ];

@@ -174,10 +174,14 @@ fn assert_indexed(backend: &str, plans: &[(String, String)]) {
         ("due rows of a kind counted", "sessions_next_due"),
         ("events of a session", "events_session"),
         ("was deleted", "events_session"),
-        ("due deliveries", "webhook_deliveries_due"),
+        ("due deliveries", "webhook_deliveries_endpoint_due"),
         ("deliveries by status", "webhook_deliveries_status"),
         ("deliveries of every status", "webhook_deliveries_status"),
-        ("next delivery", "webhook_deliveries_due"),
+        ("next delivery", "webhook_deliveries_endpoint_due"),
+        (
+            "endpoints of pending deliveries",
+            "webhook_deliveries_endpoint_due",
+        ),
         // Each old event's pending deliveries by its number, not every pending one.
         ("retention, events", "webhook_deliveries_pending"),
         ("retention, deliveries", "webhook_deliveries_status"),
@@ -306,7 +310,7 @@ fn the_check_itself_spots_a_full_scan() {
     assert_eq!(sorts(cut_after_sorting).len(), 1);
     let sorted_once_cut = "Sort  (cost=1.00..2.00)\n  Sort Key: d.next_attempt_at\n  \
         CTE picked\n    ->  Limit  (cost=1.00..2.00)\n          \
-        ->  Index Scan using webhook_deliveries_due on webhook_deliveries";
+        ->  Index Scan using webhook_deliveries_endpoint_due on webhook_deliveries";
     assert!(sorts(sorted_once_cut).is_empty());
-    assert!(sorts("SEARCH d USING INDEX webhook_deliveries_due (next_attempt_at<?)").is_empty());
+    assert!(sorts("SEARCH d USING INDEX webhook_deliveries_endpoint_due (endpoint=? AND next_attempt_at<?)").is_empty());
 }

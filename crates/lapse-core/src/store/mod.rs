@@ -225,10 +225,12 @@ pub trait Store: Send + Sync + 'static {
     /// embedded database has one instance, and that instance already knows).
     async fn watch(&self, seen: ChangeCallback) -> Result<(), StoreError>;
 
-    /// Deliveries due at `now` with their events, oldest first; with `claim`, leased to this
-    /// caller like due sessions.
+    /// Deliveries to `endpoint` due at `now` with their events, oldest first; with `claim`,
+    /// leased to this caller like due sessions. An endpoint at a time, so that one endpoint's
+    /// backlog never hides another's due deliveries.
     async fn due_deliveries(
         &self,
+        endpoint: &str,
         now: Timestamp,
         limit: u32,
         claim: bool,
@@ -268,8 +270,16 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Option<Delivery>, StoreError>;
 
-    /// When the earliest pending delivery is due.
-    async fn next_delivery_at(&self) -> Result<Option<Timestamp>, StoreError>;
+    /// The endpoints pending deliveries go to (read once at start, to end those to endpoints
+    /// no longer configured).
+    async fn pending_endpoints(&self) -> Result<Vec<String>, StoreError>;
+
+    /// When the first pending delivery to `endpoint` due after `after` is due.
+    async fn next_delivery_at(
+        &self,
+        endpoint: &str,
+        after: Timestamp,
+    ) -> Result<Option<Timestamp>, StoreError>;
 
     /// Deletes, up to `limit` of each, the finished deliveries of each status, the
     /// notifications and the idempotency keys made before their cut in `before`, and of the

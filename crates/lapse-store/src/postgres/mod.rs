@@ -271,6 +271,7 @@ impl Store for PostgresStore {
 
     async fn due_deliveries(
         &self,
+        endpoint: &str,
         now: Timestamp,
         limit: u32,
         claim: bool,
@@ -279,7 +280,7 @@ impl Store for PostgresStore {
             true => Some(self.holder().await?),
             false => None,
         };
-        outbox::due_deliveries(&self.pool, now, limit, holder).await
+        outbox::due_deliveries(&self.pool, endpoint, now, limit, holder).await
     }
 
     async fn record_attempts(&self, attempts: &[(String, Attempt)]) -> Result<(), StoreError> {
@@ -316,8 +317,16 @@ impl Store for PostgresStore {
         outbox::retry_delivery(&self.pool, id, now).await
     }
 
-    async fn next_delivery_at(&self) -> Result<Option<Timestamp>, StoreError> {
-        outbox::next_delivery_at(&self.pool).await
+    async fn pending_endpoints(&self) -> Result<Vec<String>, StoreError> {
+        outbox::pending_endpoints(&self.pool).await
+    }
+
+    async fn next_delivery_at(
+        &self,
+        endpoint: &str,
+        after: Timestamp,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        outbox::next_delivery_at(&self.pool, endpoint, after).await
     }
 
     async fn prune(

@@ -14,9 +14,10 @@ use super::leases::{LEASE, wall_now};
 use crate::rows::{self, DELIVERY_COLUMNS};
 use crate::{backend, statements};
 
-/// Pending deliveries due at `now`, with their events, oldest first.
+/// Pending deliveries to `endpoint` due at `now`, with their events, oldest first.
 async fn pending_deliveries(
     pool: &PgPool,
+    endpoint: &str,
     now: Timestamp,
     limit: u32,
 ) -> Result<Vec<(Delivery, Event)>, StoreError> {
@@ -24,12 +25,13 @@ async fn pending_deliveries(
         "select {DELIVERY_COLUMNS}, e.seq, e.id, e.type, e.at, e.applied_at, e.session_id, \
          e.kind, e.actor, e.rule, e.data \
          from webhook_deliveries d join events e on e.seq = d.event_seq \
-         where d.status = 'pending' and d.next_attempt_at <= $1 \
+         where d.status = 'pending' and d.endpoint = $3 and d.next_attempt_at <= $1 \
          order by d.next_attempt_at, d.event_seq limit $2"
     );
     let rows = sqlx::query(AssertSqlSafe(sql))
         .bind(now.millis())
         .bind(limit as i64)
+        .bind(endpoint)
         .fetch_all(pool)
         .await
         .map_err(backend)?;
@@ -38,18 +40,19 @@ async fn pending_deliveries(
         .collect()
 }
 
-/// Claims for holder `$4` until `$3` the pending deliveries due at `$1` that no live holder
-/// has leased at `$2`, oldest first, at most `limit`, and returns them with their events.
+/// Claims for holder `$4` until `$3` the pending deliveries to endpoint `$5` due at `$1` that
+/// no live holder has leased at `$2`, oldest first, at most `limit`, and returns them with
+/// their events.
 /// The rows claimed, and only those, come back: the claim skips rows other instances hold, so
-/// the first due rows are not necessarily this instance's. `webhook_deliveries_due` is in
-/// the claim's order, so a claim reads the index's first entries. The limit is written into
-/// the statement: a generic plan guesses a limit given as a parameter at a tenth of the due
+/// the first due rows are not necessarily this instance's. `webhook_deliveries_endpoint_due`
+/// is in the claim's order within each endpoint, so a claim reads the endpoint's first
+/// entries. The limit is written into the statement: a generic plan guesses a limit given as a parameter at a tenth of the due
 /// rows, and for that many joins the claimed rows to whole tables.
 pub(super) fn claim_deliveries_sql(limit: u32) -> String {
     format!(
         "with picked as ( \
              select id from webhook_deliveries \
-             where status = 'pending' and next_attempt_at <= $1 and {} \
+             where status = 'pending' and endpoint = $5 and next_attempt_at <= $1 and {} \
              order by next_attempt_at, event_seq limit {limit} \
              for update skip locked), \
          claimed as ( \
@@ -65,12 +68,13 @@ pub(super) fn claim_deliveries_sql(limit: u32) -> String {
 
 pub(super) async fn due_deliveries(
     pool: &PgPool,
+    endpoint: &str,
     now: Timestamp,
     limit: u32,
     holder: Option<i32>,
 ) -> Result<Vec<(Delivery, Event)>, StoreError> {
     let Some(holder) = holder else {
-        return pending_deliveries(pool, now, limit).await;
+        return pending_deliveries(pool, endpoint, now, limit).await;
     };
     let wall = wall_now();
     let rows = sqlx::query(AssertSqlSafe(claim_deliveries_sql(limit)))
@@ -78,6 +82,7 @@ pub(super) async fn due_deliveries(
         .bind(wall)
         .bind(wall + LEASE.as_millis() as i64)
         .bind(holder)
+        .bind(endpoint)
         .fetch_all(pool)
         .await
         .map_err(backend)?;
@@ -206,12 +211,36 @@ pub(super) async fn retry_delivery(
     row.as_ref().map(rows::delivery).transpose()
 }
 
-/// When the next pending delivery is due: the first entry of `webhook_deliveries_due`.
-pub(super) const NEXT_DELIVERY: &str =
-    "select min(next_attempt_at) from webhook_deliveries where status = 'pending'";
+/// The endpoints of pending deliveries, each found by one seek in
+/// `webhook_deliveries_endpoint_due` past the one before (not a walk of every pending one).
+pub(super) const PENDING_ENDPOINTS: &str = "with recursive e(url) as ( \
+       select min(endpoint) from webhook_deliveries where status = 'pending' \
+       union all \
+       select (select min(d.endpoint) from webhook_deliveries d \
+               where d.status = 'pending' and d.endpoint > e.url) \
+       from e where e.url is not null) \
+     select url from e where url is not null";
 
-pub(super) async fn next_delivery_at(pool: &PgPool) -> Result<Option<Timestamp>, StoreError> {
+pub(super) async fn pending_endpoints(pool: &PgPool) -> Result<Vec<String>, StoreError> {
+    sqlx::query_scalar(PENDING_ENDPOINTS)
+        .fetch_all(pool)
+        .await
+        .map_err(backend)
+}
+
+/// When the first pending delivery to endpoint `$1` due after `$2` is due: its first entry
+/// past `$2` in `webhook_deliveries_endpoint_due`.
+pub(super) const NEXT_DELIVERY: &str = "select min(next_attempt_at) from webhook_deliveries \
+     where status = 'pending' and endpoint = $1 and next_attempt_at > $2";
+
+pub(super) async fn next_delivery_at(
+    pool: &PgPool,
+    endpoint: &str,
+    after: Timestamp,
+) -> Result<Option<Timestamp>, StoreError> {
     let at: Option<i64> = sqlx::query_scalar(NEXT_DELIVERY)
+        .bind(endpoint)
+        .bind(after.millis())
         .fetch_one(pool)
         .await
         .map_err(backend)?;

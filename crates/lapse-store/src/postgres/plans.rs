@@ -108,9 +108,24 @@ impl PostgresStore {
             fixed(
                 "due deliveries",
                 &outbox::claim_deliveries_sql(32),
-                vec![Arg::Int(0), Arg::Int(0), Arg::Int(0), Arg::Int(1)],
+                vec![
+                    Arg::Int(0),
+                    Arg::Int(0),
+                    Arg::Int(0),
+                    Arg::Int(1),
+                    text("https://example.com/hook"),
+                ],
             ),
-            fixed("next delivery", outbox::NEXT_DELIVERY, vec![]),
+            fixed(
+                "endpoints of pending deliveries",
+                outbox::PENDING_ENDPOINTS,
+                vec![],
+            ),
+            fixed(
+                "next delivery",
+                outbox::NEXT_DELIVERY,
+                vec![text("https://example.com/hook"), Arg::Int(0)],
+            ),
             fixed(
                 "batched webhook attempts",
                 outbox::RECORD_ATTEMPTS,

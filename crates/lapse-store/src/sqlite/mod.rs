@@ -293,11 +293,13 @@ impl Store for SqliteStore {
 
     async fn due_deliveries(
         &self,
+        endpoint: &str,
         now: Timestamp,
         limit: u32,
         _claim: bool,
     ) -> Result<Vec<(Delivery, Event)>, StoreError> {
-        outbox::due_deliveries(&self.reader, now, limit, _claim).await
+        // One instance: nothing to claim against.
+        outbox::due_deliveries(&self.reader, endpoint, now, limit).await
     }
 
     async fn record_attempts(&self, attempts: &[(String, Attempt)]) -> Result<(), StoreError> {
@@ -334,8 +336,16 @@ impl Store for SqliteStore {
         outbox::retry_delivery(&self.writer, id, now).await
     }
 
-    async fn next_delivery_at(&self) -> Result<Option<Timestamp>, StoreError> {
-        outbox::next_delivery_at(&self.reader).await
+    async fn pending_endpoints(&self) -> Result<Vec<String>, StoreError> {
+        outbox::pending_endpoints(&self.reader).await
+    }
+
+    async fn next_delivery_at(
+        &self,
+        endpoint: &str,
+        after: Timestamp,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        outbox::next_delivery_at(&self.reader, endpoint, after).await
     }
 
     async fn prune(

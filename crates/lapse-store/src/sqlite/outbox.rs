@@ -15,30 +15,32 @@ use super::values::{self, Values};
 use crate::backend;
 use crate::rows::{self, DELIVERY_COLUMNS};
 
-/// Pending deliveries due at `?1`, oldest first, at most `?2`, with their events: the first
-/// entries of `webhook_deliveries_due`, which is in this order (an index ends with the row's
-/// number). Named, because without statistics SQLite prefers the status index's equality to
-/// this index's range, and then reads and sorts every pending delivery for each page.
+/// Pending deliveries to endpoint `?3` due at `?1`, oldest first, at most `?2`, with their
+/// events: the endpoint's first entries of `webhook_deliveries_endpoint_due`, which is in this
+/// order (an index ends with the row's number). Named, because without statistics SQLite
+/// prefers the status index's equality to this index's range, and then reads and sorts every
+/// pending delivery for each page.
 pub(super) fn due_deliveries_sql() -> String {
     format!(
         "select {DELIVERY_COLUMNS}, e.seq, e.id, e.type, e.at, e.applied_at, e.session_id, \
          e.kind, e.actor, e.rule, e.data \
-         from webhook_deliveries d indexed by webhook_deliveries_due \
+         from webhook_deliveries d indexed by webhook_deliveries_endpoint_due \
          join events e on e.seq = d.event_seq \
-         where d.status = 'pending' and d.next_attempt_at <= ?1 \
+         where d.status = 'pending' and d.endpoint = ?3 and d.next_attempt_at <= ?1 \
          order by d.next_attempt_at, d.rowid limit ?2"
     )
 }
 
 pub(super) async fn due_deliveries(
     conns: &Conns,
+    endpoint: &str,
     now: Timestamp,
     limit: u32,
-    _claim: bool,
 ) -> Result<Vec<(Delivery, Event)>, StoreError> {
     let rows = sqlx::query(AssertSqlSafe(due_deliveries_sql()))
         .bind(now.millis())
         .bind(limit as i64)
+        .bind(endpoint)
         .fetch_all(&mut *conns.get().await?)
         .await
         .map_err(backend)?;
@@ -185,13 +187,40 @@ pub(super) async fn retry_delivery(
     row.as_ref().map(rows::delivery).transpose()
 }
 
-/// When the next pending delivery is due: the first entry of `webhook_deliveries_due`.
+/// The endpoints of pending deliveries, each found by one seek in
+/// `webhook_deliveries_endpoint_due` past the one before (not a walk of every pending one).
+pub(super) const PENDING_ENDPOINTS: &str = "with recursive e(url) as ( \
+       select min(endpoint) from webhook_deliveries indexed by webhook_deliveries_endpoint_due \
+       where status = 'pending' \
+       union all \
+       select (select min(d.endpoint) \
+               from webhook_deliveries d indexed by webhook_deliveries_endpoint_due \
+               where d.status = 'pending' and d.endpoint > e.url) \
+       from e where e.url is not null) \
+     select url from e where url is not null";
+
+pub(super) async fn pending_endpoints(conns: &Conns) -> Result<Vec<String>, StoreError> {
+    sqlx::query_scalar(PENDING_ENDPOINTS)
+        .fetch_all(&mut *conns.get().await?)
+        .await
+        .map_err(backend)
+}
+
+/// When the first pending delivery to endpoint `?1` due after `?2` is due: its first entry
+/// past `?2` in `webhook_deliveries_endpoint_due`.
 /// Named, as in [`due_deliveries_sql`]: through the status index it reads every pending one.
 pub(super) const NEXT_DELIVERY: &str = "select min(next_attempt_at) \
-     from webhook_deliveries indexed by webhook_deliveries_due where status = 'pending'";
+     from webhook_deliveries indexed by webhook_deliveries_endpoint_due \
+     where status = 'pending' and endpoint = ?1 and next_attempt_at > ?2";
 
-pub(super) async fn next_delivery_at(conns: &Conns) -> Result<Option<Timestamp>, StoreError> {
+pub(super) async fn next_delivery_at(
+    conns: &Conns,
+    endpoint: &str,
+    after: Timestamp,
+) -> Result<Option<Timestamp>, StoreError> {
     let at: Option<i64> = sqlx::query_scalar(NEXT_DELIVERY)
+        .bind(endpoint)
+        .bind(after.millis())
         .fetch_one(&mut *conns.get().await?)
         .await
         .map_err(backend)?;

@@ -117,9 +117,18 @@ impl SqliteStore {
             fixed(
                 "due deliveries",
                 &outbox::due_deliveries_sql(),
-                vec![Arg::Int(0), Arg::Int(32)],
+                vec![Arg::Int(0), Arg::Int(32), text("https://example.com/hook")],
             ),
-            fixed("next delivery", outbox::NEXT_DELIVERY, vec![]),
+            fixed(
+                "endpoints of pending deliveries",
+                outbox::PENDING_ENDPOINTS,
+                vec![],
+            ),
+            fixed(
+                "next delivery",
+                outbox::NEXT_DELIVERY,
+                vec![text("https://example.com/hook"), Arg::Int(0)],
+            ),
         ]);
         for (name, sql) in bulk::batch_statements()? {
             hot.push((name, Statement::fixed(Dialect::Sqlite, &sql)));

@@ -76,7 +76,10 @@ async fn details_read_back_as_written(store: &dyn Store) {
     let events = store.events(&all_events()).await.unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].data.as_str(), written, "a page of events");
-    let due = store.due_deliveries(t0(), 10, true).await.unwrap();
+    let due = store
+        .due_deliveries("http://127.0.0.1:9/hook", t0(), 10, true)
+        .await
+        .unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].1.data.as_str(), written, "a webhook's delivery");
     let shown = serde_json::to_string(&events[0]).unwrap();
@@ -192,6 +195,81 @@ async fn the_delivery_log_lists_the_newest_first_of_one_status_or_of_all() {
     }
 }
 
+/// Due deliveries are read an endpoint at a time, oldest first; the next one due is the first
+/// of the endpoint's after the time given; the endpoints of pending deliveries are each named
+/// once.
+#[tokio::test]
+async fn due_deliveries_are_read_an_endpoint_at_a_time() {
+    const OTHER: &str = "http://127.0.0.1:9/other";
+    for (store, _dir) in stores().await {
+        let store = store.as_ref();
+        let s = session("study", "a", t0());
+        insert(store, &s).await;
+        // Five events a minute apart to HOOK, then two to OTHER, the last at t0 + 6 min.
+        let to_hook = queue_deliveries(store, &s, 5, HOOK).await;
+        let later = session("study", "b", t0());
+        insert(store, &later).await;
+        let at = |minutes: i64| t0() + Span::from_secs(60 * minutes);
+        for i in 5..7 {
+            store
+                .commit(Commit {
+                    events: vec![lapse_core::store::EventRecord {
+                        id: format!("ev-{i}"),
+                        applied_at: at(i),
+                        event: lapse_core::event::NewEvent {
+                            event_type: lapse_core::EventType::SessionUpdated,
+                            at: at(i),
+                            session_id: later.id.clone(),
+                            kind: "study".into(),
+                            actor: "user:host".into(),
+                            rule: None,
+                            data: serde_json::json!({}).into(),
+                        },
+                        webhooks: vec![OTHER.into()],
+                    }],
+                    ..Commit::default()
+                })
+                .await
+                .unwrap();
+        }
+        let events = |due: Vec<(lapse_core::store::Delivery, lapse_core::event::Event)>| {
+            due.into_iter().map(|(_, e)| e.id).collect::<Vec<_>>()
+        };
+        let now = at(10);
+        let mut pending = store.pending_endpoints().await.unwrap();
+        pending.sort();
+        assert_eq!(pending, [HOOK, OTHER]);
+        assert_eq!(
+            events(store.due_deliveries(OTHER, now, 10, true).await.unwrap()),
+            ["ev-5", "ev-6"],
+            "another endpoint's backlog does not come first"
+        );
+        assert_eq!(
+            events(store.due_deliveries(HOOK, now, 2, true).await.unwrap()),
+            ["ev-0", "ev-1"],
+            "the oldest first"
+        );
+        store
+            .record_attempts(&[(
+                to_hook("ev-2"),
+                ended(lapse_core::store::DeliveryStatus::Delivered, at(9)),
+            )])
+            .await
+            .unwrap();
+        assert_eq!(
+            events(store.due_deliveries(HOOK, now, 10, false).await.unwrap()),
+            ["ev-0", "ev-1", "ev-3", "ev-4"],
+            "pending ones only"
+        );
+        assert_eq!(
+            store.next_delivery_at(HOOK, at(2)).await.unwrap(),
+            Some(at(3)),
+            "the first due after the time given"
+        );
+        assert_eq!(store.next_delivery_at(OTHER, at(6)).await.unwrap(), None);
+    }
+}
+
 /// An endpoint disabled for answering 410 ends its pending deliveries, but not those whose
 /// attempts are about to be recorded: they never show as dead without the answer that
 /// ended them. None of them is retried, whatever it was answered.
@@ -280,8 +358,8 @@ async fn two_postgres_instances_each_deliver_the_webhooks_they_claimed() {
     .await
     .unwrap();
     let now = t0() + Span::from_secs(1);
-    let first = a.due_deliveries(now, 2, true).await.unwrap();
-    let second = b.due_deliveries(now, 2, true).await.unwrap();
+    let first = a.due_deliveries(HOOK, now, 2, true).await.unwrap();
+    let second = b.due_deliveries(HOOK, now, 2, true).await.unwrap();
     let ids = |batch: &[(lapse_core::store::Delivery, lapse_core::event::Event)]| {
         batch.iter().map(|(_, e)| e.id.clone()).collect::<Vec<_>>()
     };

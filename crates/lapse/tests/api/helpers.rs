@@ -203,6 +203,12 @@ impl TestApp {
     /// Stops this lapse and starts a new one on the same database and configuration (its
     /// manual clock starts over at `START`).
     pub async fn restart(&mut self) {
+        self.restart_with(self.config.clone()).await;
+    }
+
+    /// Stops this lapse and starts it again on the same database with `config`.
+    pub async fn restart_with(&mut self, config: Option<String>) {
+        self.config = config;
         self.shutdown.cancel();
         let (base, shutdown) = serve(
             &self.db_url,

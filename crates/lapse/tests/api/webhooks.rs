@@ -263,6 +263,40 @@ async fn a_delivery_queued_before_a_restart_is_still_delivered(backend: Backend)
     );
 }
 
+async fn a_delivery_to_an_endpoint_no_longer_configured_ends_dead(backend: Backend) {
+    let (old, old_script) = receiver(&[(500, None)]).await;
+    let mut app = spawn_app_with(backend, Some(&config(&old, ""))).await;
+    app.create("study", "before", "alice", json!({})).await;
+    deliveries_until(&app, |l| l.len() == 1 && l[0]["attempts"] == 1).await;
+
+    // Started again with another endpoint in its place; the retry comes due 5 s later.
+    let (new, new_script) = receiver(&[]).await;
+    app.restart_with(Some(config(&new, ""))).await;
+    app.create("study", "after", "alice", json!({})).await;
+    app.advance("5s").await;
+    let list = deliveries_until(&app, |l| {
+        l.len() == 2 && l.iter().all(|d| d["status"] != "pending")
+    })
+    .await;
+    let to = |url: &str| {
+        list.iter()
+            .find(|d| d["endpoint"] == url)
+            .unwrap_or_else(|| panic!("a delivery to {url} in {list:?}"))
+    };
+    assert_eq!(to(&old)["status"], "dead");
+    assert_eq!(
+        to(&old)["last_error"],
+        "the endpoint is no longer configured"
+    );
+    assert_eq!(to(&new)["status"], "delivered");
+    assert_eq!(
+        old_script.lock().unwrap().received.len(),
+        1,
+        "not tried again"
+    );
+    assert_eq!(new_script.lock().unwrap().received.len(), 1);
+}
+
 async fn redirects_are_not_followed_and_slow_endpoints_time_out(backend: Backend) {
     let (target, target_script) = receiver(&[]).await;
     let redirect: &'static str = Box::leak(target.clone().into_boxed_str());
@@ -303,7 +337,66 @@ async fn an_endpoint_gets_only_the_kinds_it_asked_for(backend: Backend) {
     assert_eq!(list.len(), 1);
 }
 
+async fn an_endpoint_that_does_not_answer_holds_back_no_other(backend: Backend) {
+    // One endpoint takes longer than the test to answer (within the timeout); the other
+    // answers at once. Each event goes to both.
+    let (stuck, stuck_script) = receiver(&[]).await;
+    stuck_script.lock().unwrap().delay = Duration::from_secs(120);
+    let (quick, quick_script) = receiver(&[]).await;
+    let config = format!(
+        "{}{}[delivery]\ntimeout = \"60s\"\n",
+        config(&stuck, ""),
+        config(&quick, "")
+    );
+    let app = spawn_app_with(backend, Some(&config)).await;
+    let sessions = 100;
+    for i in 0..sessions {
+        app.create("study", &format!("room-{i}"), "alice", json!({}))
+            .await;
+    }
+    let events = app
+        .get(As::Admin, "/v1/events?limit=1000")
+        .await
+        .expect(200);
+    let events = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"].as_str().unwrap().starts_with("session."))
+        .count();
+    assert!(events >= sessions, "every create is a `session.` event");
+    // Every event reaches the endpoint that answers, while the other has not answered one.
+    for _ in 0..200 {
+        if quick_script.lock().unwrap().received.len() >= events {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let quick_got = quick_script.lock().unwrap().received.len();
+    assert_eq!(
+        quick_got, events,
+        "the endpoint that answers got every event while the other kept its attempts waiting"
+    );
+    let stuck_got = stuck_script.lock().unwrap().received.len();
+    assert!(stuck_got > 0, "the other was tried too");
+    let stuck_delivered = app
+        .get(
+            As::Admin,
+            "/v1/webhooks/deliveries?status=delivered&limit=1000",
+        )
+        .await
+        .expect(200)["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["endpoint"] == stuck.as_str())
+        .count();
+    assert_eq!(stuck_delivered, 0, "and has answered none yet");
+}
+
 both_stores!(
+    an_endpoint_that_does_not_answer_holds_back_no_other,
+    a_delivery_to_an_endpoint_no_longer_configured_ends_dead,
     redirects_are_not_followed_and_slow_endpoints_time_out,
     an_endpoint_gets_only_the_kinds_it_asked_for,
     a_delivery_queued_before_a_restart_is_still_delivered,
