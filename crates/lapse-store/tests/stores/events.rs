@@ -103,9 +103,19 @@ pub(super) async fn queue_deliveries(
     n: i64,
     url: &str,
 ) -> impl Fn(&str) -> String + use<> {
+    queue_deliveries_from(store, s, 0..n, url).await
+}
+
+/// [`queue_deliveries`] for the events numbered `numbers`, each `number` minutes after `t0()`.
+pub(super) async fn queue_deliveries_from(
+    store: &dyn Store,
+    s: &Session,
+    numbers: std::ops::Range<i64>,
+    url: &str,
+) -> impl Fn(&str) -> String + use<> {
     use lapse_core::event::NewEvent;
     use lapse_core::store::EventRecord;
-    for i in 0..n {
+    for i in numbers {
         let at = t0() + Span::from_secs(60 * i);
         store
             .commit(Commit {
@@ -210,28 +220,7 @@ async fn due_deliveries_are_read_an_endpoint_at_a_time() {
         let later = session("study", "b", t0());
         insert(store, &later).await;
         let at = |minutes: i64| t0() + Span::from_secs(60 * minutes);
-        for i in 5..7 {
-            store
-                .commit(Commit {
-                    events: vec![lapse_core::store::EventRecord {
-                        id: format!("ev-{i}"),
-                        applied_at: at(i),
-                        event: lapse_core::event::NewEvent {
-                            event_type: lapse_core::EventType::SessionUpdated,
-                            at: at(i),
-                            session_id: later.id.clone(),
-                            kind: "study".into(),
-                            actor: "user:host".into(),
-                            rule: None,
-                            data: serde_json::json!({}).into(),
-                        },
-                        webhooks: vec![OTHER.into()],
-                    }],
-                    ..Commit::default()
-                })
-                .await
-                .unwrap();
-        }
+        let to_other = queue_deliveries_from(store, &later, 5..7, OTHER).await;
         let events = |due: Vec<(lapse_core::store::Delivery, lapse_core::event::Event)>| {
             due.into_iter().map(|(_, e)| e.id).collect::<Vec<_>>()
         };
@@ -239,9 +228,11 @@ async fn due_deliveries_are_read_an_endpoint_at_a_time() {
         let mut pending = store.pending_endpoints().await.unwrap();
         pending.sort();
         assert_eq!(pending, [HOOK, OTHER]);
+        let due = store.due_deliveries(OTHER, now, 10, true).await.unwrap();
+        let ids: Vec<String> = due.iter().map(|(d, _)| d.id.clone()).collect();
         assert_eq!(
-            events(store.due_deliveries(OTHER, now, 10, true).await.unwrap()),
-            ["ev-5", "ev-6"],
+            ids,
+            [to_other("ev-5"), to_other("ev-6")],
             "another endpoint's backlog does not come first"
         );
         assert_eq!(
