@@ -18,6 +18,20 @@ pub struct Script {
     pub online: bool,
 }
 
+/// Refuses a database that a newer lapse has migrated past the last of `scripts`: this one
+/// would read and write it as the older schema it knows (a statement naming an index the
+/// newer one replaced fails on every call).
+pub fn refuse_newer(scripts: &[Script], done: &[i64]) -> Result<(), lapse_core::StoreError> {
+    let known = scripts.iter().map(|s| s.version).max().unwrap_or(0);
+    match done.iter().copied().max() {
+        Some(version) if version > known => Err(lapse_core::StoreError::Backend(format!(
+            "the database's schema is at version {version}, from a newer lapse; this one knows \
+             versions up to {known}: run the newer lapse, or restore a backup made before it ran"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// SQLite's scripts.
 pub const SQLITE: &[Script] = &[
     Script {

@@ -55,6 +55,7 @@ async fn migrate_holding_the_lock(conn: &mut PgConnection) -> Result<(), StoreEr
     .await
     .map_err(backend)?;
     let done = applied(conn).await?;
+    migrate::refuse_newer(migrate::POSTGRES, &done)?;
     let mut tx = conn.begin().await.map_err(backend)?;
     let in_transaction: Vec<&Script> = pending(&done).filter(|s| !s.online).collect();
     for script in in_transaction {

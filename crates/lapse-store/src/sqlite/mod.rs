@@ -127,6 +127,7 @@ impl Store for SqliteStore {
             .fetch_all(&mut *self.writer.get().await?)
             .await
             .map_err(backend)?;
+        migrate::refuse_newer(migrate::SQLITE, &done)?;
         for script in migrate::SQLITE
             .iter()
             .filter(|s| !done.contains(&s.version))

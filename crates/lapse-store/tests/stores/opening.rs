@@ -243,3 +243,40 @@ async fn migrations_run_whatever_the_statement_timeout() {
         .unwrap();
     assert_eq!(versions, lapse_store::migrate::POSTGRES.len() as i64);
 }
+
+/// A database a newer lapse has migrated is refused with what to do, on both stores, and
+/// left as it was: this lapse would misread a schema it does not know.
+#[tokio::test]
+async fn a_database_migrated_by_a_newer_lapse_is_refused() {
+    use sqlx::Connection as _;
+    let newer = "insert into lapse_migrations (version, name, applied_at) \
+                 values (1000, 'from a newer lapse', 0)";
+    let refused = |result: Result<(), StoreError>, known: usize| match result {
+        Err(StoreError::Backend(why)) => {
+            assert!(why.contains("version 1000, from a newer lapse"), "{why}");
+            assert!(why.contains(&format!("up to {known}")), "{why}");
+        }
+        other => panic!("a newer schema was taken: {other:?}"),
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let sqlite = SqliteStore::open(&url, None).await.unwrap();
+    sqlite.migrate().await.unwrap();
+    let mut raw = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query(newer).execute(&mut raw).await.unwrap();
+    refused(sqlite.migrate().await, lapse_store::migrate::SQLITE.len());
+
+    if let Some((postgres, raw)) = postgres_and_raw().await {
+        sqlx::query(newer).execute(&raw).await.unwrap();
+        refused(
+            postgres.migrate().await,
+            lapse_store::migrate::POSTGRES.len(),
+        );
+        let versions: i64 = sqlx::query_scalar("select count(*) from lapse_migrations")
+            .fetch_one(&raw)
+            .await
+            .unwrap();
+        assert_eq!(versions, lapse_store::migrate::POSTGRES.len() as i64 + 1);
+    }
+}
