@@ -13,7 +13,7 @@ use lapse_engine::{Clock, Engine, SweepOptions};
 use lapse_store::SqliteStore;
 
 mod common;
-use common::{Rng, admin, create, t0};
+use common::{Rng, admin, create, memory_store, t0};
 
 /// The room's idle rule.
 const IDLE: Span = Span::from_secs(60);
@@ -28,12 +28,6 @@ after = "60s"
 do = "expire"
 "#;
     Arc::new(Config::parse(text, "crash.toml").unwrap())
-}
-
-async fn store() -> Arc<SqliteStore> {
-    let store = Arc::new(SqliteStore::open("sqlite::memory:", None).await.unwrap());
-    lapse_core::Store::migrate(store.as_ref()).await.unwrap();
-    store
 }
 
 /// An engine over `store` whose manual clock reads `now`: a new instance, nothing in memory.
@@ -55,7 +49,7 @@ async fn expiry(engine: &Engine, until: Timestamp) -> Option<Timestamp> {
 
 #[tokio::test]
 async fn a_beat_after_a_silence_longer_than_the_grace_survives_a_crash() {
-    let store = store().await;
+    let store = memory_store().await;
     let (room, host) = (
         SessionId::parse("r").unwrap(),
         UserId::parse("host").unwrap(),
@@ -98,7 +92,7 @@ async fn no_crash_brings_an_idle_rule_before_the_idle_time_after_the_last_acknow
         .unwrap_or(40);
     for seed in 0..seeds {
         let mut rng = Rng(seed);
-        let store = store().await;
+        let store = memory_store().await;
         let (room, host) = (
             SessionId::parse("r").unwrap(),
             UserId::parse("host").unwrap(),

@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use lapse_core::intercept::{Call, Hook, Intercepted};
 use lapse_core::{SessionId, Span, StoreError, UserId};
-use lapse_store::SqliteStore;
 use tokio_util::sync::CancellationToken;
 
 mod common;
-use common::{admin, engine, engine_and_store, engine_over, open_study, request, t0};
+use common::{admin, engine, engine_and_store, engine_over, memory_store, open_study, request, t0};
 
 #[tokio::test]
 async fn a_sweep_writes_the_beats_of_the_sessions_it_decides_and_leaves_the_rest_to_the_flusher() {
@@ -183,8 +182,7 @@ impl Hook for HoldFirstFlush {
 /// in its next transaction, before a sweep (perhaps another instance's) reads the row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_flush_takes_the_beats_of_rooms_about_to_be_looked_at() {
-    let store = Arc::new(SqliteStore::open("sqlite::memory:", None).await.unwrap());
-    lapse_core::Store::migrate(store.as_ref()).await.unwrap();
+    let store = memory_store().await;
     let (entered, entered_rx) = std::sync::mpsc::channel();
     let (go, go_rx) = std::sync::mpsc::channel();
     let hold = Arc::new(HoldFirstFlush {

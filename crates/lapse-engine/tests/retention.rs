@@ -8,10 +8,9 @@ use lapse_core::store::EventQuery;
 use lapse_core::{SessionId, Span, UserId};
 use lapse_engine::deliveries::Endpoint;
 use lapse_engine::{Caller, Clock, Engine, retention};
-use lapse_store::SqliteStore;
 
 mod common;
-use common::{engine, request};
+use common::{engine, memory_store, request};
 
 #[tokio::test]
 async fn history_past_the_retention_period_is_pruned_in_batches() {
@@ -90,8 +89,7 @@ async fn idempotency_keys_are_pruned_a_day_after_they_were_saved() {
 /// stay because a webhook delivery still needs them.
 #[tokio::test]
 async fn one_run_prunes_all_history_past_the_period_past_events_still_needed() {
-    let store = Arc::new(SqliteStore::open("sqlite::memory:", None).await.unwrap());
-    lapse_core::Store::migrate(store.as_ref()).await.unwrap();
+    let store = memory_store().await;
     let config = lapse_core::Config::default();
     // An endpoint for study rooms, never called here: their events' deliveries stay pending.
     let endpoint = Endpoint {

@@ -13,7 +13,7 @@ use lapse_store::SqliteStore;
 use tokio_util::sync::CancellationToken;
 
 mod common;
-use common::{admin, engine, engine_over, request, t0};
+use common::{admin, engine, engine_over, memory_store, request, t0};
 
 /// One instance's store on the shared PostgreSQL database at `url`, migrated.
 async fn postgres_instance(url: &str) -> Arc<lapse_store::PostgresStore> {
@@ -320,8 +320,7 @@ async fn a_sweep_that_fails_gives_back_the_rows_it_leased() {
 
 #[tokio::test]
 async fn a_change_that_only_puts_a_deadline_off_leaves_the_stored_one_for_the_sweep_to_re_arm() {
-    let store = Arc::new(SqliteStore::open("sqlite::memory:", None).await.unwrap());
-    lapse_core::Store::migrate(store.as_ref()).await.unwrap();
+    let store = memory_store().await;
     let config = Config::parse(
         "[kinds.room]\npresence_timeout = \"12h\"\n\
          [[kinds.room.rules]]\nname = \"expire-idle\"\non = \"idle\"\nafter = \"1h\"\ndo = \"expire\"\n",

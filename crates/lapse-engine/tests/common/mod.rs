@@ -46,9 +46,15 @@ pub async fn engine() -> Arc<Engine> {
 
 /// An engine over an in-memory database, and that database, to read what was written.
 pub async fn engine_and_store() -> (Arc<Engine>, Arc<SqliteStore>) {
+    let store = memory_store().await;
+    (engine_over(store.clone()), store)
+}
+
+/// A migrated in-memory database.
+pub async fn memory_store() -> Arc<SqliteStore> {
     let store = Arc::new(SqliteStore::open("sqlite::memory:", None).await.unwrap());
     lapse_core::Store::migrate(store.as_ref()).await.unwrap();
-    (engine_over(store.clone()), store)
+    store
 }
 
 /// An engine over `store`, with the built-in config and a manual clock at [`t0`].
