@@ -132,45 +132,42 @@ impl Ledger {
 
     /// Sessions by status.
     pub async fn statuses(&self) -> HashMap<String, String> {
-        const SQL: &str = "select id, status from sessions";
-        let rows: Vec<(String, String)> = match self {
-            Ledger::Sqlite(p) => sqlx::query_as(SQL).fetch_all(p).await,
-            Ledger::Postgres(p) => sqlx::query_as(SQL).fetch_all(p).await,
-        }
-        .expect("sessions read");
-        rows.into_iter().collect()
+        self.pairs("select id, status from sessions").await
     }
 
     /// Each session's `last_activity_at`.
     pub async fn activity(&self) -> HashMap<String, i64> {
-        const SQL: &str = "select id, last_activity_at from sessions";
-        let rows: Vec<(String, i64)> = match self {
-            Ledger::Sqlite(p) => sqlx::query_as(SQL).fetch_all(p).await,
-            Ledger::Postgres(p) => sqlx::query_as(SQL).fetch_all(p).await,
-        }
-        .expect("sessions read");
-        rows.into_iter().collect()
+        self.pairs("select id, last_activity_at from sessions")
+            .await
     }
 
     /// How many events each session has.
     pub async fn events_by_session(&self) -> HashMap<String, i64> {
-        const SQL: &str = "select session_id, count(*) from events group by session_id";
-        let rows: Vec<(String, i64)> = match self {
-            Ledger::Sqlite(p) => sqlx::query_as(SQL).fetch_all(p).await,
-            Ledger::Postgres(p) => sqlx::query_as(SQL).fetch_all(p).await,
-        }
-        .expect("events read");
-        rows.into_iter().collect()
+        self.pairs("select session_id, count(*) from events group by session_id")
+            .await
     }
 
     /// Webhook deliveries by status.
     pub async fn deliveries(&self) -> HashMap<String, i64> {
-        const SQL: &str = "select status, count(*) from webhook_deliveries group by status";
-        let rows: Vec<(String, i64)> = match self {
-            Ledger::Sqlite(p) => sqlx::query_as(SQL).fetch_all(p).await,
-            Ledger::Postgres(p) => sqlx::query_as(SQL).fetch_all(p).await,
+        self.pairs("select status, count(*) from webhook_deliveries group by status")
+            .await
+    }
+
+    /// The rows of `sql`, two columns each, as a map from the first to the second.
+    async fn pairs<V>(&self, sql: &'static str) -> HashMap<String, V>
+    where
+        V: Send
+            + Unpin
+            + sqlx::Type<sqlx::Sqlite>
+            + for<'r> sqlx::Decode<'r, sqlx::Sqlite>
+            + sqlx::Type<sqlx::Postgres>
+            + for<'r> sqlx::Decode<'r, sqlx::Postgres>,
+    {
+        let rows: Vec<(String, V)> = match self {
+            Ledger::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await,
+            Ledger::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await,
         }
-        .expect("deliveries read");
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
         rows.into_iter().collect()
     }
 
