@@ -12,7 +12,7 @@ use crate::store::{
     EventQuery, EventRecord, HealthCounts, Moved, PruneBefore, Pruned, Rearm, RearmOnly,
     RulesInForce, SessionQuery, StatusCount, StoredResponse,
 };
-use crate::{Session, SessionId, Store, StoreError, Timestamp, UserId};
+use crate::{Session, SessionId, Span, Store, StoreError, Timestamp, UserId};
 
 /// A store call as a hook sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,10 +223,10 @@ impl<H: Hook> Store for Intercepted<H> {
         endpoint: &str,
         now: Timestamp,
         limit: u32,
-        claim: bool,
+        lease: Option<Span>,
     ) -> Result<Vec<(Delivery, Event)>, StoreError> {
-        let writes = claim && self.inner.is_shared();
-        let call = self.inner.due_deliveries(endpoint, now, limit, claim);
+        let writes = lease.is_some() && self.inner.is_shared();
+        let call = self.inner.due_deliveries(endpoint, now, limit, lease);
         self.run("due_deliveries", writes, call).await
     }
 

@@ -22,6 +22,11 @@ use crate::{Caller, Engine, EngineError};
 /// Deliveries sent to one endpoint per step.
 const BATCH: u32 = 32;
 
+/// How much longer than the slowest answer a step's deliveries stay leased to this instance
+/// (where instances share the store): time to record the outcomes. A lease that ran out
+/// before then would let another instance send the same delivery again.
+const LEASE_MARGIN: Span = Span::from_secs(60);
+
 /// One configured endpoint with its signing keys.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
@@ -79,6 +84,9 @@ pub struct Webhooks {
     endpoints: Vec<Endpoint>,
     retry: Vec<Span>,
     client: reqwest::Client,
+    /// How long a step's deliveries are leased: every answer has come, or timed out, and
+    /// been recorded before it runs out.
+    lease: Span,
 }
 
 impl Webhooks {
@@ -94,6 +102,7 @@ impl Webhooks {
             endpoints,
             retry,
             client,
+            lease: Span::from_millis(timeout.millis().saturating_add(LEASE_MARGIN.millis())),
         }
     }
 
@@ -197,7 +206,8 @@ impl Engine {
         url: &str,
         now: Timestamp,
     ) -> Result<usize, EngineError> {
-        let due = self.store.due_deliveries(url, now, BATCH, true).await?;
+        let lease = Some(self.webhooks.lease);
+        let due = self.store.due_deliveries(url, now, BATCH, lease).await?;
         let n = due.len();
         let mut sends = tokio::task::JoinSet::new();
         for (delivery, event) in due {

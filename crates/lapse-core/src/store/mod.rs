@@ -22,7 +22,7 @@ pub use queries::{DueRow, EventQuery, HealthCounts, SessionQuery, StatusCount, S
 use crate::event::{Event, Notification};
 use crate::ids::{SessionId, UserId};
 use crate::session::Session;
-use crate::time::Timestamp;
+use crate::time::{Span, Timestamp};
 
 /// What can go wrong in a store.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -225,15 +225,16 @@ pub trait Store: Send + Sync + 'static {
     /// embedded database has one instance, and that instance already knows).
     async fn watch(&self, seen: ChangeCallback) -> Result<(), StoreError>;
 
-    /// Deliveries to `endpoint` due at `now` with their events, oldest first; with `claim`,
-    /// leased to this caller like due sessions. An endpoint at a time, so that one endpoint's
-    /// backlog never hides another's due deliveries.
+    /// Deliveries to `endpoint` due at `now` with their events, oldest first; with `lease`,
+    /// leased to this caller for that long like due sessions (where instances share the
+    /// store), unless it records them or ends first. An endpoint at a time, so that one
+    /// endpoint's backlog never hides another's due deliveries.
     async fn due_deliveries(
         &self,
         endpoint: &str,
         now: Timestamp,
         limit: u32,
-        claim: bool,
+        lease: Option<Span>,
     ) -> Result<Vec<(Delivery, Event)>, StoreError>;
 
     /// Records attempts, each by its delivery's id (and ends their leases); each row stands

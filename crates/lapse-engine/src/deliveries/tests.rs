@@ -1,4 +1,5 @@
-//! Webhook signatures, against the Standard Webhooks test vector and across a rotation.
+//! Webhook signatures, against the Standard Webhooks test vector and across a rotation; delivery
+//! leases.
 
 use super::*;
 
@@ -21,4 +22,21 @@ fn rotation_signs_with_every_secret() {
     assert_eq!(sig.split(' ').count(), 2);
     assert!(sig.split(' ').all(|s| s.starts_with("v1,")));
     assert!(parse_secrets("whsec_!!!").is_err());
+}
+
+#[test]
+fn a_steps_deliveries_stay_leased_past_the_slowest_answer() {
+    // With instances sharing the store, a lease that ran out while an answer was still awaited
+    // would let another instance send the same delivery again.
+    for timeout in [
+        Span::from_secs(10),
+        Span::from_secs(300),
+        Span::from_secs(3600),
+    ] {
+        let webhooks = Webhooks::new(Vec::new(), Vec::new(), timeout);
+        assert!(
+            webhooks.lease.millis() >= timeout.millis() + 30_000,
+            "{timeout}"
+        );
+    }
 }

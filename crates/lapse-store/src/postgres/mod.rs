@@ -33,7 +33,7 @@ use lapse_core::store::{
     EventQuery, EventRecord, HealthCounts, Moved, PruneBefore, Pruned, Rearm, RearmOnly,
     RulesInForce, SessionQuery, StatusCount, Store, StoredResponse,
 };
-use lapse_core::{SessionId, StoreError, Timestamp, UserId};
+use lapse_core::{SessionId, Span, StoreError, Timestamp, UserId};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::backend;
@@ -274,13 +274,13 @@ impl Store for PostgresStore {
         endpoint: &str,
         now: Timestamp,
         limit: u32,
-        claim: bool,
+        lease: Option<Span>,
     ) -> Result<Vec<(Delivery, Event)>, StoreError> {
-        let holder = match claim {
-            true => Some(self.holder().await?),
-            false => None,
+        let claim = match lease {
+            Some(lease) => Some((self.holder().await?, lease)),
+            None => None,
         };
-        outbox::due_deliveries(&self.pool, endpoint, now, limit, holder).await
+        outbox::due_deliveries(&self.pool, endpoint, now, limit, claim).await
     }
 
     async fn record_attempts(&self, attempts: &[(String, Attempt)]) -> Result<(), StoreError> {

@@ -6,11 +6,11 @@ use lapse_core::store::{
     Attempt, Delivery, DeliveryStatus, DisabledEndpoint, HealthCounts, PruneBefore, Pruned,
     StoredResponse,
 };
-use lapse_core::{StoreError, Timestamp};
+use lapse_core::{Span, StoreError, Timestamp};
 use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::leases::{LEASE, wall_now};
+use super::leases::wall_now;
 use crate::rows::{self, DELIVERY_COLUMNS};
 use crate::{backend, statements};
 
@@ -71,16 +71,16 @@ pub(super) async fn due_deliveries(
     endpoint: &str,
     now: Timestamp,
     limit: u32,
-    holder: Option<i32>,
+    claim: Option<(i32, Span)>,
 ) -> Result<Vec<(Delivery, Event)>, StoreError> {
-    let Some(holder) = holder else {
+    let Some((holder, lease)) = claim else {
         return pending_deliveries(pool, endpoint, now, limit).await;
     };
     let wall = wall_now();
     let rows = sqlx::query(AssertSqlSafe(claim_deliveries_sql(limit)))
         .bind(now.millis())
         .bind(wall)
-        .bind(wall + LEASE.as_millis() as i64)
+        .bind(wall.saturating_add(lease.millis()))
         .bind(holder)
         .bind(endpoint)
         .fetch_all(pool)

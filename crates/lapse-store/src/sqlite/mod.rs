@@ -24,7 +24,7 @@ use lapse_core::store::{
     EventQuery, EventRecord, HealthCounts, Moved, PruneBefore, Pruned, Rearm, RearmOnly,
     RulesInForce, SessionQuery, StatusCount, Store, StoredResponse,
 };
-use lapse_core::{SessionId, StoreError, Timestamp, UserId};
+use lapse_core::{SessionId, Span, StoreError, Timestamp, UserId};
 use sqlx::Connection as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
@@ -297,7 +297,7 @@ impl Store for SqliteStore {
         endpoint: &str,
         now: Timestamp,
         limit: u32,
-        _claim: bool,
+        _lease: Option<Span>,
     ) -> Result<Vec<(Delivery, Event)>, StoreError> {
         // One instance: nothing to claim against.
         outbox::due_deliveries(&self.reader, endpoint, now, limit).await

@@ -27,6 +27,9 @@ async fn an_events_details_read_back_as_written() {
 
 const BREAK_DETAILS: &str = "update events set data = '{\"to\":' where id = 'ev-a'";
 
+/// A delivery lease as the engine takes one: longer than any answer is waited for.
+const LEASE: Span = Span::from_secs(70);
+
 pub(super) fn all_events() -> lapse_core::store::EventQuery {
     lapse_core::store::EventQuery {
         limit: 10,
@@ -77,7 +80,7 @@ async fn details_read_back_as_written(store: &dyn Store) {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].data.as_str(), written, "a page of events");
     let due = store
-        .due_deliveries("http://127.0.0.1:9/hook", t0(), 10, true)
+        .due_deliveries("http://127.0.0.1:9/hook", t0(), 10, Some(LEASE))
         .await
         .unwrap();
     assert_eq!(due.len(), 1);
@@ -228,7 +231,10 @@ async fn due_deliveries_are_read_an_endpoint_at_a_time() {
         let mut pending = store.pending_endpoints().await.unwrap();
         pending.sort();
         assert_eq!(pending, [HOOK, OTHER]);
-        let due = store.due_deliveries(OTHER, now, 10, true).await.unwrap();
+        let due = store
+            .due_deliveries(OTHER, now, 10, Some(LEASE))
+            .await
+            .unwrap();
         let ids: Vec<String> = due.iter().map(|(d, _)| d.id.clone()).collect();
         assert_eq!(
             ids,
@@ -236,7 +242,12 @@ async fn due_deliveries_are_read_an_endpoint_at_a_time() {
             "another endpoint's backlog does not come first"
         );
         assert_eq!(
-            events(store.due_deliveries(HOOK, now, 2, true).await.unwrap()),
+            events(
+                store
+                    .due_deliveries(HOOK, now, 2, Some(LEASE))
+                    .await
+                    .unwrap()
+            ),
             ["ev-0", "ev-1"],
             "the oldest first"
         );
@@ -248,7 +259,7 @@ async fn due_deliveries_are_read_an_endpoint_at_a_time() {
             .await
             .unwrap();
         assert_eq!(
-            events(store.due_deliveries(HOOK, now, 10, false).await.unwrap()),
+            events(store.due_deliveries(HOOK, now, 10, None).await.unwrap()),
             ["ev-0", "ev-1", "ev-3", "ev-4"],
             "pending ones only"
         );
@@ -319,11 +330,51 @@ async fn disabling_an_endpoint_ends_its_pending_deliveries_but_the_attempted_one
 /// claimed: the second is handed the rows the first left, not an empty batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_postgres_instances_each_deliver_the_webhooks_they_claimed() {
-    use lapse_core::event::NewEvent;
-    use lapse_core::store::EventRecord;
     let Some((a, b)) = two_postgres_instances().await else {
         return;
     };
+    four_deliveries_queued(&a).await;
+    let now = t0() + Span::from_secs(1);
+    let first = a.due_deliveries(HOOK, now, 2, Some(LEASE)).await.unwrap();
+    let second = b.due_deliveries(HOOK, now, 2, Some(LEASE)).await.unwrap();
+    let ids = |batch: &[(lapse_core::store::Delivery, lapse_core::event::Event)]| {
+        batch.iter().map(|(_, e)| e.id.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&first), ["ev-0", "ev-1"]);
+    assert_eq!(ids(&second), ["ev-2", "ev-3"], "the rows the first left");
+}
+
+/// A delivery's lease lasts as long as its claim asked, and no longer, though its holder lives
+/// on. The engine asks for longer than it waits for any answer, so no other instance sends a
+/// delivery again while the first still waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_lease_lasts_as_long_as_its_claim_asked() {
+    let Some((a, b)) = two_postgres_instances().await else {
+        return;
+    };
+    four_deliveries_queued(&a).await;
+    let now = t0() + Span::from_secs(1);
+    let held = a.due_deliveries(HOOK, now, 2, Some(LEASE)).await.unwrap();
+    let brief = a
+        .due_deliveries(HOOK, now, 2, Some(Span::from_millis(1)))
+        .await
+        .unwrap();
+    assert_eq!((held.len(), brief.len()), (2, 2));
+    // Leases run on the wall clock, which instances share: this waits a little of it.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let taken = b.due_deliveries(HOOK, now, 4, Some(LEASE)).await.unwrap();
+    let ids: Vec<&str> = taken.iter().map(|(_, e)| e.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["ev-2", "ev-3"],
+        "the brief lease ran out; the other holds"
+    );
+}
+
+/// Four events of one session, each queued for [`HOOK`]: ev-0 to ev-3.
+async fn four_deliveries_queued(store: &dyn Store) {
+    use lapse_core::event::NewEvent;
+    use lapse_core::store::EventRecord;
     let s = session("study", "room", t0());
     let events = (0..4)
         .map(|n| EventRecord {
@@ -338,22 +389,15 @@ async fn two_postgres_instances_each_deliver_the_webhooks_they_claimed() {
                 rule: None,
                 data: serde_json::json!({}).into(),
             },
-            webhooks: vec!["http://127.0.0.1:9/hook".into()],
+            webhooks: vec![HOOK.into()],
         })
         .collect();
-    a.commit(Commit {
-        sessions: vec![SessionWrite::Insert(s)],
-        events,
-        ..Commit::default()
-    })
-    .await
-    .unwrap();
-    let now = t0() + Span::from_secs(1);
-    let first = a.due_deliveries(HOOK, now, 2, true).await.unwrap();
-    let second = b.due_deliveries(HOOK, now, 2, true).await.unwrap();
-    let ids = |batch: &[(lapse_core::store::Delivery, lapse_core::event::Event)]| {
-        batch.iter().map(|(_, e)| e.id.clone()).collect::<Vec<_>>()
-    };
-    assert_eq!(ids(&first), ["ev-0", "ev-1"]);
-    assert_eq!(ids(&second), ["ev-2", "ev-3"], "the rows the first left");
+    store
+        .commit(Commit {
+            sessions: vec![SessionWrite::Insert(s)],
+            events,
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
 }
