@@ -224,9 +224,6 @@ async fn due_deliveries_are_read_an_endpoint_at_a_time() {
         insert(store, &later).await;
         let at = |minutes: i64| t0() + Span::from_secs(60 * minutes);
         let to_other = queue_deliveries_from(store, &later, 5..7, OTHER).await;
-        let events = |due: Vec<(lapse_core::store::Delivery, lapse_core::event::Event)>| {
-            due.into_iter().map(|(_, e)| e.id).collect::<Vec<_>>()
-        };
         let now = at(10);
         let mut pending = store.pending_endpoints().await.unwrap();
         pending.sort();
@@ -242,8 +239,8 @@ async fn due_deliveries_are_read_an_endpoint_at_a_time() {
             "another endpoint's backlog does not come first"
         );
         assert_eq!(
-            events(
-                store
+            event_ids(
+                &store
                     .due_deliveries(HOOK, now, 2, Some(LEASE))
                     .await
                     .unwrap()
@@ -259,7 +256,7 @@ async fn due_deliveries_are_read_an_endpoint_at_a_time() {
             .await
             .unwrap();
         assert_eq!(
-            events(store.due_deliveries(HOOK, now, 10, None).await.unwrap()),
+            event_ids(&store.due_deliveries(HOOK, now, 10, None).await.unwrap()),
             ["ev-0", "ev-1", "ev-3", "ev-4"],
             "pending ones only"
         );
@@ -337,11 +334,12 @@ async fn two_postgres_instances_each_deliver_the_webhooks_they_claimed() {
     let now = t0() + Span::from_secs(1);
     let first = a.due_deliveries(HOOK, now, 2, Some(LEASE)).await.unwrap();
     let second = b.due_deliveries(HOOK, now, 2, Some(LEASE)).await.unwrap();
-    let ids = |batch: &[(lapse_core::store::Delivery, lapse_core::event::Event)]| {
-        batch.iter().map(|(_, e)| e.id.clone()).collect::<Vec<_>>()
-    };
-    assert_eq!(ids(&first), ["ev-0", "ev-1"]);
-    assert_eq!(ids(&second), ["ev-2", "ev-3"], "the rows the first left");
+    assert_eq!(event_ids(&first), ["ev-0", "ev-1"]);
+    assert_eq!(
+        event_ids(&second),
+        ["ev-2", "ev-3"],
+        "the rows the first left"
+    );
 }
 
 /// A delivery's lease lasts as long as its claim asked, and no longer, though its holder lives
@@ -363,12 +361,16 @@ async fn a_delivery_lease_lasts_as_long_as_its_claim_asked() {
     // Leases run on the wall clock, which instances share: this waits a little of it.
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let taken = b.due_deliveries(HOOK, now, 4, Some(LEASE)).await.unwrap();
-    let ids: Vec<&str> = taken.iter().map(|(_, e)| e.id.as_str()).collect();
     assert_eq!(
-        ids,
+        event_ids(&taken),
         ["ev-2", "ev-3"],
         "the brief lease ran out; the other holds"
     );
+}
+
+/// The ids of a batch's events, in its order.
+fn event_ids(batch: &[(lapse_core::store::Delivery, lapse_core::event::Event)]) -> Vec<String> {
+    batch.iter().map(|(_, e)| e.id.clone()).collect()
 }
 
 /// Four events of one session, each queued for [`HOOK`]: ev-0 to ev-3.
