@@ -137,7 +137,7 @@ impl Engine {
             .map(|e| e.config.url.clone())
             .collect();
         for url in &configured {
-            loops.spawn(self.clone().deliver_to(url.clone(), shutdown.clone()));
+            loops.spawn(self.clone().deliver_to(url.clone(), true, shutdown.clone()));
         }
         // The endpoints of pending deliveries, read once (again each second until it can be).
         let pending = loop {
@@ -155,17 +155,21 @@ impl Engine {
             }
         };
         for url in pending.into_iter().filter(|url| !configured.contains(url)) {
-            loops.spawn(self.clone().deliver_to(url, shutdown.clone()));
+            loops.spawn(self.clone().deliver_to(url, false, shutdown.clone()));
         }
         while loops.join_next().await.is_some() {}
     }
 
-    /// Delivers to `url` until `shutdown` (or, for an endpoint no longer configured, until
+    /// Delivers to `url` until `shutdown` (or, for an endpoint no longer `configured`, until
     /// nothing is pending to it): after each step it sleeps until the endpoint's next
     /// delivery is due (at most a second, since another instance's events may queue more),
     /// or until events are appended.
-    async fn deliver_to(self: Arc<Self>, url: String, shutdown: CancellationToken) {
-        let configured = self.webhooks.endpoints.iter().any(|e| e.config.url == url);
+    async fn deliver_to(
+        self: Arc<Self>,
+        url: String,
+        configured: bool,
+        shutdown: CancellationToken,
+    ) {
         let mut signal = self.event_signal();
         loop {
             signal.borrow_and_update();
