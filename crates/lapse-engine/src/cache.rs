@@ -18,7 +18,7 @@
 //!
 //! Bounded: past [`CAPACITY`] sessions, the oldest half is dropped.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,8 +38,9 @@ const TOUCHED_FOR: Duration = Duration::from_secs(2 * FRESH_FOR.as_secs());
 
 struct Entry {
     session: Arc<Session>,
-    /// Its joined participants, so a heartbeat in a big room checks one of them, not all.
-    joined: Arc<HashSet<UserId>>,
+    /// Its joined participants and when each was last seen as stored, so a heartbeat in a
+    /// big room looks at one of them, not all.
+    joined: Arc<Joined>,
     checked: Instant,
     /// No event of this session has been read by the feed since the copy was checked (and
     /// the check began after any the feed had read).
@@ -51,8 +52,8 @@ struct Entry {
 pub struct Held {
     /// The session as stored.
     pub session: Arc<Session>,
-    /// Its joined participants.
-    pub joined: Arc<HashSet<UserId>>,
+    /// Its joined participants and when each was last seen, as stored.
+    pub joined: Arc<Joined>,
     /// Whether it may answer a heartbeat: no event of it read since it was checked, and that
     /// check or the feed's last complete read less than [`FRESH_FOR`] ago (see the module
     /// docs).
@@ -79,12 +80,15 @@ fn vouches(touched: &HashMap<SessionId, Instant>, id: &SessionId, since: Instant
     since.elapsed() < TOUCHED_FOR && touched.get(id).is_none_or(|at| *at < since)
 }
 
-fn joined(s: &Session) -> Arc<HashSet<UserId>> {
+/// A room's joined participants, each with their `last_seen_at`.
+pub type Joined = HashMap<UserId, Timestamp>;
+
+fn joined(s: &Session) -> Arc<Joined> {
     Arc::new(
         s.participants
             .iter()
             .filter(|p| p.state == lapse_core::ParticipantState::Joined)
-            .map(|p| p.user.clone())
+            .map(|p| (p.user.clone(), p.last_seen_at))
             .collect(),
     )
 }
@@ -226,11 +230,12 @@ impl SessionCache {
                         Some(users) if e.session.version == session.version && users.len() <= 8 => {
                             let set = Arc::make_mut(&mut e.joined);
                             for user in users {
-                                if s.is_joined(user) {
-                                    set.insert(user.clone());
-                                } else {
-                                    set.remove(user);
-                                }
+                                match s.participant(user) {
+                                    Some(p) if p.state == lapse_core::ParticipantState::Joined => {
+                                        set.insert(user.clone(), p.last_seen_at)
+                                    }
+                                    _ => set.remove(user),
+                                };
                             }
                         }
                         _ => e.joined = joined(&s),
@@ -319,6 +324,14 @@ impl SessionCache {
                 {
                     p.last_seen_at = p.last_seen_at.max(*at);
                     s.last_activity_at = s.last_activity_at.max(*at);
+                }
+            }
+            if !seen.is_empty() {
+                let joined = Arc::make_mut(&mut e.joined);
+                for (user, at) in &seen {
+                    if let Some(last) = joined.get_mut(*user) {
+                        *last = (*last).max(*at);
+                    }
                 }
             }
             s.used = true;

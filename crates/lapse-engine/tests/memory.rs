@@ -276,3 +276,47 @@ async fn a_copy_the_event_feed_vouches_for_answers_heartbeats_from_memory_howeve
     let beat = a.heartbeat(&admin(), &id, &user("host")).await;
     assert!(beat.is_err(), "the session has ended: {beat:?}");
 }
+
+/// A participant's beat that comes just before their presence lapses is written before it is
+/// answered: held in memory until the next flush, it would be unknown to another instance
+/// deciding the lapse on the stored row meanwhile, which would tell them offline while they
+/// were beating.
+#[tokio::test]
+async fn a_beat_just_before_a_presence_lapse_is_seen_by_another_instances_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, store) = two_instances(&dir).await;
+    let id = started_room_with_reader(&a).await;
+    let guest = user("guest");
+    a.join(&admin(), &id, &guest, None, Via::Direct)
+        .await
+        .unwrap();
+    // Both instances' clocks move alike. The guest's presence lapses 90 s after the join;
+    // the host's beats keep the room's stored activity recent.
+    let advance = |ms: i64| {
+        for engine in [&a, &b] {
+            engine
+                .clock()
+                .advance(lapse_core::Span::from_millis(ms))
+                .unwrap();
+        }
+    };
+    advance(87_500);
+    a.heartbeat(&admin(), &id, &user("host")).await.unwrap();
+    a.flush_heartbeats().await.unwrap();
+    advance(1_500);
+    a.heartbeat(&admin(), &id, &guest).await.unwrap();
+
+    // B sweeps as the guest's stored lapse comes, before A's next flush.
+    advance(1_100);
+    b.sweep_once(&lapse_engine::SweepOptions::default())
+        .await
+        .unwrap();
+    a.flush_heartbeats().await.unwrap();
+    let room = store.load(&id).await.unwrap().unwrap();
+    let seen = room.participants.iter().find(|p| p.user == guest).unwrap();
+    assert_eq!(seen.offline_for, None, "never told offline: {seen:?}");
+    assert_eq!(
+        seen.last_seen_at,
+        t0() + lapse_core::Span::from_millis(89_000)
+    );
+}

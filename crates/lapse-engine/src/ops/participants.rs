@@ -2,8 +2,9 @@
 
 use lapse_core::lifecycle::{self, OpError, Via};
 use lapse_core::store::Beat;
-use lapse_core::{Participant, Role, SessionId, UserId};
+use lapse_core::{Participant, Role, SessionId, Timestamp, UserId};
 
+use crate::cache::Held;
 use crate::heartbeats::{MAX_PENDING, covered};
 
 use super::{RejectedBeat, error_code, not_found, validation};
@@ -116,11 +117,8 @@ impl Engine {
     /// Takes a heartbeat of `user` in `id`: checked against the settled session, then folded
     /// into memory, or handed back to be written before it is answered.
     ///
-    /// A beat waits in memory for the next flush only where the room's activity as stored is
-    /// recent enough that losing the beat in a crash cannot bring an idle rule early
-    /// ([`crate::heartbeats::covered`]): the idle grace covers a flush interval of beats lost,
-    /// not a beat after a long silence, nor beats taken by instances that died one after
-    /// another before any of them wrote the room.
+    /// A beat waits in memory for the next flush only where that is safe
+    /// ([`Engine::may_wait`]); the others are written before they are answered.
     async fn take_beat(
         &self,
         caller: &Caller,
@@ -146,7 +144,7 @@ impl Engine {
                 s.parent.is_some() && s.parent_ended_at.is_none() && self.follows_parent(&s.kind);
             s.status.is_open()
                 && !parent_unknown
-                && h.joined.contains(user)
+                && h.joined.contains_key(user)
                 && (s.wake_at.is_none_or(|at| at > now) || {
                     let mut probe = (**s).clone();
                     self.apply_due(&mut probe, now).is_empty()
@@ -156,7 +154,7 @@ impl Engine {
             && h.current
             && takes_beat(h)
         {
-            if !covered(h.session.last_activity_at, now) {
+            if !self.may_wait(h, user, now) {
                 return Ok(Some(beat(now)));
             }
             self.beats.record(id, user, now, h.session.wake_at);
@@ -182,12 +180,31 @@ impl Engine {
         lifecycle::check_heartbeat(&s, user)?;
         let now = self.now();
         // The settled copy carries this instance's pending beats; the held one is as stored.
-        let stored = self.sessions.get(id).map(|h| h.session.last_activity_at);
-        if !stored.is_some_and(|at| covered(at, now)) {
+        let held = self.sessions.get(id);
+        if !held.is_some_and(|h| self.may_wait(&h, user, now)) {
             return Ok(Some(beat(now)));
         }
         self.beats.record(id, user, now, s.wake_at);
         Ok(None)
+    }
+
+    /// Whether a beat of `user` taken at `now` may wait in memory for the next flush, by
+    /// `held`, its room as stored. Two things must hold:
+    /// - The room's stored activity covers the beat ([`covered`]): if this instance dies
+    ///   before writing it, the heartbeat grace still keeps an idle rule from firing early.
+    ///   A beat after a long silence, or one this instance takes before it has written the
+    ///   room, is written first (or instances that die one after another could each lose
+    ///   their second of beats).
+    /// - The user's presence, as stored, does not lapse before the flush that writes the beat
+    ///   would be done ([`crate::heartbeats::Heartbeats::urgent_within`]). A
+    ///   lapse has no grace: another instance (or `lapse sweep`) deciding it on the stored
+    ///   row must find the beat there, or it tells the user offline while they are beating.
+    fn may_wait(&self, held: &Held, user: &UserId, now: Timestamp) -> bool {
+        let Some(seen) = held.joined.get(user) else {
+            return false;
+        };
+        let lapse = *seen + self.kind_of(&held.session.kind).presence_timeout;
+        covered(held.session.last_activity_at, now) && lapse > now + self.beats.urgent_within()
     }
 
     /// Writes beats before they are answered ([`Engine::write_through`]). If the database is
