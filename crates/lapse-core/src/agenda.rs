@@ -86,10 +86,9 @@ fn rule_entries<'k>(kind: &'k Kind, s: &Session, now: Timestamp) -> Vec<Entry<'k
     out
 }
 
-/// The entry to apply at `now`: among those ready, the earliest stamp (ties: presence, then
-/// warnings, then rules). The earliest rule always goes first among rules: while it is in its
-/// grace, no later rule fires either, so outcomes never depend on when a sweep ran.
-pub fn next_ready<'k>(kind: &'k Kind, s: &Session, now: Timestamp) -> Option<Entry<'k>> {
+/// The next entry, ready or not: the earliest stamp (ties: presence, then warnings, then
+/// rules).
+fn next<'k>(kind: &'k Kind, s: &Session, now: Timestamp) -> Option<Entry<'k>> {
     // Of the presence lapses only the first can be next; it goes ahead of any rule entry
     // stamped at the same moment.
     let offline = first_offline(kind, s).map(|(user, at)| Entry {
@@ -100,7 +99,6 @@ pub fn next_ready<'k>(kind: &'k Kind, s: &Session, now: Timestamp) -> Option<Ent
     offline
         .into_iter()
         .chain(rule_entries(kind, s, now))
-        .filter(|e| e.ready_at <= now)
         .min_by_key(|e| {
             let order = match e.item {
                 Item::Offline { .. } => 0,
@@ -111,12 +109,97 @@ pub fn next_ready<'k>(kind: &'k Kind, s: &Session, now: Timestamp) -> Option<Ent
         })
 }
 
-/// When the sweeper should next look at the session: its earliest agenda entry.
+/// The entry to apply at `now`: the next one, once it is ready. The agenda is applied in the
+/// order of its stamps: while an idle rule is in its grace, nothing stamped after it is
+/// applied either, so outcomes never depend on when a sweep ran (a warning or a presence
+/// lapse that comes a second after a session expired is not told first because a sweep came
+/// in between).
+pub fn next_ready<'k>(kind: &'k Kind, s: &Session, now: Timestamp) -> Option<Entry<'k>> {
+    next(kind, s, now).filter(|e| e.ready_at <= now)
+}
+
+/// When the sweeper should next look at the session: when its next entry is ready.
 pub fn wake_at(kind: &Kind, s: &Session, now: Timestamp) -> Option<Timestamp> {
-    let offline = first_offline(kind, s).map(|(_, at)| at);
-    rule_entries(kind, s, now)
-        .iter()
-        .map(|e| e.ready_at)
-        .chain(offline)
-        .min()
+    next(kind, s, now).map(|e| e.ready_at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::ids::SessionId;
+    use crate::lifecycle::{self, By, Effects, NewSession};
+    use crate::time::Span;
+
+    /// Idle for 10 minutes expires; active for 11 warns 59 s before it completes, so the
+    /// warning comes a second after an idle session expired. Presence lapses come later.
+    const KIND: &str = r#"
+[kinds.room]
+presence_timeout = "1h"
+[[kinds.room.rules]]
+name = "expire-idle"
+on = "idle"
+after = "10m"
+do = "expire"
+[[kinds.room.rules]]
+name = "end-long"
+on = "active_for"
+after = "11m"
+do = "complete"
+warn_before = "59s"
+"#;
+
+    fn started_room(kind: &Kind, t0: Timestamp) -> Session {
+        let input = NewSession {
+            title: None,
+            metadata: None,
+            host: UserId::parse("host").unwrap(),
+            parent: None,
+            scheduled_start: None,
+            scheduled_end: None,
+        };
+        let by = By::system();
+        let mut fx = Effects::default();
+        let id = SessionId::parse("room").unwrap();
+        let mut s = lifecycle::create(kind, id, input, None, t0, &by, &mut fx).unwrap();
+        lifecycle::start(kind, &mut s, t0, &by, &mut fx).unwrap();
+        s
+    }
+
+    /// The events applying the agenda at each of `sweeps` writes.
+    fn events(kind: &Kind, s: &mut Session, sweeps: &[Timestamp]) -> Vec<(String, Timestamp)> {
+        let mut fx = Effects::default();
+        for now in sweeps {
+            lifecycle::apply_due(kind, s, *now, &mut fx);
+        }
+        fx.events
+            .iter()
+            .map(|e| (e.event_type.as_str().to_string(), e.at))
+            .collect()
+    }
+
+    #[test]
+    fn nothing_stamped_after_an_idle_rule_in_its_grace_goes_first() {
+        let mut kind = Config::parse(KIND, "agenda.toml").unwrap().kinds["room"].clone();
+        kind.idle_grace = Span::from_secs(2);
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let expired = t0 + Span::from_secs(600);
+        let (in_grace, after) = (
+            expired + Span::from_millis(1_500),
+            expired + Span::from_secs(3),
+        );
+
+        let mut swept_in_grace = started_room(&kind, t0);
+        assert_eq!(
+            wake_at(&kind, &swept_in_grace, t0),
+            Some(expired + kind.idle_grace),
+            "the sweeper wakes when the idle rule is ready, not for the warning behind it"
+        );
+        let twice = events(&kind, &mut swept_in_grace, &[in_grace, after]);
+        let mut swept_once = started_room(&kind, t0);
+        let once = events(&kind, &mut swept_once, &[after]);
+
+        assert_eq!(twice, once, "the same whenever the sweeps came");
+        assert_eq!(once, vec![("session.expired".to_string(), expired)]);
+    }
 }
