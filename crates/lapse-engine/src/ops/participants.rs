@@ -203,8 +203,14 @@ impl Engine {
         let Some(seen) = held.joined.get(user) else {
             return false;
         };
-        let lapse = *seen + self.kind_of(&held.session.kind).presence_timeout;
-        covered(held.session.last_activity_at, now) && lapse > now + self.beats.urgent_within()
+        let written_by = now + self.beats.urgent_within();
+        // The room's stored wake-up comes no later than any lapse still to be told: far off,
+        // it spares the look at the kind.
+        let lapses_later = || {
+            held.session.wake_at.is_none_or(|at| at > written_by)
+                || *seen + self.kind_of(&held.session.kind).presence_timeout > written_by
+        };
+        covered(held.session.last_activity_at, now) && lapses_later()
     }
 
     /// Writes beats before they are answered ([`Engine::write_through`]). If the database is
