@@ -158,13 +158,23 @@ impl Real {
     }
 
     fn settle(&mut self, now: Timestamp) {
-        if let Some(s) = &mut self.session {
-            let mut fx = Effects::default();
-            lifecycle::apply_due(&self.kind, s, now, &mut fx);
-            if fx.deleted_at.is_some() {
-                self.session = None;
-            }
+        self.settle_told(now);
+    }
+
+    /// Applies what is due at `now`; the events it wrote, with their stamps.
+    fn settle_told(&mut self, now: Timestamp) -> Vec<(&'static str, Timestamp)> {
+        let Some(s) = &mut self.session else {
+            return Vec::new();
+        };
+        let mut fx = Effects::default();
+        lifecycle::apply_due(&self.kind, s, now, &mut fx);
+        if fx.deleted_at.is_some() {
+            self.session = None;
         }
+        fx.events
+            .iter()
+            .map(|e| (e.event_type.as_str(), e.at))
+            .collect()
     }
 
     fn apply(&mut self, op: &Op, now: Timestamp) {
@@ -253,4 +263,55 @@ proptest! {
     fn results_do_not_depend_on_when_sweeps_run(ops in prop::collection::vec(op(), 1..40)) {
         prop_assert_eq!(run(&ops, true), run(&ops, false));
     }
+}
+
+/// Idle for 10 minutes expires; active for 11 warns 59 s before it completes, so the warning
+/// comes a second after an idle session expired.
+const WARNED: &str = r#"
+[kinds.room]
+presence_timeout = "1h"
+[[kinds.room.rules]]
+name = "expire-idle"
+on = "idle"
+after = "10m"
+do = "expire"
+[[kinds.room.rules]]
+name = "end-long"
+on = "active_for"
+after = "11m"
+do = "complete"
+warn_before = "59s"
+"#;
+
+/// An idle rule waits out its grace past its deadline (the engine gives it 2 s); a warning
+/// stamped within that grace is not told first because a sweep came in between.
+#[test]
+fn nothing_stamped_after_an_idle_rule_in_its_grace_goes_first() {
+    let mut kind = Config::parse(WARNED, "warned.toml").unwrap().kinds["room"].clone();
+    kind.idle_grace = Span::from_secs(2);
+    let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+    let expired = t0 + Span::from_secs(600);
+    let (in_grace, after) = (
+        expired + Span::from_millis(1_500),
+        expired + Span::from_secs(3),
+    );
+    let started = || {
+        let mut real = Real::new(kind.clone(), t0);
+        real.apply(&Op::Start, t0);
+        real
+    };
+
+    let mut swept_in_grace = started();
+    let session = swept_in_grace.session.as_ref().unwrap();
+    assert_eq!(
+        lapse_core::agenda::wake_at(&kind, session, t0),
+        Some(expired + kind.idle_grace),
+        "the sweeper wakes when the idle rule is ready, not for the warning behind it"
+    );
+    let mut twice = swept_in_grace.settle_told(in_grace);
+    twice.extend(swept_in_grace.settle_told(after));
+    let once = started().settle_told(after);
+
+    assert_eq!(twice, once, "the same whenever the sweeps came");
+    assert_eq!(once, vec![("session.expired", expired)]);
 }
