@@ -2,8 +2,8 @@
 //! an in-memory map (the latest moment per participant) and the map is flushed in one batch.
 //! A beat waits in memory only where its room's stored activity covers it ([`covered`]: lost
 //! in a crash, it brings no idle rule early) and its participant's presence does not lapse
-//! before it is written (another instance deciding the lapse finds it). The others are written before
-//! they are answered, gathered into one transaction at a time.
+//! before it is written (another instance deciding the lapse finds it). The others are
+//! written before they are answered, gathered into one transaction at a time.
 //!
 //! Nothing is decided on a stale row: every single-session operation overlays the pending
 //! beats of its session before applying rules, and a sweep writes the pending beats of the

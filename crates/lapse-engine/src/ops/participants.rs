@@ -191,14 +191,14 @@ impl Engine {
     /// Whether a beat of `user` taken at `now` may wait in memory for the next flush, by
     /// `held`, its room as stored. Two things must hold:
     /// - The room's stored activity covers the beat ([`covered`]): if this instance dies
-    ///   before writing it, the heartbeat grace still keeps an idle rule from firing early.
-    ///   A beat after a long silence, or one this instance takes before it has written the
-    ///   room, is written first (or instances that die one after another could each lose
-    ///   their second of beats).
-    /// - The user's presence, as stored, does not lapse before the flush that writes the beat
-    ///   would be done ([`crate::heartbeats::Heartbeats::urgent_within`]). A
-    ///   lapse has no grace: another instance (or `lapse sweep`) deciding it on the stored
-    ///   row must find the beat there, or it tells the user offline while they are beating.
+    ///   before writing it, the idle grace still keeps an idle rule from firing early. A beat
+    ///   after a long silence, or one this instance takes before it has written the room, is
+    ///   written first (or instances that die one after another could each lose their
+    ///   second of beats).
+    /// - The user's presence, as stored, does not lapse before the flush that would write the
+    ///   beat is done ([`crate::heartbeats::Heartbeats::urgent_within`]). A lapse has no
+    ///   grace: another instance (or `lapse sweep`) deciding it on the stored row must find
+    ///   the beat there, or it tells the user offline while they are beating.
     fn may_wait(&self, held: &Held, user: &UserId, now: Timestamp) -> bool {
         let Some(seen) = held.joined.get(user) else {
             return false;
