@@ -1,6 +1,6 @@
 //! What the engine answers from memory, and why nothing wrong can commit because of it: two
-//! engines over one database file stand for two instances (or `lapse serve` and a
-//! `lapse sweep` beside it).
+//! engines over one database (a SQLite file; PostgreSQL where a test says so) stand for two
+//! instances (or `lapse serve` and a `lapse sweep` beside it).
 
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use lapse_engine::{Clock, Engine};
 use lapse_store::SqliteStore;
 
 mod common;
-use common::{admin, create, t0};
+use common::{admin, create, engine_over, postgres_instance, t0};
 
 /// Two engines (two instances) over one SQLite file.
 async fn two_instances(dir: &tempfile::TempDir) -> (Arc<Engine>, Arc<Engine>, Arc<dyn Store>) {
@@ -281,10 +281,11 @@ async fn a_copy_the_event_feed_vouches_for_answers_heartbeats_from_memory_howeve
 /// answered: held in memory until the next flush, it would be unknown to another instance
 /// deciding the lapse on the stored row meanwhile, which would tell them offline while they
 /// were beating.
-#[tokio::test]
-async fn a_beat_just_before_a_presence_lapse_is_seen_by_another_instances_sweep() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b, store) = two_instances(&dir).await;
+async fn a_beat_just_before_a_presence_lapse_is_seen_by(
+    a: Arc<Engine>,
+    b: Arc<Engine>,
+    store: Arc<dyn Store>,
+) {
     let id = started_room_with_reader(&a).await;
     let guest = user("guest");
     a.join(&admin(), &id, &guest, None, Via::Direct)
@@ -319,4 +320,21 @@ async fn a_beat_just_before_a_presence_lapse_is_seen_by_another_instances_sweep(
         seen.last_seen_at,
         t0() + lapse_core::Span::from_millis(89_000)
     );
+}
+
+#[tokio::test]
+async fn a_beat_just_before_a_presence_lapse_is_seen_by_another_instances_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, store) = two_instances(&dir).await;
+    a_beat_just_before_a_presence_lapse_is_seen_by(a, b, store).await;
+}
+
+#[tokio::test]
+async fn a_beat_just_before_a_presence_lapse_is_seen_by_another_instance_on_postgres() {
+    let Some(url) = lapse_store::testing::fresh_postgres_database().await else {
+        return;
+    };
+    let store = postgres_instance(&url).await;
+    let (a, b) = (engine_over(store.clone()), engine_over(store.clone()));
+    a_beat_just_before_a_presence_lapse_is_seen_by(a, b, store).await;
 }

@@ -13,16 +13,7 @@ use lapse_store::SqliteStore;
 use tokio_util::sync::CancellationToken;
 
 mod common;
-use common::{admin, engine, engine_over, memory_store, request, t0};
-
-/// One instance's store on the shared PostgreSQL database at `url`, migrated.
-async fn postgres_instance(url: &str) -> Arc<lapse_store::PostgresStore> {
-    let store = lapse_store::PostgresStore::open(url, None, None)
-        .await
-        .unwrap();
-    lapse_core::Store::migrate(&store).await.unwrap();
-    Arc::new(store)
-}
+use common::{admin, engine, engine_over, memory_store, postgres_instance, request, t0};
 
 /// An engine whose sweeps read `batch` due rows a page, over a database file in `dir`.
 async fn paged_engine(batch: u32, dir: &std::path::Path) -> Arc<Engine> {

@@ -1,5 +1,6 @@
 //! Shared by the engine's tests: where their manual clocks start, the admin caller, a plain
-//! create request, an engine over an in-memory database, and, for the seeded tests
+//! create request, an engine over an in-memory database or a PostgreSQL one, and, for the
+//! seeded tests
 //! (`simulation/`, `promise.rs`), a small random generator, so that a seed gives the same
 //! history everywhere and a failing one can be run again.
 
@@ -55,6 +56,15 @@ pub async fn memory_store() -> Arc<SqliteStore> {
     let store = Arc::new(SqliteStore::open("sqlite::memory:", None).await.unwrap());
     lapse_core::Store::migrate(store.as_ref()).await.unwrap();
     store
+}
+
+/// One instance's store on the shared PostgreSQL database at `url`, migrated.
+pub async fn postgres_instance(url: &str) -> Arc<lapse_store::PostgresStore> {
+    let store = lapse_store::PostgresStore::open(url, None, None)
+        .await
+        .unwrap();
+    lapse_core::Store::migrate(&store).await.unwrap();
+    Arc::new(store)
 }
 
 /// An engine over `store`, with the built-in config and a manual clock at [`t0`].
