@@ -19,10 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Caller, Engine, EngineError};
 
-/// Deliveries sent to one endpoint per step.
+/// Attempts under way to one endpoint at most.
 const BATCH: u32 = 32;
 
-/// How much longer than the slowest answer a step's deliveries stay leased to this instance
+/// How much longer than the slowest answer a claim's deliveries stay leased to this instance
 /// (where instances share the store): time to record the outcomes. A lease that ran out
 /// before then would let another instance send the same delivery again.
 const LEASE_MARGIN: Span = Span::from_secs(60);
@@ -84,8 +84,8 @@ pub struct Webhooks {
     endpoints: Vec<Endpoint>,
     retry: Vec<Span>,
     client: reqwest::Client,
-    /// How long a step's deliveries are leased: every answer has come, or timed out, and
-    /// been recorded before it runs out.
+    /// How long claimed deliveries are leased: every answer has come, or timed out, and been
+    /// recorded before it runs out.
     lease: Span,
 }
 
@@ -161,9 +161,15 @@ impl Engine {
     }
 
     /// Delivers to `url` until `shutdown` (or, for an endpoint no longer `configured`, until
-    /// nothing is pending to it): after each step it sleeps until the endpoint's next
-    /// delivery is due (at most a second, since another instance's events may queue more),
-    /// or until events are appended.
+    /// nothing is pending to it), with up to [`BATCH`] attempts under way at once. Each
+    /// answer is recorded as it comes (those that come together in one statement), and its
+    /// place is taken by the next due delivery: one slow answer holds back none of the
+    /// others. Places are refilled half a batch at a time or more, so claims stay batched.
+    ///
+    /// Once a claim has taken all that was due, the loop waits for the next delivery due (at
+    /// most a second, since another instance's events may queue more) or for events
+    /// appended before it claims again; answers are recorded meanwhile. On `shutdown` it
+    /// claims nothing more and records the answers under way.
     async fn deliver_to(
         self: Arc<Self>,
         url: String,
@@ -171,49 +177,77 @@ impl Engine {
         shutdown: CancellationToken,
     ) {
         let mut signal = self.event_signal();
+        let mut sends = tokio::task::JoinSet::new();
+        // When more may come due, once a claim took all that was due; until then, none.
+        let mut next: Option<tokio::time::Instant> = None;
         loop {
-            signal.borrow_and_update();
-            // One instant for the step and what comes after it: a delivery due between two
-            // readings of the clock would be neither sent nor waited for.
-            let now = self.now();
-            let sent = match self.deliver_once(&url, now).await {
-                Ok(n) => n,
-                Err(e) => {
-                    if !e.is_unavailable() {
-                        tracing::warn!(error = %e, %url, "webhook delivery step failed");
+            let stopping = shutdown.is_cancelled();
+            let room = BATCH - sends.len() as u32;
+            if next.is_none() && room >= BATCH / 2 && !stopping {
+                signal.borrow_and_update();
+                // One instant for the claim and what comes after it: a delivery due between
+                // two readings of the clock would be neither sent nor waited for.
+                let now = self.now();
+                let claimed = match self.claim_and_send(&url, now, room, &mut sends).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        if !e.is_unavailable() {
+                            tracing::warn!(error = %e, %url, "webhook delivery claim failed");
+                        }
+                        0
                     }
-                    0
+                };
+                // A claim that took every place may have left more due: claim again as
+                // places free up.
+                if claimed < room {
+                    let wait = match self.store.next_delivery_at(&url, now).await {
+                        Ok(Some(at)) => Duration::from_millis(at.since(self.now()).millis() as u64),
+                        Ok(None) if !configured && sends.is_empty() => return,
+                        _ => Duration::from_secs(1),
+                    };
+                    let wait = wait.clamp(Duration::from_millis(20), Duration::from_secs(1));
+                    next = Some(tokio::time::Instant::now() + wait);
                 }
-            };
-            if sent as u32 == BATCH {
-                continue;
             }
-            let wait = match self.store.next_delivery_at(&url, now).await {
-                Ok(Some(at)) => Duration::from_millis(at.since(self.now()).millis() as u64),
-                Ok(None) if !configured && sent == 0 => return,
-                _ => Duration::from_secs(1),
+            if sends.is_empty() {
+                if stopping {
+                    return;
+                }
+                if next.is_none() {
+                    // Nothing under way and more may be due: claim at once.
+                    continue;
+                }
             }
-            .clamp(Duration::from_millis(20), Duration::from_secs(1));
+            let listen = next.is_some() && !stopping;
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = signal.changed() => {}
-                _ = shutdown.cancelled() => return,
+                Some(first) = sends.join_next(), if !sends.is_empty() => {
+                    let mut done = vec![first];
+                    while let Some(more) = sends.try_join_next() {
+                        done.push(more);
+                    }
+                    self.record_done(done).await;
+                }
+                _ = tokio::time::sleep_until(next.unwrap_or_else(tokio::time::Instant::now)), if listen => {
+                    next = None;
+                }
+                _ = signal.changed(), if listen => next = None,
+                _ = shutdown.cancelled(), if !stopping => {}
             }
         }
     }
 
-    /// Sends every delivery to `url` due at `now` (one batch) and records the outcomes;
-    /// returns how many were attempted. Outcomes are recorded as they come, those that come
-    /// together in one statement: a batch sent to an endpoint that is down, all at once.
-    async fn deliver_once(
+    /// Claims up to `limit` deliveries to `url` due at `now` and starts an attempt of each
+    /// in `sends`; returns how many.
+    async fn claim_and_send(
         self: &Arc<Self>,
         url: &str,
         now: Timestamp,
-    ) -> Result<usize, EngineError> {
+        limit: u32,
+        sends: &mut tokio::task::JoinSet<(String, String, Attempt)>,
+    ) -> Result<u32, EngineError> {
         let lease = Some(self.webhooks.lease);
-        let due = self.store.due_deliveries(url, now, BATCH, lease).await?;
-        let n = due.len();
-        let mut sends = tokio::task::JoinSet::new();
+        let due = self.store.due_deliveries(url, now, limit, lease).await?;
+        let n = due.len() as u32;
         for (delivery, event) in due {
             let engine = self.clone();
             sends.spawn(async move {
@@ -222,25 +256,26 @@ impl Engine {
                 (id, url, attempt)
             });
         }
-        while let Some(first) = sends.join_next().await {
-            let mut done = vec![first];
-            while let Some(more) = sends.try_join_next() {
-                done.push(more);
-            }
-            let mut attempts = Vec::with_capacity(done.len());
-            for result in done {
-                match result {
-                    Ok(attempt) => attempts.push(attempt),
-                    Err(e) => tracing::error!(error = %e, "webhook task failed"),
-                }
-            }
-            match self.record(&attempts).await {
-                Err(e) if e.is_unavailable() => {}
-                Err(e) => tracing::warn!(error = %e, "could not record webhook attempts"),
-                Ok(()) => {}
+        Ok(n)
+    }
+
+    /// Records the attempts that ended, in one statement.
+    async fn record_done(
+        &self,
+        done: Vec<Result<(String, String, Attempt), tokio::task::JoinError>>,
+    ) {
+        let mut attempts = Vec::with_capacity(done.len());
+        for result in done {
+            match result {
+                Ok(attempt) => attempts.push(attempt),
+                Err(e) => tracing::error!(error = %e, "webhook task failed"),
             }
         }
-        Ok(n)
+        match self.record(&attempts).await {
+            Err(e) if e.is_unavailable() => {}
+            Err(e) => tracing::warn!(error = %e, "could not record webhook attempts"),
+            Ok(()) => {}
+        }
     }
 
     /// Records `attempts`, each `(delivery, endpoint, attempt)`. The endpoints that answered

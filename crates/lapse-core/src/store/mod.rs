@@ -226,9 +226,10 @@ pub trait Store: Send + Sync + 'static {
     async fn watch(&self, seen: ChangeCallback) -> Result<(), StoreError>;
 
     /// Deliveries to `endpoint` due at `now` with their events, oldest first; with `lease`,
-    /// leased to this caller for that long like due sessions (where instances share the
-    /// store), unless it records them or ends first. An endpoint at a time, so that one
-    /// endpoint's backlog never hides another's due deliveries.
+    /// only those no live caller holds a lease on (this one included: its attempts under
+    /// way), each then leased to this caller for that long, unless it records them or ends
+    /// first. An endpoint at a time, so that one endpoint's backlog never hides another's
+    /// due deliveries.
     async fn due_deliveries(
         &self,
         endpoint: &str,

@@ -25,7 +25,7 @@ fn rotation_signs_with_every_secret() {
 }
 
 #[test]
-fn a_steps_deliveries_stay_leased_past_the_slowest_answer() {
+fn claimed_deliveries_stay_leased_past_the_slowest_answer() {
     // With instances sharing the store, a lease that ran out while an answer was still awaited
     // would let another instance send the same delivery again.
     for timeout in [

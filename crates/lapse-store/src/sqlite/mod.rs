@@ -53,6 +53,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SqliteStore {
     writer: Arc<Conns>,
     reader: Arc<Conns>,
+    /// Webhook deliveries leased to this instance's attempts under way.
+    leases: Arc<outbox::Leases>,
 }
 
 impl SqliteStore {
@@ -109,7 +111,11 @@ impl SqliteStore {
                     .map_err(opened)?,
             )
         };
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore {
+            writer,
+            reader,
+            leases: Arc::default(),
+        })
     }
 }
 
@@ -297,14 +303,21 @@ impl Store for SqliteStore {
         endpoint: &str,
         now: Timestamp,
         limit: u32,
-        _lease: Option<Span>,
+        lease: Option<Span>,
     ) -> Result<Vec<(Delivery, Event)>, StoreError> {
-        // One instance: nothing to claim against.
-        outbox::due_deliveries(&self.reader, endpoint, now, limit).await
+        match lease {
+            Some(lease) => {
+                let claim = self.leases.claim(&self.reader, endpoint, now, limit, lease);
+                claim.await
+            }
+            None => outbox::due_deliveries(&self.reader, endpoint, now, limit).await,
+        }
     }
 
     async fn record_attempts(&self, attempts: &[(String, Attempt)]) -> Result<(), StoreError> {
-        outbox::record_attempts(&self.writer, attempts).await
+        outbox::record_attempts(&self.writer, attempts).await?;
+        self.leases.release(attempts.iter().map(|(id, _)| id));
+        Ok(())
     }
 
     async fn disable_endpoint(

@@ -5,7 +5,11 @@ use lapse_core::store::{
     Attempt, Delivery, DeliveryStatus, DisabledEndpoint, HealthCounts, PruneBefore, Pruned,
     StoredResponse,
 };
-use lapse_core::{StoreError, Timestamp};
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use lapse_core::{Span, StoreError, Timestamp};
 use sqlx::{AssertSqlSafe, Connection as _, Row};
 
 use serde::Serialize;
@@ -47,6 +51,66 @@ pub(super) async fn due_deliveries(
     rows.iter()
         .map(|r| Ok((rows::delivery(r)?, rows::event(r)?)))
         .collect()
+}
+
+/// Deliveries handed out under a lease and not recorded since: by id, their endpoint and
+/// when the lease runs out. One instance delivers from a SQLite file, so its leases live in
+/// its memory; they keep a claim made while attempts are under way from handing those out
+/// again, as PostgreSQL's stored leases do.
+#[derive(Default)]
+pub(super) struct Leases(Mutex<HashMap<String, (String, Instant)>>);
+
+impl Leases {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, (String, Instant)>> {
+        // The map holds plain values; a panic elsewhere cannot leave it inconsistent.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Deliveries to `endpoint` due at `now`, oldest first, at most `limit`, skipping those
+    /// leased; each leased for `lease` from now.
+    pub(super) async fn claim(
+        &self,
+        conns: &Conns,
+        endpoint: &str,
+        now: Timestamp,
+        limit: u32,
+        lease: Span,
+    ) -> Result<Vec<(Delivery, Event)>, StoreError> {
+        let held = {
+            let mut leases = self.lock();
+            let wall = Instant::now();
+            leases.retain(|_, (_, until)| *until > wall);
+            leases.values().filter(|(url, _)| url == endpoint).count() as u32
+        };
+        // Enough to find `limit` past the leased ones, which may come first.
+        let due = due_deliveries(conns, endpoint, now, limit.saturating_add(held)).await?;
+        let wall = Instant::now();
+        let until = wall + Duration::from_millis(lease.millis().max(0) as u64);
+        let mut leases = self.lock();
+        let mut claimed = Vec::with_capacity(due.len().min(limit as usize));
+        for (delivery, event) in due {
+            if claimed.len() == limit as usize {
+                break;
+            }
+            if leases
+                .get(&delivery.id)
+                .is_some_and(|(_, held)| *held > wall)
+            {
+                continue;
+            }
+            leases.insert(delivery.id.clone(), (endpoint.to_string(), until));
+            claimed.push((delivery, event));
+        }
+        Ok(claimed)
+    }
+
+    /// Ends the leases of deliveries whose attempts were recorded.
+    pub(super) fn release(&self, ids: impl Iterator<Item = impl AsRef<str>>) {
+        let mut leases = self.lock();
+        for id in ids {
+            leases.remove(id.as_ref());
+        }
+    }
 }
 
 /// A delivery attempt's outcome as a row of [`record_attempts_sql`].

@@ -369,6 +369,47 @@ async fn a_delivery_lease_lasts_as_long_as_its_claim_asked() {
 }
 
 /// The ids of a batch's events, in its order.
+/// A claim skips the deliveries the same instance claimed and has not recorded yet (their
+/// attempts under way), on both stores; one recorded as failed, due again, is claimed again.
+#[tokio::test]
+async fn a_claim_skips_deliveries_whose_attempts_are_under_way() {
+    use lapse_core::store::DeliveryStatus;
+    for (store, _dir) in stores().await {
+        let store = store.as_ref();
+        four_deliveries_queued(store).await;
+        let now = t0() + Span::from_secs(1);
+        let first = store
+            .due_deliveries(HOOK, now, 2, Some(LEASE))
+            .await
+            .unwrap();
+        assert_eq!(event_ids(&first), ["ev-0", "ev-1"]);
+        let second = store
+            .due_deliveries(HOOK, now, 3, Some(LEASE))
+            .await
+            .unwrap();
+        assert_eq!(
+            event_ids(&second),
+            ["ev-2", "ev-3"],
+            "those under way are skipped"
+        );
+        let mut failed = ended(DeliveryStatus::Pending, now);
+        failed.next_attempt_at = Some(now);
+        store
+            .record_attempts(&[(first[0].0.id.clone(), failed)])
+            .await
+            .unwrap();
+        let again = store
+            .due_deliveries(HOOK, now, 4, Some(LEASE))
+            .await
+            .unwrap();
+        assert_eq!(
+            event_ids(&again),
+            ["ev-0"],
+            "its lease ended with its record"
+        );
+    }
+}
+
 fn event_ids(batch: &[(lapse_core::store::Delivery, lapse_core::event::Event)]) -> Vec<String> {
     batch.iter().map(|(_, e)| e.id.clone()).collect()
 }

@@ -26,7 +26,9 @@ struct Received {
 struct Script {
     answers: VecDeque<(u16, Option<&'static str>)>,
     received: Vec<Received>,
-    /// How long to wait before answering.
+    /// How long to wait before answering the first requests, one each.
+    delays: VecDeque<Duration>,
+    /// How long to wait before answering the others.
     delay: Duration,
 }
 
@@ -46,7 +48,8 @@ async fn receiver(answers: &[(u16, Option<&'static str>)]) -> (String, Arc<Mutex
             let mut s = s.lock().unwrap();
             s.received.push(Received { headers, body });
             let (status, header) = s.answers.pop_front().unwrap_or((200, None));
-            (status, header, s.delay)
+            let delay = s.delays.pop_front().unwrap_or(s.delay);
+            (status, header, delay)
         };
         tokio::time::sleep(delay).await;
         let mut h = HeaderMap::new();
@@ -80,7 +83,7 @@ fn config(url: &str, extra: &str) -> String {
 async fn deliveries_until(app: &TestApp, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     for _ in 0..200 {
         let page = app
-            .get(As::Admin, "/v1/webhooks/deliveries")
+            .get(As::Admin, "/v1/webhooks/deliveries?limit=1000")
             .await
             .expect(200);
         let list = page["deliveries"].as_array().unwrap().clone();
@@ -394,7 +397,40 @@ async fn an_endpoint_that_does_not_answer_holds_back_no_other(backend: Backend) 
     assert_eq!(stuck_delivered, 0, "and has answered none yet");
 }
 
+async fn one_slow_answer_holds_back_no_other_delivery_to_its_endpoint(backend: Backend) {
+    // The endpoint answers its first request after two minutes (within the timeout), and
+    // every other one at once.
+    let (url, script) = receiver(&[]).await;
+    script
+        .lock()
+        .unwrap()
+        .delays
+        .push_back(Duration::from_secs(120));
+    let app = spawn_app_with(
+        backend,
+        Some(&config(&url, "[delivery]\ntimeout = \"180s\"\n")),
+    )
+    .await;
+    let sessions = 100;
+    for i in 0..sessions {
+        app.create("study", &format!("room-{i}"), "alice", json!({}))
+            .await;
+    }
+    // Every delivery but the one awaiting its answer is delivered meanwhile.
+    let list = deliveries_until(&app, |l| {
+        l.len() >= sessions
+            && l.iter().filter(|d| d["status"] == "delivered").count() == l.len() - 1
+    })
+    .await;
+    let waiting: Vec<&Value> = list.iter().filter(|d| d["status"] != "delivered").collect();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0]["status"], "pending");
+    assert_eq!(waiting[0]["attempts"], 0, "its answer is still awaited");
+    assert_eq!(script.lock().unwrap().received.len(), list.len());
+}
+
 both_stores!(
+    one_slow_answer_holds_back_no_other_delivery_to_its_endpoint,
     an_endpoint_that_does_not_answer_holds_back_no_other,
     a_delivery_to_an_endpoint_no_longer_configured_ends_dead,
     redirects_are_not_followed_and_slow_endpoints_time_out,
