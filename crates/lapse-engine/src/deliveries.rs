@@ -22,6 +22,11 @@ use crate::{Caller, Engine, EngineError};
 /// Attempts under way to one endpoint at most.
 const BATCH: u32 = 32;
 
+/// How long after a claim, while its attempts are under way, the places their answers freed
+/// are claimed again: an endpoint that answers within it is claimed from a batch at a time,
+/// and an answer slower than it holds back none of the others.
+const REFILL_AFTER: Duration = Duration::from_millis(10);
+
 /// How much longer than the slowest answer a claim's deliveries stay leased to this instance
 /// (where instances share the store): time to record the outcomes. A lease that ran out
 /// before then would let another instance send the same delivery again.
@@ -162,29 +167,34 @@ impl Engine {
 
     /// Delivers to `url` until `shutdown` (or, for an endpoint no longer `configured`, until
     /// nothing is pending to it), with up to [`BATCH`] attempts under way at once. Each
-    /// answer is recorded as it comes (those that come together in one statement), and its
-    /// place is taken by the next due delivery: one slow answer holds back none of the
-    /// others. Places are refilled half a batch at a time or more, so claims stay batched.
+    /// answer is recorded as it comes (those that come together in one statement).
     ///
-    /// Once a claim has taken all that was due, the loop waits for the next delivery due (at
-    /// most a second, since another instance's events may queue more) or for events
-    /// appended before it claims again; answers are recorded meanwhile. On `shutdown` it
-    /// claims nothing more and records the answers under way.
+    /// Due deliveries are claimed once nothing is under way, as an endpoint that answers
+    /// quickly has it; and around answers that take longer than [`REFILL_AFTER`], once half
+    /// the places are free: one slow answer holds back none of the others, and claims stay
+    /// batched. Once a claim has taken all that was due, the loop waits for the next delivery
+    /// due (at most a second, since another instance's events may queue more) or for events
+    /// appended before it claims again. On `shutdown` it claims nothing more and records the
+    /// answers under way.
     async fn deliver_to(
         self: Arc<Self>,
         url: String,
         configured: bool,
         shutdown: CancellationToken,
     ) {
+        use tokio::time::{Instant, sleep_until};
         let mut signal = self.event_signal();
         let mut sends = tokio::task::JoinSet::new();
         // When more may come due, once a claim took all that was due; until then, none.
-        let mut next: Option<tokio::time::Instant> = None;
+        let mut next: Option<Instant> = None;
+        let mut refill_at = Instant::now();
         loop {
             let stopping = shutdown.is_cancelled();
             let room = BATCH - sends.len() as u32;
-            if next.is_none() && room >= BATCH / 2 && !stopping {
+            let refill = room >= BATCH / 2 && Instant::now() >= refill_at;
+            if next.is_none() && !stopping && (sends.is_empty() || refill) {
                 signal.borrow_and_update();
+                refill_at = Instant::now() + REFILL_AFTER;
                 // One instant for the claim and what comes after it: a delivery due between
                 // two readings of the clock would be neither sent nor waited for.
                 let now = self.now();
@@ -197,8 +207,7 @@ impl Engine {
                         0
                     }
                 };
-                // A claim that took every place may have left more due: claim again as
-                // places free up.
+                // A claim that took every place may have left more due.
                 if claimed < room {
                     let wait = match self.store.next_delivery_at(&url, now).await {
                         Ok(Some(at)) => Duration::from_millis(at.since(self.now()).millis() as u64),
@@ -206,7 +215,7 @@ impl Engine {
                         _ => Duration::from_secs(1),
                     };
                     let wait = wait.clamp(Duration::from_millis(20), Duration::from_secs(1));
-                    next = Some(tokio::time::Instant::now() + wait);
+                    next = Some(Instant::now() + wait);
                 }
             }
             if sends.is_empty() {
@@ -218,8 +227,12 @@ impl Engine {
                     continue;
                 }
             }
+            // Waiting for more to come due; or, with more due, for half the places to free.
             let listen = next.is_some() && !stopping;
+            let room = BATCH - sends.len() as u32;
+            let around = next.is_none() && !stopping && !sends.is_empty() && room >= BATCH / 2;
             tokio::select! {
+                biased;
                 Some(first) = sends.join_next(), if !sends.is_empty() => {
                     let mut done = vec![first];
                     while let Some(more) = sends.try_join_next() {
@@ -227,11 +240,10 @@ impl Engine {
                     }
                     self.record_done(done).await;
                 }
-                _ = tokio::time::sleep_until(next.unwrap_or_else(tokio::time::Instant::now)), if listen => {
-                    next = None;
-                }
-                _ = signal.changed(), if listen => next = None,
                 _ = shutdown.cancelled(), if !stopping => {}
+                _ = signal.changed(), if listen => next = None,
+                _ = sleep_until(next.unwrap_or(refill_at)), if listen => next = None,
+                _ = sleep_until(refill_at), if around => {}
             }
         }
     }
