@@ -22,9 +22,10 @@ use crate::{Caller, Engine, EngineError};
 /// Attempts under way to one endpoint at most.
 const BATCH: u32 = 32;
 
-/// How long after a claim, while its attempts are under way, the places their answers freed
+/// How long after a claim, while attempts are under way, the places their answers freed
 /// are claimed again: an endpoint that answers within it is claimed from a batch at a time,
-/// and an answer slower than it holds back none of the others.
+/// an answer slower than it holds back none of the others, and an endpoint is claimed from
+/// at most a hundred times a second.
 const REFILL_AFTER: Duration = Duration::from_millis(10);
 
 /// How much longer than the slowest answer a claim's deliveries stay leased to this instance
@@ -170,12 +171,12 @@ impl Engine {
     /// answer is recorded as it comes (those that come together in one statement).
     ///
     /// Due deliveries are claimed once nothing is under way, as an endpoint that answers
-    /// quickly has it; and around answers that take longer than [`REFILL_AFTER`], once half
-    /// the places are free: one slow answer holds back none of the others, and claims stay
-    /// batched. Once a claim has taken all that was due, the loop waits for the next delivery
-    /// due (at most a second, since another instance's events may queue more) or for events
-    /// appended before it claims again. On `shutdown` it claims nothing more and records the
-    /// answers under way.
+    /// quickly has it; and around answers that take longer than [`REFILL_AFTER`], into the
+    /// places free by then: slow answers hold back none of the others, however many places
+    /// they hold, and claims stay few. Once a claim has taken all that was due, the loop
+    /// waits for the next delivery due (at most a second, since another instance's events
+    /// may queue more) or for events appended before it claims again. On `shutdown` it
+    /// claims nothing more and records the answers under way.
     async fn deliver_to(
         self: Arc<Self>,
         url: String,
@@ -191,7 +192,7 @@ impl Engine {
         loop {
             let stopping = shutdown.is_cancelled();
             let room = BATCH - sends.len() as u32;
-            let refill = room >= BATCH / 2 && Instant::now() >= refill_at;
+            let refill = room > 0 && Instant::now() >= refill_at;
             if next.is_none() && !stopping && (sends.is_empty() || refill) {
                 signal.borrow_and_update();
                 refill_at = Instant::now() + REFILL_AFTER;
@@ -227,10 +228,10 @@ impl Engine {
                     continue;
                 }
             }
-            // Waiting for more to come due; or, with more due, for half the places to free.
+            // Waiting for more to come due; or, with more due and places free, to claim again.
             let listen = next.is_some() && !stopping;
             let room = BATCH - sends.len() as u32;
-            let around = next.is_none() && !stopping && !sends.is_empty() && room >= BATCH / 2;
+            let around = next.is_none() && !stopping && !sends.is_empty() && room > 0;
             tokio::select! {
                 biased;
                 Some(first) = sends.join_next(), if !sends.is_empty() => {
