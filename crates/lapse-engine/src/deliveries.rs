@@ -22,11 +22,14 @@ use crate::{Caller, Engine, EngineError};
 /// Attempts under way to one endpoint at most.
 const BATCH: u32 = 32;
 
-/// How long after a claim, while attempts are under way, the places their answers freed
-/// are claimed again: an endpoint that answers within it is claimed from a batch at a time,
-/// an answer slower than it holds back none of the others, and an endpoint is claimed from
-/// at most a hundred times a second.
+/// How long after a claim, while some of its attempts are under way, the places the others
+/// freed are claimed again: an endpoint that answers within it is claimed from a batch at a
+/// time, and an answer slower than it holds back none of the others.
 const REFILL_AFTER: Duration = Duration::from_millis(10);
+
+/// What an attempt's task gives back: the claim it came from, the delivery, its endpoint,
+/// and the attempt.
+type Sent = (u64, String, String, Attempt);
 
 /// How much longer than the slowest answer a claim's deliveries stay leased to this instance
 /// (where instances share the store): time to record the outcomes. A lease that ran out
@@ -170,13 +173,14 @@ impl Engine {
     /// nothing is pending to it), with up to [`BATCH`] attempts under way at once. Each
     /// answer is recorded as it comes (those that come together in one statement).
     ///
-    /// Due deliveries are claimed once nothing is under way, as an endpoint that answers
-    /// quickly has it; and around answers that take longer than [`REFILL_AFTER`], into the
-    /// places free by then: slow answers hold back none of the others, however many places
-    /// they hold, and claims stay few. Once a claim has taken all that was due, the loop
-    /// waits for the next delivery due (at most a second, since another instance's events
-    /// may queue more) or for events appended before it claims again. On `shutdown` it
-    /// claims nothing more and records the answers under way.
+    /// Due deliveries are claimed into the free places once every attempt of the last claim
+    /// has its answer, as an endpoint that answers quickly has them a batch at a time, or
+    /// [`REFILL_AFTER`] after the last claim: answers slower than that hold back none of the
+    /// others, however many places they hold, and claims stay batched. Once a claim has
+    /// taken all that was due, the loop waits for the next delivery due (at most a second,
+    /// since another instance's events may queue more) or for events appended before it
+    /// claims again. On `shutdown` it claims nothing more and records the answers under
+    /// way.
     async fn deliver_to(
         self: Arc<Self>,
         url: String,
@@ -189,17 +193,24 @@ impl Engine {
         // When more may come due, once a claim took all that was due; until then, none.
         let mut next: Option<Instant> = None;
         let mut refill_at = Instant::now();
+        // The last claim, numbered, and how many of its attempts still await their answers.
+        let (mut claim, mut awaited) = (0u64, 0u32);
         loop {
             let stopping = shutdown.is_cancelled();
             let room = BATCH - sends.len() as u32;
-            let refill = room > 0 && Instant::now() >= refill_at;
-            if next.is_none() && !stopping && (sends.is_empty() || refill) {
+            let answered = sends.is_empty() || awaited == 0;
+            let refill = room > 0 && (answered || Instant::now() >= refill_at);
+            if next.is_none() && !stopping && refill {
                 signal.borrow_and_update();
                 refill_at = Instant::now() + REFILL_AFTER;
+                claim += 1;
                 // One instant for the claim and what comes after it: a delivery due between
                 // two readings of the clock would be neither sent nor waited for.
                 let now = self.now();
-                let claimed = match self.claim_and_send(&url, now, room, &mut sends).await {
+                let sent = self
+                    .claim_and_send(claim, &url, now, room, &mut sends)
+                    .await;
+                let claimed = match sent {
                     Ok(n) => n,
                     Err(e) => {
                         if !e.is_unavailable() {
@@ -208,6 +219,7 @@ impl Engine {
                         0
                     }
                 };
+                awaited = claimed;
                 // A claim that took every place may have left more due.
                 if claimed < room {
                     let wait = match self.store.next_delivery_at(&url, now).await {
@@ -239,6 +251,8 @@ impl Engine {
                     while let Some(more) = sends.try_join_next() {
                         done.push(more);
                     }
+                    let answered = done.iter().filter(|d| matches!(d, Ok((c, ..)) if *c == claim));
+                    awaited = awaited.saturating_sub(answered.count() as u32);
                     self.record_done(done).await;
                 }
                 _ = shutdown.cancelled(), if !stopping => {}
@@ -250,13 +264,14 @@ impl Engine {
     }
 
     /// Claims up to `limit` deliveries to `url` due at `now` and starts an attempt of each
-    /// in `sends`; returns how many.
+    /// in `sends`, marked as of `claim`; returns how many.
     async fn claim_and_send(
         self: &Arc<Self>,
+        claim: u64,
         url: &str,
         now: Timestamp,
         limit: u32,
-        sends: &mut tokio::task::JoinSet<(String, String, Attempt)>,
+        sends: &mut tokio::task::JoinSet<Sent>,
     ) -> Result<u32, EngineError> {
         let lease = Some(self.webhooks.lease);
         let due = self.store.due_deliveries(url, now, limit, lease).await?;
@@ -266,21 +281,18 @@ impl Engine {
             sends.spawn(async move {
                 let (id, url) = (delivery.id.clone(), delivery.endpoint.clone());
                 let attempt = engine.attempt(delivery, event, now).await;
-                (id, url, attempt)
+                (claim, id, url, attempt)
             });
         }
         Ok(n)
     }
 
     /// Records the attempts that ended, in one statement.
-    async fn record_done(
-        &self,
-        done: Vec<Result<(String, String, Attempt), tokio::task::JoinError>>,
-    ) {
+    async fn record_done(&self, done: Vec<Result<Sent, tokio::task::JoinError>>) {
         let mut attempts = Vec::with_capacity(done.len());
         for result in done {
             match result {
-                Ok(attempt) => attempts.push(attempt),
+                Ok((_, id, url, attempt)) => attempts.push((id, url, attempt)),
                 Err(e) => tracing::error!(error = %e, "webhook task failed"),
             }
         }
