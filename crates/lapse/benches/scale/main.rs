@@ -7,7 +7,7 @@
 //! cargo bench -p lapse --bench scale -- --smoke                        # seconds; asserts nothing
 //! ```
 //! Options: `--live N` (default 1,000,000), `--small N` (10,000), `--rounds N` (5),
-//! `--skip engine,served,streams,overload,crash,postgres` (or parts of `engine`:
+//! `--skip engine,served,streams,overload,crash,webhooks,postgres` (or parts of `engine`:
 //! `sweeps,flat,rooms,flush,retention`;
 //! of `postgres`: `pgsweeps`, leaving the two instances),
 //! `--out FILE`. PostgreSQL figures run when `LAPSE_TEST_POSTGRES_URL` names a server (as
@@ -23,6 +23,7 @@
 //! - `server` and `served`: `lapse serve` as a process, loaded over HTTP from another core.
 //! - `streams`: thousands of event streams open on it: delivery, throughput, memory.
 //! - `crash`: `kill -9` again and again during a storm of due sessions and heartbeats.
+//! - `webhooks`: a backlog of deliveries to one endpoint, with slow answers and without.
 //! - `postgres`: sweeps on PostgreSQL, seed 001's cleanup next to lapse, two instances.
 
 // The allocator `lapse serve` runs with (src/main.rs), so the in-process figures measure the
@@ -40,6 +41,7 @@ mod rooms;
 mod served;
 mod server;
 mod streams;
+mod webhooks;
 mod world;
 
 use std::path::PathBuf;
@@ -214,6 +216,11 @@ async fn run(o: &Options, fd_limit: u64) -> Vec<Row> {
             server
         };
         server.stop();
+    }
+    if runs("webhooks") {
+        eprintln!("webhook deliveries");
+        let backlog = if o.smoke { 200 } else { 5_000 };
+        rows.push(webhooks::figure(o.rounds, backlog).await);
     }
     if runs("postgres") {
         match lapse_store::testing::fresh_postgres_database().await {
