@@ -211,14 +211,7 @@ impl Conn {
             if let Some(end) = find(&self.buf, b"\r\n\r\n") {
                 let head = std::str::from_utf8(&self.buf[..end]).ok()?;
                 let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length")
-                            .then(|| v.trim().parse().ok())?
-                    })
-                    .unwrap_or(0);
+                let length = content_length(head);
                 while self.buf.len() < end + 4 + length {
                     let n = self.stream.read(&mut chunk).await.ok()?;
                     if n == 0 {
@@ -235,6 +228,17 @@ impl Conn {
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
+}
+
+/// The `Content-Length` a message's head gives, or 0.
+pub fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0)
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

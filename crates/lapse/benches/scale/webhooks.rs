@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::measure::interleave;
 use crate::report::{self, Row};
-use crate::server::{Request, Requests, Server, send_all};
+use crate::server::{Request, Requests, Server, content_length, send_all};
 
 /// One answer in this many is slow, on the slow side.
 const SLOW_EVERY: u64 = 100;
@@ -59,15 +59,7 @@ impl Endpoint {
             let (end, length) = loop {
                 if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                     let head = String::from_utf8_lossy(&buf[..end]);
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse().ok())?
-                        })
-                        .unwrap_or(0);
-                    break (end, length);
+                    break (end, content_length(&head));
                 }
                 match conn.read(&mut chunk).await {
                     Ok(0) | Err(_) => return,
