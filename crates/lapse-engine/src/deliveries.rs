@@ -251,8 +251,8 @@ impl Engine {
                     while let Some(more) = sends.try_join_next() {
                         done.push(more);
                     }
-                    let answered = done.iter().filter(|d| matches!(d, Ok((c, ..)) if *c == claim));
-                    awaited = awaited.saturating_sub(answered.count() as u32);
+                    let of_last = done.iter().filter(|d| matches!(d, Ok((c, ..)) if *c == claim));
+                    awaited = awaited.saturating_sub(of_last.count() as u32);
                     self.record_done(done).await;
                 }
                 _ = shutdown.cancelled(), if !stopping => {}

@@ -307,8 +307,9 @@ impl Store for SqliteStore {
     ) -> Result<Vec<(Delivery, Event)>, StoreError> {
         match lease {
             Some(lease) => {
-                let claim = self.leases.claim(&self.reader, endpoint, now, limit, lease);
-                claim.await
+                (self.leases)
+                    .claim(&self.reader, endpoint, now, limit, lease)
+                    .await
             }
             None => outbox::due_deliveries(&self.reader, endpoint, now, limit).await,
         }
