@@ -10,7 +10,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac};
-use lapse_core::config::Webhook;
+use lapse_core::config::{Delivery as Sending, Webhook};
 use lapse_core::event::{Event, NewEvent};
 use lapse_core::store::{Attempt, Delivery, DeliveryStatus};
 use lapse_core::{Span, Timestamp};
@@ -18,9 +18,6 @@ use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Caller, Engine, EngineError};
-
-/// Attempts under way to one endpoint at most.
-const BATCH: u32 = 32;
 
 /// How long after a claim, while some of its attempts are under way, the places the others
 /// freed are claimed again: an endpoint that answers within it is claimed from a batch at a
@@ -96,11 +93,15 @@ pub struct Webhooks {
     /// How long claimed deliveries are leased: every answer has come, or timed out, and been
     /// recorded before it runs out.
     lease: Span,
+    /// Attempts under way to one endpoint at most (`[delivery] max_in_flight`).
+    in_flight: u32,
 }
 
 impl Webhooks {
-    /// Endpoints, the retry schedule and the per-request timeout.
-    pub fn new(endpoints: Vec<Endpoint>, retry: Vec<Span>, timeout: Span) -> Webhooks {
+    /// Endpoints, sent to as `[delivery]` says: the retry schedule, the per-request timeout
+    /// and the attempts under way to each at most.
+    pub fn new(endpoints: Vec<Endpoint>, sending: &Sending) -> Webhooks {
+        let timeout = sending.timeout;
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_millis(timeout.millis() as u64))
@@ -109,9 +110,10 @@ impl Webhooks {
             .unwrap_or_default();
         Webhooks {
             endpoints,
-            retry,
+            retry: sending.retry.clone(),
             client,
             lease: Span::from_millis(timeout.millis().saturating_add(LEASE_MARGIN.millis())),
+            in_flight: sending.max_in_flight,
         }
     }
 
@@ -170,8 +172,8 @@ impl Engine {
     }
 
     /// Delivers to `url` until `shutdown` (or, for an endpoint no longer `configured`, until
-    /// nothing is pending to it), with up to [`BATCH`] attempts under way at once. Each
-    /// answer is recorded as it comes (those that come together in one statement).
+    /// nothing is pending to it), with up to `[delivery] max_in_flight` attempts under way at
+    /// once. Each answer is recorded as it comes (those that come together in one statement).
     ///
     /// Due deliveries are claimed into the free places once every attempt of the last claim
     /// has its answer, as an endpoint that answers quickly has them a batch at a time, or
@@ -195,9 +197,10 @@ impl Engine {
         let mut refill_at = Instant::now();
         // The last claim, numbered, and how many of its attempts still await their answers.
         let (mut claim, mut awaited) = (0u64, 0u32);
+        let places = self.webhooks.in_flight;
         loop {
             let stopping = shutdown.is_cancelled();
-            let room = BATCH - sends.len() as u32;
+            let room = places - sends.len() as u32;
             let answered = sends.is_empty() || awaited == 0;
             let refill = room > 0 && (answered || Instant::now() >= refill_at);
             if next.is_none() && !stopping && refill {
@@ -242,7 +245,7 @@ impl Engine {
             }
             // Waiting for more to come due; or, with more due and places free, to claim again.
             let listen = next.is_some() && !stopping;
-            let room = BATCH - sends.len() as u32;
+            let room = places - sends.len() as u32;
             let around = next.is_none() && !stopping && !sends.is_empty() && room > 0;
             tokio::select! {
                 biased;

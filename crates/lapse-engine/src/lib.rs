@@ -146,11 +146,7 @@ impl Engine {
         clock: Clock,
         endpoints: Vec<deliveries::Endpoint>,
     ) -> Arc<Engine> {
-        let webhooks = deliveries::Webhooks::new(
-            endpoints,
-            config.delivery.retry.clone(),
-            config.delivery.timeout,
-        );
+        let webhooks = deliveries::Webhooks::new(endpoints, &config.delivery);
         let outage = Arc::new(outage::Outage::default());
         Arc::new(Engine {
             store: Arc::new(Intercepted::new(store, outage.clone())),

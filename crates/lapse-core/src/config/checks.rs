@@ -2,7 +2,7 @@
 //! kinds, a manual clock refused in production, ...), run once a file is read and again
 //! after environment overrides.
 
-use super::{ClockMode, Config, ConfigError, Env, SweeperMode};
+use super::{ClockMode, Config, ConfigError, Env, MAX_DELIVERY_IN_FLIGHT, SweeperMode};
 use crate::time::Span;
 
 impl Config {
@@ -101,6 +101,12 @@ impl Config {
         }
         if self.delivery.timeout == Span::ZERO {
             return Err(err("[delivery]", "timeout must be more than zero".into()));
+        }
+        if !(1..=MAX_DELIVERY_IN_FLIGHT).contains(&self.delivery.max_in_flight) {
+            return Err(err(
+                "[delivery]",
+                format!("max_in_flight must be from 1 to {MAX_DELIVERY_IN_FLIGHT}"),
+            ));
         }
         if self.retention.events < Span::from_secs(3600) {
             return Err(err(

@@ -23,8 +23,8 @@ pub use error::ConfigError;
 pub use kinds::Kind;
 pub use sections::{
     ApiKey, Auth, Clock, ClockMode, Database, Delivery, Env, KeyRole, Log, LogFormat,
-    RATE_LIMITED_OPERATIONS, RateLimit, Retention, Rollout, Server, Sweeper, SweeperMode, Webhook,
-    glob_matches,
+    MAX_DELIVERY_IN_FLIGHT, RATE_LIMITED_OPERATIONS, RateLimit, Retention, Rollout, Server,
+    Sweeper, SweeperMode, Webhook, glob_matches,
 };
 
 use error::located_toml_error;
@@ -329,6 +329,18 @@ warn_before = "5m"
             let text = format!("[retention]\n{key} = \"1h\"\n");
             assert!(Config::parse(&text, "f").is_ok());
         }
+    }
+
+    #[test]
+    fn an_endpoint_takes_from_one_to_a_thousand_attempts_at_once() {
+        let parse = |n: u32| Config::parse(&format!("[delivery]\nmax_in_flight = {n}\n"), "f");
+        for n in [0, 1001] {
+            let e = parse(n).unwrap_err().to_string();
+            assert!(e.contains("max_in_flight must be from 1 to 1000"), "{e}");
+        }
+        assert_eq!(parse(1).unwrap().delivery.max_in_flight, 1);
+        assert_eq!(parse(1000).unwrap().delivery.max_in_flight, 1000);
+        assert_eq!(Config::parse("", "f").unwrap().delivery.max_in_flight, 32);
     }
 
     #[test]

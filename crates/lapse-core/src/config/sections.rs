@@ -318,7 +318,13 @@ pub struct Delivery {
     pub retry: Vec<Span>,
     /// Longest wait for an endpoint's answer.
     pub timeout: Span,
+    /// Most attempts under way to one endpoint at once (1 to [`MAX_DELIVERY_IN_FLIGHT`]).
+    pub max_in_flight: u32,
 }
+
+/// The most a `[delivery] max_in_flight` may be: an endpoint's deliveries are claimed at
+/// most that many at a time.
+pub const MAX_DELIVERY_IN_FLIGHT: u32 = 1000;
 
 impl Default for Delivery {
     fn default() -> Self {
@@ -326,6 +332,7 @@ impl Default for Delivery {
         Delivery {
             retry: vec![s(0), s(5), s(300), s(1800), s(7200), s(18000), s(36000)],
             timeout: s(10),
+            max_in_flight: 32,
         }
     }
 }

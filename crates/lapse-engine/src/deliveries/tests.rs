@@ -33,7 +33,11 @@ fn claimed_deliveries_stay_leased_past_the_slowest_answer() {
         Span::from_secs(300),
         Span::from_secs(3600),
     ] {
-        let webhooks = Webhooks::new(Vec::new(), Vec::new(), timeout);
+        let sending = Sending {
+            timeout,
+            ..Sending::default()
+        };
+        let webhooks = Webhooks::new(Vec::new(), &sending);
         assert!(
             webhooks.lease.millis() >= timeout.millis() + 30_000,
             "{timeout}"

@@ -30,6 +30,9 @@ struct Script {
     delays: VecDeque<Duration>,
     /// How long to wait before answering the others.
     delay: Duration,
+    /// Requests taken and not yet answered, and the most there were at once.
+    open: usize,
+    most_open: usize,
 }
 
 /// A webhook receiver on a free port; answers with the scripted statuses, then 200.
@@ -49,9 +52,12 @@ async fn receiver(answers: &[(u16, Option<&'static str>)]) -> (String, Arc<Mutex
             s.received.push(Received { headers, body });
             let (status, header) = s.answers.pop_front().unwrap_or((200, None));
             let delay = s.delays.pop_front().unwrap_or(s.delay);
+            s.open += 1;
+            s.most_open = s.most_open.max(s.open);
             (status, header, delay)
         };
         tokio::time::sleep(delay).await;
+        s.lock().unwrap().open -= 1;
         let mut h = HeaderMap::new();
         match (status, header) {
             (300..=399, Some(to)) => {
@@ -432,7 +438,32 @@ async fn slow_answers_hold_back_no_other_delivery_to_their_endpoint(backend: Bac
     assert_eq!(script.lock().unwrap().received.len(), list.len());
 }
 
+async fn an_endpoint_has_no_more_attempts_under_way_than_configured(backend: Backend) {
+    // Every answer takes 100 ms, so the 30 deliveries would all be under way at once but for
+    // `max_in_flight`; and all of its places are used.
+    let (url, script) = receiver(&[]).await;
+    script.lock().unwrap().delay = Duration::from_millis(100);
+    let app = spawn_app_with(
+        backend,
+        Some(&config(&url, "[delivery]\nmax_in_flight = 3\n")),
+    )
+    .await;
+    let sessions = 30;
+    for i in 0..sessions {
+        app.create("study", &format!("room-{i}"), "alice", json!({}))
+            .await;
+    }
+    deliveries_until(&app, |l| {
+        l.len() >= sessions && l.iter().all(|d| d["status"] == "delivered")
+    })
+    .await;
+    let script = script.lock().unwrap();
+    assert_eq!(script.received.len(), sessions);
+    assert_eq!(script.most_open, 3, "attempts under way at once, at most");
+}
+
 both_stores!(
+    an_endpoint_has_no_more_attempts_under_way_than_configured,
     slow_answers_hold_back_no_other_delivery_to_their_endpoint,
     an_endpoint_that_does_not_answer_holds_back_no_other,
     a_delivery_to_an_endpoint_no_longer_configured_ends_dead,
