@@ -368,7 +368,6 @@ async fn a_delivery_lease_lasts_as_long_as_its_claim_asked() {
     );
 }
 
-/// The ids of a batch's events, in its order.
 /// A claim skips the deliveries the same instance claimed and has not recorded yet (their
 /// attempts under way), on both stores; one recorded as failed, due again, is claimed again.
 #[tokio::test]
@@ -410,6 +409,7 @@ async fn a_claim_skips_deliveries_whose_attempts_are_under_way() {
     }
 }
 
+/// The ids of a batch's events, in its order.
 fn event_ids(batch: &[(lapse_core::store::Delivery, lapse_core::event::Event)]) -> Vec<String> {
     batch.iter().map(|(_, e)| e.id.clone()).collect()
 }

@@ -56,8 +56,15 @@ async fn receiver(answers: &[(u16, Option<&'static str>)]) -> (String, Arc<Mutex
             s.most_open = s.most_open.max(s.open);
             (status, header, delay)
         };
+        // Answered, or dropped when lapse gives up waiting: no longer open either way.
+        struct Open(Arc<Mutex<Script>>);
+        impl Drop for Open {
+            fn drop(&mut self) {
+                self.0.lock().unwrap().open -= 1;
+            }
+        }
+        let _open = Open(s.clone());
         tokio::time::sleep(delay).await;
-        s.lock().unwrap().open -= 1;
         let mut h = HeaderMap::new();
         match (status, header) {
             (300..=399, Some(to)) => {
@@ -439,10 +446,11 @@ async fn slow_answers_hold_back_no_other_delivery_to_their_endpoint(backend: Bac
 }
 
 async fn an_endpoint_has_no_more_attempts_under_way_than_configured(backend: Backend) {
-    // Every answer takes 100 ms, so the 30 deliveries would all be under way at once but for
-    // `max_in_flight`; and all of its places are used.
+    // Every answer takes 250 ms and the 30 sessions are created a few ms apart, so their
+    // deliveries would nearly all be under way at once but for `max_in_flight`; and all of
+    // its places are used.
     let (url, script) = receiver(&[]).await;
-    script.lock().unwrap().delay = Duration::from_millis(100);
+    script.lock().unwrap().delay = Duration::from_millis(250);
     let app = spawn_app_with(
         backend,
         Some(&config(&url, "[delivery]\nmax_in_flight = 3\n")),
