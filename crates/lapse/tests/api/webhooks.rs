@@ -92,6 +92,14 @@ fn config(url: &str, extra: &str) -> String {
     )
 }
 
+/// Creates `n` study rooms one after another: an event each for the endpoints.
+async fn create_rooms(app: &TestApp, n: usize) {
+    for i in 0..n {
+        app.create("study", &format!("room-{i}"), "alice", json!({}))
+            .await;
+    }
+}
+
 /// Waits (boundedly) until the delivery log satisfies `done`.
 async fn deliveries_until(app: &TestApp, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     for _ in 0..200 {
@@ -366,10 +374,7 @@ async fn an_endpoint_that_does_not_answer_holds_back_no_other(backend: Backend) 
     );
     let app = spawn_app_with(backend, Some(&config)).await;
     let sessions = 100;
-    for i in 0..sessions {
-        app.create("study", &format!("room-{i}"), "alice", json!({}))
-            .await;
-    }
+    create_rooms(&app, sessions).await;
     let events = app
         .get(As::Admin, "/v1/events?limit=1000")
         .await
@@ -426,10 +431,7 @@ async fn slow_answers_hold_back_no_other_delivery_to_their_endpoint(backend: Bac
     )
     .await;
     let sessions = 100;
-    for i in 0..sessions {
-        app.create("study", &format!("room-{i}"), "alice", json!({}))
-            .await;
-    }
+    create_rooms(&app, sessions).await;
     // Every delivery but those awaiting their answers is delivered meanwhile.
     let list = deliveries_until(&app, |l| {
         l.len() >= sessions
@@ -457,10 +459,7 @@ async fn an_endpoint_has_no_more_attempts_under_way_than_configured(backend: Bac
     )
     .await;
     let sessions = 30;
-    for i in 0..sessions {
-        app.create("study", &format!("room-{i}"), "alice", json!({}))
-            .await;
-    }
+    create_rooms(&app, sessions).await;
     deliveries_until(&app, |l| {
         l.len() >= sessions && l.iter().all(|d| d["status"] == "delivered")
     })
