@@ -307,7 +307,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<(Delivery, Event)>, StoreError> {
         match lease {
             Some(lease) => {
-                (self.leases)
+                self.leases
                     .claim(&self.reader, endpoint, now, limit, lease)
                     .await
             }

@@ -171,7 +171,7 @@ pub async fn figure(rounds: usize, count: u64) -> Row {
              answer in {SLOW_EVERY} takes {} s vs every answer at once",
             SLOW.as_secs()
         ),
-        "none: what slow answers cost the others (32 attempts under way an endpoint)",
+        "none: what slow answers cost the others (`[delivery] max_in_flight` at its default, 32)",
         &pair,
         ["slow answers", "all at once"],
         "deliveries/s",
