@@ -10,7 +10,7 @@ use crate::event::{Event, Notification};
 use crate::store::{
     Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DisabledEndpoint, DueRow,
     EventQuery, EventRecord, HealthCounts, Moved, PruneBefore, Pruned, Rearm, RearmOnly,
-    RulesInForce, SessionQuery, StatusCount, StoredResponse,
+    RulesInForce, SessionQuery, StatusCount, StoredResponse, Written,
 };
 use crate::{Session, SessionId, Span, Store, StoreError, Timestamp, UserId};
 
@@ -172,6 +172,19 @@ impl<H: Hook> Store for Intercepted<H> {
             "flush_heartbeats",
             WRITE,
             self.inner.flush_heartbeats(beats),
+        )
+        .await
+    }
+
+    async fn write_heartbeats(
+        &self,
+        read: &[Beat],
+        unread: &[Beat],
+    ) -> Result<Written, StoreError> {
+        self.run(
+            "write_heartbeats",
+            WRITE,
+            self.inner.write_heartbeats(read, unread),
         )
         .await
     }

@@ -5,8 +5,8 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
-use lapse_core::store::Beat;
-use lapse_core::{SessionId, StoreError};
+use lapse_core::store::{Beat, beats_written};
+use lapse_core::{SessionId, StoreError, Timestamp};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Engine, EngineError};
@@ -74,28 +74,63 @@ impl Engine {
         }
     }
 
-    /// Writes `beats` before they are answered (beats the stored activity of their rooms does
-    /// not cover: [`crate::heartbeats::covered`]). Beats that come while such a write runs gather
-    /// and go together in the next transaction, so a flood of them is written in batches, as
-    /// the flusher writes the rest. On failure the beats are kept for the next flush, as any
-    /// pending beat, and the store's error is returned.
-    pub(crate) async fn write_through(&self, beats: Vec<Beat>) -> Result<(), StoreError> {
-        let outcome = self.beats.queue_through(beats);
+    /// Writes beats before they are answered: `read`, beats the stored activity of their
+    /// rooms does not cover ([`crate::heartbeats::covered`]), and `unread`, beats of rooms
+    /// this instance holds no copy of, each written only where its room lets it stand
+    /// without a read ([`lapse_core::Store::write_heartbeats`]). Beats that come while such a
+    /// write runs gather and go together in the next transaction, so a flood of them is
+    /// written in batches, as the flusher writes the rest. Returns, for each of `unread`, its
+    /// room's stored activity before the write, or `None` where it was not written. On
+    /// failure the `read` beats are kept for the next flush, as any pending beat, and the
+    /// store's error is returned.
+    pub(crate) async fn write_through(
+        &self,
+        read: Vec<Beat>,
+        unread: Vec<Beat>,
+    ) -> Result<Vec<Option<Timestamp>>, StoreError> {
+        let n = unread.len();
+        let (outcome, first) = self.beats.queue_through(read, unread);
         let turn = self.beats.through_turn.lock().await;
         if outcome.get().is_none() {
             // Not written while this one waited its turn, so its beats are those gathering:
             // a batch is taken only by the holder of the turn, who sets its outcome.
-            let (beats, batch) = self.beats.take_through();
-            let written = self.write_beats(beats).await;
-            let _ = batch.set(written);
+            let group = self.beats.take_through();
+            let written = self.write_group(group.read, group.unread).await;
+            let _ = group.outcome.set(written);
         }
         drop(turn);
-        outcome.get().cloned().unwrap_or_else(|| {
+        match outcome.get() {
+            Some(Ok(taken)) => Ok(taken
+                .get(first..first + n)
+                .map_or(vec![None; n], <[_]>::to_vec)),
+            Some(Err(e)) => Err(e.clone()),
             // Set above before the turn was let go, by this call or the one before it.
-            Err(StoreError::Unavailable(
+            None => Err(StoreError::Unavailable(
                 "heartbeat write did not finish".into(),
-            ))
-        })
+            )),
+        }
+    }
+
+    /// Writes one write-through group in one transaction; on failure its `read` beats are
+    /// kept for the next flush (its unread ones are answered by a read instead).
+    async fn write_group(
+        &self,
+        read: Vec<Beat>,
+        unread: Vec<Beat>,
+    ) -> Result<std::sync::Arc<[Option<Timestamp>]>, StoreError> {
+        let since = tokio::time::Instant::now();
+        match self.store.write_heartbeats(&read, &unread).await {
+            Ok(written) => {
+                let beats = beats_written(&read, &unread, &written.unread);
+                self.beats.written(beats.len(), since.elapsed());
+                self.sessions.flushed(&beats, &written.moved, since);
+                Ok(written.unread.into())
+            }
+            Err(e) => {
+                self.beats.restore(read);
+                Err(e)
+            }
+        }
     }
 
     /// Flushes heartbeats every `every` until `shutdown`, each flush starting `every` after

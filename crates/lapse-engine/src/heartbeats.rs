@@ -3,7 +3,10 @@
 //! A beat waits in memory only where its room's stored activity covers it ([`covered`]: lost
 //! in a crash, it brings no idle rule early) and its participant's presence does not lapse
 //! before it is written (another instance deciding the lapse finds it). The others are
-//! written before they are answered, gathered into one transaction at a time.
+//! written before they are answered, gathered into one transaction at a time. A beat of a
+//! room this instance holds no copy of goes in that transaction unread, written only where
+//! the room as stored lets it stand (what a read would have checked, checked by the write);
+//! only where it does not is the room read.
 //!
 //! Nothing is decided on a stale row: every single-session operation overlays the pending
 //! beats of its session before applying rules, and a sweep writes the pending beats of the
@@ -80,14 +83,19 @@ pub struct Heartbeats {
     pub(crate) through_turn: tokio::sync::Mutex<()>,
 }
 
-/// Where the outcome of a beat's write-through transaction is set.
-pub(crate) type Outcome = Arc<OnceLock<Result<(), StoreError>>>;
+/// Where the outcome of a write-through transaction is set: for each of its unread beats,
+/// in the order gathered, its room's stored activity before the write, or `None` where the
+/// beat was not written (see [`lapse_core::Store::write_heartbeats`]).
+pub(crate) type Outcome = Arc<OnceLock<Result<Arc<[Option<Timestamp>]>, StoreError>>>;
 
 /// Beats gathered for one write-through transaction, and its outcome once written (or not).
 #[derive(Default)]
-struct Through {
-    beats: Vec<Beat>,
-    outcome: Outcome,
+pub(crate) struct Through {
+    /// Beats checked against their rooms as read.
+    pub read: Vec<Beat>,
+    /// Beats of rooms not read first, each written only where its room lets it stand.
+    pub unread: Vec<Beat>,
+    pub outcome: Outcome,
 }
 
 #[derive(Default)]
@@ -297,19 +305,21 @@ impl Heartbeats {
         }
     }
 
-    /// Adds `beats` to the next write-through transaction; where its outcome will be set.
-    pub(crate) fn queue_through(&self, beats: Vec<Beat>) -> Outcome {
+    /// Adds beats to the next write-through transaction: where its outcome will be set, and
+    /// where in it the outcomes of these `unread` start.
+    pub(crate) fn queue_through(&self, read: Vec<Beat>, unread: Vec<Beat>) -> (Outcome, usize) {
         // Plain values; a panic elsewhere cannot leave them half-updated.
         let mut through = self.through.lock().unwrap_or_else(|p| p.into_inner());
-        through.beats.extend(beats);
-        through.outcome.clone()
+        let first = through.unread.len();
+        through.read.extend(read);
+        through.unread.extend(unread);
+        (through.outcome.clone(), first)
     }
 
     /// Takes the beats gathered for write-through, and where their outcome goes.
-    pub(crate) fn take_through(&self) -> (Vec<Beat>, Outcome) {
+    pub(crate) fn take_through(&self) -> Through {
         let mut through = self.through.lock().unwrap_or_else(|p| p.into_inner());
-        let taken = std::mem::take(&mut *through);
-        (taken.beats, taken.outcome)
+        std::mem::take(&mut *through)
     }
 
     /// How many participants have a pending beat.

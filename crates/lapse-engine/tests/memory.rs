@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
+use lapse_core::intercept::{Call, Hook, Intercepted};
 use lapse_core::lifecycle::Via;
-use lapse_core::{Config, ParticipantState, SessionId, Status, Store, UserId};
+use lapse_core::{Config, ParticipantState, SessionId, Span, Status, Store, StoreError, UserId};
 use lapse_engine::ops::CreateRequest;
-use lapse_engine::{Clock, Engine};
+use lapse_engine::{Clock, Engine, EngineError};
 use lapse_store::SqliteStore;
 
 mod common;
@@ -337,4 +338,164 @@ async fn a_beat_just_before_a_presence_lapse_is_seen_by_another_instance_on_post
     let store = postgres_instance(&url).await;
     let (a, b) = (engine_over(store.clone()), engine_over(store.clone()));
     a_beat_just_before_a_presence_lapse_is_seen_by(a, b, store).await;
+}
+
+/// The names of the store calls an instance made, in order.
+#[derive(Default)]
+struct Calls(std::sync::Mutex<Vec<&'static str>>);
+
+impl Calls {
+    fn take(&self) -> Vec<&'static str> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl Hook for Calls {
+    type Ticket = ();
+
+    fn before(&self, call: Call) -> Result<(), StoreError> {
+        self.0.lock().unwrap().push(call.name);
+        Ok(())
+    }
+}
+
+/// Two instances over one SQLite file, the rules in force put there by A (as `lapse serve`
+/// does at start), and B's store calls counted.
+async fn instances_counting_b(
+    dir: &tempfile::TempDir,
+) -> (Arc<Engine>, Arc<Engine>, Arc<dyn Store>, Arc<Calls>) {
+    let url = format!("sqlite://{}", dir.path().join("shared.db").display());
+    let open = || async {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url, None).await.unwrap());
+        store.migrate().await.unwrap();
+        store
+    };
+    let config = Arc::new(Config::default());
+    let a = Engine::new(open().await, config.clone(), Clock::manual(t0()));
+    a.put_rules_in_force().await.unwrap();
+    let calls = Arc::new(Calls::default());
+    let counted = Arc::new(Intercepted::new(open().await, calls.clone()));
+    let b = Engine::new(counted, config, Clock::manual(t0()));
+    (a, b, open().await, calls)
+}
+
+/// Moves both instances' clocks on by `ms`.
+fn advance(engines: [&Engine; 2], ms: i64) {
+    for e in engines {
+        e.clock().advance(Span::from_millis(ms)).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_beat_of_a_room_this_instance_holds_no_copy_of_is_written_without_reading_the_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, store, calls) = instances_counting_b(&dir).await;
+    let id = SessionId::parse("room").unwrap();
+    a.create(&admin(), room_request("room")).await.unwrap();
+    a.start(&admin(), &id).await.unwrap();
+
+    // A client beating every 20 s, through B, which has never read the room.
+    advance([&a, &b], 20_000);
+    calls.take();
+    b.heartbeat(&admin(), &id, &user("host")).await.unwrap();
+    assert_eq!(calls.take(), ["write_heartbeats"], "one write, no read");
+    assert_eq!(b.pending_heartbeats(), 0, "written before its answer");
+    let stored = store.load(&id).await.unwrap().unwrap();
+    let beat_at = t0() + Span::from_secs(20);
+    assert_eq!(stored.last_activity_at, beat_at);
+    assert_eq!(
+        stored.participant(&user("host")).unwrap().last_seen_at,
+        beat_at
+    );
+
+    // The room's stored activity covered the next one: beaten often, the room is read into
+    // memory once this beat is written, and the beat after it is answered from there.
+    advance([&a, &b], 1_000);
+    b.heartbeat(&admin(), &id, &user("host")).await.unwrap();
+    assert_eq!(calls.take(), ["write_heartbeats", "load"]);
+    advance([&a, &b], 500);
+    b.heartbeat(&admin(), &id, &user("host")).await.unwrap();
+    assert_eq!(calls.take(), Vec::<&str>::new(), "from memory");
+    assert_eq!(b.pending_heartbeats(), 1);
+}
+
+#[tokio::test]
+async fn a_beat_its_room_does_not_let_stand_unread_is_answered_after_a_read_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, store, calls) = instances_counting_b(&dir).await;
+    let [room, ended, lapsing] =
+        ["room", "ended", "lapsing"].map(|id| SessionId::parse(id).unwrap());
+    for id in [&room, &ended, &lapsing] {
+        a.create(&admin(), room_request(id.as_str())).await.unwrap();
+        a.start(&admin(), id).await.unwrap();
+    }
+    a.end(&admin(), &ended).await.unwrap();
+
+    // Refused as a read refuses them: an ended room, a stranger, a room that never was.
+    advance([&a, &b], 20_000);
+    let refused = b.heartbeat(&admin(), &ended, &user("host")).await;
+    assert!(matches!(refused, Err(EngineError::Op(_))), "{refused:?}");
+    let stranger = b.heartbeat(&admin(), &room, &user("stranger")).await;
+    assert!(matches!(stranger, Err(EngineError::Op(_))), "{stranger:?}");
+    let nowhere = SessionId::parse("nowhere").unwrap();
+    let missing = b.heartbeat(&admin(), &nowhere, &user("host")).await;
+    assert!(
+        matches!(missing, Err(EngineError::NotFound(_))),
+        "{missing:?}"
+    );
+    let stored = store.load(&room).await.unwrap().unwrap();
+    assert_eq!(
+        stored.last_activity_at,
+        t0(),
+        "nothing written for the stranger"
+    );
+
+    // Past the host's presence lapse (90 s after they were last seen, the room's stored
+    // wake-up), in a room B has not read: the beat is not written unread. The read tells the
+    // lapse, as of its deadline, then the beat is written.
+    advance([&a, &b], 80_000);
+    calls.take();
+    b.heartbeat(&admin(), &lapsing, &user("host"))
+        .await
+        .unwrap();
+    let made = calls.take();
+    assert_eq!(made[0], "write_heartbeats", "{made:?}");
+    assert!(made.contains(&"load"), "{made:?}");
+    let stored = store.load(&lapsing).await.unwrap().unwrap();
+    assert_eq!(
+        stored.participant(&user("host")).unwrap().last_seen_at,
+        t0() + Span::from_secs(100)
+    );
+    let offline = lapse_core::store::EventQuery {
+        limit: 100,
+        types: vec![lapse_core::EventType::ParticipantOffline],
+        ..Default::default()
+    };
+    let told: Vec<_> = store
+        .events(&offline)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.at)
+        .collect();
+    assert_eq!(told, [t0() + Span::from_secs(90)]);
+
+    // The batch endpoint answers the same, each beat at its place.
+    let beats: Vec<(String, String)> = [("lapsing", "host"), ("ended", "host"), ("room", "nobody")]
+        .iter()
+        .map(|(s, u)| (s.to_string(), u.to_string()))
+        .collect();
+    // A third instance, which has read none of them.
+    let url = format!("sqlite://{}", dir.path().join("shared.db").display());
+    let third = Engine::new(
+        Arc::new(SqliteStore::open(&url, None).await.unwrap()),
+        Arc::new(Config::default()),
+        Clock::manual(t0() + Span::from_secs(160)),
+    );
+    let (accepted, rejected) = third.heartbeats(&admin(), &beats).await.unwrap();
+    assert_eq!(accepted, 1);
+    let places: Vec<usize> = rejected.iter().map(|r| r.index).collect();
+    assert_eq!(places, [1, 2]);
+    let stored = store.load(&lapsing).await.unwrap().unwrap();
+    assert_eq!(stored.last_activity_at, t0() + Span::from_secs(160));
 }

@@ -111,6 +111,24 @@ pub struct Moved {
     pub version: i64,
 }
 
+/// What a write of heartbeats before their answer did (see
+/// [`super::Store::write_heartbeats`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// The sessions moved, each with its version after.
+    pub moved: Vec<Moved>,
+    /// For each unread beat, in order: its room's `last_activity_at` as stored before the
+    /// write, or `None` where the beat was not written (its room must be read to answer it).
+    pub unread: Vec<Option<Timestamp>>,
+}
+
+/// The beats a write of heartbeats writes: every one of `read`, and those of `unread` that
+/// stood (`stood`, one for each of `unread`, in order: see [`Written::unread`]).
+pub fn beats_written(read: &[Beat], unread: &[Beat], stood: &[Option<Timestamp>]) -> Vec<Beat> {
+    let stood = unread.iter().zip(stood).filter(|(_, s)| s.is_some());
+    read.iter().chain(stood.map(|(b, _)| b)).cloned().collect()
+}
+
 /// A stored wake-up to move (see [`super::Store::rearm`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rearm {

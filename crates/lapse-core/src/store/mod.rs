@@ -14,7 +14,7 @@ use async_trait::async_trait;
 
 pub use commit::{
     Beat, Commit, EventRecord, HostLimit, Moved, NotificationRecord, Rearm, RearmOnly,
-    RulesInForce, SessionWrite,
+    RulesInForce, SessionWrite, Written, beats_written,
 };
 pub use outbox::{Attempt, Delivery, DeliveryStatus, DisabledEndpoint, PruneBefore, Pruned};
 pub use queries::{DueRow, EventQuery, HealthCounts, SessionQuery, StatusCount, StoredResponse};
@@ -191,6 +191,22 @@ pub trait Store: Send + Sync + 'static {
     /// stored deadline is left alone. Returns the sessions moved with their new versions, so
     /// a holder of the previous version can follow without reading the row again.
     async fn flush_heartbeats(&self, beats: &[Beat]) -> Result<Vec<Moved>, StoreError>;
+
+    /// Writes heartbeats before they are answered, in one transaction: `read` (beats of rooms
+    /// read first) as [`Store::flush_heartbeats`] does, and each of `unread` (beats of rooms
+    /// not read first) only where its room as stored lets it stand without a read, that is
+    /// where a read would have found nothing to decide before taking it:
+    /// - the session is open and has no parent (whose end could have closed it unseen);
+    /// - nothing is due by the beat: its stored wake-up is none or after the beat's `at` (a
+    ///   stored wake-up is never later than the truth, presence lapses included);
+    /// - every stored wake-up was worked out under the rules in force (no reload is still
+    ///   storing them);
+    /// - the user is a joined participant.
+    ///
+    /// Returns the sessions moved and, for each of `unread`, whether it was written (with its
+    /// room's activity as stored before: a room beaten lately is worth holding in memory).
+    async fn write_heartbeats(&self, read: &[Beat], unread: &[Beat])
+    -> Result<Written, StoreError>;
 
     /// Whether a `session.deleted` or `session.purged` event exists for `id`.
     async fn was_deleted(&self, id: &SessionId) -> Result<bool, StoreError>;

@@ -64,7 +64,9 @@ impl Engine {
 
     /// `POST /v1/sessions/{id}/heartbeat`: checked against the settled session, then folded
     /// into memory and written with the next batch; or, where the room's stored activity
-    /// does not cover it, written before it is answered (see [`Engine::take_beat`]).
+    /// does not cover it, written before it is answered; or, where this instance holds no
+    /// copy of the room, written first where the room as stored lets it stand, and read
+    /// only where it does not (see [`Engine::take_beat`]).
     pub async fn heartbeat(
         &self,
         caller: &Caller,
@@ -72,102 +74,127 @@ impl Engine {
         user: &UserId,
     ) -> Result<(), EngineError> {
         match self.take_beat(caller, id, user).await? {
-            None => Ok(()),
-            Some(beat) => self.beats_through(vec![beat]).await,
+            Taken::Kept => Ok(()),
+            taken => match self.answer_beats(vec![(0, taken)]).await?.pop() {
+                Some((_, refused)) => Err(refused),
+                None => Ok(()),
+            },
         }
     }
 
     /// `POST /v1/heartbeats`: each beat on its own; refusals are reported, not fatal. The
-    /// beats to be written before the answer go in one transaction.
+    /// beats to be written before the answer go in one transaction (and those of rooms that
+    /// did not let them stand unread, read then, in one more).
     pub async fn heartbeats(
         &self,
         caller: &Caller,
         beats: &[(String, String)],
     ) -> Result<(usize, Vec<RejectedBeat>), EngineError> {
         caller.require_sessions()?;
-        let mut accepted = 0;
-        let mut rejected = Vec::new();
-        let mut through = Vec::new();
+        let mut refused = Vec::new();
+        let mut taken = Vec::new();
         for (index, (session, user)) in beats.iter().enumerate() {
             let outcome = match (SessionId::parse(session), UserId::parse(user)) {
                 (Ok(sid), Ok(uid)) => self.take_beat(caller, &sid, &uid).await,
                 (Err(e), _) | (_, Err(e)) => Err(validation("beats", e.to_string())),
             };
             match outcome {
-                Ok(beat) => {
-                    accepted += 1;
-                    through.extend(beat);
-                }
+                Ok(t) => taken.push((index, t)),
                 Err(EngineError::Store(e)) => return Err(EngineError::Store(e)),
-                Err(e) => rejected.push(RejectedBeat {
-                    index,
-                    session: session.clone(),
-                    user: user.clone(),
-                    code: error_code(&e),
-                    detail: e.to_string(),
-                }),
+                Err(e) => refused.push((index, e)),
             }
         }
-        if !through.is_empty() {
-            self.beats_through(through).await?;
-        }
-        Ok((accepted, rejected))
+        refused.extend(self.answer_beats(taken).await?);
+        refused.sort_unstable_by_key(|(index, _)| *index);
+        let rejected: Vec<RejectedBeat> = refused
+            .into_iter()
+            .map(|(index, e)| RejectedBeat {
+                index,
+                session: beats[index].0.clone(),
+                user: beats[index].1.clone(),
+                code: error_code(&e),
+                detail: e.to_string(),
+            })
+            .collect();
+        Ok((beats.len() - rejected.len(), rejected))
     }
 
-    /// Takes a heartbeat of `user` in `id`: checked against the settled session, then folded
-    /// into memory, or handed back to be written before it is answered.
+    /// Takes a heartbeat of `user` in `id`. In the common case it is folded into memory,
+    /// checked against the room this instance holds, current (open, joined, nothing due). A
+    /// beat that may not wait in memory ([`Engine::may_wait`]) is handed back to be written
+    /// before it is answered.
     ///
-    /// A beat waits in memory for the next flush only where that is safe
-    /// ([`Engine::may_wait`]); the others are written before they are answered.
+    /// Where this instance holds no copy of the room (a client beating every 15–30 s finds
+    /// its room long gone from memory), the beat is handed back unread: written first where
+    /// the room as stored lets it stand without a read, in the transaction that checks it
+    /// ([`lapse_core::Store::write_heartbeats`]), and read and taken again only where it
+    /// does not ([`Engine::answer_beats`]).
     async fn take_beat(
         &self,
         caller: &Caller,
         id: &SessionId,
         user: &UserId,
-    ) -> Result<Option<Beat>, EngineError> {
+    ) -> Result<Taken, EngineError> {
         caller.require_self(user)?;
         let now = self.now();
-        let beat = |at| Beat {
+        let beat = || Beat {
             session: id.clone(),
             user: user.clone(),
-            at,
+            at: now,
         };
-        // The common case from memory: open, joined, nothing due (see `cache`). The stored
-        // wake-up may have passed only because heartbeats moved the truth (lazy re-arm); the
-        // rules themselves, on the copy with this instance's beats, tell.
-        let held = self.sessions.get(id);
-        let takes_beat = |h: &crate::cache::Held| {
-            let s = &h.session;
-            // A session that follows a parent still open as far as it knows may have lapsed
-            // with its parent's end: that takes a read of the parent (see `settle`).
-            let parent_unknown =
-                s.parent.is_some() && s.parent_ended_at.is_none() && self.follows_parent(&s.kind);
-            s.status.is_open()
-                && !parent_unknown
-                && h.joined.contains_key(user)
-                && (s.wake_at.is_none_or(|at| at > now) || {
-                    let mut probe = (**s).clone();
-                    self.apply_due(&mut probe, now).is_empty()
-                })
+        let Some(held) = self.sessions.get(id) else {
+            return Ok(Taken::Unread(beat()));
         };
-        if let Some(h) = &held
-            && h.current
-            && takes_beat(h)
-        {
-            if !self.may_wait(h, user, now) {
-                return Ok(Some(beat(now)));
+        // The common case from memory: open, joined, nothing due (see `cache`).
+        if held.current && self.takes_beat(&held, user, now) {
+            if !self.may_wait(&held, user, now) {
+                return Ok(Taken::Write(beat()));
             }
-            self.beats.record(id, user, now, h.session.wake_at);
-            return Ok(None);
+            self.beats.record(id, user, now, held.session.wake_at);
+            return Ok(Taken::Kept);
         }
+        Ok(match self.take_read_beat(id, user, Some(held)).await? {
+            Some(beat) => Taken::Write(beat),
+            None => Taken::Kept,
+        })
+    }
+
+    /// Whether `held` takes a beat of `user` at `now` as it is: open, the user joined, and
+    /// nothing due. The stored wake-up may have passed only because heartbeats moved the
+    /// truth (lazy re-arm); the rules themselves, on the copy with this instance's beats,
+    /// tell.
+    fn takes_beat(&self, held: &Held, user: &UserId, now: Timestamp) -> bool {
+        let s = &held.session;
+        // A session that follows a parent still open as far as it knows may have lapsed
+        // with its parent's end: that takes a read of the parent (see `settle`).
+        let parent_unknown =
+            s.parent.is_some() && s.parent_ended_at.is_none() && self.follows_parent(&s.kind);
+        s.status.is_open()
+            && !parent_unknown
+            && held.joined.contains_key(user)
+            && (s.wake_at.is_none_or(|at| at > now) || {
+                let mut probe = (**s).clone();
+                self.apply_due(&mut probe, now).is_empty()
+            })
+    }
+
+    /// Takes a heartbeat of `user` in `id` against the settled session: folded into memory
+    /// (`None`), or handed back to be written before it is answered. `held` is this
+    /// instance's copy, if any: where the database is out of reach, a room it shows open,
+    /// with the user in it and nothing due, takes the beat into memory as it would anyway.
+    async fn take_read_beat(
+        &self,
+        id: &SessionId,
+        user: &UserId,
+        held: Option<Held>,
+    ) -> Result<Option<Beat>, EngineError> {
         let s = match self.settle(id).await {
             Ok(s) => s.ok_or_else(|| not_found(id))?,
-            // The database is out of reach: a session this instance knows to be open, with
-            // the user in it and nothing due, takes the beat into memory as it would anyway;
-            // it is written once the database is back. Bounded: past it, the 503 stands.
+            // Written once the database is back. Bounded: past it, the 503 stands.
             Err(e) if e.is_unavailable() => {
+                let now = self.now();
                 if let Some(h) = &held
-                    && takes_beat(h)
+                    && self.takes_beat(h, user, now)
                     && self.beats.len() < MAX_PENDING
                 {
                     self.beats.record(id, user, now, h.session.wake_at);
@@ -182,10 +209,62 @@ impl Engine {
         // The settled copy carries this instance's pending beats; the held one is as stored.
         let held = self.sessions.get(id);
         if !held.is_some_and(|h| self.may_wait(&h, user, now)) {
-            return Ok(Some(beat(now)));
+            return Ok(Some(Beat {
+                session: id.clone(),
+                user: user.clone(),
+                at: now,
+            }));
         }
         self.beats.record(id, user, now, s.wake_at);
         Ok(None)
+    }
+
+    /// Writes, before they are answered, the beats that taking them left to write
+    /// ([`Taken`], each with its place in the request), in one transaction. The unread ones
+    /// their rooms did not let stand are then read and taken again, and those of them to be
+    /// written go in one more. Returns the beats refused on that read, by place.
+    ///
+    /// A room whose activity as stored was at most [`crate::cache::FRESH_FOR`] before an
+    /// unread beat is beaten often: it is read into memory once the beat is written, so that
+    /// the beats that follow are answered from there ([`beaten_lately`]).
+    async fn answer_beats(
+        &self,
+        taken: Vec<(usize, Taken)>,
+    ) -> Result<Vec<(usize, EngineError)>, EngineError> {
+        let (mut read, mut unread) = (Vec::new(), Vec::new());
+        for (index, t) in taken {
+            match t {
+                Taken::Kept => {}
+                Taken::Write(beat) => read.push(beat),
+                Taken::Unread(beat) => unread.push((index, beat)),
+            }
+        }
+        if read.is_empty() && unread.is_empty() {
+            return Ok(Vec::new());
+        }
+        let beats = unread.iter().map(|(_, b)| b.clone()).collect();
+        let stood = self.beats_through(read, beats).await?;
+        let mut refused = Vec::new();
+        let mut again = Vec::new();
+        for ((index, beat), stood) in unread.into_iter().zip(stood) {
+            match stood {
+                Some(activity) if beaten_lately(activity, beat.at) => {
+                    // Only so that the next beat finds the room here: a failure leaves it
+                    // to be written unread again.
+                    let _ = self.load_session(&beat.session).await;
+                }
+                Some(_) => {}
+                None => match self.take_read_beat(&beat.session, &beat.user, None).await {
+                    Ok(write) => again.extend(write),
+                    Err(EngineError::Store(e)) => return Err(EngineError::Store(e)),
+                    Err(e) => refused.push((index, e)),
+                },
+            }
+        }
+        if !again.is_empty() {
+            self.beats_through(again, Vec::new()).await?;
+        }
+        Ok(refused)
     }
 
     /// Whether a beat of `user` taken at `now` may wait in memory for the next flush, by
@@ -213,12 +292,19 @@ impl Engine {
         covered(held.session.last_activity_at, now) && lapses_later()
     }
 
-    /// Writes beats before they are answered ([`Engine::write_through`]). If the database is
-    /// out of reach they wait in memory for it, as any beat then does, up to the bound.
-    async fn beats_through(&self, beats: Vec<Beat>) -> Result<(), EngineError> {
-        match self.write_through(beats).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.is_unavailable() && self.beats.len() <= MAX_PENDING => Ok(()),
+    /// Writes beats before they are answered ([`Engine::write_through`]); for each of
+    /// `unread`, its room's stored activity before, where it was written. If the database is
+    /// out of reach, the `read` beats wait in memory for it, as any beat then does, up to the
+    /// bound, and the unread ones are not written (a read then answers them, as it can).
+    async fn beats_through(
+        &self,
+        read: Vec<Beat>,
+        unread: Vec<Beat>,
+    ) -> Result<Vec<Option<Timestamp>>, EngineError> {
+        let n = unread.len();
+        match self.write_through(read, unread).await {
+            Ok(stood) => Ok(stood),
+            Err(e) if e.is_unavailable() && self.beats.len() <= MAX_PENDING => Ok(vec![None; n]),
             Err(e) => Err(e.into()),
         }
     }
@@ -250,4 +336,24 @@ impl Engine {
         .await?;
         Ok(())
     }
+}
+
+/// Whether a room whose activity as stored was `activity` when a beat came at `at` is beaten
+/// often enough to hold in memory: within [`crate::cache::FRESH_FOR`], as long as a copy
+/// read now answers heartbeats without another look. A client beating every 15–30 s alone in
+/// its room is not; its beats are written unread, each a write and no read.
+fn beaten_lately(activity: Timestamp, at: Timestamp) -> bool {
+    let fresh = i64::try_from(crate::cache::FRESH_FOR.as_millis()).unwrap_or(i64::MAX);
+    at <= activity + lapse_core::Span::from_millis(fresh)
+}
+
+/// What taking a heartbeat left to do before it is answered.
+enum Taken {
+    /// Folded into memory, written with the next flush.
+    Kept,
+    /// To be written first, checked against its room as read.
+    Write(Beat),
+    /// A beat of a room this instance holds no copy of: written first where its room as
+    /// stored lets it stand, else read and taken again.
+    Unread(Beat),
 }

@@ -31,7 +31,7 @@ use lapse_core::session::Session;
 use lapse_core::store::{
     Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DisabledEndpoint, DueRow,
     EventQuery, EventRecord, HealthCounts, Moved, PruneBefore, Pruned, Rearm, RearmOnly,
-    RulesInForce, SessionQuery, StatusCount, Store, StoredResponse,
+    RulesInForce, SessionQuery, StatusCount, Store, StoredResponse, Written,
 };
 use lapse_core::{SessionId, Span, StoreError, Timestamp, UserId};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -214,6 +214,14 @@ impl Store for PostgresStore {
 
     async fn flush_heartbeats(&self, beats: &[Beat]) -> Result<Vec<Moved>, StoreError> {
         heartbeats::flush(&self.pool, beats).await
+    }
+
+    async fn write_heartbeats(
+        &self,
+        read: &[Beat],
+        unread: &[Beat],
+    ) -> Result<Written, StoreError> {
+        heartbeats::write(&self.pool, read, unread).await
     }
 
     async fn was_deleted(&self, id: &SessionId) -> Result<bool, StoreError> {

@@ -39,6 +39,11 @@ impl PostgresStore {
                 vec![empty(), empty(), empty()],
             ),
             fixed(
+                "heartbeats of rooms not read first, which stand",
+                heartbeats::UNREAD_TAKEN,
+                vec![empty(), empty(), empty()],
+            ),
+            fixed(
                 "re-arm",
                 rules::REARM,
                 vec![empty(), empty(), empty(), empty()],

@@ -98,6 +98,28 @@ pub fn latest_beats(beats: &[lapse_core::store::Beat]) -> Vec<(&str, &str, i64)>
     latest.into_iter().map(|((s, u), at)| (s, u, at)).collect()
 }
 
+/// Beats as `(session, user, at)`, each as it is, in order (a write of unread beats answers
+/// for each: [`unread_taken`]).
+pub fn beat_rows(beats: &[lapse_core::store::Beat]) -> Vec<(&str, &str, i64)> {
+    beats
+        .iter()
+        .map(|b| (b.session.as_str(), b.user.as_str(), b.at.millis()))
+        .collect()
+}
+
+/// For each of `n` unread beats, its room's activity as stored, where `found` (`(index,
+/// last_activity_at)` pairs, the beats whose rooms let them stand unread) names it; `None`
+/// for the others.
+pub fn unread_taken(n: usize, found: Vec<(i64, i64)>) -> Vec<Option<Timestamp>> {
+    let mut taken = vec![None; n];
+    for (index, activity) in found {
+        if let Some(t) = usize::try_from(index).ok().and_then(|i| taken.get_mut(i)) {
+            *t = Some(Timestamp::from_millis(activity));
+        }
+    }
+    taken
+}
+
 /// A `participants` row as the bulk statements read it.
 #[derive(Default, serde::Serialize)]
 pub struct ParticipantRow<'a> {

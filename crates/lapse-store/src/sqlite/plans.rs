@@ -49,6 +49,11 @@ impl SqliteStore {
                 heartbeats::FLUSH_MOVED,
                 vec![text("[]")],
             ),
+            fixed(
+                "heartbeats of rooms not read first, which stand",
+                heartbeats::UNREAD_TAKEN,
+                vec![text("[]")],
+            ),
             fixed("re-arm", rules::REARM, vec![text("[]")]),
             fixed("re-arm earlier", rules::REARM_EARLIER, vec![text("[]")]),
             fixed("rules in force", rules::RULES_IN_FORCE, vec![]),

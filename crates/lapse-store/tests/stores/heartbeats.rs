@@ -144,6 +144,99 @@ async fn each_flush_writes_its_own_beats_and_moves_no_closed_session() {
     }
 }
 
+/// Beats of rooms the engine did not read first: each is written only where a read would
+/// have found nothing to decide before it (open, no parent, nothing due by the beat, every
+/// deadline stored under the rules in force, the user joined); the others are left for a
+/// read, their rows untouched. Beats read first go in the same transaction regardless.
+#[tokio::test]
+async fn an_unread_beat_is_written_only_where_its_room_lets_it_stand() {
+    for (store, _dir) in stores().await {
+        let store = store.as_ref();
+        let version = store.publish_rules(0, "v1", &[], t0(), None).await.unwrap();
+        store.mark_rearmed(version).await.unwrap();
+        for id in ["open", "read", "closed", "child", "due"] {
+            let mut s = session("reading", id, t0());
+            if id == "child" {
+                s.parent = Some(SessionId::parse("open").unwrap());
+            }
+            insert(store, &s).await;
+        }
+        let mut closed = loaded(store, "closed").await;
+        closed.status = lapse_core::Status::Expired;
+        store
+            .commit(Commit {
+                sessions: vec![SessionWrite::Update {
+                    session: closed,
+                    changed: None,
+                }],
+                ..Commit::default()
+            })
+            .await
+            .unwrap();
+        let beat = |id: &str, user: &str, secs| Beat {
+            session: SessionId::parse(id).unwrap(),
+            user: UserId::parse(user).unwrap(),
+            at: t0() + Span::from_secs(secs),
+        };
+        // A reading's host lapses from presence 90 s after they were last seen: its stored
+        // wake-up, so a beat at 100 s finds it due.
+        let due_at = loaded(store, "due").await.wake_at.unwrap();
+        assert_eq!(due_at, t0() + Span::from_secs(90));
+        let ids = ["open", "read", "closed", "child", "due"];
+        let mut before = Vec::new();
+        for id in ids {
+            before.push(loaded(store, id).await);
+        }
+
+        let written = store
+            .write_heartbeats(
+                &[beat("read", "host", 100)],
+                &[
+                    beat("open", "host", 30),
+                    beat("open", "stranger", 30),
+                    beat("closed", "host", 30),
+                    beat("child", "host", 30),
+                    beat("due", "host", 100),
+                    beat("nowhere", "host", 30),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            written.unread,
+            [Some(t0()), None, None, None, None, None],
+            "only the open room's joined host stands, with the room's activity before"
+        );
+        let moved: Vec<String> = written.moved.iter().map(|m| m.id.to_string()).collect();
+        let mut moved = moved;
+        moved.sort();
+        assert_eq!(moved, ["open", "read"]);
+        for (id, before) in ids.iter().zip(&before) {
+            let after = loaded(store, id).await;
+            let beaten = matches!(*id, "open" | "read");
+            assert_eq!(after.version, before.version + i64::from(beaten), "{id}");
+            let seen = after.participants[0].last_seen_at;
+            match *id {
+                "open" => assert_eq!(seen, t0() + Span::from_secs(30)),
+                "read" => assert_eq!(seen, t0() + Span::from_secs(100), "a read beat is a beat"),
+                _ => assert_eq!(seen, t0(), "{id}: left for a read"),
+            }
+        }
+
+        // New rules whose deadlines are still being stored: nothing stands unread.
+        let newer = store
+            .publish_rules(version, "v2", &[], t0(), None)
+            .await
+            .unwrap();
+        let unread = [beat("open", "host", 40)];
+        let during = store.write_heartbeats(&[], &unread).await.unwrap();
+        assert_eq!(during.unread, [None], "a re-arm under way");
+        store.mark_rearmed(newer).await.unwrap();
+        let after = store.write_heartbeats(&[], &unread).await.unwrap();
+        assert_eq!(after.unread, [Some(t0() + Span::from_secs(30))]);
+    }
+}
+
 /// A room ended while its people beat: the end's transaction holds the session row and goes
 /// on to write its participants, and a heartbeat flush of one of them comes in between. The
 /// flush waits for the session before it touches the participant; had it taken the
