@@ -85,6 +85,22 @@ async fn a_heartbeat_flush_beats_a_decision_taken_on_the_older_row() {
     }
 }
 
+/// Expires the stored session `id`, as a rule would.
+async fn expire(store: &dyn Store, id: &str) {
+    let mut closed = loaded(store, id).await;
+    closed.status = lapse_core::Status::Expired;
+    store
+        .commit(Commit {
+            sessions: vec![SessionWrite::Update {
+                session: closed,
+                changed: None,
+            }],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn each_flush_writes_its_own_beats_and_moves_no_closed_session() {
     for (store, _dir) in stores().await {
@@ -92,18 +108,7 @@ async fn each_flush_writes_its_own_beats_and_moves_no_closed_session() {
         for id in ["a", "b", "closed"] {
             insert(store, &session("reading", id, t0())).await;
         }
-        let mut closed = loaded(store, "closed").await;
-        closed.status = lapse_core::Status::Expired;
-        store
-            .commit(Commit {
-                sessions: vec![SessionWrite::Update {
-                    session: closed,
-                    changed: None,
-                }],
-                ..Commit::default()
-            })
-            .await
-            .unwrap();
+        expire(store, "closed").await;
         let load = |id: &str| {
             let id = SessionId::parse(id).unwrap();
             async move { store.load(&id).await.unwrap().unwrap() }
@@ -161,18 +166,7 @@ async fn an_unread_beat_is_written_only_where_its_room_lets_it_stand() {
             }
             insert(store, &s).await;
         }
-        let mut closed = loaded(store, "closed").await;
-        closed.status = lapse_core::Status::Expired;
-        store
-            .commit(Commit {
-                sessions: vec![SessionWrite::Update {
-                    session: closed,
-                    changed: None,
-                }],
-                ..Commit::default()
-            })
-            .await
-            .unwrap();
+        expire(store, "closed").await;
         let beat = |id: &str, user: &str, secs| Beat {
             session: SessionId::parse(id).unwrap(),
             user: UserId::parse(user).unwrap(),
