@@ -8,9 +8,9 @@ use async_trait::async_trait;
 
 use crate::event::{Event, Notification};
 use crate::store::{
-    Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DisabledEndpoint, DueRow,
-    EventQuery, EventRecord, HealthCounts, Moved, PruneBefore, Pruned, Rearm, RearmOnly,
-    RulesInForce, SessionQuery, StatusCount, StoredResponse, Written,
+    Attempt, Beat, BeatsWritten, ChangeCallback, Commit, Delivery, DeliveryStatus,
+    DisabledEndpoint, DueRow, EventQuery, EventRecord, HealthCounts, Moved, PruneBefore, Pruned,
+    Rearm, RearmOnly, RulesInForce, SessionQuery, StatusCount, StoredResponse,
 };
 use crate::{Session, SessionId, Span, Store, StoreError, Timestamp, UserId};
 
@@ -180,7 +180,7 @@ impl<H: Hook> Store for Intercepted<H> {
         &self,
         read: &[Beat],
         unread: &[Beat],
-    ) -> Result<Written, StoreError> {
+    ) -> Result<BeatsWritten, StoreError> {
         self.run(
             "write_heartbeats",
             WRITE,

@@ -95,6 +95,7 @@ pub(crate) struct Through {
     pub read: Vec<Beat>,
     /// Beats of rooms not read first, each written only where its room lets it stand.
     pub unread: Vec<Beat>,
+    /// Set once the transaction is written, or failed.
     pub outcome: Outcome,
 }
 

@@ -114,7 +114,7 @@ pub struct Moved {
 /// What a write of heartbeats before their answer did (see
 /// [`super::Store::write_heartbeats`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Written {
+pub struct BeatsWritten {
     /// The sessions moved, each with its version after.
     pub moved: Vec<Moved>,
     /// For each unread beat, in order: its room's `last_activity_at` as stored before the
@@ -123,7 +123,7 @@ pub struct Written {
 }
 
 /// The beats a write of heartbeats writes: every one of `read`, and those of `unread` that
-/// stood (`stood`, one for each of `unread`, in order: see [`Written::unread`]).
+/// stood (`stood`, one for each of `unread`, in order: see [`BeatsWritten::unread`]).
 pub fn beats_written(read: &[Beat], unread: &[Beat], stood: &[Option<Timestamp>]) -> Vec<Beat> {
     let stood = unread.iter().zip(stood).filter(|(_, s)| s.is_some());
     read.iter().chain(stood.map(|(b, _)| b)).cloned().collect()

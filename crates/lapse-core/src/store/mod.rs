@@ -13,8 +13,8 @@ mod queries;
 use async_trait::async_trait;
 
 pub use commit::{
-    Beat, Commit, EventRecord, HostLimit, Moved, NotificationRecord, Rearm, RearmOnly,
-    RulesInForce, SessionWrite, Written, beats_written,
+    Beat, BeatsWritten, Commit, EventRecord, HostLimit, Moved, NotificationRecord, Rearm,
+    RearmOnly, RulesInForce, SessionWrite, beats_written,
 };
 pub use outbox::{Attempt, Delivery, DeliveryStatus, DisabledEndpoint, PruneBefore, Pruned};
 pub use queries::{DueRow, EventQuery, HealthCounts, SessionQuery, StatusCount, StoredResponse};
@@ -205,8 +205,11 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// Returns the sessions moved and, for each of `unread`, whether it was written (with its
     /// room's activity as stored before: a room beaten lately is worth holding in memory).
-    async fn write_heartbeats(&self, read: &[Beat], unread: &[Beat])
-    -> Result<Written, StoreError>;
+    async fn write_heartbeats(
+        &self,
+        read: &[Beat],
+        unread: &[Beat],
+    ) -> Result<BeatsWritten, StoreError>;
 
     /// Whether a `session.deleted` or `session.purged` event exists for `id`.
     async fn was_deleted(&self, id: &SessionId) -> Result<bool, StoreError>;

@@ -5,7 +5,7 @@
 //! unread.
 
 use lapse_core::StoreError;
-use lapse_core::store::{Beat, Moved, Written, beats_written};
+use lapse_core::store::{Beat, BeatsWritten, Moved, beats_written};
 use sqlx::{PgConnection, PgPool};
 
 use super::{FLUSH_LOCK, lock_until_commit};
@@ -24,9 +24,9 @@ pub(super) async fn write(
     pool: &PgPool,
     read: &[Beat],
     unread: &[Beat],
-) -> Result<Written, StoreError> {
+) -> Result<BeatsWritten, StoreError> {
     if read.is_empty() && unread.is_empty() {
-        return Ok(Written::default());
+        return Ok(BeatsWritten::default());
     }
     // Instances beating the same rooms flush the same rows each second. A statement
     // cannot choose the order it locks its sessions in, so two flushes at once (or a flush
@@ -52,7 +52,7 @@ pub(super) async fn write(
     };
     let moved = flush_in(&mut tx, &beats_written(read, unread, &taken)).await?;
     tx.commit().await.map_err(backend)?;
-    Ok(Written {
+    Ok(BeatsWritten {
         moved,
         unread: taken,
     })

@@ -29,9 +29,9 @@ use async_trait::async_trait;
 use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
-    Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DisabledEndpoint, DueRow,
-    EventQuery, EventRecord, HealthCounts, Moved, PruneBefore, Pruned, Rearm, RearmOnly,
-    RulesInForce, SessionQuery, StatusCount, Store, StoredResponse, Written,
+    Attempt, Beat, BeatsWritten, ChangeCallback, Commit, Delivery, DeliveryStatus,
+    DisabledEndpoint, DueRow, EventQuery, EventRecord, HealthCounts, Moved, PruneBefore, Pruned,
+    Rearm, RearmOnly, RulesInForce, SessionQuery, StatusCount, Store, StoredResponse,
 };
 use lapse_core::{SessionId, Span, StoreError, Timestamp, UserId};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -220,7 +220,7 @@ impl Store for PostgresStore {
         &self,
         read: &[Beat],
         unread: &[Beat],
-    ) -> Result<Written, StoreError> {
+    ) -> Result<BeatsWritten, StoreError> {
         heartbeats::write(&self.pool, read, unread).await
     }
 

@@ -4,7 +4,7 @@
 //! those whose rooms let them stand unread.
 
 use lapse_core::StoreError;
-use lapse_core::store::{Beat, Moved, Written, beats_written};
+use lapse_core::store::{Beat, BeatsWritten, Moved, beats_written};
 use sqlx::Connection as _;
 use sqlx::SqliteConnection;
 
@@ -24,9 +24,9 @@ pub(super) async fn write(
     writer: &Conns,
     read: &[Beat],
     unread: &[Beat],
-) -> Result<Written, StoreError> {
+) -> Result<BeatsWritten, StoreError> {
     if read.is_empty() && unread.is_empty() {
-        return Ok(Written::default());
+        return Ok(BeatsWritten::default());
     }
     let mut writer = writer.get().await?;
     let mut tx = writer.begin().await.map_err(backend)?;
@@ -46,7 +46,7 @@ pub(super) async fn write(
     };
     let moved = flush_in(&mut tx, &beats_written(read, unread, &taken)).await?;
     tx.commit().await.map_err(backend)?;
-    Ok(Written {
+    Ok(BeatsWritten {
         moved,
         unread: taken,
     })

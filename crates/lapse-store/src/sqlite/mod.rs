@@ -20,9 +20,9 @@ use async_trait::async_trait;
 use lapse_core::event::{Event, Notification};
 use lapse_core::session::Session;
 use lapse_core::store::{
-    Attempt, Beat, ChangeCallback, Commit, Delivery, DeliveryStatus, DisabledEndpoint, DueRow,
-    EventQuery, EventRecord, HealthCounts, Moved, PruneBefore, Pruned, Rearm, RearmOnly,
-    RulesInForce, SessionQuery, StatusCount, Store, StoredResponse, Written,
+    Attempt, Beat, BeatsWritten, ChangeCallback, Commit, Delivery, DeliveryStatus,
+    DisabledEndpoint, DueRow, EventQuery, EventRecord, HealthCounts, Moved, PruneBefore, Pruned,
+    Rearm, RearmOnly, RulesInForce, SessionQuery, StatusCount, Store, StoredResponse,
 };
 use lapse_core::{SessionId, Span, StoreError, Timestamp, UserId};
 use sqlx::Connection as _;
@@ -253,7 +253,7 @@ impl Store for SqliteStore {
         &self,
         read: &[Beat],
         unread: &[Beat],
-    ) -> Result<Written, StoreError> {
+    ) -> Result<BeatsWritten, StoreError> {
         heartbeats::write(&self.writer, read, unread).await
     }
 
