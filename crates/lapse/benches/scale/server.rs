@@ -82,6 +82,29 @@ impl Server {
         kb / 1024.0
     }
 
+    /// Its threads' context switches so far, voluntary or not (`/proc`): how often work is
+    /// handed from one of its threads to another, which on one busy core is much of what a
+    /// write costs beyond SQLite's own work.
+    pub fn switches(&self) -> u64 {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id()));
+        tasks
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+            .flat_map(|status| {
+                status
+                    .lines()
+                    .filter_map(|l| {
+                        l.strip_prefix("voluntary_ctxt_switches:")
+                            .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                            .and_then(|v| v.trim().parse::<u64>().ok())
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    }
+
     /// Kills it with SIGKILL (`kill -9`): no drain, no last flush.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

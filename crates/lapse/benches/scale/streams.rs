@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 
-use crate::measure::{Pair, percentile};
+use crate::measure::{Pair, median, percentile};
 use crate::report::{self, Row};
 use crate::server::{Conn, Request, Requests, Server, paced, throughput};
 
@@ -194,8 +194,16 @@ pub async fn figures(server: &Server, rounds: usize, secs: f64, n: usize) -> Vec
     let update = timed_update(n as u64, epoch);
     let (mut writes, mut per_stream, mut delays) = (Pair::default(), Vec::new(), Vec::new());
     let (mut sent, mut received) = (0, 0);
-    // Updates at full speed for one run.
-    let full_speed = || throughput(&server.addr, 16, throughput_run, update.clone());
+    // The server's context switches an update, on each side.
+    let mut switches = Pair::default();
+    // Updates at full speed for one run: updates a second, and context switches an update.
+    let full_speed = || async {
+        let before = server.switches();
+        let (rate, _) = throughput(&server.addr, 16, throughput_run, update.clone()).await;
+        let updates = rate * throughput_run.as_secs_f64();
+        let each = server.switches().saturating_sub(before) as f64 / updates.max(1.0);
+        (rate, each)
+    };
     // Not counted: the first run after the figure before pays for what that one left behind
     // (the burst's ten thousand webhook attempts, among others). Counted, it was the lowest
     // of its figure in the last two full runs (1,065 updates/s against 1,574-2,224).
@@ -203,7 +211,9 @@ pub async fn figures(server: &Server, rounds: usize, secs: f64, n: usize) -> Vec
     for round in 0..rounds {
         let quiet_first = round % 2 == 0;
         if quiet_first {
-            writes.b.push(full_speed().await.0);
+            let (rate, each) = full_speed().await;
+            writes.b.push(rate);
+            switches.b.push(each);
         }
 
         let before = server.rss_mb();
@@ -216,12 +226,16 @@ pub async fn figures(server: &Server, rounds: usize, secs: f64, n: usize) -> Vec
         received += streams.received.swap(0, Ordering::Relaxed);
         delays.append(&mut streams.delays.lock().unwrap_or_else(|p| p.into_inner()));
 
-        writes.a.push(full_speed().await.0);
+        let (rate, each) = full_speed().await;
+        writes.a.push(rate);
+        switches.a.push(each);
         streams.close();
         // Let the server notice the closed streams before a quiet run.
         tokio::time::sleep(Duration::from_secs(1)).await;
         if !quiet_first {
-            writes.b.push(full_speed().await.0);
+            let (rate, each) = full_speed().await;
+            writes.b.push(rate);
+            switches.b.push(each);
         }
     }
     let by_round: Vec<String> = (writes.a.iter().zip(&writes.b))
@@ -254,17 +268,27 @@ pub async fn figures(server: &Server, rounds: usize, secs: f64, n: usize) -> Vec
                 report::Verdict::Missed
             },
         },
-        report::ratio(
-            &format!(
-                "update throughput with {} streams open vs with none",
-                human(n)
-            ),
-            "≥ 0.90",
-            &writes,
-            ["streams open", "none"],
-            "updates/s",
-            |x| x >= 0.9,
-        ),
+        {
+            let mut row = report::ratio(
+                &format!(
+                    "update throughput with {} streams open vs with none",
+                    human(n)
+                ),
+                "≥ 0.90",
+                &writes,
+                ["streams open", "none"],
+                "updates/s",
+                |x| x >= 0.9,
+            );
+            row.detail = format!(
+                "{}; context switches of `lapse serve` an update: {:.1} with streams open, \
+                 {:.1} with none (medians)",
+                row.detail,
+                median(&switches.a),
+                median(&switches.b)
+            );
+            row
+        },
         // The first opening is what the streams hold: later rounds mostly reuse memory the
         // first round's streams freed (the allocator keeps it), and would flatter the figure.
         {
