@@ -277,6 +277,25 @@ async fn no_hot_statement_scans_a_whole_table_on_sqlite() {
     assert_indexed("sqlite", &store.hot_plans().await.unwrap());
 }
 
+/// The plans above are read from statements prepared with no values: SQLite keeps those plans
+/// only with its query planner's stability guarantee (`.cargo/config.toml`). Without it, a
+/// statement with a bound `LIMIT ?` (the event reader's page after every commit) is planned
+/// around the value sent and prepared again from its text each time it is sent another.
+#[tokio::test]
+async fn sqlite_keeps_the_plan_a_statement_was_prepared_with() {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:")
+        .await
+        .unwrap();
+    let keeps: i64 = sqlx::query_scalar(
+        "select count(*) from pragma_compile_options where compile_options = 'ENABLE_QPSG'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(keeps, 1, "SQLite was built without SQLITE_ENABLE_QPSG");
+}
+
 #[tokio::test]
 async fn no_hot_statement_scans_a_whole_table_on_postgres_even_with_a_generic_plan() {
     let Some(url) = lapse_store::testing::fresh_postgres_database().await else {
