@@ -83,8 +83,7 @@ impl Server {
     }
 
     /// Its threads' context switches so far, voluntary or not (`/proc`): how often work is
-    /// handed from one of its threads to another, which on one busy core is much of what a
-    /// write costs beyond SQLite's own work.
+    /// handed from one of its threads to another.
     pub fn switches(&self) -> u64 {
         let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id()));
         tasks
@@ -92,15 +91,15 @@ impl Server {
             .flatten()
             .flatten()
             .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
-            .flat_map(|status| {
+            .map(|status| {
                 status
                     .lines()
                     .filter_map(|l| {
                         l.strip_prefix("voluntary_ctxt_switches:")
                             .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
-                            .and_then(|v| v.trim().parse::<u64>().ok())
                     })
-                    .collect::<Vec<_>>()
+                    .filter_map(|v| v.trim().parse::<u64>().ok())
+                    .sum::<u64>()
             })
             .sum()
     }
