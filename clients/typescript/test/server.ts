@@ -1,10 +1,10 @@
 /**
  * A real `lapse serve` for the tests: a temp SQLite database, a manual clock, an admin key,
- * and a webhook receiver of the tests' own. The binary is `$LAPSE_BIN`, else the workspace's
+ * and a webhook receiver of the tests' own, all gone again once it is stopped. The binary is `$LAPSE_BIN`, else the workspace's
  * release build, else its debug build.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import { type AddressInfo, createServer as netServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -109,6 +109,7 @@ kinds = ["study"]
       child.kill("SIGTERM");
       await new Promise((r) => child.once("exit", r));
       receiver.close();
+      rmSync(dir, { recursive: true, force: true });
     },
   };
 }
