@@ -84,8 +84,10 @@ async fn concurrent_joins(w: &World, n: usize) -> f64 {
 }
 
 /// Heartbeats answered from memory are so cheap that a round of them is timed over many
-/// more (`HEARTBEATS_PER_OP` to each other operation), so it lasts long enough to measure.
-const HEARTBEATS_PER_OP: usize = 20;
+/// more (`HEARTBEATS_PER_OP` to each other operation), so it lasts long enough to measure:
+/// about a tenth of a second. At 20 (10,000 beats, about 14 ms a round), one scheduler
+/// hiccup moved a round by half, and the 1M-vs-10k median crossed its line both ways.
+pub const HEARTBEATS_PER_OP: usize = 200;
 
 async fn heartbeats(w: &World, n: usize) -> f64 {
     rate(n * HEARTBEATS_PER_OP, |i| async move {

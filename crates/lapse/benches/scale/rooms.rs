@@ -47,8 +47,10 @@ pub async fn room_size(w: &World, s: &Sizes) -> Vec<Row> {
         join_round(w, s.ops, "jb", |i| hall(i % BIG_ROOMS)).await
     };
     let join_small = || join_round(w, s.ops, "js", small);
+    // As many beats a round as the flat figure's (`HEARTBEATS_PER_OP`), for the same reason.
+    let per_round = s.ops * crate::engine::HEARTBEATS_PER_OP;
     let beat_big = || {
-        rate(s.ops, |i| {
+        rate(per_round, |i| {
             let u = user(format!("m0-{}", i % 999));
             let big = big.clone();
             async move {
@@ -60,9 +62,9 @@ pub async fn room_size(w: &World, s: &Sizes) -> Vec<Row> {
         })
     };
     let beat_small = || {
-        rate(s.ops, |i| {
-            let u = user(format!("m{i}-0"));
-            let room = small(i);
+        rate(per_round, |i| {
+            let u = user(format!("m{}-0", i % s.ops));
+            let room = small(i % s.ops);
             async move {
                 w.engine
                     .heartbeat(&admin(), &room, &u)
