@@ -1,7 +1,7 @@
 /**
  * A real `lapse serve` for the tests: a temp SQLite database, a manual clock, an admin key,
- * and a webhook receiver of the tests' own, all gone again once it is stopped. The binary is `$LAPSE_BIN`, else the workspace's
- * release build, else its debug build.
+ * and a webhook receiver of the tests' own, all gone again once it is stopped. The binary is
+ * `$LAPSE_BIN`, else the workspace's release build, else its debug build.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
