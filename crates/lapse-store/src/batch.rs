@@ -11,11 +11,11 @@
 
 use std::collections::HashSet;
 
-use lapse_core::store::{Commit, SessionWrite};
-use lapse_core::{Session, StoreError, UserId};
+use lapse_core::store::{Commit, HostLimit, SessionWrite};
+use lapse_core::{Session, SessionId, StoreError, UserId};
 use serde::Serialize;
 
-use crate::rows::{ParticipantRow, SessionRow, participant_row, session_row};
+use crate::rows::{ParticipantRow, SessionRow, counted_by, participant_row, session_row};
 
 /// Whether a commit can join a bulk write: one session update and what it causes; its one
 /// compare-and-set decides all of it.
@@ -68,15 +68,58 @@ pub fn with_stale(
         .collect()
 }
 
-/// What a backend writes inside a transaction of commits.
+/// What a backend writes inside a transaction of commits: a run of them set-based, or the
+/// parts of one ([`write_commit`] puts them in order).
 pub trait Writes {
     /// A run of single-session updates, set-based: each commit's outcome, in order.
     async fn run(&mut self, run: &[&Commit]) -> Result<Vec<Result<(), StoreError>>, StoreError>;
-    /// One commit, statement by statement; its first statement is the one that can refuse it
-    /// (host limit, insert, compare-and-set).
-    async fn one(&mut self, commit: &Commit) -> Result<(), StoreError>;
     /// A statement without values (savepoints).
     async fn exec(&mut self, sql: &'static str) -> Result<(), StoreError>;
+    /// `LimitReached` if the host has as many open sessions of the kind as it may.
+    async fn check_host_limit(&mut self, limit: &HostLimit) -> Result<(), StoreError>;
+    /// A new session row, counted against its host's limit where `host_limited`;
+    /// `Duplicate` if its id is taken.
+    async fn insert_session(&mut self, s: &Session, host_limited: bool) -> Result<(), StoreError>;
+    /// A session row rewritten under compare-and-set on the version it was decided on;
+    /// `Conflict` if the stored one has moved.
+    async fn update_session(&mut self, s: &Session) -> Result<(), StoreError>;
+    /// A session's participants, or only the `changed` ones, inserted or brought up to date.
+    async fn upsert_participants(
+        &mut self,
+        s: &Session,
+        changed: Option<&[UserId]>,
+    ) -> Result<(), StoreError>;
+    /// A session row and its participants deleted under compare-and-set; `Conflict` if the
+    /// stored version has moved.
+    async fn delete_session(&mut self, id: &SessionId, version: i64) -> Result<(), StoreError>;
+    /// A commit's events, each with its webhook deliveries (none to a disabled endpoint).
+    async fn append_events(&mut self, commit: &Commit) -> Result<(), StoreError>;
+    /// A commit's notifications.
+    async fn deliver_notifications(&mut self, commit: &Commit) -> Result<(), StoreError>;
+}
+
+/// Everything one commit writes, in order, inside `tx`. Its first statement is the one that
+/// can refuse it (host limit, insert, compare-and-set), so a refused commit has written
+/// nothing.
+pub async fn write_commit(tx: &mut impl Writes, commit: &Commit) -> Result<(), StoreError> {
+    if let Some(limit) = &commit.host_limit {
+        tx.check_host_limit(limit).await?;
+    }
+    for write in &commit.sessions {
+        match write {
+            SessionWrite::Insert(s) => {
+                tx.insert_session(s, counted_by(commit, s)).await?;
+                tx.upsert_participants(s, None).await?;
+            }
+            SessionWrite::Update { session, changed } => {
+                tx.update_session(session).await?;
+                tx.upsert_participants(session, changed.as_deref()).await?;
+            }
+            SessionWrite::Delete { id, version } => tx.delete_session(id, *version).await?,
+        }
+    }
+    tx.append_events(commit).await?;
+    tx.deliver_notifications(commit).await
 }
 
 /// How [`write_each`] ended.
@@ -106,7 +149,7 @@ pub async fn write_each(tx: &mut impl Writes, fresh: &[&Commit]) -> Result<Writt
         if savepoint {
             tx.exec("savepoint one_commit").await?;
         }
-        match tx.one(commit).await {
+        match write_commit(tx, commit).await {
             Ok(()) => outcomes.push(Ok(())),
             Err(e @ (StoreError::Backend(_) | StoreError::RolledBack)) => return Err(e),
             Err(e) if alone => return Ok(Written::Refused(e)),

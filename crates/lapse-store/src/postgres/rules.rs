@@ -7,9 +7,9 @@ use lapse_core::{StoreError, Timestamp};
 use sqlx::PgPool;
 
 use super::changes::announce;
-use super::writes::write_commit;
 use super::{EVENTS_LOCK, FLUSH_LOCK, lock_until_commit};
 use crate::backend;
+use crate::batch::write_commit;
 use crate::rows;
 
 /// Stores `rows`' wake-ups (see [`REARM`], [`REARM_EARLIER`]), if the rules are still those

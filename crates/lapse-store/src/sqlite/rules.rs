@@ -8,8 +8,8 @@ use lapse_core::store::{Commit, EventRecord, Rearm, RearmOnly, RulesInForce};
 use sqlx::Connection as _;
 
 use super::conns::Conns;
-use super::writes::write_commit;
 use crate::backend;
+use crate::batch::write_commit;
 use crate::rows::{self, to_json};
 
 /// Stores `rows`' wake-ups (see [`REARM`], [`REARM_EARLIER`]), if the rules are still those
