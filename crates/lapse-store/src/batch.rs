@@ -5,9 +5,10 @@
 //! `Conflict`.
 //!
 //! Here: a transaction's commits written in turn, each checked alone ([`write_each`], over
-//! what each backend writes: [`Writes`]); finding such a run, and gathering its rows for the
-//! statements (PostgreSQL takes them as JSON, SQLite as bound values, `sqlite/values.rs`);
-//! the SQL is each backend's own (`sqlite/writes.rs`, `postgres/writes.rs`).
+//! what each backend writes: [`Writes`]); the order of one commit's writes
+//! ([`write_commit`]); finding such a run, and gathering its rows for the statements
+//! (PostgreSQL takes them as JSON, SQLite as bound values, `sqlite/values.rs`). The SQL is
+//! each backend's own (`sqlite/writes.rs`, `postgres/writes.rs`).
 
 use std::collections::HashSet;
 
@@ -99,8 +100,8 @@ pub trait Writes {
 }
 
 /// Everything one commit writes, in order, inside `tx`. Its first statement is the one that
-/// can refuse it (host limit, insert, compare-and-set), so a refused commit has written
-/// nothing.
+/// can refuse it (host limit, insert, compare-and-set); one of several sessions refused at a
+/// later session's is undone by [`write_each`]'s savepoint.
 pub async fn write_commit(tx: &mut impl Writes, commit: &Commit) -> Result<(), StoreError> {
     if let Some(limit) = &commit.host_limit {
         tx.check_host_limit(limit).await?;
