@@ -386,16 +386,7 @@ pub(super) async fn idempotent_response(
     .fetch_optional(pool)
     .await
     .map_err(backend)?;
-    row.map(|r| {
-        Ok(StoredResponse {
-            request_hash: r.try_get("request_hash").map_err(backend)?,
-            status: u16::try_from(r.try_get::<i64, _>("status").map_err(backend)?).unwrap_or(500),
-            content_type: r.try_get("content_type").map_err(backend)?,
-            body: r.try_get("body").map_err(backend)?,
-            created_at: Timestamp::from_millis(r.try_get("created_at").map_err(backend)?),
-        })
-    })
-    .transpose()
+    row.as_ref().map(rows::stored_response).transpose()
 }
 
 pub(super) async fn save_idempotent_response(

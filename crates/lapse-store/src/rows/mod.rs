@@ -12,7 +12,7 @@ use sqlx::Row;
 
 pub use records::{
     COUNT_BY_KIND_AND_STATUS, DELIVERY_COLUMNS, delivery, due_rows, event, moved, notification,
-    rules_in_force, status_count,
+    rules_in_force, status_count, stored_response,
 };
 pub(crate) use writing::counted_by;
 pub use writing::{

@@ -3,7 +3,7 @@
 //! session counts.
 
 use lapse_core::event::{Event, EventData, EventType, Notification};
-use lapse_core::store::{Delivery, DeliveryStatus, RulesInForce, StatusCount};
+use lapse_core::store::{Delivery, DeliveryStatus, RulesInForce, StatusCount, StoredResponse};
 use lapse_core::{SessionId, Status, StoreError, Timestamp, UserId};
 use sqlx::Row;
 
@@ -163,5 +163,25 @@ where
         kind: row.try_get("kind").map_err(|e| corrupt("kind", e))?,
         status: Status::parse(&status).ok_or_else(|| corrupt("status", &status))?,
         count: row.try_get("n").map_err(|e| corrupt("count", e))?,
+    })
+}
+
+/// An `idempotency_keys` row (`request_hash, status, content_type, body, created_at`): the
+/// response kept for a key.
+pub fn stored_response<R: Row>(row: &R) -> Result<StoredResponse, StoreError>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let get_s = |c: &str| row.try_get::<String, _>(c).map_err(|e| corrupt(c, e));
+    let get_i = |c: &str| row.try_get::<i64, _>(c).map_err(|e| corrupt(c, e));
+    let status = get_i("status")?;
+    Ok(StoredResponse {
+        request_hash: get_s("request_hash")?,
+        status: u16::try_from(status).map_err(|e| corrupt("status", e))?,
+        content_type: get_s("content_type")?,
+        body: get_s("body")?,
+        created_at: Timestamp::from_millis(get_i("created_at")?),
     })
 }
