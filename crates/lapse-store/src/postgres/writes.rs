@@ -71,8 +71,8 @@ impl Writes for Transaction<'_, Postgres> {
         Ok(())
     }
 
-    /// Counts the host's open sessions of the kind under a transaction-scoped lock on that pair,
-    /// so creates on different instances take turns.
+    /// Counts the host's open sessions of the kind under a transaction-scoped lock on that
+    /// pair, so creates on different instances take turns.
     async fn check_host_limit(&mut self, limit: &HostLimit) -> Result<(), StoreError> {
         sqlx::query("select pg_advisory_xact_lock(hashtext($1), hashtext($2))")
             .bind(limit.host.as_str())
