@@ -20,6 +20,11 @@ async fn paged_engine(batch: u32, dir: &std::path::Path) -> Arc<Engine> {
     let url = format!("sqlite://{}", dir.join("pages.db").display());
     let store = Arc::new(SqliteStore::open(&url, None).await.unwrap());
     lapse_core::Store::migrate(store.as_ref()).await.unwrap();
+    paged_engine_over(batch, store)
+}
+
+/// An engine over `store` whose sweeps read `batch` due rows a page.
+fn paged_engine_over(batch: u32, store: Arc<dyn lapse_core::Store>) -> Arc<Engine> {
     let config = Config::parse(&format!("[sweeper]\nbatch = {batch}\n"), "test.toml").unwrap();
     Engine::new(store, Arc::new(config), Clock::manual(t0()))
 }
@@ -171,7 +176,22 @@ async fn a_sweeper_waits_a_second_while_another_instance_holds_what_is_due() {
 #[tokio::test]
 async fn a_sweep_over_many_pages_changes_each_session_once() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = paged_engine(3, dir.path()).await;
+    sweep_over_many_pages(paged_engine(3, dir.path()).await).await;
+}
+
+/// The same on PostgreSQL, where each page's rows are leased as they are read, and a request
+/// cancels its repair from the page before the repair's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_over_many_pages_on_postgresql_changes_each_session_once() {
+    let Some(url) = lapse_store::testing::fresh_postgres_database().await else {
+        return;
+    };
+    sweep_over_many_pages(paged_engine_over(3, postgres_instance(&url).await)).await;
+}
+
+/// Ten requests, each with a repair, swept three due rows a page: every session is cancelled
+/// once, by one event, and the sweep's report and its progress count each once.
+async fn sweep_over_many_pages(engine: Arc<Engine>) {
     let admin = Caller::Admin {
         name: "test".into(),
         actor: None,
@@ -190,13 +210,34 @@ async fn a_sweep_over_many_pages_changes_each_session_once() {
     }
 
     engine.clock().advance(Span::from_secs(16 * 60)).unwrap();
+    let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let progress = {
+        let told = told.clone();
+        lapse_engine::Progress(Arc::new(move |examined, applied| {
+            told.lock().unwrap().push((examined, applied));
+        }))
+    };
     let report = engine
-        .sweep_once(&lapse_engine::SweepOptions::default())
+        .sweep_once(&lapse_engine::SweepOptions {
+            progress: Some(progress),
+            ..Default::default()
+        })
         .await
         .unwrap();
 
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.applied.len(), 2 * PAIRS, "{:?}", report.applied);
+    let told = told.lock().unwrap().clone();
+    let last = told.iter().max().copied();
+    assert_eq!(
+        last.map(|(_, applied)| applied),
+        Some(2 * PAIRS),
+        "progress counts every rule applied: {told:?}"
+    );
+    assert!(
+        told.windows(2).all(|w| w[0].0 <= w[1].0),
+        "progress never goes back: {told:?}"
+    );
     let cancelled = engine
         .events_page(&lapse_core::store::EventQuery {
             limit: 1000,
