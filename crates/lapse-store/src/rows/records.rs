@@ -1,6 +1,6 @@
 //! Stored rows other than sessions and participants back into model values: events,
 //! notifications, webhook deliveries, the rules in force, due rows, a flush's moved versions,
-//! session counts.
+//! session counts, the responses kept for idempotency keys.
 
 use lapse_core::event::{Event, EventData, EventType, Notification};
 use lapse_core::store::{Delivery, DeliveryStatus, RulesInForce, StatusCount, StoredResponse};
