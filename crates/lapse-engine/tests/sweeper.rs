@@ -189,6 +189,77 @@ async fn a_sweep_over_many_pages_on_postgresql_changes_each_session_once() {
     sweep_over_many_pages(paged_engine_over(3, postgres_instance(&url).await)).await;
 }
 
+/// Two instances sweeping one PostgreSQL database at once write their batches at the same
+/// time, yet their events take numbers in commit order: a reader paging `after` the last
+/// event it saw, as SSE resumes and `after=` paging do, never misses one committed later
+/// with a lower number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_of_two_instances_sweeping_at_once_are_numbered_in_commit_order() {
+    let Some(url) = lapse_store::testing::fresh_postgres_database().await else {
+        return;
+    };
+    let a = paged_engine_over(20, postgres_instance(&url).await);
+    let b = paged_engine_over(20, postgres_instance(&url).await);
+    const REQUESTS: usize = 600;
+    for n in 0..REQUESTS {
+        a.create(&admin(), request("request", &format!("r{n:03}"), None))
+            .await
+            .unwrap();
+    }
+    // Every request has gone unanswered long enough to be cancelled.
+    for engine in [&a, &b] {
+        engine.clock().advance(Span::from_secs(16 * 60)).unwrap();
+    }
+    let page = |after: i64| lapse_core::store::EventQuery {
+        after,
+        limit: 500,
+        ..Default::default()
+    };
+    let swept = CancellationToken::new();
+    let reader = tokio::spawn({
+        let (a, swept) = (a.clone(), swept.clone());
+        async move {
+            let (mut seen, mut after) = (Vec::new(), 0);
+            loop {
+                let last_look = swept.is_cancelled();
+                let events = a.events_page(&page(after)).await.unwrap();
+                after = events.last().map_or(after, |e| e.seq);
+                seen.extend(events.iter().map(|e| e.seq));
+                if last_look && events.is_empty() {
+                    return seen;
+                }
+            }
+        }
+    });
+    let options = lapse_engine::SweepOptions::default();
+    let (by_a, by_b) = tokio::join!(a.sweep_once(&options), b.sweep_once(&options));
+    swept.cancel();
+    let seen = reader.await.unwrap();
+
+    let (by_a, by_b) = (by_a.unwrap(), by_b.unwrap());
+    assert!(by_a.errors.is_empty() && by_b.errors.is_empty());
+    assert!(
+        !by_a.applied.is_empty() && !by_b.applied.is_empty(),
+        "both instances swept: {} and {} rules",
+        by_a.applied.len(),
+        by_b.applied.len()
+    );
+    let mut all = Vec::new();
+    loop {
+        let events = a
+            .events_page(&page(all.last().copied().unwrap_or(0)))
+            .await
+            .unwrap();
+        if events.is_empty() {
+            break;
+        }
+        all.extend(events.iter().map(|e| e.seq));
+    }
+    let missed: Vec<&i64> = all.iter().filter(|seq| !seen.contains(seq)).collect();
+    assert!(missed.is_empty(), "the reader missed events {missed:?}");
+    assert_eq!(seen, all);
+}
+
 /// Ten requests, each with a repair, swept three due rows a page: every session is cancelled
 /// once, by one event, and the sweep's report and its progress count each once.
 async fn sweep_over_many_pages(engine: Arc<Engine>) {

@@ -4,11 +4,14 @@
 //! each session row decides its commit: a commit whose row lost writes nothing and gets
 //! `Conflict`.
 //!
-//! Here: a transaction's commits written in turn, each checked alone ([`write_each`], over
-//! what each backend writes: [`Writes`]); the order of one commit's writes
-//! ([`write_commit`]); finding such a run, and gathering its rows for the statements
-//! (PostgreSQL takes them as JSON, SQLite as bound values, `sqlite/values.rs`). The SQL is
-//! each backend's own (`sqlite/writes.rs`, `postgres/writes.rs`).
+//! Here: a transaction's commits written in two rounds, each commit checked alone
+//! ([`write_each`], over what each backend writes: [`Writes`]): every session row first,
+//! then what the written ones cause (events, webhook rows, notifications), so that where
+//! instances share the database the lock that puts events in commit order is taken last and
+//! never held while a row is waited for; the order of one commit's writes ([`write_commit`]);
+//! finding such a run, and gathering its rows for the statements (PostgreSQL takes them as
+//! JSON, SQLite as bound values, `sqlite/values.rs`). The SQL is each backend's own
+//! (`sqlite/writes.rs`, `postgres/writes.rs`).
 
 use std::collections::HashSet;
 
@@ -72,8 +75,16 @@ pub fn with_stale(
 /// What a backend writes inside a transaction of commits: a run of them set-based, or the
 /// parts of one ([`write_commit`] puts them in order).
 pub trait Writes {
-    /// A run of single-session updates, set-based: each commit's outcome, in order.
+    /// A run of single-session updates, set-based: the session rows and their participants;
+    /// each commit's outcome, in order.
     async fn run(&mut self, run: &[&Commit]) -> Result<Vec<Result<(), StoreError>>, StoreError>;
+    /// What a run's written commits cause, set-based: events with their webhook deliveries,
+    /// notifications.
+    async fn run_caused(&mut self, written: &[&Commit]) -> Result<(), StoreError>;
+    /// Taken once the session rows are written and before the first event is: where
+    /// instances share the database, event numbers then follow commit order (PostgreSQL
+    /// takes a lock until the commit), and a transaction holding it waits for no row.
+    async fn before_events(&mut self) -> Result<(), StoreError>;
     /// A statement without values (savepoints).
     async fn exec(&mut self, sql: &'static str) -> Result<(), StoreError>;
     /// `LimitReached` if the host has as many open sessions of the kind as it may.
@@ -99,10 +110,20 @@ pub trait Writes {
     async fn deliver_notifications(&mut self, commit: &Commit) -> Result<(), StoreError>;
 }
 
-/// Everything one commit writes, in order, inside `tx`. Its first statement is the one that
-/// can refuse it (host limit, insert, compare-and-set); one of several sessions refused at a
-/// later session's is undone by [`write_each`]'s savepoint.
+/// Everything one commit writes, in order, inside `tx`: its session rows
+/// ([`write_rows`]), then what it causes ([`write_caused`]).
 pub async fn write_commit(tx: &mut impl Writes, commit: &Commit) -> Result<(), StoreError> {
+    write_rows(tx, commit).await?;
+    if !commit.events.is_empty() {
+        tx.before_events().await?;
+    }
+    write_caused(tx, commit).await
+}
+
+/// A commit's session rows with their participants, in order. Its first statement is the one
+/// that can refuse it (host limit, insert, compare-and-set); one of several sessions refused
+/// at a later session's is undone by [`write_each`]'s savepoint.
+async fn write_rows(tx: &mut impl Writes, commit: &Commit) -> Result<(), StoreError> {
     if let Some(limit) = &commit.host_limit {
         tx.check_host_limit(limit).await?;
     }
@@ -119,6 +140,12 @@ pub async fn write_commit(tx: &mut impl Writes, commit: &Commit) -> Result<(), S
             SessionWrite::Delete { id, version } => tx.delete_session(id, *version).await?,
         }
     }
+    Ok(())
+}
+
+/// What a commit whose rows are written causes: its events, then its notifications. Only new
+/// rows, so nothing here waits for another transaction's row.
+async fn write_caused(tx: &mut impl Writes, commit: &Commit) -> Result<(), StoreError> {
     tx.append_events(commit).await?;
     tx.deliver_notifications(commit).await
 }
@@ -131,17 +158,20 @@ pub enum Written {
     Refused(StoreError),
 }
 
-/// Writes `fresh` in `tx`, each checked alone: runs of single-session updates set-based,
-/// the others one by one, under a savepoint when a commit that writes more than one session
-/// shares the transaction (one refused by its first statement has written nothing). A
-/// backend error or a rollback fails the whole transaction.
+/// Writes `fresh` in `tx`, each checked alone, in two rounds: first every session row,
+/// runs of single-session updates set-based and the others one by one, under a savepoint
+/// when a commit that writes more than one session shares the transaction (one refused by
+/// its first statement has written nothing); then, in the same order, what the written
+/// commits cause, after [`Writes::before_events`]. A backend error or a rollback fails the
+/// whole transaction.
 pub async fn write_each(tx: &mut impl Writes, fresh: &[&Commit]) -> Result<Written, StoreError> {
     let alone = fresh.len() == 1;
+    let steps = steps(fresh);
     let mut outcomes = Vec::with_capacity(fresh.len());
-    for step in steps(fresh) {
+    for step in &steps {
         let commit = match step {
             Step::Run(run) => {
-                outcomes.extend(tx.run(&run).await?);
+                outcomes.extend(tx.run(run).await?);
                 continue;
             }
             Step::One(commit) => commit,
@@ -150,7 +180,7 @@ pub async fn write_each(tx: &mut impl Writes, fresh: &[&Commit]) -> Result<Writt
         if savepoint {
             tx.exec("savepoint one_commit").await?;
         }
-        match write_commit(tx, commit).await {
+        match write_rows(tx, commit).await {
             Ok(()) => outcomes.push(Ok(())),
             Err(e @ (StoreError::Backend(_) | StoreError::RolledBack)) => return Err(e),
             Err(e) if alone => return Ok(Written::Refused(e)),
@@ -163,6 +193,31 @@ pub async fn write_each(tx: &mut impl Writes, fresh: &[&Commit]) -> Result<Writt
         }
         if savepoint {
             tx.exec("release savepoint one_commit").await?;
+        }
+    }
+    let written = |c: &&Commit, o: &Result<(), StoreError>| o.is_ok() && !c.events.is_empty();
+    if fresh.iter().zip(&outcomes).any(|(c, o)| written(c, o)) {
+        tx.before_events().await?;
+    }
+    let mut done = outcomes.iter();
+    for step in &steps {
+        match step {
+            Step::Run(run) => {
+                let written: Vec<&Commit> = run
+                    .iter()
+                    .zip(done.by_ref())
+                    .filter(|(_, o)| o.is_ok())
+                    .map(|(c, _)| *c)
+                    .collect();
+                if !written.is_empty() {
+                    tx.run_caused(&written).await?;
+                }
+            }
+            Step::One(commit) => {
+                if done.next().is_some_and(Result::is_ok) {
+                    write_caused(tx, commit).await?;
+                }
+            }
         }
     }
     Ok(Written::Each(outcomes))
@@ -253,10 +308,9 @@ pub fn won_unless(run: &[&Commit], stale: &HashSet<String>) -> HashSet<String> {
         .collect()
 }
 
-/// What the commits whose session row won write next, each kind as one JSON array.
+/// What a run's written commits cause, each kind as one JSON array.
 #[derive(Default)]
-pub struct Followers<'a> {
-    pub participants: Vec<ParticipantRow<'a>>,
+pub struct Caused<'a> {
     /// In the order the events were decided in, which their sequence numbers must follow.
     pub events: Vec<EventRow<'a>>,
     /// Keyed to their event by the event's id.
@@ -303,13 +357,13 @@ pub struct NotificationRow<'a> {
 }
 
 /// Each commit's outcome (those whose session id is not in `won` lost their compare-and-set),
-/// and the rows the winners write after their session row.
-pub fn followers<'a>(
+/// and the participant rows the winners write after their session row.
+pub fn participants<'a>(
     run: &[&'a Commit],
     won: &HashSet<String>,
-) -> (Vec<Result<(), StoreError>>, Followers<'a>) {
+) -> (Vec<Result<(), StoreError>>, Vec<ParticipantRow<'a>>) {
     let mut outcomes = Vec::with_capacity(run.len());
-    let mut rows = Followers::default();
+    let mut rows = Vec::new();
     for c in run {
         let Some((s, changed)) = updated(c).filter(|(s, _)| won.contains(s.id.as_str())) else {
             outcomes.push(Err(StoreError::Conflict));
@@ -318,12 +372,20 @@ pub fn followers<'a>(
         outcomes.push(Ok(()));
         let wanted =
             |p: &&lapse_core::Participant| changed.as_ref().is_none_or(|c| c.contains(&p.user));
-        rows.participants.extend(
+        rows.extend(
             s.participants
                 .iter()
                 .filter(wanted)
                 .map(|p| participant_row(s, p)),
         );
+    }
+    (outcomes, rows)
+}
+
+/// The rows `written` commits cause, in order.
+pub fn caused<'a>(written: &[&'a Commit]) -> Caused<'a> {
+    let mut rows = Caused::default();
+    for c in written {
         for r in &c.events {
             let e = &r.event;
             rows.events.push(EventRow {
@@ -360,5 +422,5 @@ pub fn followers<'a>(
             });
         }
     }
-    (outcomes, rows)
+    rows
 }

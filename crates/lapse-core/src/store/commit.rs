@@ -89,6 +89,11 @@ pub struct Commit {
     pub events: Vec<EventRecord>,
     /// Notifications to deliver.
     pub notifications: Vec<NotificationRecord>,
+    /// Its one session update is of a row leased to the sweep that decided it (see
+    /// [`super::Store::due`]): no other sweep writes that row while the lease stands, so
+    /// where instances share the database, sweeps' batches of such commits are written at
+    /// the same time.
+    pub leased: bool,
 }
 
 /// A coalesced heartbeat: the latest moment `user` was seen in `session`.

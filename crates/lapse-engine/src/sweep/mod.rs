@@ -11,11 +11,11 @@
 //!   alone when its batch could not take it.
 //! - `sweeper`: the loop that sleeps until the next deadline, and the sweeps' figures.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use lapse_core::lifecycle::{Applied, Effects};
-use lapse_core::store::{Commit, DueRow, Rearm};
+use lapse_core::store::{Commit, DueRow, Rearm, SessionWrite};
 use lapse_core::{Session, SessionId, StoreError, Timestamp};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -215,6 +215,8 @@ impl Engine {
         let mut children = self.children_of_closing(&due).await?;
 
         let mut decided: Vec<Decided> = Vec::new();
+        // The page's rows are leased to this sweep (where the store leases them).
+        let leased: HashSet<SessionId> = ids.iter().cloned().collect();
         let mut queue: VecDeque<SessionId> = ids.into();
         while let Some(id) = queue.pop_front() {
             // A session the pass changed already is decided again from its new state; one
@@ -228,7 +230,11 @@ impl Engine {
             };
             let kids = children.remove(&id);
             match self.decide(pass, s, applied, kids, now).await {
-                Ok(Some((d, cascade))) => {
+                Ok(Some((mut d, cascade))) => {
+                    d.commit.leased = !pass.dry
+                        && leased.contains(&d.id)
+                        && matches!(d.commit.sessions.as_slice(),
+                            [SessionWrite::Update { session, .. }] if session.id == d.id);
                     queue.extend(cascade);
                     decided.push(d);
                 }

@@ -49,10 +49,8 @@ pub(super) async fn import(pool: &PgPool, sessions: &[Session]) -> Result<u64, S
 /// Sessions per import transaction.
 const IMPORT_CHUNK: usize = 5_000;
 
-/// A run of single-update commits (see `batch`) in three statements: the session rows,
-/// compare-and-set each; the winners' participants; their events with the webhook rows and
-/// notifications those cause (data-modifying CTEs, so the webhook rows take their events'
-/// numbers without reading the events table).
+/// A run of single-update commits' rows (see `batch`) in two statements: the session rows,
+/// compare-and-set each, then the winners' participants; each commit's outcome.
 pub(super) async fn write_updates(
     tx: &mut Transaction<'_, Postgres>,
     run: &[&Commit],
@@ -64,14 +62,25 @@ pub(super) async fn write_updates(
         .map_err(backend)?
         .into_iter()
         .collect();
-    let (outcomes, rows) = batch::followers(run, &won);
-    if !rows.participants.is_empty() {
+    let (outcomes, participants) = batch::participants(run, &won);
+    if !participants.is_empty() {
         sqlx::query(UPSERT_PARTICIPANTS)
-            .bind(to_json(&rows.participants))
+            .bind(to_json(&participants))
             .execute(&mut **tx)
             .await
             .map_err(backend)?;
     }
+    Ok(outcomes)
+}
+
+/// What a run's written commits cause, in one statement: their events with the webhook rows
+/// and notifications those cause (data-modifying CTEs, so the webhook rows take their
+/// events' numbers without reading the events table).
+pub(super) async fn write_caused(
+    tx: &mut Transaction<'_, Postgres>,
+    written: &[&Commit],
+) -> Result<(), StoreError> {
+    let rows = batch::caused(written);
     if !rows.events.is_empty() || !rows.notifications.is_empty() {
         sqlx::query(APPEND_EVENTS)
             .bind(to_json(&rows.events))
@@ -81,7 +90,7 @@ pub(super) async fn write_updates(
             .await
             .map_err(backend)?;
     }
-    Ok(outcomes)
+    Ok(())
 }
 
 /// A batch of session rows, compare-and-set each on its version; the ids that won. A session

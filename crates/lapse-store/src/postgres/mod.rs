@@ -10,7 +10,10 @@
 //! - a heartbeat flush is two statements, touching no indexed column, so its row updates stay
 //!   HOT; it takes sessions before participants, as commits do, and it and every commit that
 //!   writes more than one session take turns (an advisory lock), so no two writers ever wait
-//!   for each other's rows in a circle.
+//!   for each other's rows in a circle; sweeps' batches of rows leased to each alone write
+//!   disjoint rows, and take their turn together;
+//! - event numbers follow commit order: a transaction takes the events lock after its session
+//!   rows, just before its first event, and holds it to its commit.
 //!
 //! Here: opening, migrating, and the store's calls, each handed to the file that holds it:
 //! `reads.rs` the reads (sessions, events, notifications, counts, the delivery log),
@@ -57,11 +60,13 @@ pub(crate) use leases::LEASE_HOLDERS;
 /// [`crate::ACQUIRE_TIMEOUT`]): a server starting beside lapse, or loaded, may be slow to
 /// answer the first time.
 const FIRST_CONNECTION: Duration = Duration::from_secs(10);
-/// Key of the advisory lock that makes event numbers follow commit order (see `commit`).
+/// Key of the advisory lock that makes event numbers follow commit order (see
+/// `rules::first_locks`).
 const EVENTS_LOCK: i64 = 0x006c_6170_7366;
 /// Key of the advisory lock that serializes migrations of instances starting together.
 const MIGRATION_LOCK: i64 = 0x006c_6170_7365; // "lapse"
-/// Key of the advisory lock that takes instances' heartbeat flushes one at a time.
+/// Key of the advisory lock writers of more than one session take turns on: flushes, re-arms,
+/// cascades and the committer's groups alone; sweeps' batches of leased rows together.
 const FLUSH_LOCK: i64 = 0x006c_6170_7368;
 
 /// Takes the advisory lock `key` until `tx` ends: whoever else asks for it waits.
@@ -70,6 +75,20 @@ async fn lock_until_commit(
     key: i64,
 ) -> Result<(), StoreError> {
     sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(key)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// Takes the advisory lock `key` shared until `tx` ends: others may take it shared too;
+/// whoever asks for it exclusively waits.
+async fn lock_shared_until_commit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    key: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("select pg_advisory_xact_lock_shared($1)")
         .bind(key)
         .execute(&mut **tx)
         .await

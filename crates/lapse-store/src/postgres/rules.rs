@@ -7,7 +7,7 @@ use lapse_core::{StoreError, Timestamp};
 use sqlx::PgPool;
 
 use super::changes::announce;
-use super::{EVENTS_LOCK, FLUSH_LOCK, lock_until_commit};
+use super::{FLUSH_LOCK, lock_shared_until_commit, lock_until_commit};
 use crate::backend;
 use crate::batch::write_commit;
 use crate::rows;
@@ -25,7 +25,7 @@ pub(super) async fn rearm(
     }
     let mut tx = pool.begin().await.map_err(backend)?;
     let checked = rules_version.is_some();
-    if first_locks(&mut tx, checked, false).await? != rules_version {
+    if first_locks(&mut tx, checked).await? != rules_version {
         return Err(StoreError::PolicyChanged);
     }
     // Heartbeat flushes write many of the same rows in an order of their own: taken one at
@@ -103,7 +103,6 @@ pub(super) async fn publish_rules(
         .await
         .map_err(backend)?;
     if let Some(event) = event {
-        lock_until_commit(&mut tx, EVENTS_LOCK).await?;
         let commit = Commit {
             events: vec![event],
             ..Commit::default()
@@ -120,34 +119,22 @@ pub(super) async fn publish_rules(
 /// (exclusive): rules are replaced only between commits decided under them.
 const RULES_LOCK: i64 = 0x006c_6170_7372;
 
-/// What a commit takes first. With `checked` (it names the rules it was decided under): the
-/// rules lock, shared, and then the version in force, read in a statement of its own so that
-/// its snapshot follows any reload it waited for. With `events`: the events lock, which makes
-/// sequence numbers (handed out at insert, visible at commit) follow commit order, so a
-/// reader that has seen event N never later finds an N-1 it skipped (SSE and `after=` paging
-/// rely on it). Returns the version in force, if read.
+/// What a commit decided under rules (`checked`) takes first: the rules lock, shared, and
+/// then the version in force, read in a statement of its own so that its snapshot follows any
+/// reload it waited for. Returns that version, if read.
+///
+/// The events lock comes last, once the session rows are written (`Writes::before_events`):
+/// it makes sequence numbers (handed out at insert, visible at commit) follow commit order, so
+/// a reader that has seen event N never later finds an N-1 it skipped (SSE and `after=` paging
+/// rely on it). Taken after the rows, it is never held while a row is waited for.
 pub(super) async fn first_locks(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     checked: bool,
-    events: bool,
 ) -> Result<Option<i64>, StoreError> {
     if !checked {
-        if events {
-            lock_until_commit(tx, EVENTS_LOCK).await?;
-        }
         return Ok(None);
     }
-    let locks = if events {
-        "select pg_advisory_xact_lock_shared($1), pg_advisory_xact_lock($2)"
-    } else {
-        "select pg_advisory_xact_lock_shared($1), $2::int8"
-    };
-    sqlx::query(locks)
-        .bind(RULES_LOCK)
-        .bind(EVENTS_LOCK)
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?;
+    lock_shared_until_commit(tx, RULES_LOCK).await?;
     rules_version_of(tx).await
 }
 

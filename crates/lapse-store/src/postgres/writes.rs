@@ -6,10 +6,10 @@ use lapse_core::{Session, SessionId, StoreError, Timestamp, UserId};
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Transaction};
 
-use super::bulk::write_updates;
+use super::bulk::{write_caused, write_updates};
 use super::changes::announce;
 use super::rules::first_locks;
-use super::{FLUSH_LOCK, lock_until_commit};
+use super::{EVENTS_LOCK, FLUSH_LOCK, lock_shared_until_commit, lock_until_commit};
 use crate::backend;
 use crate::batch::{Writes, Written};
 use crate::rows::to_json;
@@ -22,15 +22,20 @@ pub(super) async fn commit_many(
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     let mut tx = pool.begin().await.map_err(backend)?;
     let checked = commits.iter().any(|c| c.rules_version.is_some());
-    let events = commits.iter().any(|c| !c.events.is_empty());
-    let in_force = first_locks(&mut tx, checked, events).await?;
+    let in_force = first_locks(&mut tx, checked).await?;
     let stale = crate::batch::stale(commits, in_force);
     let fresh = crate::batch::fresh(commits, &stale);
     // A flush writes many sessions in an order of its own, and so does a sweep's batch or
-    // a cascade: taken one at a time with flushes, they never deadlock with one. A commit
-    // of one session needs no turn: a flush waits for it before touching its participants.
+    // a cascade: taken one at a time with flushes, they never deadlock with one. Sweeps'
+    // batches of rows leased to each alone touch disjoint rows, so they take their turn
+    // together (shared). A commit of one session needs no turn: a flush waits for it before
+    // touching its participants.
     if fresh.iter().map(|c| c.sessions.len()).sum::<usize>() > 1 {
-        lock_until_commit(&mut tx, FLUSH_LOCK).await?;
+        if fresh.iter().all(|c| c.leased) {
+            lock_shared_until_commit(&mut tx, FLUSH_LOCK).await?;
+        } else {
+            lock_until_commit(&mut tx, FLUSH_LOCK).await?;
+        }
     }
     let outcomes = match crate::batch::write_each(&mut tx, &fresh).await? {
         Written::Each(outcomes) => outcomes,
@@ -61,6 +66,15 @@ pub(super) async fn commit_many(
 impl Writes for Transaction<'_, Postgres> {
     async fn run(&mut self, run: &[&Commit]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         write_updates(self, run).await
+    }
+
+    async fn run_caused(&mut self, written: &[&Commit]) -> Result<(), StoreError> {
+        write_caused(self, written).await
+    }
+
+    /// The events lock (see `rules::first_locks`), until the commit.
+    async fn before_events(&mut self) -> Result<(), StoreError> {
+        lock_until_commit(self, EVENTS_LOCK).await
     }
 
     async fn exec(&mut self, sql: &'static str) -> Result<(), StoreError> {

@@ -52,8 +52,8 @@ pub(super) async fn import(conns: &Conns, sessions: &[Session]) -> Result<u64, S
 /// Sessions per import transaction.
 const IMPORT_CHUNK: usize = 5_000;
 
-/// A run of single-update commits (see `batch`) in five statements, each over the run's rows
-/// bound as `values` lists (see `values`; a statement per chunk of up to 256 rows).
+/// A run of single-update commits' rows (see `batch`) in four statements, each over the run's
+/// rows bound as `values` lists (see `values`; a statement per chunk of up to 256 rows).
 pub(super) async fn write_updates(
     tx: &mut Transaction<'_, Sqlite>,
     run: &[&Commit],
@@ -87,12 +87,21 @@ pub(super) async fn write_updates(
         )));
     }
 
-    let (outcomes, rows) = batch::followers(run, &won);
-    values::execute(tx, &rows.participants, upsert_participants_sql).await?;
+    let (outcomes, participants) = batch::participants(run, &won);
+    values::execute(tx, &participants, upsert_participants_sql).await?;
+    Ok(outcomes)
+}
+
+/// What a run's written commits cause, each kind in its own statement (per chunk).
+pub(super) async fn write_caused(
+    tx: &mut Transaction<'_, Sqlite>,
+    written: &[&Commit],
+) -> Result<(), StoreError> {
+    let rows = batch::caused(written);
     values::execute(tx, &rows.events, insert_events).await?;
     values::execute(tx, &rows.deliveries, insert_deliveries).await?;
     values::execute(tx, &rows.notifications, insert_notifications).await?;
-    Ok(outcomes)
+    Ok(())
 }
 
 /// The batch statements as sent for a chunk of two rows, named, for the plan tests.

@@ -5,7 +5,7 @@ use lapse_core::store::{Commit, HostLimit};
 use lapse_core::{Session, SessionId, StoreError, Timestamp, UserId};
 use sqlx::{Connection as _, Sqlite, Transaction};
 
-use super::bulk::write_updates;
+use super::bulk::{write_caused, write_updates};
 use super::conns::Conns;
 use super::rules;
 use crate::backend;
@@ -40,6 +40,15 @@ pub(super) async fn commit_many(
 impl Writes for Transaction<'_, Sqlite> {
     async fn run(&mut self, run: &[&Commit]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         write_updates(self, run).await
+    }
+
+    async fn run_caused(&mut self, written: &[&Commit]) -> Result<(), StoreError> {
+        write_caused(self, written).await
+    }
+
+    /// The single writer connection already puts event numbers in commit order.
+    async fn before_events(&mut self) -> Result<(), StoreError> {
+        Ok(())
     }
 
     async fn exec(&mut self, sql: &'static str) -> Result<(), StoreError> {
