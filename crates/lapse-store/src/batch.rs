@@ -168,14 +168,47 @@ pub async fn write_each(tx: &mut impl Writes, fresh: &[&Commit]) -> Result<Writt
     let alone = fresh.len() == 1;
     let steps = steps(fresh);
     let mut outcomes = Vec::with_capacity(fresh.len());
+    // The sessions of commits refused so far. A later commit of one of them was decided on
+    // top of the refused one (a cascade's child, then its own rule): the version it expects
+    // is the one the refused commit would have written, which another writer may have
+    // written instead. It is refused without a write.
+    let mut refused: HashSet<&SessionId> = HashSet::new();
     for step in &steps {
         let commit = match step {
             Step::Run(run) => {
-                outcomes.extend(tx.run(run).await?);
+                let built_on_refused: Vec<bool> = run
+                    .iter()
+                    .map(|c| session_ids(c).any(|id| refused.contains(id)))
+                    .collect();
+                let rest: Vec<&Commit> = run
+                    .iter()
+                    .zip(&built_on_refused)
+                    .filter_map(|(c, refused)| (!refused).then_some(*c))
+                    .collect();
+                let mut written = if rest.is_empty() {
+                    Vec::new()
+                } else {
+                    tx.run(&rest).await?
+                }
+                .into_iter();
+                for (c, built_on_refused) in run.iter().zip(built_on_refused) {
+                    let outcome = match built_on_refused {
+                        true => Err(StoreError::Conflict),
+                        false => written.next().unwrap_or(Err(StoreError::Conflict)),
+                    };
+                    if outcome.is_err() {
+                        refused.extend(session_ids(c));
+                    }
+                    outcomes.push(outcome);
+                }
                 continue;
             }
             Step::One(commit) => commit,
         };
+        if session_ids(commit).any(|id| refused.contains(id)) {
+            outcomes.push(Err(StoreError::Conflict));
+            continue;
+        }
         let savepoint = !alone && commit.sessions.len() > 1;
         if savepoint {
             tx.exec("savepoint one_commit").await?;
@@ -188,6 +221,7 @@ pub async fn write_each(tx: &mut impl Writes, fresh: &[&Commit]) -> Result<Writt
                 if savepoint {
                     tx.exec("rollback to savepoint one_commit").await?;
                 }
+                refused.extend(session_ids(commit));
                 outcomes.push(Err(e));
             }
         }
@@ -221,6 +255,14 @@ pub async fn write_each(tx: &mut impl Writes, fresh: &[&Commit]) -> Result<Writt
         }
     }
     Ok(Written::Each(outcomes))
+}
+
+/// The sessions a commit writes.
+fn session_ids(c: &Commit) -> impl Iterator<Item = &SessionId> {
+    c.sessions.iter().map(|w| match w {
+        SessionWrite::Insert(s) | SessionWrite::Update { session: s, .. } => &s.id,
+        SessionWrite::Delete { id, .. } => id,
+    })
 }
 
 /// `commits` cut into [`Step`]s.

@@ -219,6 +219,78 @@ async fn in_a_batch_a_change_of_several_sessions_that_loses_writes_none_of_them(
     }
 }
 
+/// In a batch, a change decided on top of an earlier one of the same transaction (a child
+/// ended by its parent's cascade, then by its own rule) is refused with the earlier one: the
+/// version it expects is the one the earlier change would have written, which another
+/// writer's change may have written instead, and its write would go over that change.
+#[tokio::test]
+async fn in_a_batch_a_change_built_on_a_refused_one_is_refused_too() {
+    for (store, _dir) in stores().await {
+        let store = store.as_ref();
+        for id in ["parent", "child", "other"] {
+            insert(store, &session("study", id, t0())).await;
+        }
+        let update = |s: Session| SessionWrite::Update {
+            session: s,
+            changed: None,
+        };
+        // The sweep read both rows, as they stood.
+        let (parent, child) = (loaded(store, "parent").await, loaded(store, "child").await);
+        // Then another writer changed the child: its version is now the one the cascade's
+        // write of it would have made.
+        let mut elsewhere = child.clone();
+        elsewhere.title = "renamed elsewhere".into();
+        store
+            .commit(Commit {
+                sessions: vec![update(elsewhere)],
+                ..Commit::default()
+            })
+            .await
+            .unwrap();
+
+        let mut ended_parent = parent;
+        ended_parent.status = lapse_core::Status::Expired;
+        let mut cascaded = child.clone();
+        cascaded.title = "parent ended".into();
+        // The child's own rule, decided on the cascade's write of it.
+        let mut expired = cascaded.clone();
+        expired.version += 1;
+        expired.status = lapse_core::Status::Expired;
+        let commits = [
+            Commit {
+                sessions: vec![update(ended_parent), update(cascaded)],
+                ..Commit::default()
+            },
+            Commit {
+                sessions: vec![update(expired)],
+                ..Commit::default()
+            },
+            Commit {
+                sessions: vec![update(loaded(store, "other").await)],
+                ..Commit::default()
+            },
+        ];
+        let outcomes = store.commit_many(&commits).await.unwrap();
+        assert!(
+            matches!(
+                outcomes.as_slice(),
+                [Err(StoreError::Conflict), Err(StoreError::Conflict), Ok(())]
+            ),
+            "{outcomes:?}"
+        );
+        let child = loaded(store, "child").await;
+        assert_eq!(
+            child.title, "renamed elsewhere",
+            "the other writer's change stands"
+        );
+        assert_ne!(child.status, lapse_core::Status::Expired);
+        assert_ne!(
+            loaded(store, "parent").await.status,
+            lapse_core::Status::Expired
+        );
+    }
+}
+
 /// A batch mixes changes that keep a session's status and stored wake-up (a join, a title),
 /// one that moves the wake-up and one that ends the session: each row stores all it wrote, and
 /// the sweep finds what is due by the wake-ups as written.
