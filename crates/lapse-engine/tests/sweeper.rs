@@ -363,16 +363,16 @@ async fn a_stopped_sweep_commits_the_page_in_hand_and_leaves_the_rest_due() {
     assert_eq!(engine.due_count(None).await.unwrap(), 0);
 }
 
-/// Fails the next read of sessions by id, once: the read a sweep makes of the rows it has
+/// While on, fails every read of sessions by id: the read a sweep makes of the rows it has
 /// just leased, as when the pool has no connection free in time.
 #[derive(Default)]
-struct FailNextLoad(std::sync::atomic::AtomicBool);
+struct FailLoads(std::sync::atomic::AtomicBool);
 
-impl Hook for FailNextLoad {
+impl Hook for FailLoads {
     type Ticket = ();
 
     fn before(&self, call: Call) -> Result<(), StoreError> {
-        if call.name == "load_many" && self.0.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        if call.name == "load_many" && self.0.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(StoreError::Busy);
         }
         Ok(())
@@ -387,7 +387,7 @@ async fn a_sweep_that_fails_gives_back_the_rows_it_leased() {
         return;
     };
     let (store, other) = (postgres_instance(&url).await, postgres_instance(&url).await);
-    let faults = Arc::new(FailNextLoad::default());
+    let faults = Arc::new(FailLoads::default());
     let engine = engine_over(Arc::new(Intercepted::new(store, faults.clone())));
     for i in 0..3 {
         engine
@@ -401,6 +401,7 @@ async fn a_sweep_that_fails_gives_back_the_rows_it_leased() {
 
     faults.0.store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(engine.sweep_once(&sweep()).await.is_err());
+    faults.0.store(false, std::sync::atomic::Ordering::SeqCst);
     let free = lapse_core::Store::due(other.as_ref(), engine.now(), None, None, 100, false)
         .await
         .unwrap();

@@ -8,7 +8,7 @@ use lapse_core::lifecycle::{Applied, Effects};
 use lapse_core::store::{Rearm, RearmOnly, SessionWrite};
 use lapse_core::{Session, SessionId, StoreError, Timestamp};
 
-use super::{Decided, Pass, SWEEP_ATTEMPTS, SweepError, SweepReport};
+use super::{Decided, Lane, Pass, SWEEP_ATTEMPTS, SweepError};
 use crate::{Engine, EngineError};
 
 impl Engine {
@@ -124,7 +124,7 @@ impl Engine {
         &self,
         id: &SessionId,
         now: Timestamp,
-        report: &mut SweepReport,
+        report: &mut Lane,
     ) -> Result<(), EngineError> {
         let mut queue = VecDeque::from([id.clone()]);
         while let Some(id) = queue.pop_front() {

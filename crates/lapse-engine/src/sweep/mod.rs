@@ -102,6 +102,31 @@ struct Page {
     loaded: HashMap<SessionId, Session>,
 }
 
+/// What one lane of a sweep applied, and the sessions it could not.
+#[derive(Default)]
+struct Lane {
+    applied: Vec<Applied>,
+    errors: Vec<SweepError>,
+}
+
+/// A sweep's progress over all its lanes, told as each batch ends: never going back.
+#[derive(Default)]
+struct Told(std::sync::Mutex<(usize, usize)>);
+
+impl Told {
+    /// Counts a batch of `examined` due rows that applied `applied` rules, and tells the
+    /// sweep's totals.
+    fn add(&self, opts: &SweepOptions, examined: usize, applied: usize) {
+        // Poisoned only if a progress callback panicked; its counts are still whole.
+        let mut totals = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        totals.0 += examined;
+        totals.1 += applied;
+        if let Some(Progress(tell)) = &opts.progress {
+            tell(totals.0, totals.1);
+        }
+    }
+}
+
 /// One session's transition in a batch, waiting for the batch's transaction.
 struct Decided {
     id: SessionId,
@@ -116,9 +141,17 @@ impl Engine {
         // A sweep `due_by` an earlier instant decides as of that instant: exactly what a
         // preview then listed (its events say they were applied then).
         let now = opts.due_by.map_or(self.now(), |by| by.min(self.now()));
-        let mut pass = Pass {
-            dry: opts.dry_run,
-            ..Pass::default()
+        let told = Told::default();
+        let lane = || self.sweep_lane(opts, now, &told);
+        // Where instances share the database, a sweep works two lanes of pages at once: its
+        // due rows are leased as they are read, so the lanes take disjoint pages as two
+        // instances do, and their batches are written together (see `Commit::leased`). A dry
+        // run leases nothing: one lane.
+        let lanes = if self.store.is_shared() && !opts.dry_run {
+            let (a, b) = tokio::join!(lane(), lane());
+            vec![a, b]
+        } else {
+            vec![lane().await]
         };
         let mut report = SweepReport {
             dry_run: opts.dry_run,
@@ -128,16 +161,45 @@ impl Engine {
             errors: Vec::new(),
             duration_ms: 0,
         };
+        for lane in lanes {
+            let lane = lane?;
+            report.applied.extend(lane.applied);
+            report.errors.extend(lane.errors);
+        }
+        // Each lane's in deadline order; the two merged.
+        report.applied.sort_by_key(|a| a.due_at);
+        for a in &report.applied {
+            *report.counts.entry(a.action.clone()).or_default() += 1;
+        }
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        if !opts.dry_run {
+            self.stats.record(&report, now);
+        }
+        Ok(report)
+    }
+
+    /// One lane of a sweep: page after page of due rows, each decided and committed in one
+    /// transaction while the next is read. What it applied and could not.
+    async fn sweep_lane(
+        &self,
+        opts: &SweepOptions,
+        now: Timestamp,
+        told: &Told,
+    ) -> Result<Lane, EngineError> {
+        let mut pass = Pass {
+            dry: opts.dry_run,
+            ..Pass::default()
+        };
+        let mut report = Lane::default();
         let batch = self.config().sweeper.batch;
         let page = |cursor: Option<DueRow>| self.due_page(now, opts, cursor, batch);
         let mut next = page(None).await?;
-        let mut examined = 0;
         loop {
             let Page { rows, loaded } = next;
             let exhausted = rows.len() < batch as usize;
             let cursor = rows.last().cloned();
             let ids: Vec<SessionId> = rows.iter().map(|r| r.id.clone()).collect();
-            examined += ids.len();
+            let (examined, applied_before) = (ids.len(), report.applied.len());
             // The next page is read while this one is decided and committed. A session of it
             // that this page changes (a cascaded child) was read before the change: its write
             // loses its compare-and-set and it is retried alone, from a fresh read.
@@ -169,9 +231,11 @@ impl Engine {
                 self.give_back(opts, &claimed).await;
                 return Err(e);
             }
-            if let Some(Progress(tell)) = &opts.progress {
-                tell(examined, report.applied.len());
-            }
+            told.add(
+                opts,
+                examined,
+                report.applied.len().saturating_sub(applied_before),
+            );
             if opts.stop.is_cancelled() && read.is_some() {
                 // The page read ahead is left as it is: its leases (PostgreSQL) end with this
                 // instance's, and nothing of it was written.
@@ -186,13 +250,6 @@ impl Engine {
                 None => break,
             }
         }
-        for a in &report.applied {
-            *report.counts.entry(a.action.clone()).or_default() += 1;
-        }
-        report.duration_ms = started.elapsed().as_millis() as u64;
-        if !opts.dry_run {
-            self.stats.record(&report, now);
-        }
         Ok(report)
     }
 
@@ -206,7 +263,7 @@ impl Engine {
         ids: Vec<SessionId>,
         mut loaded: HashMap<SessionId, Session>,
         now: Timestamp,
-        report: &mut SweepReport,
+        report: &mut Lane,
     ) -> Result<(), EngineError> {
         // What the pass has changed (a dry run's earlier pages) is taken from its overlay.
         loaded.retain(|id, _| !pass.overlay.contains_key(id));
@@ -303,6 +360,12 @@ impl Engine {
                 !opts.dry_run,
             )
             .await?;
+        if rows.is_empty() {
+            return Ok(Page {
+                rows,
+                loaded: HashMap::new(),
+            });
+        }
         let ids: Vec<SessionId> = rows.iter().map(|r| r.id.clone()).collect();
         let read = async {
             if !opts.dry_run {
