@@ -6,7 +6,8 @@
 //! in-memory overlay instead of the store, so it reports what a real sweep would apply,
 //! cascades included, and changes nothing.
 //!
-//! - here: a pass, page by page of due rows, each page's transitions in one transaction.
+//! - here: a pass, page by page of due rows, each page's transitions in one transaction; on a
+//!   shared database, two lanes of such pages at once.
 //! - `decide`: one session's turn (its rules, its cascade, a re-arm), and a session swept
 //!   alone when its batch could not take it.
 //! - `sweeper`: the loop that sleeps until the next deadline, and the sweeps' figures.
@@ -161,13 +162,16 @@ impl Engine {
             errors: Vec::new(),
             duration_ms: 0,
         };
+        let merged = lanes.len() > 1;
         for lane in lanes {
             let lane = lane?;
             report.applied.extend(lane.applied);
             report.errors.extend(lane.errors);
         }
-        // Each lane's in deadline order; the two merged.
-        report.applied.sort_by_key(|a| a.due_at);
+        if merged {
+            // Each lane's in deadline order; the two merged by it.
+            report.applied.sort_by_key(|a| a.due_at);
+        }
         for a in &report.applied {
             *report.counts.entry(a.action.clone()).or_default() += 1;
         }
