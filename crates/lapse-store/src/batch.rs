@@ -229,32 +229,47 @@ pub async fn write_each(tx: &mut impl Writes, fresh: &[&Commit]) -> Result<Writt
             tx.exec("release savepoint one_commit").await?;
         }
     }
-    let written = |c: &&Commit, o: &Result<(), StoreError>| o.is_ok() && !c.events.is_empty();
-    if fresh.iter().zip(&outcomes).any(|(c, o)| written(c, o)) {
-        tx.before_events().await?;
-    }
+    write_caused_in_order(tx, &steps, &outcomes).await?;
+    Ok(Written::Each(outcomes))
+}
+
+/// The second round of [`write_each`]: what the written commits of `steps` (their
+/// `outcomes`, in order) cause, in order, after [`Writes::before_events`].
+async fn write_caused_in_order(
+    tx: &mut impl Writes,
+    steps: &[Step<'_>],
+    outcomes: &[Result<(), StoreError>],
+) -> Result<(), StoreError> {
     let mut done = outcomes.iter();
-    for step in &steps {
+    let mut events_locked = false;
+    for step in steps {
+        let written: Vec<&Commit> = match step {
+            Step::Run(run) => run
+                .iter()
+                .zip(done.by_ref())
+                .filter(|(_, o)| o.is_ok())
+                .map(|(c, _)| *c)
+                .collect(),
+            Step::One(commit) => match done.next() {
+                Some(Ok(())) => vec![*commit],
+                _ => Vec::new(),
+            },
+        };
+        if !events_locked && written.iter().any(|c| !c.events.is_empty()) {
+            tx.before_events().await?;
+            events_locked = true;
+        }
         match step {
-            Step::Run(run) => {
-                let written: Vec<&Commit> = run
-                    .iter()
-                    .zip(done.by_ref())
-                    .filter(|(_, o)| o.is_ok())
-                    .map(|(c, _)| *c)
-                    .collect();
-                if !written.is_empty() {
-                    tx.run_caused(&written).await?;
-                }
-            }
-            Step::One(commit) => {
-                if done.next().is_some_and(Result::is_ok) {
+            Step::Run(_) if !written.is_empty() => tx.run_caused(&written).await?,
+            Step::Run(_) => {}
+            Step::One(_) => {
+                for commit in written {
                     write_caused(tx, commit).await?;
                 }
             }
         }
     }
-    Ok(Written::Each(outcomes))
+    Ok(())
 }
 
 /// The sessions a commit writes.
