@@ -276,8 +276,13 @@ impl Engine {
         let mut children = self.children_of_closing(&due).await?;
 
         let mut decided: Vec<Decided> = Vec::new();
-        // The page's rows are leased to this sweep (where the store leases them).
-        let leased: HashSet<SessionId> = ids.iter().cloned().collect();
+        // The page's rows are leased to this sweep where the store leases them (a shared
+        // database, not a dry run); elsewhere nothing reads the flag.
+        let leased: HashSet<SessionId> = if self.store.is_shared() && !pass.dry {
+            ids.iter().cloned().collect()
+        } else {
+            HashSet::new()
+        };
         let mut queue: VecDeque<SessionId> = ids.into();
         while let Some(id) = queue.pop_front() {
             // A session the pass changed already is decided again from its new state; one
@@ -292,8 +297,7 @@ impl Engine {
             let kids = children.remove(&id);
             match self.decide(pass, s, applied, kids, now).await {
                 Ok(Some((mut d, cascade))) => {
-                    d.commit.leased = !pass.dry
-                        && leased.contains(&d.id)
+                    d.commit.leased = leased.contains(&d.id)
                         && matches!(d.commit.sessions.as_slice(),
                             [SessionWrite::Update { session, .. }] if session.id == d.id);
                     queue.extend(cascade);
