@@ -21,7 +21,7 @@ pub fn to_json<T: serde::Serialize>(value: &T) -> String {
 }
 
 /// A `sessions` row as the bulk statements read it (bound values on SQLite, `sqlite/values.rs`;
-/// `jsonb_to_recordset` on PostgreSQL): keyed by column, times as epoch milliseconds, written
+/// `json_to_recordset` on PostgreSQL): keyed by column, times as epoch milliseconds, written
 /// straight from the session (no JSON tree is built on the way).
 #[derive(Default, serde::Serialize)]
 pub struct SessionRow<'a> {

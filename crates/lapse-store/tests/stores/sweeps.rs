@@ -351,6 +351,68 @@ async fn in_a_batch_each_change_stores_its_status_and_wake_up_whether_or_not_it_
     }
 }
 
+/// A page's changes go to the database as one batch of rows (bound values on SQLite, a JSON
+/// document on PostgreSQL); what a user wrote comes back exactly: quotes, backslashes, line
+/// breaks, text that looks like JSON, characters past ASCII.
+#[tokio::test]
+async fn in_a_batch_text_comes_back_exactly_as_written() {
+    use lapse_core::event::{EventData, NewEvent};
+    use lapse_core::store::EventRecord;
+    let odd = "ünïcode \"quoted\" back\\slash\nline {\"looks\": [\"json\"]} 🙂 \\u0041";
+    for (store, _dir) in stores().await {
+        let store = store.as_ref();
+        let ids = ["a", "b"];
+        for id in ids {
+            insert(store, &session("study", id, t0())).await;
+        }
+        let mut commits = Vec::new();
+        for id in ids {
+            let mut s = loaded(store, id).await;
+            s.title = format!("{id}: {odd}");
+            s.metadata.insert(
+                "note".into(),
+                serde_json::json!({ "text": odd, "n": [1, 2] }),
+            );
+            commits.push(Commit {
+                sessions: vec![SessionWrite::Update {
+                    session: s,
+                    changed: None,
+                }],
+                events: vec![EventRecord {
+                    id: format!("ev-{id}"),
+                    applied_at: t0(),
+                    event: NewEvent {
+                        event_type: lapse_core::EventType::SessionExpired,
+                        at: t0(),
+                        session_id: SessionId::parse(id).unwrap(),
+                        kind: "study".into(),
+                        actor: "rule:test".into(),
+                        rule: Some("test".into()),
+                        data: EventData::of(&serde_json::json!({ "note": odd })),
+                    },
+                    webhooks: vec![],
+                }],
+                ..Commit::default()
+            });
+        }
+        let outcomes = store.commit_many(&commits).await.unwrap();
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        for id in ids {
+            let s = loaded(store, id).await;
+            assert_eq!(s.title, format!("{id}: {odd}"));
+            assert_eq!(s.metadata["note"]["text"], odd);
+        }
+        let events = store.events(&super::events::all_events()).await.unwrap();
+        let notes: Vec<serde_json::Value> = events
+            .iter()
+            .map(|e| {
+                serde_json::from_str::<serde_json::Value>(e.data.as_str()).unwrap()["note"].clone()
+            })
+            .collect();
+        assert_eq!(notes, [odd, odd], "the events' data");
+    }
+}
+
 /// A lease ends with the instance that held it: rows one PostgreSQL store claimed can be
 /// claimed by another as soon as the first is gone (its connections closed, as when its
 /// process is killed), not when the lease's minute runs out.
