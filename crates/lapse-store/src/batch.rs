@@ -390,6 +390,63 @@ pub struct EventRow<'a> {
     data: &'a str,
 }
 
+/// Events as the columns PostgreSQL's batched insert reads, one array each (bound to
+/// `unnest`), in the events' order.
+#[derive(Default)]
+pub struct EventArrays<'a> {
+    pub id: Vec<&'a str>,
+    pub event_type: Vec<&'static str>,
+    pub at: Vec<i64>,
+    pub applied_at: Vec<i64>,
+    pub session_id: Vec<&'a str>,
+    pub kind: Vec<&'a str>,
+    pub actor: Vec<&'a str>,
+    pub rule: Vec<Option<&'a str>>,
+    pub data: Vec<&'a str>,
+}
+
+impl<'a> EventArrays<'a> {
+    /// `rows`, column by column.
+    pub fn of(rows: &[EventRow<'a>]) -> Self {
+        let mut c = EventArrays::default();
+        for r in rows {
+            c.id.push(r.id);
+            c.event_type.push(r.event_type);
+            c.at.push(r.at);
+            c.applied_at.push(r.applied_at);
+            c.session_id.push(r.session_id);
+            c.kind.push(r.kind);
+            c.actor.push(r.actor);
+            c.rule.push(r.rule);
+            c.data.push(r.data);
+        }
+        c
+    }
+}
+
+/// Webhook rows as columns, one array each (see [`EventArrays`]).
+#[derive(Default)]
+pub struct DeliveryArrays<'a> {
+    pub id: Vec<&'a str>,
+    pub url: Vec<&'a str>,
+    pub event: Vec<&'a str>,
+    pub at: Vec<i64>,
+}
+
+impl<'a> DeliveryArrays<'a> {
+    /// `rows`, column by column.
+    pub fn of(rows: &'a [DeliveryRow<'a>]) -> Self {
+        let mut c = DeliveryArrays::default();
+        for r in rows {
+            c.id.push(&r.id);
+            c.url.push(r.url);
+            c.event.push(r.event);
+            c.at.push(r.at);
+        }
+        c
+    }
+}
+
 /// A `webhook_deliveries` row, naming its event by id.
 #[derive(Default, Serialize)]
 pub struct DeliveryRow<'a> {

@@ -59,7 +59,7 @@ impl PostgresStore {
             fixed(
                 "batched session update",
                 bulk::UPDATE_SESSIONS,
-                vec![text("[]")],
+                (0..20).map(|_| empty()).collect(),
             ),
             fixed("lease release", leases::RELEASE, vec![empty(), Arg::Int(1)]),
             fixed("next deadline", reads::NEXT_DEADLINE, vec![]),

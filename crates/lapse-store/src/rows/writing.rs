@@ -51,6 +51,62 @@ pub struct SessionRow<'a> {
     version: i64,
 }
 
+/// A run's session rows as the columns PostgreSQL's batched update reads, one array each
+/// (bound to `unnest`, so the rows reach the server with no text to parse).
+#[derive(Default)]
+pub struct SessionArrays<'a> {
+    pub id: Vec<&'a str>,
+    pub version: Vec<i64>,
+    pub title: Vec<&'a str>,
+    pub metadata: Vec<String>,
+    pub scheduled_start: Vec<Option<i64>>,
+    pub scheduled_end: Vec<Option<i64>>,
+    pub status: Vec<&'static str>,
+    pub delayed: Vec<bool>,
+    pub used: Vec<bool>,
+    pub started_at: Vec<Option<i64>>,
+    pub ended_at: Vec<Option<i64>>,
+    pub last_activity_at: Vec<i64>,
+    pub end_reason: Vec<Option<&'a str>>,
+    pub ended_by: Vec<Option<&'a str>>,
+    pub counters: Vec<String>,
+    pub summary: Vec<Option<String>>,
+    pub parent_ended_at: Vec<Option<i64>>,
+    pub next_due_at: Vec<Option<i64>>,
+    pub next_due_rule: Vec<Option<&'a str>>,
+    pub warnings: Vec<String>,
+}
+
+impl<'a> SessionArrays<'a> {
+    /// `rows`, column by column.
+    pub fn of(rows: Vec<SessionRow<'a>>) -> Self {
+        let mut c = SessionArrays::default();
+        for r in rows {
+            c.id.push(r.id);
+            c.version.push(r.version);
+            c.title.push(r.title);
+            c.metadata.push(r.metadata);
+            c.scheduled_start.push(r.scheduled_start);
+            c.scheduled_end.push(r.scheduled_end);
+            c.status.push(r.status);
+            c.delayed.push(r.delayed);
+            c.used.push(r.used);
+            c.started_at.push(r.started_at);
+            c.ended_at.push(r.ended_at);
+            c.last_activity_at.push(r.last_activity_at);
+            c.end_reason.push(r.end_reason);
+            c.ended_by.push(r.ended_by);
+            c.counters.push(r.counters);
+            c.summary.push(r.summary);
+            c.parent_ended_at.push(r.parent_ended_at);
+            c.next_due_at.push(r.next_due_at);
+            c.next_due_rule.push(r.next_due_rule);
+            c.warnings.push(r.warnings);
+        }
+        c
+    }
+}
+
 fn ms(t: Option<Timestamp>) -> Option<i64> {
     t.map(Timestamp::millis)
 }
