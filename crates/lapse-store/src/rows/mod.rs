@@ -16,8 +16,9 @@ pub use records::{
 };
 pub(crate) use writing::counted_by;
 pub use writing::{
-    IMPORT_PARTICIPANT_COLUMNS, IMPORT_SESSION_COLUMNS, ParticipantRow, SessionArrays, SessionRow,
-    beat_rows, import_rows, latest_beats, participant_row, session_row, to_json, unread_taken,
+    IMPORT_PARTICIPANT_COLUMNS, IMPORT_SESSION_COLUMNS, ParticipantArrays, ParticipantRow,
+    SessionArrays, SessionRow, beat_rows, import_rows, latest_beats, participant_row, session_row,
+    to_json, unread_taken,
 };
 
 /// Columns of `sessions` as PostgreSQL selects them: its booleans read as 0/1 like SQLite's.

@@ -189,6 +189,38 @@ pub struct ParticipantRow<'a> {
     offline_for: Option<i64>,
 }
 
+/// Participant rows as the columns PostgreSQL's batched upsert reads, one array each (see
+/// [`SessionArrays`]).
+#[derive(Default)]
+pub struct ParticipantArrays<'a> {
+    pub session_id: Vec<&'a str>,
+    pub user_id: Vec<&'a str>,
+    pub role: Vec<&'static str>,
+    pub state: Vec<&'static str>,
+    pub joined_at: Vec<i64>,
+    pub left_at: Vec<Option<i64>>,
+    pub last_seen_at: Vec<i64>,
+    pub offline_for: Vec<Option<i64>>,
+}
+
+impl<'a> ParticipantArrays<'a> {
+    /// `rows`, column by column.
+    pub fn of(rows: &[ParticipantRow<'a>]) -> Self {
+        let mut c = ParticipantArrays::default();
+        for r in rows {
+            c.session_id.push(r.session_id);
+            c.user_id.push(r.user_id);
+            c.role.push(r.role);
+            c.state.push(r.state);
+            c.joined_at.push(r.joined_at);
+            c.left_at.push(r.left_at);
+            c.last_seen_at.push(r.last_seen_at);
+            c.offline_for.push(r.offline_for);
+        }
+        c
+    }
+}
+
 /// `p` of `s` as a row.
 pub fn participant_row<'a>(s: &'a Session, p: &'a Participant) -> ParticipantRow<'a> {
     ParticipantRow {

@@ -413,6 +413,85 @@ async fn in_a_batch_text_comes_back_exactly_as_written() {
     }
 }
 
+/// A page's participant rows, written together, come back field for field as each commit
+/// left them (one who left, one gone offline), and a commit that names its changed
+/// participants writes only theirs.
+#[tokio::test]
+async fn in_a_batch_participants_come_back_as_written_and_only_those_named() {
+    let config = Config::default();
+    let (ana, ben) = (UserId::parse("ana").unwrap(), UserId::parse("ben").unwrap());
+    let later = t0() + Span::from_secs(60);
+    let offline = t0() + Span::from_secs(30);
+    for (store, _dir) in stores().await {
+        let store = store.as_ref();
+        let ids = ["a", "b"];
+        for id in ids {
+            let mut s = session("study", id, t0());
+            for user in [&ana, &ben] {
+                lifecycle::join(
+                    &config.kinds["study"],
+                    &mut s,
+                    user,
+                    None,
+                    lifecycle::Via::Direct,
+                    t0(),
+                    &By::system(),
+                    &mut Effects::default(),
+                )
+                .unwrap();
+            }
+            insert(store, &s).await;
+        }
+        let mut commits = Vec::new();
+        for id in ids {
+            let mut s = loaded(store, id).await;
+            for p in &mut s.participants {
+                if p.user == ana {
+                    p.state = lapse_core::ParticipantState::Left;
+                    p.left_at = Some(later);
+                    p.last_seen_at = later;
+                } else if p.user == ben {
+                    p.offline_for = Some(offline);
+                    p.last_seen_at = offline;
+                }
+            }
+            // `b` names ben alone: ana's leaving is not written.
+            let changed = (id == "b").then(|| vec![ben.clone()]);
+            commits.push(Commit {
+                sessions: vec![SessionWrite::Update {
+                    session: s,
+                    changed,
+                }],
+                ..Commit::default()
+            });
+        }
+        let outcomes = store.commit_many(&commits).await.unwrap();
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        for id in ids {
+            let s = loaded(store, id).await;
+            let stored = |u: &UserId| {
+                let p = s.participants.iter().find(|p| &p.user == u).unwrap();
+                (
+                    p.role,
+                    p.state,
+                    p.joined_at,
+                    p.left_at,
+                    p.last_seen_at,
+                    p.offline_for,
+                )
+            };
+            use lapse_core::ParticipantState::{Joined, Left};
+            use lapse_core::Role::Member;
+            let ana_left = (Member, Left, t0(), Some(later), later, None);
+            let ana_stayed = (Member, Joined, t0(), None, t0(), None);
+            let expected = if id == "a" { ana_left } else { ana_stayed };
+            assert_eq!(stored(&ana), expected, "{id}: ana");
+            let ben_offline = (Member, Joined, t0(), None, offline, Some(offline));
+            assert_eq!(stored(&ben), ben_offline, "{id}: ben");
+        }
+    }
+}
+
 /// A lease ends with the instance that held it: rows one PostgreSQL store claimed can be
 /// claimed by another as soon as the first is gone (its connections closed, as when its
 /// process is killed), not when the lease's minute runs out.

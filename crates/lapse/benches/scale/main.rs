@@ -9,7 +9,7 @@
 //! Options: `--live N` (default 1,000,000), `--small N` (10,000), `--rounds N` (5),
 //! `--skip engine,served,streams,overload,crash,webhooks,postgres` (or parts of `engine`:
 //! `sweeps,flat,rooms,flush,retention`;
-//! of `postgres`: `pgsweeps`, leaving the two instances),
+//! of `postgres`: `pgsweeps` or `instances`, the two instances' burst),
 //! `--out FILE`. PostgreSQL figures run when `LAPSE_TEST_POSTGRES_URL` names a server (as
 //! `scripts/with-postgres` sets it). `LAPSE_BENCH_EXE=path` serves with another build of
 //! `lapse` (an older one, to compare); `LAPSE_BENCH_SERVER_LOG=path` keeps its log there.
@@ -230,7 +230,9 @@ async fn run(o: &Options, fd_limit: u64) -> Vec<Row> {
                     let world = world::World::open(&url, None, "postgres", o.live, 2).await;
                     rows.extend(postgres::figures(&url, &world, o.rounds, sizes.burst).await);
                 }
-                rows.push(postgres::two_instances(o.live, &load).await);
+                if runs("instances") {
+                    rows.push(postgres::two_instances(o.live, &load).await);
+                }
             }
             None => rows.push(report::not_run(
                 "PostgreSQL figures",
