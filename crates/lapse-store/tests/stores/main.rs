@@ -66,6 +66,25 @@ fn session(kind: &str, id: &str, at: Timestamp) -> Session {
 }
 
 /// The stored session `id`, which must exist.
+/// `s` with `users` joined at [`t0`], each as a member (`study` rules).
+fn with_joined(mut s: Session, users: &[&str]) -> Session {
+    let config = Config::default();
+    for u in users {
+        lifecycle::join(
+            &config.kinds["study"],
+            &mut s,
+            &UserId::parse(u).unwrap(),
+            None,
+            lifecycle::Via::Direct,
+            t0(),
+            &By::system(),
+            &mut Effects::default(),
+        )
+        .unwrap();
+    }
+    s
+}
+
 async fn loaded(store: &dyn Store, id: &str) -> Session {
     store
         .load(&SessionId::parse(id).unwrap())

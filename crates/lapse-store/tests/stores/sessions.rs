@@ -102,24 +102,7 @@ async fn a_commit_over_the_hosts_open_limit_is_refused_whole() {
 async fn an_update_writes_only_the_participants_it_names() {
     for (store, _dir) in stores().await {
         let store = store.as_ref();
-        let mut s = session("study", "room", t0());
-        let config = Config::default();
-        let by = lapse_core::lifecycle::By::system();
-        for u in ["ana", "ben"] {
-            let user = UserId::parse(u).unwrap();
-            let mut fx = Effects::default();
-            lifecycle::join(
-                &config.kinds["study"],
-                &mut s,
-                &user,
-                None,
-                lifecycle::Via::Direct,
-                t0(),
-                &by,
-                &mut fx,
-            )
-            .unwrap();
-        }
+        let s = with_joined(session("study", "room", t0()), &["ana", "ben"]);
         insert(store, &s).await;
         let mut changed = store.load(&s.id).await.unwrap().unwrap();
         let later = t0() + Span::from_secs(60);
@@ -151,21 +134,7 @@ async fn an_update_writes_only_the_participants_it_names() {
 async fn a_sqlite_database_from_before_participants_were_stored_by_room_keeps_them() {
     let dir = tempfile::tempdir().unwrap();
     let url = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
-    let config = Config::default();
-    let mut s = session("study", "room", t0());
-    for u in ["ana", "ben"] {
-        lifecycle::join(
-            &config.kinds["study"],
-            &mut s,
-            &UserId::parse(u).unwrap(),
-            None,
-            lifecycle::Via::Direct,
-            t0(),
-            &By::system(),
-            &mut Effects::default(),
-        )
-        .unwrap();
-    }
+    let s = with_joined(session("study", "room", t0()), &["ana", "ben"]);
     // The rows as today's schema writes them, with the same columns as version 3's.
     let current = SqliteStore::open(&url("current.db"), None).await.unwrap();
     current.migrate().await.unwrap();

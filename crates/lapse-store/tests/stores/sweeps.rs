@@ -418,7 +418,6 @@ async fn in_a_batch_text_comes_back_exactly_as_written() {
 /// participants writes only theirs.
 #[tokio::test]
 async fn in_a_batch_participants_come_back_as_written_and_only_those_named() {
-    let config = Config::default();
     let (ana, ben) = (UserId::parse("ana").unwrap(), UserId::parse("ben").unwrap());
     let later = t0() + Span::from_secs(60);
     let offline = t0() + Span::from_secs(30);
@@ -426,20 +425,7 @@ async fn in_a_batch_participants_come_back_as_written_and_only_those_named() {
         let store = store.as_ref();
         let ids = ["a", "b"];
         for id in ids {
-            let mut s = session("study", id, t0());
-            for user in [&ana, &ben] {
-                lifecycle::join(
-                    &config.kinds["study"],
-                    &mut s,
-                    user,
-                    None,
-                    lifecycle::Via::Direct,
-                    t0(),
-                    &By::system(),
-                    &mut Effects::default(),
-                )
-                .unwrap();
-            }
+            let s = with_joined(session("study", id, t0()), &["ana", "ben"]);
             insert(store, &s).await;
         }
         let mut commits = Vec::new();
