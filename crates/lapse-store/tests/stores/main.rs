@@ -65,7 +65,6 @@ fn session(kind: &str, id: &str, at: Timestamp) -> Session {
     s
 }
 
-/// The stored session `id`, which must exist.
 /// `s` with `users` joined at [`t0`], each as a member (`study` rules).
 fn with_joined(mut s: Session, users: &[&str]) -> Session {
     let config = Config::default();
@@ -85,6 +84,7 @@ fn with_joined(mut s: Session, users: &[&str]) -> Session {
     s
 }
 
+/// The stored session `id`, which must exist.
 async fn loaded(store: &dyn Store, id: &str) -> Session {
     store
         .load(&SessionId::parse(id).unwrap())
