@@ -10,8 +10,10 @@
 //! instances share the database the lock that puts events in commit order is taken last and
 //! never held while a row is waited for; the order of one commit's writes ([`write_commit`]);
 //! finding such a run, and gathering its rows for the statements (PostgreSQL takes them as
-//! JSON, SQLite as bound values, `sqlite/values.rs`). The SQL is each backend's own
-//! (`sqlite/writes.rs`, `postgres/writes.rs`).
+//! arrays, one a column, and its notifications as JSON; SQLite as bound values,
+//! `sqlite/values.rs`). The SQL is each backend's own (`sqlite/writes.rs` and
+//! `postgres/writes.rs`; the set-based statements in `sqlite/bulk.rs` and
+//! `postgres/bulk.rs`).
 
 use std::collections::HashSet;
 

@@ -1,5 +1,6 @@
 //! Model values as the columns written: a session or participant as a row for the bulk
-//! statements, a flush's latest beats, stored JSON text.
+//! statements (and, for PostgreSQL's, a run of such rows as one array per column), a flush's
+//! latest beats, stored JSON text.
 
 use lapse_core::session::{Participant, Session};
 use lapse_core::store::Commit;
