@@ -483,3 +483,91 @@ async fn a_change_that_only_puts_a_deadline_off_leaves_the_stored_one_for_the_sw
     assert_eq!(report.applied[0].due_at, deadline);
     assert_eq!(stored().await, None);
 }
+
+/// Once on, fails every read of sessions by id after the first `spared` ones: a sweep's
+/// later pages, as when the database fails in the middle of a sweep (an I/O error).
+struct FailLaterLoads {
+    on: std::sync::atomic::AtomicBool,
+    spared: usize,
+    seen: std::sync::atomic::AtomicUsize,
+}
+
+impl Hook for FailLaterLoads {
+    type Ticket = ();
+
+    fn before(&self, call: Call) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if call.name == "load_many"
+            && self.on.load(SeqCst)
+            && self.seen.fetch_add(1, SeqCst) >= self.spared
+        {
+            return Err(StoreError::Backend("disk I/O error".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A sweep that fails part way (its later pages cannot be read) has committed its first
+/// pages: the sweeper's figures, which `/metrics` and `/v1/stats` show, count their
+/// rules, and the next sweep applies only the rest.
+async fn a_sweep_that_fails_part_way_counts_what_it_committed(
+    store: Arc<dyn lapse_core::Store>,
+    lanes: usize,
+) {
+    let faults = Arc::new(FailLaterLoads {
+        on: false.into(),
+        spared: lanes,
+        seen: 0.into(),
+    });
+    let engine = paged_engine_over(3, Arc::new(Intercepted::new(store, faults.clone())));
+    for n in 0..10 {
+        engine
+            .create(&admin(), request("request", &format!("r{n}"), None))
+            .await
+            .unwrap();
+    }
+    // Requests no one takes up are cancelled after 15 minutes.
+    engine.clock().advance(Span::from_secs(16 * 60)).unwrap();
+
+    faults.on.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sweep = lapse_engine::SweepOptions::default;
+    let err = engine.sweep_once(&sweep()).await.unwrap_err();
+    assert!(err.to_string().contains("disk I/O error"), "{err}");
+    faults.on.store(false, std::sync::atomic::Ordering::SeqCst);
+
+    // A lane committed its first page of three while its next read failed; with two lanes,
+    // the second's first read may have been one of those that failed.
+    let committed = 10 - engine.due_count(None).await.unwrap() as usize;
+    assert!(
+        (3..=3 * lanes).contains(&committed),
+        "{committed} committed by {lanes} lane(s)"
+    );
+    let figures = engine.sweeper_figures().await.unwrap();
+    assert_eq!(figures.applied, committed as u64, "{figures:?}");
+    assert_eq!(figures.sweeps, 0, "a sweep that failed is not one that ran");
+    assert_eq!(figures.last_sweep_at, None);
+
+    let rest = engine.sweep_once(&sweep()).await.unwrap();
+    assert_eq!(rest.applied.len(), 10 - committed, "{:?}", rest.applied);
+    let figures = engine.sweeper_figures().await.unwrap();
+    assert_eq!(figures.applied, 10, "{figures:?}");
+    assert_eq!(figures.sweeps, 1);
+}
+
+#[tokio::test]
+async fn a_sweep_that_fails_part_way_counts_what_it_committed_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("pages.db").display());
+    let store = Arc::new(SqliteStore::open(&url, None).await.unwrap());
+    lapse_core::Store::migrate(store.as_ref()).await.unwrap();
+    a_sweep_that_fails_part_way_counts_what_it_committed(store, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_that_fails_part_way_counts_what_it_committed_on_postgresql() {
+    let Some(url) = lapse_store::testing::fresh_postgres_database().await else {
+        return;
+    };
+    // Two lanes: each commits its first page.
+    a_sweep_that_fails_part_way_counts_what_it_committed(postgres_instance(&url).await, 2).await;
+}

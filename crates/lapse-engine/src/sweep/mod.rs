@@ -143,7 +143,11 @@ impl Engine {
         // preview then listed (its events say they were applied then).
         let now = opts.due_by.map_or(self.now(), |by| by.min(self.now()));
         let told = Told::default();
-        let lane = || self.sweep_lane(opts, now, &told);
+        let lane = || async {
+            let mut lane = Lane::default();
+            let outcome = self.sweep_lane(opts, now, &told, &mut lane).await;
+            (lane, outcome)
+        };
         // Where instances share the database, a sweep works two lanes of pages at once: its
         // due rows are leased as they are read, so the lanes take disjoint pages as two
         // instances do, and their batches are written together (see `Commit::leased`). A dry
@@ -163,10 +167,13 @@ impl Engine {
             duration_ms: 0,
         };
         let merged = lanes.len() > 1;
-        for lane in lanes {
-            let lane = lane?;
+        let mut failed = None;
+        for (lane, outcome) in lanes {
             report.applied.extend(lane.applied);
             report.errors.extend(lane.errors);
+            if let Err(e) = outcome {
+                failed.get_or_insert(e);
+            }
         }
         if merged {
             // Each lane's in deadline order; the two merged by it.
@@ -176,25 +183,37 @@ impl Engine {
             *report.counts.entry(a.action.clone()).or_default() += 1;
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
-        if !opts.dry_run {
-            self.stats.record(&report, now);
+        match failed {
+            // What a failed sweep committed before it failed stands: the figures count it.
+            Some(e) => {
+                if !opts.dry_run {
+                    self.stats.count(&report, now);
+                }
+                Err(e)
+            }
+            None => {
+                if !opts.dry_run {
+                    self.stats.record(&report, now);
+                }
+                Ok(report)
+            }
         }
-        Ok(report)
     }
 
     /// One lane of a sweep: page after page of due rows, each decided and committed in one
-    /// transaction while the next is read. What it applied and could not.
+    /// transaction while the next is read. What it applied and could not goes into `report`,
+    /// as each page commits, so a lane that fails still tells what it committed before.
     async fn sweep_lane(
         &self,
         opts: &SweepOptions,
         now: Timestamp,
         told: &Told,
-    ) -> Result<Lane, EngineError> {
+        report: &mut Lane,
+    ) -> Result<(), EngineError> {
         let mut pass = Pass {
             dry: opts.dry_run,
             ..Pass::default()
         };
-        let mut report = Lane::default();
         let batch = self.config().sweeper.batch;
         let page = |cursor: Option<DueRow>| self.due_page(now, opts, cursor, batch);
         let mut next = page(None).await?;
@@ -209,13 +228,12 @@ impl Engine {
             // loses its compare-and-set and it is retried alone, from a fresh read.
             let (done, read) = if exhausted {
                 (
-                    self.sweep_batch(&mut pass, ids, loaded, now, &mut report)
-                        .await,
+                    self.sweep_batch(&mut pass, ids, loaded, now, report).await,
                     None,
                 )
             } else {
                 let (done, read) = tokio::join!(
-                    self.sweep_batch(&mut pass, ids, loaded, now, &mut report),
+                    self.sweep_batch(&mut pass, ids, loaded, now, report),
                     page(cursor)
                 );
                 (done, Some(read))
@@ -254,7 +272,7 @@ impl Engine {
                 None => break,
             }
         }
-        Ok(report)
+        Ok(())
     }
 
     /// Decides every session of one page of due rows (and the cascades they cause) against

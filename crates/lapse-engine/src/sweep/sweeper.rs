@@ -75,6 +75,13 @@ impl SweeperStats {
     /// Counts a real sweep that ended at `now` (a dry run counts nothing).
     pub(super) fn record(&self, report: &SweepReport, now: Timestamp) {
         self.sweeps.fetch_add(1, Ordering::Relaxed);
+        self.count(report, now);
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, report.duration_ms));
+    }
+
+    /// Counts what a real sweep at `now` applied and could not: all of a finished one's, or
+    /// what one that failed (the database out of reach) committed before it failed.
+    pub(super) fn count(&self, report: &SweepReport, now: Timestamp) {
         self.applied
             .fetch_add(report.applied.len() as u64, Ordering::Relaxed);
         self.errors
@@ -83,7 +90,6 @@ impl SweeperStats {
             self.lag
                 .observe(now.since(a.due_at).millis() as f64 / 1000.0);
         }
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, report.duration_ms));
     }
 
     /// Counts due rows re-armed instead of transitioned.
