@@ -24,8 +24,8 @@
 //! - `streams`: thousands of event streams open on it: delivery, throughput, memory.
 //! - `crash`: `kill -9` again and again during a storm of due sessions and heartbeats.
 //! - `webhooks`: a backlog of deliveries to one endpoint, with slow answers and without.
-//! - `postgres`: sweeps on PostgreSQL, seed 001's cleanup next to lapse and next to the least a sweep
-//!   writes, two instances.
+//! - `postgres`: sweeps on PostgreSQL, seed 001's cleanup next to lapse and next to the least
+//!   a sweep writes, two instances.
 
 // The allocator `lapse serve` runs with (src/main.rs), so the in-process figures measure the
 // engine as it runs there.
