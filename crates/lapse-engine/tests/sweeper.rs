@@ -17,10 +17,27 @@ use common::{admin, engine, engine_over, memory_store, postgres_instance, reques
 
 /// An engine whose sweeps read `batch` due rows a page, over a database file in `dir`.
 async fn paged_engine(batch: u32, dir: &std::path::Path) -> Arc<Engine> {
+    paged_engine_over(batch, file_store(dir).await)
+}
+
+/// A migrated SQLite database in a file in `dir`.
+async fn file_store(dir: &std::path::Path) -> Arc<SqliteStore> {
     let url = format!("sqlite://{}", dir.join("pages.db").display());
     let store = Arc::new(SqliteStore::open(&url, None).await.unwrap());
     lapse_core::Store::migrate(store.as_ref()).await.unwrap();
-    paged_engine_over(batch, store)
+    store
+}
+
+/// `count` requests (`r0`, `r1`, ...) no one takes up, then the clock past the 15 minutes
+/// after which they are cancelled: all of them due.
+async fn requests_due(engine: &Engine, count: usize) {
+    for n in 0..count {
+        engine
+            .create(&admin(), request("request", &format!("r{n}"), None))
+            .await
+            .unwrap();
+    }
+    engine.clock().advance(Span::from_secs(16 * 60)).unwrap();
 }
 
 /// An engine over `store` whose sweeps read `batch` due rows a page.
@@ -337,13 +354,7 @@ async fn sweep_over_many_pages(engine: Arc<Engine>) {
 async fn a_stopped_sweep_commits_the_page_in_hand_and_leaves_the_rest_due() {
     let dir = tempfile::tempdir().unwrap();
     let engine = paged_engine(3, dir.path()).await;
-    for n in 0..10 {
-        engine
-            .create(&admin(), request("request", &format!("r{n}"), None))
-            .await
-            .unwrap();
-    }
-    engine.clock().advance(Span::from_secs(16 * 60)).unwrap();
+    requests_due(&engine, 10).await;
 
     let stop = CancellationToken::new();
     stop.cancel();
@@ -389,14 +400,7 @@ async fn a_sweep_that_fails_gives_back_the_rows_it_leased() {
     let (store, other) = (postgres_instance(&url).await, postgres_instance(&url).await);
     let faults = Arc::new(FailLoads::default());
     let engine = engine_over(Arc::new(Intercepted::new(store, faults.clone())));
-    for i in 0..3 {
-        engine
-            .create(&admin(), request("request", &format!("p{i}"), None))
-            .await
-            .unwrap();
-    }
-    // Requests no one takes up are cancelled after 15 minutes.
-    engine.clock().advance(Span::from_secs(16 * 60)).unwrap();
+    requests_due(&engine, 3).await;
     let sweep = lapse_engine::SweepOptions::default;
 
     faults.0.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -520,14 +524,7 @@ async fn a_sweep_that_fails_part_way_counts_what_it_committed(
         seen: 0.into(),
     });
     let engine = paged_engine_over(3, Arc::new(Intercepted::new(store, faults.clone())));
-    for n in 0..10 {
-        engine
-            .create(&admin(), request("request", &format!("r{n}"), None))
-            .await
-            .unwrap();
-    }
-    // Requests no one takes up are cancelled after 15 minutes.
-    engine.clock().advance(Span::from_secs(16 * 60)).unwrap();
+    requests_due(&engine, 10).await;
 
     faults.on.store(true, std::sync::atomic::Ordering::SeqCst);
     let sweep = lapse_engine::SweepOptions::default;
@@ -557,10 +554,7 @@ async fn a_sweep_that_fails_part_way_counts_what_it_committed(
 #[tokio::test]
 async fn a_sweep_that_fails_part_way_counts_what_it_committed_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("pages.db").display());
-    let store = Arc::new(SqliteStore::open(&url, None).await.unwrap());
-    lapse_core::Store::migrate(store.as_ref()).await.unwrap();
-    a_sweep_that_fails_part_way_counts_what_it_committed(store, 1).await;
+    a_sweep_that_fails_part_way_counts_what_it_committed(file_store(dir.path()).await, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
