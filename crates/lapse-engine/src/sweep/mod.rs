@@ -183,21 +183,14 @@ impl Engine {
             *report.counts.entry(a.action.clone()).or_default() += 1;
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
-        match failed {
-            // What a failed sweep committed before it failed stands: the figures count it.
-            Some(e) => {
-                if !opts.dry_run {
-                    self.stats.count(&report, now);
-                }
-                Err(e)
-            }
-            None => {
-                if !opts.dry_run {
-                    self.stats.record(&report, now);
-                }
-                Ok(report)
+        if !opts.dry_run {
+            match failed {
+                // What a failed sweep committed before it failed stands: the figures count it.
+                Some(_) => self.stats.count(&report, now),
+                None => self.stats.record(&report, now),
             }
         }
+        failed.map_or(Ok(report), Err)
     }
 
     /// One lane of a sweep: page after page of due rows, each decided and committed in one

@@ -80,7 +80,7 @@ impl SweeperStats {
     }
 
     /// Counts what a real sweep at `now` applied and could not: all of a finished one's, or
-    /// what one that failed (the database out of reach) committed before it failed.
+    /// what one that failed (the database out of reach, or failing) committed before it failed.
     pub(super) fn count(&self, report: &SweepReport, now: Timestamp) {
         self.applied
             .fetch_add(report.applied.len() as u64, Ordering::Relaxed);
